@@ -1,0 +1,5 @@
+"""``python -m kfacel``."""
+
+from kfacel.cli import main
+
+raise SystemExit(main())

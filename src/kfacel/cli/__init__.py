@@ -1,0 +1,50 @@
+"""The ``kfacel`` command line: one subcommand per module of this package.
+
+Each public module here defines ``register(subparsers)``, which adds its parser and sets
+``handler`` to a function ``(args) -> int``. Handlers parse, call the library, write files
+and return an exit code; they hold no math.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import pkgutil
+import sys
+from collections.abc import Sequence
+
+
+class UserError(Exception):
+    """A problem with the user's input: printed as one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser with every subcommand of this package registered."""
+    parser = argparse.ArgumentParser(
+        prog="kfacel",
+        description="Continual learning for medical entity linking with K-FAC EWC.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    parser.add_argument("-q", "--quiet", action="store_true")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}").register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``kfacel`` with ``argv``; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose > 1 else logging.INFO)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args))
+    except (UserError, ValueError, FileNotFoundError) as exc:
+        print(f"kfacel {args.command}: error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,69 @@
+r"""Notation, vec order and scaling of every curvature quantity in kfacel.
+
+This module holds no code. Each numbered equation is cited where it is implemented and
+pinned by a test (``tests/curvature/test_conventions.py`` and the estimator tests).
+
+Index legend
+------------
+``n`` example (query), ``c`` candidate (class), ``s``/``r`` use of a layer within one
+example (a sequence position, a candidate name, a repeated call), ``i``/``j`` layer input,
+``o``/``p`` layer output, ``v`` vocabulary entry, ``h`` hidden unit. ``N`` examples, ``C``
+candidates, ``R_n`` uses of a layer by example ``n``.
+
+(K1) Layers as linear maps
+    A covered layer is a linear map ``W~ = [W | b]: [d_out, d_in + 1]``; its input gets a
+    constant 1 appended, ``ā = [a; 1]`` (no 1 and no bias column when the layer has no
+    bias). ``nn.Linear`` acts on the last dimension, so an input ``[N, S, d_in]`` is S uses
+    per example. ``nn.Conv1d`` (groups 1, dilation 1, zero padding) acts as
+    ``weight.reshape(c_out, c_in * k)`` on unfolded patches ``[N, L_out, c_in * k]``
+    (Grosse & Martens 2016, ICML, eq. 5), one use per output position. ``nn.Embedding``
+    is ``weight.T: [d, V]`` acting on one-hot inputs, one use per token.
+
+(K2) Per-example gradient
+    With ``ℓ_n(y) = -log softmax(f(x_n))_y`` the loss of one example and ``g_{n,r} =
+    ∂ℓ_n / ∂z_{n,r}`` the gradient w.r.t. the layer's output at use r,
+    ``∇_n W~ = Σ_r g_{n,r} ā_{n,r}ᵀ``. Vectors are row-major: ``vec(M) = M.flatten()``, so
+    ``vec(g āᵀ) = g ⊗ ā`` and the dense block of a layer is ``torch.kron(G, A)``.
+
+(K3) Fisher
+    ``F = 1/N Σ_n E_y[vec ∇_n(y) vec ∇_n(y)ᵀ]``, the mean over examples of per-example
+    gradient outer products. Squared mini-batch gradients are not a Fisher.
+
+(K4) Fisher kinds (the distribution of y in K3)
+    ``empirical``: y is the gold label (the paper's eq. 3). ``sampled``: one y drawn from
+    ``softmax(f(x_n))`` per example. ``exact``: every y weighted by its probability.
+
+(K5) Kronecker factors, "expand" convention (Eschenhagen et al. 2023, NeurIPS, §3.1)
+    ``A = 1/(Σ_n R_n) Σ_n Σ_r ā_{n,r} ā_{n,r}ᵀ`` and
+    ``G = 1/N Σ_n E_y Σ_r g_{n,r} g_{n,r}ᵀ``, so that ``F_layer ≈ G ⊗ A``. For one example
+    and one use (``N = R = 1``) this is exact: ``(g gᵀ) ⊗ (ā āᵀ) = vec(g āᵀ) vec(g āᵀ)ᵀ``.
+    Positions marked as padding (``kfacel.positions``) are not uses: they enter neither
+    sum nor count. Statistics are sums and counts, so K-FAC over several processes adds
+    them with ``all_reduce`` before dividing and equals K-FAC over the pooled data.
+
+(K6) Embedding
+    The one-hot ``ā ā ᵀ`` is diagonal, so ``A`` is stored as a vector: ``A_v`` is the
+    number of real uses of token v divided by ``Σ_n R_n``. Rows of the embedding table with
+    ``A_v = 0`` carry no curvature.
+
+(K7) Diagonal Fisher
+    ``F_jj = 1/N Σ_n E_y[(∇_n θ)_j²]`` from exact per-example gradients (never squared
+    mini-batch gradients). For a layer used once per example, ``(∇_n W~)²_{oi} = g_o² ā_i²``.
+
+(P1) Penalty
+    ``R(θ) = ½ Σ_t λ_t (θ − θ*_t)ᵀ (F_t + δ I) (θ − θ*_t)``: one term per finished task t
+    with anchor ``θ*_t``, curvature ``F_t``, strength ``λ_t`` and damping ``δ ≥ 0`` (the
+    prior precision of Ritter et al. 2018, NeurIPS; 0 in the paper). Damping is applied
+    where a factor is used, never stored in it. Since ``F_t`` is a mean over examples,
+    ``λ_t = N_t`` is the Laplace posterior of the sum-reduced loss over the N_t examples of
+    task t; the trainer minimizes the mean loss plus ``R``.
+
+(P2) Kronecker quadratic form
+    For ``Δ = W~ − W~*: [d_out, d_in + 1]``,
+    ``vec(Δ)ᵀ (G ⊗ A) vec(Δ) = Σ_{o,i} (G Δ A)_{oi} Δ_{oi}``: two matrix products per layer,
+    no Kronecker product formed. For an Embedding (diagonal A), ``Σ_{o,i} (G Δ)_{oi} A_i Δ_{oi}``
+    over the rows with ``A_i > 0`` only.
+
+(P3) Penalty gradient
+    ``∂/∂Δ ½ vec(Δ)ᵀ (G ⊗ A + δ I) vec(Δ) = G Δ A + δ Δ`` (G and A symmetric).
+"""

@@ -1,0 +1,1 @@
+"""Corpora to tasks: readers, records, candidate generation, task files, batches."""

@@ -1,0 +1,118 @@
+"""Plain records that flow from readers to candidate generation to task files; no torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Concept:
+    """A concept of an ontology: its id, its names (first is preferred), its type."""
+
+    id: str
+    names: tuple[str, ...]
+    semantic_type: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The preferred name."""
+        return self.names[0]
+
+
+@dataclass(frozen=True)
+class Mention:
+    """An annotated mention in a document, with the concept ids it is linked to.
+
+    ``spans`` are character offsets into ``text`` (several for a discontiguous mention);
+    ``concept_ids`` holds more than one id for a composite mention.
+    """
+
+    doc_id: str
+    text: str
+    spans: tuple[tuple[int, int], ...]
+    surface: str
+    concept_ids: tuple[str, ...]
+    semantic_type: str | None = None
+    source: str = ""
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One candidate concept of a query, as it is shown to the ranker."""
+
+    id: str
+    name: str
+    semantic_type: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object of this candidate (``type`` only when known)."""
+        out: dict[str, Any] = {"id": self.id, "name": self.name}
+        if self.semantic_type is not None:
+            out["type"] = self.semantic_type
+        return out
+
+
+@dataclass(frozen=True)
+class LinkingExample:
+    """A query: a mention in context and its shuffled candidates, the gold among them.
+
+    One line of a task's ``train/dev/test.jsonl``.
+    """
+
+    mention: str
+    left_context: str
+    right_context: str
+    candidates: tuple[Candidate, ...]
+    gold: str
+    doc_id: str = ""
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def gold_index(self) -> int:
+        """Position of the gold concept among the candidates."""
+        for i, c in enumerate(self.candidates):
+            if c.id == self.gold:
+                return i
+        raise ValueError(f"gold {self.gold!r} is not among the candidates")
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object written as one task line."""
+        out: dict[str, Any] = {
+            "mention": self.mention,
+            "left_context": self.left_context,
+            "right_context": self.right_context,
+            "candidates": [c.to_json() for c in self.candidates],
+            "gold": self.gold,
+        }
+        if self.doc_id:
+            out["doc_id"] = self.doc_id
+        out.update(self.extra)
+        return out
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> LinkingExample:
+        """Parse one task line; raises ``ValueError`` naming a missing or bad field."""
+        for key in ("mention", "left_context", "right_context", "candidates", "gold"):
+            if key not in obj:
+                raise ValueError(f"missing field {key!r}")
+        if not isinstance(obj["candidates"], list) or not obj["candidates"]:
+            raise ValueError("'candidates' must be a non-empty list")
+        cands = []
+        for c in obj["candidates"]:
+            if not isinstance(c, dict) or "id" not in c or "name" not in c:
+                raise ValueError("each candidate needs 'id' and 'name'")
+            cands.append(Candidate(str(c["id"]), str(c["name"]), c.get("type")))
+        known = {"mention", "left_context", "right_context", "candidates", "gold", "doc_id"}
+        example = cls(
+            mention=str(obj["mention"]),
+            left_context=str(obj["left_context"]),
+            right_context=str(obj["right_context"]),
+            candidates=tuple(cands),
+            gold=str(obj["gold"]),
+            doc_id=str(obj.get("doc_id", "")),
+            extra={k: v for k, v in obj.items() if k not in known},
+        )
+        example.gold_index  # noqa: B018 - validates that the gold is a candidate
+        return example

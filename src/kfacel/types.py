@@ -1,0 +1,60 @@
+"""Shared vocabulary of kfacel: names every layer uses, and no logic beyond moving tensors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from enum import StrEnum
+from typing import Self
+
+from torch import Tensor
+
+ParamDict = dict[str, Tensor]
+"""Parameter name (as in ``model.named_parameters()``) to tensor."""
+
+
+class FisherKind(StrEnum):
+    """Which labels the per-example gradients of a Fisher are taken at (conventions K4)."""
+
+    EMPIRICAL = "empirical"
+    """The gold label: the empirical Fisher, the paper's eq. (3)."""
+    SAMPLED = "sampled"
+    """One label drawn from the model's softmax per example (Monte Carlo true Fisher)."""
+    EXACT = "exact"
+    """Every label, weighted by its probability under the model (true Fisher)."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Tensors of N entity-linking queries with C candidates each (index legend n, c).
+
+    Attributes:
+        mention_ids: ``[N, L]`` token ids of the mention in its context, mention marked.
+        mention_mask: ``[N, L]`` bool, True at real (non-padding) tokens.
+        candidate_ids: ``[N, C, Lc]`` token ids of each candidate's name.
+        candidate_mask: ``[N, C, Lc]`` bool, True at real tokens.
+        candidate_valid: ``[N, C]`` bool, False for padding candidates (scored ``-inf``).
+        labels: ``[N]`` index of the gold candidate.
+        features: ``[N, C, F]`` optional pairwise string-similarity features.
+        candidate_types: ``[N, C]`` optional semantic-type ids of the candidates (-1 unknown).
+    """
+
+    mention_ids: Tensor
+    mention_mask: Tensor
+    candidate_ids: Tensor
+    candidate_mask: Tensor
+    candidate_valid: Tensor
+    labels: Tensor
+    features: Tensor | None = None
+    candidate_types: Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def to(self, device: object, non_blocking: bool = False) -> Self:
+        """Return a copy with every tensor moved to ``device``."""
+        moved = {
+            f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
+            for f in fields(self)
+            if getattr(self, f.name) is not None
+        }
+        return replace(self, **moved)

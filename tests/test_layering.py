@@ -1,0 +1,63 @@
+"""Imports point one way (STYLE.md §2): each subpackage imports only the layers below it."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[1] / "src" / "kfacel"
+
+# What each top-level part may import from kfacel (besides itself).
+ALLOWED: dict[str, set[str]] = {
+    "types": set(),
+    "positions": set(),
+    "_progress": set(),
+    "curvature": {"types", "positions", "_progress"},
+    "penalties": {"types", "curvature"},
+    "models": {"types", "positions"},
+    "data": {"types", "_progress"},
+    "training": {"types", "positions", "_progress", "curvature", "penalties", "models", "data"},
+    "experiments": {
+        "types", "positions", "_progress", "curvature", "penalties", "models", "data",
+        "training",
+    },
+    "cli": {
+        "types", "positions", "_progress", "curvature", "penalties", "models", "data",
+        "training", "experiments", "demo",
+    },
+}
+
+
+def _part(path: Path) -> str:
+    rel = path.relative_to(PKG)
+    return rel.parts[0].removesuffix(".py")
+
+
+def _imported_parts(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    parts: set[str] = set()
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        for name in names:
+            if name.startswith("kfacel."):
+                parts.add(name.split(".")[1])
+    return parts
+
+
+SOURCES = sorted(p for p in PKG.rglob("*.py") if _part(p) in ALLOWED)
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(PKG)))
+def test_imports_point_down_the_layers(path: Path) -> None:
+    part = _part(path)
+    bad = _imported_parts(path) - ALLOWED[part] - {part}
+    assert not bad, f"{path.relative_to(PKG)} ({part}) imports {sorted(bad)}"
+
+
+def test_every_part_has_a_rule() -> None:
+    parts = {_part(p) for p in PKG.rglob("*.py")} - {"__init__", "__main__"}
+    assert parts <= set(ALLOWED), sorted(parts - set(ALLOWED))
