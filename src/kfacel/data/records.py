@@ -8,11 +8,16 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Concept:
-    """A concept of an ontology: its id, its names (first is preferred), its type."""
+    """A concept of an ontology: its id, its names (first is preferred), its type.
+
+    ``alt_ids`` are further ids of the same concept (MEDIC lists several per line); a
+    corpus that uses one of them is linked to ``id``.
+    """
 
     id: str
     names: tuple[str, ...]
     semantic_type: str | None = None
+    alt_ids: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -104,7 +109,14 @@ class LinkingExample:
             if not isinstance(c, dict) or "id" not in c or "name" not in c:
                 raise ValueError("each candidate needs 'id' and 'name'")
             cands.append(Candidate(str(c["id"]), str(c["name"]), c.get("type")))
-        known = {"mention", "left_context", "right_context", "candidates", "gold", "doc_id"}
+        known = {
+            "mention",
+            "left_context",
+            "right_context",
+            "candidates",
+            "gold",
+            "doc_id",
+        }
         example = cls(
             mention=str(obj["mention"]),
             left_context=str(obj["left_context"]),
@@ -116,3 +128,73 @@ class LinkingExample:
         )
         example.gold_index  # noqa: B018 - validates that the gold is a candidate
         return example
+
+
+@dataclass
+class SkipReport:
+    """What readers and task building left out, counted by reason.
+
+    Readers take one as ``skips=`` and add to it while they iterate; the first place
+    (``file:line``) of each reason is kept so a report can point at an example.
+    """
+
+    counts: dict[str, int] = field(default_factory=dict)
+    first: dict[str, str] = field(default_factory=dict)
+    repaired: dict[str, int] = field(default_factory=dict)
+
+    def add(self, reason: str, where: str = "", n: int = 1) -> None:
+        """Count ``n`` items skipped for ``reason``, first seen at ``where``."""
+        self.counts[reason] = self.counts.get(reason, 0) + n
+        if where and reason not in self.first:
+            self.first[reason] = where
+
+    def repair(self, reason: str, where: str = "", n: int = 1) -> None:
+        """Count ``n`` items kept after a repair (e.g. realigned offsets)."""
+        self.repaired[reason] = self.repaired.get(reason, 0) + n
+        if where and reason not in self.first:
+            self.first[reason] = where
+
+    def update(self, other: SkipReport) -> None:
+        """Add the counts of ``other`` to this report."""
+        for reason, n in other.counts.items():
+            self.add(reason, other.first.get(reason, ""), n)
+        for reason, n in other.repaired.items():
+            self.repair(reason, other.first.get(reason, ""), n)
+
+    @property
+    def total(self) -> int:
+        """Number of items skipped for any reason."""
+        return sum(self.counts.values())
+
+    def to_json(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """``{"skipped"|"repaired": {reason: {"count": n, "first": "file:line"}}}``."""
+        return {
+            kind: {
+                r: {"count": d[r], "first": self.first.get(r, "")} for r in sorted(d)
+            }
+            for kind, d in (("skipped", self.counts), ("repaired", self.repaired))
+        }
+
+
+ID_PREFIXES = ("UMLS:", "MESH:", "MSH:")
+"""Prefixes dropped from concept ids, so that corpus and dictionary ids meet."""
+
+
+def normalize_id(raw: str) -> str:
+    """A concept id without stray spaces or a ``UMLS:``/``MESH:`` prefix.
+
+    ``OMIM:`` is kept: OMIM numbers are bare digits that would otherwise be ambiguous.
+
+    >>> normalize_id(" UMLS:C0011849 ")
+    'C0011849'
+    >>> normalize_id("MESH:D003110"), normalize_id("OMIM:164400")
+    ('D003110', 'OMIM:164400')
+    """
+    ident = raw.strip()
+    upper = ident.upper()
+    for prefix in ID_PREFIXES:
+        if upper.startswith(prefix):
+            return ident[len(prefix) :].strip()
+    if upper.startswith("OMIM:"):
+        return "OMIM:" + ident[5:].strip()
+    return ident
