@@ -1,4 +1,4 @@
-"""Plain records that flow from readers to candidate generation to task files; no torch."""
+"""Plain records from readers to candidate generation to task files; no torch."""
 
 from __future__ import annotations
 

@@ -6,10 +6,11 @@ The file is a JSON list of posts::
      "objects": {"MedEntity": [{"xmiID": ..., "spans": [{"begin": b, "end": e}, ...],
                                 "text": ..., "MedDRA": <PT name or "">}, ...]}}
 
-The concept id of a mention is its MedDRA PT name (the file has no codes). A mention's
-``spans`` are authoritative (``text`` does not always match them); its surface is the span
-substrings joined by a space. Mentions with an empty ``MedDRA`` label and spans outside
-the post are skipped and counted; a post without ``raw`` is skipped.
+The concept id of a mention is its MedDRA PT name (the file has no codes). A
+mention's ``spans`` are authoritative (``text`` does not always match them); its
+surface is the span substrings joined by a space. Mentions with an empty ``MedDRA``
+label and spans outside the post are skipped and counted; a post without ``raw``
+is skipped.
 """
 
 from __future__ import annotations

@@ -18,9 +18,10 @@ Fields:
 - ``type`` (string, optional): the mention's semantic type.
 - ``split`` (``"train"|"dev"|"test"``, optional): a split given by the user.
 
-Blank lines are ignored. A line that is not JSON, not an object, or lacks a required field
-raises ``ValueError`` naming the file and line (a user's own file should be fixed, not
-silently shortened); spans outside the text and mentions not found in the text are
+Blank lines are ignored. A line that is not JSON, not an object, or lacks a required
+field raises ``ValueError`` naming the file and line (a user's own file should be
+fixed, not silently shortened); spans outside the text and mentions not found in the
+text are
 skipped and counted.
 """
 

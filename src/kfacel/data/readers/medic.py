@@ -1,7 +1,7 @@
 """The CTD MEDIC disease vocabulary: one concept a line, ``IDS||NAMES``.
 
-``IDS`` is one or more ids joined by ``|`` (MeSH ids without prefix, OMIM numbers as bare
-digits) and ``NAMES`` the preferred name then synonyms joined by ``|``. Ids are
+``IDS`` is one or more ids joined by ``|`` (MeSH ids without prefix, OMIM numbers as
+bare digits) and ``NAMES`` the preferred name then synonyms joined by ``|``. Ids are
 normalized as the corpora write them: bare digits become ``OMIM:<digits>``, ``MESH:`` is
 dropped. The first id of a line is the concept id; further ids are its ``alt_ids`` (a
 quarter of NCBI Disease's gold ids are such alternative ids). Blank lines are ignored;

@@ -59,7 +59,7 @@ def read_psytar(
         name seen as preferred, further names as synonyms) sorted by id.
 
     Raises:
-        ValueError: when the workbook has no ``Sentence_Labeling`` or ``*_Mapped`` sheet.
+        ValueError: when the workbook lacks ``Sentence_Labeling`` or ``*_Mapped``.
     """
     from openpyxl import load_workbook  # optional dependency: the `xlsx` extra
 

@@ -10,8 +10,8 @@ lines. Quirks that are accepted (and counted in the ``SkipReport``):
 
 - ids are normalized with :func:`~kfacel.data.records.normalize_id` (stray spaces,
   ``UMLS:`` and ``MESH:`` prefixes dropped, ``OMIM:`` kept);
-- composite ids joined by ``|`` or ``+`` become several ``concept_ids`` (what a task does
-  with them is the task builder's policy);
+- composite ids joined by ``|`` or ``+`` become several ``concept_ids`` (what a task
+  does with them is the task builder's policy);
 - an annotation whose offsets do not select its mention text is realigned to the
   nearest occurrence of that text within 100 characters (counted as repaired), and
   skipped when there is none; offsets outside the text are skipped;
