@@ -1,0 +1,189 @@
+"""Queries to ``Batch`` tensors: token ids, masks, string-similarity features, types.
+
+The features compare the mention with each candidate name after normalization (lower
+case, alphanumeric runs only), one value in ``[0, 1]`` each, in the order of
+``FEATURE_NAMES``:
+
+- ``exact``: the normalized strings are equal;
+- ``trigram_jaccard``: Jaccard similarity of the sets of character 3-grams of
+  ``" " + text + " "`` (the measure behind character n-gram TF-IDF generators);
+- ``token_jaccard``: Jaccard similarity of the sets of words;
+- ``mention_covered``: share of the mention's words found in the name;
+- ``name_covered``: share of the name's words found in the mention;
+- ``prefix``: length of the common prefix over the longer length;
+- ``length_ratio``: shorter over longer length.
+
+Semantic types of the candidates (a property of the concept, never of the mention) are
+mapped to ids with a vocabulary built from the training queries; 0 stands for a type
+that is unknown or missing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import torch
+
+from kfacel.data.records import LinkingExample
+from kfacel.data.tokenize import WordPieceTokenizer
+from kfacel.types import Batch
+
+FEATURE_NAMES = (
+    "exact",
+    "trigram_jaccard",
+    "token_jaccard",
+    "mention_covered",
+    "name_covered",
+    "prefix",
+    "length_ratio",
+)
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def build_type_vocab(examples: Iterable[LinkingExample]) -> tuple[str, ...]:
+    """Sorted semantic types of all candidates of ``examples`` (id ``i + 1`` each)."""
+    return tuple(
+        sorted(
+            {c.semantic_type for e in examples for c in e.candidates if c.semantic_type}
+        )
+    )
+
+
+@dataclass
+class Collator:
+    """Turns lists of queries into ``Batch`` tensors.
+
+    Args:
+        tokenizer: the word-piece tokenizer.
+        max_mention_length: longest mention-in-context sequence, markers included.
+        max_name_length: longest candidate name sequence.
+        types: the semantic-type vocabulary (``build_type_vocab``); empty for none.
+    """
+
+    tokenizer: WordPieceTokenizer
+    max_mention_length: int = 64
+    max_name_length: int = 16
+    types: tuple[str, ...] = ()
+    _name_cache: dict[str, list[int]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._type_ids = {t: i + 1 for i, t in enumerate(self.types)}
+
+    def __call__(self, examples: Sequence[LinkingExample]) -> Batch:
+        """The ``Batch`` of ``examples``; candidates padded to the largest C."""
+        if not examples:
+            raise ValueError("cannot collate an empty list of queries")
+        tok = self.tokenizer
+        mention_rows = tok.encode_mentions(
+            [e.left_context for e in examples],
+            [e.mention for e in examples],
+            [e.right_context for e in examples],
+            max_length=self.max_mention_length,
+        )
+        names = [c.name for e in examples for c in e.candidates]
+        self._encode_names(names)
+        n, c_max = len(examples), max(len(e.candidates) for e in examples)
+        l_name = max(len(self._name_cache[name]) for name in names)
+        mention_ids, mention_mask = _pad(mention_rows, tok.pad_id)
+        cand_ids = torch.full((n, c_max, l_name), tok.pad_id, dtype=torch.long)
+        cand_valid = torch.zeros(n, c_max, dtype=torch.bool)
+        features = torch.zeros(n, c_max, len(FEATURE_NAMES))
+        cand_types = torch.zeros(n, c_max, dtype=torch.long)
+        for i, e in enumerate(examples):
+            for j, cand in enumerate(e.candidates):
+                ids = self._name_cache[cand.name]
+                cand_ids[i, j, : len(ids)] = torch.tensor(ids)
+                cand_valid[i, j] = True
+                features[i, j] = torch.tensor(similarity_features(e.mention, cand.name))
+                cand_types[i, j] = self._type_ids.get(cand.semantic_type or "", 0)
+        cand_mask = (cand_ids != tok.pad_id) & cand_valid[..., None]
+        # the [CLS] of a padding candidate stays unmasked so no row is all padding
+        cand_mask[..., 0] = True
+        return Batch(
+            mention_ids=mention_ids,
+            mention_mask=mention_mask,
+            candidate_ids=cand_ids,
+            candidate_mask=cand_mask,
+            candidate_valid=cand_valid,
+            labels=torch.tensor([e.gold_index for e in examples], dtype=torch.long),
+            features=features,
+            candidate_types=cand_types,
+        )
+
+    def _encode_names(self, names: Sequence[str]) -> None:
+        new = sorted({name for name in names if name not in self._name_cache})
+        rows = self.tokenizer.encode_names(new, max_length=self.max_name_length)
+        self._name_cache.update(zip(new, rows, strict=True))
+
+
+def make_batches(
+    examples: Sequence[LinkingExample], collator: Collator, *, batch_size: int
+) -> list[Batch]:
+    """Consecutive batches of ``batch_size`` queries (the last may be smaller)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    return [
+        collator(examples[i : i + batch_size])
+        for i in range(0, len(examples), batch_size)
+    ]
+
+
+def similarity_features(mention: str, name: str) -> tuple[float, ...]:
+    """String-similarity features of a mention and a name, ``FEATURE_NAMES`` order.
+
+    >>> similarity_features("Heart attack", "heart attack")[:3]
+    (1.0, 1.0, 1.0)
+    """
+    m_words, n_words = _words(mention), _words(name)
+    m, n = " ".join(m_words), " ".join(n_words)
+    m_set, n_set = set(m_words), set(n_words)
+    shared = len(m_set & n_set)
+    longer = max(len(m), len(n), 1)
+    return (
+        float(m == n and bool(m)),
+        _jaccard(_trigrams(m), _trigrams(n)),
+        _jaccard(m_set, n_set),
+        shared / len(m_set) if m_set else 0.0,
+        shared / len(n_set) if n_set else 0.0,
+        _common_prefix(m, n) / longer,
+        min(len(m), len(n)) / longer,
+    )
+
+
+@lru_cache(maxsize=200_000)
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(_WORD.findall(text.lower()))
+
+
+@lru_cache(maxsize=200_000)
+def _trigrams(text: str) -> frozenset[str]:
+    padded = f" {text} "
+    return frozenset(padded[i : i + 3] for i in range(len(padded) - 2))
+
+
+def _jaccard(a: frozenset[str] | set[str], b: frozenset[str] | set[str]) -> float:
+    union = len(a | b)
+    return len(a & b) / union if union else 0.0
+
+
+def _common_prefix(a: str, b: str) -> int:
+    k = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        k += 1
+    return k
+
+
+def _pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    length = max(len(r) for r in rows)
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+    mask = torch.zeros(len(rows), length, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        mask[i, : len(r)] = True
+    return ids, mask

@@ -1,0 +1,46 @@
+"""Reading tensors of a local BERT-family checkpoint: no hub, no pickles."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safetensors import safe_open
+from torch import Tensor
+
+_PREFIXES = ("", "bert.", "model.", "encoder.")
+
+
+def read_config(path: str | Path) -> dict:
+    """The ``config.json`` of a checkpoint directory as a dict.
+
+    Raises:
+        FileNotFoundError: naming the missing file.
+    """
+    file = Path(path) / "config.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} does not exist (need a local checkpoint)")
+    return json.loads(file.read_text(encoding="utf-8"))
+
+
+def read_tensors(path: str | Path, names: list[str]) -> dict[str, Tensor]:
+    """Tensors ``names`` (BertModel names) from ``model.safetensors`` of ``path``.
+
+    Keys stored with a ``bert.``/``model.`` prefix are found too; names that are absent
+    are left out of the result.
+
+    Raises:
+        FileNotFoundError: when the directory has no ``model.safetensors``.
+    """
+    file = Path(path) / "model.safetensors"
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} does not exist (need safetensors weights)")
+    out: dict[str, Tensor] = {}
+    with safe_open(str(file), framework="pt") as f:
+        keys = set(f.keys())
+        for name in names:
+            for prefix in _PREFIXES:
+                if prefix + name in keys:
+                    out[name] = f.get_tensor(prefix + name)
+                    break
+    return out

@@ -1,0 +1,148 @@
+"""The transformer ranker: the first k layers of a local BERT-family encoder.
+
+One encoder (``transformers.BertModel`` without pooler) reads the mention in its context
+(``[CLS] left [M] mention [/M] right [SEP]``) and, separately, every candidate name
+(``[CLS] name [SEP]``). The mention is the mean of the encoder's outputs over the marked
+span, a candidate the mean over its tokens (the pooling all-MiniLM-L6-v2 was trained
+with); ``PairScorer`` gives the logits. Weights come from a local checkpoint directory
+(default: the MiniLM package's), read from ``model.safetensors``; nothing is downloaded.
+
+Parameters and K-FAC coverage: every Linear of the encoder (query, key, value, attention
+output, intermediate, output) and of the scorer, and the word, position and token-type
+Embeddings are covered; the encoder's LayerNorms (embeddings and two per layer) are not
+covered by K-FAC (the paper leaves them out; the penalty's ``ignore``/``diagonal``
+option decides).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from torch import Tensor, nn
+from transformers import BertConfig, BertModel
+
+from kfacel.models._pretrained import read_config, read_tensors
+from kfacel.models.scoring import PairScorer
+from kfacel.positions import valid_positions
+from kfacel.types import Batch
+
+
+@dataclass(frozen=True)
+class BertRankerConfig:
+    """Configuration of ``BertRanker``.
+
+    Attributes:
+        encoder_path: local checkpoint directory to read weights from, or None for a
+            randomly initialized encoder described by ``encoder_config``.
+        layers: how many of the checkpoint's first layers to keep.
+        encoder_config: ``BertConfig`` as a dict (filled from the checkpoint).
+        dropout: scorer dropout.
+        num_features: string-similarity features per pair.
+        num_types: semantic types (0: no type embedding or type head).
+        start_id: id of the mention-start marker token.
+        end_id: id of the mention-end marker token.
+    """
+
+    encoder_path: str | None = None
+    layers: int = 3
+    encoder_config: dict[str, Any] = field(default_factory=dict)
+    dropout: float = 0.1
+    num_features: int = 0
+    num_types: int = 0
+    start_id: int = 1
+    end_id: int = 2
+
+
+class BertRanker(nn.Module):
+    """Transformer candidate ranker; ``forward(batch) -> logits [N, C]``.
+
+    K-FAC covers ``encoder.embeddings.{word,position,token_type}_embeddings``
+    (Embedding), every ``encoder.encoder.layer.*`` Linear and ``scorer.*``; the
+    ``encoder.*LayerNorm*`` weights and biases are left to the penalty's fallback.
+
+    Args:
+        config: the configuration, ``encoder_config`` filled.
+        pretrained: load the checkpoint weights of ``config.encoder_path``.
+    """
+
+    def __init__(self, config: BertRankerConfig, *, pretrained: bool = True) -> None:
+        super().__init__()
+        if not config.encoder_config:
+            raise ValueError("encoder_config is empty; build with BertRanker.create")
+        self.config = config
+        enc_cfg = BertConfig(**config.encoder_config)
+        enc_cfg.num_hidden_layers = config.layers
+        self.encoder = BertModel(enc_cfg, add_pooling_layer=False)
+        self.scorer = PairScorer(
+            enc_cfg.hidden_size,
+            num_features=config.num_features,
+            num_types=config.num_types,
+            dropout=config.dropout,
+        )
+        if pretrained and config.encoder_path:
+            names = list(self.encoder.state_dict())
+            found = read_tensors(config.encoder_path, names)
+            missing = [n for n in names if n not in found and "position_ids" not in n]
+            if missing:
+                raise ValueError(
+                    f"{config.encoder_path}: checkpoint lacks {missing[:5]} "
+                    f"({len(missing)} missing)"
+                )
+            self.encoder.load_state_dict(found, strict=False)
+
+    @classmethod
+    def create(cls, config: BertRankerConfig) -> BertRanker:
+        """A ranker with ``encoder_config`` read from ``encoder_path`` when empty."""
+        if not config.encoder_config:
+            if not config.encoder_path:
+                raise ValueError("give encoder_path or encoder_config")
+            raw = read_config(config.encoder_path)
+            if config.layers > raw.get("num_hidden_layers", config.layers):
+                raise ValueError(
+                    f"{config.encoder_path} has {raw['num_hidden_layers']} layers, "
+                    f"asked for {config.layers}"
+                )
+            keep = BertConfig().to_dict().keys()
+            enc = {k: v for k, v in raw.items() if k in keep and not k.startswith("_")}
+            enc.pop("architectures", None)
+            enc.pop("transformers_version", None)
+            enc["num_hidden_layers"] = config.layers
+            config = replace(config, encoder_config=enc)
+        return cls(config)
+
+    def forward(self, batch: Batch) -> Tensor:
+        """Logits ``[N, C]`` of the batch's candidates, invalid ones at ``-inf``."""
+        n, c, lc = batch.candidate_ids.shape
+        ids, mask = batch.mention_ids, batch.mention_mask
+        span = _mention_span(ids, self.config.start_id, self.config.end_id) & mask
+        context = self._encode(ids, mask)  # [N, L, D]
+        mention = _masked_mean(context, span)  # [N, D]
+        names_mask = batch.candidate_mask.reshape(n * c, lc)
+        names = self._encode(batch.candidate_ids.reshape(n * c, lc), names_mask)
+        cands = _masked_mean(names, names_mask).reshape(n, c, -1)  # [N, C, D]
+        return self.scorer(
+            mention,
+            cands,
+            batch.candidate_valid,
+            features=batch.features,
+            types=batch.candidate_types,
+        )
+
+    def _encode(self, ids: Tensor, mask: Tensor) -> Tensor:
+        with valid_positions(mask):  # every Linear and Embedding here sees [B, S]
+            out = self.encoder(input_ids=ids, attention_mask=mask.long())
+        return out.last_hidden_state  # [B, S, D]
+
+
+def _mention_span(ids: Tensor, start_id: int, end_id: int) -> Tensor:
+    """True from the start marker up to and including the end marker."""
+    opened = (ids == start_id).cumsum(dim=1)
+    closed = (ids == end_id).cumsum(dim=1) - (ids == end_id).long()
+    return (opened - closed) > 0
+
+
+def _masked_mean(h: Tensor, mask: Tensor) -> Tensor:
+    """Mean over positions where ``mask`` is True: ``[B, S, D]`` -> ``[B, D]``."""
+    w = mask.to(h.dtype)[..., None]  # [B, S, 1]
+    return (h * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)

@@ -1,0 +1,144 @@
+"""Model names to classes, and model directories on disk.
+
+A model directory holds ``model.safetensors`` (the state dict), ``config.json``
+(``{"model": name, "config": {...}, ...}`` plus whatever the caller adds, such as the
+collator settings and the task it was trained on) and the tokenizer files the caller
+copies in. It is written to a temporary sibling directory and renamed into place, so a
+reader never sees half a model and an interrupted save leaves the old one intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from kfacel.models.bert import BertRanker, BertRankerConfig
+from kfacel.models.cnn import CNNConfig, CNNRanker
+
+MODELS: dict[str, tuple[type, type]] = {
+    "cnn": (CNNConfig, CNNRanker),
+    "transformer": (BertRankerConfig, BertRanker),
+}
+"""Model name to (config dataclass, ranker class)."""
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+def model_name(model: nn.Module) -> str:
+    """The registry name of a ranker instance."""
+    for name, (_, cls) in MODELS.items():
+        if isinstance(model, cls):
+            return name
+    raise ValueError(f"{type(model).__name__} is not a registered ranker")
+
+
+def build_model(name: str, **config: Any) -> nn.Module:
+    """A fresh ranker ``name`` (``cnn`` or ``transformer``) with the given settings.
+
+    Raises:
+        ValueError: for an unknown name or setting.
+    """
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose from {sorted(MODELS)}")
+    config_cls, model_cls = MODELS[name]
+    known = {f.name for f in fields(config_cls)}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise ValueError(f"unknown {name} settings {unknown}; known: {sorted(known)}")
+    return model_cls.create(config_cls(**config))
+
+
+def save_model(
+    model: nn.Module,
+    directory: str | Path,
+    *,
+    extra: dict[str, Any] | None = None,
+    write_files: Callable[[Path], None] | None = None,
+) -> Path:
+    """Write ``model`` to ``directory`` atomically, replacing what is there.
+
+    Args:
+        model: a registered ranker (unwrapped from DDP).
+        directory: the model directory.
+        extra: more top-level keys of ``config.json`` (e.g. collator settings).
+        write_files: called with the temporary directory to add files (tokenizer,
+            training log) before it is renamed into place.
+
+    Returns:
+        The directory.
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"model": model_name(model), "config": asdict(model.config), **(extra or {})}
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        state = {
+            k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+        }
+        save_file(state, str(tmp / WEIGHTS_FILE))
+        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", "utf-8")
+        if write_files is not None:
+            write_files(tmp)
+        _replace_dir(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def read_model_config(directory: str | Path) -> dict[str, Any]:
+    """The ``config.json`` of a model directory.
+
+    Raises:
+        FileNotFoundError: naming the missing file.
+    """
+    file = Path(directory) / CONFIG_FILE
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} does not exist: not a model directory")
+    return json.loads(file.read_text(encoding="utf-8"))
+
+
+def load_model(directory: str | Path) -> nn.Module:
+    """The ranker saved in ``directory``, in eval mode on the CPU.
+
+    Raises:
+        FileNotFoundError: when a file is missing.
+        ValueError: when the weights do not match the configuration.
+    """
+    meta = read_model_config(directory)
+    name = meta.get("model")
+    if name not in MODELS:
+        raise ValueError(f"{directory}/{CONFIG_FILE}: unknown model {name!r}")
+    config_cls, model_cls = MODELS[name]
+    model = model_cls(config_cls(**meta["config"]), pretrained=False)
+    weights = Path(directory) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} does not exist")
+    state = load_file(str(weights))
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("position_ids")]
+    if missing or result.unexpected_keys:
+        raise ValueError(
+            f"{weights}: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
+        )
+    return model.eval()
+
+
+def _replace_dir(tmp: Path, directory: Path) -> None:
+    if not directory.exists():
+        os.replace(tmp, directory)
+        return
+    old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+    os.replace(directory, old)
+    os.replace(tmp, directory)
+    shutil.rmtree(old, ignore_errors=True)
