@@ -1,0 +1,117 @@
+"""Ranking metrics of a ranker on batches: accuracy@1 (ties wrong), recall@k, MRR.
+
+The rank of the gold candidate counts every other valid candidate scored at least as
+high as the gold, so a tie never favours the model:
+``rank = 1 + #{c ≠ gold, valid: s_c ≥ s_gold}``. Accuracy@1 is the share of rank 1,
+recall@k the share of rank ≤ k, MRR the mean of 1/rank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from kfacel.types import Batch
+
+DEFAULT_KS = (1, 5, 10)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Metrics over a set of queries, as plain floats.
+
+    Attributes:
+        accuracy: accuracy@1, ties counted as wrong.
+        mrr: mean reciprocal rank of the gold.
+        recall: recall@k for each k.
+        n: number of queries.
+    """
+
+    accuracy: float
+    mrr: float
+    recall: dict[int, float] = field(default_factory=dict)
+    n: int = 0
+
+    def to_json(self) -> dict[str, float | int]:
+        """``{"accuracy", "mrr", "recall@k"…, "n"}``."""
+        out: dict[str, float | int] = {"accuracy": self.accuracy, "mrr": self.mrr}
+        out.update({f"recall@{k}": v for k, v in sorted(self.recall.items())})
+        out["n"] = self.n
+        return out
+
+
+def gold_ranks(logits: Tensor, labels: Tensor, valid: Tensor | None = None) -> Tensor:
+    """Pessimistic 1-based rank of the gold for each query.
+
+    Args:
+        logits: ``[N, C]`` scores (``-inf`` at invalid candidates).
+        labels: ``[N]`` gold index.
+        valid: ``[N, C]`` bool, False at padding candidates (None: all valid).
+
+    Returns:
+        ``[N]`` long ranks.
+
+    >>> gold_ranks(torch.tensor([[1.0, 2.0, 2.0]]), torch.tensor([1]))
+    tensor([2])
+    """
+    if logits.ndim != 2 or labels.shape != logits.shape[:1]:
+        raise ValueError(f"logits {tuple(logits.shape)}, labels {tuple(labels.shape)}")
+    gold = logits.gather(1, labels[:, None])  # [N, 1]
+    other = torch.ones_like(logits, dtype=torch.bool)
+    other.scatter_(1, labels[:, None], False)
+    if valid is not None:
+        other &= valid
+    beats = (logits >= gold) & other  # [N, C]
+    # a NaN score or a -inf gold makes the query wrong, never right
+    bad = ~torch.isfinite(gold.squeeze(1))
+    ranks = 1 + beats.sum(dim=1)
+    return torch.where(bad, torch.full_like(ranks, logits.shape[1]), ranks)
+
+
+def metrics_from_ranks(ranks: Tensor, ks: Sequence[int] = DEFAULT_KS) -> Evaluation:
+    """Accuracy@1, MRR and recall@k of 1-based ``ranks``."""
+    n = int(ranks.numel())
+    if n == 0:
+        return Evaluation(float("nan"), float("nan"), {k: float("nan") for k in ks}, 0)
+    r = ranks.double()
+    return Evaluation(
+        accuracy=float((r == 1).double().mean()),
+        mrr=float((1.0 / r).mean()),
+        recall={k: float((r <= k).double().mean()) for k in ks},
+        n=n,
+    )
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, batches: Iterable[Batch], *, device: str | torch.device = "cpu"
+) -> list[Tensor]:
+    """Logits ``[N, C]`` of each batch on the CPU, in eval mode (mode restored)."""
+    was_training = model.training
+    model.eval()
+    try:
+        return [model(b.to(device)).float().cpu() for b in batches]
+    finally:
+        model.train(was_training)
+
+
+def evaluate(
+    model: nn.Module,
+    batches: Iterable[Batch],
+    *,
+    device: str | torch.device = "cpu",
+    ks: Sequence[int] = DEFAULT_KS,
+) -> Evaluation:
+    """Accuracy@1, MRR and recall@k of ``model`` over ``batches``."""
+    batches = list(batches)
+    logits = predict(model, batches, device=device)
+    ranks = [
+        gold_ranks(s, b.labels, b.candidate_valid)
+        for s, b in zip(logits, batches, strict=True)
+    ]
+    return metrics_from_ranks(
+        torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long), ks
+    )
