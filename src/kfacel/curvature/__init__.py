@@ -1,1 +1,15 @@
-"""curvature."""
+"""Fisher estimators and curvature values (pure math: no files, no printing)."""
+
+from kfacel.curvature.diagonal import estimate_diagonal
+from kfacel.curvature.factors import DiagonalFisher, KFACFisher, KroneckerFactors
+from kfacel.curvature.kfac import estimate_kfac
+from kfacel.curvature.layers import LayerKind
+
+__all__ = [
+    "DiagonalFisher",
+    "KFACFisher",
+    "KroneckerFactors",
+    "LayerKind",
+    "estimate_diagonal",
+    "estimate_kfac",
+]

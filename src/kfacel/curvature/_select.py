@@ -1,0 +1,108 @@
+"""Which modules of a model get Kronecker factors, a diagonal, or nothing."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from kfacel.curvature.layers import KRONECKER_KINDS, LayerKind, layer_kind, unsupported_reason
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """The model's trainable modules sorted by what the estimators can do with them.
+
+    Attributes:
+        kronecker: module name to (module, kind) for Linear, Conv1d and Embedding.
+        diagonal_only: LayerNorm modules (per-example gradients, no Kronecker factors).
+        unsupported: module name to the reason kfacel has no adapter for it.
+    """
+
+    kronecker: dict[str, tuple[nn.Module, LayerKind]]
+    diagonal_only: dict[str, tuple[nn.Module, LayerKind]]
+    unsupported: dict[str, str]
+    unsupported_params: tuple[str, ...]
+
+
+def coverage(model: nn.Module) -> Coverage:
+    """Sort every module that owns a trainable parameter."""
+    kron: dict[str, tuple[nn.Module, LayerKind]] = {}
+    diag: dict[str, tuple[nn.Module, LayerKind]] = {}
+    unsupported: dict[str, str] = {}
+    bad_params: list[str] = []
+    for name, module in model.named_modules():
+        own = [(n, p) for n, p in module.named_parameters(recurse=False) if p.requires_grad]
+        if not own:
+            continue
+        kind = layer_kind(module)
+        if kind in KRONECKER_KINDS:
+            kron[name] = (module, kind)
+        elif kind is LayerKind.LAYERNORM:
+            diag[name] = (module, kind)
+        else:
+            unsupported[name or "<root>"] = unsupported_reason(module)
+            bad_params += [f"{name}.{n}" if name else n for n, _ in own]
+    return Coverage(kron, diag, unsupported, tuple(bad_params))
+
+
+def param_name(module_name: str, attr: str) -> str:
+    """Full parameter name of ``module.attr``."""
+    return f"{module_name}.{attr}" if module_name else attr
+
+
+def warn_unsupported(cov: Coverage, what: str) -> None:
+    """Report, by name, the modules that get no curvature."""
+    if cov.unsupported:
+        listed = "; ".join(f"{n} ({r})" for n, r in cov.unsupported.items())
+        warnings.warn(f"{what}: no curvature for {listed}", stacklevel=3)
+
+
+def model_dtype_device(model: nn.Module) -> tuple[torch.dtype, torch.device]:
+    """Floating dtype (at least float32) and device of the model's parameters."""
+    p = next(model.parameters())
+    dtype = p.dtype if p.dtype in (torch.float32, torch.float64) else torch.float32
+    return dtype, p.device
+
+
+def to_device(inputs: Any, device: torch.device) -> Any:
+    """Move a tensor, a mapping of tensors or an object with ``.to`` to ``device``."""
+    if isinstance(inputs, Tensor) or hasattr(inputs, "to"):
+        return inputs.to(device)
+    if isinstance(inputs, dict):
+        return {k: to_device(v, device) for k, v in inputs.items()}
+    return inputs
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put every module in eval mode and restore each one's own mode afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.train(training)
+
+
+def unpack(batch: Any) -> tuple[Any, Tensor]:
+    """``(inputs, labels)`` from a batch item."""
+    if isinstance(batch, tuple | list) and len(batch) == 2:
+        return batch[0], batch[1]
+    raise ValueError("batches must yield (inputs, labels) pairs")
+
+
+def all_reduce_(tensors: Iterable[Tensor | None]) -> None:
+    """Sum statistics across processes when ``torch.distributed`` is initialized (K5)."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    for t in tensors:
+        if t is not None:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)

@@ -1,0 +1,188 @@
+"""Kronecker-factored Fisher of a categorical predictor, eqs. (K1)–(K6).
+
+References: Martens & Grosse 2015, "Optimizing neural networks with Kronecker-factored
+approximate curvature", ICML; Grosse & Martens 2016, ICML (convolutions); Eschenhagen et
+al. 2023, "Kronecker-factored approximate curvature for modern neural network
+architectures", NeurIPS (the "expand" convention for shared positions); Ritter et al.
+2018, NeurIPS (K-FAC Laplace for continual learning); McInerney et al. 2021 (entity
+linking).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kfacel._progress import with_progress
+from kfacel.curvature._capture import LayerRecord, capture_layers
+from kfacel.curvature._select import (
+    all_reduce_,
+    coverage,
+    eval_mode,
+    model_dtype_device,
+    param_name,
+    to_device,
+    unpack,
+    warn_unsupported,
+)
+from kfacel.curvature.diagonal import accumulate_squared_grads, finish_diagonal
+from kfacel.curvature.factors import KFACFisher, KroneckerFactors
+from kfacel.curvature.layers import LayerKind, has_bias
+from kfacel.curvature.targets import fisher_targets
+from kfacel.types import FisherKind
+
+Uncovered = Literal["ignore", "diagonal"]
+
+
+def estimate_kfac(
+    model: nn.Module,
+    batches: Iterable[tuple[Any, Tensor]],
+    *,
+    kind: FisherKind | str = FisherKind.EMPIRICAL,
+    generator: torch.Generator | None = None,
+    uncovered: Uncovered = "ignore",
+    progress: bool = False,
+) -> KFACFisher:
+    """Kronecker-factored Fisher ``F_layer ≈ G ⊗ A`` of every covered layer, eq. (K5).
+
+    Args:
+        model: ``model(inputs)`` returns logits ``[N, C]``; Linear, Conv1d (plain) and
+            Embedding layers get factors, called any number of times per forward.
+        batches: yields ``(inputs, labels)`` with ``labels: [N]`` gold indices.
+        kind: labels of the per-example gradients (K4).
+        generator: randomness for ``sampled``.
+        uncovered: ``"ignore"`` (the paper) lists parameters no factor covers;
+            ``"diagonal"`` also gives LayerNorm parameters a diagonal Fisher (K7).
+        progress: show a progress bar.
+
+    Returns:
+        The factors with the Fisher kind, the example count and the coverage.
+
+    Raises:
+        ValueError: a layer's statistics are not finite (named), no example was seen, or
+            ``uncovered="diagonal"`` meets a module kfacel cannot differentiate per example.
+    """
+    kind = FisherKind(kind)
+    if uncovered not in ("ignore", "diagonal"):
+        raise ValueError(f"uncovered must be 'ignore' or 'diagonal', got {uncovered!r}")
+    cov = coverage(model)
+    warn_unsupported(cov, "estimate_kfac")
+    if uncovered == "diagonal" and cov.unsupported:
+        raise ValueError(f"no per-example gradients for {sorted(cov.unsupported)}")
+    records = {
+        name: LayerRecord(name, module, lk, factors=True, per_example=False)
+        for name, (module, lk) in cov.kronecker.items()
+    }
+    if uncovered == "diagonal":
+        records |= {
+            name: LayerRecord(name, module, lk, factors=False, per_example=True)
+            for name, (module, lk) in cov.diagonal_only.items()
+        }
+    dtype, device = model_dtype_device(model)
+    diag_sums: dict[str, Tensor] = {}
+    with eval_mode(model), torch.enable_grad(), capture_layers(model, records, dtype) as cap:
+        for item in with_progress(batches, enabled=progress, desc=f"K-FAC ({kind})"):
+            inputs, labels = unpack(item)
+            inputs, labels = to_device(inputs, device), labels.to(device)
+            cap.begin_batch(int(labels.shape[0]), device)
+            logits = model(inputs)  # [N, C]
+            targets = list(fisher_targets(kind, logits, labels, generator))
+            for t, (y, scale) in enumerate(targets):
+                losses = F.cross_entropy(logits, y, reduction="none")  # [N]
+                loss = losses.sum() if scale is None else (losses * scale).sum()
+                cap.backward(loss, retain_graph=t < len(targets) - 1)
+                accumulate_squared_grads(records, diag_sums)
+            cap.end_batch()
+        examples = cap.examples
+    uncovered_names = (
+        *[
+            param_name(name, attr)
+            for name, (module, _) in cov.diagonal_only.items()
+            for attr, p in module.named_parameters(recurse=False)
+            if p.requires_grad
+        ],
+        *cov.unsupported_params,
+    )
+    return _finish(records, diag_sums, examples, kind, uncovered_names, dtype, device)
+
+
+def _finish(
+    records: dict[str, LayerRecord],
+    diag_sums: dict[str, Tensor],
+    examples: int,
+    kind: FisherKind,
+    uncovered: tuple[str, ...],
+    dtype: torch.dtype,
+    device: torch.device,
+) -> KFACFisher:
+    """Sum over ranks, normalize (K5) and check the statistics."""
+    kron = [r for r in records.values() if r.factors]
+    for rec in kron:  # a rank that never saw a layer still takes part in all_reduce
+        _zeros_if_unseen(rec, dtype, device)
+    count = torch.tensor(float(examples), dtype=dtype, device=device)
+    all_reduce_([count, *[t for r in kron for t in (r.aa, r.a, r.uses, r.gg)]])
+    all_reduce_(diag_sums[k] for k in sorted(diag_sums))
+    n = float(count)
+    if n == 0:
+        raise ValueError("estimate_kfac saw no example: the batches were empty")
+    factors: dict[str, KroneckerFactors] = {}
+    for rec in kron:
+        assert rec.aa is not None and rec.a is not None and rec.uses is not None
+        assert rec.gg is not None
+        uses = float(rec.uses)
+        A = _input_factor(rec, uses)
+        G = rec.gg / n  # eq. (K5)
+        for what, t in (("A", A), ("G", G)):
+            if not bool(torch.isfinite(t).all()):
+                raise ValueError(f"layer {rec.name!r}: the {what} factor is not finite")
+        bias = param_name(rec.name, "bias") if has_bias(rec.module) else None
+        factors[rec.name] = KroneckerFactors(
+            A, G, rec.kind, param_name(rec.name, "weight"), bias
+        )
+    diagonal = finish_diagonal(records, diag_sums, n)
+    return KFACFisher(factors, kind, int(n), uncovered, diagonal)
+
+
+def _input_factor(rec: LayerRecord, uses: float) -> Tensor:
+    """``A = Σ ā āᵀ / Σ_n R_n`` with the bias coordinate last, eqs. (K5)–(K6)."""
+    assert rec.aa is not None and rec.a is not None
+    if uses == 0:
+        return torch.zeros_like(rec.aa if rec.kind is LayerKind.EMBEDDING else _pad(rec))
+    if rec.kind is LayerKind.EMBEDDING:
+        return rec.aa / uses
+    if not has_bias(rec.module):
+        return rec.aa / uses
+    i = rec.aa.shape[0]
+    A = rec.aa.new_empty(i + 1, i + 1)
+    A[:i, :i] = rec.aa
+    A[:i, i] = rec.a
+    A[i, :i] = rec.a
+    A[i, i] = uses
+    return A / uses
+
+
+def _pad(rec: LayerRecord) -> Tensor:
+    assert rec.aa is not None
+    i = rec.aa.shape[0] + (1 if has_bias(rec.module) else 0)
+    return rec.aa.new_zeros(i, i)
+
+
+def _zeros_if_unseen(rec: LayerRecord, dtype: torch.dtype, device: torch.device) -> None:
+    module = rec.module
+    if rec.aa is None:
+        if rec.kind is LayerKind.EMBEDDING:
+            assert isinstance(module, nn.Embedding)
+            rec.aa = torch.zeros(module.num_embeddings, dtype=dtype, device=device)
+            rec.a = torch.zeros(0, dtype=dtype, device=device)
+        else:
+            d_in = module.weight.reshape(module.weight.shape[0], -1).shape[1]
+            rec.aa = torch.zeros(d_in, d_in, dtype=dtype, device=device)
+            rec.a = torch.zeros(d_in, dtype=dtype, device=device)
+        rec.uses = torch.zeros((), dtype=dtype, device=device)
+    if rec.gg is None:
+        d_out = module.weight.shape[1 if rec.kind is LayerKind.EMBEDDING else 0]
+        rec.gg = torch.zeros(d_out, d_out, dtype=dtype, device=device)

@@ -1,0 +1,113 @@
+"""Brute-force references, written for clarity rather than speed (STYLE.md §10).
+
+Nothing here uses kfacel's capture machinery: per-example gradients come from a loop of
+``torch.autograd.grad`` calls, one example and one label at a time, and layer inputs and
+output gradients from plain hooks with ``retain_grad``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+TOL64 = {"rtol": 1e-9, "atol": 1e-12}
+TOL32 = {"rtol": 1e-5, "atol": 1e-7}
+
+
+def folded_grad(module: nn.Module, grads: dict[str, Tensor], name: str) -> Tensor:
+    """Row-major ``vec([W | b])`` of one layer's gradient (Embedding: ``vec(weight.T)``)."""
+    w = grads[f"{name}.weight"]
+    if isinstance(module, nn.Embedding):
+        return w.T.reshape(-1)
+    w = w.reshape(w.shape[0], -1)
+    b = grads.get(f"{name}.bias")
+    return (w if b is None else torch.cat([w, b[:, None]], 1)).reshape(-1)
+
+
+def per_example_losses(
+    model: nn.Module, inputs: Any, index: int, label: int, select: Callable[[Any, int], Any]
+) -> Tensor:
+    """Loss of example ``index`` at class ``label``, from a forward of that example alone."""
+    logits = model(select(inputs, index))  # [1, C]
+    return F.cross_entropy(logits, torch.tensor([label]), reduction="sum")
+
+
+def per_example_grads(
+    model: nn.Module,
+    inputs: Any,
+    labels: Tensor,
+    *,
+    kind: str,
+    select: Callable[[Any, int], Any] = lambda x, n: x[n : n + 1],
+) -> list[list[tuple[float, dict[str, Tensor]]]]:
+    """For each example, the list of ``(weight, {param: grad})`` over its labels (K4).
+
+    ``empirical``: the gold label with weight 1. ``exact``: every class c with weight
+    ``p(c | x_n)``.
+    """
+    params = dict(model.named_parameters())
+    out = []
+    n = int(labels.shape[0])
+    for i in range(n):
+        x = select(inputs, i)
+        logits = model(x)  # [1, C]
+        probs = F.softmax(logits.detach(), -1)[0]
+        labels_i = [(1.0, int(labels[i]))] if kind == "empirical" else [
+            (float(probs[c]), c) for c in range(logits.shape[1]) if probs[c] > 0
+        ]
+        items = []
+        for w, c in labels_i:
+            loss = F.cross_entropy(model(x), torch.tensor([c]), reduction="sum")
+            gs = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+            grads = {k: (g if g is not None else torch.zeros_like(params[k]))
+                     for k, g in zip(params, gs, strict=True)}
+            items.append((w, grads))
+        out.append(items)
+    return out
+
+
+def fisher_block(model: nn.Module, examples: list, name: str) -> Tensor:
+    """Exact Fisher block of layer ``name`` in folded row-major order, eq. (K3)."""
+    module = dict(model.named_modules())[name]
+    blocks = []
+    for items in examples:
+        blocks.append(sum(w * torch.outer(v, v) for w, g in items
+                          for v in [folded_grad(module, g, name)]))
+    return torch.stack(blocks).mean(0)
+
+
+def fisher_diagonal(examples: list) -> dict[str, Tensor]:
+    """Exact diagonal Fisher per parameter, eq. (K7)."""
+    names = examples[0][0][1].keys()
+    return {
+        k: torch.stack([sum(w * g[k] ** 2 for w, g in items) for items in examples]).mean(0)
+        for k in names
+    }
+
+
+def layer_io(model: nn.Module, names: list[str], inputs: Any, labels: Tensor) -> dict:
+    """Per-call inputs and output gradients of named layers, from plain hooks.
+
+    The loss is the sum of per-example gold-label losses, so the gradient at an output row
+    of example n is that example's own gradient.
+    """
+    modules = dict(model.named_modules())
+    store: dict[str, list[tuple[Tensor, Tensor]]] = {k: [] for k in names}
+    handles = []
+    for k in names:
+        def hook(mod: nn.Module, args: tuple, out: Tensor, k: str = k) -> None:
+            out.retain_grad()
+            store[k].append((args[0].detach(), out))
+        handles.append(modules[k].register_forward_hook(hook))
+    try:
+        logits = model(inputs)
+        F.cross_entropy(logits, labels, reduction="sum").backward()
+    finally:
+        for h in handles:
+            h.remove()
+    model.zero_grad(set_to_none=True)
+    return {k: [(x, out.grad.detach()) for x, out in v] for k, v in store.items()}
