@@ -1,0 +1,362 @@
+"""Experiment configuration: frozen dataclasses loaded from TOML (STYLE.md §7).
+
+A config file has top-level keys ``name``, ``methods``, ``lam_grid``, ``tiers``,
+``seeds``, ``output_dir``, an array of ``[[tasks]]`` tables (``name``, ``path``) and the
+tables ``[model]``, ``[train]``, ``[curvature]`` and ``[penalty]``. ``[model]`` holds
+``name`` (a registered ranker: ``cnn`` or ``transformer``) and that ranker's own
+settings, checked against its config dataclass. Every other key is one field below;
+an unknown key is an error naming the key and the file. Relative paths (tasks, output
+directory, checkpoints) are kept as written and resolved against the working directory
+by the runner.
+
+Overrides use dotted paths, ``train.lr=3e-4``: the value is read as a TOML value where
+it parses as one (``1e3``, ``true``, ``[1, 2]``, ``"x"``) and as a bare string
+otherwise, then converted to the field's type (a comma-separated list is accepted for
+tuple fields), and applied with ``dataclasses.replace``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from enum import Enum, StrEnum
+from pathlib import Path
+from typing import Any, Literal, Self
+
+from kfacel.types import FisherKind
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is wrong; the message names the key and the file."""
+
+
+class Method(StrEnum):
+    """What protects the old tasks while training the next one."""
+
+    NONE = "none"  # plain fine-tuning
+    L2 = "l2"  # L2 to the old weights
+    EWC = "ewc"  # diagonal Fisher
+    KFAC = "kfac"  # Kronecker-factored Fisher (the paper's KFC)
+    LRC = "lrc"  # discriminative learning rates (ULMFiT)
+    REPLAY = "replay"  # experience replay: needs old data, a reference only
+
+
+class CurvatureMethod(StrEnum):
+    """Consolidation state a finished task leaves behind."""
+
+    KFAC = "kfac"
+    EWC = "ewc"
+    L2 = "l2"
+
+
+class Uncovered(StrEnum):
+    """What K-FAC does with parameters outside its layers (LayerNorm)."""
+
+    IGNORE = "ignore"  # the paper
+    DIAGONAL = "diagonal"  # beyond the paper: a diagonal Fisher for them
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task: a display name and a task directory (JSONL splits)."""
+
+    name: str
+    path: str
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The ranker: a registry name and its own settings (``build_model(name, **s)``)."""
+
+    name: str = "cnn"
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training of one task (``train_task``) and the LRC and replay baselines."""
+
+    epochs: int = 10
+    lr: float = 1e-3
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    max_train_examples: int | None = None
+    device: str = "cpu"
+    lrc_gamma: float = 0.5  # LRC: η_ℓ = η_{ℓ+1}·γ from the top layer down
+    replay_every: int = 10  # replay: n old batches every m new ones
+    replay_batches: int = 1
+
+
+@dataclass(frozen=True)
+class CurvatureConfig:
+    """Consolidation of a finished task (``method`` is set per run by the runner)."""
+
+    method: CurvatureMethod = CurvatureMethod.KFAC
+    fisher: FisherKind = FisherKind.EMPIRICAL
+    max_examples: int | None = None
+    uncovered: Uncovered = Uncovered.IGNORE
+    damping: float = 0.0
+
+
+@dataclass(frozen=True)
+class PenaltyConfig:
+    """λ for single runs and the λ selection rule (metrics.select_lambda)."""
+
+    lam: float = 1e3
+    new_task_tolerance: float = 2.0
+    tier3_factors: tuple[float, ...] = (0.01, 1.0, 100.0)
+    tier3_mean: Literal["geometric", "arithmetic"] = "geometric"
+    tier3_search_first: bool = False
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """The paper's protocol: tasks × orders × methods × λ grid, tiers 1–3."""
+
+    name: str
+    tasks: tuple[TaskSpec, ...]
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    curvature: CurvatureConfig = field(default_factory=CurvatureConfig)
+    penalty: PenaltyConfig = field(default_factory=PenaltyConfig)
+    methods: tuple[Method, ...] = (Method.NONE, Method.EWC, Method.KFAC)
+    lam_grid: tuple[float, ...] = (1e1, 1e3, 1e5, 1e7, 1e9)
+    tiers: tuple[int, ...] = (1, 2, 3)
+    seeds: tuple[int, ...] = (0,)
+    output_dir: str = "runs"
+
+    def __post_init__(self) -> None:
+        """Check values that no single field type can."""
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"task names must be unique, got {names}")
+        for tier in self.tiers:
+            if tier not in (1, 2, 3):
+                raise ConfigError(f"tiers: {tier} is not 1, 2 or 3")
+            if len(self.tasks) < tier:
+                raise ConfigError(f"tier {tier} needs {tier} tasks, got {len(names)}")
+        if not self.seeds:
+            raise ConfigError("seeds: give at least one seed")
+        if any(not lam > 0 for lam in self.lam_grid):
+            raise ConfigError(f"lam_grid: values must be positive, got {self.lam_grid}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready nested dict (enums as strings, tuples as lists); ``from_dict``."""
+        return typing.cast(dict[str, Any], _plain(self))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "<dict>") -> Self:
+        """Build from a nested dict (a TOML document or a written ``config.json``)."""
+        return typing.cast(Self, _build(cls, data, source, ""))
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Read a TOML config and apply dotted overrides.
+
+    Args:
+        path: the TOML file.
+        overrides: ``"section.key=value"`` strings, applied in order.
+
+    Returns:
+        The resolved configuration.
+
+    Raises:
+        ConfigError: for an unknown key, a value of the wrong type or bad TOML.
+    """
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: {err}") from err
+    cfg = ExperimentConfig.from_dict(data, source=str(path))
+    return apply_overrides(cfg, overrides)
+
+
+def apply_overrides(
+    cfg: ExperimentConfig, overrides: Sequence[str]
+) -> ExperimentConfig:
+    """Apply ``"a.b=value"`` overrides with ``dataclasses.replace``.
+
+    >>> cfg = ExperimentConfig(name="x", tasks=(TaskSpec("a", "tasks/a"),), tiers=(1,))
+    >>> apply_overrides(cfg, ["train.lr=3e-4", "seeds=1,2"]).train.lr
+    0.0003
+    """
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(
+                f"override {item!r}: expected KEY=VALUE, e.g. train.lr=3e-4"
+            )
+        cfg = _override(cfg, key.strip().split("."), _parse_value(text.strip()), item)
+    return cfg
+
+
+def _override(obj: Any, path: list[str], value: Any, where: str) -> Any:
+    """Return ``obj`` with the field at ``path`` set to ``value``, type-converted."""
+    head, rest = path[0], path[1:]
+    if isinstance(obj, ModelConfig) and head != "name":
+        if rest:
+            raise ConfigError(f"override {where!r}: model.{head} takes no subkey")
+        typed = _model_settings(
+            obj.name, {head: value}, f"override {where!r}", "model."
+        )
+        return replace(obj, settings={**obj.settings, **typed})
+    hints = _hints(type(obj))
+    if head not in hints:
+        raise ConfigError(
+            f"override {where!r}: unknown key {head!r}; known {sorted(hints)}"
+        )
+    if rest:
+        if not is_dataclass(hints[head]):
+            raise ConfigError(f"override {where!r}: {head!r} has no subkeys")
+        return replace(obj, **{head: _override(getattr(obj, head), rest, value, where)})
+    if is_dataclass(hints[head]) or hints[head] == tuple[TaskSpec, ...]:
+        raise ConfigError(
+            f"override {where!r}: set the keys inside {head!r} one by one"
+        )
+    new = replace(obj, **{head: _coerce(value, hints[head], f"override {where!r}")})
+    if isinstance(obj, ModelConfig):  # a new ranker: re-check the settings against it
+        _model_settings(new.name, new.settings, f"override {where!r}", "model.")
+    return new
+
+
+def _parse_value(text: str) -> Any:
+    """A TOML value where ``text`` is one, else the bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _build(cls: type, data: Mapping[str, Any], source: str, prefix: str) -> Any:
+    """Instantiate dataclass ``cls`` from ``data``, rejecting unknown keys."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'config'} must be a table")
+    if cls is ModelConfig:
+        name = data.get("name", ModelConfig.name)
+        name = _coerce(name, str, f"{source}: {prefix}name")
+        settings = {k: v for k, v in data.items() if k not in ("name", "settings")}
+        settings.update(data.get("settings", {}))  # the to_dict() layout
+        return ModelConfig(name, _model_settings(name, settings, source, prefix))
+    hints = _hints(cls)
+    unknown = sorted(set(data) - set(hints))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key '{prefix}{unknown[0]}'; known: {sorted(hints)}"
+        )
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        tp, key = hints[name], f"{prefix}{name}"
+        if is_dataclass(tp):
+            kwargs[name] = _build(typing.cast(type, tp), value, source, f"{key}.")
+        elif tp == tuple[TaskSpec, ...]:
+            if not isinstance(value, list):
+                raise ConfigError(f"{source}: {key} must be an array of tables")
+            kwargs[name] = tuple(
+                _build(TaskSpec, v, source, f"{key}[{i}].") for i, v in enumerate(value)
+            )
+        else:
+            kwargs[name] = _coerce(value, tp, f"{source}: {key}")
+    try:
+        return cls(**kwargs)
+    except TypeError as err:  # a required key is missing
+        raise ConfigError(f"{source}: {prefix or 'config'} {err}") from err
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from err
+
+
+def _model_settings(
+    name: str, settings: Mapping[str, Any], where: str, prefix: str
+) -> dict[str, Any]:
+    """Check ranker settings against the registry's config dataclass, typed."""
+    try:
+        from kfacel.models.registry import MODELS  # lazy: it imports torch
+    except ImportError:  # pragma: no cover - the registry is part of the package
+        return dict(settings)
+    if name not in MODELS:
+        raise ConfigError(
+            f"{where}: {prefix}name {name!r} is not one of {sorted(MODELS)}"
+        )
+    hints = _hints(MODELS[name][0])
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        if key not in hints:
+            raise ConfigError(
+                f"{where}: unknown key '{prefix}{key}' for model {name!r}; "
+                f"known: {['name', *sorted(hints)]}"
+            )
+        out[key] = _coerce(value, hints[key], f"{where}: {prefix}{key}")
+    return out
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    """Field name to resolved type annotation."""
+    resolved = typing.get_type_hints(cls)
+    return {f.name: resolved[f.name] for f in fields(cls)}
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert ``value`` to type ``tp`` or raise ``ConfigError`` naming ``where``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (types.UnionType, typing.Union):
+        is_none = value is None or (
+            isinstance(value, str) and value.lower() in ("none", "null")
+        )
+        if is_none and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [_parse_value(v.strip()) for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            value = [value]
+        return tuple(_coerce(v, args[0], where) for v in value)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
+        return value
+    if origin is dict or tp is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a table, got {value!r}")
+        return dict(value)
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        try:
+            return tp(value)
+        except ValueError:
+            raise ConfigError(
+                f"{where}: {value!r} is not one of {[m.value for m in tp]}"
+            ) from None
+    if tp is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if tp is Any or (isinstance(tp, type) and isinstance(value, tp)):
+        if tp is int and isinstance(value, bool):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is str and isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    raise ConfigError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def _plain(obj: Any) -> Any:
+    """Dataclasses, enums and tuples to JSON types."""
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _plain(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, Enum):
+        return obj.value
+    if isinstance(obj, tuple | list):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    return obj

@@ -1,0 +1,233 @@
+"""Config loading, validation, overrides and round trips against hand-written TOML."""
+
+from __future__ import annotations
+
+import doctest
+import json
+from pathlib import Path
+
+import pytest
+
+from kfacel.experiments import config as config_module
+from kfacel.experiments.config import (
+    ConfigError,
+    CurvatureMethod,
+    ExperimentConfig,
+    Method,
+    TaskSpec,
+    Uncovered,
+    apply_overrides,
+    load_config,
+)
+from kfacel.types import FisherKind
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+SHIPPED = sorted(CONFIGS.glob("*.toml"))
+
+MINIMAL = """
+name = "t"
+methods = ["none", "kfac"]
+lam_grid = [10, 1e3]
+tiers = [1, 2]
+seeds = [0, 1]
+output_dir = "runs/t"
+
+[[tasks]]
+name = "a"
+path = "tasks/a"
+
+[[tasks]]
+name = "b"
+path = "tasks/b"
+
+[model]
+name = "cnn"
+hidden = 16
+
+[train]
+epochs = 2
+lr = 0.01
+max_train_examples = 100
+
+[curvature]
+fisher = "sampled"
+max_examples = 50
+"""
+
+
+def _write(tmp_path: Path, text: str, name: str = "c.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_doctests() -> None:
+    assert doctest.testmod(config_module).failed == 0
+
+
+def test_load_minimal(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, MINIMAL))
+    assert cfg.name == "t"
+    assert cfg.tasks == (TaskSpec("a", "tasks/a"), TaskSpec("b", "tasks/b"))
+    assert cfg.methods == (Method.NONE, Method.KFAC)
+    assert cfg.lam_grid == (10.0, 1000.0)
+    assert all(isinstance(x, float) for x in cfg.lam_grid)
+    assert cfg.seeds == (0, 1)
+    assert cfg.model.name == "cnn"
+    assert cfg.model.settings == {"hidden": 16}
+    assert cfg.train.epochs == 2
+    assert cfg.train.max_train_examples == 100
+    assert cfg.curvature.fisher is FisherKind.SAMPLED
+    assert cfg.curvature.method is CurvatureMethod.KFAC  # default
+    assert cfg.curvature.uncovered is Uncovered.IGNORE
+    assert cfg.penalty.new_task_tolerance == 2.0
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "match"),
+    [
+        ("epochs = 2", "epochz = 2", r"unknown key 'train\.epochz'"),
+        ('name = "t"', 'name = "t"\nfoo = 1', r"unknown key 'foo'"),
+        (
+            'path = "tasks/a"',
+            'path = "tasks/a"\nsplit = 1',
+            r"unknown key 'tasks\[0\]\.split'",
+        ),
+        ("hidden = 16", "hiden = 16", r"unknown key 'model\.hiden' for model 'cnn'"),
+    ],
+)
+def test_unknown_keys_name_key_and_file(
+    tmp_path: Path, old: str, new: str, match: str
+) -> None:
+    path = _write(tmp_path, MINIMAL.replace(old, new))
+    with pytest.raises(ConfigError, match=match) as err:
+        load_config(path)
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "match"),
+    [
+        ("epochs = 2", 'epochs = "two"', r"train\.epochs: expected int"),
+        ('fisher = "sampled"', 'fisher = "squared"', r"curvature\.fisher: 'squared'"),
+        ('methods = ["none", "kfac"]', 'methods = ["nope"]', r"methods: 'nope'"),
+        ("tiers = [1, 2]", "tiers = [1, 2, 3]", "tier 3 needs 3 tasks"),
+        ("tiers = [1, 2]", "tiers = [4]", "4 is not 1, 2 or 3"),
+        ('name = "b"', 'name = "a"', "unique"),
+        ("lam_grid = [10, 1e3]", "lam_grid = [0]", "positive"),
+        ('name = "cnn"', 'name = "rnn"', r"'rnn' is not one of"),
+        ("epochs = 2", "epochs = true", r"train\.epochs: expected an integer"),
+    ],
+)
+def test_bad_values_are_errors(tmp_path: Path, old: str, new: str, match: str) -> None:
+    path = _write(tmp_path, MINIMAL.replace(old, new))
+    with pytest.raises(ConfigError, match=match) as err:
+        load_config(path)
+    assert str(path) in str(err.value)
+
+
+def test_missing_required_and_bad_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="tasks"):
+        load_config(_write(tmp_path, 'name = "x"'))
+    with pytest.raises(ConfigError, match=r"c\.toml"):
+        load_config(_write(tmp_path, "name = "))
+
+
+def test_overrides_convert_types(tmp_path: Path) -> None:
+    cfg = load_config(
+        _write(tmp_path, MINIMAL),
+        [
+            "train.lr=3e-4",
+            "train.epochs=5",
+            "train.max_train_examples=none",
+            "train.device=cuda",
+            "curvature.fisher=exact",
+            "curvature.damping=1e-3",
+            "penalty.tier3_search_first=true",
+            "methods=none,ewc,kfac",
+            "lam_grid=[1, 100]",
+            "seeds=3",
+            "model.hidden=32",
+            "name=renamed",
+        ],
+    )
+    assert cfg.train.lr == 3e-4
+    assert cfg.train.epochs == 5
+    assert cfg.train.max_train_examples is None
+    assert cfg.train.device == "cuda"
+    assert cfg.curvature.fisher is FisherKind.EXACT
+    assert cfg.curvature.damping == 1e-3
+    assert cfg.penalty.tier3_search_first is True
+    assert cfg.methods == (Method.NONE, Method.EWC, Method.KFAC)
+    assert cfg.lam_grid == (1.0, 100.0)
+    assert cfg.seeds == (3,)
+    assert cfg.model.settings == {"hidden": 32}
+    assert cfg.name == "renamed"
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("train.lrr=1", r"unknown key 'lrr'"),
+        ("train.epochs=1.5", r"expected int"),
+        ("train", "KEY=VALUE"),
+        ("model.hiden=3", r"unknown key 'model\.hiden'"),
+        ("train.lr.x=1", "no subkeys"),
+        ("train=1", "one by one"),
+        ("tasks=x", "one by one"),
+        ("tiers=3", "tier 3 needs"),
+    ],
+)
+def test_bad_overrides(tmp_path: Path, override: str, match: str) -> None:
+    cfg = load_config(_write(tmp_path, MINIMAL))
+    with pytest.raises(ConfigError, match=match):
+        apply_overrides(cfg, [override])
+
+
+def test_to_dict_round_trips_through_json(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, MINIMAL), ["curvature.uncovered=diagonal"])
+    data = json.loads(json.dumps(cfg.to_dict()))
+    assert data["curvature"]["uncovered"] == "diagonal"
+    assert data["methods"] == ["none", "kfac"]
+    assert data["model"] == {"name": "cnn", "settings": {"hidden": 16}}
+    assert ExperimentConfig.from_dict(data) == cfg
+
+
+def test_frozen(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, MINIMAL))
+    with pytest.raises(AttributeError):
+        cfg.name = "x"  # type: ignore[misc]
+
+
+def test_every_config_is_shipped() -> None:
+    names = {p.stem for p in SHIPPED}
+    assert {
+        "paper-cnn",
+        "paper-transformer",
+        "paper-cnn-small",
+        "paper-transformer-small",
+    } <= names
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_configs_load(path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg.name == path.stem
+    assert [t.name for t in cfg.tasks] == ["medmentions", "cadec", "ncbi"]
+    small = path.stem.endswith("-small")
+    assert all(
+        t.path == f"tasks/{'public3-small' if small else 'public3'}/{t.name}"
+        for t in cfg.tasks
+    )
+    assert cfg.lam_grid == (1e1, 1e3, 1e5, 1e7, 1e9)
+    assert set(cfg.methods) >= {
+        Method.NONE,
+        Method.LRC,
+        Method.L2,
+        Method.EWC,
+        Method.KFAC,
+    }
+    assert cfg.tiers == (1, 2, 3)
+    assert cfg.train.epochs == (10 if not small else cfg.train.epochs)
+    assert cfg.train.epochs < 10 or not small
+    assert ExperimentConfig.from_dict(cfg.to_dict()) == cfg
