@@ -1,0 +1,158 @@
+"""Rankers: logits, masking, K-FAC-coverable modules, padding marks, learning."""
+
+import dataclasses
+
+import pytest
+import torch
+from conftest import synthetic_examples
+from torch import nn
+
+from kfacel.data.collate import FEATURE_NAMES, Collator, build_type_vocab
+from kfacel.data.tokenize import default_encoder_path
+from kfacel.models import build_model
+from kfacel.models._pretrained import read_tensors
+from kfacel.positions import matching_mask
+from kfacel.training.evaluate import evaluate
+from kfacel.training.trainer import train_task
+
+TINY_BERT = {
+    "vocab_size": 30522,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 64,
+}
+
+
+def tiny(name: str, **extra) -> nn.Module:
+    torch.manual_seed(0)
+    if name == "cnn":
+        return build_model("cnn", embed_dim=16, hidden=32, **extra)
+    return build_model("transformer", encoder_config=TINY_BERT, layers=2, **extra)
+
+
+@pytest.fixture(scope="module")
+def rich_batch(tokenizer):
+    examples = synthetic_examples(6, seed=3)
+    # drop candidates of two queries so the batch has padding candidates
+    examples[1] = dataclasses.replace(
+        examples[1], candidates=examples[1].candidates[:3]
+    )
+    examples[1] = dataclasses.replace(examples[1], gold=examples[1].candidates[0].id)
+    types = build_type_vocab(examples)
+    return Collator(tokenizer, max_mention_length=16, types=types)(examples), len(types)
+
+
+@pytest.mark.parametrize("name", ["cnn", "transformer"])
+def test_logits_shape_and_padding_candidates_at_minus_inf(name, rich_batch):
+    batch, num_types = rich_batch
+    model = tiny(name, num_features=len(FEATURE_NAMES), num_types=num_types).eval()
+    logits = model(batch)
+    assert logits.shape == batch.candidate_valid.shape
+    assert torch.isneginf(logits[~batch.candidate_valid]).all()
+    assert torch.isfinite(logits[batch.candidate_valid]).all()
+
+
+@pytest.mark.parametrize("name", ["cnn", "transformer"])
+def test_permuting_candidates_permutes_logits(name, rich_batch):
+    batch, num_types = rich_batch
+    model = tiny(name, num_features=len(FEATURE_NAMES), num_types=num_types).eval()
+    perm = torch.tensor([4, 2, 0, 3, 1])
+    permuted = dataclasses.replace(
+        batch,
+        candidate_ids=batch.candidate_ids[:, perm],
+        candidate_mask=batch.candidate_mask[:, perm],
+        candidate_valid=batch.candidate_valid[:, perm],
+        features=batch.features[:, perm],
+        candidate_types=batch.candidate_types[:, perm],
+    )
+    torch.testing.assert_close(model(permuted), model(batch)[:, perm])
+
+
+@pytest.mark.parametrize("name", ["cnn", "transformer"])
+def test_only_kfac_coverable_modules_hold_parameters(name):
+    model = tiny(name, num_features=3, num_types=2)
+    allowed = (nn.Linear, nn.Conv1d, nn.Embedding, nn.LayerNorm)
+    for mod_name, module in model.named_modules():
+        own = list(module.parameters(recurse=False))
+        if own:
+            assert isinstance(module, allowed), mod_name
+        if isinstance(module, nn.Conv1d):
+            assert module.groups == 1
+            assert module.dilation == (1,)
+            assert module.padding_mode == "zeros"
+
+
+@pytest.mark.parametrize("name", ["cnn", "transformer"])
+def test_every_sequence_layer_call_has_its_padding_marked(name, rich_batch):
+    batch, num_types = rich_batch
+    model = tiny(name, num_features=len(FEATURE_NAMES), num_types=num_types).eval()
+    unmarked: list[str] = []
+
+    def hook(mod_name):
+        def record(module, inputs, output):
+            x = inputs[0]
+            if isinstance(module, nn.Embedding):
+                positions = tuple(x.shape)
+            elif isinstance(module, nn.Conv1d):
+                positions = (x.shape[0], output.shape[-1])
+            else:
+                positions = tuple(x.shape[:-1])
+            if len(positions) > 1 and matching_mask(positions) is None:
+                unmarked.append(f"{mod_name} {positions}")
+
+        return record
+
+    handles = [
+        m.register_forward_hook(hook(n))
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear | nn.Conv1d | nn.Embedding)
+    ]
+    try:
+        model(batch)
+    finally:
+        for h in handles:
+            h.remove()
+    # position ids are [1, L]: one row shared by every query, nothing to mask
+    assert [u for u in unmarked if "position_embeddings" not in u] == []
+
+
+def test_cnn_copies_the_minilm_word_embeddings():
+    path = default_encoder_path()
+    model = build_model("cnn", embeddings_from=str(path), hidden=8)
+    expected = read_tensors(path, ["embeddings.word_embeddings.weight"])
+    torch.testing.assert_close(
+        model.embedding.weight.detach(),
+        expected["embeddings.word_embeddings.weight"],
+    )
+    assert model.config.embed_dim == 384
+
+
+def test_transformer_keeps_the_first_layers_of_minilm():
+    path = default_encoder_path()
+    model = build_model("transformer", encoder_path=str(path), layers=1)
+    assert len(model.encoder.encoder.layer) == 1
+    name = "encoder.layer.0.attention.self.query.weight"
+    expected = read_tensors(path, [name])[name]
+    torch.testing.assert_close(model.encoder.state_dict()[name], expected)
+
+
+def test_unknown_model_or_setting_is_refused():
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model("rnn")
+    with pytest.raises(ValueError, match="unknown cnn settings"):
+        build_model("cnn", hiden=3)
+
+
+@pytest.mark.parametrize(("name", "lr"), [("cnn", 3e-3), ("transformer", 1e-3)])
+def test_tiny_random_ranker_learns_a_synthetic_task(
+    name, lr, synthetic_batches, one_thread
+):
+    train, dev = synthetic_batches
+    model = tiny(name, dropout=0.0)
+    before = evaluate(model, dev).accuracy
+    log = train_task(model, train, epochs=5, lr=lr, dev_batches=dev, seed=0)
+    after = evaluate(model, dev).accuracy
+    assert after == pytest.approx(log.best_dev_accuracy)
+    assert after > 0.6 > before + 0.2  # chance is 0.2 with 5 candidates
