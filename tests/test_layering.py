@@ -14,16 +14,20 @@ ALLOWED: dict[str, set[str]] = {
     "_progress": set(),
     "curvature": {"types", "positions", "_progress"},
     "penalties": {"types", "curvature"},
+    "consolidation": {"types", "curvature", "penalties"},
     "models": {"types", "positions"},
     "data": {"types", "_progress"},
-    "training": {"types", "positions", "_progress", "curvature", "penalties", "models", "data"},
+    "training": {
+        "types", "positions", "_progress", "curvature", "penalties", "consolidation",
+        "models", "data",
+    },
     "experiments": {
-        "types", "positions", "_progress", "curvature", "penalties", "models", "data",
-        "training",
+        "types", "positions", "_progress", "curvature", "penalties", "consolidation",
+        "models", "data", "training",
     },
     "cli": {
-        "types", "positions", "_progress", "curvature", "penalties", "models", "data",
-        "training", "experiments", "demo",
+        "types", "positions", "_progress", "curvature", "penalties", "consolidation",
+        "models", "data", "training", "experiments", "demo",
     },
 }
 

@@ -1,7 +1,52 @@
-"""kfacel: keep a medical entity linker up to date with Kronecker-factored EWC (KFC)."""
+"""kfacel: keep a medical entity linker up to date with Kronecker-factored EWC (KFC).
 
+The library in one loop (DESIGN.md §1)::
+
+    fisher = kfacel.estimate_kfac(model, batches, kind="empirical")
+    penalty = kfacel.KFACPenalty().add_task(kfacel.snapshot(model), fisher, lam=1e2)
+    loss = task_loss + penalty(model)  # ½ Σ_t λ_t (θ − θ*_t)ᵀ F_t (θ − θ*_t)
+"""
+
+from kfacel.consolidation import TaskState, build_penalty, load_state, save_state
+from kfacel.curvature import (
+    DiagonalFisher,
+    KFACFisher,
+    KroneckerFactors,
+    estimate_diagonal,
+    estimate_kfac,
+)
+from kfacel.penalties import (
+    DiagonalEWCPenalty,
+    KFACPenalty,
+    L2Penalty,
+    NoPenalty,
+    Penalty,
+    snapshot,
+)
+from kfacel.positions import valid_positions
 from kfacel.types import Batch, FisherKind, ParamDict
 
 __version__ = "0.1.0"
 
-__all__ = ["Batch", "FisherKind", "ParamDict", "__version__"]
+__all__ = [
+    "Batch",
+    "DiagonalEWCPenalty",
+    "DiagonalFisher",
+    "FisherKind",
+    "KFACFisher",
+    "KFACPenalty",
+    "KroneckerFactors",
+    "L2Penalty",
+    "NoPenalty",
+    "ParamDict",
+    "Penalty",
+    "TaskState",
+    "__version__",
+    "build_penalty",
+    "estimate_diagonal",
+    "estimate_kfac",
+    "load_state",
+    "save_state",
+    "snapshot",
+    "valid_positions",
+]

@@ -1,0 +1,103 @@
+"""Consolidation state: a safetensors + JSON round trip equals what was saved; mismatches refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from kfacel import (
+    TaskState,
+    build_penalty,
+    estimate_diagonal,
+    estimate_kfac,
+    load_state,
+    save_state,
+    snapshot,
+)
+from kfacel.consolidation import copy_states, state_dir
+from tests.curvature.test_diagonal import TinyRanker
+
+
+def _data():
+    torch.manual_seed(0)
+    model = TinyRanker().double()
+    batch = {"ids": torch.randint(0, 6, (6, 5)), "mask": torch.ones(6, 5, dtype=torch.bool)}
+    return model, [(batch, torch.tensor([0, 1, 2, 0, 1, 2]))]
+
+
+def test_round_trip_restores_anchor_factors_and_meta(tmp_path) -> None:
+    model, batches = _data()
+    fisher = estimate_kfac(model, batches, uncovered="diagonal")
+    diag = estimate_diagonal(model, batches)
+    save_state(tmp_path, TaskState("A", "kfac", snapshot(model), fisher))
+    save_state(tmp_path, TaskState("B task", "ewc", snapshot(model), diag))
+    save_state(tmp_path, TaskState("C", "l2", snapshot(model), None))
+    a, b, c = load_state(tmp_path, model)
+    assert [s.task for s in (a, b, c)] == ["A", "B task", "C"]
+    assert a.meta["fisher_kind"] == "empirical" and a.meta["num_examples"] == 6
+    assert set(a.meta["uncovered"]) == {"norm.weight", "norm.bias"}
+    for name, f in fisher.items():
+        assert torch.equal(a.curvature[name].A, f.A)
+        assert torch.equal(a.curvature[name].G, f.G)
+    for name, t in fisher.diagonal.items():
+        assert torch.equal(a.curvature.diagonal[name], t)
+    for name, t in diag.items():
+        assert torch.equal(b.curvature[name], t)
+    for name, t in snapshot(model).items():
+        assert torch.equal(c.anchor[name], t)
+    pen = build_penalty("kfac", [a], [2.0])
+    assert float(pen(model).detach()) == 0.0
+
+
+def test_files_are_safetensors_and_json_with_packed_factors(tmp_path) -> None:
+    model, batches = _data()
+    fisher = estimate_kfac(model, batches)
+    path = save_state(tmp_path, TaskState("A", "kfac", snapshot(model), fisher))
+    meta = json.loads(path.read_text())
+    assert meta["method"] == "kfac" and meta["layers"]["enc"]["bias"] == "enc.bias"
+    tensors = load_file(str(path.with_suffix(".safetensors")))
+    o = fisher["enc"].G.shape[0]
+    assert tensors["kfac/enc/G"].numel() == o * (o + 1) // 2  # upper triangle only
+
+
+def test_mismatched_model_is_refused_with_names(tmp_path) -> None:
+    model, batches = _data()
+    save_state(tmp_path, TaskState("A", "kfac", snapshot(model), estimate_kfac(model, batches)))
+    with pytest.raises(ValueError, match=r"emb\.weight: state \(9, 4\), model \(12, 4\)"):
+        load_state(tmp_path, TinyRanker(vocab=12).double())
+
+
+def test_penalty_without_state_or_with_wrong_method_is_refused(tmp_path) -> None:
+    model, batches = _data()
+    with pytest.raises(ValueError, match="consolidate"):
+        build_penalty("kfac", [], [])
+    save_state(tmp_path, TaskState("A", "ewc", snapshot(model), estimate_diagonal(model, batches)))
+    with pytest.raises(ValueError, match="--method kfac"):
+        build_penalty("kfac", load_state(tmp_path), [1.0])
+
+
+def test_states_carry_forward_to_a_new_model_dir(tmp_path) -> None:
+    model, batches = _data()
+    save_state(tmp_path / "v1", TaskState("A", "l2", snapshot(model), None))
+    copy_states(tmp_path / "v1", tmp_path / "v2")
+    save_state(tmp_path / "v2", TaskState("B", "l2", snapshot(model), None))
+    assert [s.task for s in load_state(tmp_path / "v2")] == ["A", "B"]
+    assert len(list(state_dir(tmp_path / "v1").glob("*.json"))) == 1
+
+
+def test_failed_write_leaves_earlier_states_intact(tmp_path, monkeypatch) -> None:
+    model, batches = _data()
+    save_state(tmp_path, TaskState("A", "l2", snapshot(model), None))
+    before = sorted(p.name for p in state_dir(tmp_path).iterdir())
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("kfacel.consolidation.save_file", boom)
+    with pytest.raises(OSError, match="disk full"):
+        save_state(tmp_path, TaskState("B", "l2", snapshot(model), None))
+    assert sorted(p.name for p in state_dir(tmp_path).iterdir()) == before
+    assert [s.task for s in load_state(tmp_path, model)] == ["A"]
