@@ -148,7 +148,9 @@ def train_task(
             opt.zero_grad(set_to_none=True)
             with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
                 logits = net(batch)  # [N, C]
-                loss = F.cross_entropy(logits.float(), batch.labels)
+                if logits.dtype in (torch.float16, torch.bfloat16):
+                    logits = logits.float()
+                loss = F.cross_entropy(logits, batch.labels)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"loss is {loss.item()} at epoch {epoch}, batch {step}: "
