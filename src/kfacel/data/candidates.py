@@ -1,0 +1,309 @@
+"""Candidate generation: rank a dictionary's concepts by the similarity of their names.
+
+Two generators, both over every name of every concept (a concept scores the best of its
+names):
+
+- ``tfidf``: cosine similarity of character 3-gram TF-IDF vectors (within word
+  boundaries, sublinear tf), after Murty et al., "Hierarchical losses and new resources
+  for fine-grained entity typing and linking", ACL 2018. For MedMentions-like data.
+- ``bm25``: Okapi BM25 (``bm25s``, k1 = 1.5, b = 0.75) of lower-cased word tokens of the
+  mention against each name. For MedNorm-like data.
+
+Scores are computed for a batch of distinct mentions at once (a sparse product for
+TF-IDF), so tens of thousands of mentions over tens of thousands of concepts take
+seconds. Ties are broken by dictionary order, so rankings are deterministic.
+
+``make_candidates`` builds the candidate lists of a task: the gold plus the C−1 best
+other concepts; when fewer than C−1 others have a positive score the remaining places
+are drawn at random (seeded) from the zero-score concepts, so that filler candidates are
+not always the dictionary's first entries. The list is then shuffled with the same RNG.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from kfacel.data.records import Candidate, Concept
+
+METHODS = ("tfidf", "bm25")
+_MAX_CELLS = 1 << 24
+"""Largest batch × names score matrix held at once (64 MiB of float32)."""
+_WORD = re.compile(r"\w+")
+
+
+def _key(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+class CandidateGenerator:
+    """Ranks the concepts of a dictionary for mention strings (a base for the methods).
+
+    Attributes:
+        concepts: the dictionary, in the order that breaks ties.
+        method: ``"tfidf"`` or ``"bm25"``.
+    """
+
+    method = ""
+
+    def __init__(self, concepts: Sequence[Concept]) -> None:
+        """Index the names of ``concepts``; ids must be distinct."""
+        if not concepts:
+            raise ValueError("the concept dictionary is empty")
+        self.concepts = tuple(concepts)
+        self._index: dict[str, int] = {}
+        for i, concept in enumerate(self.concepts):
+            for ident in (concept.id, *concept.alt_ids):
+                if ident in self._index:
+                    raise ValueError(
+                        f"concept id {ident!r} appears twice in the dictionary"
+                    )
+                self._index[ident] = i
+        names: list[str] = []
+        starts: list[int] = []
+        for concept in self.concepts:
+            starts.append(len(names))
+            names.extend(dict.fromkeys(_key(n) for n in concept.names) or [""])
+        self._names = names
+        self._starts = np.asarray(starts, dtype=np.int64)
+
+    def index_of(self, concept_id: str) -> int | None:
+        """Position of ``concept_id`` (or an alternative id of it), None if unknown."""
+        return self._index.get(concept_id)
+
+    def _name_scores(self, mentions: list[str]) -> np.ndarray:
+        """Scores ``[b, names]`` of distinct normalized mentions against every name."""
+        raise NotImplementedError
+
+    def _batches(
+        self, mentions: Sequence[str]
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield ``(scores [u, concepts] of distinct mentions, rows [b] of mentions)``.
+
+        Mentions are scored in consecutive batches; equal mentions (after lower-casing
+        and collapsing spaces) are scored once.
+        """
+        batch = max(1, min(8192, _MAX_CELLS // max(1, len(self._names))))
+        one_name_each = len(self._names) == len(self.concepts)
+        for lo in range(0, len(mentions), batch):
+            keys = [_key(m) for m in mentions[lo : lo + batch]]
+            distinct = list(dict.fromkeys(keys))
+            where = {k: i for i, k in enumerate(distinct)}
+            scores = self._name_scores(distinct)  # [u, names]
+            if not one_name_each:
+                scores = np.maximum.reduceat(
+                    scores, self._starts, axis=1
+                )  # [u, concepts]
+            yield scores, np.asarray([where[k] for k in keys], dtype=np.int64)
+
+    def concept_scores(self, mentions: Sequence[str]) -> Iterator[np.ndarray]:
+        """Yield score matrices ``[b, concepts]`` for consecutive batches."""
+        for scores, rows in self._batches(mentions):
+            yield scores[rows]
+
+    def search(self, mentions: Sequence[str], k: int) -> list[list[tuple[str, float]]]:
+        """The ``k`` best concepts of each mention, best first.
+
+        Args:
+            mentions: mention strings.
+            k: how many concepts per mention (at most the dictionary's size).
+
+        Returns:
+            For each mention, ``(concept id, score)`` pairs, best first; ties in
+            dictionary order.
+        """
+        out: list[list[tuple[str, float]]] = []
+        for scores, rows in self._batches(mentions):
+            best = [
+                [(self.concepts[j].id, float(row[j])) for j in top]
+                for row, top in zip(scores, top_k(scores, k), strict=True)
+            ]
+            out.extend(best[r] for r in rows)
+        return out
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices ``[b, k]`` of the largest scores of each row, ties by index.
+
+    >>> top_k(np.array([[0.1, 0.5, 0.5, 0.2]]), 3).tolist()
+    [[1, 2, 3]]
+    """
+    n = scores.shape[1]
+    k = min(k, n)
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < n else None
+    out = np.empty((scores.shape[0], k), dtype=np.int64)
+    for r, row in enumerate(scores):
+        # argpartition splits ties at the boundary arbitrarily: widen to all tied values
+        if part is None:
+            pool = np.arange(n)
+        else:
+            cut = row[part[r]].min()
+            pool = np.flatnonzero(row >= cut)
+        order = np.lexsort((pool, -row[pool]))
+        out[r] = pool[order[:k]]
+    return out
+
+
+class TfidfGenerator(CandidateGenerator):
+    """Cosine similarity of character n-gram TF-IDF vectors of mention and names."""
+
+    method = "tfidf"
+
+    def __init__(self, concepts: Sequence[Concept]) -> None:
+        """Fit the vectorizer on every name of ``concepts``."""
+        super().__init__(concepts)
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        self._vectorizer = TfidfVectorizer(
+            analyzer="char_wb", ngram_range=(3, 3), sublinear_tf=True, dtype=np.float32
+        )
+        self._matrix_t = self._vectorizer.fit_transform(self._names).T.tocsr()
+
+    def _name_scores(self, mentions: list[str]) -> np.ndarray:
+        queries = self._vectorizer.transform(mentions)  # [u, vocabulary]
+        return (queries @ self._matrix_t).toarray()  # [u, names]
+
+
+class BM25Generator(CandidateGenerator):
+    """Okapi BM25 of the mention's words against each name's words."""
+
+    method = "bm25"
+
+    def __init__(self, concepts: Sequence[Concept]) -> None:
+        """Index the word tokens of every name of ``concepts``."""
+        super().__init__(concepts)
+        import bm25s
+
+        self._bm25 = bm25s.BM25(k1=1.5, b=0.75)
+        tokens = [_WORD.findall(n) or [""] for n in self._names]
+        self._bm25.index(tokens, show_progress=False)
+
+    def _name_scores(self, mentions: list[str]) -> np.ndarray:
+        out = np.zeros((len(mentions), len(self._names)), dtype=np.float32)
+        for i, mention in enumerate(mentions):
+            tokens = _WORD.findall(mention)
+            if tokens:
+                out[i] = self._bm25.get_scores(tokens)
+        return out
+
+
+def build_generator(method: str, concepts: Sequence[Concept]) -> CandidateGenerator:
+    """A candidate generator over ``concepts``: ``"tfidf"`` or ``"bm25"``.
+
+    Raises:
+        ValueError: for an unknown method, an empty dictionary or a repeated id.
+    """
+    if method == "tfidf":
+        return TfidfGenerator(concepts)
+    if method == "bm25":
+        return BM25Generator(concepts)
+    raise ValueError(f"unknown candidate method {method!r}; choose from {METHODS}")
+
+
+@dataclass(frozen=True)
+class CandidateStats:
+    """How well the generator ranks the gold, over the queries of one split.
+
+    Attributes:
+        queries: number of queries.
+        recall: ``{k: share of queries whose gold is among the generator's top k}``.
+        accuracy: share whose gold has the strictly highest generator score among its
+            final candidates (ties count as wrong): the generator as a ranker.
+    """
+
+    queries: int
+    recall: dict[int, float]
+    accuracy: float
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"queries", "recall@k"..., "accuracy@1"}`` rounded to 4 decimals."""
+        out: dict[str, Any] = {"queries": self.queries}
+        out.update({f"recall@{k}": round(v, 4) for k, v in sorted(self.recall.items())})
+        out["accuracy@1"] = round(self.accuracy, 4)
+        return out
+
+
+def make_candidates(
+    generator: CandidateGenerator,
+    mentions: Sequence[str],
+    golds: Sequence[str],
+    *,
+    num_candidates: int,
+    seed: int | Sequence[int],
+) -> tuple[list[tuple[Candidate, ...]], CandidateStats]:
+    """Shuffled candidate lists (gold + best C−1 others) and the generator's stats.
+
+    Args:
+        generator: from :func:`build_generator`.
+        mentions: the query mentions.
+        golds: their gold concept ids (or alternative ids), all in the dictionary.
+        num_candidates: C, capped at the dictionary's size.
+        seed: seeds the filler draws and the shuffles (one RNG, queries in order).
+
+    Returns:
+        One tuple of C candidates per query (the gold under its primary id), and the
+        recall@{1,5,10,C} and accuracy@1 of the generator.
+
+    Raises:
+        ValueError: when lengths differ, C < 2, or a gold is not in the dictionary.
+    """
+    if len(mentions) != len(golds):
+        raise ValueError(f"{len(mentions)} mentions but {len(golds)} gold ids")
+    if num_candidates < 2:
+        raise ValueError(f"num_candidates must be at least 2, got {num_candidates}")
+    n = len(generator.concepts)
+    c = min(num_candidates, n)
+    gold_idx = np.empty(len(golds), dtype=np.int64)
+    for q, gold in enumerate(golds):
+        j = generator.index_of(gold)
+        if j is None:
+            raise ValueError(f"gold concept {gold!r} is not in the dictionary")
+        gold_idx[q] = j
+    ks = sorted({k for k in (1, 5, 10, num_candidates) if k <= n})
+    hits = dict.fromkeys(ks, 0)
+    correct = 0
+    rng = np.random.default_rng(seed)
+    out: list[tuple[Candidate, ...]] = []
+    depth = min(n, max(c, *ks))
+    table = [_candidate(concept) for concept in generator.concepts]
+    q = 0
+    for distinct, rows in generator._batches(mentions):
+        tops = top_k(distinct, depth)  # [u, depth], best first, ties by index
+        for r in rows:
+            row, top, gi = distinct[r], tops[r], int(gold_idx[q])
+            q += 1
+            hit = np.flatnonzero(top == gi)
+            for k in ks:
+                hits[k] += bool(hit.size and hit[0] < k)
+            others = [int(j) for j in top[: c + 1] if j != gi and row[j] > 0][: c - 1]
+            if len(others) < c - 1:
+                others += _fill(rng, n, {gi, *others}, c - 1 - len(others))
+            correct += bool(row[gi] > row[others].max())
+            chosen = [gi, *others]
+            out.append(tuple(table[chosen[p]] for p in rng.permutation(c)))
+    total = max(1, len(golds))
+    stats = CandidateStats(
+        queries=len(golds),
+        recall={k: hits[k] / total for k in ks},
+        accuracy=correct / total,
+    )
+    return out, stats
+
+
+def _fill(rng: np.random.Generator, n: int, taken: set[int], m: int) -> list[int]:
+    """``m`` distinct random concept indices in ``range(n)`` not in ``taken``."""
+    picked: list[int] = []
+    while len(picked) < m:
+        j = int(rng.integers(n))
+        if j not in taken:
+            taken.add(j)
+            picked.append(j)
+    return picked
+
+
+def _candidate(concept: Concept) -> Candidate:
+    return Candidate(concept.id, concept.name, concept.semantic_type)

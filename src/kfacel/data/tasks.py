@@ -1,0 +1,309 @@
+"""Task directories: mentions in, shuffled candidate queries out, and back.
+
+A task directory holds ``train.jsonl``, ``dev.jsonl`` and ``test.jsonl`` (one
+``LinkingExample.to_json()`` a line, keys sorted, UTF-8) and ``task.json`` (name,
+sources, counts, candidate method, C, context width, seed, what was skipped and why,
+and the generator's recall@k and accuracy@1 per split). Every file is written to a
+temporary file and renamed, ``task.json`` last; equal inputs give byte-identical files.
+
+Policy for mentions that cannot become a query (counted in ``task.json``):
+
+- a composite mention (several concept ids, e.g. NCBI's ``D003110|D009369`` or
+  ``D015862+D058499``) is skipped: a query has exactly one gold;
+- a mention whose gold id is not in the dictionary is skipped (no name to show).
+
+The context of a mention is the K whitespace-separated words left of its first span and
+right of its last span, within its document text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kfacel.data.candidates import build_generator, make_candidates
+from kfacel.data.records import Concept, LinkingExample, Mention, SkipReport
+
+SPLITS = ("train", "dev", "test")
+FORMAT = "kfacel-task/1"
+
+
+@dataclass(frozen=True)
+class Task:
+    """A loaded task directory: its name, metadata and the queries of each split."""
+
+    name: str
+    path: Path
+    train: list[LinkingExample] = field(repr=False)
+    dev: list[LinkingExample] = field(repr=False)
+    test: list[LinkingExample] = field(repr=False)
+    info: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def split(self, name: str) -> list[LinkingExample]:
+        """The queries of split ``name`` (``train``, ``dev`` or ``test``)."""
+        if name not in SPLITS:
+            raise ValueError(f"unknown split {name!r}; choose from {SPLITS}")
+        return getattr(self, name)
+
+
+def context(text: str, spans: Sequence[tuple[int, int]], k: int) -> tuple[str, str]:
+    """The ``k`` words left of the first span and right of the last one.
+
+    >>> context("a b c MENTION d e", [(6, 13)], 2)
+    ('b c', 'd e')
+    """
+    left = text[: spans[0][0]].split()
+    right = text[spans[-1][1] :].split()
+    return " ".join(left[len(left) - k :] if k else []), " ".join(right[:k])
+
+
+def split_by_document(
+    mentions: Sequence[Mention], fractions: Sequence[float], seed: int
+) -> list[list[Mention]]:
+    """Split mentions into parts by document, the documents shuffled with ``seed``.
+
+    Args:
+        mentions: mentions of any number of documents.
+        fractions: one share of documents per part, summing to 1.
+        seed: seeds the shuffle of the sorted document ids.
+
+    Returns:
+        One list per fraction, mentions in their input order.
+    """
+    if any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+        raise ValueError(
+            f"split fractions must be non-negative and sum to 1: {fractions}"
+        )
+    docs = sorted({m.doc_id for m in mentions})
+    order = [docs[i] for i in np.random.default_rng(seed).permutation(len(docs))]
+    bounds = np.round(np.cumsum([0.0, *fractions]) * len(docs)).astype(int)
+    part = {
+        d: p for p in range(len(fractions)) for d in order[bounds[p] : bounds[p + 1]]
+    }
+    out: list[list[Mention]] = [[] for _ in fractions]
+    for m in mentions:
+        out[part[m.doc_id]].append(m)
+    return out
+
+
+def _sample(
+    items: list[Mention], limit: float | None, seed: list[int]
+) -> list[Mention]:
+    """At most ``limit`` items (a share if a float), chosen with ``seed``, in order."""
+    if limit is None:
+        return items
+    n = int(len(items) * limit) if isinstance(limit, float) else int(limit)
+    if n >= len(items):
+        return items
+    keep = np.sort(np.random.default_rng(seed).choice(len(items), n, replace=False))
+    return [items[i] for i in keep]
+
+
+def prepare_task(
+    out_dir: Path | str,
+    *,
+    name: str,
+    splits: Mapping[str, Sequence[Mention]],
+    concepts: Sequence[Concept],
+    method: str,
+    num_candidates: int,
+    context_words: int,
+    seed: int,
+    sources: Sequence[str] = (),
+    skips: SkipReport | None = None,
+    max_queries: Mapping[str, int | float] | None = None,
+) -> dict[str, Any]:
+    """Build the queries of each split and write the task directory.
+
+    Args:
+        out_dir: the task directory (created; files in it are replaced).
+        name: the task's name.
+        splits: mentions of ``train``, ``dev`` and ``test``.
+        concepts: the dictionary candidates are drawn from.
+        method: candidate generator, ``"tfidf"`` or ``"bm25"``.
+        num_candidates: C, candidates per query (gold included).
+        context_words: K, words of context each side.
+        seed: seeds sampling, filler candidates and shuffles.
+        sources: input files, recorded in ``task.json``.
+        skips: what the readers skipped; the task's own skips are added to it.
+        max_queries: per split, a cap (int) or a share (float) of the usable queries,
+            sampled with ``seed``.
+
+    Returns:
+        The contents of ``task.json``.
+
+    Raises:
+        ValueError: when a split is missing or has no usable query.
+    """
+    missing = [s for s in SPLITS if s not in splits]
+    if missing:
+        raise ValueError(f"task {name!r}: missing splits {missing}")
+    skips = skips if skips is not None else SkipReport()
+    generator = build_generator(method, concepts)
+    examples: dict[str, list[LinkingExample]] = {}
+    info: dict[str, Any] = {
+        "format": FORMAT,
+        "name": name,
+        "sources": [str(s) for s in sources],
+        "candidates": {
+            "method": method,
+            "num_candidates": min(num_candidates, len(concepts)),
+            "dictionary_size": len(concepts),
+        },
+        "context_words": context_words,
+        "seed": seed,
+        "counts": {},
+        "generator": {},
+    }
+    for i, split in enumerate(SPLITS):
+        usable = []
+        for m in splits[split]:
+            where = f"{m.source}:{m.line}" if m.source else m.doc_id
+            if len(m.concept_ids) != 1:
+                skips.add("composite mention (several concept ids)", where)
+            elif generator.index_of(m.concept_ids[0]) is None:
+                skips.add("gold concept not in the dictionary", where)
+            else:
+                usable.append(m)
+        limit = (max_queries or {}).get(split)
+        usable = _sample(usable, limit, [seed, i, 1])
+        if not usable:
+            raise ValueError(
+                f"task {name!r}: split {split!r} has no usable mention "
+                f"({len(splits[split])} read; skipped: {skips.counts})"
+            )
+        candidates, stats = make_candidates(
+            generator,
+            [m.surface for m in usable],
+            [m.concept_ids[0] for m in usable],
+            num_candidates=num_candidates,
+            seed=[seed, i],
+        )
+        golds = [
+            generator.concepts[generator.index_of(m.concept_ids[0]) or 0].id
+            for m in usable
+        ]
+        examples[split] = [
+            _example(m, cands, gold, context_words)
+            for m, cands, gold in zip(usable, candidates, golds, strict=True)
+        ]
+        info["counts"][split] = {
+            "mentions": len(splits[split]),
+            "queries": len(usable),
+            "documents": len({m.doc_id for m in usable}),
+        }
+        info["generator"][split] = stats.to_json()
+    info["skipped"] = skips.to_json()
+    write_task(out_dir, examples, info)
+    return info
+
+
+def _example(m: Mention, cands: tuple[Any, ...], gold: str, k: int) -> LinkingExample:
+    left, right = context(m.text, m.spans, k)
+    return LinkingExample(
+        mention=m.surface,
+        left_context=left,
+        right_context=right,
+        candidates=cands,
+        gold=gold,
+        doc_id=m.doc_id,
+    )
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_task(
+    out_dir: Path | str,
+    splits: Mapping[str, Sequence[LinkingExample]],
+    info: Mapping[str, Any],
+) -> Path:
+    """Write a task directory: the three splits, then ``task.json``; each atomically.
+
+    Raises:
+        ValueError: when a split is missing or empty (before anything is written).
+    """
+    out = Path(out_dir)
+    for split in SPLITS:
+        if not splits.get(split):
+            raise ValueError(f"{out}: split {split!r} is empty; a task needs all three")
+    out.mkdir(parents=True, exist_ok=True)
+    for split in SPLITS:
+        lines = (
+            json.dumps(e.to_json(), sort_keys=True, ensure_ascii=False) + "\n"
+            for e in splits[split]
+        )
+        _write_atomic(out / f"{split}.jsonl", "".join(lines))
+    _write_atomic(
+        out / "task.json",
+        json.dumps(info, sort_keys=True, indent=2, ensure_ascii=False) + "\n",
+    )
+    return out
+
+
+def read_split(path: Path) -> list[LinkingExample]:
+    """The queries of one ``*.jsonl`` split file.
+
+    Raises:
+        ValueError: naming the file and line of a bad line, or when there is no query.
+    """
+    out = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+                if not isinstance(obj, dict):
+                    raise ValueError("expected a JSON object")
+                out.append(LinkingExample.from_json(obj))
+            except ValueError as exc:  # JSONDecodeError is a ValueError
+                raise ValueError(f"{path}:{lineno}: {exc}") from None
+    if not out:
+        raise ValueError(f"{path}: the split has no query")
+    return out
+
+
+def load_task(task_dir: Path | str) -> Task:
+    """Load a task directory written by :func:`prepare_task` (or by hand).
+
+    ``task.json`` is optional for hand-made tasks (the name is then the directory's).
+
+    Raises:
+        FileNotFoundError: when the directory or a split file is missing.
+        ValueError: naming file and line of a bad line, or an empty split.
+    """
+    path = Path(task_dir)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such task directory")
+    info: dict[str, Any] = {}
+    meta = path / "task.json"
+    if meta.is_file():
+        try:
+            info = json.loads(meta.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"{meta}:{exc.lineno}: not valid JSON: {exc.msg}"
+            ) from None
+    splits = {}
+    for split in SPLITS:
+        file = path / f"{split}.jsonl"
+        if not file.is_file():
+            raise FileNotFoundError(f"{file}: missing split file")
+        splits[split] = read_split(file)
+    return Task(name=str(info.get("name", path.name)), path=path, info=info, **splits)
