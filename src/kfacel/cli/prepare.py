@@ -1,0 +1,179 @@
+"""``kfacel prepare``: build task directories from corpora (pubtator, jsonl, benchmark).
+
+::
+
+    kfacel prepare pubtator --train F --dev F --test F --dictionary D --out DIR
+    kfacel prepare pubtator --corpus F [--corpus F2 ...] --split-by-document 0.7,0.1,0.2
+        --dictionary D --out DIR [--candidates tfidf|bm25] [--num-candidates C]
+        [--context-words K] [--seed S] [--name NAME]
+    kfacel prepare jsonl --input F [--input F2 ...] --dictionary D --out DIR [...]
+    kfacel prepare benchmark --data ../shared/data --out tasks/ [--small]
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from kfacel.cli import UserError
+from kfacel.data.benchmark import TASKS, build_public3
+from kfacel.data.candidates import METHODS
+from kfacel.data.readers import read_dictionary, read_jsonl_mentions, read_pubtator
+from kfacel.data.records import Mention, SkipReport
+from kfacel.data.tasks import SPLITS, prepare_task, split_by_document
+
+
+def register(subparsers: Any) -> None:
+    """Add ``prepare`` and its three formats to the ``kfacel`` parser."""
+    parser = subparsers.add_parser(
+        "prepare", help="build task directories from corpora"
+    )
+    formats = parser.add_subparsers(dest="format", metavar="FORMAT", required=True)
+
+    pub = formats.add_parser("pubtator", help="a PubTator corpus and a dictionary")
+    pub.add_argument("--train", type=Path, help="training corpus (with --dev, --test)")
+    pub.add_argument("--dev", type=Path)
+    pub.add_argument("--test", type=Path)
+    pub.add_argument("--corpus", type=Path, action="append", default=[])
+    _common(pub)
+    pub.set_defaults(handler=_pubtator)
+
+    jsonl = formats.add_parser("jsonl", help="a generic JSONL of mentions")
+    jsonl.add_argument("--input", type=Path, action="append", required=True)
+    _common(jsonl)
+    jsonl.set_defaults(handler=_jsonl)
+
+    bench = formats.add_parser("benchmark", help="PUBLIC-3 from shared/data")
+    bench.add_argument("--data", type=Path, required=True, help="the shared/data dir")
+    bench.add_argument("--out", type=Path, required=True, help="parent of the tasks")
+    bench.add_argument("--small", action="store_true", help="the CPU variant")
+    bench.add_argument("--task", action="append", choices=TASKS, help="only these")
+    bench.set_defaults(handler=_benchmark)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dictionary", type=Path, required=True, help="TSV or MEDIC")
+    p.add_argument("--out", type=Path, required=True, help="the task directory")
+    p.add_argument("--split-by-document", default="0.7,0.1,0.2", metavar="TR,DE,TE")
+    p.add_argument("--candidates", choices=METHODS, default="tfidf")
+    p.add_argument("--num-candidates", type=int, default=10, metavar="C")
+    p.add_argument("--context-words", type=int, default=10, metavar="K")
+    p.add_argument("--seed", type=int, default=13)
+    p.add_argument("--name", help="task name (default: the directory's name)")
+
+
+def _fractions(text: str) -> list[float]:
+    try:
+        parts = [float(x) for x in text.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) != 3 or any(p < 0 for p in parts) or abs(sum(parts) - 1) > 1e-6:
+        raise UserError(
+            f"--split-by-document wants three shares summing to 1: {text!r}"
+        )
+    return parts
+
+
+def _build(
+    args: argparse.Namespace,
+    splits: dict[str, list[Mention]],
+    skips: SkipReport,
+    sources: Iterable[Path],
+) -> int:
+    if args.num_candidates < 2 or args.context_words < 0:
+        raise UserError("--num-candidates must be ≥ 2 and --context-words ≥ 0")
+    concepts = read_dictionary(args.dictionary, skips=skips)
+    info = prepare_task(
+        args.out,
+        name=args.name or args.out.resolve().name,
+        splits=splits,
+        concepts=concepts,
+        method=args.candidates,
+        num_candidates=args.num_candidates,
+        context_words=args.context_words,
+        seed=args.seed,
+        sources=[str(s) for s in (*sources, args.dictionary)],
+        skips=skips,
+    )
+    print(report(info))
+    return 0
+
+
+def _split(
+    mentions: list[Mention], args: argparse.Namespace
+) -> dict[str, list[Mention]]:
+    parts = split_by_document(mentions, _fractions(args.split_by_document), args.seed)
+    return dict(zip(SPLITS, parts, strict=True))
+
+
+def _pubtator(args: argparse.Namespace) -> int:
+    given = [args.train, args.dev, args.test]
+    skips = SkipReport()
+    if args.corpus and any(given):
+        raise UserError("give either --train/--dev/--test or --corpus, not both")
+    if args.corpus:
+        mentions = [m for f in args.corpus for m in read_pubtator(f, skips=skips)]
+        return _build(args, _split(mentions, args), skips, args.corpus)
+    if not all(given):
+        raise UserError("give --train, --dev and --test, or --corpus")
+    splits = {
+        s: list(read_pubtator(f, skips=skips))
+        for s, f in zip(SPLITS, given, strict=True)
+    }
+    return _build(args, splits, skips, given)
+
+
+def _jsonl(args: argparse.Namespace) -> int:
+    skips = SkipReport()
+    pairs = [p for f in args.input for p in read_jsonl_mentions(f, skips=skips)]
+    labelled = [s for _, s in pairs if s is not None]
+    if labelled and len(labelled) != len(pairs):
+        raise UserError("either every line has a 'split' or none has")
+    if labelled:
+        splits = {s: [m for m, split in pairs if split == s] for s in SPLITS}
+    else:
+        splits = _split([m for m, _ in pairs], args)
+    return _build(args, splits, skips, args.input)
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    if not args.data.is_dir():
+        raise UserError(f"{args.data}: no such data directory")
+    tasks = tuple(args.task) if args.task else TASKS
+    for info in build_public3(
+        args.data, args.out, small=args.small, tasks=tasks
+    ).values():
+        print(report(info))
+    return 0
+
+
+def report(info: dict[str, Any]) -> str:
+    """A short human-readable summary of a ``task.json``."""
+    cand = info["candidates"]
+    lines = [
+        f"task {info['name']}: {cand['method']} candidates, "
+        f"C={cand['num_candidates']}, {cand['dictionary_size']} concepts, "
+        f"context {info['context_words']} words"
+    ]
+    for split in SPLITS:
+        c, g = info["counts"][split], info["generator"][split]
+        recall = " ".join(
+            f"{k}={v:.3f}" for k, v in g.items() if k.startswith("recall@")
+        )
+        lines.append(
+            f"  {split:5s} {c['queries']:6d} queries from {c['mentions']} mentions, "
+            f"{c['documents']} docs; generator {recall} "
+            f"accuracy@1={g['accuracy@1']:.3f}"
+        )
+    lines += _reasons("skipped", info["skipped"]["skipped"])
+    lines += _reasons("repaired", info["skipped"]["repaired"])
+    return "\n".join(lines)
+
+
+def _reasons(kind: str, reasons: dict[str, dict[str, Any]]) -> Sequence[str]:
+    return [
+        f"  {kind}: {r['count']} × {reason} (first at {r['first'] or '?'})"
+        for reason, r in reasons.items()
+    ]
