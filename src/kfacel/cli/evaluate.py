@@ -1,0 +1,63 @@
+"""``kfacel evaluate``: accuracy@1, MRR and recall@k of a model on task splits."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from kfacel.data.tasks import load_task
+from kfacel.training.pipeline import evaluate_split, load_linker
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``evaluate`` subcommand."""
+    p = subparsers.add_parser("evaluate", help="evaluate a model on tasks")
+    p.add_argument("model_dir", help="model directory")
+    p.add_argument("--task", action="append", required=True, help="task directory")
+    p.add_argument("--split", default="test", choices=("train", "dev", "test"))
+    p.add_argument("--output", help="write the JSON results here")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print a table and write ``{task: {accuracy, mrr, recall@k, n}}``."""
+    linker = load_linker(args.model_dir)
+    results: dict[str, dict] = {}
+    for task_dir in args.task:
+        task = load_task(task_dir)
+        ev = evaluate_split(
+            linker,
+            task.split(args.split),
+            batch_size=args.batch_size,
+            device=args.device,
+        )
+        gen = task.info.get("generator", {}).get(args.split, {})
+        results[task.name] = {
+            **ev.to_json(),
+            "generator_accuracy": gen.get("accuracy@1"),
+        }
+    print(f"{'task':<20} {'n':>7} {'acc@1':>7} {'mrr':>7} {'r@5':>7} {'gen@1':>7}")
+    for name, r in results.items():
+        gen = r["generator_accuracy"]
+        print(
+            f"{name:<20} {r['n']:>7} {r['accuracy']:>7.4f} {r['mrr']:>7.4f} "
+            f"{r.get('recall@5', float('nan')):>7.4f} "
+            f"{gen if gen is not None else float('nan'):>7.4f}"
+        )
+    if args.output:
+        _write_json(Path(args.output), results)
+    return 0
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)

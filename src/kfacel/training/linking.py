@@ -1,0 +1,96 @@
+"""Linking raw mentions: candidates from the task's generator, ranked by a linker.
+
+The generator (method and C recorded in the model directory by ``fit_task``) proposes
+the C concepts whose names are closest to the mention; the ranker scores them in the
+mention's context. No gold is needed: the queries carry a placeholder gold (the first
+candidate) that nothing reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from kfacel.data.candidates import CandidateGenerator
+from kfacel.data.records import Candidate, Concept, LinkingExample
+from kfacel.data.tasks import context
+from kfacel.training.evaluate import predict
+from kfacel.training.pipeline import Linker
+
+
+@dataclass(frozen=True)
+class MentionQuery:
+    """A mention to link: its text and where it sits in its document text."""
+
+    text: str
+    mention: str
+    start: int | None = None
+
+    def span(self) -> tuple[int, int]:
+        """Character span of the mention (first occurrence when ``start`` is None).
+
+        Raises:
+            ValueError: when the mention is not in the text.
+        """
+        start = self.text.find(self.mention) if self.start is None else self.start
+        if start < 0 or self.text[start : start + len(self.mention)] != self.mention:
+            raise ValueError(f"mention {self.mention!r} is not in the text")
+        return start, start + len(self.mention)
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """One ranked concept: id, preferred name, ranker score, generator score."""
+
+    id: str
+    name: str
+    score: float
+    generator_score: float
+
+
+def link(
+    linker: Linker,
+    generator: CandidateGenerator,
+    queries: Sequence[MentionQuery],
+    *,
+    num_candidates: int,
+    context_words: int,
+    batch_size: int = 64,
+) -> list[list[Ranked]]:
+    """The generator's candidates of each mention, best first by the ranker.
+
+    Args:
+        linker: the trained linker.
+        generator: candidate generator over the dictionary.
+        queries: mentions in their texts.
+        num_candidates: C, as in training.
+        context_words: K words of context each side, as in training.
+        batch_size: queries per forward pass.
+
+    Returns:
+        One list of ``Ranked`` per query, highest score first.
+    """
+    by_id = {c.id: c for c in generator.concepts}
+    found = generator.search([q.mention for q in queries], num_candidates)
+    examples = []
+    for q, hits in zip(queries, found, strict=True):
+        if not hits:
+            raise ValueError(f"no candidate found for {q.mention!r}")
+        left, right = context(q.text, [q.span()], context_words)
+        cands = tuple(_candidate(by_id[cid]) for cid, _ in hits)
+        examples.append(LinkingExample(q.mention, left, right, cands, cands[0].id))
+    logits = torch.cat(predict(linker.model, linker.batches(examples, batch_size)))
+    out = []
+    for row, hits, ex in zip(logits.tolist(), found, examples, strict=True):
+        ranked = [
+            Ranked(c.id, c.name, s, g)
+            for c, s, (_, g) in zip(ex.candidates, row, hits, strict=False)
+        ]
+        out.append(sorted(ranked, key=lambda r: -r.score))
+    return out
+
+
+def _candidate(concept: Concept) -> Candidate:
+    return Candidate(concept.id, concept.name, concept.semantic_type)

@@ -1,0 +1,194 @@
+"""A linker end to end: a task's queries to a trained model directory, and back.
+
+``fit_task`` builds the collator (tokenizer, string features, the training task's
+candidate-type vocabulary) and a ranker, turns the splits into batches and calls
+``train_task``. ``save_linker`` writes the model directory: ``model.safetensors``,
+``config.json`` (model, collator settings, the task's candidate generator and context
+width, so ``link`` can rebuild candidates), the tokenizer files and ``train_log.json``,
+all atomically. ``load_linker`` reads it back.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from kfacel.data.collate import FEATURE_NAMES, Collator, build_type_vocab, make_batches
+from kfacel.data.records import LinkingExample
+from kfacel.data.tasks import Task
+from kfacel.data.tokenize import WordPieceTokenizer, default_encoder_path
+from kfacel.models import build_model, load_model, read_model_config, save_model
+from kfacel.penalties.base import Penalty
+from kfacel.training.evaluate import Evaluation, evaluate
+from kfacel.training.trainer import TrainLog, train_task
+
+TRAIN_LOG_FILE = "train_log.json"
+
+
+@dataclass
+class Linker:
+    """A ranker with the collator that feeds it and its model-directory metadata."""
+
+    model: nn.Module
+    collator: Collator
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def batches(self, examples: Sequence[LinkingExample], batch_size: int) -> list:
+        """``Batch``es of ``examples`` for this linker's model."""
+        return make_batches(examples, self.collator, batch_size=batch_size)
+
+
+def new_linker(
+    model: str,
+    train: Sequence[LinkingExample],
+    *,
+    encoder: str | Path | None = None,
+    layers: int = 3,
+    features: bool = True,
+    types: bool = True,
+    max_mention_length: int = 64,
+    max_name_length: int = 16,
+    **model_config: Any,
+) -> Linker:
+    """A fresh linker for training on ``train``.
+
+    Args:
+        model: ``cnn`` or ``transformer``.
+        train: training queries (their candidates' types form the type vocabulary).
+        encoder: checkpoint directory for the tokenizer and pretrained weights
+            (None: the MiniLM package's).
+        layers: transformer layers to keep.
+        features: give the scorer string-similarity features.
+        types: give the scorer candidate types and the type head.
+        max_mention_length: longest mention-in-context sequence.
+        max_name_length: longest candidate-name sequence.
+        **model_config: further ranker settings (e.g. ``hidden``).
+    """
+    path = Path(encoder) if encoder is not None else default_encoder_path()
+    tokenizer = WordPieceTokenizer(path)
+    vocab = build_type_vocab(train) if types else ()
+    collator = Collator(tokenizer, max_mention_length, max_name_length, vocab)
+    common = {
+        "num_features": len(FEATURE_NAMES) if features else 0,
+        "num_types": len(vocab),
+        "start_id": tokenizer.start_id,
+        "end_id": tokenizer.end_id,
+    }
+    if model == "cnn":
+        common["embeddings_from"] = str(path)
+    elif model == "transformer":
+        common |= {"encoder_path": str(path), "layers": layers}
+    net = build_model(model, **{**common, **model_config})
+    return Linker(net, collator)
+
+
+def fit_task(
+    linker: Linker,
+    task: Task,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    device: str = "cpu",
+    penalty: Penalty | None = None,
+    progress: bool = False,
+    max_train: int | None = None,
+) -> TrainLog:
+    """Train ``linker`` on ``task``'s train split, choosing the epoch on dev.
+
+    Args:
+        linker: from ``new_linker`` or ``load_linker``.
+        task: the task.
+        epochs: passes over the training queries.
+        lr: learning rate.
+        batch_size: queries per batch.
+        seed: seed of dropout and batch order.
+        device: ``cpu`` or ``cuda`` (mixed precision on CUDA).
+        penalty: consolidation penalty of earlier tasks, None for none.
+        progress: progress bars.
+        max_train: use only the first ``max_train`` training queries.
+
+    Returns:
+        The training log.
+    """
+    train = task.train[:max_train] if max_train else task.train
+    train_b = linker.batches(train, batch_size)
+    dev_b = linker.batches(task.dev, max(batch_size, 64))
+    log = train_task(
+        linker.model,
+        train_b,
+        dev_batches=dev_b,
+        penalty=penalty,
+        epochs=epochs,
+        lr=lr,
+        seed=seed,
+        device=device,
+        amp=device.startswith("cuda"),
+        progress=progress,
+    )
+    linker.model.to("cpu")
+    linker.meta["task"] = {
+        "name": task.name,
+        "candidates": task.info.get("candidates", {}),
+        "context_words": task.info.get("context_words", 10),
+    }
+    return log
+
+
+def evaluate_split(
+    linker: Linker,
+    examples: Sequence[LinkingExample],
+    *,
+    batch_size: int = 128,
+    device: str = "cpu",
+) -> Evaluation:
+    """Accuracy@1, MRR and recall@k of ``linker`` on ``examples``."""
+    model = linker.model.to(device)
+    try:
+        return evaluate(model, linker.batches(examples, batch_size), device=device)
+    finally:
+        model.to("cpu")
+
+
+def save_linker(
+    linker: Linker, directory: str | Path, *, log: TrainLog | None = None
+) -> Path:
+    """Write the model directory atomically (weights, config, tokenizer, log)."""
+    c = linker.collator
+    extra = {
+        **linker.meta,
+        "collate": {
+            "max_mention_length": c.max_mention_length,
+            "max_name_length": c.max_name_length,
+            "types": list(c.types),
+        },
+    }
+
+    def write_files(tmp: Path) -> None:
+        c.tokenizer.save(tmp)
+        if log is not None:
+            text = json.dumps(log.to_json(), indent=2) + "\n"
+            (tmp / TRAIN_LOG_FILE).write_text(text, encoding="utf-8")
+
+    return save_model(linker.model, directory, extra=extra, write_files=write_files)
+
+
+def load_linker(directory: str | Path) -> Linker:
+    """The linker saved in ``directory`` (model in eval mode on the CPU)."""
+    meta = read_model_config(directory)
+    model = load_model(directory)
+    settings = meta.get("collate", {})
+    collator = Collator(
+        WordPieceTokenizer(directory),
+        max_mention_length=int(settings.get("max_mention_length", 64)),
+        max_name_length=int(settings.get("max_name_length", 16)),
+        types=tuple(settings.get("types", ())),
+    )
+    extra = {k: v for k, v in meta.items() if k not in ("model", "config", "collate")}
+    return Linker(model, collator, extra)

@@ -1,0 +1,126 @@
+"""CLI round trip on a tiny corpus made here: prepare → train → evaluate → link."""
+
+import importlib.util
+import json
+import random
+
+import pytest
+import torch
+
+from kfacel.cli import main
+
+CONCEPTS = {
+    "D001": ("heart attack", "Disease"),
+    "D002": ("lung cancer", "Disease"),
+    "D003": ("kidney failure", "Disease"),
+    "D004": ("liver disease", "Disease"),
+    "C001": ("aspirin", "Chemical"),
+    "C002": ("insulin", "Chemical"),
+    "C003": ("heparin", "Chemical"),
+    "C004": ("morphine", "Chemical"),
+}
+FILLER = (
+    "the patient was seen with a history of and treated for after".split()  # noqa: SIM905
+)
+
+needs_prepare = pytest.mark.skipif(
+    importlib.util.find_spec("kfacel.cli.prepare") is None,
+    reason="kfacel prepare is not there yet",
+)
+
+
+def write_corpus(path, n_docs: int, seed: int) -> None:
+    rng = random.Random(seed)
+    lines = []
+    for d in range(n_docs):
+        pmid = str(1000 + d)
+        words, annotations = [], []
+        for _ in range(4):
+            words += rng.choices(FILLER, k=3)
+            cid = rng.choice(sorted(CONCEPTS))
+            name = CONCEPTS[cid][0]
+            start = len(" ".join(words)) + (1 if words else 0)
+            words.append(name)
+            annotations.append((start, start + len(name), name, CONCEPTS[cid][1], cid))
+        text = " ".join(words)
+        lines += [f"{pmid}|t|Case report", f"{pmid}|a|{text}"]
+        shift = len("Case report") + 1  # offsets count the title and a space
+        for s, e, name, typ, cid in annotations:
+            lines.append(f"{pmid}\t{s + shift}\t{e + shift}\t{name}\t{typ}\t{cid}")
+        lines.append("")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def task_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("roundtrip")
+    corpus, dictionary = root / "corpus.txt", root / "dict.tsv"
+    write_corpus(corpus, 40, seed=0)
+    dictionary.write_text(
+        "".join(f"{cid}\t{typ}\t{name}\n" for cid, (name, typ) in CONCEPTS.items()),
+        encoding="utf-8",
+    )
+    if importlib.util.find_spec("kfacel.cli.prepare") is None:
+        pytest.skip("kfacel prepare is not there yet")
+    out = root / "task"
+    code = main(
+        ["prepare", "pubtator", "--corpus", str(corpus), "--dictionary",
+         str(dictionary), "--out", str(out), "--num-candidates", "4",
+         "--context-words", "3"]
+    )  # fmt: skip
+    assert code == 0
+    return out, dictionary
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@needs_prepare
+@pytest.mark.parametrize(
+    "model", ["cnn", pytest.param("transformer", marks=pytest.mark.slow)]
+)
+def test_prepare_train_evaluate_link(task_dir, tmp_path, capsys, model):
+    task, dictionary = task_dir
+    model_dir = tmp_path / "model"
+    extra = ["--hidden", "32"] if model == "cnn" else ["--layers", "1"]
+    assert main(
+        ["train", "--task", str(task), "--model", model, "--out", str(model_dir),
+         "--epochs", "2", "--batch-size", "16", "--max-length", "24", *extra]
+    ) == 0  # fmt: skip
+    names = {p.name for p in model_dir.iterdir()}
+    assert {"model.safetensors", "config.json", "train_log.json", "vocab.txt"} <= names
+    assert json.loads((model_dir / "train_log.json").read_text())["best_epoch"] >= 1
+
+    out = tmp_path / "eval.json"
+    assert main(
+        ["evaluate", str(model_dir), "--task", str(task), "--output", str(out)]
+    ) == 0  # fmt: skip
+    results = json.loads(out.read_text())
+    assert set(results["task"]) >= {"accuracy", "mrr", "recall@1", "n"}
+    assert 0.0 <= results["task"]["accuracy"] <= 1.0
+
+    capsys.readouterr()
+    assert main(
+        ["link", str(model_dir), "--dictionary", str(dictionary), "--text",
+         "the patient had a heart attack yesterday", "--mention", "heart attack"]
+    ) == 0  # fmt: skip
+    linked = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert linked["mention"] == "heart attack"
+    ids = [c["id"] for c in linked["concepts"]]
+    assert len(ids) == len(set(ids)) == 4
+    scores = [c["score"] for c in linked["concepts"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_link_refuses_a_mention_that_is_not_in_the_text(tmp_path, capsys):
+    code = main(
+        ["link", str(tmp_path), "--dictionary", str(tmp_path / "d.tsv"),
+         "--text", "no such words", "--mention", "heart attack"]
+    )  # fmt: skip
+    assert code == 2
+    assert "not in the text" in capsys.readouterr().err
