@@ -263,7 +263,7 @@ def make_candidates(
         if j is None:
             raise ValueError(f"gold concept {gold!r} is not in the dictionary")
         gold_idx[q] = j
-    ks = sorted({k for k in (1, 5, 10, num_candidates) if k <= n})
+    ks = sorted({k for k in (1, 5, 10) if k <= n} | {c})
     hits = dict.fromkeys(ks, 0)
     correct = 0
     rng = np.random.default_rng(seed)

@@ -1,0 +1,89 @@
+"""Candidate generation: rankings on a hand-made dictionary, and list properties."""
+
+import numpy as np
+import pytest
+
+from kfacel.data.candidates import build_generator, make_candidates, top_k
+from kfacel.data.records import Concept
+
+CONCEPTS = [
+    Concept("C1", ("chest pain", "thoracic pain")),
+    Concept("C2", ("headache", "cephalgia")),
+    Concept("C3", ("fever", "pyrexia")),
+    Concept("C4", ("abdominal pain",)),
+    Concept("C5", ("nausea",)),
+    Concept("C6", ("back pain",), alt_ids=("ALT6",)),
+    Concept("C7", ("insomnia",)),
+    Concept("C8", ("dizziness",)),
+]
+
+
+@pytest.mark.parametrize("method", ["tfidf", "bm25"])
+def test_search_finds_exact_and_synonym_names(method: str) -> None:
+    gen = build_generator(method, CONCEPTS)
+    results = gen.search(["Chest  Pain", "pyrexia", "headache"], k=3)
+    assert [r[0][0] for r in results] == ["C1", "C3", "C2"]
+    assert all(len(r) == 3 for r in results)
+    scores = [s for _, s in results[0]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_top_k_breaks_ties_by_dictionary_order() -> None:
+    scores = np.array([[0.0, 0.3, 0.3, 0.3, 0.1]])
+    assert top_k(scores, 2).tolist() == [[1, 2]]
+    assert top_k(scores, 9).tolist() == [[1, 2, 3, 4, 0]]
+
+
+@pytest.mark.parametrize("method", ["tfidf", "bm25"])
+def test_make_candidates_properties(method: str) -> None:
+    gen = build_generator(method, CONCEPTS)
+    mentions = ["chest pain", "back ache", "zzz", "pain in the abdomen", "febrile"]
+    golds = ["C1", "ALT6", "C7", "C4", "C3"]
+    lists, stats = make_candidates(gen, mentions, golds, num_candidates=4, seed=3)
+    again, _ = make_candidates(gen, mentions, golds, num_candidates=4, seed=3)
+    assert lists == again  # deterministic
+    for cands, gold in zip(lists, ["C1", "C6", "C7", "C4", "C3"], strict=True):
+        ids = [c.id for c in cands]
+        assert len(ids) == 4
+        assert len(set(ids)) == 4
+        assert gold in ids  # alternative id resolved to the primary one
+    assert stats.queries == 5
+    assert stats.recall[1] <= stats.recall[4] <= 1
+    assert 0 <= stats.accuracy <= stats.recall[1]
+
+
+def test_candidate_order_is_shuffled_by_the_seed() -> None:
+    gen = build_generator("tfidf", CONCEPTS)
+    mentions, golds = ["chest pain"] * 40, ["C1"] * 40
+    lists, _ = make_candidates(gen, mentions, golds, num_candidates=5, seed=0)
+    positions = {[c.id for c in cands].index("C1") for cands in lists}
+    assert len(positions) > 1
+    other, _ = make_candidates(gen, mentions, golds, num_candidates=5, seed=1)
+    assert other != lists
+
+
+def test_generator_stats_count_ties_as_wrong() -> None:
+    twins = [Concept("A", ("same name",)), Concept("B", ("same name",))]
+    gen = build_generator("tfidf", [*twins, *CONCEPTS])
+    _, stats = make_candidates(gen, ["same name"], ["B"], num_candidates=3, seed=0)
+    assert stats.accuracy == 0.0  # A ties with the gold B
+    assert stats.recall == {1: 0.0, 3: 1.0}
+
+
+def test_num_candidates_is_capped_by_the_dictionary() -> None:
+    gen = build_generator("bm25", CONCEPTS[:3])
+    lists, stats = make_candidates(gen, ["fever"], ["C3"], num_candidates=10, seed=0)
+    assert len(lists[0]) == 3
+    assert stats.recall == {1: 1.0, 3: 1.0}
+
+
+def test_errors_are_clear() -> None:
+    with pytest.raises(ValueError, match="unknown candidate method"):
+        build_generator("dense", CONCEPTS)
+    with pytest.raises(ValueError, match="empty"):
+        build_generator("tfidf", [])
+    with pytest.raises(ValueError, match="appears twice"):
+        build_generator("tfidf", [CONCEPTS[0], CONCEPTS[0]])
+    gen = build_generator("tfidf", CONCEPTS)
+    with pytest.raises(ValueError, match="'C99' is not in the dictionary"):
+        make_candidates(gen, ["x"], ["C99"], num_candidates=3, seed=0)

@@ -1,0 +1,177 @@
+"""Readers on hand-written fixtures: each quirk parsed, repaired or skipped."""
+
+import gzip
+import shutil
+from pathlib import Path
+
+import pytest
+
+from kfacel.data.readers import (
+    cadec_concepts,
+    read_cadec,
+    read_dictionary,
+    read_jsonl_mentions,
+    read_medic,
+    read_pubtator,
+    read_tsv_dictionary,
+)
+from kfacel.data.records import SkipReport, normalize_id
+
+
+def test_normalize_id_strips_spaces_and_prefixes() -> None:
+    assert normalize_id(" UMLS:C0011849 ") == "C0011849"
+    assert normalize_id("MESH:D003920") == "D003920"
+    assert normalize_id("OMIM: 143100") == "OMIM:143100"
+
+
+def _pubtator(path: Path) -> tuple[list, SkipReport]:
+    skips = SkipReport()
+    return list(read_pubtator(path, skips=skips)), skips
+
+
+def test_pubtator_parses_quirks_and_counts_skips(fixtures: Path) -> None:
+    mentions, skips = _pubtator(fixtures / "mini_pubtator.txt")
+    by_surface = {m.surface: m for m in mentions}
+    assert by_surface["Cystic fibrosis"].concept_ids == ("C0010674",)
+    assert by_surface["diabetes"].concept_ids == ("D003920",)  # stray spaces, MESH:
+    assert by_surface["breast and ovarian cancer"].concept_ids == ("D001943", "D010051")
+    assert by_surface["pain"].concept_ids == ("D010146", "D000001")  # '+' joined
+    fever = by_surface["fever"]
+    assert fever.text[fever.spans[0][0] : fever.spans[0][1]] == "fever"  # realigned
+    assert [m.concept_ids for m in mentions if m.doc_id == "200"] == [
+        ("OMIM:143100",),
+        ("D006816",),
+    ]
+    assert all(m.text.startswith("Cystic") for m in mentions if m.doc_id == "100")
+    assert all("\r" not in m.text for m in mentions)
+    assert skips.counts == {
+        "offsets outside the document text": 1,
+        "relation or non-mention line": 1,
+        "malformed line (fewer than 5 tab-separated fields)": 1,
+        "offsets do not match the mention text": 1,
+        "annotation without a concept id": 1,
+    }
+    assert skips.repaired == {
+        "offsets realigned to the mention text": 1,
+        "mention text differs from its offsets only in spacing": 1,
+    }
+    assert skips.first["offsets outside the document text"].endswith(
+        "mini_pubtator.txt:8"
+    )
+    assert mentions[0].line == 3
+
+
+def test_pubtator_reads_gzip_like_plain(fixtures: Path, tmp_path: Path) -> None:
+    gz = tmp_path / "mini.txt.gz"
+    with (fixtures / "mini_pubtator.txt").open("rb") as src, gzip.open(gz, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    plain, _ = _pubtator(fixtures / "mini_pubtator.txt")
+    packed, _ = _pubtator(gz)
+    assert [(m.surface, m.spans, m.concept_ids) for m in plain] == [
+        (m.surface, m.spans, m.concept_ids) for m in packed
+    ]
+
+
+def test_tsv_dictionary_synonyms_types_and_crlf(fixtures: Path) -> None:
+    skips = SkipReport()
+    concepts = {
+        c.id: c for c in read_tsv_dictionary(fixtures / "dict.tsv", skips=skips)
+    }
+    assert concepts["C0010674"].names == ("Cystic Fibrosis", "Mucoviscidosis")
+    assert concepts["C0010674"].semantic_type == "T047"
+    assert concepts["C0015967"].names == ("Fever", "Pyrexia")
+    assert concepts["C0030193"].semantic_type is None
+    assert "C0006142" in concepts  # UMLS: prefix dropped
+    assert skips.counts == {
+        "malformed dictionary line (no tab)": 1,
+        "dictionary line with an empty id or name": 1,
+    }
+
+
+def test_medic_ids_alternatives_and_skips(fixtures: Path) -> None:
+    skips = SkipReport()
+    concepts = {c.id: c for c in read_medic(fixtures / "medic.txt", skips=skips)}
+    assert concepts["D006816"].alt_ids == ("OMIM:143100",)
+    assert concepts["D006816"].names == ("Huntington Disease", "Huntington Chorea")
+    assert concepts["D001943"].alt_ids == ("D001944",)
+    assert skips.counts == {
+        "MEDIC line without names": 1,
+        "malformed MEDIC line (no 'IDS||NAMES')": 1,
+    }
+
+
+def test_read_dictionary_detects_the_format(fixtures: Path, tmp_path: Path) -> None:
+    assert read_dictionary(fixtures / "medic.txt")[0].id == "D003920"
+    assert read_dictionary(fixtures / "dict.tsv")[0].id == "C0010674"
+    bad = tmp_path / "bad.txt"
+    bad.write_text("\njust words\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"bad\.txt:2"):
+        read_dictionary(bad)
+    with pytest.raises(FileNotFoundError):
+        read_dictionary(tmp_path / "missing.tsv")
+
+
+def test_cadec_uses_spans_and_skips_unlabelled(fixtures: Path) -> None:
+    skips = SkipReport()
+    mentions = list(read_cadec(fixtures / "cadec.json", skips=skips))
+    assert [m.surface for m in mentions] == [
+        "knees hurt",
+        "stomach upset",
+        "No sleep",
+        "headache",
+    ]
+    assert mentions[1].spans == ((27, 34), (46, 51))
+    assert mentions[0].doc_id == "LIPITOR.1.ann"
+    assert skips.counts == {
+        "mention without a MedDRA label": 1,
+        "mention spans missing or outside the post": 1,
+        "post without 'raw' text": 1,
+    }
+    assert skips.repaired == {"discontiguous mention (spans joined)": 1}
+    ids = [c.id for c in cadec_concepts(mentions)]
+    assert ids == ["Arthralgia", "Dyspepsia", "Headache", "Insomnia"]
+
+
+def test_cadec_bad_json_names_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "cadec.json"
+    bad.write_text('[{"raw": ', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"cadec\.json:1"):
+        list(read_cadec(bad))
+
+
+def test_jsonl_schema_spans_mention_and_splits(fixtures: Path) -> None:
+    skips = SkipReport()
+    pairs = list(read_jsonl_mentions(fixtures / "mentions.jsonl", skips=skips))
+    assert [(m.surface, s) for m, s in pairs] == [
+        ("chest pain", "train"),
+        ("Monday", "train"),
+        ("Fever", "dev"),
+        ("rash", "test"),
+    ]
+    assert pairs[1][0].concept_ids == ("C0000009",)
+    assert pairs[2][0].semantic_type == "T184"
+    assert skips.counts == {
+        "mention not found in its text": 1,
+        "spans outside the text": 1,
+    }
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ('{"text": "a b", "spans": [[0, 1]]}', "concept_id"),
+        ('{"text": "a b", "concept_id": "C1"}', "'spans' or 'mention'"),
+        (
+            '{"text": "a b", "spans": [[0, 1]], "concept_id": "C1", "split": "x"}',
+            "split",
+        ),
+    ],
+)
+def test_jsonl_malformed_line_names_file_and_line(
+    tmp_path: Path, line: str, message: str
+) -> None:
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"text": "ok", "spans": [[0, 2]], "concept_id": "C1"}\n' + line)
+    with pytest.raises(ValueError, match=rf"m\.jsonl:2: .*{message}"):
+        list(read_jsonl_mentions(path))
