@@ -53,6 +53,7 @@ class LayerRecord:
     a: Tensor | None = None  # Σ a     [i]
     uses: Tensor | None = None  # Σ_n R_n
     gg: Tensor | None = None  # Σ g gᵀ  [o, o]
+    alias: LayerRecord | None = None  # shares aa, a, uses with this layer (same input)
     calls: list[Call] = field(default_factory=list)
 
 
@@ -83,7 +84,7 @@ class Capture:
         self.examples = 0
         self._n = 0
         self._leaf: Tensor | None = None
-        self._shared: dict[int, tuple[Tensor, Tensor | None, Tensor, Tensor, Tensor]] = {}
+        self._shared: dict[int, tuple[Tensor, Tensor | None, LayerRecord]] = {}
 
     # -- per batch -------------------------------------------------------------------
 
@@ -143,29 +144,42 @@ class Capture:
     def _add_input_stats(
         self, rec: LayerRecord, x: Tensor, rows: Tensor, mask: Tensor | None
     ) -> None:
-        """Σ ā āᵀ of one call, eq. (K5); computed once for layers sharing an input."""
+        """Add Σ ā āᵀ of one call, eq. (K5), computed once for layers sharing an input.
+
+        Layers that read the same input tensor with the same mask (queries, keys and
+        values of attention) share one accumulator: the first accumulates, the others
+        alias it. A layer whose sharing changes gets its own copy before it diverges.
+        """
         key = id(x) if rec.kind is LayerKind.LINEAR else None
-        cached = self._shared.get(key) if key is not None else None
-        if cached is not None and cached[1] is mask:
-            aa, a, uses = cached[2], cached[3], cached[4]
+        owner = self._shared.get(key) if key is not None else None
+        if owner is not None and owner[1] is mask and owner[2] is not rec:
+            first = owner[2]
+            if rec.aa is None:  # first batch: alias the owner's accumulators
+                rec.aa, rec.a, rec.alias = first.aa, first.a, first
+                rec.uses = first.uses
+                return
+            if rec.alias is first:  # counted by the owner already
+                return
+        if rec.alias is not None:  # sharing ended: continue on a private copy
+            assert rec.aa is not None and rec.a is not None
+            rec.aa, rec.a, rec.alias = rec.aa.clone(), rec.a.clone(), None
+            rec.uses = rec.uses.clone()
+        flat = rows.reshape(-1, *rows.shape[2:])  # [P, D_in] or [P]
+        if mask is not None:
+            flat = flat[mask.reshape(-1)]
+        if rec.kind is LayerKind.EMBEDDING:
+            assert isinstance(rec.module, nn.Embedding)
+            counts = torch.bincount(flat, minlength=rec.module.num_embeddings)
+            rec.aa = _add(rec.aa, counts.to(self.dtype))  # token counts  [V]
+            rec.a = rec.aa.new_zeros(0) if rec.a is None else rec.a
         else:
-            flat = rows.reshape(-1, *rows.shape[2:])  # [P, D_in] or [P]
-            if mask is not None:
-                flat = flat[mask.reshape(-1)]
-            uses = torch.tensor(float(flat.shape[0]), dtype=self.dtype, device=flat.device)
-            if rec.kind is LayerKind.EMBEDDING:
-                assert isinstance(rec.module, nn.Embedding)
-                aa = torch.bincount(flat, minlength=rec.module.num_embeddings).to(self.dtype)
-                a = aa.new_zeros(0)
-            else:
-                flat = flat.to(self.dtype)
-                aa = flat.T @ flat  # Σ_r a aᵀ  [i, i]
-                a = flat.sum(0)  # Σ_r a      [i]
-            if key is not None:
-                self._shared[key] = (x, mask, aa, a, uses)
-        rec.aa = _add(rec.aa, aa.clone() if rec.aa is None else aa)
-        rec.a = _add(rec.a, a.clone() if rec.a is None else a)
-        rec.uses = _add(rec.uses, uses.clone() if rec.uses is None else uses)
+            flat = flat.to(self.dtype)
+            rec.aa = flat.T @ flat if rec.aa is None else rec.aa.addmm_(flat.T, flat)  # Σ a aᵀ
+            rec.a = _add(rec.a, flat.sum(0))  # Σ a  [i]
+        uses = torch.full((), float(flat.shape[0]), dtype=self.dtype, device=flat.device)
+        rec.uses = _add(rec.uses, uses)  # Σ_n R_n
+        if key is not None:
+            self._shared[key] = (x, mask, rec)
 
     def _grad_sink(self, rec: LayerRecord, call: Call) -> Callable[[Tensor], None]:
         n = self._n
@@ -177,7 +191,10 @@ class Capture:
                 g = g * call.mask.unsqueeze(-1).to(g.dtype)  # padding is no use
             if rec.factors:
                 flat = g.reshape(-1, g.shape[-1])
-                rec.gg = _add(rec.gg, flat.T @ flat)  # Σ g gᵀ  [o, o], eq. (K5)
+                if rec.gg is None:
+                    rec.gg = flat.T @ flat  # Σ g gᵀ  [o, o], eq. (K5)
+                else:
+                    rec.gg.addmm_(flat.T, flat)
             if rec.per_example:
                 call.grads = g
 

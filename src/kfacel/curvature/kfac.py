@@ -124,7 +124,9 @@ def _finish(
     for rec in kron:  # a rank that never saw a layer still takes part in all_reduce
         _zeros_if_unseen(rec, dtype, device)
     count = torch.tensor(float(examples), dtype=dtype, device=device)
-    all_reduce_([count, *[t for r in kron for t in (r.aa, r.a, r.uses, r.gg)]])
+    owners = [r for r in kron if r.alias is None]  # aliases share their owner's tensors
+    all_reduce_([count, *[t for r in owners for t in (r.aa, r.a, r.uses)]])
+    all_reduce_(r.gg for r in kron)
     all_reduce_(diag_sums[k] for k in sorted(diag_sums))
     n = float(count)
     if n == 0:
@@ -137,7 +139,7 @@ def _finish(
         A = _input_factor(rec, uses)
         G = rec.gg / n  # eq. (K5)
         for what, t in (("A", A), ("G", G)):
-            if not bool(torch.isfinite(t).all()):
+            if not bool(torch.isfinite(t.sum())):  # NaN and inf survive a sum
                 raise ValueError(f"layer {rec.name!r}: the {what} factor is not finite")
         bias = param_name(rec.name, "bias") if has_bias(rec.module) else None
         factors[rec.name] = KroneckerFactors(
@@ -152,9 +154,7 @@ def _input_factor(rec: LayerRecord, uses: float) -> Tensor:
     assert rec.aa is not None and rec.a is not None
     if uses == 0:
         return torch.zeros_like(rec.aa if rec.kind is LayerKind.EMBEDDING else _pad(rec))
-    if rec.kind is LayerKind.EMBEDDING:
-        return rec.aa / uses
-    if not has_bias(rec.module):
+    if rec.kind is LayerKind.EMBEDDING or not has_bias(rec.module):
         return rec.aa / uses
     i = rec.aa.shape[0]
     A = rec.aa.new_empty(i + 1, i + 1)

@@ -1,0 +1,230 @@
+"""Curvature benchmark: K-FAC and diagonal Fisher vs a training step and vs curvlinops.
+
+Measures, in one run on one machine, for an MLP 512-1024-1024-10 and a 3-layer BERT-size
+encoder (hidden 384, 32 tokens, vocabulary 30,522, classifier on the first token):
+
+- time of one training step (forward, cross-entropy, backward, AdamW step) over N examples;
+- K-FAC (empirical) and diagonal Fisher over the same N examples, as ratios to it;
+- curvlinops' KFACLinearOperator computing the same Linear factors, its time, peak memory
+  and the max relative difference of its factors from ours;
+- a training step with the KFC penalty of one prior task (closed-form gradient) vs a plain
+  step, and the consolidation state's bytes vs the model's parameter bytes.
+
+Peak memory is the peak resident set size above the level before the call, sampled every
+2 ms. Times are the minimum over ``--repeats`` runs. Nothing is asserted: it prints a table
+and writes JSON with the environment.
+
+    python benchmarks/bench_kfac.py            # full sizes (minutes on 2 cores)
+    python benchmarks/bench_kfac.py --small    # small sizes, the README's quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import kfacel
+from kfacel.consolidation import TaskState, save_state
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * PAGE
+
+
+def measure(fn: Callable[[], Any], repeats: int) -> tuple[float, float, Any]:
+    """(min seconds, peak RSS increase in MB, last result)."""
+    best, peak_mb, result = float("inf"), 0.0, None
+    for _ in range(repeats):
+        base, peak, stop = rss(), [0], threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                peak[0] = max(peak[0], rss())
+                time.sleep(0.002)
+
+        t = threading.Thread(target=sample, daemon=True)
+        t.start()
+        t0 = time.perf_counter()
+        result = fn()
+        elapsed = time.perf_counter() - t0
+        stop.set()
+        t.join()
+        best = min(best, elapsed)
+        peak_mb = max(peak_mb, (max(peak[0], rss()) - base) / 2**20)
+        del result
+        result = None
+    result = fn()
+    return best, peak_mb, result
+
+
+class MLP(nn.Module):
+    def __init__(self, sizes: list[int]):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+            layers.append(nn.Linear(a, b))
+            if i < len(sizes) - 2:
+                layers.append(nn.ReLU())
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Encoder(nn.Module):
+    """BERT encoder (random init) with per-example position ids and a classifier."""
+
+    def __init__(self, hidden: int, layers: int, vocab: int, classes: int):
+        super().__init__()
+        from transformers import BertConfig, BertModel
+
+        cfg = BertConfig(
+            vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
+            num_attention_heads=max(1, hidden // 64), intermediate_size=4 * hidden,
+            max_position_embeddings=512, hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        )
+        self.bert = BertModel(cfg, add_pooling_layer=False)
+        self.head = nn.Linear(hidden, classes)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        n, s = ids.shape
+        pos = torch.arange(s, device=ids.device).expand(n, s)
+        out = self.bert(input_ids=ids, position_ids=pos, token_type_ids=torch.zeros_like(ids))
+        return self.head(out.last_hidden_state[:, 0])
+
+
+def setup(name: str, small: bool, n: int, batch: int) -> tuple[nn.Module, list]:
+    torch.manual_seed(0)
+    if name == "mlp":
+        sizes = [128, 256, 256, 10] if small else [512, 1024, 1024, 10]
+        model: nn.Module = MLP(sizes)
+        data = [(torch.randn(batch, sizes[0]), torch.randint(0, 10, (batch,)))
+                for _ in range(n // batch)]
+    else:
+        hidden, layers, vocab, seq = (64, 2, 2000, 16) if small else (384, 3, 30522, 32)
+        model = Encoder(hidden, layers, vocab, 10)
+        data = [(torch.randint(0, vocab, (batch, seq)), torch.randint(0, 10, (batch,)))
+                for _ in range(n // batch)]
+    return model, data
+
+
+def trainer(model: nn.Module, data: list, penalty: Any = None) -> Callable[[], None]:
+    """One training step per batch (forward, CE, backward, [penalty], AdamW step)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    return lambda: _steps(model, opt, data, penalty)
+
+
+def _steps(model: nn.Module, opt: torch.optim.Optimizer, data: list, penalty: Any) -> None:
+    for x, y in data:
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        if penalty is not None:
+            penalty.add_grad_(model)
+        opt.step()
+
+
+def peer_kfac(model: nn.Module, data: list) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    import curvlinops
+
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    modules = dict(model.named_modules())
+    op = curvlinops.KFACLinearOperator(
+        model, nn.CrossEntropyLoss(reduction="mean"),
+        [p for n in names for p in modules[n].parameters()], data,
+        fisher_type="empirical", kfac_approx="expand",
+        num_data=sum(len(y) for _, y in data), num_per_example_loss_terms=1,
+        check_deterministic=False, separate_weight_and_bias=False,
+    )
+    op.compute_kronecker_factors()
+    return {n: (op._input_covariances[n], op._gradient_covariances[n]) for n in names}
+
+
+def max_rel(ours: kfacel.KFACFisher, peer: dict) -> float:
+    worst = 0.0
+    for name, (A, G) in peer.items():
+        for a, b in ((ours[name].A, A), (ours[name].G, G)):
+            worst = max(worst, float((a - b).abs().max() / b.abs().max()))
+    return worst
+
+
+def bench(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    model, data = setup(name, args.small, args.examples, args.batch)
+    n = sum(len(y) for _, y in data)
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    row: dict[str, Any] = {"model": name, "examples": n, "param_MB": params / 2**20}
+    t_train, m_train, _ = measure(trainer(copy.deepcopy(model), data), args.repeats)
+    t_kfac, m_kfac, fisher = measure(lambda: kfacel.estimate_kfac(model, data), args.repeats)
+    t_diag, m_diag, _ = measure(lambda: kfacel.estimate_diagonal(model, data), args.repeats)
+    row |= {"train_s": t_train, "train_MB": m_train, "kfac_s": t_kfac, "kfac_MB": m_kfac,
+            "diag_s": t_diag, "diag_MB": m_diag,
+            "kfac_ratio": t_kfac / t_train, "diag_ratio": t_diag / t_train}
+    try:
+        t_peer, m_peer, peer = measure(lambda: peer_kfac(model, data), args.repeats)
+        row |= {"curvlinops_s": t_peer, "curvlinops_MB": m_peer,
+                "speedup_vs_curvlinops": t_peer / t_kfac, "max_rel_diff": max_rel(fisher, peer)}
+    except ImportError:
+        row["curvlinops_s"] = None
+    penalty = kfacel.KFACPenalty().add_task(kfacel.snapshot(model), fisher, lam=1.0)
+    t_plain, _, _ = measure(trainer(copy.deepcopy(model), data), args.repeats)
+    t_pen, _, _ = measure(trainer(copy.deepcopy(model), data, penalty), args.repeats)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_state(tmp, TaskState("bench", "kfac", kfacel.snapshot(model), fisher))
+        state = sum(p.stat().st_size for p in Path(tmp).rglob("*.safetensors"))
+    row |= {"penalty_step_ratio": t_pen / t_plain, "state_MB": state / 2**20,
+            "state_ratio": state / params}
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--small", action="store_true", help="small sizes (seconds)")
+    parser.add_argument("--models", default="mlp,bert")
+    parser.add_argument("--examples", type=int, default=None)
+    parser.add_argument("--batch", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", default="benchmarks/out/bench_kfac.json")
+    args = parser.parse_args()
+    args.examples = args.examples or (256 if args.small else 1024)
+    args.batch = args.batch or (32 if args.small else 64)
+    args.repeats = args.repeats or (2 if args.small else 3)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = [bench(m, args) for m in args.models.split(",")]
+    env = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+           "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+           "small": args.small, "examples": args.examples, "batch": args.batch}
+    cols = [("model", "{}"), ("examples", "{}"), ("train_s", "{:.3f}"), ("kfac_s", "{:.3f}"),
+            ("kfac_ratio", "{:.2f}"), ("diag_s", "{:.3f}"), ("diag_ratio", "{:.2f}"),
+            ("curvlinops_s", "{:.3f}"), ("speedup_vs_curvlinops", "{:.2f}"),
+            ("kfac_MB", "{:.0f}"), ("curvlinops_MB", "{:.0f}"), ("max_rel_diff", "{:.1e}"),
+            ("penalty_step_ratio", "{:.3f}"), ("state_ratio", "{:.2f}")]
+    print("| " + " | ".join(c for c, _ in cols) + " |")
+    print("|" + "---|" * len(cols))
+    for r in rows:
+        cells = [fmt.format(r[c]) if r.get(c) is not None else "-" for c, fmt in cols]
+        print("| " + " | ".join(cells) + " |")
+    print(f"env: {env}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"env": env, "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
