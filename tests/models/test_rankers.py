@@ -4,9 +4,9 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import synthetic_examples
 from torch import nn
 
+from conftest import synthetic_examples
 from kfacel.data.collate import FEATURE_NAMES, Collator, build_type_vocab
 from kfacel.data.tokenize import default_encoder_path
 from kfacel.models import build_model
@@ -120,12 +120,16 @@ def test_every_sequence_layer_call_has_its_padding_marked(name, rich_batch):
 
 def test_cnn_copies_the_minilm_word_embeddings():
     path = default_encoder_path()
-    model = build_model("cnn", embeddings_from=str(path), hidden=8)
     expected = read_tensors(path, ["embeddings.word_embeddings.weight"])
-    torch.testing.assert_close(
-        model.embedding.weight.detach(),
-        expected["embeddings.word_embeddings.weight"],
+    expected = expected["embeddings.word_embeddings.weight"]
+    model = build_model("cnn", embeddings_from=str(path), hidden=8)
+    torch.testing.assert_close(model.word_vectors, expected)
+    assert "word_vectors" not in dict(model.named_parameters())
+    assert model.embed_proj.in_features == 384
+    model = build_model(
+        "cnn", embeddings_from=str(path), hidden=8, freeze_embeddings=False
     )
+    torch.testing.assert_close(model.embedding.weight.detach(), expected)
     assert model.config.embed_dim == 384
 
 

@@ -7,7 +7,11 @@ Conv1d encodes the context and another the names; the context encoding is max-po
 twice, over the whole sequence and over the marked mention span, and projected; the name
 encoding is max-pooled. ``PairScorer`` turns the pair into a logit.
 
-Parameters and K-FAC coverage: ``embedding`` (Embedding), ``mention_conv`` and
+With ``freeze_embeddings`` (the default when copying) the copied table is a fixed buffer
+and a Linear ``embed_proj`` maps it to ``embed_dim``.
+
+Parameters and K-FAC coverage: ``embedding`` (Embedding) or ``embed_proj`` (Linear),
+``mention_conv`` and
 ``name_conv`` (Conv1d, zero 'same' padding), ``mention_proj`` (Linear) and the scorer's
 layers (Linear, Embedding) are all covered; there is no LayerNorm and no bare parameter.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kfacel.models._pretrained import read_config, read_tensors
@@ -40,6 +45,10 @@ class CNNConfig:
         start_id: id of the mention-start marker token.
         end_id: id of the mention-end marker token.
         embeddings_from: checkpoint directory to copy word embeddings from, or None.
+        freeze_embeddings: keep copied embeddings fixed (a buffer, not a parameter)
+            and learn a Linear projection of them to ``embed_dim`` instead: much
+            faster on CPU than updating a 30k-row table every step.
+        pretrained_dim: width of the copied embeddings (set by ``create``).
     """
 
     vocab_size: int = 30522
@@ -52,12 +61,15 @@ class CNNConfig:
     start_id: int = 1
     end_id: int = 2
     embeddings_from: str | None = None
+    freeze_embeddings: bool = True
+    pretrained_dim: int = 0
 
 
 class CNNRanker(nn.Module):
     """Convolutional candidate ranker; ``forward(batch) -> logits [N, C]``.
 
-    K-FAC covers every parameter: ``embedding.weight`` (Embedding),
+    K-FAC covers every parameter: ``embedding.weight`` (Embedding) or, with frozen
+    pretrained vectors (buffer ``word_vectors``, not trained) ``embed_proj.*``,
     ``mention_conv.*``, ``name_conv.*`` (Conv1d), ``mention_proj.*`` (Linear),
     ``scorer.hidden.*``, ``scorer.out.*``, ``scorer.type_head.*`` (Linear),
     ``scorer.type_embedding.weight`` (Embedding).
@@ -74,7 +86,13 @@ class CNNRanker(nn.Module):
             raise ValueError(f"kernel must be odd, got {config.kernel}")
         self.config = config
         c = config
-        self.embedding = nn.Embedding(c.vocab_size, c.embed_dim, padding_idx=0)
+        self.frozen = bool(c.embeddings_from and c.freeze_embeddings)
+        if self.frozen:
+            table = torch.zeros(c.vocab_size, c.pretrained_dim)
+            self.register_buffer("word_vectors", table)
+            self.embed_proj = nn.Linear(c.pretrained_dim, c.embed_dim)
+        else:
+            self.embedding = nn.Embedding(c.vocab_size, c.embed_dim, padding_idx=0)
         pad = c.kernel // 2
         self.mention_conv = nn.Conv1d(c.embed_dim, c.hidden, c.kernel, padding=pad)
         self.name_conv = nn.Conv1d(c.embed_dim, c.hidden, c.kernel, padding=pad)
@@ -90,24 +108,23 @@ class CNNRanker(nn.Module):
             weight = read_tensors(
                 c.embeddings_from, ["embeddings.word_embeddings.weight"]
             )
+            target = self.word_vectors if self.frozen else self.embedding.weight
             if weight:
                 with torch.no_grad():
-                    self.embedding.weight.copy_(
-                        weight["embeddings.word_embeddings.weight"]
-                    )
+                    target.copy_(weight["embeddings.word_embeddings.weight"])
 
     @classmethod
     def create(cls, config: CNNConfig) -> CNNRanker:
         """A fresh ranker; vocabulary and width follow ``embeddings_from`` if set."""
         if config.embeddings_from:
             enc = read_config(config.embeddings_from)
-            config = CNNConfig(
-                **{
-                    **config.__dict__,
-                    "vocab_size": enc["vocab_size"],
-                    "embed_dim": enc["hidden_size"],
-                }
-            )
+            dims = {
+                "vocab_size": enc["vocab_size"],
+                "pretrained_dim": enc["hidden_size"],
+            }
+            if not config.freeze_embeddings:
+                dims["embed_dim"] = enc["hidden_size"]
+            config = CNNConfig(**{**config.__dict__, **dims})
         return cls(config)
 
     def forward(self, batch: Batch) -> Tensor:
@@ -134,7 +151,11 @@ class CNNRanker(nn.Module):
 
     def _encode(self, ids: Tensor, mask: Tensor, conv: nn.Conv1d) -> Tensor:
         with valid_positions(mask):  # Embedding on [B, S], Conv1d output length S
-            x = self.dropout(self.embedding(ids))  # [B, S, E]
+            if self.frozen:
+                x = self.embed_proj(F.embedding(ids, self.word_vectors))  # [B, S, E]
+            else:
+                x = self.embedding(ids)  # [B, S, E]
+            x = self.dropout(x)
             x = x * mask[..., None].to(x.dtype)  # zero padding, as conv padding is
             h = torch.relu(conv(x.transpose(1, 2)))  # [B, H, S]
         return h.transpose(1, 2)  # [B, S, H]
