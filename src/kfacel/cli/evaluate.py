@@ -8,6 +8,8 @@ import os
 import tempfile
 from pathlib import Path
 
+import torch
+
 from kfacel.data.tasks import load_task
 from kfacel.training.pipeline import evaluate_split, load_linker
 
@@ -21,11 +23,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", help="write the JSON results here")
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Print a table and write ``{task: {accuracy, mrr, recall@k, n}}``."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
     linker = load_linker(args.model_dir)
     results: dict[str, dict] = {}
     for task_dir in args.task:

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+import torch
+
 from kfacel.cli import UserError
 from kfacel.data.tasks import load_task
 from kfacel.training.pipeline import fit_task, new_linker, save_linker
@@ -33,6 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-types", action="store_true", help="no candidate types")
     # Continual learning (--init MODEL_DIR, --penalty kfac|ewc|l2, --lam λ) goes here:
     # it loads the linker with load_linker(init) and passes penalty= to fit_task.
+    p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     p.set_defaults(handler=run)
 
 
@@ -40,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
     """Train and write the model directory; prints the training summary as JSON."""
     if args.epochs < 1 or args.batch_size < 1:
         raise UserError("--epochs and --batch-size must be positive")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     task = load_task(args.task)
     extra = {"hidden": args.hidden} if args.hidden else {}
     linker = new_linker(
