@@ -142,7 +142,8 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
             pool = np.arange(n)
         else:
             cut = row[part[r]].min()
-            pool = np.flatnonzero(row >= cut)
+            above = np.flatnonzero(row > cut)
+            pool = np.concatenate([above, np.flatnonzero(row == cut)[: k - len(above)]])
         order = np.lexsort((pool, -row[pool]))
         out[r] = pool[order[:k]]
     return out
@@ -210,7 +211,8 @@ class CandidateStats:
 
     Attributes:
         queries: number of queries.
-        recall: ``{k: share of queries whose gold is among the generator's top k}``.
+        recall: ``{k: share of queries whose gold is among the generator's top k}``;
+            a gold with score 0 (no evidence at all) is never counted as found.
         accuracy: share whose gold has the strictly highest generator score among its
             final candidates (ties count as wrong): the generator as a ranker.
     """
@@ -278,7 +280,7 @@ def make_candidates(
             q += 1
             hit = np.flatnonzero(top == gi)
             for k in ks:
-                hits[k] += bool(hit.size and hit[0] < k)
+                hits[k] += bool(hit.size and hit[0] < k and row[gi] > 0)
             others = [int(j) for j in top[: c + 1] if j != gi and row[j] > 0][: c - 1]
             if len(others) < c - 1:
                 others += _fill(rng, n, {gi, *others}, c - 1 - len(others))
