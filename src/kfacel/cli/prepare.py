@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -77,10 +76,6 @@ def _fractions(text: str) -> list[float]:
     return parts
 
 
-def _quiet_dependencies() -> None:
-    logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs each index at DEBUG
-
-
 def _build(
     args: argparse.Namespace,
     splits: dict[str, list[Mention]],
@@ -89,7 +84,6 @@ def _build(
 ) -> int:
     if args.num_candidates < 2 or args.context_words < 0:
         raise UserError("--num-candidates must be ≥ 2 and --context-words ≥ 0")
-    _quiet_dependencies()
     concepts = read_dictionary(args.dictionary, skips=skips)
     info = prepare_task(
         args.out,
@@ -148,7 +142,6 @@ def _benchmark(args: argparse.Namespace) -> int:
     if not args.data.is_dir():
         raise UserError(f"{args.data}: no such data directory")
     tasks = tuple(args.task) if args.task else TASKS
-    _quiet_dependencies()
     for info in build_public3(
         args.data, args.out, small=args.small, tasks=tasks
     ).values():

@@ -21,6 +21,7 @@ not always the dictionary's first entries. The list is then shuffled with the sa
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -179,6 +180,8 @@ class BM25Generator(CandidateGenerator):
         super().__init__(concepts)
         import bm25s
 
+        # bm25s sets its logger to DEBUG on import; let the application's level rule
+        logging.getLogger("bm25s").setLevel(logging.NOTSET)
         self._bm25 = bm25s.BM25(k1=1.5, b=0.75)
         tokens = [_WORD.findall(n) or [""] for n in self._names]
         self._bm25.index(tokens, show_progress=False)
