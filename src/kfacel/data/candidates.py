@@ -167,7 +167,7 @@ class TfidfGenerator(CandidateGenerator):
 
     def _name_scores(self, mentions: list[str]) -> np.ndarray:
         queries = self._vectorizer.transform(mentions)  # [u, vocabulary]
-        return (queries @ self._matrix_t).toarray()  # [u, names]
+        return np.asarray((queries @ self._matrix_t).toarray())  # [u, names]
 
 
 class BM25Generator(CandidateGenerator):

@@ -50,7 +50,7 @@ class Task:
         """The queries of split ``name`` (``train``, ``dev`` or ``test``)."""
         if name not in SPLITS:
             raise ValueError(f"unknown split {name!r}; choose from {SPLITS}")
-        return getattr(self, name)
+        return {"train": self.train, "dev": self.dev, "test": self.test}[name]
 
 
 def context(text: str, spans: Sequence[tuple[int, int]], k: int) -> tuple[str, str]:
