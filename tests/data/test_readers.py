@@ -12,6 +12,7 @@ from kfacel.data.readers import (
     read_dictionary,
     read_jsonl_mentions,
     read_medic,
+    read_psytar,
     read_pubtator,
     read_tsv_dictionary,
 )
@@ -175,3 +176,44 @@ def test_jsonl_malformed_line_names_file_and_line(
     path.write_text('{"text": "ok", "spans": [[0, 2]], "concept_id": "C1"}\n' + line)
     with pytest.raises(ValueError, match=rf"m\.jsonl:2: .*{message}"):
         list(read_jsonl_mentions(path))
+
+
+def test_psytar_workbook_quirks(tmp_path: Path) -> None:
+    openpyxl = pytest.importorskip("openpyxl")
+    book = openpyxl.Workbook()
+    sentences = book.active
+    sentences.title = "Sentence_Labeling"
+    sentences.append(["id", "comment_id", "drug_id", "sentence_index", "sentences"])
+    sentences.append([1, 1, "zoloft.1", 1, "Weight gain and Bad nausea for days."])
+    sentences.append([2, 1, "zoloft.1", 2, "First week was a panic attack."])
+    adr = book.create_sheet("ADR_Mapped")
+    adr.append(["id", "drug_id", "sentence_index", "ADRs", "UMLS1"])
+    adr.append([1, "zoloft.1", 1, "weight gain", "C0043094 / Weight gain / Finding"])
+    adr.append([2, "zoloft.1", 1, "bad nausea", "c0027497 / nausea / sign or symptom"])
+    adr.append([3, "zoloft.1", 1, "headache", "C0018681 / Headache / Finding"])
+    adr.append([4, "zoloft.1", 1, "nausea", "nausea (no cui)"])
+    adr.append([5, "zoloft.1", 9, "nausea", "C0027497 / Nausea / Finding"])
+    adr.append([6, "zoloft.1", 1, None, None])
+    wd = book.create_sheet("WD-Mapped ")  # the trailing space of the real workbook
+    wd.append(["id", "drug_id", "sentence_id", "WDs", "UMLS1"])
+    wd.append([1, "zoloft.1", 2, "first week, panic attack", "C0086769 / Panic / F"])
+    path = tmp_path / "psytar.xlsx"
+    book.save(path)
+    skips = SkipReport()
+    mentions, concepts = read_psytar(path, skips=skips)
+    assert [(m.surface, m.concept_ids[0]) for m in mentions] == [
+        ("Weight gain", "C0043094"),
+        ("Bad nausea", "C0027497"),
+        ("panic attack", "C0086769"),
+    ]
+    assert mentions[0].text == "Weight gain and Bad nausea for days."
+    assert [c.id for c in concepts] == ["C0027497", "C0043094", "C0086769"]
+    assert skips.counts == {
+        "PsyTAR entity not found in its sentence": 1,
+        "PsyTAR UMLS1 cell without a CUI": 1,
+        "PsyTAR sentence not found": 1,
+        "PsyTAR row without an entity": 1,
+    }
+    assert skips.repaired == {
+        "PsyTAR entity located by its part after the last comma": 1
+    }

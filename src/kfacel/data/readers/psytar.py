@@ -6,7 +6,8 @@ Needs ``openpyxl`` (the ``xlsx`` extra), imported only when a workbook is read. 
 (``sentence_id`` in ``WD-Mapped ``), the entity text, and ``UMLS1`` =
 ``CUI / name / semantic type``. The mention's context is its sentence, looked up by
 (``drug_id``, sentence index) in ``Sentence_Labeling``; the mention is located in the
-sentence case-insensitively. Skipped and counted: rows without an entity, rows whose
+sentence case-insensitively (``"<when>, <entity>"`` rows by the part after the comma).
+Skipped and counted: rows without an entity, rows whose
 ``UMLS1`` does not start with a CUI, rows whose sentence is missing, and entities not
 found in their sentence. ``doc_id`` is the post (``drug_id``), the unit of a split.
 """
@@ -35,6 +36,23 @@ def parse_umls_cell(cell: object) -> tuple[str, str, str | None] | None:
         return None
     cui, name, kind = match.groups()
     return cui.upper(), name, kind or None
+
+
+def _locate(text: str, surface: str) -> tuple[int, str]:
+    """Where ``surface`` is in ``text`` (case-insensitive), and the part that was found.
+
+    Some entities are written ``"<when>, <entity>"`` (``"first 10 days, nausea"``); when
+    the whole is absent, the part after the last comma is looked for.
+
+    >>> _locate("Like a panic attack with nausea.", "first 10 days, nausea")
+    (25, 'nausea')
+    """
+    low = text.lower()
+    for part in (surface, surface.rsplit(",", 1)[-1].strip()):
+        start = low.find(part.lower()) if part else -1
+        if start >= 0:
+            return start, part
+    return -1, surface
 
 
 def _column(header: tuple[Any, ...], *names: str) -> int | None:
@@ -132,12 +150,16 @@ def _sheet(
         except (KeyError, TypeError, ValueError):
             skips.add("PsyTAR sentence not found", where)
             continue
-        start = text.lower().find(surface.lower())
+        start, found = _locate(text, surface)
         if start < 0:
             skips.add("PsyTAR entity not found in its sentence", where)
             continue
+        if found != surface:
+            skips.repair(
+                "PsyTAR entity located by its part after the last comma", where
+            )
         cui, name, kind = parsed
-        end = start + len(surface)
+        end = start + len(found)
         mention = Mention(
             doc_id=str(row[drug]).strip(),
             text=text,
