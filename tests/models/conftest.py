@@ -1,60 +1,11 @@
-"""Synthetic linking queries: the gold is the candidate whose name is the mention."""
-
-import random
+"""Fixtures of the model tests: tokenizer, synthetic batches, one CPU thread."""
 
 import pytest
 import torch
+from _models_synth import synthetic_examples
 
 from kfacel.data.collate import Collator, make_batches
-from kfacel.data.records import Candidate, LinkingExample
 from kfacel.data.tokenize import WordPieceTokenizer
-
-WORDS = [
-    "heart",
-    "lung",
-    "liver",
-    "kidney",
-    "brain",
-    "blood",
-    "bone",
-    "skin",
-    "nerve",
-    "muscle",
-    "fever",
-    "pain",
-    "cough",
-    "rash",
-    "tumor",
-    "cancer",
-    "virus",
-    "cell",
-    "gene",
-    "protein",
-    "drug",
-    "dose",
-    "acute",
-    "chronic",
-    "severe",
-    "mild",
-]
-TYPES = ("disease", "anatomy", "chemical")
-
-
-def synthetic_examples(n: int, *, seed: int, num_candidates: int = 5) -> list:
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        names = rng.sample(WORDS, num_candidates)
-        gold = rng.randrange(num_candidates)
-        cands = tuple(
-            Candidate(f"C{WORDS.index(w)}", w, TYPES[WORDS.index(w) % 3]) for w in names
-        )
-        left = " ".join(rng.choices(WORDS, k=4))
-        right = " ".join(rng.choices(WORDS, k=4))
-        out.append(
-            LinkingExample(names[gold], left, right, cands, cands[gold].id, f"d{i}")
-        )
-    return out
 
 
 @pytest.fixture(scope="session")

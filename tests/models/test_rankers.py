@@ -4,9 +4,9 @@ import dataclasses
 
 import pytest
 import torch
+from _models_synth import TINY_BERT, synthetic_examples
 from torch import nn
 
-from conftest import synthetic_examples
 from kfacel.data.collate import FEATURE_NAMES, Collator, build_type_vocab
 from kfacel.data.tokenize import default_encoder_path
 from kfacel.models import build_model
@@ -14,15 +14,6 @@ from kfacel.models._pretrained import read_tensors
 from kfacel.positions import matching_mask
 from kfacel.training.evaluate import evaluate
 from kfacel.training.trainer import train_task
-
-TINY_BERT = {
-    "vocab_size": 30522,
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-    "max_position_embeddings": 64,
-}
 
 
 def tiny(name: str, **extra) -> nn.Module:

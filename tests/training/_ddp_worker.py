@@ -4,7 +4,7 @@ import os
 
 import torch
 import torch.distributed as dist
-from conftest import batches, tiny_cnn
+from _training_synth import batches, tiny_cnn
 from safetensors.torch import save_file
 
 from kfacel.training.trainer import train_task

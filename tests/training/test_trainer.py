@@ -5,7 +5,7 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import batches, tiny_cnn
+from _training_synth import batches, tiny_cnn
 from safetensors.torch import load_file
 
 from kfacel.training.evaluate import evaluate
@@ -99,6 +99,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # two spawned interpreters: 20-60 s on a shared 2-core machine
 def test_two_gloo_ranks_train_the_same_model_as_one_process(tmp_path):
     import _ddp_worker
 
