@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from kfacel.data.collate import FEATURE_NAMES, Collator, build_type_vocab, make_batches
@@ -53,6 +54,7 @@ def new_linker(
     types: bool = True,
     max_mention_length: int = 64,
     max_name_length: int = 16,
+    seed: int = 0,
     **model_config: Any,
 ) -> Linker:
     """A fresh linker for training on ``train``.
@@ -67,6 +69,7 @@ def new_linker(
         types: give the scorer candidate types and the type head.
         max_mention_length: longest mention-in-context sequence.
         max_name_length: longest candidate-name sequence.
+        seed: seed of the weights' random initialization.
         **model_config: further ranker settings (e.g. ``hidden``).
     """
     path = Path(encoder) if encoder is not None else default_encoder_path()
@@ -83,6 +86,7 @@ def new_linker(
         common["embeddings_from"] = str(path)
     elif model == "transformer":
         common |= {"encoder_path": str(path), "layers": layers}
+    torch.manual_seed(seed)  # the initialization is part of a seeded run
     net = build_model(model, **{**common, **model_config})
     return Linker(net, collator)
 
@@ -99,6 +103,10 @@ def fit_task(
     penalty: Penalty | None = None,
     progress: bool = False,
     max_train: int | None = None,
+    lr_groups: Sequence[dict[str, Any]] | None = None,
+    replay: Sequence[LinkingExample] = (),
+    replay_every: int = 1,
+    replay_n: int = 1,
 ) -> TrainLog:
     """Train ``linker`` on ``task``'s train split, choosing the epoch on dev.
 
@@ -113,6 +121,10 @@ def fit_task(
         penalty: consolidation penalty of earlier tasks, None for none.
         progress: progress bars.
         max_train: use only the first ``max_train`` training queries.
+        lr_groups: optimizer groups, e.g. ``discriminative_lr_groups`` (LRC).
+        replay: queries of earlier tasks for experience replay (needs old data).
+        replay_every: training steps between replays (m).
+        replay_n: replay batches each time (n).
 
     Returns:
         The training log.
@@ -131,6 +143,10 @@ def fit_task(
         device=device,
         amp=device.startswith("cuda"),
         progress=progress,
+        lr_groups=lr_groups,
+        replay_batches=linker.batches(replay, batch_size) if replay else None,
+        replay_every=replay_every,
+        replay_n=replay_n,
     )
     linker.model.to("cpu")
     linker.meta["task"] = {

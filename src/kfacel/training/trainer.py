@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -87,6 +87,9 @@ def train_task(
     progress: bool = False,
     lr_groups: Sequence[dict[str, Any]] | None = None,
     weight_decay: float = 0.0,
+    replay_batches: Sequence[Batch] | None = None,
+    replay_every: int = 1,
+    replay_n: int = 1,
 ) -> TrainLog:
     """Train ``model`` in place on one task; the best dev epoch's weights are kept.
 
@@ -105,6 +108,12 @@ def train_task(
         lr_groups: optimizer parameter groups (``{"params": [...], "lr": ...}``),
             e.g. discriminative learning rates; None: one group of all parameters.
         weight_decay: AdamW decoupled weight decay (0: pure penalty training).
+        replay_batches: experience replay (de Masson d'Autume et al. 2019): batches of
+            earlier tasks; after every ``replay_every`` training steps, ``replay_n``
+            extra steps are taken on them (in a seeded shuffled cycle). A reference
+            method: it needs the old data that the penalties do without.
+        replay_every: training steps between replays (m).
+        replay_n: replay steps each time (n).
 
     Returns:
         The ``TrainLog``.
@@ -133,6 +142,38 @@ def train_task(
     )
     opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    if replay_every < 1 or replay_n < 1:
+        raise ValueError("replay_every and replay_n must be positive")
+    replay = _cycle(list(replay_batches), order_rng) if replay_batches else None
+    done = 0
+
+    def one_step(batch: Batch, epoch: int, step: int) -> tuple[float, float, int]:
+        """Forward, loss, backward, penalty gradient, clipping, AdamW step."""
+        batch = _shard(batch, rank, world).to(device, non_blocking=True)
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+            logits = net(batch)  # [N, C]
+            if logits.dtype in (torch.float16, torch.bfloat16):
+                logits = logits.float()
+            loss = F.cross_entropy(logits, batch.labels)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"loss is {loss.item()} at epoch {epoch}, batch {step}: "
+                "lower the learning rate (or λ) or check the data"
+            )
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        pen = penalty.add_grad_(model).item() if penalty is not None else 0.0
+        if not math.isfinite(pen):
+            raise FloatingPointError(
+                f"penalty is {pen} at epoch {epoch}, batch {step}: lower λ"
+            )
+        if clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), clip)
+        scaler.step(opt)
+        scaler.update()
+        return loss.item(), pen, len(batch)  # this rank's share of the batch
+
     epoch_logs: list[EpochLog] = []
     best_acc, best_epoch, best_state = -math.inf, 0, None
     train_seconds, seen = 0.0, 0
@@ -144,30 +185,14 @@ def train_task(
         for step in with_progress(
             order, enabled=progress and rank == 0, desc=f"epoch {epoch}"
         ):
-            batch = _shard(batches[step], rank, world).to(device, non_blocking=True)
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-                logits = net(batch)  # [N, C]
-                if logits.dtype in (torch.float16, torch.bfloat16):
-                    logits = logits.float()
-                loss = F.cross_entropy(logits, batch.labels)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"loss is {loss.item()} at epoch {epoch}, batch {step}: "
-                    "lower the learning rate or check the data"
-                )
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            pen = penalty.add_grad_(model).item() if penalty is not None else 0.0
-            if not math.isfinite(pen):
-                raise FloatingPointError(f"penalty is {pen} at epoch {epoch}")
-            if clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), clip)
-            scaler.step(opt)
-            scaler.update()
-            sum_loss += loss.item() * len(batch)
-            sum_pen += pen * len(batch)
-            n_queries += len(batch)
+            loss, pen, n = one_step(batches[step], epoch, step)
+            sum_loss += loss * n
+            sum_pen += pen * n
+            n_queries += n
+            done += 1
+            if replay and done % replay_every == 0:
+                for _ in range(replay_n):
+                    one_step(next(replay), epoch, step)
         seconds = time.perf_counter() - start
         totals = _all_reduce([sum_loss, sum_pen, float(n_queries)], world, device)
         sum_loss, sum_pen, n_all = totals
@@ -239,3 +264,10 @@ def _all_reduce(values: list[float], world: int, device: torch.device) -> list[f
     t = torch.tensor(values, dtype=torch.float64, device=device)
     torch.distributed.all_reduce(t)
     return t.tolist()
+
+
+def _cycle(batches: list[Batch], rng: torch.Generator) -> Iterator[Batch]:
+    """Endless seeded reshuffled passes over ``batches``."""
+    while True:
+        for i in torch.randperm(len(batches), generator=rng).tolist():
+            yield batches[i]
