@@ -48,29 +48,29 @@ def rss() -> int:
 
 
 def measure(fn: Callable[[], Any], repeats: int) -> tuple[float, float, Any]:
-    """(min seconds, peak RSS increase in MB, last result)."""
-    best, peak_mb, result = float("inf"), 0.0, None
+    """(min seconds over ``repeats``, peak RSS increase in MB, result).
+
+    Times are taken with nothing else running in the process; the peak memory comes from
+    one further run with a sampling thread (which would perturb a timing).
+    """
+    best = float("inf")
     for _ in range(repeats):
-        base, peak, stop = rss(), [0], threading.Event()
-
-        def sample() -> None:
-            while not stop.is_set():
-                peak[0] = max(peak[0], rss())
-                time.sleep(0.002)
-
-        t = threading.Thread(target=sample, daemon=True)
-        t.start()
         t0 = time.perf_counter()
-        result = fn()
-        elapsed = time.perf_counter() - t0
-        stop.set()
-        t.join()
-        best = min(best, elapsed)
-        peak_mb = max(peak_mb, (max(peak[0], rss()) - base) / 2**20)
-        del result
-        result = None
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    base, peak, stop = rss(), [0], threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss())
+            time.sleep(0.002)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
     result = fn()
-    return best, peak_mb, result
+    stop.set()
+    t.join()
+    return best, (max(peak[0], rss()) - base) / 2**20, result
 
 
 class MLP(nn.Module):

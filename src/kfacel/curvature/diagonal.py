@@ -34,7 +34,7 @@ from kfacel.curvature.layers import LayerKind
 from kfacel.curvature.targets import fisher_targets
 from kfacel.types import FisherKind
 
-_CHUNK_ELEMENTS = 1 << 24  # bound on a [n, o, i] block of per-example gradients
+_CHUNK_ELEMENTS = 1 << 21  # a [n, o, i] block of per-example gradients: ~8 MB, cache-sized
 
 
 def estimate_diagonal(
@@ -157,16 +157,21 @@ def _linear_sq(calls: list[Call], with_bias: bool) -> dict[str, Tensor]:
     n, o, i = g0.shape[0], g0.shape[2], a0.shape[2]
     weight = g0.new_zeros(o, i)
     bias = g0.new_zeros(o)
-    step = max(1, _CHUNK_ELEMENTS // (o * i))
+    step = max(1, min(n, _CHUNK_ELEMENTS // (o * i)))
+    block = g0.new_empty(step, o, i)  # per-example gradients of one chunk
     for lo in range(0, n, step):
-        per_w = g0.new_zeros(min(step, n - lo), o, i)
+        per_w = block[: min(step, n - lo)]
         per_b = g0.new_zeros(per_w.shape[0], o)
-        for c in calls:
+        for j, c in enumerate(calls):
             assert c.grads is not None and c.rows is not None
-            g, a = c.grads[lo : lo + step], c.rows[lo : lo + step]
-            per_w += torch.einsum("nko,nki->noi", g, a.to(g.dtype))  # Σ_r g aᵀ per n
+            g = c.grads[lo : lo + step]  # [n, k, o]
+            a = c.rows[lo : lo + step].to(g.dtype)  # [n, k, i]
+            if j == 0:
+                torch.bmm(g.transpose(1, 2), a, out=per_w)  # Σ_r g aᵀ per example
+            else:
+                per_w.baddbmm_(g.transpose(1, 2), a)
             per_b += g.sum(1)
-        weight += (per_w**2).sum(0)
+        weight += per_w.mul_(per_w).sum(0)  # Σ_n (Σ_r g aᵀ)², squared in place
         bias += (per_b**2).sum(0)
     return {"weight": weight, "bias": bias} if with_bias else {"weight": weight}
 
