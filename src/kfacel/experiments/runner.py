@@ -1,0 +1,400 @@
+"""The paper's protocol from an ``ExperimentConfig``: tiers 1–3 into a run directory.
+
+``run_experiment`` executes the stages of ``sweep.py`` in order (tier 1, consolidations,
+tier 2, tier-3 starting points, tier 3), each stage's cells independent of each other,
+so ``jobs > 1`` runs them in spawned worker processes with ``max(1, cores // jobs)``
+torch threads each. λ of tier 2 is chosen on dev (``sweep.choose``) before tier 3 is
+planned from it (``tier3_lambda_grid``, appendix A).
+
+The run directory::
+
+    config.json      the resolved config (a resumed run must match it)
+    env.json         one entry per invocation: package versions, git commit, device,
+                     seeds, jobs, tiers, start time
+    metrics.jsonl    one record per evaluation (fields: ``cells.py``), rebuilt from
+                     the cells after every stage
+    selection.json   λ chosen per (order, method) in tiers 2 and 3, failed cells,
+                     tier-3 plans left out and why
+    cells/<id>/      per cell: done.json (status, seconds, records); model/ for
+                     tier-1 models (shared by every cell starting from them) and for
+                     the chosen tier-2 models (the starts of tier 3); consolidation/
+                     for consolidation states
+
+Tier-2 models are kept only when tier 3 is asked for, and those not chosen are deleted
+once tier 3's starting points exist. A chosen tier-2 model that was not kept (a run
+first made with ``tiers = [1, 2]``) is retrained deterministically by its ``resume``
+cell, which records the retrained accuracies beside the original ones.
+
+Resume: a cell with ``done.json`` is skipped; anything else in its directory is an
+interrupted attempt and is redone. Every file is written to a temporary name and
+renamed.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import logging
+import multiprocessing
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from kfacel.experiments import sweep
+from kfacel.experiments.cells import (
+    DONE,
+    MODEL,
+    init_worker,
+    read_done,
+    run_cell,
+    tasks_of,
+    write_json,
+)
+from kfacel.experiments.config import ConfigError, ExperimentConfig
+from kfacel.experiments.sweep import REGULARIZED, Cell
+
+logger = logging.getLogger(__name__)
+
+PACKAGES = ("kfacel", "torch", "numpy", "safetensors", "transformers", "matplotlib")
+_NOT_COMPARED = ("tiers", "output_dir")  # may change between invocations of one run
+
+
+@dataclass
+class RunSummary:
+    """What one invocation did.
+
+    Attributes:
+        run_dir: the run directory.
+        ran: ids of cells run now.
+        skipped: ids of cells finished before (resume).
+        failed: ``(id, message)`` of failed cells (now or before).
+        left_out: tier-3 plans left out, with the reason.
+        seconds: wall time of each stage.
+    """
+
+    run_dir: Path
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def run_experiment(
+    cfg: ExperimentConfig,
+    out: str | Path | None = None,
+    *,
+    jobs: int = 1,
+    log: Callable[[str], None] | None = None,
+) -> RunSummary:
+    """Run (or resume) the tiers of ``cfg`` into ``out`` (default ``cfg.output_dir``).
+
+    Args:
+        cfg: the experiment; ``cfg.tiers`` says which tiers (3 implies 2, 2 implies 1).
+        out: the run directory.
+        jobs: cells run in parallel processes (1: in this process).
+        log: ``print``-like callable for one line per finished cell.
+
+    Returns:
+        What ran, what was skipped and what failed.
+
+    Raises:
+        ConfigError: the tasks cannot be read, or ``out`` holds something else
+            (another config, or files that are no run); nothing is written then.
+    """
+    if jobs < 1:
+        raise ConfigError(f"jobs must be positive, got {jobs}")
+    run_dir = Path(out if out is not None else cfg.output_dir)
+    try:
+        tasks_of(cfg)  # every task readable before anything is written
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot load the config's tasks: {exc}") from exc
+    _open_run_dir(run_dir, cfg, jobs)
+    say = log or (lambda _: None)
+    names = [t.name for t in cfg.tasks]
+    methods = [m.value for m in cfg.methods]
+    seeds = list(cfg.seeds)
+    tiers = set(cfg.tiers)
+    tiers |= {2} if 3 in tiers else set()
+    tiers |= {1} if 2 in tiers else set()
+    summary = RunSummary(run_dir)
+    config = cfg.to_dict()
+
+    def stage(name: str, cells: Sequence[Cell], deps: Callable[[Cell], dict]) -> None:
+        start = time.perf_counter()
+        _execute(run_dir, config, cells, deps, jobs, summary, say, name)
+        summary.seconds[name] = time.perf_counter() - start
+        collect_metrics(run_dir)
+
+    stage("tier1", sweep.plan_tier1(names, seeds), lambda c: {})
+    chosen2: dict[Any, Any] = {}
+    chosen3: dict[Any, Any] = {}
+    if 2 in tiers:
+        cons = sweep.plan_consolidations(names, methods, seeds)
+        stage("consolidate", cons, lambda c: _deps(run_dir, c, {}, keep=False))
+        t2 = sweep.plan_tier2(names, methods, cfg.lam_grid, seeds)
+        stage("tier2", t2, lambda c: _deps(run_dir, c, {}, keep=3 in tiers))
+        chosen2 = sweep.choose(
+            load_records(run_dir), tier=2, tolerance=cfg.penalty.new_task_tolerance
+        )
+    if 3 in tiers:
+        resume = sweep.plan_resume(chosen2, seeds)
+        stage("resume", resume, lambda c: _deps(run_dir, c, chosen2, keep=True))
+        _prune(run_dir, t2, chosen2)
+        t3, summary.left_out = sweep.plan_tier3(
+            names,
+            methods,
+            seeds,
+            chosen2,
+            factors=cfg.penalty.tier3_factors,
+            mean=cfg.penalty.tier3_mean,
+            search_first=cfg.penalty.tier3_search_first,
+        )
+        stage("tier3", t3, lambda c: _deps(run_dir, c, chosen2, keep=False))
+        chosen3 = sweep.choose(
+            load_records(run_dir), tier=3, tolerance=cfg.penalty.new_task_tolerance
+        )
+    write_json(
+        run_dir / "selection.json",
+        {
+            "tier2": _choices(chosen2),
+            "tier3": _choices(chosen3),
+            "failed": [{"cell": c, "message": m} for c, m in summary.failed],
+            "left_out": summary.left_out,
+        },
+    )
+    return summary
+
+
+def load_records(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Every evaluation record of the finished cells, in cell-id order."""
+    records = []
+    for cell_dir in sorted((Path(run_dir) / "cells").glob("*")):
+        done = read_done(cell_dir)
+        if done is not None and done.get("status") == "ok":
+            records += done.get("records", [])
+    return records
+
+
+def collect_metrics(run_dir: str | Path) -> Path:
+    """Rewrite ``metrics.jsonl`` from the cells' ``done.json`` files (atomically)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in load_records(run_dir))
+    tmp.write_text(lines, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+# ------------------------------------------------------------------------ internals
+
+
+class _StartFailed(RuntimeError):
+    """The cell a cell starts from failed (e.g. a non-finite loss)."""
+
+
+def _open_run_dir(run_dir: Path, cfg: ExperimentConfig, jobs: int) -> None:
+    """Create the run directory, or check that it holds a run of the same config."""
+    new = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_COMPARED}
+    config_path = run_dir / "config.json"
+    if config_path.is_file():
+        old = json.loads(config_path.read_text(encoding="utf-8"))
+        old = {k: v for k, v in old.items() if k not in _NOT_COMPARED}
+        if old != new:
+            keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            raise ConfigError(
+                f"{run_dir} holds a run of another config (differs in {keys}); "
+                "choose another --out, or remove that directory"
+            )
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise ConfigError(
+            f"{run_dir} exists and is not a run directory; refusing to write"
+        )
+    else:
+        write_json(config_path, cfg.to_dict())
+    env_path = run_dir / "env.json"
+    env = json.loads(env_path.read_text(encoding="utf-8")) if env_path.is_file() else {}
+    sessions = [*env.get("sessions", []), _environment(cfg, jobs)]
+    write_json(env_path, {"sessions": sessions})
+
+
+def _environment(cfg: ExperimentConfig, jobs: int) -> dict[str, Any]:
+    """Package versions, git commit, device, seeds: what makes a run reproducible."""
+    import torch
+
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    try:
+        commit: str | None = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    device = cfg.train.device
+    name = platform.processor() or platform.machine()
+    if device.startswith("cuda") and torch.cuda.is_available():
+        name = torch.cuda.get_device_name(torch.device(device))
+    return {
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": versions,
+        "git_commit": commit,
+        "device": device,
+        "device_name": name,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "jobs": jobs,
+        "seeds": list(cfg.seeds),
+        "tiers": list(cfg.tiers),
+    }
+
+
+def _cell_dir(run_dir: Path, cell: Cell) -> Path:
+    return run_dir / "cells" / cell.id
+
+
+def _deps(run_dir: Path, cell: Cell, chosen2: dict[Any, Any], *, keep: bool) -> dict:
+    """Absolute paths a cell starts from: model, consolidation states, replay tasks."""
+    first, s, m = cell.order[0], cell.seed, cell.method
+    start = _cell_dir(run_dir, sweep.individual(first, s)) / MODEL
+    states = []
+    if m in REGULARIZED:
+        states.append(str(_cell_dir(run_dir, sweep.consolidation(first, m, s))))
+    if cell.kind == "consolidate":
+        return {"start": str(start)}
+    if cell.kind == "tier2":
+        return {
+            "start": str(start),
+            "states": states,
+            "keep_model": keep,
+            "replay": [first] if m == "replay" else [],
+        }
+    if cell.kind == "resume":
+        t2 = Cell("tier2", 2, cell.order, m, cell.lam, s)
+        return {
+            "tier2": str(_cell_dir(run_dir, t2)),
+            "tier2_json": t2.to_json(),
+            "tier2_deps": _deps(run_dir, t2, chosen2, keep=True),
+        }
+    pair = cell.order[:2]
+    res = sweep.resume_point(*pair, m, chosen2[(pair, m)], s)
+    done = read_done(_cell_dir(run_dir, res))
+    if done is None or done.get("status") != "ok":
+        raise _StartFailed(f"its start {res.id} did not finish")
+    if m in REGULARIZED:
+        states.append(str(_cell_dir(run_dir, res)))
+    return {
+        "start": str(run_dir / done["model_dir"]),
+        "states": states,
+        "replay": list(pair) if m == "replay" else [],
+        "keep_model": False,
+    }
+
+
+def _execute(
+    run_dir: Path,
+    config: dict[str, Any],
+    cells: Sequence[Cell],
+    deps_of: Callable[[Cell], dict],
+    jobs: int,
+    summary: RunSummary,
+    say: Callable[[str], None],
+    stage: str,
+) -> None:
+    """Run the cells of one stage that have no ``done.json``, ``jobs`` at a time."""
+    todo = []
+    for cell in cells:
+        done = read_done(_cell_dir(run_dir, cell))
+        if done is None:
+            todo.append(cell)
+            continue
+        summary.skipped.append(cell.id)
+        if done.get("status") != "ok":
+            summary.failed.append((cell.id, str(done.get("message"))))
+    if not todo:
+        return
+    say(f"{stage}: {len(todo)} cells to run, {len(cells) - len(todo)} done before")
+
+    def finished(done: dict[str, Any], k: int) -> None:
+        summary.ran.append(done["id"])
+        status = done["status"]
+        if status != "ok":
+            summary.failed.append((done["id"], str(done["message"])))
+            logger.warning("cell %s failed: %s", done["id"], done["message"])
+        took = f"{done['seconds']:.1f} s"
+        say(f"[{stage} {k}/{len(todo)}] {done['id']}: {status} ({took})")
+
+    args = []
+    for cell in todo:
+        try:
+            args.append((cell.to_json(), deps_of(cell), config, str(run_dir)))
+        except _StartFailed as exc:  # its start failed: so does the cell
+            fail = {
+                **cell.to_json(),
+                "status": "failed",
+                "message": str(exc),
+                "seconds": 0.0,
+                "records": [],
+            }
+            write_json(_cell_dir(run_dir, cell) / DONE, fail)
+            finished(fail, len(summary.ran) + 1)
+    if jobs == 1:
+        for k, a in enumerate(args, start=1):
+            finished(run_cell(*a), k)
+        return
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(
+        jobs, mp_context=ctx, initializer=init_worker, initargs=(threads,)
+    ) as pool:
+        pending: set[Future] = {pool.submit(run_cell, *a) for a in args}
+        k = 0
+        try:
+            while pending:
+                ready, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in ready:
+                    k += 1
+                    finished(fut.result(), k)
+        except BaseException:
+            for fut in pending:
+                fut.cancel()
+            raise
+
+
+def _prune(run_dir: Path, tier2: Sequence[Cell], chosen2: dict[Any, Any]) -> None:
+    """Delete the models of tier-2 cells that tier 3 does not start from."""
+    for cell in tier2:
+        key = (cell.order, cell.method)
+        if key in chosen2 and chosen2[key] == cell.lam:
+            continue
+        shutil.rmtree(_cell_dir(run_dir, cell) / MODEL, ignore_errors=True)
+
+
+def _choices(chosen: dict[Any, Any]) -> list[dict[str, Any]]:
+    return [
+        {
+            "order": list(order),
+            "method": m,
+            "lam": list(lam) if isinstance(lam, tuple) else lam,
+        }
+        for (order, m), lam in sorted(chosen.items(), key=lambda kv: str(kv[0]))
+    ]

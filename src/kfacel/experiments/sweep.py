@@ -1,0 +1,242 @@
+"""The cells of the paper's protocol and the λ choices between tiers: no torch, no IO.
+
+A **cell** is one unit of work of a run with its own directory ``cells/<id>/`` (see
+``runner.py``). The plan, in the order the runner executes it (each stage only needs
+the stages before it):
+
+1. ``individual`` (tier 1): each task alone, from a fresh model; its checkpoint is kept
+   and shared by every later cell that starts from it. ``combined`` (tier 1): all
+   tasks' training queries shuffled together (the multi-task reference of Table 2).
+2. ``consolidate``: the consolidation state (anchor + curvature) of a tier-1 model for
+   one method (``l2``, ``ewc``, ``kfac``), computed once and shared.
+3. ``tier2``: every ordered pair A→B × method × λ (λ only for l2/ewc/kfac).
+4. ``resume``: per pair A→B and method, the chosen tier-2 model, with task B
+   consolidated by the same method; the start of tier 3.
+5. ``tier3``: every order A→B→C × method × (λ_A, λ_B) of ``tier3_lambda_grid``.
+
+λ is chosen on dev accuracies (``select_lambda``), averaged over seeds: tier 2 by the
+first task's accuracy (old) against the second's (new); tier 3 by the mean of the two
+old tasks' accuracies against the third's. The same functions serve the runner (to plan
+tier 3) and the report (to pick the rows of the tables).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import permutations
+from typing import Any, Literal
+
+from kfacel.experiments.metrics import LambdaTrial, select_lambda, tier3_lambda_grid
+
+REGULARIZED = ("l2", "ewc", "kfac")
+"""Methods with a consolidation state and a λ."""
+
+Lam = float | tuple[float, ...] | None
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One unit of work; plain values only, so it travels to worker processes as JSON.
+
+    Attributes:
+        kind: ``individual``, ``combined``, ``consolidate``, ``tier2``, ``resume`` or
+            ``tier3``.
+        tier: 1, 2 or 3 (``consolidate`` counts as the tier it serves).
+        order: task names in training order (``combined``: all tasks).
+        method: ``none``, ``lrc``, ``replay``, ``l2``, ``ewc`` or ``kfac``; ``none`` for
+            tier 1.
+        lam: λ (tier 2), one λ per prior task (tier 3), or None.
+        seed: initialization, batch order and Fisher subset seed.
+    """
+
+    kind: str
+    tier: int
+    order: tuple[str, ...]
+    method: str = "none"
+    lam: Lam = None
+    seed: int = 0
+
+    @property
+    def id(self) -> str:
+        """Directory name, unique within a run: ``tier2-a-b-kfac-1e+03-s0``."""
+        parts = [self.kind, *self.order, self.method]
+        if self.lam is not None:
+            lams = self.lam if isinstance(self.lam, tuple) else (self.lam,)
+            parts.append("_".join(f"{x:.3g}" for x in lams))
+        return "-".join([*parts, f"s{self.seed}"]).replace("/", "_")
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict (``from_json`` reads it back)."""
+        lam = list(self.lam) if isinstance(self.lam, tuple) else self.lam
+        return {
+            "kind": self.kind,
+            "tier": self.tier,
+            "order": list(self.order),
+            "method": self.method,
+            "lam": lam,
+            "seed": self.seed,
+            "id": self.id,
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Cell:
+        """Inverse of ``to_json``."""
+        lam = d.get("lam")
+        return cls(
+            str(d["kind"]),
+            int(d["tier"]),
+            tuple(d["order"]),
+            str(d["method"]),
+            tuple(float(x) for x in lam) if isinstance(lam, list) else lam,
+            int(d["seed"]),
+        )
+
+
+def individual(task: str, seed: int) -> Cell:
+    """The tier-1 cell of ``task`` alone."""
+    return Cell("individual", 1, (task,), seed=seed)
+
+
+def consolidation(task: str, method: str, seed: int) -> Cell:
+    """The consolidation of ``task``'s tier-1 model by ``method``."""
+    return Cell("consolidate", 2, (task,), method, seed=seed)
+
+
+def resume_point(a: str, b: str, method: str, lam: Lam, seed: int) -> Cell:
+    """The chosen tier-2 model of A→B under ``method`` (λ chosen), B consolidated."""
+    return Cell("resume", 3, (a, b), method, lam, seed)
+
+
+def plan_tier1(tasks: Sequence[str], seeds: Sequence[int]) -> list[Cell]:
+    """Each task alone, and all of them combined."""
+    cells = [individual(t, s) for s in seeds for t in tasks]
+    if len(tasks) > 1:
+        cells += [Cell("combined", 1, tuple(tasks), seed=s) for s in seeds]
+    return cells
+
+
+def plan_consolidations(
+    tasks: Sequence[str], methods: Sequence[str], seeds: Sequence[int]
+) -> list[Cell]:
+    """One state per tier-1 model and regularized method."""
+    regs = [m for m in methods if m in REGULARIZED]
+    return [consolidation(t, m, s) for s in seeds for t in tasks for m in regs]
+
+
+def plan_tier2(
+    tasks: Sequence[str],
+    methods: Sequence[str],
+    lam_grid: Sequence[float],
+    seeds: Sequence[int],
+) -> list[Cell]:
+    """Every ordered pair × method × λ (one cell without λ for none, lrc, replay)."""
+    cells = []
+    for s in seeds:
+        for a, b in permutations(tasks, 2):
+            for m in methods:
+                lams: Sequence[float | None] = lam_grid if m in REGULARIZED else [None]
+                cells += [Cell("tier2", 2, (a, b), m, lam, s) for lam in lams]
+    return cells
+
+
+def choose(
+    records: Iterable[Mapping[str, Any]],
+    *,
+    tier: int,
+    tolerance: float,
+) -> dict[tuple[tuple[str, ...], str], Lam]:
+    """The λ chosen on dev for each (order, method) of ``tier``, seeds averaged.
+
+    Args:
+        records: ``metrics.jsonl`` records (failed cells have none).
+        tier: 2 (old task: the first) or 3 (old: the mean of the first two).
+        tolerance: ``new_task_tolerance`` of ``select_lambda``, in accuracy points.
+
+    Returns:
+        ``{(order, method): λ}``; methods without λ map to None; an (order, method)
+        whose every λ failed, or none kept the new task, is left out.
+    """
+    dev: dict[tuple[tuple[str, ...], str, Any], dict[str, list[float]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
+    for r in records:
+        if r["tier"] != tier or r["split"] != "dev":
+            continue
+        lam = tuple(r["lam"]) if isinstance(r["lam"], list) else r["lam"]
+        dev[(tuple(r["order"]), r["method"], lam)][r["task"]].append(r["accuracy"])
+    trials: dict[tuple[tuple[str, ...], str], list[LambdaTrial]] = defaultdict(list)
+    for (order, method, lam), by_task in dev.items():
+        if not all(t in by_task for t in order):
+            continue
+        mean = {t: sum(v) / len(v) for t, v in by_task.items()}
+        old = sum(mean[t] for t in order[:-1]) / (len(order) - 1)
+        trials[(order, method)].append(LambdaTrial(lam, old, mean[order[-1]]))
+    chosen: dict[tuple[tuple[str, ...], str], Lam] = {}
+    for key, ts in sorted(trials.items(), key=lambda kv: str(kv[0])):
+        if key[1] not in REGULARIZED:
+            chosen[key] = None
+            continue
+        try:
+            chosen[key] = select_lambda(ts, new_task_tolerance=tolerance).lam
+        except ValueError:
+            continue
+    return chosen
+
+
+def plan_resume(
+    tier2_chosen: Mapping[tuple[tuple[str, ...], str], Lam], seeds: Sequence[int]
+) -> list[Cell]:
+    """The starting points of tier 3: every chosen (pair, method) of tier 2."""
+    return [
+        resume_point(order[0], order[1], m, lam, s)
+        for s in seeds
+        for (order, m), lam in sorted(tier2_chosen.items(), key=lambda kv: str(kv[0]))
+    ]
+
+
+def plan_tier3(
+    tasks: Sequence[str],
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    tier2_chosen: Mapping[tuple[tuple[str, ...], str], Lam],
+    *,
+    factors: Sequence[float] = (0.01, 1.0, 100.0),
+    mean: Literal["geometric", "arithmetic"] = "geometric",
+    search_first: bool = False,
+) -> tuple[list[Cell], list[str]]:
+    """Every order of three × method × the appendix-A λ pairs.
+
+    Returns:
+        The cells, and one line per (order, method) left out because a tier-2 choice
+        it needs is missing.
+    """
+    cells, skipped = [], []
+    for order in permutations(tasks, 3):
+        for m in methods:
+            if ((order[0], order[1]), m) not in tier2_chosen:
+                skipped.append(f"{'→'.join(order)} {m}: no tier-2 choice for the start")
+                continue
+            grid: list[Lam] = [None]
+            if m in REGULARIZED:
+                optima = {
+                    (o[0], o[1]): float(lam)  # type: ignore[arg-type]
+                    for (o, mm), lam in tier2_chosen.items()
+                    if mm == m and lam is not None
+                }
+                try:
+                    grid = list(
+                        tier3_lambda_grid(
+                            optima,
+                            order,
+                            factors=factors,
+                            mean=mean,
+                            search_first=search_first,
+                        )
+                    )
+                except ValueError as exc:
+                    skipped.append(f"{'→'.join(order)} {m}: {exc}")
+                    continue
+            cells += [Cell("tier3", 3, order, m, lam, s) for s in seeds for lam in grid]
+    return cells, skipped

@@ -1,0 +1,147 @@
+"""The runner on two tiny tasks: run directory, resume, failed cells, config errors."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+from _experiments_synth import tiny_config, write_tasks
+
+from kfacel.experiments import cells as cells_mod
+from kfacel.experiments.config import ConfigError
+from kfacel.experiments.report import write_report
+from kfacel.experiments.runner import run_experiment
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory):
+    return write_tasks(tmp_path_factory.mktemp("tasks"))
+
+
+@pytest.fixture(scope="module")
+def finished_run(paths, tmp_path_factory):
+    """Tiers 1–2, none and KFC with one finite and one overflowing λ."""
+    torch.set_num_threads(1)
+    cfg = tiny_config(
+        paths, methods=["none", "lrc", "replay", "kfac"], lam_grid=[10.0, 1e300]
+    )
+    out = tmp_path_factory.mktemp("runs") / "run"
+    summary = run_experiment(cfg, out)
+    return cfg, out, summary
+
+
+def test_run_directory_holds_config_env_metrics_and_cells(finished_run) -> None:
+    cfg, out, _summary = finished_run
+    assert json.loads((out / "config.json").read_text()) == cfg.to_dict()
+    env = json.loads((out / "env.json").read_text())["sessions"][0]
+    assert env["packages"]["torch"]
+    assert env["device"] == "cpu"
+    assert env["seeds"] == [0]
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    keys = {
+        "tier",
+        "order",
+        "method",
+        "lam",
+        "seed",
+        "split",
+        "task",
+        "accuracy",
+        "mrr",
+    }
+    assert all(keys <= set(r) for r in records)
+    # tier 1: a, b alone (own task) and combined (both), dev and test each
+    assert sum(r["tier"] == 1 for r in records) == 2 * 2 + 2 * 2
+    # tier 2: 2 orders x (none, lrc, replay, kfac λ=10) x 2 tasks x 2 splits
+    assert sum(r["tier"] == 2 for r in records) == 2 * 4 * 2 * 2
+    assert all(0 <= r["accuracy"] <= 100 for r in records)
+    ids = {p.name for p in (out / "cells").iterdir()}
+    assert {
+        "individual-a-none-s0",
+        "combined-a-b-none-s0",
+        "consolidate-a-kfac-s0",
+    } <= ids
+    assert all((out / "cells" / i / "done.json").is_file() for i in ids)
+    # checkpoints of tier-1 individual models only (tier 3 was not asked for)
+    models = sorted(p.parent.name for p in (out / "cells").glob("*/model"))
+    assert models == ["individual-a-none-s0", "individual-b-none-s0"]
+
+
+def test_overflowing_lambda_fails_its_cell_not_the_run(finished_run) -> None:
+    _, out, summary = finished_run
+    failed = dict(summary.failed)
+    assert set(failed) == {"tier2-a-b-kfac-1e+300-s0", "tier2-b-a-kfac-1e+300-s0"}
+    assert all("FloatingPointError" in m for m in failed.values())
+    done = json.loads(
+        (out / "cells" / "tier2-a-b-kfac-1e+300-s0" / "done.json").read_text()
+    )
+    assert done["status"] == "failed"
+    assert done["records"] == []
+    selection = json.loads((out / "selection.json").read_text())
+    chosen = {(tuple(c["order"]), c["method"]): c["lam"] for c in selection["tier2"]}
+    assert chosen[(("a", "b"), "kfac")] == 10.0  # the failed λ is never chosen
+
+
+def test_report_writes_every_table(finished_run, tmp_path) -> None:
+    _, out, _ = finished_run
+    written = write_report(out)
+    names = {p.name for p in written}
+    for table in ("table1", "table2", "table3", "table6", "forgetting_reduction"):
+        assert f"{table}.csv" in names, names
+    text = (out / "report" / "report.md").read_text()
+    assert "Table 2" in text
+    assert "Table 3" in text
+    assert "tier2-a-b-kfac-1e+300-s0: FloatingPointError" in text
+    assert "lambda_tradeoff.png" in names
+
+
+def test_resume_skips_finished_cells(finished_run, monkeypatch) -> None:
+    cfg, out, _ = finished_run
+    before = {p: p.stat().st_mtime_ns for p in (out / "cells").glob("*/done.json")}
+    calls = []
+    monkeypatch.setattr(cells_mod, "fit_task", lambda *a, **k: calls.append(a))
+    summary = run_experiment(cfg, out)
+    assert calls == []
+    assert summary.ran == []
+    assert len(summary.skipped) == len(before)
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    assert len(json.loads((out / "env.json").read_text())["sessions"]) == 2
+
+
+def test_interrupted_cell_is_redone(paths, tmp_path) -> None:
+    cfg = tiny_config(paths, tiers=[1], methods=["none"])
+    out = tmp_path / "run"
+    run_experiment(cfg, out)
+    cell = out / "cells" / "individual-b-none-s0"
+    (cell / "done.json").unlink()  # as if killed before it finished
+    (cell / "half-written").write_text("x")
+    summary = run_experiment(cfg, out)
+    assert summary.ran == ["individual-b-none-s0"]
+    assert not (cell / "half-written").exists()
+    assert (cell / "done.json").is_file()
+
+
+def test_other_config_in_run_dir_is_refused_untouched(finished_run) -> None:
+    cfg, out, _ = finished_run
+    config_before = (out / "config.json").read_bytes()
+    other = replace(cfg, train=replace(cfg.train, lr=1.0))
+    with pytest.raises(ConfigError, match="another config"):
+        run_experiment(other, out)
+    assert (out / "config.json").read_bytes() == config_before
+
+
+def test_unreadable_task_fails_before_writing(paths, tmp_path) -> None:
+    cfg = tiny_config({**paths, "c": tmp_path / "missing"})
+    with pytest.raises(ConfigError, match="missing"):
+        run_experiment(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
