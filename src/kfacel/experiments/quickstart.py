@@ -1,0 +1,219 @@
+"""The quickstart: three demo tasks in one order, the CNN, none vs EWC vs KFC.
+
+Every task is first trained alone (its "individual" accuracy, the reference of Perc Δ).
+The model trained on the first task is then updated on the second and third task with
+each method at a fixed λ, consolidating every finished task, and evaluated on every task
+seen so far after each step. The result is an accuracy matrix per method, Perc Δ of each
+task after the last step, and the forgetting reduction of each method against plain
+fine-tuning (DESIGN.md §5, here averaged over the earlier tasks of the one order).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kfacel.consolidation import TaskState, build_penalty
+from kfacel.data.tasks import Task, load_task
+from kfacel.experiments.metrics import forgetting_reduction, perc_delta
+from kfacel.training.continual import consolidate_task
+from kfacel.training.pipeline import Linker, evaluate_split, fit_task, new_linker
+
+DEMO_TASKS = ("mm-demo", "psytar-demo", "ncbi-demo")
+DEFAULT_LAMS = {"none": 0.0, "ewc": 1e3, "kfac": 1e3}
+
+
+@dataclass(frozen=True)
+class QuickstartResult:
+    """What the quickstart measured (accuracies on the test splits, in [0, 1])."""
+
+    tasks: tuple[str, ...]
+    individual: dict[str, float]
+    matrices: dict[str, list[list[float]]]  # method -> acc[after step, on task] (NaN unseen)
+    perc_delta: dict[str, dict[str, float]]  # method -> task -> Perc Δ after the last step
+    forgetting_reduction: dict[str, float]  # method -> % (NaN when none forgot nothing)
+    lams: dict[str, float]
+    not_forgotten: tuple[str, ...] = ()  # earlier tasks plain fine-tuning did not forget
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def demo_tasks() -> list[Task]:
+    """The demo tasks shipped inside the package, in the quickstart's order."""
+    root = resources.files("kfacel") / "demo"
+    return [load_task(Path(str(root / name))) for name in DEMO_TASKS]
+
+
+def run_quickstart(
+    tasks: Sequence[Task],
+    *,
+    methods: Sequence[str] = ("none", "ewc", "kfac"),
+    lams: Mapping[str, float] | None = None,
+    epochs: int = 3,
+    lr: float = 1e-3,
+    batch_size: int = 32,
+    hidden: int = 128,
+    seed: int = 0,
+    progress: bool = False,
+    log: Any = None,
+) -> QuickstartResult:
+    """Train, consolidate and update along ``tasks`` with each method; see the module doc.
+
+    Args:
+        tasks: the task order (at least two).
+        methods: ``none`` is needed as the reference of the forgetting reduction.
+        lams: λ per method (one λ for every consolidated task).
+        epochs: epochs per task.
+        lr: learning rate.
+        batch_size: queries per batch.
+        hidden: CNN width.
+        seed: initialization and batch order.
+        progress: progress bars.
+        log: ``print``-like callable for one line per stage, or None.
+    """
+    if len(tasks) < 2:
+        raise ValueError("the quickstart needs at least two tasks")
+    lams = {**DEFAULT_LAMS, **(lams or {})}
+    say = log or (lambda *_: None)
+    names = tuple(t.name for t in tasks)
+    seconds: dict[str, float] = {}
+
+    def fresh(task: Task) -> Linker:
+        return new_linker("cnn", task.train, hidden=hidden, seed=seed)
+
+    def fit(linker: Linker, task: Task, penalty: Any = None) -> None:
+        fit_task(linker, task, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                 penalty=penalty, progress=progress)
+
+    start = time.perf_counter()
+    individual: dict[str, float] = {}
+    first: Linker | None = None
+    for task in tasks:
+        linker = fresh(task)
+        fit(linker, task)
+        individual[task.name] = evaluate_split(linker, task.test).accuracy
+        say(f"individual {task.name}: test accuracy {individual[task.name]:.3f}")
+        first = first or linker
+    assert first is not None
+    seconds["individual"] = time.perf_counter() - start
+
+    matrices: dict[str, list[list[float]]] = {}
+    for method in methods:
+        start = time.perf_counter()
+        linker = copy.deepcopy(first)
+        states: list[TaskState] = []
+        matrix = [[math.nan] * len(tasks) for _ in tasks]
+        matrix[0][0] = individual[tasks[0].name]
+        for step, task in enumerate(tasks[1:], start=1):
+            if method != "none":
+                states.append(consolidate_task(linker, tasks[step - 1], method=method))
+            penalty = build_penalty(method, states, [lams[method]] * len(states))
+            fit(linker, task, penalty)
+            for seen in range(step + 1):
+                matrix[step][seen] = evaluate_split(linker, tasks[seen].test).accuracy
+            say(f"{method} after {task.name}: "
+                + ", ".join(f"{tasks[i].name} {matrix[step][i]:.3f}" for i in range(step + 1)))
+        matrices[method] = matrix
+        seconds[method] = time.perf_counter() - start
+
+    final = {m: dict(zip(names, mat[-1], strict=True)) for m, mat in matrices.items()}
+    deltas = {m: {t: perc_delta(a, individual[t]) for t, a in final[m].items()} for m in final}
+    reductions: dict[str, float] = {}
+    not_forgotten: tuple[str, ...] = ()
+    if "none" in deltas:
+        old = names[:-1]
+        for m in deltas:
+            if m != "none":
+                with warnings.catch_warnings():  # reported in the table instead
+                    warnings.simplefilter("ignore")
+                    fr = forgetting_reduction([deltas[m][t] for t in old],
+                                              [deltas["none"][t] for t in old])
+                reductions[m] = fr.percent
+                not_forgotten = tuple(old[i] for i in fr.undefined)
+    return QuickstartResult(names, individual, matrices, deltas, reductions, dict(lams),
+                            not_forgotten, seconds)
+
+
+def format_table(result: QuickstartResult) -> str:
+    """Markdown table: accuracy after the last task and Perc Δ, per method and task."""
+    head = "| method | λ | " + " | ".join(f"{t} acc | {t} Perc Δ" for t in result.tasks)
+    head += " | forgetting reduction |"
+    rows = [head, "|" + "---|" * (2 * len(result.tasks) + 3)]
+    rows.append("| individual | – | " + " | ".join(
+        f"{100 * result.individual[t]:.1f} | –" for t in result.tasks) + " | – |")
+    for method, matrix in result.matrices.items():
+        cells = [f"{100 * a:.1f} | {result.perc_delta[method][t]:+.1f}%"
+                 for t, a in zip(result.tasks, matrix[-1], strict=True)]
+        fr = result.forgetting_reduction.get(method)
+        fr_cell = "–" if fr is None else ("n/a" if math.isnan(fr) else f"{fr:.1f}%")
+        lam = "–" if method == "none" else f"{result.lams[method]:g}"
+        rows.append(f"| {method} | {lam} | " + " | ".join(cells) + f" | {fr_cell} |")
+    if result.not_forgotten:
+        rows.append("")
+        rows.append(f"Left out of the forgetting reduction (plain fine-tuning did not forget "
+                    f"them): {', '.join(result.not_forgotten)}.")
+    return "\n".join(rows)
+
+
+def write_report(result: QuickstartResult, out: Path) -> list[Path]:
+    """Write ``report.md``, ``results.json``, one accuracy-matrix CSV and PNG per method
+    and the paper's Figure 1 toy into ``out``; returns the files written."""
+    from kfacel.experiments.figures import plot_accuracy_matrix, plot_toy_gaussians
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    data = asdict(result)
+    (out / "results.json").write_text(json.dumps(_no_nan(data), indent=2) + "\n")
+    written.append(out / "results.json")
+    figures = []
+    for method, matrix in result.matrices.items():
+        csv = out / f"accuracy_matrix_{method}.csv"
+        lines = ["after," + ",".join(result.tasks)]
+        lines += [f"{result.tasks[i]}," + ",".join("" if math.isnan(a) else f"{a:.4f}" for a in row)
+                  for i, row in enumerate(matrix)]
+        csv.write_text("\n".join(lines) + "\n")
+        png = plot_accuracy_matrix(np.array(matrix), list(result.tasks),
+                                   out / f"accuracy_matrix_{method}.png")
+        written += [csv, Path(png)]
+        figures.append(f"![{method}](accuracy_matrix_{method}.png)")
+    toy = plot_toy_gaussians(out / "figure1_toy.png")
+    written.append(Path(toy))
+    report = [
+        "# kfacel quickstart",
+        "",
+        f"Tasks in order: {' → '.join(result.tasks)}. Test accuracy (%) after the last task,",
+        "Perc Δ against each task's individually trained model, and the forgetting",
+        "reduction 1 − PercΔ_method / PercΔ_none averaged over the earlier tasks.",
+        "",
+        format_table(result),
+        "",
+        "Seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in result.seconds.items()),
+        "",
+        *figures,
+        "",
+        "![Figure 1: true, diagonal and K-FAC Gaussians of a 2-parameter toy](figure1_toy.png)",
+        "",
+    ]
+    (out / "report.md").write_text("\n".join(report))
+    written.append(out / "report.md")
+    return written
+
+
+def _no_nan(x: Any) -> Any:
+    """NaN as null, so the file is strict JSON."""
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _no_nan(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_no_nan(v) for v in x]
+    return x
