@@ -5,9 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-
-import torch
-
 from pathlib import Path
 
 import torch
@@ -40,17 +37,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-train", type=int, help="use only the first N train queries")
     p.add_argument("--no-features", action="store_true", help="no string features")
     p.add_argument("--no-types", action="store_true", help="no candidate types")
+    p.add_argument(
+        "--aliases",
+        action="store_true",
+        help="alias/prior features from the training links (stored in the model dir)",
+    )
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
-    g = p.add_argument_group("continual learning (no old data is read, except --replay)")
-    g.add_argument("--init", help="model directory to continue from (its consolidated tasks)")
+    g = p.add_argument_group(
+        "continual learning (no old data is read, except --replay)"
+    )
+    g.add_argument(
+        "--init", help="model directory to continue from (its consolidated tasks)"
+    )
     g.add_argument("--penalty", choices=("none", "l2", "ewc", "kfac"), default="none")
     g.add_argument("--lam", type=float, help="λ for every consolidated task")
     g.add_argument("--lam-per-task", help="λ per consolidated task, e.g. A=1e3,B=1e5")
-    g.add_argument("--damping", type=float, default=0.0, help="δ added to the Fisher (prior precision)")
-    g.add_argument("--lrc", type=float, metavar="GAMMA",
-                   help="discriminative learning rates: η_ℓ = η_(ℓ+1)·γ from the top layer down")
-    g.add_argument("--replay", action="append", default=[], metavar="TASK_DIR",
-                   help="experience replay from an earlier task (a reference: needs old data)")
+    g.add_argument(
+        "--damping",
+        type=float,
+        default=0.0,
+        help="δ added to the Fisher (prior precision)",
+    )
+    g.add_argument(
+        "--lrc",
+        type=float,
+        metavar="GAMMA",
+        help="discriminative learning rates: η_ℓ = η_(ℓ+1)·γ from the top layer down",
+    )
+    g.add_argument(
+        "--replay",
+        action="append",
+        default=[],
+        metavar="TASK_DIR",
+        help="experience replay from an earlier task (a reference: needs old data)",
+    )
     g.add_argument("--replay-every", type=int, default=4, metavar="M")
     g.add_argument("--replay-batches", type=int, default=1, metavar="N")
     p.set_defaults(handler=run)
@@ -65,16 +85,25 @@ def run(args: argparse.Namespace) -> int:
     task = load_task(args.task)
     if args.init:
         if Path(args.out).resolve() == Path(args.init).resolve():
-            raise UserError("--out must differ from --init: the old model is kept as it is")
+            raise UserError(
+                "--out must differ from --init: the old model is kept as it is"
+            )
         linker = load_linker(args.init)
         states = load_state(args.init, linker.model)
         model_name = read_model_config(args.init)["model"]
     else:
         extra = {"hidden": args.hidden} if args.hidden else {}
         linker = new_linker(
-            args.model, task.train, encoder=args.encoder, layers=args.layers,
-            features=not args.no_features, types=not args.no_types,
-            max_mention_length=args.max_length, seed=args.seed, **extra,
+            args.model,
+            task.train,
+            encoder=args.encoder,
+            layers=args.layers,
+            features=not args.no_features,
+            types=not args.no_types,
+            aliases=args.aliases,
+            max_mention_length=args.max_length,
+            seed=args.seed,
+            **extra,
         )
         states, model_name = (), args.model
     lams = _lams(args, [s.task for s in states])
@@ -83,25 +112,40 @@ def run(args: argparse.Namespace) -> int:
     groups = discriminative_lr_groups(linker.model, lr, args.lrc) if args.lrc else None
     replay = [ex for d in args.replay for ex in load_task(d).train]
     log = fit_task(
-        linker, task, epochs=args.epochs, lr=lr, batch_size=args.batch_size, seed=args.seed,
-        device=args.device, progress=sys.stderr.isatty(), max_train=args.max_train,
-        penalty=penalty, lr_groups=groups, replay=replay,
-        replay_every=args.replay_every, replay_n=args.replay_batches,
+        linker,
+        task,
+        epochs=args.epochs,
+        lr=lr,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+        progress=sys.stderr.isatty(),
+        max_train=args.max_train,
+        penalty=penalty,
+        lr_groups=groups,
+        replay=replay,
+        replay_every=args.replay_every,
+        replay_n=args.replay_batches,
     )
     history = [*linker.meta.get("history", []), task.name]
     linker.meta |= {
         "history": history,
         "continual": {
-            "init": args.init, "penalty": args.penalty,
+            "init": args.init,
+            "penalty": args.penalty,
             "lam": dict(zip([s.task for s in states], lams, strict=True)),
-            "damping": args.damping, "lrc": args.lrc, "replay": args.replay,
+            "damping": args.damping,
+            "lrc": args.lrc,
+            "replay": args.replay,
         },
     }
     save_linker(linker, args.out, log=log)
     if args.init:
         copy_states(args.init, args.out)  # the next update needs no old data either
     summary = {k: v for k, v in log.to_json().items() if k != "epochs"}
-    print(json.dumps({"task": task.name, "out": args.out, "history": history, **summary}))
+    print(
+        json.dumps({"task": task.name, "out": args.out, "history": history, **summary})
+    )
     return 0
 
 
@@ -120,15 +164,21 @@ def _lams(args: argparse.Namespace, tasks: list[str]) -> list[float]:
         try:
             per_task[name.strip()] = float(value)
         except ValueError:
-            raise UserError(f"--lam-per-task: cannot read {item!r} (want NAME=VALUE)") from None
+            raise UserError(
+                f"--lam-per-task: cannot read {item!r} (want NAME=VALUE)"
+            ) from None
         if not sep:
             raise UserError(f"--lam-per-task: cannot read {item!r} (want NAME=VALUE)")
     unknown = sorted(set(per_task) - set(tasks))
     if unknown:
-        raise UserError(f"--lam-per-task names {unknown}; consolidated tasks are {tasks}")
+        raise UserError(
+            f"--lam-per-task names {unknown}; consolidated tasks are {tasks}"
+        )
     missing = [t for t in tasks if t not in per_task and args.lam is None]
     if missing:
-        raise UserError(f"no λ for consolidated task(s) {missing}: give --lam or --lam-per-task")
+        raise UserError(
+            f"no λ for consolidated task(s) {missing}: give --lam or --lam-per-task"
+        )
     lams = [per_task.get(t, args.lam) for t in tasks]
     if any(lam is None or lam < 0 or lam != lam for lam in lams):
         raise UserError("λ must be a non-negative number")

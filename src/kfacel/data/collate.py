@@ -13,6 +13,16 @@ case, alphanumeric runs only), one value in ``[0, 1]`` each, in the order of
 - ``prefix``: length of the common prefix over the longer length;
 - ``length_ratio``: shorter over longer length.
 
+With an ``AliasTable`` of the training split (``data/aliases.py``) four more features
+follow, ``ALIAS_FEATURE_NAMES``, from counts over training documents other than the
+query's own (``n(m, c)`` links of this mention to this candidate, ``n(m)`` occurrences
+of the mention, ``n(c)`` golds of this concept):
+
+- ``alias_share``: ``n(m, c) / n(m)`` (0 for an unseen mention);
+- ``alias_seen``: ``n(m) > 0``;
+- ``alias_count``: ``log(1 + n(m, c)) / log(1 + 32)``, capped at 1;
+- ``concept_prior``: ``log(1 + n(c)) / log(1 + 256)``, capped at 1.
+
 Semantic types of the candidates (a property of the concept, never of the mention) are
 mapped to ids with a vocabulary built from the training queries; 0 stands for a type
 that is unknown or missing.
@@ -20,6 +30,7 @@ that is unknown or missing.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +38,7 @@ from functools import lru_cache
 
 import torch
 
+from kfacel.data.aliases import AliasTable
 from kfacel.data.records import LinkingExample
 from kfacel.data.tokenize import WordPieceTokenizer
 from kfacel.types import Batch
@@ -40,6 +52,9 @@ FEATURE_NAMES = (
     "prefix",
     "length_ratio",
 )
+ALIAS_FEATURE_NAMES = ("alias_share", "alias_seen", "alias_count", "concept_prior")
+_ALIAS_COUNT_SCALE = math.log1p(32)
+_PRIOR_SCALE = math.log1p(256)
 _WORD = re.compile(r"[a-z0-9]+")
 
 
@@ -61,16 +76,25 @@ class Collator:
         max_mention_length: longest mention-in-context sequence, markers included.
         max_name_length: longest candidate name sequence.
         types: the semantic-type vocabulary (``build_type_vocab``); empty for none.
+        aliases: training-split alias table for ``ALIAS_FEATURE_NAMES``; None for none.
     """
 
     tokenizer: WordPieceTokenizer
     max_mention_length: int = 64
     max_name_length: int = 16
     types: tuple[str, ...] = ()
+    aliases: AliasTable | None = None
     _name_cache: dict[str, list[int]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self._type_ids = {t: i + 1 for i, t in enumerate(self.types)}
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """Names of the ``features`` columns this collator writes."""
+        if self.aliases is None:
+            return FEATURE_NAMES
+        return FEATURE_NAMES + ALIAS_FEATURE_NAMES
 
     def __call__(self, examples: Sequence[LinkingExample]) -> Batch:
         """The ``Batch`` of ``examples``; candidates padded to the largest C."""
@@ -90,14 +114,17 @@ class Collator:
         mention_ids, mention_mask = _pad(mention_rows, tok.pad_id)
         cand_ids = torch.full((n, c_max, l_name), tok.pad_id, dtype=torch.long)
         cand_valid = torch.zeros(n, c_max, dtype=torch.bool)
-        features = torch.zeros(n, c_max, len(FEATURE_NAMES))
+        features = torch.zeros(n, c_max, len(self.feature_names))
         cand_types = torch.zeros(n, c_max, dtype=torch.long)
         for i, e in enumerate(examples):
             for j, cand in enumerate(e.candidates):
                 ids = self._name_cache[cand.name]
                 cand_ids[i, j, : len(ids)] = torch.tensor(ids)
                 cand_valid[i, j] = True
-                features[i, j] = torch.tensor(similarity_features(e.mention, cand.name))
+                row = similarity_features(e.mention, cand.name)
+                if self.aliases is not None:
+                    row += alias_features(self.aliases, e, cand.id)
+                features[i, j] = torch.tensor(row)
                 cand_types[i, j] = self._type_ids.get(cand.semantic_type or "", 0)
         cand_mask = (cand_ids != tok.pad_id) & cand_valid[..., None]
         # the [CLS] of a padding candidate stays unmasked so no row is all padding
@@ -150,6 +177,19 @@ def similarity_features(mention: str, name: str) -> tuple[float, ...]:
         shared / len(n_set) if n_set else 0.0,
         _common_prefix(m, n) / longer,
         min(len(m), len(n)) / longer,
+    )
+
+
+def alias_features(
+    table: AliasTable, example: LinkingExample, concept_id: str
+) -> tuple[float, ...]:
+    """Alias features of a query and a candidate id, ``ALIAS_FEATURE_NAMES`` order."""
+    n = table.counts(example, concept_id)
+    return (
+        n.pair / n.mention if n.mention else 0.0,
+        float(n.mention > 0),
+        min(1.0, math.log1p(n.pair) / _ALIAS_COUNT_SCALE),
+        min(1.0, math.log1p(n.concept) / _PRIOR_SCALE),
     )
 
 

@@ -4,8 +4,9 @@
 candidate-type vocabulary) and a ranker, turns the splits into batches and calls
 ``train_task``. ``save_linker`` writes the model directory: ``model.safetensors``,
 ``config.json`` (model, collator settings, the task's candidate generator and context
-width, so ``link`` can rebuild candidates), the tokenizer files and ``train_log.json``,
-all atomically. ``load_linker`` reads it back.
+width, so ``link`` can rebuild candidates), the tokenizer files, ``train_log.json`` and,
+for a linker with alias features, ``aliases.json`` (the training split's mention-to-gold
+links, ``data/aliases.py``), all atomically. ``load_linker`` reads it back.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from kfacel.data.collate import FEATURE_NAMES, Collator, build_type_vocab, make_batches
+from kfacel.data.aliases import AliasTable
+from kfacel.data.collate import Collator, build_type_vocab, make_batches
 from kfacel.data.records import LinkingExample
 from kfacel.data.tasks import Task
 from kfacel.data.tokenize import WordPieceTokenizer, default_encoder_path
@@ -29,6 +31,7 @@ from kfacel.training.evaluate import Evaluation, evaluate
 from kfacel.training.trainer import TrainLog, train_task
 
 TRAIN_LOG_FILE = "train_log.json"
+ALIASES_FILE = "aliases.json"
 
 
 @dataclass
@@ -52,6 +55,7 @@ def new_linker(
     layers: int = 3,
     features: bool = True,
     types: bool = True,
+    aliases: bool = False,
     max_mention_length: int = 64,
     max_name_length: int = 16,
     seed: int = 0,
@@ -67,6 +71,8 @@ def new_linker(
         layers: transformer layers to keep.
         features: give the scorer string-similarity features.
         types: give the scorer candidate types and the type head.
+        aliases: add the alias and prior features of ``train`` (needs ``features``);
+            the table is a memory of the training links and is saved with the model.
         max_mention_length: longest mention-in-context sequence.
         max_name_length: longest candidate-name sequence.
         seed: seed of the weights' random initialization.
@@ -75,9 +81,10 @@ def new_linker(
     path = Path(encoder) if encoder is not None else default_encoder_path()
     tokenizer = WordPieceTokenizer(path)
     vocab = build_type_vocab(train) if types else ()
-    collator = Collator(tokenizer, max_mention_length, max_name_length, vocab)
+    table = AliasTable.from_examples(train) if aliases and features else None
+    collator = Collator(tokenizer, max_mention_length, max_name_length, vocab, table)
     common = {
-        "num_features": len(FEATURE_NAMES) if features else 0,
+        "num_features": len(collator.feature_names) if features else 0,
         "num_types": len(vocab),
         "start_id": tokenizer.start_id,
         "end_id": tokenizer.end_id,
@@ -191,6 +198,9 @@ def save_linker(
         if log is not None:
             text = json.dumps(log.to_json(), indent=2) + "\n"
             (tmp / TRAIN_LOG_FILE).write_text(text, encoding="utf-8")
+        if c.aliases is not None:
+            text = json.dumps(c.aliases.to_json(), separators=(",", ":")) + "\n"
+            (tmp / ALIASES_FILE).write_text(text, encoding="utf-8")
 
     return save_model(linker.model, directory, extra=extra, write_files=write_files)
 
@@ -200,11 +210,23 @@ def load_linker(directory: str | Path) -> Linker:
     meta = read_model_config(directory)
     model = load_model(directory)
     settings = meta.get("collate", {})
+    aliases_file = Path(directory) / ALIASES_FILE
+    aliases = None
+    if aliases_file.is_file():
+        obj = json.loads(aliases_file.read_text(encoding="utf-8"))
+        aliases = AliasTable.from_json(obj)
     collator = Collator(
         WordPieceTokenizer(directory),
         max_mention_length=int(settings.get("max_mention_length", 64)),
         max_name_length=int(settings.get("max_name_length", 16)),
         types=tuple(settings.get("types", ())),
+        aliases=aliases,
     )
+    wanted = int(meta.get("config", {}).get("num_features", 0))
+    if wanted not in (0, len(collator.feature_names)):
+        raise ValueError(
+            f"{directory}: the model takes {wanted} features but the collator makes "
+            f"{len(collator.feature_names)} (is {ALIASES_FILE} missing?)"
+        )
     extra = {k: v for k, v in meta.items() if k not in ("model", "config", "collate")}
     return Linker(model, collator, extra)
