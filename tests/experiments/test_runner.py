@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 
 import pytest
@@ -145,3 +146,55 @@ def test_unreadable_task_fails_before_writing(paths, tmp_path) -> None:
     with pytest.raises(ConfigError, match="missing"):
         run_experiment(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_three_tasks_through_tier3_keep_only_chosen_models(tmp_path) -> None:
+    paths = write_tasks(tmp_path / "tasks", ("a", "b", "c"))
+    cfg = tiny_config(
+        paths,
+        tiers=[1, 2, 3],
+        methods=["kfac"],
+        lam_grid=[10.0, 1e3],
+        penalty={"tier3_factors": [1.0]},
+    )
+    out = tmp_path / "run"
+    summary = run_experiment(cfg, out)
+    assert summary.failed == []
+    assert summary.left_out == []
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    tier3 = [r for r in records if r["tier"] == 3]
+    assert len(tier3) == 6 * 3 * 2  # orders x tasks x splits
+    kfac3 = {tuple(r["order"]): r["lam"] for r in tier3 if r["method"] == "kfac"}
+    chosen = json.loads((out / "selection.json").read_text())["tier2"]
+    lam2 = {tuple(c["order"]): c["lam"] for c in chosen if c["method"] == "kfac"}
+    for order, lam in kfac3.items():
+        assert lam[0] == lam2[order[:2]]  # tier 3 keeps the tier-2 optimum of A
+    # the models kept: tier-1 ones and the chosen tier-2 ones, nothing else
+    kept = {p.parent.name for p in (out / "cells").glob("tier2-*/model")}
+    assert len(kept) == 6
+    assert all(f"-kfac-{lam2[tuple(k.split('-')[1:3])]:.3g}-" in k for k in kept)
+    # a chosen tier-2 model that is gone is retrained, deterministically
+    t2 = sorted(kept)[0]
+    a, b, lam = t2.split("-")[1], t2.split("-")[2], lam2[tuple(t2.split("-")[1:3])]
+    shutil.rmtree(out / "cells" / t2 / "model")
+    shutil.rmtree(out / "cells" / f"resume-{a}-{b}-kfac-{lam:.3g}-s0")
+    again = run_experiment(cfg, out)
+    assert again.ran == [f"resume-{a}-{b}-kfac-{lam:.3g}-s0"]
+    done = json.loads((out / "cells" / again.ran[0] / "done.json").read_text())
+    assert done["retrained"] is True
+    before = {
+        (r["task"], r["split"]): r["accuracy"] for r in records if r["cell"] == t2
+    }
+    after = {(r["task"], r["split"]): r["accuracy"] for r in done["retrained_records"]}
+    assert after == before
+    written = {p.name for p in write_report(out, figures=False)}
+    assert {"table3.csv", "table4.csv", "table6.csv"} <= written
+
+
+@pytest.mark.slow
+def test_parallel_jobs_give_the_same_records(paths, tmp_path) -> None:
+    cfg = tiny_config(paths, tiers=[1], methods=["none"])
+    run_experiment(cfg, tmp_path / "one")
+    run_experiment(cfg, tmp_path / "two", jobs=2)
+    one, two = ((tmp_path / d / "metrics.jsonl").read_text() for d in ("one", "two"))
+    assert one == two

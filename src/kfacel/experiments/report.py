@@ -289,8 +289,15 @@ def _forgetting_table(r: RunResults) -> Table:
     return tab
 
 
-def write_report(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
+def write_report(
+    run_dir: str | Path, out: str | Path | None = None, *, figures: bool = True
+) -> list[Path]:
     """Write ``report.md``, the tables' CSVs and the figures; returns the paths.
+
+    Args:
+        run_dir: the run directory.
+        out: the report directory (default ``run_dir/report``).
+        figures: also draw the PNG figures (a second or so each).
 
     Raises:
         FileNotFoundError: ``run_dir`` has no ``config.json`` (not a run directory).
@@ -317,8 +324,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> list[Pat
     results = RunResults(config, records)
     tables = build_tables(results)
     written = [_write(out / f"{t.name}.csv", t.csv()) for t in tables]
-    figures = _figures(results, out)
-    written += figures
+    pngs = _figures(results, out) if figures else []
+    written += pngs
     failed = [d for d in dones if d.get("status") != "ok"]
     seconds: dict[str, float] = defaultdict(float)
     for d in dones:
@@ -336,7 +343,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> list[Pat
     lines += ["", "## Wall time per kind of cell (s, summed over cells)", ""]
     lines += [f"- {k}: {v:.1f}" for k, v in sorted(seconds.items())]
     lines += ["", "## Figures", ""]
-    lines += [f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in figures]
+    lines += [f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in pngs]
     written.append(_write(out / "report.md", "\n".join(lines) + "\n"))
     return written
 
