@@ -4,8 +4,10 @@ One encoder (``transformers.BertModel`` without pooler) reads the mention in its
 (``[CLS] left [M] mention [/M] right [SEP]``) and, separately, every candidate name
 (``[CLS] name [SEP]``). The mention is the mean of the encoder's outputs over the marked
 span, a candidate the mean over its tokens (the pooling all-MiniLM-L6-v2 was trained
-with); ``PairScorer`` gives the logits. Weights come from a local checkpoint directory
-(default: the MiniLM package's), read from ``model.safetensors``; nothing is downloaded.
+with); ``PairScorer`` gives the logits. Names repeated within a batch are encoded once,
+except while curvature is recorded (``_unique.py``). Weights come from a local
+checkpoint directory (default: the MiniLM package's), read from ``model.safetensors``;
+nothing is downloaded.
 
 Parameters and K-FAC coverage: every Linear of the encoder (query, key, value, attention
 output, intermediate, output) and of the scorer, and the word, position and token-type
@@ -23,6 +25,7 @@ from torch import Tensor, nn
 from transformers import BertConfig, BertModel
 
 from kfacel.models._pretrained import read_config, read_tensors
+from kfacel.models._unique import encode_rows, should_dedup
 from kfacel.models.scoring import PairScorer
 from kfacel.positions import valid_positions
 from kfacel.types import Batch
@@ -119,8 +122,12 @@ class BertRanker(nn.Module):
         context = self._encode(ids, mask)  # [N, L, D]
         mention = _masked_mean(context, span)  # [N, D]
         names_mask = batch.candidate_mask.reshape(n * c, lc)
-        names = self._encode(batch.candidate_ids.reshape(n * c, lc), names_mask)
-        cands = _masked_mean(names, names_mask).reshape(n, c, -1)  # [N, C, D]
+        names_ids = batch.candidate_ids.reshape(n * c, lc)
+        if should_dedup(self):
+            names = encode_rows(names_ids, names_mask, self._encode_name)  # [N*C, D]
+        else:
+            names = self._encode_name(names_ids, names_mask)  # [N*C, D]
+        cands = names.reshape(n, c, -1)  # [N, C, D]
         return self.scorer(
             mention,
             cands,
@@ -128,6 +135,10 @@ class BertRanker(nn.Module):
             features=batch.features,
             types=batch.candidate_types,
         )
+
+    def _encode_name(self, ids: Tensor, mask: Tensor) -> Tensor:
+        """Mean-pooled name encodings ``[B, D]``."""
+        return _masked_mean(self._encode(ids, mask), mask)
 
     def _encode(self, ids: Tensor, mask: Tensor) -> Tensor:
         with valid_positions(mask):  # every Linear and Embedding here sees [B, S]

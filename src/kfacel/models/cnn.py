@@ -5,7 +5,8 @@ are embedded with one shared embedding table, initialized from the word embeddin
 local BERT-family checkpoint (the MiniLM package's by default) when one is given. One
 Conv1d encodes the context and another the names; the context encoding is max-pooled
 twice, over the whole sequence and over the marked mention span, and projected; the name
-encoding is max-pooled. ``PairScorer`` turns the pair into a logit.
+encoding is max-pooled. ``PairScorer`` turns the pair into a logit. Names repeated
+within a batch are encoded once, except while curvature is recorded (``_unique.py``).
 
 With ``freeze_embeddings`` (the default when copying) the copied table is a fixed buffer
 and a Linear ``embed_proj`` maps it to ``embed_dim``.
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kfacel.models._pretrained import read_config, read_tensors
+from kfacel.models._unique import encode_rows, should_dedup
 from kfacel.models.scoring import PairScorer
 from kfacel.positions import valid_positions
 from kfacel.types import Batch
@@ -139,8 +141,11 @@ class CNNRanker(nn.Module):
         mention = torch.tanh(self.mention_proj(pooled))  # [N, H]
         names_ids = batch.candidate_ids.reshape(n * c, lc)
         names_mask = batch.candidate_mask.reshape(n * c, lc)
-        names = self._encode(names_ids, names_mask, self.name_conv)  # [N*C, Lc, H]
-        cands = _masked_max(names, names_mask).reshape(n, c, -1)  # [N, C, H]
+        if should_dedup(self):
+            names = encode_rows(names_ids, names_mask, self._encode_name)  # [N*C, H]
+        else:
+            names = self._encode_name(names_ids, names_mask)  # [N*C, H]
+        cands = names.reshape(n, c, -1)  # [N, C, H]
         return self.scorer(
             mention,
             cands,
@@ -148,6 +153,10 @@ class CNNRanker(nn.Module):
             features=batch.features,
             types=batch.candidate_types,
         )
+
+    def _encode_name(self, ids: Tensor, mask: Tensor) -> Tensor:
+        """Max-pooled name encodings ``[B, H]``."""
+        return _masked_max(self._encode(ids, mask, self.name_conv), mask)
 
     def _encode(self, ids: Tensor, mask: Tensor, conv: nn.Conv1d) -> Tensor:
         with valid_positions(mask):  # Embedding on [B, S], Conv1d output length S

@@ -1,0 +1,54 @@
+"""Encode each distinct candidate name of a batch once.
+
+A batch holds ``N × C`` candidate names, and many repeat across queries (same mention
+in one document, frequent concepts): in PUBLIC-3's test batches of 128 queries only 83%
+(MedMentions), 37% (NCBI) and 30% (CADEC) of the names are distinct. ``encode_rows``
+runs the encoder on the distinct rows only and copies their encodings back, which gives
+the same values and, through the gather's backward, the same gradients.
+
+It must not be used while the curvature code records layer inputs and output gradients
+per example: a distinct row then stands for rows of several queries. The estimators run
+the model in eval mode with gradients on, so the rankers deduplicate only in training
+mode or without gradients (``should_dedup``). In training mode duplicates share one
+dropout mask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+
+def should_dedup(module: nn.Module) -> bool:
+    """True in training mode or when no gradients are taken (never in curvature)."""
+    return module.training or not torch.is_grad_enabled()
+
+
+def encode_rows(
+    ids: Tensor, mask: Tensor, encode: Callable[[Tensor, Tensor], Tensor]
+) -> Tensor:
+    """``encode(ids, mask)`` ``[B, D]``, computed once per distinct (ids, mask) row.
+
+    Args:
+        ids: ``[B, S]`` token ids.
+        mask: ``[B, S]`` bool, True at real tokens.
+        encode: maps ``([U, S], [U, S])`` to pooled encodings ``[U, D]``.
+
+    Returns:
+        ``[B, D]`` encodings.
+
+    >>> ids = torch.tensor([[5, 6], [7, 0], [5, 6]])
+    >>> calls = []
+    >>> out = encode_rows(ids, ids > 0, lambda i, m: calls.append(len(i)) or i.float())
+    >>> out.tolist(), calls
+    ([[5.0, 6.0], [7.0, 0.0], [5.0, 6.0]], [2])
+    """
+    key = ids.masked_fill(~mask, -1)  # padding ids do not tell rows apart
+    _, inverse = torch.unique(key, dim=0, return_inverse=True)  # [B]
+    rows = torch.arange(len(ids), device=ids.device)
+    first = torch.full(
+        (int(inverse.max()) + 1,), len(ids), dtype=rows.dtype, device=ids.device
+    ).scatter_reduce(0, inverse, rows, reduce="amin")  # [U] first row of each
+    return encode(ids[first], mask[first])[inverse]  # [B, D]
