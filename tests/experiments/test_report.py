@@ -1,0 +1,233 @@
+"""The report of a hand-written run directory: the paper's CNN numbers (Tables 2–3).
+
+The run holds the paper's CNN accuracies (McInerney et al. 2021, Tables 2 and 3) as
+test records, dev records that make λ = 1e3 the choice for EWC and KFC (1e9 costs the
+new task too much, 1e1 keeps less of the old one), and one failed cell. The report must
+give the paper's Perc Δ, and its forgetting reduction 74.5% (KFC) and 34.7% (EWC).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from kfacel.experiments.report import write_report
+
+INDIVIDUAL = {"medm": 76.75, "3dnotes": 77.89, "mednorm": 88.47}
+COMBINED = {"medm": 76.26, "3dnotes": 78.34, "mednorm": 89.55}
+TABLE3 = {  # (A, B): method -> (acc A, acc B), CNN columns
+    ("medm", "3dnotes"): {
+        "none": (41.35, 77.54),
+        "ewc": (55.41, 75.81),
+        "kfac": (68.55, 74.05),
+    },
+    ("medm", "mednorm"): {
+        "none": (48.55, 89.75),
+        "ewc": (56.98, 90.07),
+        "kfac": (73.93, 90.09),
+    },
+    ("3dnotes", "medm"): {
+        "none": (46.48, 77.04),
+        "ewc": (55.29, 76.67),
+        "kfac": (66.18, 74.13),
+    },
+    ("3dnotes", "mednorm"): {
+        "none": (47.13, 90.78),
+        "ewc": (58.42, 86.38),
+        "kfac": (72.13, 88.95),
+    },
+    ("mednorm", "medm"): {
+        "none": (49.59, 75.93),
+        "ewc": (67.74, 73.20),
+        "kfac": (74.59, 74.39),
+    },
+    ("mednorm", "3dnotes"): {
+        "none": (55.81, 76.73),
+        "ewc": (64.60, 75.89),
+        "kfac": (79.22, 74.68),
+    },
+}
+DEV = {1e1: (50.0, 80.0), 1e3: (70.0, 79.0), 1e9: (90.0, 40.0)}  # λ -> (old, new)
+
+
+def _rec(kind, tier, order, method, lam, split, task, acc):
+    return {
+        "kind": kind,
+        "tier": tier,
+        "order": list(order),
+        "method": method,
+        "lam": lam,
+        "seed": 0,
+        "split": split,
+        "task": task,
+        "accuracy": acc,
+        "mrr": acc / 100,
+        "n": 100,
+        "cell": f"{kind}-{'-'.join(order)}-{method}-{lam}",
+    }
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("run")
+    config = {
+        "name": "paper-cnn-table3",
+        "tasks": [{"name": t, "path": t} for t in INDIVIDUAL],
+        "methods": ["none", "ewc", "kfac"],
+        "seeds": [0],
+        "penalty": {"new_task_tolerance": 2.0},
+    }
+    (run / "config.json").write_text(json.dumps(config))
+    recs = []
+    for t, acc in INDIVIDUAL.items():
+        recs += [
+            _rec("individual", 1, [t], "none", None, s, t, acc) for s in ("dev", "test")
+        ]
+        recs += [
+            _rec("combined", 1, list(INDIVIDUAL), "none", None, s, t, COMBINED[t])
+            for s in ("dev", "test")
+        ]
+    for (a, b), rows in TABLE3.items():
+        for method, (acc_a, acc_b) in rows.items():
+            for lam, (old, new) in (
+                DEV.items() if method != "none" else [(None, (60, 80))]
+            ):
+                chosen = lam in (None, 1e3)
+                recs += [
+                    _rec("tier2", 2, (a, b), method, lam, "dev", a, old),
+                    _rec("tier2", 2, (a, b), method, lam, "dev", b, new),
+                    _rec(
+                        "tier2",
+                        2,
+                        (a, b),
+                        method,
+                        lam,
+                        "test",
+                        a,
+                        acc_a if chosen else 1.0,
+                    ),
+                    _rec(
+                        "tier2",
+                        2,
+                        (a, b),
+                        method,
+                        lam,
+                        "test",
+                        b,
+                        acc_b if chosen else 1.0,
+                    ),
+                ]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    failed = run / "cells" / "tier2-medm-3dnotes-kfac-1e+30-s0"
+    failed.mkdir(parents=True)
+    (failed / "done.json").write_text(
+        json.dumps(
+            {
+                "id": failed.name,
+                "kind": "tier2",
+                "status": "failed",
+                "seconds": 1.5,
+                "message": "FloatingPointError: the penalty is inf",
+                "records": [],
+            }
+        )
+    )
+    write_report(run, figures=False)
+    return run / "report"
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(path.open(encoding="utf-8")))
+
+
+def test_table3_has_the_papers_perc_delta_at_the_chosen_lambda(report) -> None:
+    rows = {(r["Perm."], r["Method"]): r for r in _csv(report / "table3.csv")}
+    assert len(rows) == 18
+    for (a, b), methods in TABLE3.items():
+        for method, (acc_a, acc_b) in methods.items():
+            row = rows[(f"{a} → {b}", method)]
+            assert row["λ"] == ("" if method == "none" else "1e+03")
+            assert float(row["Task A Acc."]) == acc_a
+            assert float(row["Task B Acc."]) == acc_b
+            want = (acc_a - INDIVIDUAL[a]) / INDIVIDUAL[a] * 100
+            assert float(row["Task A Perc. Δ"]) == pytest.approx(want)
+    # the paper's printed values, to its two decimals
+    assert float(rows[("medm → 3dnotes", "none")]["Task A Perc. Δ"]) == pytest.approx(
+        -46.12, abs=5e-3
+    )
+    assert float(rows[("mednorm → medm", "kfac")]["Task A Perc. Δ"]) == pytest.approx(
+        -15.68,
+        abs=1e-2,  # the paper truncates -15.689
+    )
+
+
+def test_forgetting_reduction_is_the_papers(report) -> None:
+    rows = {r["Method"]: r for r in _csv(report / "forgetting_reduction.csv")}
+    assert float(rows["kfac"]["Forgetting reduction (%)"]) == pytest.approx(
+        74.5, abs=0.05
+    )
+    assert float(rows["ewc"]["Forgetting reduction (%)"]) == pytest.approx(
+        34.7, abs=0.05
+    )
+    none_mean = (46.12 + 36.75 + 40.32 + 39.49 + 43.95 + 36.92) / 6
+    assert float(rows["kfac"]["None's forgetting, mean (%)"]) == pytest.approx(
+        none_mean, abs=0.01
+    )
+    assert rows["kfac"]["Permutations"] == "6"
+    assert rows["kfac"]["Flagged"] == ""
+
+
+def test_tables_1_2_6_and_the_failed_cell(report) -> None:
+    t1 = _csv(report / "table1.csv")
+    assert [(r["Perm."], r["Method"]) for r in t1] == [
+        ("medm", "individual"),
+        ("medm → 3dnotes", "none"),
+        ("medm → 3dnotes", "ewc"),
+        ("medm → 3dnotes", "kfac"),
+    ]
+    t2 = {
+        (r["Training"], r["Dataset"]): float(r["Acc."])
+        for r in _csv(report / "table2.csv")
+    }
+    assert t2[("Individual", "3dnotes")] == 77.89
+    assert t2[("Combined", "mednorm")] == 89.55
+    t6 = _csv(report / "table6.csv")
+    assert len(t6) == 12
+    assert {r["Task A (tier 2)"] for r in t6} == {"1e+03"}
+    text = (report / "report.md").read_text(encoding="utf-8")
+    assert "tier2-medm-3dnotes-kfac-1e+30-s0: FloatingPointError" in text
+    assert "| medm → 3dnotes | kfac | 1e+03 | 68.55 | -10.68 |" in text
+
+
+def test_small_forgetting_is_flagged(tmp_path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    config = {
+        "name": "x",
+        "tasks": [{"name": "a", "path": "a"}, {"name": "b", "path": "b"}],
+        "methods": ["none", "kfac"],
+        "seeds": [0],
+    }
+    (run / "config.json").write_text(json.dumps(config))
+    recs = [
+        _rec("individual", 1, [t], "none", None, s, t, 80.0)
+        for t in "ab"
+        for s in ("dev", "test")
+    ]
+    for order, none_a in ((("a", "b"), 78.0), (("b", "a"), 40.0)):  # -2.5% and -50%
+        for method, lam, acc in (("none", None, none_a), ("kfac", 1e3, 79.0)):
+            recs += [
+                _rec(
+                    "tier2", 2, order, method, lam, s, t, acc if t == order[0] else 80.0
+                )
+                for t in order
+                for s in ("dev", "test")
+            ]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    write_report(run, figures=False)
+    row = _csv(run / "report" / "forgetting_reduction.csv")[0]
+    assert row["Flagged"] == "a→b small"
+    assert float(row["Forgetting reduction (%)"]) == pytest.approx((50 + 97.5) / 2)
