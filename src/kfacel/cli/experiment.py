@@ -51,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--jobs must be positive")
     start = time.perf_counter()
     try:
-        summary = run_experiment(cfg, args.out, jobs=args.jobs, log=print)
+        summary = run_experiment(
+            cfg, args.out, jobs=args.jobs, log=lambda line: print(line, flush=True)
+        )
     except ConfigError as exc:
         raise UserError(str(exc)) from exc
     print(
