@@ -129,9 +129,14 @@ def run_experiment(
     summary = RunSummary(run_dir)
     config = cfg.to_dict()
 
-    def stage(name: str, cells: Sequence[Cell], deps: Callable[[Cell], dict]) -> None:
+    def stage(
+        name: str,
+        cells: Sequence[Cell],
+        deps: Callable[[Cell], dict],
+        after: Callable[[], None] | None = None,
+    ) -> None:
         start = time.perf_counter()
-        _execute(run_dir, config, cells, deps, jobs, summary, say, name)
+        _execute(run_dir, config, cells, deps, jobs, summary, say, name, after)
         summary.seconds[name] = time.perf_counter() - start
         collect_metrics(run_dir)
 
@@ -142,7 +147,13 @@ def run_experiment(
         cons = sweep.plan_consolidations(names, methods, seeds)
         stage("consolidate", cons, lambda c: _deps(run_dir, c, {}, keep=False))
         t2 = sweep.plan_tier2(names, methods, cfg.lam_grid, seeds)
-        stage("tier2", t2, lambda c: _deps(run_dir, c, {}, keep=3 in tiers))
+        tol = cfg.penalty.new_task_tolerance
+        stage(
+            "tier2",
+            t2,
+            lambda c: _deps(run_dir, c, {}, keep=3 in tiers),
+            lambda: _prune_finished_groups(run_dir, t2, tol),  # bounds the disk used
+        )
         chosen2 = sweep.choose(
             load_records(run_dir), tier=2, tolerance=cfg.penalty.new_task_tolerance
         )
@@ -319,8 +330,12 @@ def _execute(
     summary: RunSummary,
     say: Callable[[str], None],
     stage: str,
+    after: Callable[[], None] | None = None,
 ) -> None:
-    """Run the cells of one stage that have no ``done.json``, ``jobs`` at a time."""
+    """Run the cells of one stage that have no ``done.json``, ``jobs`` at a time.
+
+    ``after`` is called in this process after each finished cell.
+    """
     todo = []
     for cell in cells:
         done = read_done(_cell_dir(run_dir, cell))
@@ -342,6 +357,8 @@ def _execute(
             logger.warning("cell %s failed: %s", done["id"], done["message"])
         took = f"{done['seconds']:.1f} s"
         say(f"[{stage} {k}/{len(todo)}] {done['id']}: {status} ({took})")
+        if after is not None:
+            after()
 
     args = []
     for cell in todo:
@@ -387,6 +404,22 @@ def _prune(run_dir: Path, tier2: Sequence[Cell], chosen2: dict[Any, Any]) -> Non
         if key in chosen2 and chosen2[key] == cell.lam:
             continue
         shutil.rmtree(_cell_dir(run_dir, cell) / MODEL, ignore_errors=True)
+
+
+def _prune_finished_groups(run_dir: Path, tier2: Sequence[Cell], tol: float) -> None:
+    """``_prune`` the (order, method) groups of tier 2 whose every λ has finished."""
+    groups: dict[tuple[tuple[str, ...], str], list[Cell]] = {}
+    for cell in tier2:
+        groups.setdefault((cell.order, cell.method), []).append(cell)
+    complete = [
+        c
+        for cells in groups.values()
+        if all((_cell_dir(run_dir, x) / DONE).is_file() for x in cells)
+        for c in cells
+    ]
+    if complete:
+        chosen = sweep.choose(load_records(run_dir), tier=2, tolerance=tol)
+        _prune(run_dir, complete, chosen)
 
 
 def _choices(chosen: dict[Any, Any]) -> list[dict[str, Any]]:
