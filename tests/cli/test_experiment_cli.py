@@ -93,6 +93,9 @@ def test_unknown_key_is_one_clear_error(config, tmp_path, capsys) -> None:
     assert "unknown key 'lrr'" in err
     assert len(err.strip().splitlines()) == 1
     assert not out.exists()
+    assert main(["experiment", str(config), "--out", str(out), "--tiers", "4"]) == 2
+    assert "--tiers '4'" in capsys.readouterr().err
+    assert not out.exists()
     config.write_text(config.read_text() + "\n[penalty]\nlamda = 3\n")
     assert main(["experiment", str(config), "--out", str(out)]) == 2
     assert "penalty.lamda" in capsys.readouterr().err

@@ -11,7 +11,7 @@ import torch
 from _experiments_synth import tiny_config, write_tasks
 
 from kfacel.experiments import cells as cells_mod
-from kfacel.experiments.config import ConfigError
+from kfacel.experiments.config import ConfigError, load_config
 from kfacel.experiments.report import write_report
 from kfacel.experiments.runner import run_experiment
 
@@ -198,3 +198,14 @@ def test_parallel_jobs_give_the_same_records(paths, tmp_path) -> None:
     run_experiment(cfg, tmp_path / "two", jobs=2)
     one, two = ((tmp_path / d / "metrics.jsonl").read_text() for d in ("one", "two"))
     assert one == two
+
+
+def test_config_with_an_unknown_key_fails_cleanly(paths, tmp_path) -> None:
+    toml = tmp_path / "bad.toml"
+    toml.write_text(
+        'name = "bad"\nlam_grid = [10.0]\n[[tasks]]\nname = "a"\n'
+        f'path = "{paths["a"]}"\n[train]\nepochz = 2\n'
+    )
+    with pytest.raises(ConfigError, match=r"bad\.toml: unknown key 'train\.epochz'"):
+        load_config(toml)
+    assert not (tmp_path / "runs").exists()

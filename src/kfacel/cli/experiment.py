@@ -43,8 +43,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config, args.set)
         if args.tiers:
-            tiers = tuple(int(t) for t in args.tiers.split(",") if t.strip())
-            cfg = replace(cfg, tiers=tiers)
+            items = [t.strip() for t in args.tiers.split(",") if t.strip()]
+            if not items or not all(t in ("1", "2", "3") for t in items):
+                raise UserError(f"--tiers {args.tiers!r}: expected e.g. 1,2 or 1,2,3")
+            cfg = replace(cfg, tiers=tuple(int(t) for t in items))
     except (OSError, ValueError) as exc:  # ConfigError is a ValueError
         raise UserError(str(exc)) from exc
     if args.jobs < 1:
