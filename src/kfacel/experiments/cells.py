@@ -180,8 +180,10 @@ def _continue(
     method = cell.method if cell.method in REGULARIZED else "none"
     lams: list[float] = []
     if method != "none":
-        lam = cell.lam if isinstance(cell.lam, tuple) else (cell.lam,) * len(states)
-        lams = [float(x) for x in lam]  # type: ignore[union-attr]
+        if isinstance(cell.lam, tuple):
+            lams = list(cell.lam)
+        elif cell.lam is not None:
+            lams = [float(cell.lam)] * len(states)
     penalty = build_penalty(method, states, lams, damping=cfg.curvature.damping)
     groups = None
     if cell.method == "lrc":

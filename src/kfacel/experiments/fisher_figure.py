@@ -42,7 +42,8 @@ class ToyScorer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``[N, C]`` of candidate encodings ``x: [N, C, H]``."""
-        return self.out(torch.tanh(self.hidden(x))).squeeze(-1)  # [N, C]
+        logits: Tensor = self.out(torch.tanh(self.hidden(x))).squeeze(-1)  # [N, C]
+        return logits
 
 
 def toy_data(

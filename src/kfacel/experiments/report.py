@@ -87,7 +87,7 @@ class RunResults:
             tier: sweep.choose(self.records, tier=tier, tolerance=tol)
             for tier in (2, 3)
         }
-        acc: dict[tuple, list[float]] = defaultdict(list)
+        acc: dict[tuple[Any, ...], list[float]] = defaultdict(list)
         for r in self.records:
             lam = tuple(r["lam"]) if isinstance(r["lam"], list) else r["lam"]
             key = (
@@ -226,7 +226,7 @@ def _lambda_table(r: RunResults) -> Table:
         if not later:
             tab.rows.append([" → ".join(order), m, _lam(lam), None, None, None])
         for o, l3 in sorted(later):
-            lams = [_lam(x) for x in l3]
+            lams = [_lam(x) for x in (l3 if isinstance(l3, tuple) else (l3,))]
             tab.rows.append([" → ".join(order), m, _lam(lam), " → ".join(o), *lams])
     return tab
 

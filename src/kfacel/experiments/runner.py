@@ -132,7 +132,7 @@ def run_experiment(
     def stage(
         name: str,
         cells: Sequence[Cell],
-        deps: Callable[[Cell], dict],
+        deps: Callable[[Cell], dict[str, Any]],
         after: Callable[[], None] | None = None,
     ) -> None:
         start = time.perf_counter()
@@ -242,7 +242,7 @@ def _environment(cfg: ExperimentConfig, jobs: int) -> dict[str, Any]:
     """Package versions, git commit, device, seeds: what makes a run reproducible."""
     import torch
 
-    versions = {}
+    versions: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
             versions[name] = importlib.metadata.version(name)
@@ -283,7 +283,9 @@ def _cell_dir(run_dir: Path, cell: Cell) -> Path:
     return run_dir / "cells" / cell.id
 
 
-def _deps(run_dir: Path, cell: Cell, chosen2: dict[Any, Any], *, keep: bool) -> dict:
+def _deps(
+    run_dir: Path, cell: Cell, chosen2: dict[Any, Any], *, keep: bool
+) -> dict[str, Any]:
     """Absolute paths a cell starts from: model, consolidation states, replay tasks."""
     first, s, m = cell.order[0], cell.seed, cell.method
     start = _cell_dir(run_dir, sweep.individual(first, s)) / MODEL
@@ -307,7 +309,7 @@ def _deps(run_dir: Path, cell: Cell, chosen2: dict[Any, Any], *, keep: bool) -> 
             "tier2_deps": _deps(run_dir, t2, chosen2, keep=True),
         }
     pair = cell.order[:2]
-    res = sweep.resume_point(*pair, m, chosen2[(pair, m)], s)
+    res = sweep.resume_point(pair[0], pair[1], m, chosen2[(pair, m)], s)
     done = read_done(_cell_dir(run_dir, res))
     if done is None or done.get("status") != "ok":
         raise _StartFailed(f"its start {res.id} did not finish")
@@ -325,7 +327,7 @@ def _execute(
     run_dir: Path,
     config: dict[str, Any],
     cells: Sequence[Cell],
-    deps_of: Callable[[Cell], dict],
+    deps_of: Callable[[Cell], dict[str, Any]],
     jobs: int,
     summary: RunSummary,
     say: Callable[[str], None],
@@ -383,7 +385,7 @@ def _execute(
     with ProcessPoolExecutor(
         jobs, mp_context=ctx, initializer=init_worker, initargs=(threads,)
     ) as pool:
-        pending: set[Future] = {pool.submit(run_cell, *a) for a in args}
+        pending: set[Future[dict[str, Any]]] = {pool.submit(run_cell, *a) for a in args}
         k = 0
         try:
             while pending:
