@@ -200,6 +200,15 @@ def test_tables_1_2_6_and_the_failed_cell(report) -> None:
     text = (report / "report.md").read_text(encoding="utf-8")
     assert "tier2-medm-3dnotes-kfac-1e+30-s0: FloatingPointError" in text
     assert "| medm → 3dnotes | kfac | 1e+03 | 68.55 | -10.68 |" in text
+    mat = [
+        r
+        for r in _csv(report / "accuracy_matrix.csv")
+        if (r["Order"], r["Method"]) == ("medm → 3dnotes", "kfac")
+    ]
+    assert [(r["After"], r["Task 1"], r["Task 2"]) for r in mat] == [
+        ("medm", "76.75", ""),
+        ("3dnotes", "68.55", "74.05"),
+    ]
 
 
 def test_small_forgetting_is_flagged(tmp_path) -> None:

@@ -200,6 +200,8 @@ def build_tables(results: RunResults) -> list[Table]:
         tables.append(tab)
     tables.append(_lambda_table(r))
     tables.append(_forgetting_table(r))
+    if r.rows(2):
+        tables.append(_matrix_table(r))
     return tables
 
 
@@ -348,6 +350,42 @@ def write_report(
     return written
 
 
+def accuracy_matrices(
+    r: RunResults,
+) -> dict[tuple[tuple[str, ...], str], np.ndarray]:
+    """``acc[after step, on task]`` (test, %) per longest chosen order and method.
+
+    Row 0 is the first task's individual model, row ``k`` the chosen model after
+    ``k + 1`` tasks; tasks not yet seen are NaN.
+    """
+    top = 3 if r.rows(3) else 2
+    out = {}
+    for order, m, _ in r.rows(top):
+        mat = np.full((len(order), len(order)), np.nan)
+        mat[0, 0] = r.individual(order[0])
+        for step in range(2, len(order) + 1):
+            prefix = order[:step]
+            if (prefix, m) not in r.chosen[step]:
+                break
+            mat[step - 1, :step] = r.chosen_row(step, prefix, m)[::2]
+        out[(order, m)] = mat
+    return out
+
+
+def _matrix_table(r: RunResults) -> Table:
+    """The accuracy matrices as rows: order, method, after which task, accuracies."""
+    tab = Table(
+        "accuracy_matrix",
+        "Accuracy matrices (test, %; row: after training on)",
+        ("Order", "Method", "After", "Task 1", "Task 2", "Task 3"),
+    )
+    for (order, m), mat in accuracy_matrices(r).items():
+        for i, row in enumerate(mat):
+            cells = [float(x) for x in row] + [math.nan] * (3 - len(row))
+            tab.rows.append([" → ".join(order), m, order[i], *cells])
+    return tab
+
+
 def _figures(r: RunResults, out: Path) -> list[Path]:
     """λ trade-off (tier 2, dev) and one accuracy matrix per chosen sequence."""
     paths = []
@@ -371,15 +409,7 @@ def _figures(r: RunResults, out: Path) -> list[Path]:
             )
     if trade:
         paths.append(Path(plot_lambda_tradeoff(trade, out / "lambda_tradeoff.png")))
-    top = 3 if r.rows(3) else 2
-    for order, m, _ in r.rows(top):
-        mat = np.full((len(order), len(order)), np.nan)
-        mat[0, 0] = r.individual(order[0])
-        for step in range(2, len(order) + 1):
-            prefix = order[:step]
-            if (prefix, m) not in r.chosen[step]:
-                break
-            mat[step - 1, :step] = r.chosen_row(step, prefix, m)[::2]
+    for (order, m), mat in accuracy_matrices(r).items():
         name = f"accuracy_{'-'.join(order)}_{m}.png".replace("/", "_")
         paths.append(
             Path(plot_accuracy_matrix(mat, list(order), out / "figures" / name))
