@@ -62,6 +62,8 @@ class Table:
         lines.append("| " + " | ".join(self.header) + " |")
         lines.append("|" + "---|" * len(self.header))
         lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in self.rows]
+        if not self.rows:
+            lines += ["", "No rows in this run (they need tier 2 or a later tier)."]
         return "\n".join(lines) + "\n"
 
     def csv(self) -> str:
