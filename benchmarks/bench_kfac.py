@@ -7,6 +7,8 @@ encoder (hidden 384, 32 tokens, vocabulary 30,522, classifier on the first token
 - K-FAC (empirical) and diagonal Fisher over the same N examples, as ratios to it;
 - curvlinops' KFACLinearOperator computing the same Linear factors, its time, peak memory
   and the max relative difference of its factors from ours;
+- the CNN ranker of `kfacel train` on the demo task mm-demo (K-FAC with its padding masks;
+  no peer: curvlinops knows neither Conv1d nor masks);
 - a training step with the KFC penalty of one prior task (closed-form gradient) vs a plain
   step, and the consolidation state's bytes vs the model's parameter bytes.
 
@@ -25,8 +27,10 @@ import copy
 import json
 import os
 import platform
+import gc
+import subprocess
+import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,38 +43,64 @@ from torch import nn
 import kfacel
 from kfacel.consolidation import TaskState, save_state
 
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
-
-def rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * PAGE
-
-
-def measure(fn: Callable[[], Any], repeats: int) -> tuple[float, float, Any]:
-    """(min seconds over ``repeats``, peak RSS increase in MB, result).
-
-    Times are taken with nothing else running in the process; the peak memory comes from
-    one further run with a sampling thread (which would perturb a timing).
-    """
-    best = float("inf")
+def measure(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
+    """(min seconds over ``repeats`` runs, the last result)."""
+    best, result = float("inf"), None
     for _ in range(repeats):
+        result = None
         t0 = time.perf_counter()
-        fn()
+        result = fn()
         best = min(best, time.perf_counter() - t0)
-    base, peak, stop = rss(), [0], threading.Event()
+    return best, result
 
-    def sample() -> None:
-        while not stop.is_set():
-            peak[0] = max(peak[0], rss())
-            time.sleep(0.002)
 
-    t = threading.Thread(target=sample, daemon=True)
-    t.start()
-    result = fn()
-    stop.set()
-    t.join()
-    return best, (max(peak[0], rss()) - base) / 2**20, result
+def peak_mb(model: str, what: str, args: argparse.Namespace) -> float | None:
+    """Peak RSS (MB) of one ``what`` run above the level after setup, in a fresh process."""
+    cmd = [
+        sys.executable,
+        __file__,
+        "--probe",
+        what,
+        "--models",
+        model,
+        "--examples",
+        str(args.examples),
+        "--batch",
+        str(args.batch),
+    ]
+    if args.small:
+        cmd.append("--small")
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("peak_mb ")]
+    return float(lines[-1].split()[1]) if lines else None
+
+
+def probe(what: str, model_name: str, args: argparse.Namespace) -> None:
+    """Run one computation after setup and print its peak RSS increase."""
+    model, data = setup(model_name, args.small, args.examples, args.batch)
+    if what == "curvlinops":
+        import curvlinops  # noqa: F401 - its import is not the computation's memory
+    fns = {
+        "train": trainer(copy.deepcopy(model), data),
+        "kfac": lambda: kfacel.estimate_kfac(model, data),
+        "diag": lambda: kfacel.estimate_diagonal(model, data),
+        "curvlinops": lambda: peer_kfac(model, data),
+    }
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS (VmHWM) to now
+    before = _status_kb("VmRSS")
+    fns[what]()
+    print(f"peak_mb {(_status_kb('VmHWM') - before) / 1024:.1f}")
+
+
+def _status_kb(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
 
 
 class MLP(nn.Module):
@@ -95,9 +125,13 @@ class Encoder(nn.Module):
         from transformers import BertConfig, BertModel
 
         cfg = BertConfig(
-            vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
-            num_attention_heads=max(1, hidden // 64), intermediate_size=4 * hidden,
-            max_position_embeddings=512, hidden_dropout_prob=0.0,
+            vocab_size=vocab,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=max(1, hidden // 64),
+            intermediate_size=4 * hidden,
+            max_position_embeddings=512,
+            hidden_dropout_prob=0.0,
             attention_probs_dropout_prob=0.0,
         )
         self.bert = BertModel(cfg, add_pooling_layer=False)
@@ -106,7 +140,9 @@ class Encoder(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         n, s = ids.shape
         pos = torch.arange(s, device=ids.device).expand(n, s)
-        out = self.bert(input_ids=ids, position_ids=pos, token_type_ids=torch.zeros_like(ids))
+        out = self.bert(
+            input_ids=ids, position_ids=pos, token_type_ids=torch.zeros_like(ids)
+        )
         return self.head(out.last_hidden_state[:, 0])
 
 
@@ -115,13 +151,25 @@ def setup(name: str, small: bool, n: int, batch: int) -> tuple[nn.Module, list]:
     if name == "mlp":
         sizes = [128, 256, 256, 10] if small else [512, 1024, 1024, 10]
         model: nn.Module = MLP(sizes)
-        data = [(torch.randn(batch, sizes[0]), torch.randint(0, 10, (batch,)))
-                for _ in range(n // batch)]
+        data = [
+            (torch.randn(batch, sizes[0]), torch.randint(0, 10, (batch,)))
+            for _ in range(n // batch)
+        ]
+    elif name == "ranker":
+        from kfacel.experiments.quickstart import demo_tasks
+        from kfacel.training.pipeline import new_linker
+
+        task = demo_tasks()[0]
+        linker = new_linker("cnn", task.train, hidden=64 if small else 256, seed=0)
+        model = linker.model
+        data = [(b, b.labels) for b in linker.batches(task.train[:n], batch)]
     else:
         hidden, layers, vocab, seq = (64, 2, 2000, 16) if small else (384, 3, 30522, 32)
         model = Encoder(hidden, layers, vocab, 10)
-        data = [(torch.randint(0, vocab, (batch, seq)), torch.randint(0, 10, (batch,)))
-                for _ in range(n // batch)]
+        data = [
+            (torch.randint(0, vocab, (batch, seq)), torch.randint(0, 10, (batch,)))
+            for _ in range(n // batch)
+        ]
     return model, data
 
 
@@ -131,7 +179,9 @@ def trainer(model: nn.Module, data: list, penalty: Any = None) -> Callable[[], N
     return lambda: _steps(model, opt, data, penalty)
 
 
-def _steps(model: nn.Module, opt: torch.optim.Optimizer, data: list, penalty: Any) -> None:
+def _steps(
+    model: nn.Module, opt: torch.optim.Optimizer, data: list, penalty: Any
+) -> None:
     for x, y in data:
         opt.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
@@ -140,17 +190,24 @@ def _steps(model: nn.Module, opt: torch.optim.Optimizer, data: list, penalty: An
         opt.step()
 
 
-def peer_kfac(model: nn.Module, data: list) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def peer_kfac(
+    model: nn.Module, data: list
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     import curvlinops
 
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     modules = dict(model.named_modules())
     op = curvlinops.KFACLinearOperator(
-        model, nn.CrossEntropyLoss(reduction="mean"),
-        [p for n in names for p in modules[n].parameters()], data,
-        fisher_type="empirical", kfac_approx="expand",
-        num_data=sum(len(y) for _, y in data), num_per_example_loss_terms=1,
-        check_deterministic=False, separate_weight_and_bias=False,
+        model,
+        nn.CrossEntropyLoss(reduction="mean"),
+        [p for n in names for p in modules[n].parameters()],
+        data,
+        fisher_type="empirical",
+        kfac_approx="expand",
+        num_data=sum(len(y) for _, y in data),
+        num_per_example_loss_terms=1,
+        check_deterministic=False,
+        separate_weight_and_bias=False,
     )
     op.compute_kronecker_factors()
     return {n: (op._input_covariances[n], op._gradient_covariances[n]) for n in names}
@@ -167,55 +224,99 @@ def max_rel(ours: kfacel.KFACFisher, peer: dict) -> float:
 def bench(name: str, args: argparse.Namespace) -> dict[str, Any]:
     model, data = setup(name, args.small, args.examples, args.batch)
     n = sum(len(y) for _, y in data)
-    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    params = sum(
+        p.numel() * p.element_size() for p in model.parameters() if p.requires_grad
+    )
     row: dict[str, Any] = {"model": name, "examples": n, "param_MB": params / 2**20}
-    t_train, m_train, _ = measure(trainer(copy.deepcopy(model), data), args.repeats)
-    t_kfac, m_kfac, fisher = measure(lambda: kfacel.estimate_kfac(model, data), args.repeats)
-    t_diag, m_diag, _ = measure(lambda: kfacel.estimate_diagonal(model, data), args.repeats)
-    row |= {"train_s": t_train, "train_MB": m_train, "kfac_s": t_kfac, "kfac_MB": m_kfac,
-            "diag_s": t_diag, "diag_MB": m_diag,
-            "kfac_ratio": t_kfac / t_train, "diag_ratio": t_diag / t_train}
-    try:
-        t_peer, m_peer, peer = measure(lambda: peer_kfac(model, data), args.repeats)
-        row |= {"curvlinops_s": t_peer, "curvlinops_MB": m_peer,
-                "speedup_vs_curvlinops": t_peer / t_kfac, "max_rel_diff": max_rel(fisher, peer)}
-    except ImportError:
-        row["curvlinops_s"] = None
+    t_train, _ = measure(trainer(copy.deepcopy(model), data), args.repeats)
+    t_kfac, fisher = measure(lambda: kfacel.estimate_kfac(model, data), args.repeats)
+    t_diag, _ = measure(lambda: kfacel.estimate_diagonal(model, data), args.repeats)
+    row |= {
+        "train_s": t_train,
+        "kfac_s": t_kfac,
+        "diag_s": t_diag,
+        "kfac_ratio": t_kfac / t_train,
+        "diag_ratio": t_diag / t_train,
+    }
+    if name != "ranker":  # curvlinops covers Linear only and knows no padding masks
+        t_peer, peer = measure(lambda: peer_kfac(model, data), args.repeats)
+        row |= {
+            "curvlinops_s": t_peer,
+            "speedup_vs_curvlinops": t_peer / t_kfac,
+            "max_rel_diff": max_rel(fisher, peer),
+        }
+    if not args.no_memory:
+        for what in (
+            "train",
+            "kfac",
+            "diag",
+            *(() if name == "ranker" else ("curvlinops",)),
+        ):
+            row[f"{what}_MB"] = peak_mb(name, what, args)
     penalty = kfacel.KFACPenalty().add_task(kfacel.snapshot(model), fisher, lam=1.0)
-    t_plain, _, _ = measure(trainer(copy.deepcopy(model), data), args.repeats)
-    t_pen, _, _ = measure(trainer(copy.deepcopy(model), data, penalty), args.repeats)
+    t_plain, _ = measure(trainer(copy.deepcopy(model), data), args.repeats)
+    t_pen, _ = measure(trainer(copy.deepcopy(model), data, penalty), args.repeats)
     with tempfile.TemporaryDirectory() as tmp:
         save_state(tmp, TaskState("bench", "kfac", kfacel.snapshot(model), fisher))
         state = sum(p.stat().st_size for p in Path(tmp).rglob("*.safetensors"))
-    row |= {"penalty_step_ratio": t_pen / t_plain, "state_MB": state / 2**20,
-            "state_ratio": state / params}
+    row |= {
+        "penalty_step_ratio": t_pen / t_plain,
+        "state_MB": state / 2**20,
+        "state_ratio": state / params,
+    }
     return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--small", action="store_true", help="small sizes (seconds)")
-    parser.add_argument("--models", default="mlp,bert")
+    parser.add_argument("--models", default="mlp,bert,ranker")
     parser.add_argument("--examples", type=int, default=None)
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default="benchmarks/out/bench_kfac.json")
+    parser.add_argument(
+        "--no-memory", action="store_true", help="skip the memory probes"
+    )
+    parser.add_argument("--probe", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.examples = args.examples or (256 if args.small else 1024)
     args.batch = args.batch or (32 if args.small else 64)
     args.repeats = args.repeats or (2 if args.small else 3)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.probe:
+        probe(args.probe, args.models, args)
+        return
     rows = [bench(m, args) for m in args.models.split(",")]
-    env = {"torch": torch.__version__, "threads": torch.get_num_threads(),
-           "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-           "small": args.small, "examples": args.examples, "batch": args.batch}
-    cols = [("model", "{}"), ("examples", "{}"), ("train_s", "{:.3f}"), ("kfac_s", "{:.3f}"),
-            ("kfac_ratio", "{:.2f}"), ("diag_s", "{:.3f}"), ("diag_ratio", "{:.2f}"),
-            ("curvlinops_s", "{:.3f}"), ("speedup_vs_curvlinops", "{:.2f}"),
-            ("kfac_MB", "{:.0f}"), ("curvlinops_MB", "{:.0f}"), ("max_rel_diff", "{:.1e}"),
-            ("penalty_step_ratio", "{:.3f}"), ("state_ratio", "{:.2f}")]
+    env = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "small": args.small,
+        "examples": args.examples,
+        "batch": args.batch,
+    }
+    cols = [
+        ("model", "{}"),
+        ("examples", "{}"),
+        ("train_s", "{:.3f}"),
+        ("kfac_s", "{:.3f}"),
+        ("kfac_ratio", "{:.2f}"),
+        ("diag_s", "{:.3f}"),
+        ("diag_ratio", "{:.2f}"),
+        ("curvlinops_s", "{:.3f}"),
+        ("speedup_vs_curvlinops", "{:.2f}"),
+        ("train_MB", "{:.0f}"),
+        ("kfac_MB", "{:.0f}"),
+        ("diag_MB", "{:.0f}"),
+        ("curvlinops_MB", "{:.0f}"),
+        ("max_rel_diff", "{:.1e}"),
+        ("penalty_step_ratio", "{:.3f}"),
+        ("state_ratio", "{:.2f}"),
+    ]
     print("| " + " | ".join(c for c, _ in cols) + " |")
     print("|" + "---|" * len(cols))
     for r in rows:

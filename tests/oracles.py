@@ -29,7 +29,11 @@ def folded_grad(module: nn.Module, grads: dict[str, Tensor], name: str) -> Tenso
 
 
 def per_example_losses(
-    model: nn.Module, inputs: Any, index: int, label: int, select: Callable[[Any, int], Any]
+    model: nn.Module,
+    inputs: Any,
+    index: int,
+    label: int,
+    select: Callable[[Any, int], Any],
 ) -> Tensor:
     """Loss of example ``index`` at class ``label``, from a forward of that example alone."""
     logits = model(select(inputs, index))  # [1, C]
@@ -56,15 +60,19 @@ def per_example_grads(
         x = select(inputs, i)
         logits = model(x)  # [1, C]
         probs = F.softmax(logits.detach(), -1)[0]
-        labels_i = [(1.0, int(labels[i]))] if kind == "empirical" else [
-            (float(probs[c]), c) for c in range(logits.shape[1]) if probs[c] > 0
-        ]
+        labels_i = (
+            [(1.0, int(labels[i]))]
+            if kind == "empirical"
+            else [(float(probs[c]), c) for c in range(logits.shape[1]) if probs[c] > 0]
+        )
         items = []
         for w, c in labels_i:
             loss = F.cross_entropy(model(x), torch.tensor([c]), reduction="sum")
             gs = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
-            grads = {k: (g if g is not None else torch.zeros_like(params[k]))
-                     for k, g in zip(params, gs, strict=True)}
+            grads = {
+                k: (g if g is not None else torch.zeros_like(params[k]))
+                for k, g in zip(params, gs, strict=True)
+            }
             items.append((w, grads))
         out.append(items)
     return out
@@ -75,8 +83,13 @@ def fisher_block(model: nn.Module, examples: list, name: str) -> Tensor:
     module = dict(model.named_modules())[name]
     blocks = []
     for items in examples:
-        blocks.append(sum(w * torch.outer(v, v) for w, g in items
-                          for v in [folded_grad(module, g, name)]))
+        blocks.append(
+            sum(
+                w * torch.outer(v, v)
+                for w, g in items
+                for v in [folded_grad(module, g, name)]
+            )
+        )
     return torch.stack(blocks).mean(0)
 
 
@@ -84,7 +97,9 @@ def fisher_diagonal(examples: list) -> dict[str, Tensor]:
     """Exact diagonal Fisher per parameter, eq. (K7)."""
     names = examples[0][0][1].keys()
     return {
-        k: torch.stack([sum(w * g[k] ** 2 for w, g in items) for items in examples]).mean(0)
+        k: torch.stack(
+            [sum(w * g[k] ** 2 for w, g in items) for items in examples]
+        ).mean(0)
         for k in names
     }
 
@@ -99,9 +114,11 @@ def layer_io(model: nn.Module, names: list[str], inputs: Any, labels: Tensor) ->
     store: dict[str, list[tuple[Tensor, Tensor]]] = {k: [] for k in names}
     handles = []
     for k in names:
+
         def hook(mod: nn.Module, args: tuple, out: Tensor, k: str = k) -> None:
             out.retain_grad()
             store[k].append((args[0].detach(), out))
+
         handles.append(modules[k].register_forward_hook(hook))
     try:
         logits = model(inputs)

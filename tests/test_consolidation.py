@@ -24,7 +24,10 @@ from tests.curvature.test_diagonal import TinyRanker
 def _data():
     torch.manual_seed(0)
     model = TinyRanker().double()
-    batch = {"ids": torch.randint(0, 6, (6, 5)), "mask": torch.ones(6, 5, dtype=torch.bool)}
+    batch = {
+        "ids": torch.randint(0, 6, (6, 5)),
+        "mask": torch.ones(6, 5, dtype=torch.bool),
+    }
     return model, [(batch, torch.tensor([0, 1, 2, 0, 1, 2]))]
 
 
@@ -65,8 +68,12 @@ def test_files_are_safetensors_and_json_with_packed_factors(tmp_path) -> None:
 
 def test_mismatched_model_is_refused_with_names(tmp_path) -> None:
     model, batches = _data()
-    save_state(tmp_path, TaskState("A", "kfac", snapshot(model), estimate_kfac(model, batches)))
-    with pytest.raises(ValueError, match=r"emb\.weight: state \(9, 4\), model \(12, 4\)"):
+    save_state(
+        tmp_path, TaskState("A", "kfac", snapshot(model), estimate_kfac(model, batches))
+    )
+    with pytest.raises(
+        ValueError, match=r"emb\.weight: state \(9, 4\), model \(12, 4\)"
+    ):
         load_state(tmp_path, TinyRanker(vocab=12).double())
 
 
@@ -74,7 +81,10 @@ def test_penalty_without_state_or_with_wrong_method_is_refused(tmp_path) -> None
     model, batches = _data()
     with pytest.raises(ValueError, match="consolidate"):
         build_penalty("kfac", [], [])
-    save_state(tmp_path, TaskState("A", "ewc", snapshot(model), estimate_diagonal(model, batches)))
+    save_state(
+        tmp_path,
+        TaskState("A", "ewc", snapshot(model), estimate_diagonal(model, batches)),
+    )
     with pytest.raises(ValueError, match="--method kfac"):
         build_penalty("kfac", load_state(tmp_path), [1.0])
 

@@ -25,7 +25,13 @@ from torch import Tensor, nn
 
 from kfacel.curvature.factors import DiagonalFisher, KFACFisher, KroneckerFactors
 from kfacel.curvature.layers import LayerKind, fold
-from kfacel.penalties import DiagonalEWCPenalty, KFACPenalty, L2Penalty, NoPenalty, Penalty
+from kfacel.penalties import (
+    DiagonalEWCPenalty,
+    KFACPenalty,
+    L2Penalty,
+    NoPenalty,
+    Penalty,
+)
 from kfacel.types import FisherKind, ParamDict
 
 FORMAT = 1
@@ -67,7 +73,9 @@ def save_state(model_dir: Path | str, state: TaskState) -> Path:
     return out / f"{stem}.json"
 
 
-def load_state(model_dir: Path | str, model: nn.Module | None = None) -> tuple[TaskState, ...]:
+def load_state(
+    model_dir: Path | str, model: nn.Module | None = None
+) -> tuple[TaskState, ...]:
     """Every finished task's state, in order; checked against ``model`` when given.
 
     Raises:
@@ -80,7 +88,9 @@ def load_state(model_dir: Path | str, model: nn.Module | None = None) -> tuple[T
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{meta_path}: cannot read consolidation metadata: {exc}") from exc
+            raise ValueError(
+                f"{meta_path}: cannot read consolidation metadata: {exc}"
+            ) from exc
         if meta.get("format") != FORMAT:
             raise ValueError(f"{meta_path}: unknown format {meta.get('format')!r}")
         tensors = load_file(str(out / f"{stem}.safetensors"))
@@ -97,7 +107,9 @@ def copy_states(src: Path | str, dst: Path | str) -> None:
         for suffix in (".safetensors", ".json"):
             data = (state_dir(src) / f"{stem}{suffix}").read_bytes()
             state_dir(dst).mkdir(parents=True, exist_ok=True)
-            _atomic(state_dir(dst) / f"{stem}{suffix}", lambda p, d=data: p.write_bytes(d))
+            _atomic(
+                state_dir(dst) / f"{stem}{suffix}", lambda p, d=data: p.write_bytes(d)
+            )
 
 
 def check_state(state: TaskState, model: nn.Module, *, where: str = "state") -> None:
@@ -108,14 +120,18 @@ def check_state(state: TaskState, model: nn.Module, *, where: str = "state") -> 
         if name not in params:
             problems.append(f"{name} is not a parameter of the model")
         elif t.shape != params[name].shape:
-            problems.append(f"{name}: state {tuple(t.shape)}, model {tuple(params[name].shape)}")
+            problems.append(
+                f"{name}: state {tuple(t.shape)}, model {tuple(params[name].shape)}"
+            )
     if isinstance(state.curvature, KFACFisher):
         for name, f in state.curvature.items():
             if f.weight in params and (f.bias is None or f.bias in params):
                 bias = params[f.bias] if f.bias else None
                 shape = tuple(fold(f.kind, params[f.weight], bias).shape)
                 if shape != f.shape:
-                    problems.append(f"{name}: factors for {f.shape}, model layer is {shape}")
+                    problems.append(
+                        f"{name}: factors for {f.shape}, model layer is {shape}"
+                    )
     if problems:
         raise ValueError(
             f"{where}: consolidation state of task {state.task!r} does not match the model: "
@@ -139,7 +155,9 @@ def build_penalty(
     if method == "none":
         return NoPenalty()
     if not states:
-        raise ValueError(f"penalty {method!r} needs a consolidated task; run `kfacel consolidate`")
+        raise ValueError(
+            f"penalty {method!r} needs a consolidated task; run `kfacel consolidate`"
+        )
     if len(lams) != len(states):
         raise ValueError(f"{len(states)} consolidated tasks but {len(lams)} λ values")
     penalty: Any
@@ -185,7 +203,8 @@ def _describe(state: TaskState) -> dict[str, Any]:
         meta |= {"fisher_kind": str(c.kind), "num_examples": c.num_examples}
     if isinstance(c, KFACFisher):
         meta["layers"] = {
-            n: {"kind": str(f.kind), "weight": f.weight, "bias": f.bias} for n, f in c.items()
+            n: {"kind": str(f.kind), "weight": f.weight, "bias": f.bias}
+            for n, f in c.items()
         }
         meta["uncovered"] = list(c.uncovered)
         meta["diagonal"] = sorted(c.diagonal)
@@ -210,11 +229,16 @@ def _rebuild(meta: dict[str, Any], tensors: dict[str, Tensor], path: Path) -> Ta
                     layer["bias"],
                 )
             curvature = KFACFisher(
-                factors, FisherKind(meta["fisher_kind"]), int(meta["num_examples"]),
-                tuple(meta.get("uncovered", ())), diag,
+                factors,
+                FisherKind(meta["fisher_kind"]),
+                int(meta["num_examples"]),
+                tuple(meta.get("uncovered", ())),
+                diag,
             )
         elif meta["method"] == "ewc":
-            curvature = DiagonalFisher(diag, FisherKind(meta["fisher_kind"]), int(meta["num_examples"]))
+            curvature = DiagonalFisher(
+                diag, FisherKind(meta["fisher_kind"]), int(meta["num_examples"])
+            )
     except (KeyError, ValueError) as exc:
         raise ValueError(f"{path}: malformed consolidation state ({exc})") from exc
     return TaskState(meta["task"], meta["method"], anchor, curvature, meta)
@@ -241,7 +265,9 @@ def _unpack(v: Tensor) -> Tensor:
 def _stems(directory: Path) -> list[str]:
     if not directory.is_dir():
         return []
-    return sorted(p.stem for p in directory.glob("*.json") if re.match(r"\d\d-", p.name))
+    return sorted(
+        p.stem for p in directory.glob("*.json") if re.match(r"\d\d-", p.name)
+    )
 
 
 def _slug(name: str) -> str:

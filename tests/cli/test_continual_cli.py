@@ -12,15 +12,26 @@ from kfacel.consolidation import load_state
 from kfacel.data.tasks import write_task
 from tests.training.test_continual import TASK_A, TASK_B, code_task
 
-CNN = ["--model", "cnn", "--hidden", "16", "--no-types", "--no-features", "--max-length", "16"]
+CNN = [
+    "--model",
+    "cnn",
+    "--hidden",
+    "16",
+    "--no-types",
+    "--no-features",
+    "--max-length",
+    "16",
+]
 
 
 @pytest.fixture(scope="module")
 def tasks(tmp_path_factory):
     root = tmp_path_factory.mktemp("continual")
     for name, words, seed in (("A", TASK_A, 0), ("B", TASK_B, 10)):
-        splits = {s: code_task(name, words, n, seed + i)
-                  for i, (s, n) in enumerate((("train", 64), ("dev", 32), ("test", 32)))}
+        splits = {
+            s: code_task(name, words, n, seed + i)
+            for i, (s, n) in enumerate((("train", 64), ("dev", 32), ("test", 32)))
+        }
         write_task(root / name, splits, {"name": name})
     return root
 
@@ -35,49 +46,203 @@ def one_thread():
 
 def test_workflow_carries_states_forward(tasks, tmp_path, capsys) -> None:
     v1, v2, v3 = tmp_path / "v1", tmp_path / "v2", tmp_path / "v3"
-    assert main(["train", "--task", str(tasks / "A"), "--out", str(v1), *CNN, "--epochs", "1"]) == 0
-    assert main(["consolidate", str(v1), "--task", str(tasks / "A"), "--method", "kfac"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--task",
+                str(tasks / "A"),
+                "--out",
+                str(v1),
+                *CNN,
+                "--epochs",
+                "1",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(["consolidate", str(v1), "--task", str(tasks / "A"), "--method", "kfac"])
+        == 0
+    )
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["tasks"] == ["A"] and report["state_bytes"] > 0
-    assert main(["train", "--task", str(tasks / "B"), "--init", str(v1), "--penalty", "kfac",
-                 "--lam", "10", "--out", str(v2), "--epochs", "1"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--task",
+                str(tasks / "B"),
+                "--init",
+                str(v1),
+                "--penalty",
+                "kfac",
+                "--lam",
+                "10",
+                "--out",
+                str(v2),
+                "--epochs",
+                "1",
+            ]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["history"] == ["A", "B"]
-    assert [s.task for s in load_state(v2)] == ["A"]  # carried forward, no old data read
+    assert [s.task for s in load_state(v2)] == [
+        "A"
+    ]  # carried forward, no old data read
     assert main(["consolidate", str(v2), "--task", str(tasks / "B")]) == 0
-    assert main(["train", "--task", str(tasks / "B"), "--init", str(v2), "--penalty", "kfac",
-                 "--lam-per-task", "A=10,B=100", "--lrc", "0.5", "--out", str(v3),
-                 "--epochs", "1"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--task",
+                str(tasks / "B"),
+                "--init",
+                str(v2),
+                "--penalty",
+                "kfac",
+                "--lam-per-task",
+                "A=10,B=100",
+                "--lrc",
+                "0.5",
+                "--out",
+                str(v3),
+                "--epochs",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert [s.task for s in load_state(v3)] == ["A", "B"]
     config = json.loads((v3 / "config.json").read_text())
     assert config["continual"]["lam"] == {"A": 10.0, "B": 100.0}
     out = tmp_path / "eval.json"
-    assert main(["evaluate", str(v3), "--task", str(tasks / "A"), "--task", str(tasks / "B"),
-                 "--output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(v3),
+                "--task",
+                str(tasks / "A"),
+                "--task",
+                str(tasks / "B"),
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert set(json.loads(out.read_text())) == {"A", "B"}
 
 
 def test_replay_and_misuse_get_clear_errors(tasks, tmp_path, capsys) -> None:
     v1 = tmp_path / "v1"
-    assert main(["train", "--task", str(tasks / "A"), "--out", str(v1), *CNN, "--epochs", "1"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--task",
+                str(tasks / "A"),
+                "--out",
+                str(v1),
+                *CNN,
+                "--epochs",
+                "1",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     # a penalty without a consolidated task
-    assert main(["train", "--task", str(tasks / "B"), "--init", str(v1), "--penalty", "ewc",
-                 "--lam", "1", "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--task",
+                str(tasks / "B"),
+                "--init",
+                str(v1),
+                "--penalty",
+                "ewc",
+                "--lam",
+                "1",
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     assert "consolidate" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
-    assert main(["consolidate", str(v1), "--task", str(tasks / "A"), "--method", "ewc"]) == 0
+    assert (
+        main(["consolidate", str(v1), "--task", str(tasks / "A"), "--method", "ewc"])
+        == 0
+    )
     # the same task twice, a λ for an unknown task, --out over --init
     assert main(["consolidate", str(v1), "--task", str(tasks / "A")]) == 2
-    assert main(["train", "--task", str(tasks / "B"), "--init", str(v1), "--penalty", "ewc",
-                 "--lam-per-task", "Z=1", "--out", str(tmp_path / "y")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--task",
+                str(tasks / "B"),
+                "--init",
+                str(v1),
+                "--penalty",
+                "ewc",
+                "--lam-per-task",
+                "Z=1",
+                "--out",
+                str(tmp_path / "y"),
+            ]
+        )
+        == 2
+    )
     assert "Z" in capsys.readouterr().err
-    assert main(["train", "--task", str(tasks / "B"), "--init", str(v1), "--penalty", "kfac",
-                 "--lam", "1", "--out", str(tmp_path / "y")]) == 2  # state is EWC, not K-FAC
-    assert main(["train", "--task", str(tasks / "B"), "--init", str(v1), "--out", str(v1)]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--task",
+                str(tasks / "B"),
+                "--init",
+                str(v1),
+                "--penalty",
+                "kfac",
+                "--lam",
+                "1",
+                "--out",
+                str(tmp_path / "y"),
+            ]
+        )
+        == 2
+    )  # state is EWC, not K-FAC
+    assert (
+        main(["train", "--task", str(tasks / "B"), "--init", str(v1), "--out", str(v1)])
+        == 2
+    )
     assert (v1 / "model.safetensors").exists()
     # experience replay (needs the old data): runs and carries the state forward
-    assert main(["train", "--task", str(tasks / "B"), "--init", str(v1), "--replay",
-                 str(tasks / "A"), "--replay-every", "2", "--out", str(tmp_path / "r"),
-                 "--epochs", "1"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--task",
+                str(tasks / "B"),
+                "--init",
+                str(v1),
+                "--replay",
+                str(tasks / "A"),
+                "--replay-every",
+                "2",
+                "--out",
+                str(tmp_path / "r"),
+                "--epochs",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert [s.task for s in load_state(tmp_path / "r")] == ["A"]

@@ -70,4 +70,6 @@ def test_single_use_fast_path_equals_brute_force() -> None:
 def test_unsupported_module_is_named() -> None:
     model = nn.Sequential(nn.Linear(3, 3), nn.GRUCell(3, 3)).double()
     with pytest.raises(ValueError, match="1 "):
-        estimate_diagonal(model, [(torch.randn(2, 3, dtype=torch.float64), torch.tensor([0, 1]))])
+        estimate_diagonal(
+            model, [(torch.randn(2, 3, dtype=torch.float64), torch.tensor([0, 1]))]
+        )

@@ -17,13 +17,17 @@ from tests.oracles import TOL64
 
 def _model_and_data() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.LayerNorm(6), nn.Linear(6, 3)).double()
+    model = nn.Sequential(
+        nn.Linear(4, 6), nn.Tanh(), nn.LayerNorm(6), nn.Linear(6, 3)
+    ).double()
     x = torch.randn(10, 4, dtype=torch.float64)
     return model, x, torch.randint(0, 3, (10,))
 
 
 def _worker(rank: int, port: int, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2
+    )
     try:
         model, x, y = _model_and_data()
         part = slice(0, 3) if rank == 0 else slice(3, 10)  # unequal shares

@@ -47,7 +47,9 @@ def _assert_rel(ours: torch.Tensor, peer: torch.Tensor, what: str) -> None:
 
 def test_mlp_factors_agree_with_curvlinops() -> None:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 4))
+    model = nn.Sequential(
+        nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 4)
+    )
     data = [(torch.randn(5, 6), torch.randint(0, 4, (5,))) for _ in range(3)]
     ours = estimate_kfac(model, data)
     peer = _peer_factors(model, data, ["0", "2", "4"])
@@ -62,8 +64,13 @@ class TinyBert(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         cfg = transformers.BertConfig(
-            vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-            intermediate_size=32, max_position_embeddings=16, hidden_dropout_prob=0.0,
+            vocab_size=50,
+            hidden_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=16,
+            hidden_dropout_prob=0.0,
             attention_probs_dropout_prob=0.0,
         )
         self.bert = transformers.BertModel(cfg, add_pooling_layer=False)
@@ -72,7 +79,9 @@ class TinyBert(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         n, s = ids.shape
         pos = torch.arange(s).expand(n, s)  # per-example position ids
-        out = self.bert(input_ids=ids, position_ids=pos, token_type_ids=torch.zeros_like(ids))
+        out = self.bert(
+            input_ids=ids, position_ids=pos, token_type_ids=torch.zeros_like(ids)
+        )
         return self.head(out.last_hidden_state[:, 0])
 
 
@@ -87,4 +96,6 @@ def test_transformer_factors_agree_with_curvlinops() -> None:
     for name, (A, G) in peer.items():
         _assert_rel(ours[name].A, A, f"{name}.A")
         _assert_rel(ours[name].G, G, f"{name}.G")
-    assert "bert.embeddings.word_embeddings" in ours  # beyond the peer: Embedding covered
+    assert (
+        "bert.embeddings.word_embeddings" in ours
+    )  # beyond the peer: Embedding covered

@@ -32,8 +32,14 @@ def test_runs_the_methods_and_writes_the_report(tmp_path, monkeypatch) -> None:
     from tests.training.test_continual import TASK_A, TASK_B, code_task
 
     tasks = [
-        Task(n, Path(n), code_task(n, w, 48, s), code_task(n, w, 16, s + 1),
-             code_task(n, w, 24, s + 2), {})
+        Task(
+            n,
+            Path(n),
+            code_task(n, w, 48, s),
+            code_task(n, w, 16, s + 1),
+            code_task(n, w, 24, s + 2),
+            {},
+        )
         for n, w, s in (("A", TASK_A, 0), ("B", TASK_B, 10))
     ]
     monkeypatch.setattr(
@@ -41,7 +47,9 @@ def test_runs_the_methods_and_writes_the_report(tmp_path, monkeypatch) -> None:
         _tiny_linker,
     )
     lines: list[str] = []
-    result = run_quickstart(tasks, epochs=1, lams={"ewc": 10.0, "kfac": 10.0}, log=lines.append)
+    result = run_quickstart(
+        tasks, epochs=1, lams={"ewc": 10.0, "kfac": 10.0}, log=lines.append
+    )
     assert set(result.matrices) == {"none", "ewc", "kfac"}
     for matrix in result.matrices.values():
         assert math.isnan(matrix[0][1]) and not math.isnan(matrix[1][0])
@@ -50,8 +58,13 @@ def test_runs_the_methods_and_writes_the_report(tmp_path, monkeypatch) -> None:
     assert math.isclose(result.perc_delta["none"]["A"], expected)
     assert "| kfac | 10 |" in format_table(result)
     files = write_report(result, tmp_path / "report")
-    assert {f.name for f in files} >= {"report.md", "results.json", "figure1_toy.png",
-                                       "accuracy_matrix_kfac.png", "accuracy_matrix_none.csv"}
+    assert {f.name for f in files} >= {
+        "report.md",
+        "results.json",
+        "figure1_toy.png",
+        "accuracy_matrix_kfac.png",
+        "accuracy_matrix_none.csv",
+    }
     data = json.loads((tmp_path / "report" / "results.json").read_text())
     assert data["tasks"] == ["A", "B"] and len(lines) == 2 + 3
 
@@ -59,14 +72,28 @@ def test_runs_the_methods_and_writes_the_report(tmp_path, monkeypatch) -> None:
 def _tiny_linker(model, train, **kwargs):
     from kfacel.training.pipeline import new_linker
 
-    return new_linker(model, train, hidden=16, types=False, features=False,
-                      freeze_embeddings=False, embed_dim=16, max_mention_length=16,
-                      max_name_length=4, seed=kwargs.get("seed", 0))
+    return new_linker(
+        model,
+        train,
+        hidden=16,
+        types=False,
+        features=False,
+        freeze_embeddings=False,
+        embed_dim=16,
+        max_mention_length=16,
+        max_name_length=4,
+        seed=kwargs.get("seed", 0),
+    )
 
 
 def test_table_reports_tasks_left_out() -> None:
     result = QuickstartResult(
-        ("A", "B"), {"A": 0.5, "B": 0.5}, {"none": [[0.5, math.nan], [0.6, 0.5]]},
-        {"none": {"A": 20.0, "B": 0.0}}, {}, {"none": 0.0}, ("A",),
+        ("A", "B"),
+        {"A": 0.5, "B": 0.5},
+        {"none": [[0.5, math.nan], [0.6, 0.5]]},
+        {"none": {"A": 20.0, "B": 0.0}},
+        {},
+        {"none": 0.0},
+        ("A",),
     )
     assert "did not forget them): A" in format_table(result)

@@ -7,7 +7,13 @@ import torch
 from torch import nn
 
 from kfacel.curvature import estimate_diagonal, estimate_kfac
-from kfacel.penalties import DiagonalEWCPenalty, KFACPenalty, L2Penalty, NoPenalty, snapshot
+from kfacel.penalties import (
+    DiagonalEWCPenalty,
+    KFACPenalty,
+    L2Penalty,
+    NoPenalty,
+    snapshot,
+)
 from tests.curvature.test_diagonal import TinyRanker
 from tests.oracles import TOL64
 
@@ -31,11 +37,15 @@ def _penalties(model, batch, y, damping=0.0):
     anchor = snapshot(model)
     kfac = estimate_kfac(model, [(batch, y)], uncovered="diagonal")
     diag = estimate_diagonal(model, [(batch, y)])
-    return {
-        "kfac": KFACPenalty(damping=damping).add_task(anchor, kfac, lam=3.0),
-        "ewc": DiagonalEWCPenalty(damping=damping).add_task(anchor, diag, lam=3.0),
-        "l2": L2Penalty().add_task(anchor, None, lam=3.0),
-    }, anchor, kfac
+    return (
+        {
+            "kfac": KFACPenalty(damping=damping).add_task(anchor, kfac, lam=3.0),
+            "ewc": DiagonalEWCPenalty(damping=damping).add_task(anchor, diag, lam=3.0),
+            "l2": L2Penalty().add_task(anchor, None, lam=3.0),
+        },
+        anchor,
+        kfac,
+    )
 
 
 def test_kfac_penalty_equals_dense_kronecker_quadratic_form() -> None:
@@ -51,7 +61,9 @@ def test_kfac_penalty_equals_dense_kronecker_quadratic_form() -> None:
     for name, diag in fisher.diagonal.items():
         d = params[name] - anchor[name]
         expected = expected + ((diag + 0.5) * d * d).sum()
-    torch.testing.assert_close(pens["kfac"](model), 0.5 * 3.0 * expected.detach(), **TOL64)
+    torch.testing.assert_close(
+        pens["kfac"](model), 0.5 * 3.0 * expected.detach(), **TOL64
+    )
 
 
 @pytest.mark.parametrize("which", ["kfac", "ewc", "l2"])
@@ -79,7 +91,9 @@ def test_add_grad_accumulates_onto_existing_gradients() -> None:
     for p in model.parameters():
         p.grad = torch.ones_like(p)
     pens["kfac"].add_grad_(model)
-    auto = torch.autograd.grad(pens["kfac"](model), list(model.parameters()), allow_unused=True)
+    auto = torch.autograd.grad(
+        pens["kfac"](model), list(model.parameters()), allow_unused=True
+    )
     for p, g in zip(model.parameters(), auto, strict=True):
         expected = 1 + (torch.zeros_like(p) if g is None else g)
         torch.testing.assert_close(p.grad, expected, **TOL64)

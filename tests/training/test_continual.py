@@ -46,8 +46,12 @@ def code_task(name: str, words: range, n: int, seed: int) -> list[LinkingExample
 
 def make_task(name: str, words: range, seed: int) -> Task:
     return Task(
-        name, Path(name), code_task(name, words, 256, seed), code_task(name, words, 64, seed + 1),
-        code_task(name, words, 96, seed + 2), {},
+        name,
+        Path(name),
+        code_task(name, words, 256, seed),
+        code_task(name, words, 64, seed + 1),
+        code_task(name, words, 96, seed + 2),
+        {},
     )
 
 
@@ -59,8 +63,16 @@ def trained_on_a(tmp_path_factory):
     torch.set_num_threads(1)
     a = make_task("A", TASK_A, seed=0)
     linker = new_linker(
-        "cnn", a.train, hidden=32, types=False, features=False, seed=0,
-        freeze_embeddings=False, embed_dim=32, max_mention_length=16, max_name_length=4,
+        "cnn",
+        a.train,
+        hidden=32,
+        types=False,
+        features=False,
+        seed=0,
+        freeze_embeddings=False,
+        embed_dim=32,
+        max_mention_length=16,
+        max_name_length=4,
     )
     fit_task(linker, a, epochs=4, lr=3e-3, batch_size=16, seed=0)
     return linker, a

@@ -21,12 +21,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="store a task's anchor and curvature in a model directory (needs the task data)",
     )
     p.add_argument("model_dir", help="model directory trained on the task")
-    p.add_argument("--task", required=True, help="task directory (its train split is read)")
+    p.add_argument(
+        "--task", required=True, help="task directory (its train split is read)"
+    )
     p.add_argument("--method", choices=("kfac", "ewc", "l2"), default="kfac")
-    p.add_argument("--fisher", choices=("empirical", "sampled", "exact"), default="empirical")
-    p.add_argument("--max-examples", type=int, help="seeded subset of the training queries")
-    p.add_argument("--uncovered", choices=("ignore", "diagonal"), default="ignore",
-                   help="K-FAC: parameters without factors (LayerNorm): ignore (paper) or diagonal")
+    p.add_argument(
+        "--fisher", choices=("empirical", "sampled", "exact"), default="empirical"
+    )
+    p.add_argument(
+        "--max-examples", type=int, help="seeded subset of the training queries"
+    )
+    p.add_argument(
+        "--uncovered",
+        choices=("ignore", "diagonal"),
+        default="ignore",
+        help="K-FAC: parameters without factors (LayerNorm): ignore (paper) or diagonal",
+    )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
@@ -39,19 +49,37 @@ def run(args: argparse.Namespace) -> int:
     task = load_task(args.task)
     done = [s.task for s in load_state(args.model_dir, linker.model)]
     if task.name in done:
-        raise UserError(f"{args.model_dir} already holds a consolidation state for {task.name!r}")
+        raise UserError(
+            f"{args.model_dir} already holds a consolidation state for {task.name!r}"
+        )
     start = time.perf_counter()
     state = consolidate_task(
-        linker, task, method=args.method, fisher=args.fisher, max_examples=args.max_examples,
-        batch_size=args.batch_size, uncovered=args.uncovered, seed=args.seed,
-        device=args.device, progress=sys.stderr.isatty(),
+        linker,
+        task,
+        method=args.method,
+        fisher=args.fisher,
+        max_examples=args.max_examples,
+        batch_size=args.batch_size,
+        uncovered=args.uncovered,
+        seed=args.seed,
+        device=args.device,
+        progress=sys.stderr.isatty(),
     )
     path = save_state(args.model_dir, state)
     params = sum(p.numel() * p.element_size() for p in linker.model.parameters())
-    print(json.dumps({
-        "task": task.name, "method": args.method, "fisher": args.fisher,
-        "examples": state.meta["examples_used"], "state": str(path),
-        "state_bytes": state.nbytes(), "param_bytes": params,
-        "seconds": round(time.perf_counter() - start, 2), "tasks": [*done, task.name],
-    }))
+    print(
+        json.dumps(
+            {
+                "task": task.name,
+                "method": args.method,
+                "fisher": args.fisher,
+                "examples": state.meta["examples_used"],
+                "state": str(path),
+                "state_bytes": state.nbytes(),
+                "param_bytes": params,
+                "seconds": round(time.perf_counter() - start, 2),
+                "tasks": [*done, task.name],
+            }
+        )
+    )
     return 0

@@ -41,8 +41,12 @@ def run(args: argparse.Namespace) -> int:
     tasks = demo_tasks()
     print(f"demo tasks: {', '.join(f'{t.name} ({len(t.train)} train)' for t in tasks)}")
     result = run_quickstart(
-        tasks, lams={"ewc": args.lam_ewc, "kfac": args.lam_kfac}, epochs=args.epochs,
-        seed=args.seed, progress=sys.stderr.isatty(), log=print,
+        tasks,
+        lams={"ewc": args.lam_ewc, "kfac": args.lam_kfac},
+        epochs=args.epochs,
+        seed=args.seed,
+        progress=sys.stderr.isatty(),
+        log=print,
     )
     print()
     print(format_table(result))

@@ -20,7 +20,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kfacel.curvature.layers import LayerKind, input_rows, output_rows, positions_shape
+from kfacel.curvature.layers import (
+    LayerKind,
+    has_bias,
+    input_rows,
+    output_rows,
+    positions_shape,
+)
 from kfacel.positions import matching_mask
 
 
@@ -49,8 +55,9 @@ class LayerRecord:
     kind: LayerKind
     factors: bool
     per_example: bool
-    aa: Tensor | None = None  # Σ a aᵀ  [i, i]   (Embedding: token counts [V])
-    a: Tensor | None = None  # Σ a     [i]
+    aa: Tensor | None = (
+        None  # [Σ a aᵀ, Σ a; ·, ·] [i(+1), i(+1)] (Embedding: counts [V])
+    )
     uses: Tensor | None = None  # Σ_n R_n
     gg: Tensor | None = None  # Σ g gᵀ  [o, o]
     alias: LayerRecord | None = None  # shares aa, a, uses with this layer (same input)
@@ -61,7 +68,9 @@ class _Tap(torch.autograd.Function):
     """Identity on a layer output whose backward hands the gradient to a sink."""
 
     @staticmethod
-    def forward(ctx: Any, out: Tensor, leaf: Tensor, sink: Callable[[Tensor], None]) -> Tensor:
+    def forward(
+        ctx: Any, out: Tensor, leaf: Tensor, sink: Callable[[Tensor], None]
+    ) -> Tensor:
         ctx.sink = sink
         return out.view_as(out)
 
@@ -92,7 +101,9 @@ class Capture:
         """Start a forward pass over ``n`` examples."""
         self._n = n
         self.examples += n
-        self._leaf = torch.zeros((), device=device, dtype=self.dtype, requires_grad=True)
+        self._leaf = torch.zeros(
+            (), device=device, dtype=self.dtype, requires_grad=True
+        )
         self._shared.clear()
         for rec in self.records.values():
             rec.calls.clear()
@@ -103,7 +114,9 @@ class Capture:
         for rec in self.records.values():
             for call in rec.calls:
                 call.grads = None
-        torch.autograd.grad(loss, self._leaf, retain_graph=retain_graph, allow_unused=True)
+        torch.autograd.grad(
+            loss, self._leaf, retain_graph=retain_graph, allow_unused=True
+        )
 
     def end_batch(self) -> None:
         """Drop what the batch kept (inputs, gradients, shared-input cache)."""
@@ -155,15 +168,13 @@ class Capture:
         if owner is not None and owner[1] is mask and owner[2] is not rec:
             first = owner[2]
             if rec.aa is None:  # first batch: alias the owner's accumulators
-                rec.aa, rec.a, rec.alias = first.aa, first.a, first
-                rec.uses = first.uses
+                rec.aa, rec.uses, rec.alias = first.aa, first.uses, first
                 return
             if rec.alias is first:  # counted by the owner already
                 return
         if rec.alias is not None:  # sharing ended: continue on a private copy
-            assert rec.aa is not None and rec.a is not None
-            rec.aa, rec.a, rec.alias = rec.aa.clone(), rec.a.clone(), None
-            rec.uses = rec.uses.clone()
+            assert rec.aa is not None and rec.uses is not None
+            rec.aa, rec.uses, rec.alias = rec.aa.clone(), rec.uses.clone(), None
         flat = rows.reshape(-1, *rows.shape[2:])  # [P, D_in] or [P]
         if mask is not None:
             flat = flat[mask.reshape(-1)]
@@ -171,12 +182,18 @@ class Capture:
             assert isinstance(rec.module, nn.Embedding)
             counts = torch.bincount(flat, minlength=rec.module.num_embeddings)
             rec.aa = _add(rec.aa, counts.to(self.dtype))  # token counts  [V]
-            rec.a = rec.aa.new_zeros(0) if rec.a is None else rec.a
         else:
             flat = flat.to(self.dtype)
-            rec.aa = flat.T @ flat if rec.aa is None else rec.aa.addmm_(flat.T, flat)  # Σ a aᵀ
-            rec.a = _add(rec.a, flat.sum(0))  # Σ a  [i]
-        uses = torch.full((), float(flat.shape[0]), dtype=self.dtype, device=flat.device)
+            i = flat.shape[1]
+            if rec.aa is None:  # Σ ā āᵀ in the layout of A: bias coordinate last
+                size = i + 1 if has_bias(rec.module) else i
+                rec.aa = flat.new_zeros(size, size)
+            rec.aa[:i, :i].addmm_(flat.T, flat)  # Σ a aᵀ
+            if rec.aa.shape[0] > i:
+                rec.aa[:i, i] += flat.sum(0)  # Σ a (the row is mirrored at the end)
+        uses = torch.full(
+            (), float(flat.shape[0]), dtype=self.dtype, device=flat.device
+        )
         rec.uses = _add(rec.uses, uses)  # Σ_n R_n
         if key is not None:
             self._shared[key] = (x, mask, rec)
@@ -185,7 +202,9 @@ class Capture:
         n = self._n
 
         def sink(grad: Tensor) -> None:
-            g = output_rows(rec.kind, rec.module, grad.detach()).to(self.dtype)  # [P, o]
+            g = output_rows(rec.kind, rec.module, grad.detach()).to(
+                self.dtype
+            )  # [P, o]
             g = g.reshape(n, -1, g.shape[-1])  # [N, k, o]
             if call.mask is not None:
                 g = g * call.mask.unsqueeze(-1).to(g.dtype)  # padding is no use
@@ -208,7 +227,8 @@ def capture_layers(
     """Hook the recorded layers of ``model`` for the duration of the block."""
     cap = Capture(records, dtype)
     handles = [
-        rec.module.register_forward_hook(cap.forward_hook(rec)) for rec in records.values()
+        rec.module.register_forward_hook(cap.forward_hook(rec))
+        for rec in records.values()
     ]
     try:
         yield cap

@@ -11,7 +11,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kfacel.curvature.layers import KRONECKER_KINDS, LayerKind, layer_kind, unsupported_reason
+from kfacel.curvature.layers import (
+    KRONECKER_KINDS,
+    LayerKind,
+    layer_kind,
+    unsupported_reason,
+)
 
 
 @dataclass(frozen=True)
@@ -37,7 +42,9 @@ def coverage(model: nn.Module) -> Coverage:
     unsupported: dict[str, str] = {}
     bad_params: list[str] = []
     for name, module in model.named_modules():
-        own = [(n, p) for n, p in module.named_parameters(recurse=False) if p.requires_grad]
+        own = [
+            (n, p) for n, p in module.named_parameters(recurse=False) if p.requires_grad
+        ]
         if not own:
             continue
         kind = layer_kind(module)

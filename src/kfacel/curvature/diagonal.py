@@ -34,7 +34,9 @@ from kfacel.curvature.layers import LayerKind
 from kfacel.curvature.targets import fisher_targets
 from kfacel.types import FisherKind
 
-_CHUNK_ELEMENTS = 1 << 21  # a [n, o, i] block of per-example gradients: ~8 MB, cache-sized
+_CHUNK_ELEMENTS = (
+    1 << 21
+)  # a [n, o, i] block of per-example gradients: ~8 MB, cache-sized
 
 
 def estimate_diagonal(
@@ -70,7 +72,11 @@ def estimate_diagonal(
     }
     dtype, device = model_dtype_device(model)
     sums: dict[str, Tensor] = {}
-    with eval_mode(model), torch.enable_grad(), capture_layers(model, records, dtype) as cap:
+    with (
+        eval_mode(model),
+        torch.enable_grad(),
+        capture_layers(model, records, dtype) as cap,
+    ):
         for item in with_progress(batches, enabled=progress, desc=f"diagonal ({kind})"):
             inputs, labels = unpack(item)
             inputs, labels = to_device(inputs, device), labels.to(device)
@@ -86,12 +92,16 @@ def estimate_diagonal(
         examples = cap.examples
     for rec in records.values():  # every rank reduces the same keys
         for attr, p in rec.module.named_parameters(recurse=False):
-            sums.setdefault(param_name(rec.name, attr), torch.zeros_like(p, dtype=dtype))
+            sums.setdefault(
+                param_name(rec.name, attr), torch.zeros_like(p, dtype=dtype)
+            )
     count = torch.tensor(float(examples), dtype=dtype, device=device)
     all_reduce_([count, *(sums[k] for k in sorted(sums))])
     if float(count) == 0:
         raise ValueError("estimate_diagonal saw no example: the batches were empty")
-    return DiagonalFisher(finish_diagonal(records, sums, float(count)), kind, int(count))
+    return DiagonalFisher(
+        finish_diagonal(records, sums, float(count)), kind, int(count)
+    )
 
 
 def accumulate_squared_grads(
@@ -119,7 +129,9 @@ def finish_diagonal(
             key = param_name(rec.name, attr)
             diag = sums[key] / examples if key in sums else torch.zeros_like(p)
             if not bool(torch.isfinite(diag.sum())):  # NaN and inf survive a sum
-                raise ValueError(f"parameter {key!r}: the diagonal Fisher is not finite")
+                raise ValueError(
+                    f"parameter {key!r}: the diagonal Fisher is not finite"
+                )
             out[key] = diag.reshape(p.shape)
     return out
 

@@ -40,7 +40,9 @@ class KroneckerFactors:
     def __post_init__(self) -> None:
         o = self.G.shape[0]
         if self.G.shape != (o, o):
-            raise ValueError(f"{self.weight}: G must be square, got {tuple(self.G.shape)}")
+            raise ValueError(
+                f"{self.weight}: G must be square, got {tuple(self.G.shape)}"
+            )
         if self.kind is LayerKind.EMBEDDING:
             if self.A.ndim != 1:
                 raise ValueError(f"{self.weight}: Embedding A must be a vector")
@@ -48,7 +50,9 @@ class KroneckerFactors:
                 # rows with zero token frequency carry no curvature (K6)
                 object.__setattr__(self, "support", torch.nonzero(self.A).flatten())
         elif self.A.ndim != 2 or self.A.shape[0] != self.A.shape[1]:
-            raise ValueError(f"{self.weight}: A must be square, got {tuple(self.A.shape)}")
+            raise ValueError(
+                f"{self.weight}: A must be square, got {tuple(self.A.shape)}"
+            )
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -88,7 +92,9 @@ class KroneckerFactors:
     def quadratic_form(self, d: Tensor) -> Tensor:
         """``vec(d)ᵀ (G ⊗ A) vec(d)`` for ``d: [o, i]``, eq. (P2)."""
         if d.shape != self.shape:
-            raise ValueError(f"{self.weight}: d has shape {tuple(d.shape)}, want {self.shape}")
+            raise ValueError(
+                f"{self.weight}: d has shape {tuple(d.shape)}, want {self.shape}"
+            )
         if self.kind is LayerKind.EMBEDDING:
             assert self.support is not None
             ds = d[:, self.support]  # [o, s]

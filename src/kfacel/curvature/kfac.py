@@ -84,7 +84,11 @@ def estimate_kfac(
         }
     dtype, device = model_dtype_device(model)
     diag_sums: dict[str, Tensor] = {}
-    with eval_mode(model), torch.enable_grad(), capture_layers(model, records, dtype) as cap:
+    with (
+        eval_mode(model),
+        torch.enable_grad(),
+        capture_layers(model, records, dtype) as cap,
+    ):
         for item in with_progress(batches, enabled=progress, desc=f"K-FAC ({kind})"):
             inputs, labels = unpack(item)
             inputs, labels = to_device(inputs, device), labels.to(device)
@@ -125,19 +129,21 @@ def _finish(
         _zeros_if_unseen(rec, dtype, device)
     count = torch.tensor(float(examples), dtype=dtype, device=device)
     owners = [r for r in kron if r.alias is None]  # aliases share their owner's tensors
-    all_reduce_([count, *[t for r in owners for t in (r.aa, r.a, r.uses)]])
+    all_reduce_([count, *[t for r in owners for t in (r.aa, r.uses)]])
     all_reduce_(r.gg for r in kron)
     all_reduce_(diag_sums[k] for k in sorted(diag_sums))
     n = float(count)
     if n == 0:
         raise ValueError("estimate_kfac saw no example: the batches were empty")
     factors: dict[str, KroneckerFactors] = {}
+    finished: set[int] = set()
     for rec in kron:
-        assert rec.aa is not None and rec.a is not None and rec.uses is not None
-        assert rec.gg is not None
-        uses = float(rec.uses)
-        A = _input_factor(rec, uses)
-        G = rec.gg / n  # eq. (K5)
+        assert rec.aa is not None and rec.uses is not None and rec.gg is not None
+        if id(rec.aa) not in finished:  # aliases share one accumulator: finish it once
+            _finish_input_factor(rec)
+            finished.add(id(rec.aa))
+        A = rec.aa if rec.alias is None else rec.aa.clone()
+        G = rec.gg.div_(n)  # eq. (K5), in place
         for what, t in (("A", A), ("G", G)):
             if not bool(torch.isfinite(t.sum())):  # NaN and inf survive a sum
                 raise ValueError(f"layer {rec.name!r}: the {what} factor is not finite")
@@ -149,39 +155,30 @@ def _finish(
     return KFACFisher(factors, kind, int(n), uncovered, diagonal)
 
 
-def _input_factor(rec: LayerRecord, uses: float) -> Tensor:
-    """``A = Σ ā āᵀ / Σ_n R_n`` with the bias coordinate last, eqs. (K5)–(K6)."""
-    assert rec.aa is not None and rec.a is not None
-    if uses == 0:
-        return torch.zeros_like(rec.aa if rec.kind is LayerKind.EMBEDDING else _pad(rec))
-    if rec.kind is LayerKind.EMBEDDING or not has_bias(rec.module):
-        return rec.aa / uses
-    i = rec.aa.shape[0]
-    A = rec.aa.new_empty(i + 1, i + 1)
-    A[:i, :i] = rec.aa
-    A[:i, i] = rec.a
-    A[i, :i] = rec.a
-    A[i, i] = uses
-    return A / uses
+def _finish_input_factor(rec: LayerRecord) -> None:
+    """``A = Σ ā āᵀ / Σ_n R_n`` in place, bias coordinate last, eqs. (K5)–(K6)."""
+    assert rec.aa is not None and rec.uses is not None
+    uses = float(rec.uses)
+    if rec.kind is not LayerKind.EMBEDDING and has_bias(rec.module):
+        i = rec.aa.shape[0] - 1
+        rec.aa[i, :i] = rec.aa[:i, i]  # mirror Σ a into the last row
+        rec.aa[i, i] = uses
+    if uses > 0:
+        rec.aa.div_(uses)
 
 
-def _pad(rec: LayerRecord) -> Tensor:
-    assert rec.aa is not None
-    i = rec.aa.shape[0] + (1 if has_bias(rec.module) else 0)
-    return rec.aa.new_zeros(i, i)
-
-
-def _zeros_if_unseen(rec: LayerRecord, dtype: torch.dtype, device: torch.device) -> None:
+def _zeros_if_unseen(
+    rec: LayerRecord, dtype: torch.dtype, device: torch.device
+) -> None:
     module = rec.module
     if rec.aa is None:
         if rec.kind is LayerKind.EMBEDDING:
             assert isinstance(module, nn.Embedding)
             rec.aa = torch.zeros(module.num_embeddings, dtype=dtype, device=device)
-            rec.a = torch.zeros(0, dtype=dtype, device=device)
         else:
             d_in = module.weight.reshape(module.weight.shape[0], -1).shape[1]
+            d_in += 1 if has_bias(module) else 0
             rec.aa = torch.zeros(d_in, d_in, dtype=dtype, device=device)
-            rec.a = torch.zeros(d_in, dtype=dtype, device=device)
         rec.uses = torch.zeros((), dtype=dtype, device=device)
     if rec.gg is None:
         d_out = module.weight.shape[1 if rec.kind is LayerKind.EMBEDDING else 0]

@@ -39,11 +39,17 @@ class QuickstartResult:
 
     tasks: tuple[str, ...]
     individual: dict[str, float]
-    matrices: dict[str, list[list[float]]]  # method -> acc[after step, on task] (NaN unseen)
-    perc_delta: dict[str, dict[str, float]]  # method -> task -> Perc Δ after the last step
+    matrices: dict[
+        str, list[list[float]]
+    ]  # method -> acc[after step, on task] (NaN unseen)
+    perc_delta: dict[
+        str, dict[str, float]
+    ]  # method -> task -> Perc Δ after the last step
     forgetting_reduction: dict[str, float]  # method -> % (NaN when none forgot nothing)
     lams: dict[str, float]
-    not_forgotten: tuple[str, ...] = ()  # earlier tasks plain fine-tuning did not forget
+    not_forgotten: tuple[
+        str, ...
+    ] = ()  # earlier tasks plain fine-tuning did not forget
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -91,8 +97,16 @@ def run_quickstart(
         return new_linker("cnn", task.train, hidden=hidden, seed=seed)
 
     def fit(linker: Linker, task: Task, penalty: Any = None) -> None:
-        fit_task(linker, task, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-                 penalty=penalty, progress=progress)
+        fit_task(
+            linker,
+            task,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            seed=seed,
+            penalty=penalty,
+            progress=progress,
+        )
 
     start = time.perf_counter()
     individual: dict[str, float] = {}
@@ -120,13 +134,19 @@ def run_quickstart(
             fit(linker, task, penalty)
             for seen in range(step + 1):
                 matrix[step][seen] = evaluate_split(linker, tasks[seen].test).accuracy
-            say(f"{method} after {task.name}: "
-                + ", ".join(f"{tasks[i].name} {matrix[step][i]:.3f}" for i in range(step + 1)))
+            say(
+                f"{method} after {task.name}: "
+                + ", ".join(
+                    f"{tasks[i].name} {matrix[step][i]:.3f}" for i in range(step + 1)
+                )
+            )
         matrices[method] = matrix
         seconds[method] = time.perf_counter() - start
 
     final = {m: dict(zip(names, mat[-1], strict=True)) for m, mat in matrices.items()}
-    deltas = {m: {t: perc_delta(a, individual[t]) for t, a in final[m].items()} for m in final}
+    deltas = {
+        m: {t: perc_delta(a, individual[t]) for t, a in final[m].items()} for m in final
+    }
     reductions: dict[str, float] = {}
     not_forgotten: tuple[str, ...] = ()
     if "none" in deltas:
@@ -135,12 +155,21 @@ def run_quickstart(
             if m != "none":
                 with warnings.catch_warnings():  # reported in the table instead
                     warnings.simplefilter("ignore")
-                    fr = forgetting_reduction([deltas[m][t] for t in old],
-                                              [deltas["none"][t] for t in old])
+                    fr = forgetting_reduction(
+                        [deltas[m][t] for t in old], [deltas["none"][t] for t in old]
+                    )
                 reductions[m] = fr.percent
                 not_forgotten = tuple(old[i] for i in fr.undefined)
-    return QuickstartResult(names, individual, matrices, deltas, reductions, dict(lams),
-                            not_forgotten, seconds)
+    return QuickstartResult(
+        names,
+        individual,
+        matrices,
+        deltas,
+        reductions,
+        dict(lams),
+        not_forgotten,
+        seconds,
+    )
 
 
 def format_table(result: QuickstartResult) -> str:
@@ -148,19 +177,26 @@ def format_table(result: QuickstartResult) -> str:
     head = "| method | λ | " + " | ".join(f"{t} acc | {t} Perc Δ" for t in result.tasks)
     head += " | forgetting reduction |"
     rows = [head, "|" + "---|" * (2 * len(result.tasks) + 3)]
-    rows.append("| individual | – | " + " | ".join(
-        f"{100 * result.individual[t]:.1f} | –" for t in result.tasks) + " | – |")
+    rows.append(
+        "| individual | – | "
+        + " | ".join(f"{100 * result.individual[t]:.1f} | –" for t in result.tasks)
+        + " | – |"
+    )
     for method, matrix in result.matrices.items():
-        cells = [f"{100 * a:.1f} | {result.perc_delta[method][t]:+.1f}%"
-                 for t, a in zip(result.tasks, matrix[-1], strict=True)]
+        cells = [
+            f"{100 * a:.1f} | {result.perc_delta[method][t]:+.1f}%"
+            for t, a in zip(result.tasks, matrix[-1], strict=True)
+        ]
         fr = result.forgetting_reduction.get(method)
         fr_cell = "–" if fr is None else ("n/a" if math.isnan(fr) else f"{fr:.1f}%")
         lam = "–" if method == "none" else f"{result.lams[method]:g}"
         rows.append(f"| {method} | {lam} | " + " | ".join(cells) + f" | {fr_cell} |")
     if result.not_forgotten:
         rows.append("")
-        rows.append(f"Left out of the forgetting reduction (plain fine-tuning did not forget "
-                    f"them): {', '.join(result.not_forgotten)}.")
+        rows.append(
+            f"Left out of the forgetting reduction (plain fine-tuning did not forget "
+            f"them): {', '.join(result.not_forgotten)}."
+        )
     return "\n".join(rows)
 
 
@@ -178,11 +214,15 @@ def write_report(result: QuickstartResult, out: Path) -> list[Path]:
     for method, matrix in result.matrices.items():
         csv = out / f"accuracy_matrix_{method}.csv"
         lines = ["after," + ",".join(result.tasks)]
-        lines += [f"{result.tasks[i]}," + ",".join("" if math.isnan(a) else f"{a:.4f}" for a in row)
-                  for i, row in enumerate(matrix)]
+        lines += [
+            f"{result.tasks[i]},"
+            + ",".join("" if math.isnan(a) else f"{a:.4f}" for a in row)
+            for i, row in enumerate(matrix)
+        ]
         csv.write_text("\n".join(lines) + "\n")
-        png = plot_accuracy_matrix(np.array(matrix), list(result.tasks),
-                                   out / f"accuracy_matrix_{method}.png")
+        png = plot_accuracy_matrix(
+            np.array(matrix), list(result.tasks), out / f"accuracy_matrix_{method}.png"
+        )
         written += [csv, Path(png)]
         figures.append(f"![{method}](accuracy_matrix_{method}.png)")
     toy = plot_toy_gaussians(out / "figure1_toy.png")
@@ -196,7 +236,8 @@ def write_report(result: QuickstartResult, out: Path) -> list[Path]:
         "",
         format_table(result),
         "",
-        "Seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in result.seconds.items()),
+        "Seconds per stage: "
+        + ", ".join(f"{k} {v:.0f}" for k, v in result.seconds.items()),
         "",
         *figures,
         "",

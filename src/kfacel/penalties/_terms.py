@@ -12,10 +12,14 @@ from kfacel.types import ParamDict
 
 def snapshot(model: nn.Module) -> ParamDict:
     """Detached copies of the trainable parameters: the anchor ``θ*`` of a task."""
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return {
+        n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad
+    }
 
 
-def check_anchor(anchor: ParamDict, model_params: dict[str, Tensor], names: Iterable[str]) -> None:
+def check_anchor(
+    anchor: ParamDict, model_params: dict[str, Tensor], names: Iterable[str]
+) -> None:
     """Raise ``ValueError`` naming every parameter missing from, or shaped unlike, the model."""
     problems = []
     for name in names:
@@ -43,4 +47,6 @@ def add_grad(p: Tensor, g: Tensor) -> None:
 def zero_like_model(model: nn.Module) -> Tensor:
     """A scalar zero on the model's device."""
     p = next(model.parameters())
-    return torch.zeros((), device=p.device, dtype=torch.promote_types(p.dtype, torch.float32))
+    return torch.zeros(
+        (), device=p.device, dtype=torch.promote_types(p.dtype, torch.float32)
+    )

@@ -33,13 +33,17 @@ class DiagonalEWCPenalty:
         """Number of finished tasks."""
         return len(self.terms)
 
-    def add_task(self, anchor: ParamDict, curvature: Mapping[str, Tensor], *, lam: float) -> Self:
+    def add_task(
+        self, anchor: ParamDict, curvature: Mapping[str, Tensor], *, lam: float
+    ) -> Self:
         """A new penalty with one more term; ``curvature`` maps names to ``F_jj``."""
         if lam < 0:
             raise ValueError(f"lam must be >= 0, got {lam}")
         for name, f in curvature.items():
             if name in anchor and f.shape != anchor[name].shape:
-                raise ValueError(f"{name}: Fisher {tuple(f.shape)} vs anchor {tuple(anchor[name].shape)}")
+                raise ValueError(
+                    f"{name}: Fisher {tuple(f.shape)} vs anchor {tuple(anchor[name].shape)}"
+                )
         return replace(self, terms=(*self.terms, (anchor, curvature, float(lam))))
 
     def __call__(self, model: nn.Module) -> Tensor:

@@ -44,7 +44,9 @@ class KFACPenalty:
         if lam < 0:
             raise ValueError(f"lam must be >= 0, got {lam}")
         if not isinstance(curvature, KFACFisher):
-            raise TypeError(f"KFACPenalty needs a KFACFisher, got {type(curvature).__name__}")
+            raise TypeError(
+                f"KFACPenalty needs a KFACFisher, got {type(curvature).__name__}"
+            )
         missing = [n for n in curvature.param_names() if n not in anchor]
         if missing:
             raise ValueError(f"anchor lacks {missing}")

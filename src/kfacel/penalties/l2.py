@@ -23,7 +23,9 @@ class L2Penalty:
         """Number of finished tasks."""
         return len(self.terms)
 
-    def add_task(self, anchor: ParamDict, curvature: object = None, *, lam: float) -> Self:
+    def add_task(
+        self, anchor: ParamDict, curvature: object = None, *, lam: float
+    ) -> Self:
         """A new penalty with one more term (``curvature`` is unused: ``F = I``)."""
         del curvature
         if lam < 0:

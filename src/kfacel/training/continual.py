@@ -76,7 +76,10 @@ def consolidate_task(
         curvature: Any = None
         if method == "kfac":
             curvature = estimate_kfac(
-                model, batches, kind=fisher, generator=generator,
+                model,
+                batches,
+                kind=fisher,
+                generator=generator,
                 uncovered=uncovered,  # type: ignore[arg-type]
                 progress=progress,
             )
@@ -92,7 +95,9 @@ def consolidate_task(
     return TaskState(task.name, method, anchor, curvature, meta)
 
 
-def discriminative_lr_groups(model: nn.Module, lr: float, gamma: float) -> list[dict[str, Any]]:
+def discriminative_lr_groups(
+    model: nn.Module, lr: float, gamma: float
+) -> list[dict[str, Any]]:
     """Parameter groups with ``η_ℓ = η_{ℓ+1} · γ`` from the top layer down (ULMFiT).
 
     Layers, bottom to top: parameters whose name contains ``embed``; then transformer
@@ -135,7 +140,9 @@ def _depth(name: str) -> int:
     return 1 + int(m.group(1)) if m else 1_000_000
 
 
-def _subset(examples: Sequence[LinkingExample], k: int | None, seed: int) -> list[LinkingExample]:
+def _subset(
+    examples: Sequence[LinkingExample], k: int | None, seed: int
+) -> list[LinkingExample]:
     if k is None or k >= len(examples):
         return list(examples)
     idx = sorted(random.Random(seed).sample(range(len(examples)), k))
@@ -164,7 +171,8 @@ def _to_cpu(curvature: Any) -> Any:
         return replace(curvature, diagonal={k: v.cpu() for k, v in curvature.items()})
     if isinstance(curvature, KFACFisher):
         factors = {
-            k: replace(f, A=f.A.cpu(), G=f.G.cpu(), support=None) for k, f in curvature.items()
+            k: replace(f, A=f.A.cpu(), G=f.G.cpu(), support=None)
+            for k, f in curvature.items()
         }
         return replace(
             curvature,
