@@ -1,4 +1,4 @@
-"""Curvature benchmark: K-FAC and diagonal Fisher vs a training step and vs curvlinops.
+"""Curvature benchmark: K-FAC and diagonal Fisher vs a training step, curvlinops and ASDL.
 
 Measures, in one run on one machine, for an MLP 512-1024-1024-10 and a 3-layer BERT-size
 encoder (hidden 384, 32 tokens, vocabulary 30,522, classifier on the first token):
@@ -7,8 +7,11 @@ encoder (hidden 384, 32 tokens, vocabulary 30,522, classifier on the first token
 - K-FAC (empirical) and diagonal Fisher over the same N examples, as ratios to it;
 - curvlinops' KFACLinearOperator computing the same Linear factors, its time, peak memory
   and the max relative difference of its factors from ours;
+- the same for ASDL's empirical-Fisher K-FAC (``asdl.get_fisher_maker``), compared on the
+  weight block of A (ASDL's A has no bias coordinate). A peer that fails on a model is
+  recorded as ``fails: <error>`` in place of its time;
 - the CNN ranker of `kfacel train` on the demo task mm-demo (K-FAC with its padding masks;
-  no peer: curvlinops knows neither Conv1d nor masks);
+  no peer: curvlinops knows neither Conv1d nor masks, ASDL no masks);
 - a training step with the KFC penalty of one prior task (closed-form gradient) vs a plain
   step, and the consolidation state's bytes vs the model's parameter bytes.
 
@@ -18,20 +21,27 @@ and writes JSON with the environment.
 
     python benchmarks/bench_kfac.py            # full sizes (minutes on 2 cores)
     python benchmarks/bench_kfac.py --small    # small sizes, the README's quick check
+
+The peers: ``pip install curvlinops-for-pytorch`` and
+``pip install --no-deps asdfghjkl==0.1a5`` (imported as ``asdl``; ``--no-deps`` so that it
+cannot replace the installed torch).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import functools
+import gc
+import itertools
 import json
 import os
 import platform
-import gc
 import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -81,13 +91,14 @@ def peak_mb(model: str, what: str, args: argparse.Namespace) -> float | None:
 def probe(what: str, model_name: str, args: argparse.Namespace) -> None:
     """Run one computation after setup and print its peak RSS increase."""
     model, data = setup(model_name, args.small, args.examples, args.batch)
-    if what == "curvlinops":
-        import curvlinops  # noqa: F401 - its import is not the computation's memory
+    if what in ("curvlinops", "asdl"):
+        __import__(what)  # its import is not the computation's memory
     fns = {
         "train": trainer(copy.deepcopy(model), data),
         "kfac": lambda: kfacel.estimate_kfac(model, data),
         "diag": lambda: kfacel.estimate_diagonal(model, data),
         "curvlinops": lambda: peer_kfac(model, data),
+        "asdl": lambda: peer_asdl(model, data),
     }
     gc.collect()
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS (VmHWM) to now
@@ -107,7 +118,7 @@ class MLP(nn.Module):
     def __init__(self, sizes: list[int]):
         super().__init__()
         layers: list[nn.Module] = []
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        for i, (a, b) in enumerate(itertools.pairwise(sizes)):
             layers.append(nn.Linear(a, b))
             if i < len(sizes) - 2:
                 layers.append(nn.ReLU())
@@ -213,10 +224,59 @@ def peer_kfac(
     return {n: (op._input_covariances[n], op._gradient_covariances[n]) for n in names}
 
 
+def peer_asdl(
+    model: nn.Module, data: list
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """ASDL's empirical-Fisher K-FAC of every Linear, in our scaling; A without the bias.
+
+    ASDL sums the loss over examples, flattens a Linear's [N, S, D] input to N·S rows and
+    scales by 1/data_size: A = Σ_{n,s} a aᵀ / N over the weight inputs only (its K-FAC
+    treats the bias with G alone), B = Σ_{n,s} g gᵀ / N with g = ∂ℓ_n/∂z_{n,s}. Ours
+    ("expand") is A = Σ ā āᵀ / (N·S) with the bias last, G = Σ g gᵀ / N; so we return
+    (A / S, B), S being the positions per example a Linear sees (1 for an [N, D] input),
+    to compare with our A's leading D×D block.
+    """
+    import asdl
+
+    modules = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    positions: dict[str, int] = {}
+
+    def count(name: str) -> Callable[..., None]:
+        return lambda _m, inp, _out: positions.__setitem__(
+            name, inp[0].numel() // (inp[0].shape[0] * inp[0].shape[-1])
+        )
+
+    hooks = [m.register_forward_hook(count(n)) for n, m in modules.items()]
+    config = asdl.FisherConfig(
+        fisher_type=asdl.FISHER_EMP,
+        fisher_shapes=[asdl.SHAPE_KRON],
+        data_size=sum(len(y) for _, y in data),
+        ignore_modules=[nn.LayerNorm, nn.Embedding],  # K-FAC of the Linear layers only
+    )
+    maker = asdl.get_fisher_maker(model, config)
+    try:
+        with warnings.catch_warnings():
+            # ASDL registers legacy module backward hooks; it reads only their grad_output
+            warnings.simplefilter("ignore", FutureWarning)
+            for i, (x, y) in enumerate(data):
+                maker.setup_loss_call(
+                    F.cross_entropy, maker.setup_model_call(model, x), y
+                )
+                maker.forward_and_backward(accumulate=i > 0)
+        kron = {n: m.fisher.kron for n, m in modules.items()}
+    finally:
+        for h in hooks:
+            h.remove()
+        maker.zero_fisher()  # leave no `fisher` attribute on the model
+    return {n: (k.A / positions[n], k.B) for n, k in kron.items()}
+
+
 def max_rel(ours: kfacel.KFACFisher, peer: dict) -> float:
+    """Max over layers of max|ours − peer| / max|peer|, on the block of A the peer has."""
     worst = 0.0
     for name, (A, G) in peer.items():
-        for a, b in ((ours[name].A, A), (ours[name].G, G)):
+        d = A.shape[0]  # ASDL's A lacks the bias coordinate, our last
+        for a, b in ((ours[name].A[:d, :d], A), (ours[name].G, G)):
             worst = max(worst, float((a - b).abs().max() / b.abs().max()))
     return worst
 
@@ -238,20 +298,24 @@ def bench(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "kfac_ratio": t_kfac / t_train,
         "diag_ratio": t_diag / t_train,
     }
-    if name != "ranker":  # curvlinops covers Linear only and knows no padding masks
-        t_peer, peer = measure(lambda: peer_kfac(model, data), args.repeats)
-        row |= {
-            "curvlinops_s": t_peer,
-            "speedup_vs_curvlinops": t_peer / t_kfac,
-            "max_rel_diff": max_rel(fisher, peer),
-        }
+    peers = {"curvlinops": peer_kfac, "asdl": peer_asdl}
+    if name != "ranker":  # the peers cover Linear only and know no padding masks
+        for peer, fn in peers.items():
+            diff = "max_rel_diff" + ("" if peer == "curvlinops" else f"_{peer}")
+            try:
+                t_peer, factors = measure(
+                    functools.partial(fn, model, data), args.repeats
+                )
+            except Exception as e:  # a model the peer cannot handle is a result too
+                row[f"{peer}_s"] = f"fails: {type(e).__name__}: {e}"
+                continue
+            row |= {
+                f"{peer}_s": t_peer,
+                f"speedup_vs_{peer}": t_peer / t_kfac,
+                diff: max_rel(fisher, factors),
+            }
     if not args.no_memory:
-        for what in (
-            "train",
-            "kfac",
-            "diag",
-            *(() if name == "ranker" else ("curvlinops",)),
-        ):
+        for what in ("train", "kfac", "diag", *(() if name == "ranker" else peers)):
             row[f"{what}_MB"] = peak_mb(name, what, args)
     penalty = kfacel.KFACPenalty().add_task(kfacel.snapshot(model), fisher, lam=1.0)
     t_plain, _ = measure(trainer(copy.deepcopy(model), data), args.repeats)
@@ -265,6 +329,13 @@ def bench(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "state_ratio": state / params,
     }
     return row
+
+
+def _cell(value: Any, fmt: str) -> str:
+    """A table cell: "-" when absent, a peer's "fails: ..." as it is."""
+    if value is None:
+        return "-"
+    return value if isinstance(value, str) else fmt.format(value)
 
 
 def main() -> None:
@@ -309,18 +380,22 @@ def main() -> None:
         ("diag_ratio", "{:.2f}"),
         ("curvlinops_s", "{:.3f}"),
         ("speedup_vs_curvlinops", "{:.2f}"),
+        ("asdl_s", "{:.3f}"),
+        ("speedup_vs_asdl", "{:.2f}"),
         ("train_MB", "{:.0f}"),
         ("kfac_MB", "{:.0f}"),
         ("diag_MB", "{:.0f}"),
         ("curvlinops_MB", "{:.0f}"),
+        ("asdl_MB", "{:.0f}"),
         ("max_rel_diff", "{:.1e}"),
+        ("max_rel_diff_asdl", "{:.1e}"),
         ("penalty_step_ratio", "{:.3f}"),
         ("state_ratio", "{:.2f}"),
     ]
     print("| " + " | ".join(c for c, _ in cols) + " |")
     print("|" + "---|" * len(cols))
     for r in rows:
-        cells = [fmt.format(r[c]) if r.get(c) is not None else "-" for c, fmt in cols]
+        cells = [_cell(r.get(c), fmt) for c, fmt in cols]
         print("| " + " | ".join(cells) + " |")
     print(f"env: {env}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,9 @@ def corpus_dictionary(mentions: Sequence[Mention]) -> list[Concept]:
     for m in mentions:
         forms.setdefault(m.concept_ids[0], Counter())[m.surface.strip().lower()] += 1
     return [
-        Concept(cid, tuple(f for f, _ in sorted(c.items(), key=lambda x: (-x[1], x[0]))))
+        Concept(
+            cid, tuple(f for f, _ in sorted(c.items(), key=lambda x: (-x[1], x[0])))
+        )
         for cid, c in sorted(forms.items())
     ]
 
@@ -45,11 +47,23 @@ def single(mentions: Sequence[Mention]) -> list[Mention]:
     return [m for m in mentions if len(m.concept_ids) == 1]
 
 
-def build(name: str, mentions: list[Mention], method: str, out: Path, sources: list[str],
-          context: int) -> None:
+def build(
+    name: str,
+    mentions: list[Mention],
+    method: str,
+    out: Path,
+    sources: list[str],
+    context: int,
+) -> None:
+    """Split ``mentions`` by document, cap each split and write the task directory."""
     mentions = single(mentions)
-    splits = dict(zip(("train", "dev", "test"), split_by_document(mentions, (0.6, 0.15, 0.25), 7),
-                      strict=True))
+    splits = dict(
+        zip(
+            ("train", "dev", "test"),
+            split_by_document(mentions, (0.6, 0.15, 0.25), 7),
+            strict=True,
+        )
+    )
     rng = random.Random(7)
     capped = {}
     for split, items in splits.items():
@@ -57,25 +71,55 @@ def build(name: str, mentions: list[Mention], method: str, out: Path, sources: l
         rng.shuffle(items)
         capped[split] = sorted(items[: SIZES[split]], key=lambda m: (m.doc_id, m.spans))
     prepare_task(
-        out / name, name=name, splits=capped, concepts=corpus_dictionary(mentions),
-        method=method, num_candidates=8, context_words=context, seed=7, sources=sources,
+        out / name,
+        name=name,
+        splits=capped,
+        concepts=corpus_dictionary(mentions),
+        method=method,
+        num_candidates=8,
+        context_words=context,
+        seed=7,
+        sources=sources,
     )
 
 
 def main() -> None:
+    """Build the three demo tasks."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default="../shared/data")
     parser.add_argument("--out", default="src/kfacel/demo")
     args = parser.parse_args()
     data, out = Path(args.data), Path(args.out)
     mm = list(read_pubtator(data / "medmentions" / "st21pv_dev_corpus.txt.gz"))
-    build("mm-demo", mm, "tfidf", out, ["MedMentions ST21pv (CC0 1.0), official dev documents"], 10)
+    build(
+        "mm-demo",
+        mm,
+        "tfidf",
+        out,
+        ["MedMentions ST21pv (CC0 1.0), official dev documents"],
+        10,
+    )
     psytar, _ = read_psytar(data / "psytar" / "PsyTAR_dataset.xlsx")
-    build("psytar-demo", psytar, "bm25", out, ["PsyTAR (CC BY 4.0), Zolnoori et al. 2019"], 10)
-    ncbi = [m for f in ("NCBItrainset_corpus.txt", "NCBIdevelopset_corpus.txt",
-                        "NCBItestset_corpus.txt")
-            for m in read_pubtator(data / "ncbi_disease" / f)]
-    build("ncbi-demo", ncbi, "tfidf", out, ["NCBI Disease corpus (US public domain)"], 20)
+    build(
+        "psytar-demo",
+        psytar,
+        "bm25",
+        out,
+        ["PsyTAR (CC BY 4.0), Zolnoori et al. 2019"],
+        10,
+    )
+    ncbi = [
+        m
+        for f in (
+            "NCBItrainset_corpus.txt",
+            "NCBIdevelopset_corpus.txt",
+            "NCBItestset_corpus.txt",
+        )
+        for m in read_pubtator(data / "ncbi_disease" / f)
+    ]
+    build(
+        "ncbi-demo", ncbi, "tfidf", out, ["NCBI Disease corpus (US public domain)"], 20
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Consolidation state: a safetensors + JSON round trip equals what was saved; mismatches refused."""
+"""Consolidation state: safetensors + JSON round trips; mismatched models are refused."""
 
 from __future__ import annotations
 
@@ -40,7 +40,8 @@ def test_round_trip_restores_anchor_factors_and_meta(tmp_path) -> None:
     save_state(tmp_path, TaskState("C", "l2", snapshot(model), None))
     a, b, c = load_state(tmp_path, model)
     assert [s.task for s in (a, b, c)] == ["A", "B task", "C"]
-    assert a.meta["fisher_kind"] == "empirical" and a.meta["num_examples"] == 6
+    assert a.meta["fisher_kind"] == "empirical"
+    assert a.meta["num_examples"] == 6
     assert set(a.meta["uncovered"]) == {"norm.weight", "norm.bias"}
     for name, f in fisher.items():
         assert torch.equal(a.curvature[name].A, f.A)
@@ -60,7 +61,8 @@ def test_files_are_safetensors_and_json_with_packed_factors(tmp_path) -> None:
     fisher = estimate_kfac(model, batches)
     path = save_state(tmp_path, TaskState("A", "kfac", snapshot(model), fisher))
     meta = json.loads(path.read_text())
-    assert meta["method"] == "kfac" and meta["layers"]["enc"]["bias"] == "enc.bias"
+    assert meta["method"] == "kfac"
+    assert meta["layers"]["enc"]["bias"] == "enc.bias"
     tensors = load_file(str(path.with_suffix(".safetensors")))
     o = fisher["enc"].G.shape[0]
     assert tensors["kfac/enc/G"].numel() == o * (o + 1) // 2  # upper triangle only
@@ -90,7 +92,7 @@ def test_penalty_without_state_or_with_wrong_method_is_refused(tmp_path) -> None
 
 
 def test_states_carry_forward_to_a_new_model_dir(tmp_path) -> None:
-    model, batches = _data()
+    model, _ = _data()
     save_state(tmp_path / "v1", TaskState("A", "l2", snapshot(model), None))
     copy_states(tmp_path / "v1", tmp_path / "v2")
     save_state(tmp_path / "v2", TaskState("B", "l2", snapshot(model), None))
@@ -99,7 +101,7 @@ def test_states_carry_forward_to_a_new_model_dir(tmp_path) -> None:
 
 
 def test_failed_write_leaves_earlier_states_intact(tmp_path, monkeypatch) -> None:
-    model, batches = _data()
+    model, _ = _data()
     save_state(tmp_path, TaskState("A", "l2", snapshot(model), None))
     before = sorted(p.name for p in state_dir(tmp_path).iterdir())
 

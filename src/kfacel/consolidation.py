@@ -177,7 +177,8 @@ def build_penalty(
                 f"penalty {method!r} needs `kfacel consolidate --method {method}`"
             )
         penalty = penalty.add_task(state.anchor, state.curvature, lam=lam)
-    return penalty
+    result: Penalty = penalty
+    return result
 
 
 # ------------------------------------------------------------------------- internals

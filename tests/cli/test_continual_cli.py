@@ -6,11 +6,11 @@ import json
 
 import pytest
 import torch
+from tests.training.test_continual import TASK_A, TASK_B, code_task
 
 from kfacel.cli import main
 from kfacel.consolidation import load_state
 from kfacel.data.tasks import write_task
-from tests.training.test_continual import TASK_A, TASK_B, code_task
 
 CNN = [
     "--model",
@@ -66,7 +66,8 @@ def test_workflow_carries_states_forward(tasks, tmp_path, capsys) -> None:
         == 0
     )
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert report["tasks"] == ["A"] and report["state_bytes"] > 0
+    assert report["tasks"] == ["A"]
+    assert report["state_bytes"] > 0
     assert (
         main(
             [

@@ -193,7 +193,9 @@ def test_leaves_no_side_effects() -> None:
     for k, p in model.named_parameters():
         assert torch.equal(p.grad, grads[k]), k
         assert torch.equal(p.detach(), params[k]), k
-    assert model.training and model.fc1.training and not model.fc2.training
+    assert model.training
+    assert model.fc1.training
+    assert not model.fc2.training
     assert all(not m._forward_hooks for m in model.modules())
 
 
@@ -224,9 +226,10 @@ def test_uncovered_parameters_are_listed_and_unsupported_layers_reported() -> No
         fisher = estimate_kfac(model, [(x, y)])
     assert set(fisher) == {"fc", "head"}
     assert {"norm.weight", "norm.bias", "gru.weight_ih"} <= set(fisher.uncovered)
-    with warnings.catch_warnings(), pytest.raises(ValueError, match="gru"):
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        estimate_kfac(model, [(x, y)], uncovered="diagonal")
+        with pytest.raises(ValueError, match="gru"):
+            estimate_kfac(model, [(x, y)], uncovered="diagonal")
 
 
 def test_uncovered_diagonal_gives_layernorm_its_exact_diagonal() -> None:

@@ -20,7 +20,9 @@ def test_demo_tasks_ship_with_the_package() -> None:
     tasks = demo_tasks()
     assert [t.name for t in tasks] == ["mm-demo", "psytar-demo", "ncbi-demo"]
     for t in tasks:
-        assert len(t.train) == 600 and len(t.dev) == 150 and len(t.test) == 250
+        assert len(t.train) == 600
+        assert len(t.dev) == 150
+        assert len(t.test) == 250
         assert all(len(ex.candidates) == 8 for ex in t.test)
 
 
@@ -28,8 +30,9 @@ def test_runs_the_methods_and_writes_the_report(tmp_path, monkeypatch) -> None:
     torch.set_num_threads(1)
     from pathlib import Path
 
-    from kfacel.data.tasks import Task
     from tests.training.test_continual import TASK_A, TASK_B, code_task
+
+    from kfacel.data.tasks import Task
 
     tasks = [
         Task(
@@ -52,7 +55,8 @@ def test_runs_the_methods_and_writes_the_report(tmp_path, monkeypatch) -> None:
     )
     assert set(result.matrices) == {"none", "ewc", "kfac"}
     for matrix in result.matrices.values():
-        assert math.isnan(matrix[0][1]) and not math.isnan(matrix[1][0])
+        assert math.isnan(matrix[0][1])
+        assert not math.isnan(matrix[1][0])
     a_none = result.matrices["none"][1][0]
     expected = 100 * (a_none - result.individual["A"]) / result.individual["A"]
     assert math.isclose(result.perc_delta["none"]["A"], expected)
@@ -66,7 +70,8 @@ def test_runs_the_methods_and_writes_the_report(tmp_path, monkeypatch) -> None:
         "accuracy_matrix_none.csv",
     }
     data = json.loads((tmp_path / "report" / "results.json").read_text())
-    assert data["tasks"] == ["A", "B"] and len(lines) == 2 + 3
+    assert data["tasks"] == ["A", "B"]
+    assert len(lines) == 2 + 3
 
 
 def _tiny_linker(model, train, **kwargs):

@@ -1,4 +1,4 @@
-"""Consolidate → train on a conflicting task → evaluate: KFC forgets less than no penalty."""
+"""Consolidate → train on a second task → evaluate: KFC forgets less than no penalty."""
 
 from __future__ import annotations
 
@@ -8,22 +8,68 @@ from pathlib import Path
 import pytest
 import torch
 
-WORDS = (
-    "heart lung liver kidney brain blood bone skin nerve muscle fever pain cough rash "
-    "tumor cancer virus cell gene protein drug dose acute chronic severe mild"
-).split()
-
 from kfacel.consolidation import build_penalty, load_state, save_state
 from kfacel.data.records import Candidate, LinkingExample
 from kfacel.data.tasks import Task
 from kfacel.training.continual import consolidate_task, discriminative_lr_groups
 from kfacel.training.pipeline import evaluate_split, fit_task, new_linker
 
-
-CODES = (
-    "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike "
-    "november oscar papa quebec romeo sierra tango uniform victor whiskey xray yankee zulu"
-).split()
+WORDS = [
+    "heart",
+    "lung",
+    "liver",
+    "kidney",
+    "brain",
+    "blood",
+    "bone",
+    "skin",
+    "nerve",
+    "muscle",
+    "fever",
+    "pain",
+    "cough",
+    "rash",
+    "tumor",
+    "cancer",
+    "virus",
+    "cell",
+    "gene",
+    "protein",
+    "drug",
+    "dose",
+    "acute",
+    "chronic",
+    "severe",
+    "mild",
+]
+CODES = [
+    "alpha",
+    "bravo",
+    "charlie",
+    "delta",
+    "echo",
+    "foxtrot",
+    "golf",
+    "hotel",
+    "india",
+    "juliet",
+    "kilo",
+    "lima",
+    "mike",
+    "november",
+    "oscar",
+    "papa",
+    "quebec",
+    "romeo",
+    "sierra",
+    "tango",
+    "uniform",
+    "victor",
+    "whiskey",
+    "xray",
+    "yankee",
+    "zulu",
+]
 
 
 def code_task(name: str, words: range, n: int, seed: int) -> list[LinkingExample]:
@@ -108,7 +154,7 @@ def test_kfac_forgets_less_than_no_penalty(trained_on_a, tmp_path) -> None:
     learned_b = [k for k in runs if k[0] == "kfac" and runs[k]["dev"][1] >= 0.8]
     assert learned_b, runs  # some λ lets KFC learn B (chance is 0.2)
     best = max(learned_b, key=lambda k: runs[k]["dev"][0])
-    a_none, b_none = runs[("none", 0.0)]["test"]
+    a_none, _ = runs[("none", 0.0)]["test"]
     a_kfac, b_kfac = runs[best]["test"]
     assert a_none < acc_a - 0.1, runs  # plain fine-tuning forgets A
     assert a_kfac > a_none + 0.1, runs  # KFC keeps more of A
@@ -118,11 +164,13 @@ def test_kfac_forgets_less_than_no_penalty(trained_on_a, tmp_path) -> None:
 def test_consolidate_task_methods_and_subsets(trained_on_a) -> None:
     linker, a = trained_on_a
     ewc = consolidate_task(linker, a, method="ewc", max_examples=50, seed=3)
-    assert ewc.meta["examples_used"] == 50 and ewc.curvature.num_examples == 50
+    assert ewc.meta["examples_used"] == 50
+    assert ewc.curvature.num_examples == 50
     again = consolidate_task(linker, a, method="ewc", max_examples=50, seed=3)
     assert ewc.meta["fingerprint"] == again.meta["fingerprint"]
     l2 = consolidate_task(linker, a, method="l2")
-    assert l2.curvature is None and set(l2.anchor) == {
+    assert l2.curvature is None
+    assert set(l2.anchor) == {
         n for n, p in linker.model.named_parameters() if p.requires_grad
     }
     with pytest.raises(ValueError, match="method"):

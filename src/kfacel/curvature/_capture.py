@@ -150,7 +150,10 @@ class Capture:
                 self._add_input_stats(rec, x, rows, mask_nk)
             call = Call(rows if rec.per_example else None, mask_nk)
             rec.calls.append(call)
-            return _Tap.apply(output, self._leaf, self._grad_sink(rec, call))
+            tapped: Tensor = _Tap.apply(  # type: ignore[no-untyped-call]
+                output, self._leaf, self._grad_sink(rec, call)
+            )
+            return tapped
 
         return hook
 

@@ -193,7 +193,7 @@ def _embedding_sq(calls: list[Call], vocab: int) -> Tensor:
     keys, grads = [], []
     for c in calls:
         assert c.grads is not None and c.rows is not None
-        n, k, d = c.grads.shape
+        n, _, d = c.grads.shape
         ex = torch.arange(n, device=c.rows.device).unsqueeze(1)  # [N, 1]
         keys.append((ex * vocab + c.rows).reshape(-1))  # example-token key  [N k]
         grads.append(c.grads.reshape(-1, d))

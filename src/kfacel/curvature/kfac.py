@@ -176,10 +176,16 @@ def _zeros_if_unseen(
             assert isinstance(module, nn.Embedding)
             rec.aa = torch.zeros(module.num_embeddings, dtype=dtype, device=device)
         else:
-            d_in = module.weight.reshape(module.weight.shape[0], -1).shape[1]
-            d_in += 1 if has_bias(module) else 0
+            d_in = _weight(module)[0].numel() + (1 if has_bias(module) else 0)
             rec.aa = torch.zeros(d_in, d_in, dtype=dtype, device=device)
         rec.uses = torch.zeros((), dtype=dtype, device=device)
     if rec.gg is None:
-        d_out = module.weight.shape[1 if rec.kind is LayerKind.EMBEDDING else 0]
+        weight = _weight(module)
+        d_out = weight.shape[1] if rec.kind is LayerKind.EMBEDDING else weight.shape[0]
         rec.gg = torch.zeros(d_out, d_out, dtype=dtype, device=device)
+
+
+def _weight(module: nn.Module) -> Tensor:
+    weight = module.weight
+    assert isinstance(weight, Tensor)
+    return weight

@@ -70,7 +70,7 @@ def positions_shape(kind: LayerKind, module: nn.Module, x: Tensor) -> tuple[int,
         return tuple(x.shape[:-1])
     if kind is LayerKind.CONV1D:
         assert isinstance(module, nn.Conv1d)
-        (k,), (stride,), (pad,) = module.kernel_size, module.stride, module.padding
+        k, stride, pad = _conv_geometry(module)
         length = (x.shape[-1] + 2 * pad - k) // stride + 1
         return (x.shape[0], length) if x.ndim == 3 else (length,)
     if kind is LayerKind.EMBEDDING:
@@ -90,7 +90,7 @@ def input_rows(kind: LayerKind, module: nn.Module, x: Tensor) -> Tensor:
         return x.reshape(-1, x.shape[-1])
     if kind is LayerKind.CONV1D:
         assert isinstance(module, nn.Conv1d)
-        (k,), (stride,), (pad,) = module.kernel_size, module.stride, module.padding
+        k, stride, pad = _conv_geometry(module)
         x3 = x if x.ndim == 3 else x.unsqueeze(0)
         patches = F.pad(x3, (pad, pad)).unfold(2, k, stride)  # [N, c_in, L_out, k]
         patches = patches.permute(0, 2, 1, 3)  # [N, L_out, c_in, k]
@@ -100,6 +100,14 @@ def input_rows(kind: LayerKind, module: nn.Module, x: Tensor) -> Tensor:
     assert isinstance(module, nn.LayerNorm)
     xhat = F.layer_norm(x, module.normalized_shape, None, None, module.eps)
     return xhat.reshape(-1, *module.normalized_shape).flatten(1)
+
+
+def _conv_geometry(module: nn.Conv1d) -> tuple[int, int, int]:
+    """Kernel width, stride and (numeric, symmetric) zero padding of a Conv1d."""
+    (k,), (stride,) = module.kernel_size, module.stride
+    padding = module.padding
+    assert not isinstance(padding, str), "string padding has no adapter"
+    return int(k), int(stride), int(padding[0])
 
 
 def output_rows(kind: LayerKind, module: nn.Module, g: Tensor) -> Tensor:

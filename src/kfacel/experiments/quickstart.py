@@ -201,8 +201,11 @@ def format_table(result: QuickstartResult) -> str:
 
 
 def write_report(result: QuickstartResult, out: Path) -> list[Path]:
-    """Write ``report.md``, ``results.json``, one accuracy-matrix CSV and PNG per method
-    and the paper's Figure 1 toy into ``out``; returns the files written."""
+    """Write the quickstart's report into ``out``; returns the files written.
+
+    ``report.md``, ``results.json``, an accuracy-matrix CSV and PNG per method and the
+    paper's Figure 1 toy.
+    """
     from kfacel.experiments.figures import plot_accuracy_matrix, plot_toy_gaussians
 
     out.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -18,7 +18,7 @@ def snapshot(model: nn.Module) -> ParamDict:
 
 
 def check_anchor(
-    anchor: ParamDict, model_params: dict[str, Tensor], names: Iterable[str]
+    anchor: ParamDict, model_params: Mapping[str, Tensor], names: Iterable[str]
 ) -> None:
     """Raise ``ValueError`` naming every parameter missing from, or shaped unlike, the model."""
     problems = []

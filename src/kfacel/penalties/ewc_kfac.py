@@ -11,6 +11,7 @@ overcoming catastrophic forgetting", NeurIPS, eq. 8; McInerney et al. 2021, eq. 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Self
 
@@ -95,7 +96,10 @@ class KFACPenalty:
 
 
 def _embedding_rows_grad_(
-    factors: KroneckerFactors, params: dict[str, Tensor], anchor: ParamDict, lam: float
+    factors: KroneckerFactors,
+    params: Mapping[str, Tensor],
+    anchor: ParamDict,
+    lam: float,
 ) -> Tensor:
     """Embedding term touching only the rows with nonzero token frequency (K6, P3).
 

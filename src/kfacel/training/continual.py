@@ -23,8 +23,8 @@ from kfacel.curvature import estimate_diagonal, estimate_kfac
 from kfacel.data.records import LinkingExample
 from kfacel.data.tasks import Task
 from kfacel.penalties import snapshot
-from kfacel.types import Batch, FisherKind
 from kfacel.training.pipeline import Linker
+from kfacel.types import Batch, FisherKind
 
 METHODS = ("kfac", "ewc", "l2")
 
