@@ -151,3 +151,19 @@ def test_no_penalty_is_zero() -> None:
     model, _, _ = _setup()
     assert float(NoPenalty()(model)) == 0.0
     assert NoPenalty().num_tasks == 0
+
+
+def test_embedding_rows_that_did_not_move_are_skipped_exactly() -> None:
+    """Only rows 1 and 4 move: the fast gradient still equals autograd everywhere."""
+    model, batch, y = _setup()
+    pens, _, _ = _penalties(model, batch, y)
+    with torch.no_grad():
+        model.emb.weight[[1, 4]] += 0.3
+        model.head.weight += 0.1
+    value = pens["kfac"](model)
+    auto = torch.autograd.grad(value, [model.emb.weight, model.head.weight])
+    model.zero_grad(set_to_none=True)
+    torch.testing.assert_close(pens["kfac"].add_grad_(model), value.detach(), **TOL64)
+    torch.testing.assert_close(model.emb.weight.grad, auto[0], **TOL64)
+    torch.testing.assert_close(model.head.weight.grad, auto[1], **TOL64)
+    assert model.emb.weight.grad[[0, 2, 3, 5]].abs().max() == 0

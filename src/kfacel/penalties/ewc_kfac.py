@@ -101,16 +101,20 @@ def _embedding_rows_grad_(
     anchor: ParamDict,
     lam: float,
 ) -> Tensor:
-    """Embedding term touching only the rows with nonzero token frequency (K6, P3).
+    """Embedding term touching only rows with nonzero frequency that have moved (K6, P3).
 
-    With ``weight: [V, d]`` and ``Δ = weight.T − anchor.T``, the gradient w.r.t. the rows
-    ``s`` of the support is ``λ (G Δ_s diag(A_s))ᵀ``; every other row gets nothing.
+    With ``weight: [V, d]`` and ``Δ = weight.T − anchor.T``, the gradient w.r.t. a row
+    ``v`` is ``λ A_v G Δ_v``: zero where the old task never saw token v (``A_v = 0``) and
+    where the row has not moved since the anchor (``Δ_v = 0``; under AdamW without weight
+    decay, rows of tokens the new task has not used yet never move). Both are skipped.
     """
     assert factors.support is not None
-    rows = factors.support
     weight = params[factors.weight]
-    d = (weight[rows] - anchor[factors.weight][rows]).T  # [o, s]
-    g = lam * (factors.G @ d) * factors.A[rows]  # λ G Δ_s diag(A_s)  [o, s]
+    diff = weight[factors.support] - anchor[factors.weight][factors.support]  # [s, o]
+    moved = diff.ne(0).any(dim=1)
+    rows = factors.support[moved]
+    d = diff[moved].T  # [o, m]
+    g = lam * (factors.G @ d) * factors.A[rows]  # λ G Δ_m diag(A_m)  [o, m]
     if weight.grad is None:
         weight.grad = torch.zeros_like(weight)
     weight.grad.index_add_(0, rows, g.T.to(weight.grad.dtype))
