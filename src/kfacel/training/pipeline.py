@@ -83,7 +83,7 @@ def new_linker(
     vocab = build_type_vocab(train) if types else ()
     table = AliasTable.from_examples(train) if aliases and features else None
     collator = Collator(tokenizer, max_mention_length, max_name_length, vocab, table)
-    common = {
+    common: dict[str, Any] = {
         "num_features": len(collator.feature_names) if features else 0,
         "num_types": len(vocab),
         "start_id": tokenizer.start_id,
