@@ -14,25 +14,20 @@ from collections.abc import Iterable
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kfacel._progress import with_progress
-from kfacel.curvature._capture import LayerRecord, capture_layers
+from kfacel.curvature._capture import LayerRecord
+from kfacel.curvature._loop import run_batches
+from kfacel.curvature._per_example import finish_diagonal
 from kfacel.curvature._select import (
     all_reduce_,
     coverage,
-    eval_mode,
     model_dtype_device,
     param_name,
-    to_device,
-    unpack,
     warn_unsupported,
 )
-from kfacel.curvature.diagonal import accumulate_squared_grads, finish_diagonal
 from kfacel.curvature.factors import KFACFisher, KroneckerFactors
 from kfacel.curvature.layers import LayerKind, has_bias
-from kfacel.curvature.targets import fisher_targets
 from kfacel.types import FisherKind
 
 Uncovered = Literal["ignore", "diagonal"]
@@ -83,25 +78,17 @@ def estimate_kfac(
             for name, (module, lk) in cov.diagonal_only.items()
         }
     dtype, device = model_dtype_device(model)
-    diag_sums: dict[str, Tensor] = {}
-    with (
-        eval_mode(model),
-        torch.enable_grad(),
-        capture_layers(model, records, dtype) as cap,
-    ):
-        for item in with_progress(batches, enabled=progress, desc=f"K-FAC ({kind})"):
-            inputs, labels = unpack(item)
-            inputs, labels = to_device(inputs, device), labels.to(device)
-            cap.begin_batch(int(labels.shape[0]), device)
-            logits = model(inputs)  # [N, C]
-            targets = list(fisher_targets(kind, logits, labels, generator))
-            for t, (y, scale) in enumerate(targets):
-                losses = F.cross_entropy(logits, y, reduction="none")  # [N]
-                loss = losses.sum() if scale is None else (losses * scale).sum()
-                cap.backward(loss, retain_graph=t < len(targets) - 1)
-                accumulate_squared_grads(records, diag_sums)
-            cap.end_batch()
-        examples = cap.examples
+    examples, diag_sums = run_batches(
+        model,
+        batches,
+        records,
+        kind=kind,
+        generator=generator,
+        dtype=dtype,
+        device=device,
+        progress=progress,
+        desc=f"K-FAC ({kind})",
+    )
     uncovered_names = (
         *[
             param_name(name, attr)
