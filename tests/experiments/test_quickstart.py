@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import torch
 
 from kfacel.experiments.quickstart import (
@@ -61,7 +62,15 @@ def test_runs_the_methods_and_writes_the_report(tmp_path, monkeypatch) -> None:
     expected = 100 * (a_none - result.individual["A"]) / result.individual["A"]
     assert math.isclose(result.perc_delta["none"]["A"], expected)
     assert "| kfac | 10 |" in format_table(result)
+    import kfacel.experiments.figures as figures
+
+    seen = []
+    original = figures.plot_accuracy_matrix
+    monkeypatch.setattr(
+        figures, "plot_accuracy_matrix", lambda m, *a: seen.append(m) or original(m, *a)
+    )
     files = write_report(result, tmp_path / "report")
+    assert all(np.nanmax(m) > 1 for m in seen)  # the figure takes percent, not fractions
     assert {f.name for f in files} >= {
         "report.md",
         "results.json",
