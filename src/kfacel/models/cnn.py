@@ -20,6 +20,7 @@ layers (Linear, Embedding) are all covered; there is no LayerNorm and no bare pa
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -110,7 +111,9 @@ class CNNRanker(nn.Module):
             weight = read_tensors(
                 c.embeddings_from, ["embeddings.word_embeddings.weight"]
             )
-            target = self.word_vectors if self.frozen else self.embedding.weight
+            target = cast(
+                Tensor, self.word_vectors if self.frozen else self.embedding.weight
+            )
             if weight:
                 with torch.no_grad():
                     target.copy_(weight["embeddings.word_embeddings.weight"])
@@ -161,7 +164,8 @@ class CNNRanker(nn.Module):
     def _encode(self, ids: Tensor, mask: Tensor, conv: nn.Conv1d) -> Tensor:
         with valid_positions(mask):  # Embedding on [B, S], Conv1d output length S
             if self.frozen:
-                x = self.embed_proj(F.embedding(ids, self.word_vectors))  # [B, S, E]
+                vectors = cast(Tensor, self.word_vectors)  # a buffer
+                x = self.embed_proj(F.embedding(ids, vectors))  # [B, S, E]
             else:
                 x = self.embedding(ids)  # [B, S, E]
             x = self.dropout(x)

@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -24,7 +24,7 @@ from torch import nn
 from kfacel.models.bert import BertRanker, BertRankerConfig
 from kfacel.models.cnn import CNNConfig, CNNRanker
 
-MODELS: dict[str, tuple[type, type]] = {
+MODELS: dict[str, tuple[type[Any], type[Any]]] = {
     "cnn": (CNNConfig, CNNRanker),
     "transformer": (BertRankerConfig, BertRanker),
 }
@@ -79,7 +79,8 @@ def save_model(
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"model": model_name(model), "config": asdict(model.config), **(extra or {})}
+    config = cast(Any, model).config  # every ranker carries its frozen config dataclass
+    meta = {"model": model_name(model), "config": asdict(config), **(extra or {})}
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         state = {

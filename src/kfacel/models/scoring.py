@@ -95,6 +95,7 @@ class PairScorer(nn.Module):
             h = self.dropout(torch.relu(self.hidden(pair)))  # [N, C, D]
             scores = self.out(h).squeeze(-1)  # [N, C]
         if self.num_types:
+            assert types is not None, "a scorer with types needs candidate types"
             # type_head sees one position per query: no padding to mark
             log_p = torch.log_softmax(
                 self.type_head(mention).float(), dim=-1
