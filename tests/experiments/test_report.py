@@ -240,3 +240,22 @@ def test_small_forgetting_is_flagged(tmp_path) -> None:
     row = _csv(run / "report" / "forgetting_reduction.csv")[0]
     assert row["Flagged"] == "a→b small"
     assert float(row["Forgetting reduction (%)"]) == pytest.approx((50 + 97.5) / 2)
+
+
+def test_new_task_cost_and_head_to_head_are_the_papers(report) -> None:
+    """The paper's CNN Table 3: KFC costs 1.91 points on task B, EWC 1.63; KFC keeps
+    task A better than EWC in all 6 permutations (hand-computed from TABLE3)."""
+    rows = {r["Method"]: r for r in _csv(report / "forgetting_reduction.csv")}
+    cost = {
+        m: sum(TABLE3[p]["none"][1] - TABLE3[p][m][1] for p in TABLE3) / 6
+        for m in ("ewc", "kfac")
+    }
+    assert cost["kfac"] == pytest.approx(11.48 / 6)
+    assert cost["ewc"] == pytest.approx(9.75 / 6)
+    for m in ("ewc", "kfac"):
+        assert float(rows[m]["New-task cost, mean (points)"]) == pytest.approx(cost[m])
+    h2h = {r["Method"]: r for r in _csv(report / "head_to_head.csv")}
+    assert h2h["kfac"]["ewc"] == "6/6"
+    assert h2h["ewc"]["kfac"] == "0/6"
+    assert h2h["none"]["kfac"] == "0/6"
+    assert h2h["kfac"]["kfac"] == ""

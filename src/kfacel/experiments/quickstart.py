@@ -224,7 +224,9 @@ def write_report(result: QuickstartResult, out: Path) -> list[Path]:
         ]
         csv.write_text("\n".join(lines) + "\n")
         png = plot_accuracy_matrix(
-            100 * np.array(matrix), list(result.tasks), out / f"accuracy_matrix_{method}.png"
+            100 * np.array(matrix),
+            list(result.tasks),
+            out / f"accuracy_matrix_{method}.png",
         )
         written += [csv, Path(png)]
         figures.append(f"![{method}](accuracy_matrix_{method}.png)")

@@ -32,20 +32,15 @@ renamed.
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import logging
 import multiprocessing
 import os
-import platform
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -60,12 +55,10 @@ from kfacel.experiments.cells import (
     write_json,
 )
 from kfacel.experiments.config import ConfigError, ExperimentConfig
+from kfacel.experiments.rundir import open_run_dir
 from kfacel.experiments.sweep import REGULARIZED, Cell
 
 logger = logging.getLogger(__name__)
-
-PACKAGES = ("kfacel", "torch", "numpy", "safetensors", "transformers", "matplotlib")
-_NOT_COMPARED = ("tiers", "output_dir")  # may change between invocations of one run
 
 
 @dataclass
@@ -118,7 +111,7 @@ def run_experiment(
         tasks_of(cfg)  # every task readable before anything is written
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot load the config's tasks: {exc}") from exc
-    _open_run_dir(run_dir, cfg, jobs)
+    open_run_dir(run_dir, cfg, jobs)
     say = log or (lambda _: None)
     names = [t.name for t in cfg.tasks]
     methods = [m.value for m in cfg.methods]
@@ -211,72 +204,6 @@ def collect_metrics(run_dir: str | Path) -> Path:
 
 class _StartFailed(RuntimeError):
     """The cell a cell starts from failed (e.g. a non-finite loss)."""
-
-
-def _open_run_dir(run_dir: Path, cfg: ExperimentConfig, jobs: int) -> None:
-    """Create the run directory, or check that it holds a run of the same config."""
-    new = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_COMPARED}
-    config_path = run_dir / "config.json"
-    if config_path.is_file():
-        old = json.loads(config_path.read_text(encoding="utf-8"))
-        old = {k: v for k, v in old.items() if k not in _NOT_COMPARED}
-        if old != new:
-            keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-            raise ConfigError(
-                f"{run_dir} holds a run of another config (differs in {keys}); "
-                "choose another --out, or remove that directory"
-            )
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        raise ConfigError(
-            f"{run_dir} exists and is not a run directory; refusing to write"
-        )
-    else:
-        write_json(config_path, cfg.to_dict())
-    env_path = run_dir / "env.json"
-    env = json.loads(env_path.read_text(encoding="utf-8")) if env_path.is_file() else {}
-    sessions = [*env.get("sessions", []), _environment(cfg, jobs)]
-    write_json(env_path, {"sessions": sessions})
-
-
-def _environment(cfg: ExperimentConfig, jobs: int) -> dict[str, Any]:
-    """Package versions, git commit, device, seeds: what makes a run reproducible."""
-    import torch
-
-    versions: dict[str, str | None] = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    try:
-        commit: str | None = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    device = cfg.train.device
-    name = platform.processor() or platform.machine()
-    if device.startswith("cuda") and torch.cuda.is_available():
-        name = torch.cuda.get_device_name(torch.device(device))
-    return {
-        "started": datetime.now(UTC).isoformat(timespec="seconds"),
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "packages": versions,
-        "git_commit": commit,
-        "device": device,
-        "device_name": name,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "jobs": jobs,
-        "seeds": list(cfg.seeds),
-        "tiers": list(cfg.tiers),
-    }
 
 
 def _cell_dir(run_dir: Path, cell: Cell) -> Path:

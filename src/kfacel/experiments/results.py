@@ -1,0 +1,132 @@
+"""A run directory's evaluations, read once and indexed for the tables and figures.
+
+``read_run(run_dir)`` returns the run's ``RunResults`` (test and dev accuracies of every
+cell, seeds averaged, with the λ chosen on dev per tier: ``sweep.choose``) and the
+cells' ``done.json`` records (status, message, seconds). Nothing here trains or writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kfacel.experiments import sweep
+from kfacel.experiments.metrics import perc_delta
+
+
+class RunResults:
+    """The records of a run, indexed for the tables (test accuracy, seeds averaged)."""
+
+    def __init__(self, config: dict[str, Any], records: Sequence[dict[str, Any]]):
+        self.config = config
+        self.records = list(records)
+        self.tasks = [t["name"] for t in config["tasks"]]
+        self.methods = list(config["methods"])
+        tol = float(config.get("penalty", {}).get("new_task_tolerance", 2.0))
+        self.chosen = {
+            tier: sweep.choose(self.records, tier=tier, tolerance=tol)
+            for tier in (2, 3)
+        }
+        acc: dict[tuple[Any, ...], list[float]] = defaultdict(list)
+        for r in self.records:
+            lam = tuple(r["lam"]) if isinstance(r["lam"], list) else r["lam"]
+            key = (
+                r["kind"],
+                tuple(r["order"]),
+                r["method"],
+                lam,
+                r["task"],
+                r["split"],
+            )
+            acc[key].append(float(r["accuracy"]))
+        self._acc = {k: float(np.mean(v)) for k, v in acc.items()}
+
+    def accuracy(
+        self,
+        kind: str,
+        order: Sequence[str],
+        method: str,
+        lam: Any,
+        task: str,
+        split: str = "test",
+    ) -> float:
+        """Mean accuracy over seeds, NaN if never evaluated."""
+        key = (kind, tuple(order), method, lam, task, split)
+        return self._acc.get(key, math.nan)
+
+    def individual(self, task: str, split: str = "test") -> float:
+        """Tier-1 accuracy of ``task`` trained alone."""
+        return self.accuracy("individual", (task,), "none", None, task, split)
+
+    def delta(self, acc: float, task: str) -> float:
+        """Perc Δ against the individual model, NaN where undefined."""
+        ref = self.individual(task)
+        if not (math.isfinite(acc) and math.isfinite(ref) and ref > 0):
+            return math.nan
+        return perc_delta(acc, ref)
+
+    def rows(self, tier: int) -> list[tuple[tuple[str, ...], str, Any]]:
+        """``(order, method, λ)`` chosen in ``tier``, in task and method order."""
+        chosen = self.chosen[tier]
+        rank = {m: i for i, m in enumerate(self.methods)}
+        keys = sorted(
+            chosen, key=lambda k: ([self.tasks.index(t) for t in k[0]], rank[k[1]])
+        )
+        return [(order, m, chosen[(order, m)]) for order, m in keys]
+
+    def chosen_row(self, tier: int, order: Sequence[str], method: str) -> list[float]:
+        """Test accuracy and Perc Δ on each task of ``order`` at the chosen λ."""
+        lam = self.chosen[tier][(tuple(order), method)]
+        out: list[float] = []
+        for t in order:
+            a = self.accuracy(f"tier{tier}", order, method, lam, t)
+            out += [a, self.delta(a, t)]
+        return out
+
+
+def read_run(run_dir: str | Path) -> tuple[RunResults, list[dict[str, Any]]]:
+    """The run's results and its cells' ``done.json`` records.
+
+    Raises:
+        FileNotFoundError: ``run_dir`` has no ``config.json`` (not a run directory).
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{run_dir}: no config.json, not a run directory")
+    config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    metrics = run_dir / "metrics.jsonl"
+    text = metrics.read_text(encoding="utf-8") if metrics.is_file() else ""
+    records = [json.loads(x) for x in text.splitlines() if x.strip()]
+    dones = [
+        json.loads(p.read_text(encoding="utf-8"))
+        for p in sorted((run_dir / "cells").glob("*/done.json"))
+    ]
+    return RunResults(config, records), dones
+
+
+def accuracy_matrices(
+    r: RunResults,
+) -> dict[tuple[tuple[str, ...], str], np.ndarray]:
+    """``acc[after step, on task]`` (test, %) per longest chosen order and method.
+
+    Row 0 is the first task's individual model, row ``k`` the chosen model after
+    ``k + 1`` tasks; tasks not yet seen are NaN.
+    """
+    top = 3 if r.rows(3) else 2
+    out = {}
+    for order, m, _ in r.rows(top):
+        mat = np.full((len(order), len(order)), np.nan)
+        mat[0, 0] = r.individual(order[0])
+        for step in range(2, len(order) + 1):
+            prefix = order[:step]
+            if (prefix, m) not in r.chosen[step]:
+                break
+            mat[step - 1, :step] = r.chosen_row(step, prefix, m)[::2]
+        out[(order, m)] = mat
+    return out

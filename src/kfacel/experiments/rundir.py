@@ -1,0 +1,91 @@
+"""A run directory's bookkeeping: its config check and its record of environments.
+
+``open_run_dir`` creates a run directory or checks that it holds a run of the same
+config (keys in ``NOT_COMPARED`` may change between invocations), and appends the
+invocation's ``environment`` (package versions, git commit, device, seeds, jobs, tiers,
+start time) to ``env.json``: what makes a run reproducible.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from kfacel.experiments.cells import write_json
+from kfacel.experiments.config import ConfigError, ExperimentConfig
+
+PACKAGES = ("kfacel", "torch", "numpy", "safetensors", "transformers", "matplotlib")
+NOT_COMPARED = ("tiers", "output_dir")  # may change between invocations of one run
+
+
+def open_run_dir(run_dir: Path, cfg: ExperimentConfig, jobs: int) -> None:
+    """Create the run directory, or check that it holds a run of the same config."""
+    new = {k: v for k, v in cfg.to_dict().items() if k not in NOT_COMPARED}
+    config_path = run_dir / "config.json"
+    if config_path.is_file():
+        old = json.loads(config_path.read_text(encoding="utf-8"))
+        old = {k: v for k, v in old.items() if k not in NOT_COMPARED}
+        if old != new:
+            keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            raise ConfigError(
+                f"{run_dir} holds a run of another config (differs in {keys}); "
+                "choose another --out, or remove that directory"
+            )
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise ConfigError(
+            f"{run_dir} exists and is not a run directory; refusing to write"
+        )
+    else:
+        write_json(config_path, cfg.to_dict())
+    env_path = run_dir / "env.json"
+    env = json.loads(env_path.read_text(encoding="utf-8")) if env_path.is_file() else {}
+    sessions = [*env.get("sessions", []), environment(cfg, jobs)]
+    write_json(env_path, {"sessions": sessions})
+
+
+def environment(cfg: ExperimentConfig, jobs: int) -> dict[str, Any]:
+    """Package versions, git commit, device, seeds: what makes a run reproducible."""
+    import torch
+
+    versions: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    try:
+        commit: str | None = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    device = cfg.train.device
+    name = platform.processor() or platform.machine()
+    if device.startswith("cuda") and torch.cuda.is_available():
+        name = torch.cuda.get_device_name(torch.device(device))
+    return {
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": versions,
+        "git_commit": commit,
+        "device": device,
+        "device_name": name,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "jobs": jobs,
+        "seeds": list(cfg.seeds),
+        "tiers": list(cfg.tiers),
+    }
