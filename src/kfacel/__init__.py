@@ -24,7 +24,7 @@ from kfacel.penalties import (
     snapshot,
 )
 from kfacel.positions import valid_positions
-from kfacel.types import Batch, FisherKind, ParamDict
+from kfacel.types import Batch, FisherKind, NonFiniteCurvatureError, ParamDict
 
 __version__ = "0.1.0"
 
@@ -38,6 +38,7 @@ __all__ = [
     "KroneckerFactors",
     "L2Penalty",
     "NoPenalty",
+    "NonFiniteCurvatureError",
     "ParamDict",
     "Penalty",
     "TaskState",

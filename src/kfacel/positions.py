@@ -22,7 +22,9 @@ from contextvars import ContextVar
 
 from torch import Tensor
 
-_MASKS: ContextVar[tuple[Tensor, ...]] = ContextVar("kfacel_valid_positions", default=())
+_MASKS: ContextVar[tuple[Tensor, ...]] = ContextVar(
+    "kfacel_valid_positions", default=()
+)
 
 
 @contextmanager

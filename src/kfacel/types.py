@@ -12,6 +12,14 @@ ParamDict = dict[str, Tensor]
 """Parameter name (as in ``model.named_parameters()``) to tensor."""
 
 
+class NonFiniteCurvatureError(FloatingPointError, ValueError):
+    """A Fisher statistic is NaN or infinite; the message names the layer or parameter.
+
+    A ``FloatingPointError`` like a non-finite loss (an experiment fails the one cell,
+    not the run) and a ``ValueError`` for callers that catch bad values.
+    """
+
+
 class FisherKind(StrEnum):
     """Which labels the per-example gradients of a Fisher are taken at (conventions K4)."""
 

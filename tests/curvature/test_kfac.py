@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kfacel.curvature import estimate_kfac
+from kfacel.curvature import estimate_diagonal, estimate_kfac
 from kfacel.positions import valid_positions
+from kfacel.types import NonFiniteCurvatureError
 from tests.oracles import TOL64, fisher_block, layer_io, per_example_grads
 
 
@@ -203,8 +204,10 @@ def test_non_finite_statistics_name_the_layer() -> None:
     model = MLP().double()
     x = torch.randn(2, 4, dtype=torch.float64)
     x[0, 0] = float("inf")
-    with pytest.raises(ValueError, match="fc1"):
+    with pytest.raises(NonFiniteCurvatureError, match="fc1"):
         estimate_kfac(model, [(x, torch.tensor([0, 1]))])
+    with pytest.raises(NonFiniteCurvatureError, match="fc1"):
+        estimate_diagonal(model, [(x, torch.tensor([0, 1]))])
 
 
 class WithNorm(nn.Module):

@@ -70,7 +70,8 @@ def test_runs_the_methods_and_writes_the_report(tmp_path, monkeypatch) -> None:
         figures, "plot_accuracy_matrix", lambda m, *a: seen.append(m) or original(m, *a)
     )
     files = write_report(result, tmp_path / "report")
-    assert all(np.nanmax(m) > 1 for m in seen)  # the figure takes percent, not fractions
+    # the figure takes percent, not fractions
+    assert all(np.nanmax(m) > 1 for m in seen)
     assert {f.name for f in files} >= {
         "report.md",
         "results.json",

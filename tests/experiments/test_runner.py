@@ -14,6 +14,7 @@ from kfacel.experiments import cells as cells_mod
 from kfacel.experiments.config import ConfigError, load_config
 from kfacel.experiments.report import write_report
 from kfacel.experiments.runner import run_experiment
+from kfacel.types import NonFiniteCurvatureError
 
 
 @pytest.fixture(autouse=True)
@@ -91,6 +92,32 @@ def test_overflowing_lambda_fails_its_cell_not_the_run(finished_run) -> None:
     selection = json.loads((out / "selection.json").read_text())
     chosen = {(tuple(c["order"]), c["method"]): c["lam"] for c in selection["tier2"]}
     assert chosen[(("a", "b"), "kfac")] == 10.0  # the failed λ is never chosen
+
+
+def test_non_finite_fisher_fails_its_consolidation_and_dependents_only(
+    paths, tmp_path, monkeypatch
+) -> None:
+    """A NaN Fisher fails its consolidation and the cells that need its state.
+
+    Plain fine-tuning and the other order of the same run still run.
+    """
+    real = cells_mod.consolidate_task
+
+    def nan_for_a(linker, task, **kw):
+        if task.name == "a":
+            raise NonFiniteCurvatureError(
+                "layer 'scorer.out': the G factor is not finite"
+            )
+        return real(linker, task, **kw)
+
+    monkeypatch.setattr(cells_mod, "consolidate_task", nan_for_a)
+    cfg = tiny_config(paths, methods=["none", "kfac"], lam_grid=[10.0])
+    summary = run_experiment(cfg, tmp_path / "run")
+    failed = dict(summary.failed)
+    assert set(failed) == {"consolidate-a-kfac-s0", "tier2-a-b-kfac-10-s0"}
+    assert "G factor is not finite" in failed["consolidate-a-kfac-s0"]
+    assert "consolidate-a-kfac-s0 did not finish" in failed["tier2-a-b-kfac-10-s0"]
+    assert {"tier2-a-b-none-s0", "tier2-b-a-kfac-10-s0"} <= set(summary.ran)
 
 
 def test_report_writes_every_table(finished_run, tmp_path) -> None:

@@ -38,7 +38,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``kfacel`` with ``argv``; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose > 1 else logging.INFO)
+    level = (
+        logging.WARNING
+        if args.quiet
+        else (logging.DEBUG if args.verbose > 1 else logging.INFO)
+    )
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if not getattr(args, "handler", None):
         parser.print_help()

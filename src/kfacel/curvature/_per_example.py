@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from kfacel.curvature._capture import Call, LayerRecord
 from kfacel.curvature._select import param_name
 from kfacel.curvature.layers import LayerKind
+from kfacel.types import NonFiniteCurvatureError
 
 _CHUNK_ELEMENTS = (
     1 << 21
@@ -45,7 +46,7 @@ def finish_diagonal(
             key = param_name(rec.name, attr)
             diag = sums[key] / examples if key in sums else torch.zeros_like(p)
             if not bool(torch.isfinite(diag.sum())):  # NaN and inf survive a sum
-                raise ValueError(
+                raise NonFiniteCurvatureError(
                     f"parameter {key!r}: the diagonal Fisher is not finite"
                 )
             out[key] = diag.reshape(p.shape)

@@ -44,8 +44,9 @@ def estimate_diagonal(
         progress: show a progress bar.
 
     Raises:
-        ValueError: a trainable module has no per-example rule (named), a diagonal is not
-            finite (named), or no example was seen.
+        ValueError: a trainable module has no per-example rule (named), or no example
+            was seen.
+        NonFiniteCurvatureError: a diagonal is not finite (named); also a ``ValueError``.
     """
     kind = FisherKind(kind)
     cov = coverage(model)

@@ -28,7 +28,7 @@ from kfacel.curvature._select import (
 )
 from kfacel.curvature.factors import KFACFisher, KroneckerFactors
 from kfacel.curvature.layers import LayerKind, has_bias
-from kfacel.types import FisherKind
+from kfacel.types import FisherKind, NonFiniteCurvatureError
 
 Uncovered = Literal["ignore", "diagonal"]
 
@@ -58,8 +58,10 @@ def estimate_kfac(
         The factors with the Fisher kind, the example count and the coverage.
 
     Raises:
-        ValueError: a layer's statistics are not finite (named), no example was seen, or
-            ``uncovered="diagonal"`` meets a module kfacel cannot differentiate per example.
+        ValueError: no example was seen, or ``uncovered="diagonal"`` meets a module
+            kfacel cannot differentiate per example.
+        NonFiniteCurvatureError: a layer's statistics are not finite (named); also a
+            ``ValueError``.
     """
     kind = FisherKind(kind)
     if uncovered not in ("ignore", "diagonal"):
@@ -133,7 +135,9 @@ def _finish(
         G = rec.gg.div_(n)  # eq. (K5), in place
         for what, t in (("A", A), ("G", G)):
             if not bool(torch.isfinite(t.sum())):  # NaN and inf survive a sum
-                raise ValueError(f"layer {rec.name!r}: the {what} factor is not finite")
+                raise NonFiniteCurvatureError(
+                    f"layer {rec.name!r}: the {what} factor is not finite"
+                )
         bias = param_name(rec.name, "bias") if has_bias(rec.module) else None
         factors[rec.name] = KroneckerFactors(
             A, G, rec.kind, param_name(rec.name, "weight"), bias

@@ -217,8 +217,12 @@ def _deps(
     first, s, m = cell.order[0], cell.seed, cell.method
     start = _cell_dir(run_dir, sweep.individual(first, s)) / MODEL
     states = []
-    if m in REGULARIZED:
-        states.append(str(_cell_dir(run_dir, sweep.consolidation(first, m, s))))
+    if m in REGULARIZED and cell.kind != "consolidate":
+        cons = sweep.consolidation(first, m, s)
+        done = read_done(_cell_dir(run_dir, cons))
+        if done is None or done.get("status") != "ok":
+            raise _StartFailed(f"its consolidation {cons.id} did not finish")
+        states.append(str(_cell_dir(run_dir, cons)))
     if cell.kind == "consolidate":
         return {"start": str(start)}
     if cell.kind == "tier2":
