@@ -101,8 +101,11 @@ def test_prepare_train_evaluate_link(task_dir, tmp_path, capsys, model):
         ["evaluate", str(model_dir), "--task", str(task), "--output", str(out)]
     ) == 0  # fmt: skip
     results = json.loads(out.read_text())
-    assert set(results["task"]) >= {"accuracy", "mrr", "recall@1", "n"}
-    assert 0.0 <= results["task"]["accuracy"] <= 1.0
+    r = results["task"]
+    assert set(r) >= {"accuracy", "mrr", "recall@1", "n", "accuracy_end_to_end"}
+    assert 0.0 <= r["accuracy"] <= 1.0
+    # end to end counts only retrieved golds ranked first: never above either part
+    assert r["accuracy_end_to_end"] <= min(r["accuracy"], r["retrieved"]) + 1e-12
 
     capsys.readouterr()
     assert main(

@@ -39,8 +39,10 @@ def test_make_candidates_properties(method: str) -> None:
     gen = build_generator(method, CONCEPTS)
     mentions = ["chest pain", "back ache", "zzz", "pain in the abdomen", "febrile"]
     golds = ["C1", "ALT6", "C7", "C4", "C3"]
-    lists, stats = make_candidates(gen, mentions, golds, num_candidates=4, seed=3)
-    again, _ = make_candidates(gen, mentions, golds, num_candidates=4, seed=3)
+    lists, found, stats = make_candidates(
+        gen, mentions, golds, num_candidates=4, seed=3
+    )
+    again, _, _ = make_candidates(gen, mentions, golds, num_candidates=4, seed=3)
     assert lists == again  # deterministic
     for cands, gold in zip(lists, ["C1", "C6", "C7", "C4", "C3"], strict=True):
         ids = [c.id for c in cands]
@@ -50,29 +52,35 @@ def test_make_candidates_properties(method: str) -> None:
     assert stats.queries == 5
     assert stats.recall[1] <= stats.recall[4] <= 1
     assert 0 <= stats.accuracy <= stats.recall[1]
+    # retrieved = the gold in the generator's own top C: the recall@C hits
+    assert sum(found) == round(stats.recall[4] * 5)
+    assert found[2] is False  # "zzz" shares no 3-gram with any name: C7 was inserted
 
 
 def test_candidate_order_is_shuffled_by_the_seed() -> None:
     gen = build_generator("tfidf", CONCEPTS)
     mentions, golds = ["chest pain"] * 40, ["C1"] * 40
-    lists, _ = make_candidates(gen, mentions, golds, num_candidates=5, seed=0)
+    lists, _, _ = make_candidates(gen, mentions, golds, num_candidates=5, seed=0)
     positions = {[c.id for c in cands].index("C1") for cands in lists}
     assert len(positions) > 1
-    other, _ = make_candidates(gen, mentions, golds, num_candidates=5, seed=1)
+    other, _, _ = make_candidates(gen, mentions, golds, num_candidates=5, seed=1)
     assert other != lists
 
 
 def test_generator_stats_count_ties_as_wrong() -> None:
     twins = [Concept("A", ("same name",)), Concept("B", ("same name",))]
     gen = build_generator("tfidf", [*twins, *CONCEPTS])
-    _, stats = make_candidates(gen, ["same name"], ["B"], num_candidates=3, seed=0)
+    _, found, stats = make_candidates(
+        gen, ["same name"], ["B"], num_candidates=3, seed=0
+    )
+    assert found == [True]  # retrieved (top 3), yet not ranked first
     assert stats.accuracy == 0.0  # A ties with the gold B
     assert (stats.recall[1], stats.recall[3]) == (0.0, 1.0)
 
 
 def test_num_candidates_is_capped_by_the_dictionary() -> None:
     gen = build_generator("bm25", CONCEPTS[:3])
-    lists, stats = make_candidates(gen, ["fever"], ["C3"], num_candidates=10, seed=0)
+    lists, _, stats = make_candidates(gen, ["fever"], ["C3"], num_candidates=10, seed=0)
     assert len(lists[0]) == 3
     assert stats.recall == {1: 1.0, 3: 1.0}
 

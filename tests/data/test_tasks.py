@@ -102,6 +102,24 @@ def test_prepare_writes_a_loadable_task_and_counts_skips(tmp_path: Path) -> None
         (tmp_path / "toy" / "train.jsonl").read_text(encoding="utf-8").splitlines()[0]
     )
     assert list(json.loads(line)) == sorted(json.loads(line))
+    # every query says whether the generator retrieved its gold; the count is recall@C
+    for split in ("train", "dev", "test"):
+        found = [ex.retrieved for ex in task.split(split)]
+        assert all(isinstance(f, bool) for f in found)
+        assert sum(found) == round(info["generator"][split]["recall@3"] * len(found))
+    assert json.loads(line)["retrieved"] is task.train[0].retrieved
+
+
+def test_retrieved_must_be_a_boolean(tmp_path: Path) -> None:
+    _prepare(tmp_path / "t")
+    dev = tmp_path / "t" / "dev.jsonl"
+    obj = json.loads(dev.read_text(encoding="utf-8"))
+    dev.write_text(json.dumps({**obj, "retrieved": "yes"}) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"dev\.jsonl:1: 'retrieved' must be true"):
+        load_task(tmp_path / "t")
+    del obj["retrieved"]  # a task from another tool: unknown, not an error
+    dev.write_text(json.dumps(obj) + "\n", encoding="utf-8")
+    assert load_task(tmp_path / "t").dev[0].retrieved is None
 
 
 def test_prepare_is_byte_identical_when_repeated(tmp_path: Path) -> None:

@@ -38,3 +38,21 @@ def test_metrics_match_hand_computed_values():
     assert m.recall == {1: 0.5, 2: 0.75, 5: 1.0}
     assert m.to_json()["recall@2"] == 0.75
     assert m.n == 4
+
+
+def test_retrieved_gold_numbers_match_hand_computed_values():
+    """Retrieved-gold numbers of ranks 1, 2, 1, 1 with query 2's gold inserted.
+
+    Accuracy on retrieved = 2/3; end to end = 2/4 (query 2 is right but inserted).
+    """
+    ranks = torch.tensor([1, 2, 1, 1])
+    retrieved = torch.tensor([True, True, False, True])
+    m = metrics_from_ranks(ranks, retrieved=retrieved)
+    assert m.accuracy == 0.75
+    assert m.retrieved == 0.75
+    assert m.accuracy_retrieved == pytest.approx(2 / 3)
+    assert m.accuracy_end_to_end == 0.5
+    assert m.to_json()["accuracy_end_to_end"] == 0.5
+    none = metrics_from_ranks(ranks, retrieved=torch.zeros(4, dtype=torch.bool))
+    assert (none.accuracy_retrieved, none.accuracy_end_to_end) == (None, 0.0)
+    assert "retrieved" not in metrics_from_ranks(ranks).to_json()

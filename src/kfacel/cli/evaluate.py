@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print a table and write ``{task: {accuracy, mrr, recall@k, n}}``."""
+    """Print a table and write ``{task: {accuracy, mrr, recall@k, n, …}}``."""
     if args.threads:
         torch.set_num_threads(args.threads)
     linker = load_linker(args.model_dir)
@@ -46,14 +46,23 @@ def run(args: argparse.Namespace) -> int:
             **ev.to_json(),
             "generator_accuracy": gen.get("accuracy@1"),
         }
-    print(f"{'task':<20} {'n':>7} {'acc@1':>7} {'mrr':>7} {'r@5':>7} {'gen@1':>7}")
+    nan = float("nan")
+    print(
+        f"{'task':<20} {'n':>7} {'acc@1':>7} {'mrr':>7} {'r@5':>7} {'gen@1':>7} "
+        f"{'retr':>7} {'acc@1|r':>7} {'e2e@1':>7}"
+    )
     for name, r in results.items():
-        gen = r["generator_accuracy"]
+        cells = [r.get(k) for k in ("recall@5", "generator_accuracy", "retrieved")]
+        cells += [r.get("accuracy_retrieved"), r.get("accuracy_end_to_end")]
         print(
             f"{name:<20} {r['n']:>7} {r['accuracy']:>7.4f} {r['mrr']:>7.4f} "
-            f"{r.get('recall@5', float('nan')):>7.4f} "
-            f"{gen if gen is not None else float('nan'):>7.4f}"
+            + " ".join(f"{nan if v is None else v:>7.4f}" for v in cells)
         )
+    print(
+        "retr: share of queries whose gold the generator retrieved itself (the others "
+        "had it inserted); acc@1|r: accuracy@1 on those; e2e@1: retrieved and ranked "
+        "first, over all queries (what `kfacel link` would score)"
+    )
     if args.output:
         _write_json(Path(args.output), results)
     return 0

@@ -239,7 +239,7 @@ def make_candidates(
     *,
     num_candidates: int,
     seed: int | Sequence[int],
-) -> tuple[list[tuple[Candidate, ...]], CandidateStats]:
+) -> tuple[list[tuple[Candidate, ...]], list[bool], CandidateStats]:
     """Shuffled candidate lists (gold + best C−1 others) and the generator's stats.
 
     Args:
@@ -250,8 +250,10 @@ def make_candidates(
         seed: seeds the filler draws and the shuffles (one RNG, queries in order).
 
     Returns:
-        One tuple of C candidates per query (the gold under its primary id), and the
-        recall@{1,5,10,C} and accuracy@1 of the generator.
+        One tuple of C candidates per query (the gold under its primary id); per query
+        whether the generator *retrieved* the gold itself (in its top C with a positive
+        score; otherwise the gold was inserted, as a linker in use would never see it);
+        and the recall@{1,5,10,C} and accuracy@1 of the generator.
 
     Raises:
         ValueError: when lengths differ, C < 2, or a gold is not in the dictionary.
@@ -273,6 +275,7 @@ def make_candidates(
     correct = 0
     rng = np.random.default_rng(seed)
     out: list[tuple[Candidate, ...]] = []
+    retrieved: list[bool] = []
     depth = min(n, max(c, *ks))
     table = [_candidate(concept) for concept in generator.concepts]
     q = 0
@@ -284,6 +287,7 @@ def make_candidates(
             hit = np.flatnonzero(top == gi)
             for k in ks:
                 hits[k] += bool(hit.size and hit[0] < k and row[gi] > 0)
+            retrieved.append(bool(hit.size and hit[0] < c and row[gi] > 0))
             others = [int(j) for j in top[: c + 1] if j != gi and row[j] > 0][: c - 1]
             if len(others) < c - 1:
                 others += _fill(rng, n, {gi, *others}, c - 1 - len(others))
@@ -296,7 +300,7 @@ def make_candidates(
         recall={k: hits[k] / total for k in ks},
         accuracy=correct / total,
     )
-    return out, stats
+    return out, retrieved, stats
 
 
 def _fill(rng: np.random.Generator, n: int, taken: set[int], m: int) -> list[int]:

@@ -72,6 +72,9 @@ class LinkingExample:
     candidates: tuple[Candidate, ...]
     gold: str
     doc_id: str = ""
+    retrieved: bool | None = None
+    """Whether the candidate generator found the gold itself (``kfacel prepare``
+    writes it); False: the gold was inserted. None: unknown (a task from elsewhere)."""
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -93,6 +96,8 @@ class LinkingExample:
         }
         if self.doc_id:
             out["doc_id"] = self.doc_id
+        if self.retrieved is not None:
+            out["retrieved"] = self.retrieved
         out.update(self.extra)
         return out
 
@@ -109,6 +114,9 @@ class LinkingExample:
             if not isinstance(c, dict) or "id" not in c or "name" not in c:
                 raise ValueError("each candidate needs 'id' and 'name'")
             cands.append(Candidate(str(c["id"]), str(c["name"]), c.get("type")))
+        retrieved = obj.get("retrieved")
+        if retrieved is not None and not isinstance(retrieved, bool):
+            raise ValueError(f"'retrieved' must be true or false, got {retrieved!r}")
         known = {
             "mention",
             "left_context",
@@ -116,6 +124,7 @@ class LinkingExample:
             "candidates",
             "gold",
             "doc_id",
+            "retrieved",
         }
         example = cls(
             mention=str(obj["mention"]),
@@ -124,6 +133,7 @@ class LinkingExample:
             candidates=tuple(cands),
             gold=str(obj["gold"]),
             doc_id=str(obj.get("doc_id", "")),
+            retrieved=retrieved,
             extra={k: v for k, v in obj.items() if k not in known},
         )
         example.gold_index  # noqa: B018 - validates that the gold is a candidate

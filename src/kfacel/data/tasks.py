@@ -179,7 +179,7 @@ def prepare_task(
                 f"task {name!r}: split {split!r} has no usable mention "
                 f"({len(splits[split])} read; skipped: {skips.counts})"
             )
-        candidates, stats = make_candidates(
+        candidates, retrieved, stats = make_candidates(
             generator,
             [m.surface for m in usable],
             [m.concept_ids[0] for m in usable],
@@ -191,8 +191,10 @@ def prepare_task(
             for m in usable
         ]
         examples[split] = [
-            _example(m, cands, gold, context_words)
-            for m, cands, gold in zip(usable, candidates, golds, strict=True)
+            _example(m, cands, gold, found, context_words)
+            for m, cands, gold, found in zip(
+                usable, candidates, golds, retrieved, strict=True
+            )
         ]
         info["counts"][split] = {
             "mentions": len(splits[split]),
@@ -205,7 +207,9 @@ def prepare_task(
     return info
 
 
-def _example(m: Mention, cands: tuple[Any, ...], gold: str, k: int) -> LinkingExample:
+def _example(
+    m: Mention, cands: tuple[Any, ...], gold: str, retrieved: bool, k: int
+) -> LinkingExample:
     left, right = context(m.text, m.spans, k)
     return LinkingExample(
         mention=m.surface,
@@ -214,6 +218,7 @@ def _example(m: Mention, cands: tuple[Any, ...], gold: str, k: int) -> LinkingEx
         candidates=cands,
         gold=gold,
         doc_id=m.doc_id,
+        retrieved=retrieved,
     )
 
 

@@ -4,6 +4,13 @@ The rank of the gold candidate counts every other valid candidate scored at leas
 high as the gold, so a tie never favours the model:
 ``rank = 1 + #{c ≠ gold, valid: s_c ≥ s_gold}``. Accuracy@1 is the share of rank 1,
 recall@k the share of rank ≤ k, MRR the mean of 1/rank.
+
+Where the task says which golds the candidate generator retrieved itself (``kfacel
+prepare`` marks each query; the others had their gold inserted, which a linker in use
+never sees), two more numbers, BLINK's normalized and unnormalized accuracy:
+``accuracy_retrieved`` is accuracy@1 on the retrieved queries only, and
+``accuracy_end_to_end`` the share of *all* queries that were retrieved and ranked
+first, what ``kfacel link`` would score on this split.
 """
 
 from __future__ import annotations
@@ -28,18 +35,28 @@ class Evaluation:
         mrr: mean reciprocal rank of the gold.
         recall: recall@k for each k.
         n: number of queries.
+        retrieved: share of queries whose gold the generator retrieved (None: unknown).
+        accuracy_retrieved: accuracy@1 on those queries (None: unknown or none).
+        accuracy_end_to_end: share of all queries retrieved and ranked first.
     """
 
     accuracy: float
     mrr: float
     recall: dict[int, float] = field(default_factory=dict)
     n: int = 0
+    retrieved: float | None = None
+    accuracy_retrieved: float | None = None
+    accuracy_end_to_end: float | None = None
 
     def to_json(self) -> dict[str, float | int]:
-        """``{"accuracy", "mrr", "recall@k"…, "n"}``."""
+        """``{"accuracy", "mrr", "recall@k"…, "n"}`` and the retrieved-gold numbers."""
         out: dict[str, float | int] = {"accuracy": self.accuracy, "mrr": self.mrr}
         out.update({f"recall@{k}": v for k, v in sorted(self.recall.items())})
         out["n"] = self.n
+        for key in ("retrieved", "accuracy_retrieved", "accuracy_end_to_end"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
         return out
 
 
@@ -71,17 +88,37 @@ def gold_ranks(logits: Tensor, labels: Tensor, valid: Tensor | None = None) -> T
     return torch.where(bad, torch.full_like(ranks, logits.shape[1]), ranks)
 
 
-def metrics_from_ranks(ranks: Tensor, ks: Sequence[int] = DEFAULT_KS) -> Evaluation:
-    """Accuracy@1, MRR and recall@k of 1-based ``ranks``."""
+def metrics_from_ranks(
+    ranks: Tensor, ks: Sequence[int] = DEFAULT_KS, retrieved: Tensor | None = None
+) -> Evaluation:
+    """Accuracy@1, MRR and recall@k of 1-based ``ranks``.
+
+    ``retrieved`` (``[N]`` bool, optional) marks the queries whose gold the generator
+    retrieved; it adds the retrieved-gold numbers (module doc).
+    """
     n = int(ranks.numel())
     if n == 0:
         return Evaluation(float("nan"), float("nan"), {k: float("nan") for k in ks}, 0)
     r = ranks.double()
+    top = r == 1
+    extra: dict[str, float | None] = {}
+    if retrieved is not None:
+        if retrieved.shape != ranks.shape:
+            raise ValueError(f"retrieved {tuple(retrieved.shape)}, ranks {(n,)}")
+        found = int(retrieved.sum())
+        extra = {
+            "retrieved": found / n,
+            "accuracy_retrieved": float(top[retrieved].double().mean())
+            if found
+            else None,
+            "accuracy_end_to_end": float((top & retrieved).double().mean()),
+        }
     return Evaluation(
-        accuracy=float((r == 1).double().mean()),
+        accuracy=float(top.double().mean()),
         mrr=float((1.0 / r).mean()),
         recall={k: float((r <= k).double().mean()) for k in ks},
         n=n,
+        **extra,
     )
 
 
@@ -104,14 +141,21 @@ def evaluate(
     *,
     device: str | torch.device = "cpu",
     ks: Sequence[int] = DEFAULT_KS,
+    retrieved: Sequence[bool] | None = None,
 ) -> Evaluation:
-    """Accuracy@1, MRR and recall@k of ``model`` over ``batches``."""
+    """Accuracy@1, MRR and recall@k of ``model`` over ``batches``.
+
+    ``retrieved``: per query in batch order, whether the generator retrieved its gold.
+    """
     batches = list(batches)
     logits = predict(model, batches, device=device)
     ranks = [
         gold_ranks(s, b.labels, b.candidate_valid)
         for s, b in zip(logits, batches, strict=True)
     ]
+    flags = (
+        None if retrieved is None else torch.tensor(list(retrieved), dtype=torch.bool)
+    )
     return metrics_from_ranks(
-        torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long), ks
+        torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long), ks, flags
     )

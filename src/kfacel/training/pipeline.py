@@ -171,10 +171,17 @@ def evaluate_split(
     batch_size: int = 128,
     device: str = "cpu",
 ) -> Evaluation:
-    """Accuracy@1, MRR and recall@k of ``linker`` on ``examples``."""
+    """Accuracy@1, MRR and recall@k of ``linker`` on ``examples``.
+
+    With the retrieved-gold numbers where every example says whether the generator
+    retrieved its gold (``LinkingExample.retrieved``).
+    """
+    flags = [ex.retrieved for ex in examples]
+    retrieved = None if any(f is None for f in flags) else [bool(f) for f in flags]
     model = linker.model.to(device)
     try:
-        return evaluate(model, linker.batches(examples, batch_size), device=device)
+        batches = linker.batches(examples, batch_size)
+        return evaluate(model, batches, device=device, retrieved=retrieved)
     finally:
         model.to("cpu")
 
