@@ -49,6 +49,10 @@ def test_run_directory_holds_config_env_metrics_and_cells(finished_run) -> None:
     assert env["packages"]["torch"]
     assert env["device"] == "cpu"
     assert env["seeds"] == [0]
+    stages = {x["stage"]: x for x in env["stages"]}
+    assert [x["stage"] for x in env["stages"]] == ["tier1", "consolidate", "tier2"]
+    assert stages["tier1"]["cells_run"] == 3  # a, b alone and combined
+    assert all(x["seconds"] > 0 for x in env["stages"])
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     keys = {
         "tier",
@@ -131,6 +135,7 @@ def test_report_writes_every_table(finished_run, tmp_path) -> None:
     assert "Table 3" in text
     assert "tier2-a-b-kfac-1e+300-s0: FloatingPointError" in text
     assert "lambda_tradeoff.png" in names
+    assert "cores, jobs 1: tier1" in text  # the wall time of each stage
 
 
 def test_resume_skips_finished_cells(finished_run, monkeypatch) -> None:

@@ -63,6 +63,10 @@ def run(args: argparse.Namespace) -> int:
         f"{len(summary.skipped)} done before, {len(summary.failed)} failed "
         f"({time.perf_counter() - start:.0f} s); next: kfacel report {summary.run_dir}"
     )
+    print(
+        "wall time per stage: "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in summary.seconds.items())
+    )
     for cell, message in summary.failed:
         print(f"failed: {cell}: {message}")
     for line in summary.left_out:

@@ -3,13 +3,15 @@
 ``write_report(run_dir)`` reads ``config.json``, ``metrics.jsonl`` and the cells'
 ``done.json`` files (``results.read_run``) and writes ``run_dir/report/``: ``report.md``
 with every table of ``tables.build_tables``, one CSV per table, the failed cells with
-their messages and the wall time of each kind of cell; and PNG figures:
+their messages, the wall time of each kind of cell and of each stage (``env.json``); and
+PNG figures:
 ``lambda_tradeoff.png`` (old- vs new-task dev accuracy per λ, one panel per permutation,
 one line per method) and one accuracy matrix per order and method.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -56,10 +58,34 @@ def write_report(
     lines += [f"- {d['id']}: {d.get('message')}" for d in failed] or ["None failed."]
     lines += ["", "## Wall time per kind of cell (s, summed over cells)", ""]
     lines += [f"- {k}: {v:.1f}" for k, v in sorted(seconds.items())]
+    lines += [
+        "",
+        "## Wall time per stage (s, per invocation of `kfacel experiment`)",
+        "",
+    ]
+    lines += _stage_lines(Path(run_dir) / "env.json")
     lines += ["", "## Figures", ""]
     lines += [f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in pngs]
     written.append(_write(out / "report.md", "\n".join(lines) + "\n"))
     return written
+
+
+def _stage_lines(env_path: Path) -> list[str]:
+    """One line per invocation: its start, machine, jobs and each stage's wall time."""
+    if not env_path.is_file():
+        return ["No env.json."]
+    lines = []
+    for session in json.loads(env_path.read_text(encoding="utf-8")).get("sessions", []):
+        took = ", ".join(
+            f"{x['stage']} {x['seconds']:.0f} ({x['cells_run']} cells)"
+            for x in session.get("stages", [])
+        )
+        lines.append(
+            f"- {session.get('started')}, {session.get('device_name')}, "
+            f"{session.get('cpu_count')} cores, jobs {session.get('jobs')}: "
+            + (took or "no stage recorded")
+        )
+    return lines
 
 
 def _figures(r: RunResults, out: Path) -> list[Path]:

@@ -3,7 +3,8 @@
 ``open_run_dir`` creates a run directory or checks that it holds a run of the same
 config (keys in ``NOT_COMPARED`` may change between invocations), and appends the
 invocation's ``environment`` (package versions, git commit, device, seeds, jobs, tiers,
-start time) to ``env.json``: what makes a run reproducible.
+start time) to ``env.json``: what makes a run reproducible. ``record_stage`` adds each
+stage's wall time to that entry as the stage finishes.
 """
 
 from __future__ import annotations
@@ -89,3 +90,14 @@ def environment(cfg: ExperimentConfig, jobs: int) -> dict[str, Any]:
         "seeds": list(cfg.seeds),
         "tiers": list(cfg.tiers),
     }
+
+
+def record_stage(run_dir: Path, stage: str, seconds: float, cells_run: int) -> None:
+    """Add a finished stage's wall time to this invocation's entry in ``env.json``."""
+    env_path = run_dir / "env.json"
+    env = json.loads(env_path.read_text(encoding="utf-8"))
+    session = env["sessions"][-1]
+    session.setdefault("stages", []).append(
+        {"stage": stage, "seconds": round(seconds, 1), "cells_run": cells_run}
+    )
+    write_json(env_path, env)

@@ -10,7 +10,7 @@ The run directory::
 
     config.json      the resolved config (a resumed run must match it)
     env.json         one entry per invocation: package versions, git commit, device,
-                     seeds, jobs, tiers, start time
+                     seeds, jobs, tiers, start time, wall time of each stage
     metrics.jsonl    one record per evaluation (fields: ``cells.py``), rebuilt from
                      the cells after every stage
     selection.json   λ chosen per (order, method) in tiers 2 and 3, failed cells,
@@ -55,7 +55,7 @@ from kfacel.experiments.cells import (
     write_json,
 )
 from kfacel.experiments.config import ConfigError, ExperimentConfig
-from kfacel.experiments.rundir import open_run_dir
+from kfacel.experiments.rundir import open_run_dir, record_stage
 from kfacel.experiments.sweep import REGULARIZED, Cell
 
 logger = logging.getLogger(__name__)
@@ -128,9 +128,10 @@ def run_experiment(
         deps: Callable[[Cell], dict[str, Any]],
         after: Callable[[], None] | None = None,
     ) -> None:
-        start = time.perf_counter()
+        start, ran = time.perf_counter(), len(summary.ran)
         _execute(run_dir, config, cells, deps, jobs, summary, say, name, after)
         summary.seconds[name] = time.perf_counter() - start
+        record_stage(run_dir, name, summary.seconds[name], len(summary.ran) - ran)
         collect_metrics(run_dir)
 
     stage("tier1", sweep.plan_tier1(names, seeds), lambda c: {})
