@@ -149,6 +149,11 @@ def choose(
 ) -> dict[tuple[tuple[str, ...], str], Lam]:
     """The λ chosen on dev for each (order, method) of ``tier``, seeds averaged.
 
+    A λ is admissible when its new-task dev accuracy is within ``tolerance`` points of
+    plain fine-tuning's (``none``) on the same order, where the run has it (otherwise of
+    the method's best λ): a grid whose every λ stops the new task from being learned
+    yields no choice rather than the least bad of them.
+
     Args:
         records: ``metrics.jsonl`` records (failed cells have none).
         tier: 2 (old task: the first) or 3 (old: the mean of the first two).
@@ -173,15 +178,19 @@ def choose(
         mean = {t: sum(v) / len(v) for t, v in by_task.items()}
         old = sum(mean[t] for t in order[:-1]) / (len(order) - 1)
         trials[(order, method)].append(LambdaTrial(lam, old, mean[order[-1]]))
+    plain = {o: ts[0].new_acc for (o, m), ts in trials.items() if m == "none"}
     chosen: dict[tuple[tuple[str, ...], str], Lam] = {}
     for key, ts in sorted(trials.items(), key=lambda kv: str(kv[0])):
         if key[1] not in REGULARIZED:
             chosen[key] = None
             continue
         try:
-            chosen[key] = select_lambda(ts, new_task_tolerance=tolerance).lam
+            best = select_lambda(
+                ts, new_task_tolerance=tolerance, reference_new_acc=plain.get(key[0])
+            )
         except ValueError:
             continue
+        chosen[key] = best.lam
     return chosen
 
 

@@ -1,0 +1,35 @@
+"""λ selection of a run (``sweep.choose``) against hand-picked dev accuracies."""
+
+from __future__ import annotations
+
+from kfacel.experiments.sweep import choose
+
+
+def _trial(method, lam, old, new, order=("a", "b")):
+    return [
+        {"tier": 2, "split": "dev", "order": list(order), "method": method,
+         "lam": lam, "task": task, "accuracy": acc}
+        for task, acc in zip(order, (old, new), strict=True)
+    ]  # fmt: skip
+
+
+def test_tolerance_is_measured_from_plain_fine_tuning() -> None:
+    """Plain fine-tuning learns B to 80. KFC's λ: 10 → (50, 79), 100 → (60, 77.5), 1000 → (70, 75).
+
+    From none's 80 with 2 points, only λ = 10 is admissible (77.5 < 78), although
+    λ = 100 is within 2 points of KFC's own best (79). L2 never learns B (≤ 40): it
+    gets no λ at all rather than the least bad one.
+    """
+    records = _trial("none", None, 40, 80)
+    records += _trial("kfac", 10.0, 50, 79) + _trial("kfac", 100.0, 60, 77.5)
+    records += _trial("kfac", 1000.0, 70, 75)
+    records += _trial("l2", 10.0, 79, 40) + _trial("l2", 1000.0, 80, 35)
+    chosen = choose(records, tier=2, tolerance=2.0)
+    assert chosen[(("a", "b"), "none")] is None
+    assert chosen[(("a", "b"), "kfac")] == 10.0
+    assert (("a", "b"), "l2") not in chosen
+
+
+def test_without_plain_fine_tuning_the_methods_best_lambda_is_the_reference() -> None:
+    records = _trial("kfac", 10.0, 50, 79) + _trial("kfac", 100.0, 60, 77.5)
+    assert choose(records, tier=2, tolerance=2.0)[(("a", "b"), "kfac")] == 100.0
