@@ -41,9 +41,9 @@ def test_metrics_match_hand_computed_values():
 
 
 def test_retrieved_gold_numbers_match_hand_computed_values():
-    """Retrieved-gold numbers of ranks 1, 2, 1, 1 with query 2's gold inserted.
+    """Retrieved-gold numbers of ranks 1, 2, 1, 1 with the third query's gold inserted.
 
-    Accuracy on retrieved = 2/3; end to end = 2/4 (query 2 is right but inserted).
+    Accuracy on retrieved = 2/3; end to end = 2/4 (the third is right but inserted).
     """
     ranks = torch.tensor([1, 2, 1, 1])
     retrieved = torch.tensor([True, True, False, True])
@@ -56,3 +56,5 @@ def test_retrieved_gold_numbers_match_hand_computed_values():
     none = metrics_from_ranks(ranks, retrieved=torch.zeros(4, dtype=torch.bool))
     assert (none.accuracy_retrieved, none.accuracy_end_to_end) == (None, 0.0)
     assert "retrieved" not in metrics_from_ranks(ranks).to_json()
+    with pytest.raises(ValueError, match="bool tensor"):
+        metrics_from_ranks(ranks, retrieved=torch.tensor([1, 1, 0, 1]))

@@ -175,6 +175,7 @@ def run_experiment(
             "tier3": _choices(chosen3),
             "failed": [{"cell": c, "message": m} for c, m in summary.failed],
             "left_out": summary.left_out,
+            "rule": sweep.SELECTION_RULE,
         },
     )
     return summary
@@ -341,10 +342,15 @@ def _prune(run_dir: Path, tier2: Sequence[Cell], chosen2: dict[Any, Any]) -> Non
 
 
 def _prune_finished_groups(run_dir: Path, tier2: Sequence[Cell], tol: float) -> None:
-    """``_prune`` the (order, method) groups of tier 2 whose every λ has finished."""
-    groups: dict[tuple[tuple[str, ...], str], list[Cell]] = {}
+    """``_prune`` the orders of tier 2 whose every cell has finished.
+
+    A whole order, not one (order, method): the λ choice of a method is measured from
+    plain fine-tuning's cell of the same order (``sweep.choose``), so it is final only
+    once that cell has finished too.
+    """
+    groups: dict[tuple[str, ...], list[Cell]] = {}
     for cell in tier2:
-        groups.setdefault((cell.order, cell.method), []).append(cell)
+        groups.setdefault(cell.order, []).append(cell)
     complete = [
         c
         for cells in groups.values()

@@ -141,6 +141,14 @@ def plan_tier2(
     return cells
 
 
+SELECTION_RULE = (
+    "best old-task dev accuracy among the λ whose new-task dev accuracy is within "
+    "new_task_tolerance points of plain fine-tuning's on the same order"
+)
+"""How ``choose`` picks λ; written to ``selection.json`` (runs made before 2026-11-22
+measured the tolerance from the method's own best λ and have no ``rule`` there)."""
+
+
 def choose(
     records: Iterable[Mapping[str, Any]],
     *,

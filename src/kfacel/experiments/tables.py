@@ -68,7 +68,7 @@ class Table:
 
 
 def build_tables(results: RunResults) -> list[Table]:
-    """Tables 1, 2, 3, 4, 6 and the forgetting reduction, where the run has the data."""
+    """Tables 1–4 and 6, forgetting reduction, head to head and accuracy matrices."""
     r = results
     tables = []
     rows2 = r.rows(2)
@@ -175,7 +175,7 @@ def _forgetting_table(r: RunResults) -> Table:
         note="1 − PercΔ_method(A) / PercΔ_none(A), averaged over permutations (task A: "
         "the first of the order). None's forgetting is −PercΔ_none(A). New-task cost: "
         "none's test accuracy on the last task of the order minus the method's, in "
-        "points (negative: the method did better). Flagged: permutations where none "
+        "points, over all its permutations (negative: the method did better). Flagged: permutations where none "
         f"forgets < {SMALL_FORGETTING:g}% (noisy ratio, 'small') or nothing "
         "('undefined', left out of the mean).",
     )

@@ -37,7 +37,8 @@ class Evaluation:
         n: number of queries.
         retrieved: share of queries whose gold the generator retrieved (None: unknown).
         accuracy_retrieved: accuracy@1 on those queries (None: unknown or none).
-        accuracy_end_to_end: share of all queries retrieved and ranked first.
+        accuracy_end_to_end: share of all queries retrieved and ranked first (None:
+            unknown).
     """
 
     accuracy: float
@@ -103,8 +104,11 @@ def metrics_from_ranks(
     top = r == 1
     extra: dict[str, float | None] = {}
     if retrieved is not None:
-        if retrieved.shape != ranks.shape:
-            raise ValueError(f"retrieved {tuple(retrieved.shape)}, ranks {(n,)}")
+        if retrieved.shape != ranks.shape or retrieved.dtype != torch.bool:
+            raise ValueError(
+                f"retrieved must be a bool tensor shaped like ranks {(n,)}, got "
+                f"{retrieved.dtype} {tuple(retrieved.shape)}"
+            )
         found = int(retrieved.sum())
         extra = {
             "retrieved": found / n,
