@@ -90,11 +90,17 @@ def test_prepare_train_evaluate_link(task_dir, tmp_path, capsys, model):
     extra = ["--hidden", "32"] if model == "cnn" else ["--layers", "1"]
     assert main(
         ["train", "--task", str(task), "--model", model, "--out", str(model_dir),
-         "--epochs", "2", "--batch-size", "16", "--max-length", "24", *extra]
+         "--epochs", "2", "--batch-size", "16", "--max-length", "24", *extra,
+         "--schedule", "linear", "--warmup", "0.1"]
     ) == 0  # fmt: skip
     names = {p.name for p in model_dir.iterdir()}
     assert {"model.safetensors", "config.json", "train_log.json", "vocab.txt"} <= names
-    assert json.loads((model_dir / "train_log.json").read_text())["best_epoch"] >= 1
+    train_log = json.loads((model_dir / "train_log.json").read_text())
+    assert train_log["best_epoch"] >= 1
+    assert train_log["epochs"][-1]["lr"] < train_log["epochs"][0]["lr"]  # decayed
+    settings = json.loads((model_dir / "config.json").read_text())["training"]
+    assert settings["schedule"] == "linear"
+    assert settings["warmup"] == 0.1
 
     out = tmp_path / "eval.json"
     assert main(
@@ -118,6 +124,17 @@ def test_prepare_train_evaluate_link(task_dir, tmp_path, capsys, model):
     assert len(ids) == len(set(ids)) == 4
     scores = [c["score"] for c in linked["concepts"]]
     assert scores == sorted(scores, reverse=True)
+
+
+@needs_prepare
+def test_train_refuses_a_warmup_share_outside_0_1(task_dir, tmp_path, capsys):
+    code = main(
+        ["train", "--task", str(task_dir[0]), "--out", str(tmp_path / "m"),
+         "--schedule", "linear", "--warmup", "1.5"]
+    )  # fmt: skip
+    assert code == 2
+    assert "--warmup" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
 
 
 def test_link_refuses_a_mention_that_is_not_in_the_text(tmp_path, capsys):

@@ -9,7 +9,7 @@ from _training_synth import batches, tiny_cnn
 from safetensors.torch import load_file
 
 from kfacel.training.evaluate import evaluate
-from kfacel.training.trainer import train_task
+from kfacel.training.trainer import lr_factor, train_task
 
 
 def test_training_lowers_the_loss_and_keeps_the_best_dev_epoch(train_dev):
@@ -91,6 +91,37 @@ def test_parameter_groups_set_their_own_learning_rate(train_dev):
     train_task(model, train_dev[0], epochs=1, lr=1e-2, lr_groups=groups, seed=0)
     for k, v in model.scorer.state_dict().items():
         assert torch.equal(v, frozen[k]), k
+
+
+def test_the_linear_schedule_warms_up_then_decays_as_written():
+    # 10 steps, warm-up share 0.2 -> 2 warm-up steps, then 8 decaying ones
+    got = [lr_factor(s, 10, schedule="linear", warmup=0.2) for s in range(10)]
+    want = [0.5, 1.0, 8 / 8, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8]
+    assert got == pytest.approx(want)
+    assert lr_factor(3, 10, schedule="constant", warmup=0.5) == 1.0
+    with pytest.raises(ValueError, match="schedule"):
+        lr_factor(0, 10, schedule="cosine")
+    with pytest.raises(ValueError, match="warmup"):
+        lr_factor(0, 10, schedule="linear", warmup=1.0)
+
+
+def test_train_task_follows_the_schedule_in_every_group(train_dev):
+    train = train_dev[0]
+    steps = len(train)
+    model = tiny_cnn()
+    groups = [
+        {"params": list(model.scorer.parameters()), "lr": 4e-3},
+        {"params": [p for n, p in model.named_parameters() if "scorer" not in n]},
+    ]
+    log = train_task(
+        model, train, epochs=2, lr=1e-2, lr_groups=groups, schedule="linear", seed=0
+    )
+    # the last step of epoch e is step e·steps − 1: factor (total − step)/total
+    total = 2 * steps
+    assert log.epochs[0].lr == pytest.approx(4e-3 * (total - steps + 1) / total)
+    assert log.epochs[1].lr == pytest.approx(4e-3 * 1 / total)
+    constant = train_task(tiny_cnn(), train, epochs=1, lr=1e-2, seed=0)
+    assert constant.epochs[0].lr == 1e-2
 
 
 def _free_port() -> int:

@@ -28,6 +28,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--lr", type=float, help="default 1e-3 (cnn), 1e-4 (transformer)")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--schedule",
+        choices=("constant", "linear"),
+        default="constant",
+        help="learning rate: constant, or linear warm-up then linear decay to 0",
+    )
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="share of the training steps to warm up over (--schedule linear)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     p.add_argument("--encoder", help="local checkpoint dir (default: MiniLM package)")
@@ -80,6 +93,10 @@ def run(args: argparse.Namespace) -> int:
     """Train and write the model directory; prints the training summary as JSON."""
     if args.epochs < 1 or args.batch_size < 1:
         raise UserError("--epochs and --batch-size must be positive")
+    if not 0.0 <= args.warmup < 1.0:
+        raise UserError(
+            f"--warmup is a share of the steps in [0, 1), got {args.warmup}"
+        )
     if args.threads:
         torch.set_num_threads(args.threads)
     task = load_task(args.task)
@@ -116,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
         task,
         epochs=args.epochs,
         lr=lr,
+        schedule=args.schedule,
+        warmup=args.warmup,
         batch_size=args.batch_size,
         seed=args.seed,
         device=args.device,
@@ -130,6 +149,15 @@ def run(args: argparse.Namespace) -> int:
     history = [*linker.meta.get("history", []), task.name]
     linker.meta |= {
         "history": history,
+        "training": {
+            "epochs": args.epochs,
+            "lr": lr,
+            "schedule": args.schedule,
+            "warmup": args.warmup,
+            "batch_size": args.batch_size,
+            "seed": args.seed,
+            "max_train": args.max_train,
+        },
         "continual": {
             "init": args.init,
             "penalty": args.penalty,

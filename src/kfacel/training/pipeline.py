@@ -106,6 +106,8 @@ def fit_task(
     lr: float,
     batch_size: int,
     seed: int,
+    schedule: str = "constant",
+    warmup: float = 0.0,
     device: str = "cpu",
     penalty: Penalty | None = None,
     progress: bool = False,
@@ -122,6 +124,8 @@ def fit_task(
         task: the task.
         epochs: passes over the training queries.
         lr: learning rate.
+        schedule: ``constant`` or ``linear`` (warm-up then decay to 0).
+        warmup: share of the steps of linear warm-up.
         batch_size: queries per batch.
         seed: seed of dropout and batch order.
         device: ``cpu`` or ``cuda`` (mixed precision on CUDA).
@@ -146,6 +150,8 @@ def fit_task(
         penalty=penalty,
         epochs=epochs,
         lr=lr,
+        schedule=schedule,
+        warmup=warmup,
         seed=seed,
         device=device,
         amp=device.startswith("cuda"),

@@ -5,6 +5,12 @@ is added in closed form by ``penalty.add_grad_`` right after ``loss.backward()``
 unscaling under mixed precision, before clipping), so ``R`` enters as it is. After
 every epoch the dev set is evaluated; the best epoch's weights are restored at the end.
 
+Learning rate: constant, or ``linear`` (the usual schedule for fine-tuning pretrained
+encoders, Devlin et al. 2019): a linear warm-up from 0 over the first ``warmup`` share of
+the training steps, then a linear decay to 0 at the last step. It scales every parameter
+group's own rate (so discriminative rates keep their ratios); replay steps use the rate of
+the training step they follow.
+
 Determinism: on the CPU with a seed, two runs give identical weights (the seed fixes
 initial dropout masks and the per-epoch batch order). Distributed: when
 ``torch.distributed`` is initialized, the model is wrapped in DistributedDataParallel
@@ -36,7 +42,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EpochLog:
-    """One epoch: mean loss terms, dev accuracy (NaN without dev), speed."""
+    """One epoch: mean losses, dev accuracy (NaN without dev), speed, last step's lr.
+
+    ``lr`` is the first parameter group's learning rate at the epoch's last step.
+    """
 
     epoch: int
     loss: float
@@ -44,6 +53,33 @@ class EpochLog:
     dev_accuracy: float
     seconds: float
     queries_per_s: float
+    lr: float
+
+
+SCHEDULES = ("constant", "linear")
+"""Learning-rate schedules of ``train_task``."""
+
+
+def lr_factor(step: int, total: int, *, schedule: str, warmup: float = 0.0) -> float:
+    """The multiplier of the base learning rate for the 0-based training ``step``.
+
+    ``constant``: 1. ``linear``: ``(step + 1) / w`` for the first ``w = ⌈warmup·total⌉``
+    steps, then ``(total − step) / (total − w)``, reaching ``1/(total − w)`` at the last
+    step (a rate of exactly 0 would waste it).
+
+    Raises:
+        ValueError: for an unknown schedule or a warm-up share outside [0, 1).
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; choose from {SCHEDULES}")
+    if not 0.0 <= warmup < 1.0:
+        raise ValueError(f"warmup must be a share of the steps in [0, 1), got {warmup}")
+    if schedule == "constant":
+        return 1.0
+    w = math.ceil(warmup * total)
+    if step < w:
+        return (step + 1) / w
+    return max(total - step, 1) / max(total - w, 1)
 
 
 @dataclass(frozen=True)
@@ -81,6 +117,8 @@ def train_task(
     lr: float,
     dev_batches: Iterable[Batch] | None = None,
     clip: float | None = 1.0,
+    schedule: str = "constant",
+    warmup: float = 0.0,
     seed: int = 0,
     device: str | torch.device = "cpu",
     amp: bool = False,
@@ -101,6 +139,8 @@ def train_task(
         lr: AdamW learning rate (default of groups without their own ``lr``).
         dev_batches: batches to choose the best epoch on; None keeps the last.
         clip: max gradient norm (None: no clipping).
+        schedule: learning-rate schedule, ``constant`` or ``linear`` (``lr_factor``).
+        warmup: share of the training steps of linear warm-up (``linear`` only).
         seed: seeds initialization-independent randomness (dropout, batch order).
         device: where to train.
         amp: float16 autocast and gradient scaling (CUDA only; ignored on CPU).
@@ -141,6 +181,11 @@ def train_task(
         lr_groups if lr_groups is not None else [{"params": list(model.parameters())}]
     )
     opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    total_steps = epochs * len(batches)
+    lr_factor(0, total_steps, schedule=schedule, warmup=warmup)  # check the arguments
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: lr_factor(step, total_steps, schedule=schedule, warmup=warmup)
+    )
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     if replay_every < 1 or replay_n < 1:
         raise ValueError("replay_every and replay_n must be positive")
@@ -180,7 +225,7 @@ def train_task(
     for epoch in range(1, epochs + 1):
         model.train()
         start = time.perf_counter()
-        sum_loss, sum_pen, n_queries = 0.0, 0.0, 0
+        sum_loss, sum_pen, n_queries, last_lr = 0.0, 0.0, 0, float("nan")
         order = torch.randperm(len(batches), generator=order_rng).tolist()
         for step in with_progress(
             order, enabled=progress and rank == 0, desc=f"epoch {epoch}"
@@ -193,6 +238,8 @@ def train_task(
             if replay and done % replay_every == 0:
                 for _ in range(replay_n):
                     one_step(next(replay), epoch, step)
+            last_lr = opt.param_groups[0]["lr"]
+            sched.step()
         seconds = time.perf_counter() - start
         totals = _all_reduce([sum_loss, sum_pen, float(n_queries)], world, device)
         sum_loss, sum_pen, n_all = totals
@@ -209,6 +256,7 @@ def train_task(
                 dev_accuracy=dev_acc,
                 seconds=seconds,
                 queries_per_s=n_all / seconds if seconds > 0 else 0.0,
+                lr=last_lr,
             )
         )
         log.info(
