@@ -37,6 +37,18 @@ def test_reopening_appends_a_session_and_may_change_only_the_tiers(tmp_path) -> 
     assert [s["tiers"] for s in sessions] == [[1], [1, 2]]
 
 
+def test_a_config_written_before_a_defaulted_key_existed_still_matches(
+    tmp_path,
+) -> None:
+    run = tmp_path / "run"
+    open_run_dir(run, tiny_config(PATHS), jobs=1)
+    written = _read(run / "config.json")
+    del written["train"]["schedule"], written["train"]["warmup"]  # an older version
+    (run / "config.json").write_text(json.dumps(written), encoding="utf-8")
+    open_run_dir(run, tiny_config(PATHS), jobs=1)
+    assert len(_read(run / "env.json")["sessions"]) == 2
+
+
 def test_another_config_is_refused_naming_the_key_and_nothing_changes(
     tmp_path,
 ) -> None:

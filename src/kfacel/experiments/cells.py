@@ -280,6 +280,8 @@ def _fit(
         task,
         epochs=t.epochs,
         lr=t.lr,
+        schedule=t.schedule,
+        warmup=t.warmup,
         batch_size=t.batch_size,
         seed=seed,
         device=t.device,

@@ -81,6 +81,8 @@ class TrainConfig:
 
     epochs: int = 10
     lr: float = 1e-3
+    schedule: Literal["constant", "linear"] = "constant"  # trainer.lr_factor
+    warmup: float = 0.0  # share of the steps of linear warm-up
     batch_size: int = 32
     eval_batch_size: int = 128
     max_train_examples: int | None = None
@@ -142,6 +144,10 @@ class ExperimentConfig:
             raise ConfigError("seeds: give at least one seed")
         if any(not lam > 0 for lam in self.lam_grid):
             raise ConfigError(f"lam_grid: values must be positive, got {self.lam_grid}")
+        if not 0.0 <= self.train.warmup < 1.0:
+            raise ConfigError(
+                f"train.warmup: a share of the steps in [0, 1), got {self.train.warmup}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready nested dict (enums as strings, tuples as lists); ``from_dict``."""

@@ -31,7 +31,9 @@ def open_run_dir(run_dir: Path, cfg: ExperimentConfig, jobs: int) -> None:
     new = {k: v for k, v in cfg.to_dict().items() if k not in NOT_COMPARED}
     config_path = run_dir / "config.json"
     if config_path.is_file():
-        old = json.loads(config_path.read_text(encoding="utf-8"))
+        raw = json.loads(config_path.read_text(encoding="utf-8"))
+        # through the dataclasses: keys added since with their defaults compare equal
+        old = ExperimentConfig.from_dict(raw, source=str(config_path)).to_dict()
         old = {k: v for k, v in old.items() if k not in NOT_COMPARED}
         if old != new:
             keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
