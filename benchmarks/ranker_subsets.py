@@ -48,7 +48,7 @@ def found_flags(gen, examples, c: int) -> list[bool]:
     """Whether each query's gold is among the generator's top ``c`` (positive score)."""
     hits = gen.search([e.mention for e in examples], c)
     return [
-        any(gen.index_of(cid) == gen.index_of(e.gold) and s > 0 for cid, s in h)
+        any(gen.index_of(c.id) == gen.index_of(e.gold) and s > 0 for c, s in h)
         for e, h in zip(examples, hits, strict=True)
     ]
 
@@ -95,7 +95,7 @@ def main() -> None:
         gen = generators[task.name]
         hits = gen.search([e.mention for e in examples], c)
         found = [
-            any(gen.index_of(cid) == gen.index_of(e.gold) and s > 0 for cid, s in h)
+            any(gen.index_of(c.id) == gen.index_of(e.gold) and s > 0 for c, s in h)
             for e, h in zip(examples, hits, strict=True)
         ]
         linker = load_linker(model_dir)

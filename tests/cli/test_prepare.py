@@ -50,6 +50,28 @@ def test_prepare_pubtator_corpus_round_trip_is_byte_identical(
     assert task.info["candidates"]["num_candidates"] == 3
 
 
+def test_candidates_carry_the_synonym_closest_to_the_mention(tmp_path: Path) -> None:
+    corpus = _corpus(tmp_path, docs=10)
+    args = ["prepare", "pubtator", "--corpus", str(corpus), "--dictionary"]
+    args += [str(FIXTURES / "medic.txt"), "--num-candidates", "3"]
+    assert main([*args, "--out", str(tmp_path / "s")]) == 0
+    out_p = ["--out", str(tmp_path / "p"), "--candidate-names", "preferred"]
+    assert main([*args, *out_p]) == 0
+    closest, preferred = load_task(tmp_path / "s"), load_task(tmp_path / "p")
+    assert closest.info["candidates"]["synonyms"] is True
+    assert preferred.info["candidates"]["synonyms"] is False
+    by_mention = {}
+    for ex in closest.train:
+        gold = ex.candidates[ex.gold_index]
+        by_mention[ex.mention] = (gold.name, gold.synonym)
+    # MEDIC's "Breast Cancer" is a synonym of the preferred "Breast Neoplasms"
+    assert by_mention["breast cancer"] == ("Breast Neoplasms", "Breast Cancer")
+    assert by_mention["diabetes mellitus"] == ("Diabetes Mellitus", None)
+    assert all(c.synonym is None for ex in preferred.train for c in ex.candidates)
+    line = (tmp_path / "s" / "train.jsonl").read_text(encoding="utf-8")
+    assert '"synonym": "Breast Cancer"' in line
+
+
 def test_prepare_pubtator_explicit_splits_and_bm25(tmp_path: Path) -> None:
     corpus = _corpus(tmp_path, docs=5)
     code = main(

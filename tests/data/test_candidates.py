@@ -22,10 +22,39 @@ CONCEPTS = [
 def test_search_finds_exact_and_synonym_names(method: str) -> None:
     gen = build_generator(method, CONCEPTS)
     results = gen.search(["Chest  Pain", "pyrexia", "headache"], k=3)
-    assert [r[0][0] for r in results] == ["C1", "C3", "C2"]
+    assert [r[0][0].id for r in results] == ["C1", "C3", "C2"]
     assert all(len(r) == 3 for r in results)
     scores = [s for _, s in results[0]]
     assert scores == sorted(scores, reverse=True)
+    # "pyrexia" matched C3 through its synonym; "headache" through its preferred name
+    assert (results[1][0][0].name, results[1][0][0].synonym) == ("fever", "pyrexia")
+    assert results[2][0][0].synonym is None
+
+
+def test_a_candidate_reads_its_name_closest_to_the_mention() -> None:
+    concepts = [
+        Concept("D1", ("Cirrhosis, Familial", "Copper toxicosis", "COPPER TOXICOSIS")),
+        Concept("D2", ("Thyrotoxicosis", "Thyroid storm")),
+        Concept("D3", ("Silicosis",)),
+    ]
+    gen = build_generator("tfidf", concepts)
+    mentions, golds = ["copper toxicosis", "silicosis", "qqq"], ["D1", "D3", "D2"]
+    lists, _, _ = make_candidates(gen, mentions, golds, num_candidates=3, seed=0)
+    first = {c.id: c for c in lists[0]}
+    # the dictionary's own spelling of the first of the equal names
+    assert first["D1"].synonym == "Copper toxicosis"
+    assert first["D1"].text == "Copper toxicosis"
+    assert first["D1"].name == "Cirrhosis, Familial"
+    # "toxicosis" is closer to "Thyrotoxicosis" (preferred) than to "Thyroid storm"
+    assert first["D2"].synonym is None
+    assert first["D2"].text == "Thyrotoxicosis"
+    # no name shares a 3-gram with "qqq": no synonym is made up
+    assert all(c.synonym is None for c in lists[2])
+    plain, _, _ = make_candidates(
+        gen, mentions, golds, num_candidates=3, seed=0, synonyms=False
+    )
+    assert [[c.id for c in cs] for cs in plain] == [[c.id for c in cs] for cs in lists]
+    assert all(c.synonym is None for cs in plain for c in cs)
 
 
 def test_top_k_breaks_ties_by_dictionary_order() -> None:

@@ -67,3 +67,19 @@ def test_make_batches_sizes():
         for b in make_batches(examples, Collator(WordPieceTokenizer()), batch_size=2)
     ]
     assert sizes == [2, 2, 1]
+
+
+def test_the_collator_reads_a_candidates_synonym_not_its_preferred_name():
+    tok = WordPieceTokenizer()
+    plain = Candidate("C0", "Cirrhosis, Familial")
+    with_synonym = Candidate("C0", "Cirrhosis, Familial", synonym="copper toxicosis")
+    other = Candidate("C1", "silicosis")
+    batches = [
+        Collator(tok)([LinkingExample("copper toxicosis", "", "", (c, other), "C0")])
+        for c in (plain, with_synonym)
+    ]
+    exact = FEATURE_NAMES.index("exact")
+    assert batches[0].features[0, 0, exact] == 0.0
+    assert batches[1].features[0, 0, exact] == 1.0
+    want = tok.encode_names(["copper toxicosis"], max_length=16)[0]
+    assert batches[1].candidate_ids[0, 0, : len(want)].tolist() == want

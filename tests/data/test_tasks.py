@@ -122,6 +122,21 @@ def test_retrieved_must_be_a_boolean(tmp_path: Path) -> None:
     assert load_task(tmp_path / "t").dev[0].retrieved is None
 
 
+def test_a_candidates_synonym_round_trips_and_must_be_text(tmp_path: Path) -> None:
+    _prepare(tmp_path / "t")
+    dev = tmp_path / "t" / "dev.jsonl"
+    obj = json.loads(dev.read_text(encoding="utf-8").splitlines()[0])
+    obj["candidates"][0]["synonym"] = "another name"
+    dev.write_text(json.dumps(obj) + "\n", encoding="utf-8")
+    cand = load_task(tmp_path / "t").dev[0].candidates[0]
+    assert (cand.synonym, cand.text) == ("another name", "another name")
+    assert cand.to_json()["synonym"] == "another name"
+    obj["candidates"][0]["synonym"] = 3
+    dev.write_text(json.dumps(obj) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"dev\.jsonl:1: a candidate's 'synonym'"):
+        load_task(tmp_path / "t")
+
+
 def test_prepare_is_byte_identical_when_repeated(tmp_path: Path) -> None:
     _prepare(tmp_path / "a")
     _prepare(tmp_path / "b")

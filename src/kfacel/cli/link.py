@@ -42,10 +42,12 @@ def run(args: argparse.Namespace) -> int:
         queries,
         num_candidates=int(cands.get("num_candidates", 10)),
         context_words=int(task.get("context_words", 10)),
+        synonyms=bool(cands.get("synonyms", False)),  # older tasks: preferred names
     )
     for q, ranked in zip(queries, results, strict=True):
         top = [
             {"id": r.id, "name": r.name, "score": round(r.score, 4)}
+            | ({"synonym": r.synonym} if r.synonym else {})
             for r in ranked[: args.top]
         ]
         print(json.dumps({"mention": q.mention, "concepts": top}, ensure_ascii=False))

@@ -50,6 +50,7 @@ def register(subparsers: Any) -> None:
     bench.add_argument("--out", type=Path, required=True, help="parent of the tasks")
     bench.add_argument("--small", action="store_true", help="the CPU variant")
     bench.add_argument("--task", action="append", choices=TASKS, help="only these")
+    _names_option(bench)
     bench.set_defaults(handler=_benchmark)
 
 
@@ -62,6 +63,17 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--context-words", type=int, default=10, metavar="K")
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--name", help="task name (default: the directory's name)")
+    _names_option(p)
+
+
+def _names_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--candidate-names",
+        choices=("closest", "preferred"),
+        default="closest",
+        help="a candidate's name the ranker reads: its synonym closest to the mention "
+        "(default) or its preferred name only",
+    )
 
 
 def _fractions(text: str) -> list[float]:
@@ -96,6 +108,7 @@ def _build(
         seed=args.seed,
         sources=[str(s) for s in (*sources, args.dictionary)],
         skips=skips,
+        synonyms=args.candidate_names == "closest",
     )
     print(report(info))
     return 0
@@ -143,7 +156,11 @@ def _benchmark(args: argparse.Namespace) -> int:
         raise UserError(f"{args.data}: no such data directory")
     tasks = tuple(args.task) if args.task else TASKS
     for info in build_public3(
-        args.data, args.out, small=args.small, tasks=tasks
+        args.data,
+        args.out,
+        small=args.small,
+        tasks=tasks,
+        synonyms=args.candidate_names == "closest",
     ).values():
         print(report(info))
     return 0

@@ -51,7 +51,7 @@ def _file(data: Path, *parts: str) -> Path:
     return path
 
 
-def _medmentions(data: Path, out: Path, small: bool) -> dict[str, Any]:
+def _medmentions(data: Path, out: Path, small: bool, synonyms: bool) -> dict[str, Any]:
     names = _file(data, "medmentions", "st21pv_entities.txt")
     train_f = _file(data, "medmentions", "st21pv_dev_corpus.txt.gz")
     held_f = _file(data, "medmentions", "st21pv_test_corpus.txt.gz")
@@ -77,10 +77,11 @@ def _medmentions(data: Path, out: Path, small: bool) -> dict[str, Any]:
         sources=[str(p) for p in (train_f, held_f, names)],
         skips=skips,
         max_queries=_limits(small, train_share=SMALL_TRAIN_SHARE),
+        synonyms=synonyms,
     )
 
 
-def _cadec(data: Path, out: Path, small: bool) -> dict[str, Any]:
+def _cadec(data: Path, out: Path, small: bool, synonyms: bool) -> dict[str, Any]:
     path = _file(data, "cadec", "CADEC.json")
     skips = SkipReport()
     mentions: list[Mention] = list(read_cadec(path, skips=skips))
@@ -97,10 +98,11 @@ def _cadec(data: Path, out: Path, small: bool) -> dict[str, Any]:
         sources=[str(path)],
         skips=skips,
         max_queries=_limits(small),
+        synonyms=synonyms,
     )
 
 
-def _ncbi(data: Path, out: Path, small: bool) -> dict[str, Any]:
+def _ncbi(data: Path, out: Path, small: bool, synonyms: bool) -> dict[str, Any]:
     files = {
         "train": _file(data, "ncbi_disease", "NCBItrainset_corpus.txt"),
         "dev": _file(data, "ncbi_disease", "NCBIdevelopset_corpus.txt"),
@@ -122,6 +124,7 @@ def _ncbi(data: Path, out: Path, small: bool) -> dict[str, Any]:
         sources=[*(str(f) for f in files.values()), str(medic)],
         skips=skips,
         max_queries=_limits(small),
+        synonyms=synonyms,
     )
 
 
@@ -134,7 +137,7 @@ def _limits(small: bool, train_share: float | None = None) -> dict[str, int | fl
     return out
 
 
-_BUILDERS: dict[str, Callable[[Path, Path, bool], dict[str, Any]]] = {
+_BUILDERS: dict[str, Callable[[Path, Path, bool, bool], dict[str, Any]]] = {
     "medmentions": _medmentions,
     "cadec": _cadec,
     "ncbi": _ncbi,
@@ -147,6 +150,7 @@ def build_public3(
     *,
     small: bool = False,
     tasks: tuple[str, ...] = TASKS,
+    synonyms: bool = True,
 ) -> dict[str, dict[str, Any]]:
     """Build the PUBLIC-3 task directories ``out_dir/{medmentions,cadec,ncbi}``.
 
@@ -157,6 +161,8 @@ def build_public3(
         small: the CPU variant (10% of MedMentions' training queries, at most 2,000
             dev/test queries per task).
         tasks: which of the three to build.
+        synonyms: candidates carry their name closest to the mention
+            (``prepare_task``); False: preferred names only.
 
     Returns:
         ``{task name: its task.json contents}``.
@@ -172,5 +178,5 @@ def build_public3(
     results = {}
     for task in tasks:
         logger.info("building %s", task)
-        results[task] = _BUILDERS[task](data, out, small)
+        results[task] = _BUILDERS[task](data, out, small, synonyms)
     return results

@@ -65,12 +65,17 @@ class CandidateGenerator:
                     )
                 self._index[ident] = i
         names: list[str] = []
+        originals: list[str] = []
         starts: list[int] = []
         for concept in self.concepts:
             starts.append(len(names))
-            names.extend(dict.fromkeys(_key(n) for n in concept.names) or [""])
+            first = {_key(n): n for n in reversed(concept.names)} or {"": ""}
+            for key in dict.fromkeys(_key(n) for n in concept.names) or [""]:
+                names.append(key)
+                originals.append(first[key])
         self._names = names
-        self._starts = np.asarray(starts, dtype=np.int64)
+        self._originals = originals  # as the dictionary spells them
+        self._starts = np.asarray([*starts, len(names)], dtype=np.int64)
 
     def index_of(self, concept_id: str) -> int | None:
         """Position of ``concept_id`` (or an alternative id of it), None if unknown."""
@@ -82,11 +87,12 @@ class CandidateGenerator:
 
     def _batches(
         self, mentions: Sequence[str]
-    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield ``(scores [u, concepts] of distinct mentions, rows [b] of mentions)``.
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Yield ``(scores [u, concepts], name scores [u, names], rows [b])``.
 
         Mentions are scored in consecutive batches; equal mentions (after lower-casing
-        and collapsing spaces) are scored once.
+        and collapsing spaces) are scored once: row ``rows[i]`` of the score matrices
+        belongs to the batch's ``i``-th mention.
         """
         batch = max(1, min(8192, _MAX_CELLS // max(1, len(self._names))))
         one_name_each = len(self._names) == len(self.concepts)
@@ -94,19 +100,43 @@ class CandidateGenerator:
             keys = [_key(m) for m in mentions[lo : lo + batch]]
             distinct = list(dict.fromkeys(keys))
             where = {k: i for i, k in enumerate(distinct)}
-            scores = self._name_scores(distinct)  # [u, names]
-            if not one_name_each:
-                scores = np.maximum.reduceat(
-                    scores, self._starts, axis=1
-                )  # [u, concepts]
-            yield scores, np.asarray([where[k] for k in keys], dtype=np.int64)
+            by_name = self._name_scores(distinct)  # [u, names]
+            scores = (
+                by_name
+                if one_name_each
+                else np.maximum.reduceat(by_name, self._starts[:-1], axis=1)
+            )  # [u, concepts]
+            yield scores, by_name, np.asarray([where[k] for k in keys], dtype=np.int64)
 
     def concept_scores(self, mentions: Sequence[str]) -> Iterator[np.ndarray]:
         """Yield score matrices ``[b, concepts]`` for consecutive batches."""
-        for scores, rows in self._batches(mentions):
+        for scores, _, rows in self._batches(mentions):
             yield scores[rows]
 
-    def search(self, mentions: Sequence[str], k: int) -> list[list[tuple[str, float]]]:
+    def candidate(self, j: int, name_scores: np.ndarray | None = None) -> Candidate:
+        """Concept ``j`` as a candidate, with its name closest to the mention.
+
+        Args:
+            j: the concept's position in the dictionary.
+            name_scores: the mention's scores ``[names]`` of every name; None gives
+                the preferred name only.
+
+        Returns:
+            The candidate; ``synonym`` is set when a name other than the preferred
+            one has the strictly highest positive score.
+        """
+        concept = self.concepts[j]
+        synonym = None
+        lo, hi = int(self._starts[j]), int(self._starts[j + 1])
+        if name_scores is not None and hi - lo > 1:
+            best = lo + int(np.argmax(name_scores[lo:hi]))  # ties: the first name
+            if best != lo and name_scores[best] > 0:
+                synonym = self._originals[best]
+        return Candidate(concept.id, concept.name, concept.semantic_type, synonym)
+
+    def search(
+        self, mentions: Sequence[str], k: int
+    ) -> list[list[tuple[Candidate, float]]]:
         """The ``k`` best concepts of each mention, best first.
 
         Args:
@@ -114,14 +144,16 @@ class CandidateGenerator:
             k: how many concepts per mention (at most the dictionary's size).
 
         Returns:
-            For each mention, ``(concept id, score)`` pairs, best first; ties in
-            dictionary order.
+            For each mention, ``(candidate, score)`` pairs, best first, ties in
+            dictionary order; each candidate carries its name closest to the mention.
         """
-        out: list[list[tuple[str, float]]] = []
-        for scores, rows in self._batches(mentions):
+        out: list[list[tuple[Candidate, float]]] = []
+        for scores, by_name, rows in self._batches(mentions):
             best = [
-                [(self.concepts[j].id, float(row[j])) for j in top]
-                for row, top in zip(scores, top_k(scores, k), strict=True)
+                [(self.candidate(j, names), float(row[j])) for j in top]
+                for row, names, top in zip(
+                    scores, by_name, top_k(scores, k), strict=True
+                )
             ]
             out.extend(best[r] for r in rows)
         return out
@@ -239,6 +271,7 @@ def make_candidates(
     *,
     num_candidates: int,
     seed: int | Sequence[int],
+    synonyms: bool = True,
 ) -> tuple[list[tuple[Candidate, ...]], list[bool], CandidateStats]:
     """Shuffled candidate lists (gold + best C−1 others) and the generator's stats.
 
@@ -248,6 +281,8 @@ def make_candidates(
         golds: their gold concept ids (or alternative ids), all in the dictionary.
         num_candidates: C, capped at the dictionary's size.
         seed: seeds the filler draws and the shuffles (one RNG, queries in order).
+        synonyms: give each candidate its name closest to the mention
+            (``Candidate.synonym``); False: preferred names only.
 
     Returns:
         One tuple of C candidates per query (the gold under its primary id); per query
@@ -277,12 +312,12 @@ def make_candidates(
     out: list[tuple[Candidate, ...]] = []
     retrieved: list[bool] = []
     depth = min(n, max(c, *ks))
-    table = [_candidate(concept) for concept in generator.concepts]
     q = 0
-    for distinct, rows in generator._batches(mentions):
+    for distinct, by_name, rows in generator._batches(mentions):
         tops = top_k(distinct, depth)  # [u, depth], best first, ties by index
         for r in rows:
             row, top, gi = distinct[r], tops[r], int(gold_idx[q])
+            names = by_name[r] if synonyms else None
             q += 1
             hit = np.flatnonzero(top == gi)
             for k in ks:
@@ -293,7 +328,9 @@ def make_candidates(
                 others += _fill(rng, n, {gi, *others}, c - 1 - len(others))
             correct += bool(row[gi] > row[others].max())
             chosen = [gi, *others]
-            out.append(tuple(table[chosen[p]] for p in rng.permutation(c)))
+            out.append(
+                tuple(generator.candidate(chosen[p], names) for p in rng.permutation(c))
+            )
     total = max(1, len(golds))
     stats = CandidateStats(
         queries=len(golds),
@@ -312,7 +349,3 @@ def _fill(rng: np.random.Generator, n: int, taken: set[int], m: int) -> list[int
             taken.add(j)
             picked.append(j)
     return picked
-
-
-def _candidate(concept: Concept) -> Candidate:
-    return Candidate(concept.id, concept.name, concept.semantic_type)

@@ -1,7 +1,8 @@
 """Queries to ``Batch`` tensors: token ids, masks, string-similarity features, types.
 
-The features compare the mention with each candidate name after normalization (lower
-case, alphanumeric runs only), one value in ``[0, 1]`` each, in the order of
+The features compare the mention with each candidate's name as the ranker reads it
+(``Candidate.text``: its synonym closest to the mention, else its preferred name) after
+normalization (lower case, alphanumeric runs only), one value in ``[0, 1]`` each, in the order of
 ``FEATURE_NAMES``:
 
 - ``exact``: the normalized strings are equal;
@@ -107,7 +108,7 @@ class Collator:
             [e.right_context for e in examples],
             max_length=self.max_mention_length,
         )
-        names = [c.name for e in examples for c in e.candidates]
+        names = [c.text for e in examples for c in e.candidates]
         self._encode_names(names)
         n, c_max = len(examples), max(len(e.candidates) for e in examples)
         l_name = max(len(self._name_cache[name]) for name in names)
@@ -118,10 +119,10 @@ class Collator:
         cand_types = torch.zeros(n, c_max, dtype=torch.long)
         for i, e in enumerate(examples):
             for j, cand in enumerate(e.candidates):
-                ids = self._name_cache[cand.name]
+                ids = self._name_cache[cand.text]
                 cand_ids[i, j, : len(ids)] = torch.tensor(ids)
                 cand_valid[i, j] = True
-                row = similarity_features(e.mention, cand.name)
+                row = similarity_features(e.mention, cand.text)
                 if self.aliases is not None:
                     row += alias_features(self.aliases, e, cand.id)
                 features[i, j] = torch.tensor(row)

@@ -45,17 +45,31 @@ class Mention:
 
 @dataclass(frozen=True)
 class Candidate:
-    """One candidate concept of a query, as it is shown to the ranker."""
+    """One candidate concept of a query, as it is shown to the ranker.
+
+    ``name`` is the concept's preferred name; ``synonym`` the concept's name most
+    similar to the query's mention by the generator's score, when that is not the
+    preferred name (BioSyn-style: a concept matches through its best synonym). The
+    ranker reads ``text``.
+    """
 
     id: str
     name: str
     semantic_type: str | None = None
+    synonym: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The name the ranker reads: the closest synonym, else the preferred name."""
+        return self.synonym or self.name
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON object of this candidate (``type`` only when known)."""
+        """The JSON object of this candidate (``type``, ``synonym`` only when known)."""
         out: dict[str, Any] = {"id": self.id, "name": self.name}
         if self.semantic_type is not None:
             out["type"] = self.semantic_type
+        if self.synonym is not None:
+            out["synonym"] = self.synonym
         return out
 
 
@@ -113,7 +127,14 @@ class LinkingExample:
         for c in obj["candidates"]:
             if not isinstance(c, dict) or "id" not in c or "name" not in c:
                 raise ValueError("each candidate needs 'id' and 'name'")
-            cands.append(Candidate(str(c["id"]), str(c["name"]), c.get("type")))
+            synonym = c.get("synonym")
+            if synonym is not None and not isinstance(synonym, str):
+                raise ValueError(
+                    f"a candidate's 'synonym' must be text, got {synonym!r}"
+                )
+            cands.append(
+                Candidate(str(c["id"]), str(c["name"]), c.get("type"), synonym)
+            )
         retrieved = obj.get("retrieved")
         if retrieved is not None and not isinstance(retrieved, bool):
             raise ValueError(f"'retrieved' must be true or false, got {retrieved!r}")

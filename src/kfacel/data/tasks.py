@@ -119,6 +119,7 @@ def prepare_task(
     sources: Sequence[str] = (),
     skips: SkipReport | None = None,
     max_queries: Mapping[str, int | float] | None = None,
+    synonyms: bool = True,
 ) -> dict[str, Any]:
     """Build the queries of each split and write the task directory.
 
@@ -135,6 +136,8 @@ def prepare_task(
         skips: what the readers skipped; the task's own skips are added to it.
         max_queries: per split, a cap (int) or a share (float) of the usable queries,
             sampled with ``seed``.
+        synonyms: give each candidate its name closest to the mention (recorded as
+            ``candidates.synonyms``); False: preferred names only.
 
     Returns:
         The contents of ``task.json``.
@@ -156,6 +159,7 @@ def prepare_task(
             "method": method,
             "num_candidates": min(num_candidates, len(concepts)),
             "dictionary_size": len(concepts),
+            "synonyms": synonyms,
         },
         "context_words": context_words,
         "seed": seed,
@@ -185,6 +189,7 @@ def prepare_task(
             [m.concept_ids[0] for m in usable],
             num_candidates=num_candidates,
             seed=[seed, i],
+            synonyms=synonyms,
         )
         golds = [
             generator.concepts[generator.index_of(m.concept_ids[0]) or 0].id

@@ -1,20 +1,21 @@
 """Linking raw mentions: candidates from the task's generator, ranked by a linker.
 
 The generator (method and C recorded in the model directory by ``fit_task``) proposes
-the C concepts whose names are closest to the mention; the ranker scores them in the
-mention's context. No gold is needed: the queries carry a placeholder gold (the first
-candidate) that nothing reads.
+the C concepts whose names are closest to the mention, each with its closest synonym
+when the task was built that way; the ranker scores them in the mention's context. No
+gold is needed: the queries carry a placeholder gold (the first candidate) that nothing
+reads.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from kfacel.data.candidates import CandidateGenerator
-from kfacel.data.records import Candidate, Concept, LinkingExample
+from kfacel.data.records import LinkingExample
 from kfacel.data.tasks import context
 from kfacel.training.evaluate import predict
 from kfacel.training.pipeline import Linker
@@ -42,12 +43,17 @@ class MentionQuery:
 
 @dataclass(frozen=True)
 class Ranked:
-    """One ranked concept: id, preferred name, ranker score, generator score."""
+    """One ranked concept: id, preferred name, ranker score, generator score.
+
+    ``synonym`` is the concept's name closest to the mention that the ranker read,
+    when it is not the preferred name.
+    """
 
     id: str
     name: str
     score: float
     generator_score: float
+    synonym: str | None = None
 
 
 def link(
@@ -57,6 +63,7 @@ def link(
     *,
     num_candidates: int,
     context_words: int,
+    synonyms: bool = True,
     batch_size: int = 64,
 ) -> list[list[Ranked]]:
     """The generator's candidates of each mention, best first by the ranker.
@@ -67,30 +74,27 @@ def link(
         queries: mentions in their texts.
         num_candidates: C, as in training.
         context_words: K words of context each side, as in training.
+        synonyms: candidates carry their closest synonym, as in training (a task's
+            ``candidates.synonyms``); False: preferred names only.
         batch_size: queries per forward pass.
 
     Returns:
         One list of ``Ranked`` per query, highest score first.
     """
-    by_id = {c.id: c for c in generator.concepts}
     found = generator.search([q.mention for q in queries], num_candidates)
     examples = []
     for q, hits in zip(queries, found, strict=True):
         if not hits:
             raise ValueError(f"no candidate found for {q.mention!r}")
         left, right = context(q.text, [q.span()], context_words)
-        cands = tuple(_candidate(by_id[cid]) for cid, _ in hits)
+        cands = tuple(c if synonyms else replace(c, synonym=None) for c, _ in hits)
         examples.append(LinkingExample(q.mention, left, right, cands, cands[0].id))
     logits = torch.cat(predict(linker.model, linker.batches(examples, batch_size)))
     out = []
     for row, hits, ex in zip(logits.tolist(), found, examples, strict=True):
         ranked = [
-            Ranked(c.id, c.name, s, g)
-            for c, s, (_, g) in zip(ex.candidates, row, hits, strict=False)
+            Ranked(c.id, c.name, s, g, c.synonym)
+            for c, s, (_, g) in zip(ex.candidates, row, hits, strict=True)
         ]
         out.append(sorted(ranked, key=lambda r: -r.score))
     return out
-
-
-def _candidate(concept: Concept) -> Candidate:
-    return Candidate(concept.id, concept.name, concept.semantic_type)

@@ -1,0 +1,54 @@
+"""link: the generator's candidates of a raw mention, ranked by the linker's own scores."""
+
+import pytest
+import torch
+
+from kfacel.data.candidates import build_generator
+from kfacel.data.records import Candidate, Concept, LinkingExample
+from kfacel.training.evaluate import predict
+from kfacel.training.linking import MentionQuery, link
+from kfacel.training.pipeline import new_linker
+
+CONCEPTS = [
+    Concept("D1", ("Cirrhosis, Familial", "Copper toxicosis")),
+    Concept("D2", ("Thyrotoxicosis",)),
+    Concept("D3", ("Silicosis",)),
+    Concept("D4", ("Wilson disease", "Hepatolenticular degeneration")),
+]
+TEXT = "Genetic mapping of the copper toxicosis locus in terriers."
+
+
+@pytest.fixture(scope="module")
+def linker():
+    train = [
+        LinkingExample("x", "", "", (Candidate("D1", "a"), Candidate("D2", "b")), "D1")
+    ]
+    torch.manual_seed(0)
+    return new_linker("cnn", train, hidden=16, embed_dim=16)
+
+
+@pytest.mark.parametrize("synonyms", [True, False])
+def test_link_ranks_every_candidate_by_the_rankers_score(linker, synonyms) -> None:
+    gen = build_generator("tfidf", CONCEPTS)
+    query = MentionQuery(TEXT, "copper toxicosis")
+    (ranked,) = link(
+        linker, gen, [query], num_candidates=3, context_words=3, synonyms=synonyms
+    )
+    hits = gen.search(["copper toxicosis"], 3)[0]
+    assert sorted(r.id for r in ranked) == sorted(c.id for c, _ in hits)
+    assert [r.score for r in ranked] == sorted((r.score for r in ranked), reverse=True)
+    d1 = next(r for r in ranked if r.id == "D1")
+    assert d1.name == "Cirrhosis, Familial"
+    assert d1.synonym == ("Copper toxicosis" if synonyms else None)
+    # the scores are the ranker's on the query as a task line would hold it
+    cands = tuple(
+        Candidate(c.id, c.name, c.semantic_type, c.synonym if synonyms else None)
+        for c, _ in hits
+    )
+    example = LinkingExample(
+        "copper toxicosis", "mapping of the", "locus in terriers.", cands, cands[0].id
+    )
+    (logits,) = predict(linker.model, linker.batches([example], 8))
+    want = dict(zip([c.id for c in cands], logits[0].tolist(), strict=True))
+    assert {r.id: r.score for r in ranked} == pytest.approx(want)
+    assert {r.id: r.generator_score for r in ranked} == {c.id: s for c, s in hits}
