@@ -80,6 +80,9 @@ def build(
         context_words=context,
         seed=7,
         sources=sources,
+        # the dictionary is the corpus's own surface forms, dev and test included: a
+        # closest synonym would often be the query's annotated mention itself
+        synonyms=False,
     )
 
 
