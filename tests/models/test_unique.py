@@ -57,3 +57,27 @@ def test_dedup_gives_the_same_values_and_gradients(name, tokenizer, one_thread):
             assert (a, b) == (None, None)
         else:
             torch.testing.assert_close(a, b)
+
+
+def test_the_copy_back_gradient_is_bitwise_repeatable_with_two_threads():
+    # many duplicates of few rows: the backward sums many gradients into each row,
+    # which advanced indexing's backward (index_put_ with accumulate) does in a
+    # thread-dependent order on the CPU; seeded training must not depend on it
+    from kfacel.models._unique import encode_rows
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        gen = torch.Generator().manual_seed(0)
+        ids = torch.randint(1, 40, (20000, 1), generator=gen)
+        weight = torch.randn(40, 64, dtype=torch.float32, generator=gen)
+        upstream = torch.randn(20000, 64, generator=gen)
+        grads = []
+        for _ in range(5):
+            w = weight.clone().requires_grad_(True)
+            out = encode_rows(ids, ids > 0, lambda i, m, w=w: w[i[:, 0]] * 1.0)
+            (g,) = torch.autograd.grad((out * upstream).sum(), w)
+            grads.append(g)
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(grads[0], g) for g in grads[1:])

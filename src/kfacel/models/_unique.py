@@ -51,4 +51,6 @@ def encode_rows(
     first = torch.full(
         (int(inverse.max()) + 1,), len(ids), dtype=rows.dtype, device=ids.device
     ).scatter_reduce(0, inverse, rows, reduce="amin")  # [U] first row of each
-    return encode(ids[first], mask[first])[inverse]  # [B, D]
+    # index_select: its backward (index_add_) is deterministic on the CPU, the
+    # backward of advanced indexing (index_put_ with accumulate) is not with threads
+    return encode(ids[first], mask[first]).index_select(0, inverse)  # [B, D]
