@@ -116,7 +116,8 @@ def test_prepare_train_evaluate_link(task_dir, tmp_path, capsys, model):
     capsys.readouterr()
     assert main(
         ["link", str(model_dir), "--dictionary", str(dictionary), "--text",
-         "the patient had a heart attack yesterday", "--mention", "heart attack"]
+         "the patient had a heart attack yesterday", "--mention", "heart attack",
+         "--threads", "1"]
     ) == 0  # fmt: skip
     linked = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert linked["mention"] == "heart attack"

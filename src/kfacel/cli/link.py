@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+import torch
+
 from kfacel.cli import UserError
 from kfacel.data.candidates import build_generator
 from kfacel.data.readers import read_dictionary
@@ -24,11 +26,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--input", help='JSONL, one {"text", "mention"[, "start"]} object a line'
     )
     p.add_argument("--top", type=int, default=5, help="concepts to print per mention")
+    p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Print the ranked concepts of each mention as JSON lines."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
     queries = _queries(args)
     linker = load_linker(args.model_dir)
     task = linker.meta.get("task", {})
