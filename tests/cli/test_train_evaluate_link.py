@@ -91,14 +91,16 @@ def test_prepare_train_evaluate_link(task_dir, tmp_path, capsys, model):
     assert main(
         ["train", "--task", str(task), "--model", model, "--out", str(model_dir),
          "--epochs", "2", "--batch-size", "16", "--max-length", "24", *extra,
-         "--schedule", "linear", "--warmup", "0.1"]
+         "--schedule", "linear", "--warmup", "0.1", "--dropout", "0.2"]
     ) == 0  # fmt: skip
     names = {p.name for p in model_dir.iterdir()}
     assert {"model.safetensors", "config.json", "train_log.json", "vocab.txt"} <= names
     train_log = json.loads((model_dir / "train_log.json").read_text())
     assert train_log["best_epoch"] >= 1
     assert train_log["epochs"][-1]["lr"] < train_log["epochs"][0]["lr"]  # decayed
-    settings = json.loads((model_dir / "config.json").read_text())["training"]
+    written = json.loads((model_dir / "config.json").read_text())
+    assert written["config"]["dropout"] == 0.2
+    settings = written["training"]
     assert settings["schedule"] == "linear"
     assert settings["warmup"] == 0.1
 
@@ -128,13 +130,19 @@ def test_prepare_train_evaluate_link(task_dir, tmp_path, capsys, model):
 
 
 @needs_prepare
-def test_train_refuses_a_warmup_share_outside_0_1(task_dir, tmp_path, capsys):
+def test_train_refuses_a_warmup_or_dropout_outside_0_1(task_dir, tmp_path, capsys):
     code = main(
         ["train", "--task", str(task_dir[0]), "--out", str(tmp_path / "m"),
          "--schedule", "linear", "--warmup", "1.5"]
     )  # fmt: skip
     assert code == 2
     assert "--warmup" in capsys.readouterr().err
+    code = main(
+        ["train", "--task", str(task_dir[0]), "--out", str(tmp_path / "m"),
+         "--dropout", "1.0"]
+    )  # fmt: skip
+    assert code == 2
+    assert "--dropout" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
 
 

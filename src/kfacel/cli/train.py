@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -46,6 +47,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--encoder", help="local checkpoint dir (default: MiniLM package)")
     p.add_argument("--layers", type=int, default=3, help="transformer layers to keep")
     p.add_argument("--hidden", type=int, help="CNN channels / encoding width")
+    p.add_argument(
+        "--dropout",
+        type=float,
+        help="CNN: on embeddings and scorer; transformer: on the scorer (default 0.1)",
+    )
     p.add_argument("--max-length", type=int, default=64, help="mention-in-context")
     p.add_argument("--max-train", type=int, help="use only the first N train queries")
     p.add_argument("--no-features", action="store_true", help="no string features")
@@ -109,7 +115,11 @@ def run(args: argparse.Namespace) -> int:
         states = load_state(args.init, linker.model)
         model_name = read_model_config(args.init)["model"]
     else:
-        extra = {"hidden": args.hidden} if args.hidden else {}
+        extra: dict[str, Any] = {"hidden": args.hidden} if args.hidden else {}
+        if args.dropout is not None:
+            if not 0.0 <= args.dropout < 1.0:
+                raise UserError(f"--dropout must be in [0, 1), got {args.dropout}")
+            extra["dropout"] = args.dropout
         linker = new_linker(
             args.model,
             task.train,
