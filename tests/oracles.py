@@ -128,3 +128,103 @@ def layer_io(model: nn.Module, names: list[str], inputs: Any, labels: Tensor) ->
             h.remove()
     model.zero_grad(set_to_none=True)
     return {k: [(x, out.grad.detach()) for x, out in v] for k, v in store.items()}
+
+
+def _call_rows(module: nn.Module, x: Tensor, out: Tensor) -> tuple[Tensor, tuple]:
+    """Inputs of one call as rows ``[P, i]`` (bias 1 appended) and its position shape.
+
+    Written from each module's definition: Linear acts on the last dimension, Conv1d on
+    zero-padded patches ``(c_in, k)`` flattened channel-major, Embedding on one-hots.
+    """
+    if isinstance(module, nn.Embedding):
+        rows = F.one_hot(x.reshape(-1), module.num_embeddings).double()
+        return rows, tuple(x.shape)
+    if isinstance(module, nn.Conv1d):
+        (k,), (pad,) = module.kernel_size, module.padding
+        xp = F.pad(x, (pad, pad))  # [1, c_in, L + 2 pad]
+        length = out.shape[-1]
+        patches = [
+            xp[0, :, t * module.stride[0] : t * module.stride[0] + k].reshape(-1)
+            for t in range(length)
+        ]
+        rows = torch.stack(patches).double()  # [L_out, c_in * k]
+        shape: tuple = (1, length)
+    else:
+        rows = x.reshape(-1, x.shape[-1]).double()
+        shape = tuple(x.shape[:-1])
+    if getattr(module, "bias", None) is not None:
+        rows = torch.cat([rows, torch.ones_like(rows[:, :1])], 1)
+    return rows, shape
+
+
+def _out_rows(module: nn.Module, g: Tensor) -> Tensor:
+    if isinstance(module, nn.Conv1d):
+        return g[0].T  # [L_out, c_out]
+    return g.reshape(-1, g.shape[-1])
+
+
+def kfac_factors(
+    model: nn.Module,
+    inputs: Any,
+    labels: Tensor,
+    names: list[str],
+    *,
+    kind: str,
+    select: Callable[[Any, int], Any] = lambda x, n: x[n : n + 1],
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """``(A, G)`` of eq. (K5) per layer from one forward per example and label.
+
+    Each example is run alone, so an input shared by the batch is simply its own input.
+    Padding is read from ``kfacel.positions`` (the protocol models use to mark it).
+    ``A`` of an Embedding is the vector of token frequencies (K6).
+    """
+    from kfacel.positions import matching_mask
+
+    modules = dict(model.named_modules())
+    sums = {k: [0.0, 0.0, 0.0] for k in names}  # Σ ā āᵀ, Σ_n R_n, Σ g gᵀ
+    for n in range(int(labels.shape[0])):
+        x_n = select(inputs, n)
+        probs = F.softmax(model(x_n).detach(), -1)[0]
+        targets = (
+            [(1.0, int(labels[n]))]
+            if kind == "empirical"
+            else [(float(probs[c]), c) for c in range(probs.shape[0])]
+        )
+        for t, (w, c) in enumerate(targets):
+            calls: dict[str, list] = {k: [] for k in names}
+            handles = []
+            for k in names:
+
+                def hook(mod, args, out, k=k, calls=calls):
+                    out.retain_grad()
+                    rows, shape = _call_rows(mod, args[0].detach(), out)
+                    mask = matching_mask(shape)
+                    keep = torch.ones(rows.shape[0], dtype=torch.bool)
+                    if mask is not None:
+                        keep = mask.reshape(-1)
+                    calls[k].append((rows, keep, out))
+
+                handles.append(modules[k].register_forward_hook(hook))
+            try:
+                logits = model(x_n)
+                F.cross_entropy(logits, torch.tensor([c]), reduction="sum").backward()
+            finally:
+                for h in handles:
+                    h.remove()
+            for k in names:
+                for rows, keep, out in calls[k]:
+                    g = _out_rows(modules[k], out.grad.detach())[keep]
+                    sums[k][2] = sums[k][2] + w * g.T @ g  # Σ_r g gᵀ
+                    if t == 0:  # inputs do not depend on the label
+                        a = rows[keep]
+                        sums[k][0] = sums[k][0] + a.T @ a  # Σ_r ā āᵀ
+                        sums[k][1] = sums[k][1] + a.shape[0]
+    model.zero_grad(set_to_none=True)
+    out = {}
+    for k in names:
+        aa, uses, gg = sums[k]
+        A = aa / uses
+        if isinstance(modules[k], nn.Embedding):
+            A = torch.diagonal(A)
+        out[k] = (A, gg / int(labels.shape[0]))
+    return out

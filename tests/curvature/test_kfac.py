@@ -9,53 +9,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kfacel.curvature import estimate_diagonal, estimate_kfac
-from kfacel.positions import valid_positions
+from kfacel.curvature import _capture, estimate_diagonal, estimate_kfac
 from kfacel.types import NonFiniteCurvatureError
-from tests.oracles import TOL64, fisher_block, layer_io, per_example_grads
-
-
-class MLP(nn.Module):
-    def __init__(self, d_in: int = 4, h: int = 5, c: int = 3, bias: bool = True):
-        super().__init__()
-        self.fc1 = nn.Linear(d_in, h, bias=bias)
-        self.fc2 = nn.Linear(h, c)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(torch.tanh(self.fc1(x)))
-
-
-class SharedEncoder(nn.Module):
-    """One Linear used at every position of two inputs (mention and candidates)."""
-
-    def __init__(self, d: int = 3, h: int = 4, c: int = 3):
-        super().__init__()
-        self.enc = nn.Linear(d, h)
-        self.head = nn.Linear(2 * h, c)
-
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        ma, mb = batch["mask_a"], batch["mask_b"]
-        with valid_positions(ma):
-            ha = torch.tanh(self.enc(batch["a"]))  # [N, S, h]
-        with valid_positions(mb):
-            hb = torch.tanh(self.enc(batch["b"]))  # [N, T, h]
-        pa = (ha * ma[..., None]).sum(1) / ma.sum(1, keepdim=True)
-        pb = (hb * mb[..., None]).sum(1) / mb.sum(1, keepdim=True)
-        return self.head(torch.cat([pa, pb], -1))
-
-
-def _shared_batch(n: int = 6, s: int = 5, t: int = 3, d: int = 3) -> dict:
-    g = torch.Generator().manual_seed(1)
-    mask_a = torch.rand(n, s, generator=g) > 0.3
-    mask_a[:, 0] = True
-    mask_b = torch.ones(n, t, dtype=torch.bool)
-    mask_b[0, -1] = False
-    return {
-        "a": torch.randn(n, s, d, generator=g, dtype=torch.float64),
-        "b": torch.randn(n, t, d, generator=g, dtype=torch.float64),
-        "mask_a": mask_a,
-        "mask_b": mask_b,
-    }
+from tests._synth import (
+    CASES,
+    MLP,
+    ConvNet,
+    CurvatureCase,
+    EmbedNet,
+    PositionNet,
+    SharedEncoder,
+    TwoHeads,
+    select_rows,
+    shared_batch,
+)
+from tests.oracles import (
+    TOL64,
+    fisher_block,
+    kfac_factors,
+    layer_io,
+    per_example_grads,
+)
 
 
 @pytest.mark.parametrize("kind", ["empirical", "exact"])
@@ -78,7 +52,7 @@ def test_shared_positions_and_repeated_calls_match_stored_layer_io() -> None:
     """Expand convention (K5): A over all real uses, G summed over uses, per example."""
     torch.manual_seed(0)
     model = SharedEncoder().double()
-    batch = _shared_batch()
+    batch = shared_batch()
     y = torch.tensor([0, 1, 2, 0, 1, 2])
     fisher = estimate_kfac(model, [(batch, y)])
     io = layer_io(model, ["enc", "head"], batch, y)
@@ -105,23 +79,6 @@ def test_batches_accumulate_like_one_batch() -> None:
         torch.testing.assert_close(whole[name].G, split[name].G, **TOL64)
 
 
-class ConvNet(nn.Module):
-    def __init__(self, as_linear: bool = False):
-        super().__init__()
-        self.as_linear = as_linear
-        self.conv = nn.Conv1d(3, 4, kernel_size=3, padding=1)
-        self.lin = nn.Linear(9, 4)
-        self.head = nn.Linear(4, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [N, 3, L]
-        if self.as_linear:
-            patches = F.pad(x, (1, 1)).unfold(2, 3, 1).permute(0, 2, 1, 3).flatten(2)
-            h = self.lin(patches)  # [N, L, 4]
-        else:
-            h = self.conv(x).transpose(1, 2)  # [N, L, 4]
-        return self.head(torch.relu(h).amax(1))
-
-
 def test_conv1d_equals_linear_on_unfolded_patches() -> None:
     torch.manual_seed(0)
     conv = ConvNet().double()
@@ -134,22 +91,6 @@ def test_conv1d_equals_linear_on_unfolded_patches() -> None:
     fc, fl = estimate_kfac(conv, [(x, y)]), estimate_kfac(lin, [(x, y)])
     torch.testing.assert_close(fc["conv"].A, fl["lin"].A, **TOL64)
     torch.testing.assert_close(fc["conv"].G, fl["lin"].G, **TOL64)
-
-
-class EmbedNet(nn.Module):
-    def __init__(self, vocab: int = 7, d: int = 3, one_hot: bool = False):
-        super().__init__()
-        self.one_hot, self.vocab = one_hot, vocab
-        self.emb = nn.Embedding(vocab, d)
-        self.lin = nn.Linear(vocab, d, bias=False)
-        self.head = nn.Linear(d, 3)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:  # ids: [N, S]
-        if self.one_hot:
-            h = self.lin(F.one_hot(ids, self.vocab).double())
-        else:
-            h = self.emb(ids)
-        return self.head(torch.tanh(h).mean(1))
 
 
 def test_embedding_equals_linear_on_one_hot_inputs() -> None:
@@ -171,7 +112,7 @@ def test_padding_positions_do_not_count() -> None:
     """A masked position changes neither factor; dropping it from the input agrees."""
     torch.manual_seed(0)
     model = SharedEncoder().double()
-    batch = _shared_batch(n=1, s=4, t=2)
+    batch = shared_batch(n=1, s=4, t=2)
     batch["mask_a"] = torch.tensor([[True, True, False, False]])
     batch["mask_b"] = torch.ones(1, 2, dtype=torch.bool)
     y = torch.tensor([1])
@@ -246,20 +187,119 @@ def test_uncovered_diagonal_gives_layernorm_its_exact_diagonal() -> None:
         torch.testing.assert_close(fisher.diagonal[k], ref, **TOL64)
 
 
-def test_batch_shared_layer_input_is_refused_with_its_name() -> None:
-    class Broadcast(nn.Module):
+@pytest.mark.parametrize("padded", [False, True], ids=["full", "padded"])
+@pytest.mark.parametrize("kind", ["empirical", "exact"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_factors_equal_the_per_example_oracle(
+    case: CurvatureCase, kind: str, padded: bool
+) -> None:
+    """Every model of the table × Fisher kind × mask: (A, G) of eq. (K5) by brute force."""
+    model, inputs, y = case.make(padded)
+    fisher = estimate_kfac(model, [(inputs, y)], kind=kind)
+    ref = kfac_factors(
+        model, inputs, y, list(case.layers), kind=kind, select=select_rows
+    )
+    assert set(fisher) == set(case.layers)
+    for name, (A, G) in ref.items():
+        torch.testing.assert_close(fisher[name].A, A, **TOL64, msg=f"{name}.A")
+        torch.testing.assert_close(fisher[name].G, G, **TOL64, msg=f"{name}.G")
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["full", "padded"])
+def test_batch_shared_inputs_equal_their_expansion(padded: bool) -> None:
+    """Position ids [1, S] and a [1, S, d] Linear input are every example's (K5)."""
+    torch.manual_seed(0)
+    shared = PositionNet(shared=True).double()
+    expanded = PositionNet(shared=False).double()
+    expanded.load_state_dict(shared.state_dict())
+    _, batch, y = CASES[-1].make(padded)
+    fs, fe = estimate_kfac(shared, [(batch, y)]), estimate_kfac(expanded, [(batch, y)])
+    for name in ("pos", "wave", "tok", "head"):
+        torch.testing.assert_close(fs[name].A, fe[name].A, **TOL64, msg=name)
+        torch.testing.assert_close(fs[name].G, fe[name].G, **TOL64, msg=name)
+    real = batch["mask"].sum(0).double()  # real uses of each position
+    torch.testing.assert_close(fs["pos"].A, real / real.sum(), **TOL64)
+    ds, de = (
+        estimate_diagonal(shared, [(batch, y)]),
+        estimate_diagonal(expanded, [(batch, y)]),
+    )
+    for name in de:
+        torch.testing.assert_close(ds[name], de[name], **TOL64, msg=name)
+    with torch.no_grad():  # the hooks change no output
+        torch.testing.assert_close(shared(batch), expanded(batch), **TOL64)
+
+
+def test_a_first_dimension_that_is_no_batch_dimension_is_refused_with_its_name() -> (
+    None
+):
+    class Odd(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.pos = nn.Embedding(5, 3)
             self.head = nn.Linear(3, 2)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            p = self.pos(torch.arange(x.shape[1]).unsqueeze(0))  # [1, S, 3]
-            return self.head((x + p).mean(1))
+            p = self.pos(torch.arange(3 * x.shape[1]).reshape(3, -1) % 5)  # [3, S, 3]
+            return self.head((x + p.sum(0)).mean(1))
 
     x = torch.randn(4, 5, 3, dtype=torch.float64)
-    with pytest.raises(ValueError, match="'pos'"):
-        estimate_kfac(Broadcast().double(), [(x, torch.tensor([0, 1, 0, 1]))])
+    with pytest.raises(ValueError, match=r"'pos'.*\(3, 5\)"):
+        estimate_kfac(Odd().double(), [(x, torch.tensor([0, 1, 0, 1]))])
+
+
+def test_layers_reading_one_input_share_its_statistic_once_per_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """q, k and v of one input: one Σ ā āᵀ per batch, added to three own totals."""
+    calls: list[int] = []
+    real = _capture.input_statistic
+
+    def counting(*args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_capture, "input_statistic", counting)
+    model = nn.ModuleDict({k: nn.Linear(3, 2) for k in "qkv"}).double()
+    model.forward = lambda x: sum(model[k](x) for k in "qkv")  # type: ignore[method-assign]
+    x, y = torch.randn(6, 3, dtype=torch.float64), torch.randint(0, 2, (6,))
+    fisher = estimate_kfac(model, [(x[:3], y[:3]), (x[3:], y[3:])])
+    assert len(calls) == 2  # one per batch
+    a = torch.cat([x, torch.ones(6, 1, dtype=torch.float64)], 1)
+    for k in "qkv":
+        torch.testing.assert_close(fisher[k].A, a.T @ a / 6, **TOL64)
+    assert fisher["q"].A.data_ptr() != fisher["k"].A.data_ptr()  # own tensors
+
+
+def test_sampled_is_within_its_monte_carlo_error_of_exact() -> None:
+    """S one-draw estimates of G: their mean is within 5 σ/√S of the exact G (K4).
+
+    σ is the entrywise standard deviation of the draws themselves, so the tolerance
+    follows from the sample count; the empirical Fisher is farther away than that.
+    """
+    torch.manual_seed(0)
+    model = MLP().double()
+    x = torch.randn(4, 4, dtype=torch.float64)
+    y = torch.zeros(4, dtype=torch.long)
+    draws = 64
+    gen = torch.Generator().manual_seed(0)
+    single = [
+        estimate_kfac(model, [(x, y)], kind="sampled", generator=gen)
+        for _ in range(draws)
+    ]
+    pooled = estimate_kfac(
+        model,
+        [(x, y)] * draws,
+        kind="sampled",
+        generator=torch.Generator().manual_seed(0),
+    )
+    exact = estimate_kfac(model, [(x, y)], kind="exact")
+    empirical = estimate_kfac(model, [(x, y)], kind="empirical")
+    for name in exact:
+        Gs = torch.stack([f[name].G for f in single])  # [S, o, o]
+        torch.testing.assert_close(pooled[name].G, Gs.mean(0), **TOL64)
+        bound = 5 * Gs.std(0) / draws**0.5 + 1e-12  # [o, o]
+        assert ((Gs.mean(0) - exact[name].G).abs() <= bound).all(), name
+        assert ((empirical[name].G - exact[name].G).abs() > bound).any(), name
 
 
 @pytest.mark.slow
@@ -275,3 +315,18 @@ def test_sampled_approaches_exact() -> None:
     for name in exact:
         err = (sampled[name].G - exact[name].G).norm() / exact[name].G.norm()
         assert err < 0.1, (name, float(err))
+
+
+def test_a_layer_skipped_in_a_later_batch_keeps_its_own_input_statistics() -> None:
+    """Issue 14: k's A is k's own inputs' Σ ā āᵀ / R, never q's later batches (K5)."""
+    torch.manual_seed(0)
+    model = TwoHeads().double()
+    x1 = torch.randn(8, 3, dtype=torch.float64)
+    x2 = 10 + torch.randn(8, 3, dtype=torch.float64)
+    y = torch.randint(0, 2, (8,))
+    fisher = estimate_kfac(model, [((x1, True), y), ((x2, False), y)])
+    ones = torch.ones(8, 1, dtype=torch.float64)
+    a1 = torch.cat([x1, ones], 1)  # [N, i + 1]
+    a12 = torch.cat([a1, torch.cat([x2, ones], 1)])
+    torch.testing.assert_close(fisher["k"].A, a1.T @ a1 / 8, **TOL64)
+    torch.testing.assert_close(fisher["q"].A, a12.T @ a12 / 16, **TOL64)

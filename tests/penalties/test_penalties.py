@@ -14,7 +14,7 @@ from kfacel.penalties import (
     NoPenalty,
     snapshot,
 )
-from tests.curvature.test_diagonal import TinyRanker
+from tests._synth import TinyRanker
 from tests.oracles import TOL64
 
 

@@ -8,6 +8,17 @@ runs the backward through every tapped layer without computing a single weight g
 forward hook and output statistics in the tap, so neither inputs nor output gradients of
 all layers are held at once; only layers that need per-example gradients keep theirs
 until the backward pass of a batch is over.
+
+Every layer owns its statistics: hooks add into the layer's own sums and nothing is shared
+between layers or batches. Layers that read the same input with the same mask (queries,
+keys and values of attention) share only the work: the batch's statistic of that input is
+computed once, kept until the batch ends, and added into each calling layer's own total.
+
+An input whose first dimension is 1 while the batch has ``N > 1`` examples (Hugging Face
+passes position ids ``[1, S]`` for the whole batch) is every example's input (K5): the
+hook expands the input and the layer's output to ``N`` along the first dimension (views,
+no copy), so statistics and output gradients are per example. The model sees the
+expanded output, which broadcasts like the original against per-example tensors.
 """
 
 from __future__ import annotations
@@ -22,10 +33,11 @@ from torch import Tensor, nn
 
 from kfacel.curvature.layers import (
     LayerKind,
-    has_bias,
     input_rows,
+    input_statistic,
     output_rows,
     positions_shape,
+    statistic_signature,
 )
 from kfacel.positions import matching_mask
 
@@ -48,7 +60,10 @@ class Call:
 
 @dataclass
 class LayerRecord:
-    """Accumulated statistics of one layer (sums and counts, so ranks can add them)."""
+    """Accumulated statistics of one layer (sums and counts, so ranks can add them).
+
+    The sums belong to this layer alone: no other record holds the same tensors.
+    """
 
     name: str
     module: nn.Module
@@ -60,8 +75,11 @@ class LayerRecord:
     )
     uses: Tensor | None = None  # Σ_n R_n
     gg: Tensor | None = None  # Σ g gᵀ  [o, o]
-    alias: LayerRecord | None = None  # shares aa, a, uses with this layer (same input)
     calls: list[Call] = field(default_factory=list)
+
+
+_StatKey = tuple[object, ...]
+"""(layer kind, statistic signature, id of the input, id of its mask or None)."""
 
 
 class _Tap(torch.autograd.Function):
@@ -80,8 +98,19 @@ class _Tap(torch.autograd.Function):
         return grad, grad.new_zeros(()), None
 
 
-def _add(acc: Tensor | None, value: Tensor) -> Tensor:
-    return value if acc is None else acc.add_(value)
+def _expand_batch_shared(
+    kind: LayerKind, module: nn.Module, x: Tensor, output: Tensor, n: int
+) -> tuple[Tensor, Tensor]:
+    """Input and output of a call, expanded to ``n`` examples when shared by the batch.
+
+    A first position dimension of 1 with ``n > 1`` examples is one input for every
+    example (position ids ``[1, S]``): both are expanded along the first dimension.
+    """
+    batched = x.ndim == 3 if kind is LayerKind.CONV1D else x.ndim >= 2
+    if n == 1 or not batched or x.shape[0] != 1 or output.shape[0] != 1:
+        return x, output
+    x = x.expand(n, *x.shape[1:])  # [N, ...], a view
+    return x, output.expand(n, *output.shape[1:])  # [N, ...]
 
 
 class Capture:
@@ -93,7 +122,9 @@ class Capture:
         self.examples = 0
         self._n = 0
         self._leaf: Tensor | None = None
-        self._shared: dict[int, tuple[Tensor, Tensor | None, LayerRecord]] = {}
+        # this batch's input statistics by input: (input and mask kept alive so their
+        # ids stay unique, Σ ā āᵀ or counts, uses); cleared at every batch boundary
+        self._batch_stats: dict[_StatKey, tuple[Tensor, Any, Tensor, Tensor]] = {}
 
     # -- per batch -------------------------------------------------------------------
 
@@ -104,7 +135,7 @@ class Capture:
         self._leaf = torch.zeros(
             (), device=device, dtype=self.dtype, requires_grad=True
         )
-        self._shared.clear()
+        self._batch_stats.clear()
         for rec in self.records.values():
             rec.calls.clear()
 
@@ -119,8 +150,8 @@ class Capture:
         )
 
     def end_batch(self) -> None:
-        """Drop what the batch kept (inputs, gradients, shared-input cache)."""
-        self._shared.clear()
+        """Drop what the batch kept (inputs, gradients, input statistics)."""
+        self._batch_stats.clear()
         self._leaf = None
         for rec in self.records.values():
             rec.calls.clear()
@@ -131,23 +162,25 @@ class Capture:
         """The forward hook of one layer."""
 
         def hook(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
-            x = args[0]
-            shape = positions_shape(rec.kind, module, x)
             n = self._n
+            x, output = _expand_batch_shared(rec.kind, module, args[0], output, n)
+            shape = positions_shape(rec.kind, module, x)
             if not shape or shape[0] % n != 0:
                 raise ValueError(
                     f"layer {rec.name!r} was called on positions {shape}, whose first "
-                    f"dimension is not a multiple of the batch's {n} examples; per-example "
-                    "statistics need the examples along the first dimension (e.g. pass "
-                    "position ids expanded to the batch)"
+                    f"dimension is neither 1 (an input shared by the batch) nor a "
+                    f"multiple of the batch's {n} examples; per-example statistics "
+                    "need the examples along the first dimension"
                 )
             mask = matching_mask(shape)
+            if mask is not None and bool(mask.all()):
+                mask = None  # all positions are real
             k = int(torch.Size(shape).numel()) // n
             rows = input_rows(rec.kind, module, x.detach())
             rows = rows.reshape(n, k, *rows.shape[1:])  # [N, k, D_in] or [N, k]
-            mask_nk = None if mask is None or bool(mask.all()) else mask.reshape(n, k)
+            mask_nk = None if mask is None else mask.reshape(n, k)
             if rec.factors:
-                self._add_input_stats(rec, x, rows, mask_nk)
+                self._add_input_stats(rec, args[0], mask, rows, mask_nk)
             call = Call(rows if rec.per_example else None, mask_nk)
             rec.calls.append(call)
             tapped: Tensor = _Tap.apply(  # type: ignore[no-untyped-call]
@@ -158,48 +191,34 @@ class Capture:
         return hook
 
     def _add_input_stats(
-        self, rec: LayerRecord, x: Tensor, rows: Tensor, mask: Tensor | None
+        self,
+        rec: LayerRecord,
+        x: Tensor,
+        mask: Tensor | None,
+        rows: Tensor,
+        mask_nk: Tensor | None,
     ) -> None:
-        """Add Σ ā āᵀ of one call, eq. (K5), computed once for layers sharing an input.
+        """Add this call's ``Σ ā āᵀ`` and uses into the layer's own sums, eq. (K5).
 
-        Layers that read the same input tensor with the same mask (queries, keys and
-        values of attention) share one accumulator: the first accumulates, the others
-        alias it. A layer whose sharing changes gets its own copy before it diverges.
+        The statistic of one (input, mask) pair is computed once per batch and added
+        into the total of every layer that reads it (queries, keys and values of
+        attention), so sharing saves the work without sharing any accumulator.
         """
-        key = id(x) if rec.kind is LayerKind.LINEAR else None
-        owner = self._shared.get(key) if key is not None else None
-        if owner is not None and owner[1] is mask and owner[2] is not rec:
-            first = owner[2]
-            if rec.aa is None:  # first batch: alias the owner's accumulators
-                rec.aa, rec.uses, rec.alias = first.aa, first.uses, first
-                return
-            if rec.alias is first:  # counted by the owner already
-                return
-        if rec.alias is not None:  # sharing ended: continue on a private copy
-            assert rec.aa is not None and rec.uses is not None
-            rec.aa, rec.uses, rec.alias = rec.aa.clone(), rec.uses.clone(), None
-        flat = rows.reshape(-1, *rows.shape[2:])  # [P, D_in] or [P]
-        if mask is not None:
-            flat = flat[mask.reshape(-1)]
-        if rec.kind is LayerKind.EMBEDDING:
-            assert isinstance(rec.module, nn.Embedding)
-            counts = torch.bincount(flat, minlength=rec.module.num_embeddings)
-            rec.aa = _add(rec.aa, counts.to(self.dtype))  # token counts  [V]
+        key = (rec.kind, statistic_signature(rec.kind, rec.module), id(x), id(mask))
+        cached = self._batch_stats.get(key)
+        if cached is None:
+            flat = rows.reshape(-1, *rows.shape[2:])  # [P, D_in] or [P]
+            if mask_nk is not None:
+                flat = flat[mask_nk.reshape(-1)]  # real positions only
+            stat = input_statistic(rec.kind, rec.module, flat, self.dtype)
+            uses = torch.full(
+                (), float(flat.shape[0]), dtype=self.dtype, device=flat.device
+            )
+            self._batch_stats[key] = (x, mask, stat, uses)
         else:
-            flat = flat.to(self.dtype)
-            i = flat.shape[1]
-            if rec.aa is None:  # Σ ā āᵀ in the layout of A: bias coordinate last
-                size = i + 1 if has_bias(rec.module) else i
-                rec.aa = flat.new_zeros(size, size)
-            rec.aa[:i, :i].addmm_(flat.T, flat)  # Σ a aᵀ
-            if rec.aa.shape[0] > i:
-                rec.aa[:i, i] += flat.sum(0)  # Σ a (the row is mirrored at the end)
-        uses = torch.full(
-            (), float(flat.shape[0]), dtype=self.dtype, device=flat.device
-        )
-        rec.uses = _add(rec.uses, uses)  # Σ_n R_n
-        if key is not None:
-            self._shared[key] = (x, mask, rec)
+            _, _, stat, uses = cached
+        rec.aa = stat.clone() if rec.aa is None else rec.aa.add_(stat)
+        rec.uses = uses.clone() if rec.uses is None else rec.uses.add_(uses)  # Σ_n R_n
 
     def _grad_sink(self, rec: LayerRecord, call: Call) -> Callable[[Tensor], None]:
         n = self._n

@@ -117,21 +117,16 @@ def _finish(
     for rec in kron:  # a rank that never saw a layer still takes part in all_reduce
         _zeros_if_unseen(rec, dtype, device)
     count = torch.tensor(float(examples), dtype=dtype, device=device)
-    owners = [r for r in kron if r.alias is None]  # aliases share their owner's tensors
-    all_reduce_([count, *[t for r in owners for t in (r.aa, r.uses)]])
+    all_reduce_([count, *[t for r in kron for t in (r.aa, r.uses)]])
     all_reduce_(r.gg for r in kron)
     all_reduce_(diag_sums[k] for k in sorted(diag_sums))
     n = float(count)
     if n == 0:
         raise ValueError("estimate_kfac saw no example: the batches were empty")
     factors: dict[str, KroneckerFactors] = {}
-    finished: set[int] = set()
-    for rec in kron:
+    for rec in kron:  # every record owns its sums: each is finished once, in place
         assert rec.aa is not None and rec.uses is not None and rec.gg is not None
-        if id(rec.aa) not in finished:  # aliases share one accumulator: finish it once
-            _finish_input_factor(rec)
-            finished.add(id(rec.aa))
-        A = rec.aa if rec.alias is None else rec.aa.clone()
+        A = _finish_input_factor(rec)
         G = rec.gg.div_(n)  # eq. (K5), in place
         for what, t in (("A", A), ("G", G)):
             if not bool(torch.isfinite(t.sum())):  # NaN and inf survive a sum
@@ -146,7 +141,7 @@ def _finish(
     return KFACFisher(factors, kind, int(n), uncovered, diagonal)
 
 
-def _finish_input_factor(rec: LayerRecord) -> None:
+def _finish_input_factor(rec: LayerRecord) -> Tensor:
     """``A = Σ ā āᵀ / Σ_n R_n`` in place, bias coordinate last, eqs. (K5)–(K6)."""
     assert rec.aa is not None and rec.uses is not None
     uses = float(rec.uses)
@@ -156,6 +151,7 @@ def _finish_input_factor(rec: LayerRecord) -> None:
         rec.aa[i, i] = uses
     if uses > 0:
         rec.aa.div_(uses)
+    return rec.aa
 
 
 def _zeros_if_unseen(

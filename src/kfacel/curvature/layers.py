@@ -102,6 +102,58 @@ def input_rows(kind: LayerKind, module: nn.Module, x: Tensor) -> Tensor:
     return xhat.reshape(-1, *module.normalized_shape).flatten(1)
 
 
+def input_statistic(
+    kind: LayerKind, module: nn.Module, rows: Tensor, dtype: torch.dtype
+) -> Tensor:
+    """``Σ_r ā_r ā_rᵀ`` of real input rows in the layout of ``A``, eqs. (K5)–(K6).
+
+    Args:
+        kind: the layer kind (not LayerNorm).
+        module: the layer.
+        rows: ``[P, D_in]`` real input rows (Embedding: token ids ``[P]``).
+        dtype: dtype of the statistic.
+
+    Returns:
+        Embedding: token counts ``[V]``. Otherwise ``[i, i]`` holding ``Σ a aᵀ``, and
+        with a bias ``[i + 1, i + 1]`` whose last column holds ``Σ a`` above the diagonal
+        (the last row and corner are filled when the factor is finished).
+
+    >>> import torch
+    >>> rows = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    >>> input_statistic(LayerKind.LINEAR, nn.Linear(2, 1), rows, torch.float64)
+    tensor([[10., 14.,  4.],
+            [14., 20.,  6.],
+            [ 0.,  0.,  0.]], dtype=torch.float64)
+    """
+    if kind is LayerKind.EMBEDDING:
+        assert isinstance(module, nn.Embedding)
+        counts = torch.bincount(rows, minlength=module.num_embeddings)
+        return counts.to(dtype)  # token counts  [V], eq. (K6)
+    a = rows.to(dtype)  # [P, i]
+    i = a.shape[1]
+    size = i + 1 if has_bias(module) else i
+    stat = a.new_zeros(size, size)
+    stat[:i, :i] = torch.einsum("ri,rj->ij", a, a)  # Σ a aᵀ, eq. (K5)
+    if size > i:
+        stat[:i, i] = a.sum(0)  # Σ a (mirrored into the last row when finished)
+    return stat
+
+
+def statistic_signature(kind: LayerKind, module: nn.Module) -> tuple[int, ...]:
+    """What, besides the input, decides :func:`input_statistic` of a layer.
+
+    Two layers with equal kinds and signatures that read the same input with the same
+    mask have equal statistics, so it is computed once for both.
+    """
+    if kind is LayerKind.EMBEDDING:
+        assert isinstance(module, nn.Embedding)
+        return (module.num_embeddings,)
+    if kind is LayerKind.CONV1D:
+        assert isinstance(module, nn.Conv1d)
+        return (*_conv_geometry(module), int(has_bias(module)))
+    return (int(has_bias(module)),)
+
+
 def _conv_geometry(module: nn.Conv1d) -> tuple[int, int, int]:
     """Kernel width, stride and (numeric, symmetric) zero padding of a Conv1d."""
     (k,), (stride,) = module.kernel_size, module.stride

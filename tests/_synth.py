@@ -1,0 +1,351 @@
+"""Shared synthetic models, batches and tasks of the tests, built once (STYLE.md §10, §13).
+
+Curvature cases follow curvlinops' ``test/cases.py``: a table of tiny float64 models,
+each with a batch maker that can pad, so every estimator test runs models × Fisher kinds
+× masks from the same table. Model tests share synthetic linking queries and a tiny
+BERT configuration; CLI tests a tiny random transformer checkpoint written on the spot.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kfacel.data.records import Candidate, LinkingExample
+from kfacel.positions import valid_positions
+
+# ------------------------------------------------------------------ curvature models
+
+
+class MLP(nn.Module):
+    """Two Linear layers, one use per example: K-FAC is exact for one example."""
+
+    def __init__(self, d_in: int = 4, h: int = 5, c: int = 3, bias: bool = True):
+        super().__init__()
+        self.fc1 = nn.Linear(d_in, h, bias=bias)
+        self.fc2 = nn.Linear(h, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.tanh(self.fc1(x)))
+
+
+class SharedEncoder(nn.Module):
+    """One Linear used at every position of two inputs (mention and candidates)."""
+
+    def __init__(self, d: int = 3, h: int = 4, c: int = 3):
+        super().__init__()
+        self.enc = nn.Linear(d, h)
+        self.head = nn.Linear(2 * h, c)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        ma, mb = batch["mask_a"], batch["mask_b"]
+        with valid_positions(ma):
+            ha = torch.tanh(self.enc(batch["a"]))  # [N, S, h]
+        with valid_positions(mb):
+            hb = torch.tanh(self.enc(batch["b"]))  # [N, T, h]
+        pa = (ha * ma[..., None]).sum(1) / ma.sum(1, keepdim=True)
+        pb = (hb * mb[..., None]).sum(1) / mb.sum(1, keepdim=True)
+        return self.head(torch.cat([pa, pb], -1))
+
+
+def shared_batch(n: int = 6, s: int = 5, t: int = 3, d: int = 3) -> dict:
+    """Inputs of :class:`SharedEncoder` with some padding in both sequences."""
+    g = torch.Generator().manual_seed(1)
+    mask_a = torch.rand(n, s, generator=g) > 0.3
+    mask_a[:, 0] = True
+    mask_b = torch.ones(n, t, dtype=torch.bool)
+    mask_b[0, -1] = False
+    return {
+        "a": torch.randn(n, s, d, generator=g, dtype=torch.float64),
+        "b": torch.randn(n, t, d, generator=g, dtype=torch.float64),
+        "mask_a": mask_a,
+        "mask_b": mask_b,
+    }
+
+
+class ConvNet(nn.Module):
+    """A Conv1d, or the same map as a Linear over unfolded patches (``as_linear``)."""
+
+    def __init__(self, as_linear: bool = False):
+        super().__init__()
+        self.as_linear = as_linear
+        self.conv = nn.Conv1d(3, 4, kernel_size=3, padding=1)
+        self.lin = nn.Linear(9, 4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [N, 3, L]
+        if self.as_linear:
+            patches = F.pad(x, (1, 1)).unfold(2, 3, 1).permute(0, 2, 1, 3).flatten(2)
+            h = self.lin(patches)  # [N, L, 4]
+        else:
+            h = self.conv(x).transpose(1, 2)  # [N, L, 4]
+        return self.head(torch.relu(h).amax(1))
+
+
+class EmbedNet(nn.Module):
+    """An Embedding, or the same map as a Linear over one-hot inputs (``one_hot``)."""
+
+    def __init__(self, vocab: int = 7, d: int = 3, one_hot: bool = False):
+        super().__init__()
+        self.one_hot, self.vocab = one_hot, vocab
+        self.emb = nn.Embedding(vocab, d)
+        self.lin = nn.Linear(vocab, d, bias=False)
+        self.head = nn.Linear(d, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:  # ids: [N, S]
+        if self.one_hot:
+            h = self.lin(F.one_hot(ids, self.vocab).double())
+        else:
+            h = self.emb(ids)
+        return self.head(torch.tanh(h).mean(1))
+
+
+class TinyRanker(nn.Module):
+    """Every layer kind: Embedding, Conv1d, LayerNorm, and a Linear called twice."""
+
+    def __init__(self, vocab: int = 9, d: int = 4, c: int = 3):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.conv = nn.Conv1d(d, d, kernel_size=3, padding=1)
+        self.norm = nn.LayerNorm(d)
+        self.enc = nn.Linear(d, d)
+        self.head = nn.Linear(2 * d, c)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        ids, mask = batch["ids"], batch["mask"]
+        m = mask[..., None].to(torch.float64)
+        with valid_positions(mask):
+            h = self.emb(ids) * m  # [N, S, d], padding zeroed before the convolution
+            h = self.conv(h.transpose(1, 2)).transpose(1, 2)  # [N, S, d]
+            h = self.norm(torch.tanh(h))
+            a = torch.tanh(self.enc(h))  # first call
+            b = torch.tanh(self.enc(a))  # second call of the same layer
+        b = b.masked_fill(~mask[..., None], float("-inf"))
+        pooled = torch.cat([(a * m).sum(1), b.amax(1)], -1)
+        return self.head(pooled)
+
+
+class TwoHeads(nn.Module):
+    """``q`` and ``k`` read the same input; ``k`` only when the batch asks for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q = nn.Linear(3, 2)
+        self.k = nn.Linear(3, 2)
+
+    def forward(self, inputs: tuple[torch.Tensor, bool]) -> torch.Tensor:
+        x, use_k = inputs
+        out = self.q(x)
+        return out + self.k(x) if use_k else out
+
+
+class PositionNet(nn.Module):
+    """Inputs shared by the whole batch, as Hugging Face passes position ids.
+
+    ``pos`` (Embedding) reads position ids ``[1, S]`` and ``wave`` (Linear) a fixed
+    ``[1, S, d]`` signal, both once for every example; with ``shared=False`` the same
+    inputs are expanded to ``[N, S]`` and ``[N, S, d]`` first.
+    """
+
+    def __init__(self, shared: bool = True, vocab: int = 6, s: int = 5, d: int = 3):
+        super().__init__()
+        self.shared = shared
+        self.tok = nn.Embedding(vocab, d)
+        self.pos = nn.Embedding(s, d)
+        self.wave = nn.Linear(d, d)
+        self.head = nn.Linear(d, 3)
+        signal = torch.randn(1, s, d, generator=torch.Generator().manual_seed(7))
+        self.register_buffer("signal", signal)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        ids, mask = batch["ids"], batch["mask"]
+        n, s = ids.shape
+        pos_ids = torch.arange(s).unsqueeze(0)  # [1, S]
+        signal = self.signal[:, :s]  # [1, S, d]
+        if not self.shared:
+            pos_ids, signal = pos_ids.expand(n, s), signal.expand(n, s, -1)
+        with valid_positions(mask):
+            h = self.tok(ids) + self.pos(pos_ids)  # [N, S, d]
+            h = torch.tanh(h + self.wave(signal))
+        m = mask[..., None].to(h.dtype)
+        return self.head((h * m).sum(1) / m.sum(1))
+
+
+# ------------------------------------------------------------------- the case table
+
+
+def select_rows(inputs: Any, n: int) -> Any:
+    """Example ``n`` of a tensor or a dict of tensors, as a batch of one."""
+    if isinstance(inputs, dict):
+        return {k: v[n : n + 1] for k, v in inputs.items()}
+    return inputs[n : n + 1]
+
+
+def _ids_batch(n: int, s: int, vocab: int, padded: bool) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    mask = torch.ones(n, s, dtype=torch.bool)
+    if padded:
+        mask[1, s - 2 :] = False
+        mask[3, s - 1 :] = False
+    return {"ids": torch.randint(0, vocab, (n, s), generator=g), "mask": mask}
+
+
+def _mlp_batch(padded: bool) -> torch.Tensor:
+    del padded  # one use per example: nothing to pad
+    return torch.randn(5, 4, generator=torch.Generator().manual_seed(2)).double()
+
+
+def _shared_encoder_batch(padded: bool) -> dict[str, torch.Tensor]:
+    batch = shared_batch(n=5)
+    if not padded:
+        batch["mask_a"] = torch.ones_like(batch["mask_a"])
+        batch["mask_b"] = torch.ones_like(batch["mask_b"])
+    return batch
+
+
+@dataclass(frozen=True)
+class CurvatureCase:
+    """One row of the table: a model, its covered layers and a batch maker."""
+
+    name: str
+    model: Callable[[], nn.Module]
+    batch: Callable[[bool], Any]  # padded -> inputs
+    layers: tuple[str, ...]  # the layers with Kronecker factors
+
+    def make(self, padded: bool) -> tuple[nn.Module, Any, torch.Tensor]:
+        """A float64 model with fixed weights, its inputs and labels."""
+        torch.manual_seed(0)
+        model = self.model().double()
+        inputs = self.batch(padded)
+        first = inputs if torch.is_tensor(inputs) else next(iter(inputs.values()))
+        return model, inputs, torch.arange(int(first.shape[0])) % 3
+
+
+CASES = (
+    CurvatureCase("mlp", MLP, _mlp_batch, ("fc1", "fc2")),
+    CurvatureCase(
+        "shared-positions", SharedEncoder, _shared_encoder_batch, ("enc", "head")
+    ),
+    CurvatureCase(
+        "every-kind",
+        TinyRanker,
+        lambda padded: _ids_batch(5, 6, 9, padded),
+        ("emb", "conv", "enc", "head"),
+    ),
+    CurvatureCase(
+        "batch-shared",
+        PositionNet,
+        lambda padded: _ids_batch(5, 5, 6, padded),
+        ("tok", "pos", "wave", "head"),
+    ),
+)
+"""Models × masks (``CurvatureCase.make(padded)``); tests add the Fisher kinds."""
+
+# ---------------------------------------------------------------- linking queries
+
+WORDS = [
+    "heart",
+    "lung",
+    "liver",
+    "kidney",
+    "brain",
+    "blood",
+    "bone",
+    "skin",
+    "nerve",
+    "muscle",
+    "fever",
+    "pain",
+    "cough",
+    "rash",
+    "tumor",
+    "cancer",
+    "virus",
+    "cell",
+    "gene",
+    "protein",
+    "drug",
+    "dose",
+    "acute",
+    "chronic",
+    "severe",
+    "mild",
+]
+TYPES = ("disease", "anatomy", "chemical")
+
+
+def synthetic_examples(n: int, *, seed: int, num_candidates: int = 5) -> list:
+    """Queries whose gold candidate's name is the mention (the model tests' task)."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        names = rng.sample(WORDS, num_candidates)
+        gold = rng.randrange(num_candidates)
+        cands = tuple(
+            Candidate(f"C{WORDS.index(w)}", w, TYPES[WORDS.index(w) % 3]) for w in names
+        )
+        left = " ".join(rng.choices(WORDS, k=4))
+        right = " ".join(rng.choices(WORDS, k=4))
+        out.append(
+            LinkingExample(names[gold], left, right, cands, cands[gold].id, f"d{i}")
+        )
+    return out
+
+
+TINY_BERT = {
+    "vocab_size": 30522,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 64,
+}
+"""A tiny random BERT over the MiniLM package's vocabulary (model tests)."""
+
+# ----------------------------------------------------- a tiny transformer checkpoint
+
+_SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[unused0]", "[unused1]"]
+
+
+def write_tiny_encoder(directory: Path, words: list[str], *, hidden: int = 8) -> Path:
+    """A random 1-layer BERT checkpoint with a word-level vocabulary of ``words``.
+
+    Holds ``tokenizer.json``, ``vocab.txt``, ``config.json`` and
+    ``model.safetensors``: what ``kfacel train --model transformer --encoder DIR``
+    reads. Every word is one token, so sequences stay a few tokens long.
+    """
+    from safetensors.torch import save_file
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertConfig, BertModel
+
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = [*_SPECIAL, *sorted(set(words)), *"abcdefghijklmnopqrstuvwxyz0123456789"]
+    vocab = list(dict.fromkeys(vocab))
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tok = BertWordPieceTokenizer(str(directory / "vocab.txt"), lowercase=True)
+    tok.save(str(directory / "tokenizer.json"))
+    config = {
+        "model_type": "bert",
+        "vocab_size": len(vocab),
+        "hidden_size": hidden,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 2 * hidden,
+        "max_position_embeddings": 32,
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+    }
+    (directory / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    torch.manual_seed(0)
+    encoder = BertModel(BertConfig(**config), add_pooling_layer=False)
+    state = {k: v.contiguous() for k, v in encoder.state_dict().items()}
+    save_file(state, str(directory / "model.safetensors"))
+    return directory
