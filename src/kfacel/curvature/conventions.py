@@ -1,7 +1,10 @@
 r"""Notation, vec order and scaling of every curvature quantity in kfacel.
 
 This module holds no code. Each numbered equation is cited where it is implemented and
-pinned by a test (``tests/curvature/test_conventions.py`` and the estimator tests).
+pinned by a test: ``tests/curvature/test_conventions.py`` (vec order, folding, that every
+equation is cited), the estimator tests ``tests/curvature/test_kfac.py`` and
+``tests/curvature/test_diagonal.py`` (K1–K7 against brute force) and
+``tests/penalties/test_penalties.py`` (P1–P3).
 
 Index legend
 ------------
@@ -38,7 +41,10 @@ candidates, ``R_n`` uses of a layer by example ``n``.
     ``G = 1/N Σ_n E_y Σ_r g_{n,r} g_{n,r}ᵀ``, so that ``F_layer ≈ G ⊗ A``. For one example
     and one use (``N = R = 1``) this is exact: ``(g gᵀ) ⊗ (ā āᵀ) = vec(g āᵀ) vec(g āᵀ)ᵀ``.
     Positions marked as padding (``kfacel.positions``) are not uses: they enter neither
-    sum nor count. Statistics are sums and counts, so K-FAC over several processes adds
+    sum nor count. An input whose first dimension is 1 while the batch has ``N > 1``
+    examples (position ids ``[1, S]``) is every example's input: it counts as ``N``
+    inputs, and each example's output gradient enters G (as if it had been expanded to
+    ``[N, S]``). Statistics are sums and counts, so K-FAC over several processes adds
     them with ``all_reduce`` before dividing and equals K-FAC over the pooled data.
 
 (K6) Embedding
