@@ -217,3 +217,123 @@ def test_psytar_workbook_quirks(tmp_path: Path) -> None:
     assert skips.repaired == {
         "PsyTAR entity located by its part after the last comma": 1
     }
+
+
+# --- issue 13: BOMs are BOMs, bad bytes and bad lines are named ----------------------
+
+BOM = b"\xef\xbb\xbf"
+
+
+def _with_bom(src: Path, dst: Path) -> Path:
+    dst.write_bytes(BOM + src.read_bytes())
+    return dst
+
+
+def test_bom_dictionary_gives_the_plain_first_id(
+    fixtures: Path, tmp_path: Path
+) -> None:
+    """A BOM TSV and a BOM MEDIC read like the files without it."""
+    tsv = tmp_path / "d.tsv"
+    tsv.write_bytes(BOM + b"C001\tT047\tFever\nC002\tT047\tCough\n")
+    assert [c.id for c in read_dictionary(tsv)] == ["C001", "C002"]
+    medic = _with_bom(fixtures / "medic.txt", tmp_path / "medic.txt")
+    assert read_dictionary(medic) == read_dictionary(fixtures / "medic.txt")
+
+
+def test_bom_pubtator_keeps_its_first_document(fixtures: Path, tmp_path: Path) -> None:
+    """The first document's mentions survive a BOM, plain and gzip."""
+    plain, _ = _pubtator(fixtures / "mini_pubtator.txt")
+    bom = _with_bom(fixtures / "mini_pubtator.txt", tmp_path / "bom.txt")
+    gz = tmp_path / "bom.txt.gz"
+    gz.write_bytes(gzip.compress(bom.read_bytes()))
+    for path in (bom, gz):
+        mentions, skips = _pubtator(path)
+        assert [m.surface for m in mentions] == [m.surface for m in plain]
+        assert "annotation outside its document" not in " ".join(skips.counts)
+
+
+def test_bom_jsonl_and_cadec_read_like_plain(fixtures: Path, tmp_path: Path) -> None:
+    """JSONL and CADEC JSON with a BOM parse to the same mentions."""
+    jsonl = _with_bom(fixtures / "mentions.jsonl", tmp_path / "m.jsonl")
+    assert [(m.surface, m.spans, s) for m, s in read_jsonl_mentions(jsonl)] == [
+        (m.surface, m.spans, s)
+        for m, s in read_jsonl_mentions(fixtures / "mentions.jsonl")
+    ]
+    cadec = _with_bom(fixtures / "cadec.json", tmp_path / "cadec.json")
+    assert [m.surface for m in read_cadec(cadec)] == [
+        m.surface for m in read_cadec(fixtures / "cadec.json")
+    ]
+
+
+LATIN1 = "Fi\xe8vre".encode("latin-1")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "read"),
+    [
+        ("d.tsv", b"C001\tT047\tFever\nC002\tT047\t" + LATIN1 + b"\n", read_dictionary),
+        ("medic.txt", b"D001||Fever\nD002||" + LATIN1 + b"\n", read_dictionary),
+        ("p.txt", b"1|t|Fever.\n1|a|" + LATIN1 + b"\n", read_pubtator),
+        (
+            "m.jsonl",
+            b'{"text": "ok", "mention": "ok", "concept_id": "C1"}\n{"text": "'
+            + LATIN1
+            + b'"}\n',
+            read_jsonl_mentions,
+        ),
+        ("cadec.json", b'[{"raw": "a"},\n {"raw": "' + LATIN1 + b'"}]', read_cadec),
+    ],
+)
+def test_latin1_input_names_file_and_line(
+    tmp_path: Path, name: str, content: bytes, read: object
+) -> None:
+    """Bytes that are not UTF-8: one ValueError with file, line 2 and byte offset."""
+    path = tmp_path / name
+    path.write_bytes(content)
+    offset = content.index(b"\xe8")
+    with pytest.raises(ValueError, match=rf"{name}:2: not UTF-8 .*offset {offset}\b"):
+        list(read(path))  # type: ignore[operator]
+
+
+def test_binary_gzip_that_is_not_gzip_is_named(tmp_path: Path) -> None:
+    """A .gz that does not decompress: ValueError naming the file."""
+    path = tmp_path / "c.txt.gz"
+    path.write_bytes(b"\x1f\x8bnot really gzip")
+    with pytest.raises(ValueError, match=r"c\.txt\.gz: not a readable gzip"):
+        list(read_pubtator(path))
+
+
+def test_dictionary_line_without_name_column_is_refused(tmp_path: Path) -> None:
+    """`id<TAB>type` in an `id<TAB>type<TAB>name` file: refused, not type-as-name."""
+    path = tmp_path / "d.tsv"
+    path.write_text("C001\tT047\tFever\n\nC002\tT047\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"d\.tsv:3: 2 columns .* name column"):
+        read_dictionary(path)
+
+
+def test_jsonl_repeated_concept_id_is_refused(tmp_path: Path) -> None:
+    """The same gold twice is refused with file:line (not skipped as composite)."""
+    path = tmp_path / "m.jsonl"
+    line = '{"text": "a b", "spans": [[0, 1]], "concept_ids": ["C1", "UMLS:C1"]}'
+    path.write_text('{"text": "ok", "spans": [[0, 2]], "concept_id": "C1"}\n' + line)
+    with pytest.raises(ValueError, match=r"m\.jsonl:2: concept id 'C1' is given twice"):
+        list(read_jsonl_mentions(path))
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        '"spans": [["0", "1"]]',
+        '"spans": [[0.5, 1]]',
+        '"mention": null',
+        '"mention": " "',
+    ],
+)
+def test_jsonl_spans_and_mention_must_have_their_types(
+    tmp_path: Path, fields: str
+) -> None:
+    """String or float offsets and a null or blank mention: refused with file:line."""
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"text": "a b", "concept_id": "C1", ' + fields + "}\n")
+    with pytest.raises(ValueError, match=r"m\.jsonl:1: '(spans|mention)'"):
+        list(read_jsonl_mentions(path))

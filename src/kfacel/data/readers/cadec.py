@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from kfacel.data.readers.lines import read_text
 from kfacel.data.records import Concept, Mention, SkipReport
 
 
@@ -46,12 +47,12 @@ def read_cadec(
         One ``Mention`` per labelled entity; ``doc_id`` is the post's file name.
 
     Raises:
-        ValueError: when the file is not a JSON list of posts.
+        ValueError: when the file is not UTF-8 or not a JSON list of posts.
     """
     path = Path(path)
     skips = skips if skips is not None else SkipReport()
     try:
-        posts = json.loads(path.read_text(encoding="utf-8"))
+        posts = json.loads(read_text(path))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from exc
     if not isinstance(posts, list):

@@ -3,9 +3,12 @@
 The generic TSV has one line per name, ``id<TAB>…<TAB>name``: the first column is the
 concept id and the last the name; with three or more columns the second is the concept's
 semantic type (as in MedMentions' ``CUI<TAB>TUI<TAB>name``). A repeated id adds a
-synonym (its first line gives the preferred name and type). CRLF line ends, blank lines
-and ``#`` comment lines are accepted; a line with a single column or an empty id or name
-is skipped and counted.
+synonym (its first line gives the preferred name and type). CRLF line ends, a UTF-8
+BOM, blank lines and ``#`` comment lines are accepted; a line with a single column or an
+empty id or name is skipped and counted. A line with fewer columns than the first
+content line (``CUI<TAB>TUI`` in a ``CUI<TAB>TUI<TAB>name`` file) has lost its name
+column and is refused, naming the file and line, rather than read with its type as the
+name.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+from kfacel.data.readers.lines import text_lines
 from kfacel.data.readers.medic import is_medic_line, read_medic
 from kfacel.data.records import Concept, SkipReport, normalize_id
 
@@ -28,29 +32,38 @@ def read_tsv_dictionary(
 
     Yields:
         One ``Concept`` per distinct id, all its names in order, duplicates removed.
+
+    Raises:
+        ValueError: naming file and line of a line that lost its name column, or of
+            bytes that are not UTF-8.
     """
     path = Path(path)
     skips = skips if skips is not None else SkipReport()
     names: dict[str, dict[str, None]] = {}
     types: dict[str, str | None] = {}
-    with path.open(encoding="utf-8", newline=None) as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            line = raw.rstrip("\r\n")
-            if not line.strip() or line.startswith("#"):
-                continue
-            cols = line.split("\t")
-            where = f"{path}:{lineno}"
-            if len(cols) < 2:
-                skips.add("malformed dictionary line (no tab)", where)
-                continue
-            ident, name = normalize_id(cols[0]), " ".join(cols[-1].split())
-            if not ident or not name:
-                skips.add("dictionary line with an empty id or name", where)
-                continue
-            if ident not in names:
-                names[ident] = {}
-                types[ident] = cols[1].strip() or None if len(cols) >= 3 else None
-            names[ident][name] = None
+    width = 0  # columns of the first content line
+    for lineno, line in text_lines(path):
+        if not line.strip() or line.startswith("#"):
+            continue
+        cols = line.split("\t")
+        where = f"{path}:{lineno}"
+        if len(cols) < 2:
+            skips.add("malformed dictionary line (no tab)", where)
+            continue
+        width = width or len(cols)
+        if len(cols) < width:
+            raise ValueError(
+                f"{where}: {len(cols)} columns where the dictionary has {width} "
+                "(id<TAB>type<TAB>name): the name column is missing"
+            )
+        ident, name = normalize_id(cols[0]), " ".join(cols[-1].split())
+        if not ident or not name:
+            skips.add("dictionary line with an empty id or name", where)
+            continue
+        if ident not in names:
+            names[ident] = {}
+            types[ident] = cols[1].strip() or None if len(cols) >= 3 else None
+        names[ident][name] = None
     for ident, ns in names.items():
         yield Concept(id=ident, names=tuple(ns), semantic_type=types[ident])
 
@@ -61,19 +74,17 @@ def detect_format(path: Path) -> str:
     Raises:
         ValueError: naming the file and line when it is neither.
     """
-    with path.open(encoding="utf-8", newline=None) as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            line = raw.rstrip("\r\n")
-            if not line.strip() or line.startswith("#"):
-                continue
-            if is_medic_line(line):
-                return "medic"
-            if "\t" in line:
-                return "tsv"
-            raise ValueError(
-                f"{path}:{lineno}: not a concept dictionary line (expected "
-                "'id<TAB>...<TAB>name' or MEDIC 'IDS||NAMES')"
-            )
+    for lineno, line in text_lines(path):
+        if not line.strip() or line.startswith("#"):
+            continue
+        if is_medic_line(line):
+            return "medic"
+        if "\t" in line:
+            return "tsv"
+        raise ValueError(
+            f"{path}:{lineno}: not a concept dictionary line (expected "
+            "'id<TAB>...<TAB>name' or MEDIC 'IDS||NAMES')"
+        )
     raise ValueError(f"{path}: the dictionary is empty")
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+from kfacel.data.readers.lines import text_lines
 from kfacel.data.records import Concept, SkipReport, normalize_id
 
 
@@ -39,7 +40,7 @@ def read_medic(
     """Yield the concepts of a MEDIC vocabulary file.
 
     Args:
-        path: the vocabulary, UTF-8, ``IDS||NAMES`` a line (CRLF tolerated).
+        path: the vocabulary, UTF-8, ``IDS||NAMES`` a line (CRLF and a BOM tolerated).
         skips: receives counts of skipped lines and where the first one is.
 
     Yields:
@@ -48,28 +49,24 @@ def read_medic(
     path = Path(path)
     skips = skips if skips is not None else SkipReport()
     seen: set[str] = set()
-    with path.open(encoding="utf-8", newline=None) as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            line = raw.rstrip("\r\n")
-            if not line.strip():
+    for lineno, line in text_lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        if not is_medic_line(line):
+            skips.add("malformed MEDIC line (no 'IDS||NAMES')", where)
+            continue
+        head, _, tail = line.partition("||")
+        names = tuple(dict.fromkeys(n.strip() for n in tail.split("|") if n.strip()))
+        if not names:
+            skips.add("MEDIC line without names", where)
+            continue
+        ids = []
+        for ident in (medic_id(i) for i in head.split("|") if i.strip()):
+            if ident in seen:
+                skips.add("repeated MEDIC id (first line kept)", where)
                 continue
-            where = f"{path}:{lineno}"
-            if not is_medic_line(line):
-                skips.add("malformed MEDIC line (no 'IDS||NAMES')", where)
-                continue
-            head, _, tail = line.partition("||")
-            names = tuple(
-                dict.fromkeys(n.strip() for n in tail.split("|") if n.strip())
-            )
-            if not names:
-                skips.add("MEDIC line without names", where)
-                continue
-            ids = []
-            for ident in (medic_id(i) for i in head.split("|") if i.strip()):
-                if ident in seen:
-                    skips.add("repeated MEDIC id (first line kept)", where)
-                    continue
-                seen.add(ident)
-                ids.append(ident)
-            if ids:
-                yield Concept(id=ids[0], names=names, alt_ids=tuple(ids[1:]))
+            seen.add(ident)
+            ids.append(ident)
+        if ids:
+            yield Concept(id=ids[0], names=names, alt_ids=tuple(ids[1:]))

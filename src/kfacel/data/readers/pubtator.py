@@ -22,14 +22,13 @@ lines. Quirks that are accepted (and counted in the ``SkipReport``):
 
 from __future__ import annotations
 
-import gzip
 import logging
 import re
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import TextIO
 
+from kfacel.data.readers.lines import text_lines
 from kfacel.data.records import Mention, SkipReport, normalize_id
 
 logger = logging.getLogger(__name__)
@@ -38,13 +37,6 @@ _TEXT_LINE = re.compile(r"^([^|\t]+)\|([ta])\|(.*)$")
 _ID_SEPARATORS = re.compile(r"[|+]")
 REALIGN_WINDOW = 100
 """How far (characters) from the given offsets a mismatching mention is looked for."""
-
-
-def open_text(path: Path) -> TextIO:
-    """Open a UTF-8 text file, gzip-compressed when its name ends with ``.gz``."""
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", newline=None)
-    return path.open(encoding="utf-8", newline=None)
 
 
 def split_ids(raw: str) -> tuple[str, ...]:
@@ -93,31 +85,30 @@ def read_pubtator(
 
     Raises:
         FileNotFoundError: when ``path`` does not exist.
+        ValueError: naming file and line of bytes that are not UTF-8.
     """
     path = Path(path)
     skips = skips if skips is not None else SkipReport()
-    with open_text(path) as fh:
-        doc_id, title, abstract = "", None, None
-        for lineno, raw in enumerate(fh, start=1):
-            line = raw.rstrip("\r\n")
-            where = f"{path}:{lineno}"
-            if not line.strip():
-                doc_id, title, abstract = "", None, None
-                continue
-            head = _TEXT_LINE.match(line)
-            if head:
-                pmid, kind, body = head.groups()
-                if pmid != doc_id:
-                    doc_id, title, abstract = pmid, None, None
-                if kind == "t":
-                    title = body
-                else:
-                    abstract = body
-                continue
-            mention = _parse_annotation(line, doc_id, title, abstract, where, skips)
-            if mention is not None:
-                mention = replace(mention, source=str(path), line=lineno)
-                yield mention
+    doc_id, title, abstract = "", None, None
+    for lineno, line in text_lines(path):
+        where = f"{path}:{lineno}"
+        if not line.strip():
+            doc_id, title, abstract = "", None, None
+            continue
+        head = _TEXT_LINE.match(line)
+        if head:
+            pmid, kind, body = head.groups()
+            if pmid != doc_id:
+                doc_id, title, abstract = pmid, None, None
+            if kind == "t":
+                title = body
+            else:
+                abstract = body
+            continue
+        mention = _parse_annotation(line, doc_id, title, abstract, where, skips)
+        if mention is not None:
+            mention = replace(mention, source=str(path), line=lineno)
+            yield mention
 
 
 def _parse_annotation(
