@@ -124,3 +124,11 @@ def test_errors_are_clear() -> None:
     gen = build_generator("tfidf", CONCEPTS)
     with pytest.raises(ValueError, match="'C99' is not in the dictionary"):
         make_candidates(gen, ["x"], ["C99"], num_candidates=3, seed=0)
+
+
+@pytest.mark.parametrize("method", ["tfidf", "bm25"])
+def test_one_concept_dictionary_is_a_clear_error(method: str) -> None:
+    """One concept gives no negative: named, not numpy's `zero-size array`."""
+    gen = build_generator(method, CONCEPTS[:1])
+    with pytest.raises(ValueError, match="1 usable concept; a query needs at least 2"):
+        make_candidates(gen, ["chest pain"], ["C1"], num_candidates=3, seed=0)

@@ -30,7 +30,7 @@ from kfacel.data.readers import (
     read_pubtator,
 )
 from kfacel.data.records import Mention, SkipReport
-from kfacel.data.tasks import prepare_task, split_by_document
+from kfacel.data.tasks import check_task_out, prepare_task, split_by_document
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +151,7 @@ def build_public3(
     small: bool = False,
     tasks: tuple[str, ...] = TASKS,
     synonyms: bool = True,
+    overwrite: bool = True,
 ) -> dict[str, dict[str, Any]]:
     """Build the PUBLIC-3 task directories ``out_dir/{medmentions,cadec,ncbi}``.
 
@@ -163,18 +164,23 @@ def build_public3(
         tasks: which of the three to build.
         synonyms: candidates carry their name closest to the mention
             (``prepare_task``); False: preferred names only.
+        overwrite: replace existing task directories (other directories are never
+            replaced; see :func:`~kfacel.data.tasks.check_task_out`).
 
     Returns:
         ``{task name: its task.json contents}``.
 
     Raises:
         FileNotFoundError: naming a missing input file.
-        ValueError: for an unknown task name.
+        ValueError: for an unknown task name, or an output directory that would lose
+            data (checked for every task before any is built).
     """
     unknown = [t for t in tasks if t not in _BUILDERS]
     if unknown:
         raise ValueError(f"unknown PUBLIC-3 tasks {unknown}; choose from {TASKS}")
     data, out = Path(data_dir), Path(out_dir)
+    for task in tasks:
+        check_task_out(out / task, inputs=[data], overwrite=overwrite)
     results = {}
     for task in tasks:
         logger.info("building %s", task)

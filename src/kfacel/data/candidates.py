@@ -291,13 +291,19 @@ def make_candidates(
         and the recall@{1,5,10,C} and accuracy@1 of the generator.
 
     Raises:
-        ValueError: when lengths differ, C < 2, or a gold is not in the dictionary.
+        ValueError: when lengths differ, C < 2, the dictionary has fewer than two
+            concepts, or a gold is not in the dictionary.
     """
     if len(mentions) != len(golds):
         raise ValueError(f"{len(mentions)} mentions but {len(golds)} gold ids")
     if num_candidates < 2:
         raise ValueError(f"num_candidates must be at least 2, got {num_candidates}")
     n = len(generator.concepts)
+    if n < 2:
+        raise ValueError(
+            f"the dictionary has {n} usable concept; a query needs at least 2 "
+            "candidates"
+        )
     c = min(num_candidates, n)
     gold_idx = np.empty(len(golds), dtype=np.int64)
     for q, gold in enumerate(golds):

@@ -117,7 +117,11 @@ class LinkingExample:
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> LinkingExample:
-        """Parse one task line; raises ``ValueError`` naming a missing or bad field."""
+        """Parse one task line; raises ``ValueError`` naming a missing or bad field.
+
+        A candidate id given twice is refused: the gold's twin would tie with it
+        (counted wrong) and be trained as a negative.
+        """
         for key in ("mention", "left_context", "right_context", "candidates", "gold"):
             if key not in obj:
                 raise ValueError(f"missing field {key!r}")
@@ -135,6 +139,10 @@ class LinkingExample:
             cands.append(
                 Candidate(str(c["id"]), str(c["name"]), c.get("type"), synonym)
             )
+        ids = [c.id for c in cands]
+        repeated = next((i for n, i in enumerate(ids) if i in ids[:n]), None)
+        if repeated is not None:  # ties would score the gold wrong, train it negative
+            raise ValueError(f"candidate id {repeated!r} appears twice in the list")
         retrieved = obj.get("retrieved")
         if retrieved is not None and not isinstance(retrieved, bool):
             raise ValueError(f"'retrieved' must be true or false, got {retrieved!r}")

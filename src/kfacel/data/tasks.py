@@ -3,8 +3,12 @@
 A task directory holds ``train.jsonl``, ``dev.jsonl`` and ``test.jsonl`` (one
 ``LinkingExample.to_json()`` a line, keys sorted, UTF-8) and ``task.json`` (name,
 sources, counts, candidate method, C, context width, seed, what was skipped and why,
-and the generator's recall@k and accuracy@1 per split). Every file is written to a
-temporary file and renamed, ``task.json`` last; equal inputs give byte-identical files.
+and the generator's recall@k and accuracy@1 per split). The directory is assembled in a
+hidden temporary sibling (``.NAME.XXXX``, removed on every error path) and renamed into
+place at once; equal inputs give byte-identical files. Only an empty directory or a task
+directory (``task.json`` of format ``kfacel-task/…`` and nothing but the task files) is
+ever replaced: :func:`check_task_out` refuses any other existing directory, and an output
+that holds one of the inputs, before any work is done.
 
 Policy for mentions that cannot become a query (counted in ``task.json``):
 
@@ -20,19 +24,23 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from kfacel._io import umask_mode
 from kfacel.data.candidates import build_generator, make_candidates
+from kfacel.data.readers.lines import read_text, text_lines
 from kfacel.data.records import Concept, LinkingExample, Mention, SkipReport
 
 SPLITS = ("train", "dev", "test")
 FORMAT = "kfacel-task/1"
+TASK_FILES = ("train.jsonl", "dev.jsonl", "test.jsonl", "task.json")
 
 
 @dataclass(frozen=True)
@@ -227,15 +235,80 @@ def _example(
     )
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def is_task_dir(path: Path | str) -> bool:
+    """Whether ``path`` is a directory with a ``task.json`` written by kfacel."""
+    meta = Path(path) / "task.json"
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
+        info = json.loads(read_text(meta))
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and str(info.get("format", "")).startswith(
+        "kfacel-task/"
+    )
+
+
+def check_task_out(
+    out_dir: Path | str, *, inputs: Iterable[Path | str] = (), overwrite: bool = False
+) -> None:
+    """Refuse a task output directory whose writing would lose data.
+
+    Args:
+        out_dir: the task directory to be written.
+        inputs: the input files (or directories) the task is built from.
+        overwrite: whether an existing task directory may be replaced.
+
+    Raises:
+        ValueError: naming the directory when an input lies in it (or is it), when it
+            exists and is not empty and not a task directory, when it holds files
+            other than a task's, or when it is a task directory and not ``overwrite``.
+    """
+    out = Path(out_dir)
+    where = out.resolve()
+    for source in inputs:
+        path = Path(source).resolve()
+        if path == where or where in path.parents:
+            raise ValueError(
+                f"output {out} holds the input {source}: writing it would destroy "
+                "the input; choose another output directory"
+            )
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ValueError(f"output {out} exists and is not a directory")
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return
+    if not is_task_dir(out):
+        raise ValueError(
+            f"output {out} is not empty and not a kfacel task directory "
+            f"(it holds {', '.join(entries[:3])}{', …' if len(entries) > 3 else ''}); "
+            "refusing to replace it"
+        )
+    extra = [e for e in entries if e not in TASK_FILES]
+    if extra:
+        raise ValueError(
+            f"output {out} holds files that are not part of a task "
+            f"({', '.join(extra[:3])}); refusing to replace it"
+        )
+    if not overwrite:
+        raise ValueError(
+            f"output {out} already holds a task; give --overwrite to replace it"
+        )
+
+
+def _replace_dir(tmp: Path, directory: Path) -> None:
+    """Rename ``tmp`` to ``directory``; an existing one is removed only after."""
+    if not directory.exists() or not any(directory.iterdir()):
+        os.replace(tmp, directory)
+        return
+    old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+    os.replace(directory, old)
+    try:
+        os.replace(tmp, directory)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        os.replace(old, directory)
         raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_task(
@@ -243,27 +316,44 @@ def write_task(
     splits: Mapping[str, Sequence[LinkingExample]],
     info: Mapping[str, Any],
 ) -> Path:
-    """Write a task directory: the three splits, then ``task.json``; each atomically.
+    """Write a task directory at once: the three splits and ``task.json``.
+
+    The files are written into a hidden temporary sibling directory, which replaces
+    ``out_dir`` once complete; it is removed on every error path.
 
     Raises:
-        ValueError: when a split is missing or empty (before anything is written).
+        ValueError: when a split is missing or empty, or ``out_dir`` is neither absent,
+            empty nor a task directory (see :func:`check_task_out`); before anything
+            is written.
     """
     out = Path(out_dir)
     for split in SPLITS:
         if not splits.get(split):
             raise ValueError(f"{out}: split {split!r} is empty; a task needs all three")
-    out.mkdir(parents=True, exist_ok=True)
-    for split in SPLITS:
-        lines = (
-            json.dumps(e.to_json(), sort_keys=True, ensure_ascii=False) + "\n"
-            for e in splits[split]
-        )
-        _write_atomic(out / f"{split}.jsonl", "".join(lines))
-    _write_atomic(
-        out / "task.json",
-        json.dumps(info, sort_keys=True, indent=2, ensure_ascii=False) + "\n",
-    )
+    check_task_out(out, overwrite=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        os.chmod(tmp, umask_mode(0o777))  # mkdtemp makes it 0700
+        for split in SPLITS:
+            lines = (
+                json.dumps(e.to_json(), sort_keys=True, ensure_ascii=False) + "\n"
+                for e in splits[split]
+            )
+            _write(tmp / f"{split}.jsonl", "".join(lines))
+        meta = {"format": FORMAT, **info}
+        text = json.dumps(meta, sort_keys=True, indent=2, ensure_ascii=False)
+        _write(tmp / "task.json", text + "\n")
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out
+
+
+def _write(path: Path, text: str) -> None:
+    with path.open("w", encoding="utf-8", newline="\n") as fh:
+        fh.write(text)
 
 
 def read_split(path: Path) -> list[LinkingExample]:
@@ -273,17 +363,16 @@ def read_split(path: Path) -> list[LinkingExample]:
         ValueError: naming the file and line of a bad line, or when there is no query.
     """
     out = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw)
-                if not isinstance(obj, dict):
-                    raise ValueError("expected a JSON object")
-                out.append(LinkingExample.from_json(obj))
-            except ValueError as exc:  # JSONDecodeError is a ValueError
-                raise ValueError(f"{path}:{lineno}: {exc}") from None
+    for lineno, raw in text_lines(path):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+            if not isinstance(obj, dict):
+                raise ValueError("expected a JSON object")
+            out.append(LinkingExample.from_json(obj))
+        except ValueError as exc:  # JSONDecodeError is a ValueError
+            raise ValueError(f"{path}:{lineno}: {exc}") from None
     if not out:
         raise ValueError(f"{path}: the split has no query")
     return out
@@ -305,11 +394,13 @@ def load_task(task_dir: Path | str) -> Task:
     meta = path / "task.json"
     if meta.is_file():
         try:
-            info = json.loads(meta.read_text(encoding="utf-8"))
+            info = json.loads(read_text(meta))
         except json.JSONDecodeError as exc:
             raise ValueError(
                 f"{meta}:{exc.lineno}: not valid JSON: {exc.msg}"
             ) from None
+        if not isinstance(info, dict):
+            raise ValueError(f"{meta}: expected a JSON object")
     splits = {}
     for split in SPLITS:
         file = path / f"{split}.jsonl"
