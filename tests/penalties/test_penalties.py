@@ -167,3 +167,64 @@ def test_embedding_rows_that_did_not_move_are_skipped_exactly() -> None:
     torch.testing.assert_close(model.emb.weight.grad, auto[0], **TOL64)
     torch.testing.assert_close(model.head.weight.grad, auto[1], **TOL64)
     assert model.emb.weight.grad[[0, 2, 3, 5]].abs().max() == 0
+
+
+def _finite_difference_grad(
+    pen: object, model: nn.Module, eps: float = 1e-6, entries: int = 6
+) -> dict[str, tuple[torch.Tensor, slice]]:
+    """Central differences of ``R(θ)`` (exact up to rounding: R is quadratic).
+
+    Every entry of the embedding table, the first ``entries`` of other parameters.
+    """
+    out = {}
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            flat = p.view(-1)
+            part = slice(None) if name == "emb.weight" else slice(0, entries)
+            gflat = torch.zeros_like(flat[part])
+            for j in range(gflat.numel()):
+                x = float(flat[j])
+                flat[j] = x + eps
+                up = float(pen(model))  # type: ignore[operator]
+                flat[j] = x - eps
+                down = float(pen(model))  # type: ignore[operator]
+                flat[j] = x  # exactly as it was
+                gflat[j] = (up - down) / (2 * eps)
+            out[name] = (gflat, part)
+    return out
+
+
+@pytest.mark.parametrize("which", ["kfac", "ewc", "l2"])
+@pytest.mark.parametrize("damping", [0.0, 0.25])
+def test_add_grad_equals_finite_differences_and_autograd(
+    which: str, damping: float
+) -> None:
+    """add_grad_ (the trainer's path) against FD and autograd of R, two tasks.
+
+    Embedding rows 0, 2 and 7 did not move (Δ = 0; token 7 also has A = 0).
+    """
+    model, batch, y = _setup()
+    pens, anchor, _ = _penalties(model, batch, y, damping=damping)
+    pen = pens[which].add_task(snapshot(model), pens[which].terms[0][1], lam=0.5)
+    _perturb(model)
+    with torch.no_grad():
+        for row in (0, 2, 7):
+            model.emb.weight[row] = anchor["emb.weight"][row]
+    auto = torch.autograd.grad(pen(model), list(model.parameters()), allow_unused=True)
+    fd = _finite_difference_grad(pen, model)
+    model.zero_grad(set_to_none=True)
+    value = pen.add_grad_(model)
+    torch.testing.assert_close(value, pen(model).detach(), **TOL64)
+    for (name, p), g in zip(model.named_parameters(), auto, strict=True):
+        got = torch.zeros_like(p) if p.grad is None else p.grad
+        expected = torch.zeros_like(p) if g is None else g
+        torch.testing.assert_close(got, expected, **TOL64, msg=name)
+        fd_grad, part = fd[name]
+        torch.testing.assert_close(
+            got.view(-1)[part], fd_grad, rtol=1e-6, atol=1e-7, msg=name
+        )
+    unmoved = model.emb.weight.grad[[0, 2, 7]]
+    if (
+        which != "l2"
+    ):  # Δ = 0 rows: only other rows' curvature (through G) can reach them
+        assert unmoved[2].abs().max() == 0  # A_7 = 0 and Δ_7 = 0: nothing at all
