@@ -113,3 +113,86 @@ def test_failed_write_leaves_earlier_states_intact(tmp_path, monkeypatch) -> Non
         save_state(tmp_path, TaskState("B", "l2", snapshot(model), None))
     assert sorted(p.name for p in state_dir(tmp_path).iterdir()) == before
     assert [s.task for s in load_state(tmp_path, model)] == ["A"]
+
+
+# --- issue 13: tampered or damaged states are refused, naming file and tensor --------
+
+
+def _saved(tmp_path):
+    """A K-FAC state (with diagonal fallback) and an EWC state of one model."""
+    model, batches = _data()
+    fisher = estimate_kfac(model, batches, uncovered="diagonal")
+    save_state(tmp_path, TaskState("A", "kfac", snapshot(model), fisher))
+    diag = estimate_diagonal(model, batches)
+    save_state(tmp_path, TaskState("B", "ewc", snapshot(model), diag))
+    return model, sorted(state_dir(tmp_path).glob("*.safetensors"))
+
+
+def _tamper(path, name, change) -> None:
+    from safetensors.torch import save_file
+
+    tensors = load_file(str(path))
+    tensors[name] = change(tensors[name])
+    save_file(tensors, str(path))
+
+
+def _negate_top(t):
+    return torch.cat([-t[:1] * 1e3, t[1:]])  # packed triangle: entry (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("which", "name", "change", "message"),
+    [
+        (0, "anchor/enc.weight", lambda t: t * float("nan"), "NaN or infinite"),
+        (0, "kfac/conv/A", lambda t: t + float("inf"), "NaN or infinite"),
+        (0, "kfac/enc/G", _negate_top, "not positive semi-definite"),
+        (0, "kfac/head/A", lambda t: -t, "not positive semi-definite"),
+        (0, "kfac/emb/A", lambda t: t - t.max(), "negative entry"),
+        (0, "diag/norm.weight", lambda t: -t - 1, "negative entry"),
+        (1, "diag/head.weight", lambda t: t - 2 * t.max(), "negative entry"),
+        (0, "anchor/head.bias", lambda t: t.to(torch.int64), "wrong dtype"),
+        (1, "diag/enc.bias", lambda t: t.to(torch.float16), "wrong dtype"),
+    ],
+)
+def test_tampered_tensor_is_refused_naming_file_and_tensor(
+    tmp_path, which, name, change, message
+) -> None:
+    """Each damaged tensor: one ValueError with the .safetensors file and its name."""
+    model, files = _saved(tmp_path)
+    _tamper(files[which], name, change)
+    pattern = rf"{files[which].name}: tensor '{name}' .*{message}"
+    with pytest.raises(ValueError, match=pattern):
+        load_state(tmp_path, model)
+
+
+def test_rounding_below_zero_is_not_negative_curvature(tmp_path) -> None:
+    """A factor a rounding error below PSD loads; a factor far below does not."""
+    model, files = _saved(tmp_path)
+    n = 4
+    v = torch.randn(n, 1, dtype=torch.float64)
+    for scale, ok in ((1e-9, True), (1e-3, False)):
+        G = v @ v.T - scale * float((v**2).sum()) * torch.eye(n, dtype=torch.float64)
+        i, j = torch.triu_indices(n, n)
+        _tamper(files[0], "kfac/enc/G", lambda _t, G=G, i=i, j=j: G[i, j].contiguous())
+        if ok:
+            load_state(tmp_path, model)
+        else:
+            with pytest.raises(ValueError, match="kfac/enc/G' is not positive"):
+                load_state(tmp_path, model)
+
+
+def test_truncated_state_file_is_refused_naming_it(tmp_path) -> None:
+    """A truncated .safetensors: a ValueError naming it, not a SafetensorError."""
+    model, files = _saved(tmp_path)
+    data = files[1].read_bytes()
+    files[1].write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=rf"{files[1].name}: not a readable"):
+        load_state(tmp_path, model)
+
+
+def test_state_metadata_that_is_not_an_object_is_refused(tmp_path) -> None:
+    """A JSON list as metadata: refused naming the file."""
+    model, files = _saved(tmp_path)
+    files[0].with_suffix(".json").write_text("[1, 2]", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"00-A\.json: .*JSON object"):
+        load_state(tmp_path, model)

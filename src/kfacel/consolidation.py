@@ -5,24 +5,28 @@ A model directory holds ``consolidation/NN-<task>.safetensors`` (tensors) and
 per finished task, in order. Kronecker factors are symmetric and stored as their upper
 triangle. Nothing is pickled; files are written to a temporary name and renamed, so a
 crash never leaves half a state. Loading checks every name and shape against the model
-and refuses a mismatch, naming what differs.
+and refuses a mismatch, naming what differs; it also refuses, naming the state file and
+the tensor, a file safetensors cannot read (truncated), a tensor that is not floating
+point or holds NaN or ±inf, a Kronecker factor that is not positive semi-definite beyond
+rounding (an eigenvalue below ``-tol · max|eig|``, ``tol = max(1e-6, n · eps)``), and a
+diagonal curvature or Embedding input factor with a negative entry.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from kfacel._io import atomic_write, atomic_write_text
 from kfacel.curvature.factors import DiagonalFisher, KFACFisher, KroneckerFactors
 from kfacel.curvature.layers import LayerKind, fold
 from kfacel.penalties import (
@@ -37,6 +41,8 @@ from kfacel.types import FisherKind, ParamDict
 FORMAT = 1
 METHODS = ("kfac", "ewc", "l2")
 Curvature = KFACFisher | DiagonalFisher | None
+PSD_RTOL = 1e-6
+"""Least relative tolerance of the PSD check (raised to ``n · eps`` of the dtype)."""
 
 
 @dataclass(frozen=True)
@@ -67,9 +73,10 @@ def save_state(model_dir: Path | str, state: TaskState) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{len(_stems(out)):02d}-{_slug(state.task)}"
     meta = {**state.meta, **_describe(state), "format": FORMAT}
-    _atomic(out / f"{stem}.safetensors", lambda p: save_file(_tensors(state), str(p)))
+    tensors = _tensors(state)
+    atomic_write(out / f"{stem}.safetensors", lambda p: save_file(tensors, str(p)))
     text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
-    _atomic(out / f"{stem}.json", lambda p: p.write_text(text, encoding="utf-8"))
+    atomic_write_text(out / f"{stem}.json", text)
     return out / f"{stem}.json"
 
 
@@ -79,22 +86,25 @@ def load_state(
     """Every finished task's state, in order; checked against ``model`` when given.
 
     Raises:
-        ValueError: a file is malformed, or names or shapes differ from the model (listed).
+        ValueError: a file is malformed or unreadable, a tensor has a wrong dtype, a
+            non-finite value or negative curvature (named), or names or shapes differ
+            from the model (listed).
     """
     out = state_dir(model_dir)
     states = []
     for stem in _stems(out):
         meta_path = out / f"{stem}.json"
+        meta = _read_meta(meta_path)
+        tensor_path = out / f"{stem}.safetensors"
         try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
+            tensors = load_file(str(tensor_path))
+        except (SafetensorError, OSError) as exc:
             raise ValueError(
-                f"{meta_path}: cannot read consolidation metadata: {exc}"
-            ) from exc
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{meta_path}: unknown format {meta.get('format')!r}")
-        tensors = load_file(str(out / f"{stem}.safetensors"))
+                f"{tensor_path}: not a readable safetensors file ({exc})"
+            ) from None
+        _check_tensors(tensors, tensor_path)
         state = _rebuild(meta, tensors, meta_path)
+        _check_curvature(state, tensor_path)
         if model is not None:
             check_state(state, model, where=str(meta_path))
         states.append(state)
@@ -106,10 +116,7 @@ def copy_states(src: Path | str, dst: Path | str) -> None:
     for stem in _stems(state_dir(src)):
         for suffix in (".safetensors", ".json"):
             data = (state_dir(src) / f"{stem}{suffix}").read_bytes()
-            state_dir(dst).mkdir(parents=True, exist_ok=True)
-            _atomic(
-                state_dir(dst) / f"{stem}{suffix}", lambda p, d=data: p.write_bytes(d)
-            )
+            atomic_write(state_dir(dst) / f"{stem}{suffix}", _writer(data))
 
 
 def check_state(state: TaskState, model: nn.Module, *, where: str = "state") -> None:
@@ -240,7 +247,7 @@ def _rebuild(meta: dict[str, Any], tensors: dict[str, Tensor], path: Path) -> Ta
             curvature = DiagonalFisher(
                 diag, FisherKind(meta["fisher_kind"]), int(meta["num_examples"])
             )
-    except (KeyError, ValueError) as exc:
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise ValueError(f"{path}: malformed consolidation state ({exc})") from exc
     return TaskState(meta["task"], meta["method"], anchor, curvature, meta)
 
@@ -275,15 +282,86 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "task"
 
 
-def _atomic(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
+def _writer(data: bytes) -> Callable[[Path], None]:
+    def write(path: Path) -> None:
+        path.write_bytes(data)
+
+    return write
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
     try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        meta = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError, JSONDecodeError
+        raise ValueError(f"{path}: cannot read consolidation metadata: {exc}") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: consolidation metadata must be a JSON object")
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: unknown format {meta.get('format')!r}")
+    return meta
+
+
+def _check_tensors(tensors: Mapping[str, Tensor], path: Path) -> None:
+    """Refuse a tensor that is not floating point or not finite, naming it."""
+    for name, t in tensors.items():
+        curvature = not name.startswith("anchor/")
+        allowed = (torch.float32, torch.float64) if curvature else None
+        if not t.is_floating_point() or (allowed and t.dtype not in allowed):
+            raise ValueError(f"{path}: tensor {name!r} has the wrong dtype {t.dtype}")
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{path}: tensor {name!r} holds NaN or infinite values")
+
+
+def _check_curvature(state: TaskState, path: Path) -> None:
+    """Refuse negative curvature: a factor not PSD, a diagonal with a negative entry."""
+    c = state.curvature
+    diagonal: Mapping[str, Tensor] = {}
+    if isinstance(c, KFACFisher):
+        for name, f in c.items():
+            for which, m in (("G", f.G), ("A", f.A)):
+                where = f"{path}: tensor 'kfac/{name}/{which}'"
+                if m.ndim == 1:
+                    _check_nonnegative(m, where)
+                else:
+                    _check_psd(m, where)
+        diagonal = c.diagonal
+    elif isinstance(c, DiagonalFisher):
+        diagonal = dict(c.items())
+    for name, v in diagonal.items():
+        _check_nonnegative(v, f"{path}: tensor 'diag/{name}'")
+
+
+def _check_nonnegative(v: Tensor, where: str) -> None:
+    if v.numel() and float(v.min()) < 0:
+        raise ValueError(
+            f"{where} has a negative entry ({float(v.min()):.3g}): "
+            "a Fisher diagonal is never negative"
+        )
+
+
+def _check_psd(m: Tensor, where: str) -> None:
+    """Refuse a symmetric ``m`` whose smallest eigenvalue is below ``-tol·max|eig|``.
+
+    A Cholesky factorization of ``m + tol·max|diag|·I`` (max|diag| ≤ max|eig|) passes
+    for every matrix that passes the test; only when it fails are the eigenvalues
+    computed, to decide and to report.
+    """
+    n = m.shape[0]
+    if n == 0:
+        return
+    tol = max(PSD_RTOL, n * torch.finfo(m.dtype).eps)
+    m64 = m.double()
+    shift = tol * float(m64.diagonal().abs().max())
+    eye = torch.eye(n, dtype=torch.float64, device=m.device)
+    if int(torch.linalg.cholesky_ex(m64 + shift * eye).info) == 0:
+        return
+    eig = torch.linalg.eigvalsh(m64)
+    low, top = float(eig[0]), float(eig.abs().max())
+    if low < -tol * top:
+        raise ValueError(
+            f"{where} is not positive semi-definite (smallest eigenvalue {low:.3g}, "
+            f"largest magnitude {top:.3g})"
+        )
 
 
 def states_nbytes(states: Mapping[str, TaskState] | Sequence[TaskState]) -> int:
