@@ -3,8 +3,13 @@
 A model directory holds ``model.safetensors`` (the state dict), ``config.json``
 (``{"model": name, "config": {...}, ...}`` plus whatever the caller adds, such as the
 collator settings and the task it was trained on) and the tokenizer files the caller
-copies in. It is written to a temporary sibling directory and renamed into place, so a
-reader never sees half a model and an interrupted save leaves the old one intact.
+copies in. It is written to a temporary sibling directory (with the user's umask, not
+``mkdtemp``'s 0700) and renamed into place, so a reader never sees half a model and an
+interrupted save leaves the old one intact; the temporary directory, and the old one
+moved aside while the new one takes its place, are removed on every error path.
+Loading refuses, naming the file, a ``config.json`` that is not a JSON object with a
+known ``model`` and a ``config`` object of its settings, and a ``model.safetensors``
+that safetensors cannot read (truncated) or whose tensors do not fit the model.
 """
 
 from __future__ import annotations
@@ -18,9 +23,11 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, cast
 
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from kfacel._io import umask_mode
 from kfacel.models.bert import BertRanker, BertRankerConfig
 from kfacel.models.cnn import CNNConfig, CNNRanker
 
@@ -83,6 +90,7 @@ def save_model(
     meta = {"model": model_name(model), "config": asdict(config), **(extra or {})}
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
+        os.chmod(tmp, umask_mode(0o777))
         state = {
             k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
         }
@@ -102,11 +110,20 @@ def read_model_config(directory: str | Path) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: naming the missing file.
+        ValueError: naming the file when it is not UTF-8 JSON holding an object.
     """
     file = Path(directory) / CONFIG_FILE
     if not file.is_file():
         raise FileNotFoundError(f"{file} does not exist: not a model directory")
-    return json.loads(file.read_text(encoding="utf-8"))
+    try:
+        meta = json.loads(file.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{file}:{exc.lineno}: not valid JSON: {exc.msg}") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{file}: not UTF-8 text (byte {exc.start})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{file}: expected a JSON object, got {type(meta).__name__}")
+    return meta
 
 
 def load_model(directory: str | Path) -> nn.Module:
@@ -117,16 +134,33 @@ def load_model(directory: str | Path) -> nn.Module:
         ValueError: when the weights do not match the configuration.
     """
     meta = read_model_config(directory)
+    file = Path(directory) / CONFIG_FILE
     name = meta.get("model")
-    if name not in MODELS:
-        raise ValueError(f"{directory}/{CONFIG_FILE}: unknown model {name!r}")
+    if not isinstance(name, str) or name not in MODELS:
+        raise ValueError(f"{file}: unknown model {name!r}; known: {sorted(MODELS)}")
     config_cls, model_cls = MODELS[name]
-    model = model_cls(config_cls(**meta["config"]), pretrained=False)
+    settings = meta.get("config")
+    if not isinstance(settings, dict):
+        raise ValueError(f"{file}: 'config' must be a JSON object of {name} settings")
+    try:
+        config = config_cls(**settings)
+    except TypeError as exc:
+        raise ValueError(f"{file}: bad {name} settings ({exc})") from None
+    model = model_cls(config, pretrained=False)
     weights = Path(directory) / WEIGHTS_FILE
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} does not exist")
-    state = load_file(str(weights))
-    result = model.load_state_dict(state, strict=False)
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(
+            f"{weights}: not a readable safetensors file ({exc})"
+        ) from None
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shapes that differ from the configuration
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise ValueError(f"{weights}: does not fit {file}: {first}") from None
     missing = [k for k in result.missing_keys if not k.endswith("position_ids")]
     if missing or result.unexpected_keys:
         raise ValueError(
@@ -141,5 +175,9 @@ def _replace_dir(tmp: Path, directory: Path) -> None:
         return
     old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
     os.replace(directory, old)
-    os.replace(tmp, directory)
+    try:
+        os.replace(tmp, directory)
+    except BaseException:
+        os.replace(old, directory)  # put the old model back
+        raise
     shutil.rmtree(old, ignore_errors=True)
