@@ -53,7 +53,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` (UTF-8, ``\\n`` line ends) to ``path`` atomically."""
+    """Write ``text`` (UTF-8, Unix line ends) to ``path`` atomically."""
 
     def write(tmp: Path) -> None:
         with tmp.open("w", encoding="utf-8", newline="\n") as fh:
@@ -71,3 +71,57 @@ def atomic_write_json(path: str | Path, obj: Any, **dumps: Any) -> Path:
         **dumps: ``json.dumps`` options (default ``indent=2``).
     """
     return atomic_write_text(path, json.dumps(obj, **{"indent": 2, **dumps}) + "\n")
+
+
+def check_output_dir(
+    out: str | Path,
+    *,
+    inputs: dict[str, list[str | Path]],
+    own: Callable[[Path], bool],
+    what: str,
+    overwrite: bool = False,
+) -> Path:
+    """Refuse an output directory whose writing could lose what kfacel did not create.
+
+    Checked before any work: ``out`` may not be, contain or lie inside an input; an
+    existing non-empty ``out`` must be kfacel's own output of this kind (``own``) and is
+    replaced only with ``overwrite``; its nearest existing ancestor must be writable.
+
+    Args:
+        out: the directory to write.
+        inputs: the inputs, by the option that named them (e.g. ``{"--task": [...]}``).
+        own: whether an existing directory is kfacel's own output of this kind.
+        what: the kind, for messages (e.g. "model directory").
+        overwrite: whether the user allowed replacing kfacel's own output.
+
+    Returns:
+        ``out`` resolved.
+
+    Raises:
+        ValueError: naming ``out`` and the reason.
+    """
+    target = Path(out).resolve()
+    for option, paths in inputs.items():
+        for p in paths:
+            src = Path(p).resolve()
+            if target == src or src in target.parents or target in src.parents:
+                raise ValueError(
+                    f"--out {out} overlaps {option} {p}: kfacel does not write over "
+                    "or inside its inputs; choose another --out"
+                )
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"--out {out} is a file, not a directory")
+    if target.is_dir() and any(target.iterdir()):
+        if not own(target):
+            raise ValueError(
+                f"--out {out} exists and is not a kfacel {what}: kfacel replaces "
+                "only its own output; choose a new or empty directory"
+            )
+        if not overwrite:
+            raise ValueError(
+                f"--out {out} is an existing {what}: pass --overwrite to replace it"
+            )
+    parent = next(p for p in [target, *target.parents] if p.exists())
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: {parent} is not writable")
+    return target

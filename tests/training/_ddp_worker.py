@@ -7,7 +7,7 @@ import torch.distributed as dist
 from _training_synth import batches, tiny_cnn
 from safetensors.torch import save_file
 
-from kfacel.training.trainer import train_task
+from kfacel.training.trainer import TrainSettings, train_task
 
 
 def run(rank: int, world: int, port: int, out: str) -> None:
@@ -17,7 +17,7 @@ def run(rank: int, world: int, port: int, out: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         model = tiny_cnn(dropout=0.0).double()
-        train_task(model, batches(32, 0, 8), epochs=2, lr=1e-2, seed=0)
+        train_task(model, batches(32, 0, 8), TrainSettings(epochs=2, lr=1e-2, seed=0))
         if rank == 0:
             save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out)
     finally:

@@ -23,6 +23,7 @@ from kfacel.data.tasks import Task
 from kfacel.penalties import KFACPenalty, snapshot
 from kfacel.training.continual import consolidate_task, discriminative_lr_groups
 from kfacel.training.pipeline import fit_task, new_linker
+from kfacel.training.trainer import TrainSettings
 
 WORDS = [
     "heart",
@@ -198,7 +199,7 @@ def trained_on_a(tmp_path_factory):
         max_mention_length=16,
         max_name_length=4,
     )
-    fit_task(linker, a, epochs=1, lr=3e-3, batch_size=32, seed=0)
+    fit_task(linker, a, TrainSettings(epochs=1, lr=3e-3, batch_size=32, seed=0))
     return linker, a
 
 

@@ -20,6 +20,7 @@ from kfacel.training.pipeline import (
     new_linker,
     save_linker,
 )
+from kfacel.training.trainer import TrainSettings
 
 WORDS = [
     "heart",
@@ -90,7 +91,7 @@ def test_alias_features_solve_a_task_without_string_evidence(task, tmp_path):
     )
     assert linker.collator.feature_names == FEATURE_NAMES + ALIAS_FEATURE_NAMES
     assert linker.model.config.num_features == len(linker.collator.feature_names)
-    fit_task(linker, task, epochs=3, lr=1e-2, batch_size=20, seed=0)
+    fit_task(linker, task, TrainSettings(epochs=3, lr=1e-2, batch_size=20, seed=0))
     assert evaluate_split(linker, task.test).accuracy > 0.9  # chance: 0.2
 
     save_linker(linker, tmp_path / "m")

@@ -1,6 +1,7 @@
-"""train_task: learning, seeded determinism, best epoch, penalty hook, errors, DDP."""
+"""train_task: learning, best epoch, penalty, clipping, replay, schedule, seeds, errors, DDP."""
 
 import socket
+from dataclasses import replace
 
 import pytest
 import torch
@@ -9,30 +10,48 @@ from _training_synth import batches, tiny_cnn
 from safetensors.torch import load_file
 
 from kfacel.training.evaluate import evaluate
-from kfacel.training.trainer import lr_factor, train_task
+from kfacel.training.trainer import Replay, TrainSettings, lr_factor, train_task
 
 
-def test_training_lowers_the_loss_and_keeps_the_best_dev_epoch(train_dev):
+def settings(**kw) -> TrainSettings:
+    return TrainSettings(**{"epochs": 1, "lr": 1e-2, "seed": 0, **kw})
+
+
+def test_training_lowers_the_loss(train_dev):
     train, dev = train_dev
     model = tiny_cnn()
-    log = train_task(model, train, epochs=4, lr=1e-2, dev_batches=dev, seed=0)
+    log = train_task(model, train, settings(epochs=4), dev_batches=dev)
     assert log.epochs[-1].loss < log.epochs[0].loss
-    best = max(e.dev_accuracy for e in log.epochs)
-    assert log.best_dev_accuracy == best
-    assert log.epochs[log.best_epoch - 1].dev_accuracy == best
-    assert evaluate(model, dev).accuracy == pytest.approx(best)
     assert log.queries_per_s > 0
     assert not model.training
 
 
-def test_a_seeded_cpu_run_is_identical_twice(train_dev):
+def test_the_best_dev_epoch_is_restored_when_dev_gets_worse(train_dev):
+    # dev = the training queries with every gold moved to another candidate: the better
+    # the model fits the training set, the worse it does on this dev set
+    train, _ = train_dev
+    anti = [
+        replace(b, labels=(b.labels + 1) % b.candidate_valid.shape[1]) for b in train
+    ]
+    model = tiny_cnn()
+    log = train_task(model, train, settings(epochs=4, lr=1e-4), dev_batches=anti)
+    accs = [e.dev_accuracy for e in log.epochs]
+    assert accs[-1] < max(accs)  # the last epoch is not the best: a restore is needed
+    assert log.best_epoch == accs.index(max(accs)) + 1 < 4
+    assert log.best_dev_accuracy == max(accs)
+    assert evaluate(model, anti).accuracy == pytest.approx(max(accs))
+
+
+def test_a_seeded_cpu_run_is_identical_twice_and_leaves_the_global_rng(train_dev):
     train, dev = train_dev
     states, logs = [], []
     for _ in range(2):
         model = tiny_cnn()
+        rng = torch.get_rng_state()
         logs.append(
-            train_task(model, train, epochs=2, lr=1e-2, dev_batches=dev, seed=7)
+            train_task(model, train, settings(epochs=2, seed=7), dev_batches=dev)
         )
+        assert torch.equal(torch.get_rng_state(), rng)  # the caller's RNG is untouched
         states.append(model.state_dict())
     for name in states[0]:
         assert torch.equal(states[0][name], states[1][name]), name
@@ -61,24 +80,66 @@ class CountingPenalty:
 def test_the_penalty_gradient_is_added_after_backward_and_logged(train_dev):
     train, _ = train_dev
     penalty = CountingPenalty(1e-6)
-    log = train_task(tiny_cnn(), train, penalty=penalty, epochs=1, lr=1e-3, seed=0)
+    log = train_task(tiny_cnn(), train, settings(lr=1e-3), penalty=penalty)
     assert penalty.calls == len(train)
     assert log.epochs[0].penalty != 0.0
     assert log.epochs[0].loss > log.epochs[0].penalty
 
 
-class NaNModel(torch.nn.Module):
+def _grad_norm(model: torch.nn.Module) -> float:
+    return torch.cat([p.grad.flatten() for p in model.parameters()]).norm().item()
+
+
+def test_clipping_bounds_the_total_gradient_penalty_included(train_dev):
+    # the last step's gradient stays in .grad: clipped to the bound, or far above it
+    train = train_dev[0][:2]
+    clipped, free = tiny_cnn(), tiny_cnn()
+    train_task(clipped, train, settings(clip=0.01), penalty=CountingPenalty(1.0))
+    train_task(free, train, settings(clip=None), penalty=CountingPenalty(1.0))
+    assert _grad_norm(clipped) == pytest.approx(0.01, rel=1e-4)
+    assert _grad_norm(free) > 1.0
+
+
+class CountingModel(torch.nn.Module):
+    """A tiny CNN that counts the forward calls on each batch (by its token ids)."""
+
     def __init__(self) -> None:
         super().__init__()
-        self.w = torch.nn.Linear(1, 1)
+        self.inner, self.calls = tiny_cnn(dropout=0.0), {}
 
     def forward(self, batch):
-        return self.w(batch.features[..., :1]).squeeze(-1) * float("nan")
+        key = _key(batch)
+        self.calls[key] = self.calls.get(key, 0) + 1
+        return self.inner(batch)
+
+
+def _key(batch) -> tuple:
+    return tuple(batch.mention_ids.flatten().tolist())
+
+
+def test_replay_takes_n_old_steps_after_every_m_new_ones(train_dev):
+    train, old = train_dev[0][:6], batches(12, 5, 4)  # 3 old batches
+    model = CountingModel()
+    penalty = CountingPenalty(0.0)  # counts optimizer steps
+    replay = Replay(old, every=2, n=3)
+    train_task(model, train, settings(), penalty=penalty, replay=replay)
+    assert penalty.calls == 6 + (6 // 2) * 3
+    assert [model.calls.get(_key(b), 0) for b in old] == [3, 3, 3]  # a seeded cycle
+    with pytest.raises(ValueError, match="replay every"):
+        Replay(old, every=0)
 
 
 def test_a_nan_loss_stops_with_a_clear_error(train_dev):
-    with pytest.raises(FloatingPointError, match="loss is nan at epoch 1"):
-        train_task(NaNModel(), train_dev[0], epochs=1, lr=1e-3)
+    class NaNModel(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Linear(1, 1)
+
+        def forward(self, batch):
+            return self.w(batch.features[..., :1]).squeeze(-1) * float("nan")
+
+    with pytest.raises(FloatingPointError, match="loss is nan at epoch 1, batch 1"):
+        train_task(NaNModel(), train_dev[0], settings())
 
 
 def test_parameter_groups_set_their_own_learning_rate(train_dev):
@@ -88,7 +149,7 @@ def test_parameter_groups_set_their_own_learning_rate(train_dev):
         {"params": list(model.scorer.parameters()), "lr": 0.0},
         {"params": [p for n, p in model.named_parameters() if "scorer" not in n]},
     ]
-    train_task(model, train_dev[0], epochs=1, lr=1e-2, lr_groups=groups, seed=0)
+    train_task(model, train_dev[0], settings(), lr_groups=groups)
     for k, v in model.scorer.state_dict().items():
         assert torch.equal(v, frozen[k]), k
 
@@ -114,14 +175,42 @@ def test_train_task_follows_the_schedule_in_every_group(train_dev):
         {"params": [p for n, p in model.named_parameters() if "scorer" not in n]},
     ]
     log = train_task(
-        model, train, epochs=2, lr=1e-2, lr_groups=groups, schedule="linear", seed=0
+        model, train, settings(epochs=2, schedule="linear"), lr_groups=groups
     )
     # the last step of epoch e is step e·steps − 1: factor (total − step)/total
     total = 2 * steps
     assert log.epochs[0].lr == pytest.approx(4e-3 * (total - steps + 1) / total)
     assert log.epochs[1].lr == pytest.approx(4e-3 * 1 / total)
-    constant = train_task(tiny_cnn(), train, epochs=1, lr=1e-2, seed=0)
+    constant = train_task(tiny_cnn(), train, settings())
     assert constant.epochs[0].lr == 1e-2
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("epochs", 0),
+        ("lr", -1.0),
+        ("lr", float("inf")),
+        ("lr", float("nan")),
+        ("batch_size", 0),
+        ("schedule", "cosine"),
+        ("warmup", 1.0),
+        ("clip", 0.0),
+        ("weight_decay", -0.1),
+        ("max_train", -15),
+    ],
+)
+def test_settings_out_of_range_are_refused_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=f"^{field} must be"):
+        TrainSettings(**{field: value})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_cuda_device_is_refused_up_front():
+    with pytest.raises(ValueError, match="sees no CUDA device"):
+        TrainSettings(device="cuda")
+    with pytest.raises(ValueError, match="not a torch device"):
+        TrainSettings(device="gpu0")
 
 
 def _free_port() -> int:
@@ -137,7 +226,7 @@ def test_two_gloo_ranks_train_the_same_model_as_one_process(tmp_path):
     out = str(tmp_path / "ddp.safetensors")
     mp.spawn(_ddp_worker.run, args=(2, _free_port(), out), nprocs=2, join=True)
     single = tiny_cnn(dropout=0.0).double()
-    train_task(single, batches(32, 0, 8), epochs=2, lr=1e-2, seed=0)
+    train_task(single, batches(32, 0, 8), settings(epochs=2))
     ddp = load_file(out)
     for name, value in single.state_dict().items():
         torch.testing.assert_close(ddp[name], value, rtol=1e-9, atol=1e-10)

@@ -20,15 +20,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from kfacel.consolidation import TaskState, save_state
 from kfacel.data.aliases import AliasTable
 from kfacel.data.collate import Collator, build_type_vocab, make_batches
 from kfacel.data.records import LinkingExample
 from kfacel.data.tasks import Task
 from kfacel.data.tokenize import WordPieceTokenizer, default_encoder_path
 from kfacel.models import build_model, load_model, read_model_config, save_model
+from kfacel.models.registry import CONFIG_FILE, WEIGHTS_FILE
 from kfacel.penalties.base import Penalty
 from kfacel.training.evaluate import Evaluation, evaluate
-from kfacel.training.trainer import TrainLog, train_task
+from kfacel.training.trainer import Replay, TrainLog, TrainSettings, train_task
 
 TRAIN_LOG_FILE = "train_log.json"
 ALIASES_FILE = "aliases.json"
@@ -93,73 +95,50 @@ def new_linker(
         common["embeddings_from"] = str(path)
     elif model == "transformer":
         common |= {"encoder_path": str(path), "layers": layers}
-    torch.manual_seed(seed)  # the initialization is part of a seeded run
-    net = build_model(model, **{**common, **model_config})
+    with torch.random.fork_rng(devices=[]):  # the caller's random state is kept
+        torch.manual_seed(seed)  # the initialization is part of a seeded run
+        net = build_model(model, **{**common, **model_config})
     return Linker(net, collator)
 
 
 def fit_task(
     linker: Linker,
     task: Task,
+    settings: TrainSettings,
     *,
-    epochs: int,
-    lr: float,
-    batch_size: int,
-    seed: int,
-    schedule: str = "constant",
-    warmup: float = 0.0,
-    device: str = "cpu",
     penalty: Penalty | None = None,
-    progress: bool = False,
-    max_train: int | None = None,
     lr_groups: Sequence[dict[str, Any]] | None = None,
-    replay: Sequence[LinkingExample] = (),
-    replay_every: int = 1,
-    replay_n: int = 1,
+    replay: Replay[LinkingExample] | None = None,
+    progress: bool = False,
 ) -> TrainLog:
     """Train ``linker`` on ``task``'s train split, choosing the epoch on dev.
 
     Args:
         linker: from ``new_linker`` or ``load_linker``.
         task: the task.
-        epochs: passes over the training queries.
-        lr: learning rate.
-        schedule: ``constant`` or ``linear`` (warm-up then decay to 0).
-        warmup: share of the steps of linear warm-up.
-        batch_size: queries per batch.
-        seed: seed of dropout and batch order.
-        device: ``cpu`` or ``cuda`` (mixed precision on CUDA).
+        settings: epochs, learning rate, batch size, seed, device, ``max_train``.
         penalty: consolidation penalty of earlier tasks, None for none.
-        progress: progress bars.
-        max_train: use only the first ``max_train`` training queries.
         lr_groups: optimizer groups, e.g. ``discriminative_lr_groups`` (LRC).
         replay: queries of earlier tasks for experience replay (needs old data).
-        replay_every: training steps between replays (m).
-        replay_n: replay batches each time (n).
+        progress: progress bars.
 
     Returns:
         The training log.
     """
-    train = task.train[:max_train] if max_train else task.train
-    train_b = linker.batches(train, batch_size)
-    dev_b = linker.batches(task.dev, max(batch_size, 64))
+    train = task.train[: settings.max_train] if settings.max_train else task.train
+    size = settings.batch_size
+    replayed = None
+    if replay is not None:
+        replayed = Replay(linker.batches(replay.items, size), replay.every, replay.n)
     log = train_task(
         linker.model,
-        train_b,
-        dev_batches=dev_b,
+        linker.batches(train, size),
+        settings,
+        dev_batches=linker.batches(task.dev, max(size, 64)),
         penalty=penalty,
-        epochs=epochs,
-        lr=lr,
-        schedule=schedule,
-        warmup=warmup,
-        seed=seed,
-        device=device,
-        amp=device.startswith("cuda"),
-        progress=progress,
         lr_groups=lr_groups,
-        replay_batches=linker.batches(replay, batch_size) if replay else None,
-        replay_every=replay_every,
-        replay_n=replay_n,
+        replay=replayed,
+        progress=progress,
     )
     linker.model.to("cpu")
     linker.meta["task"] = {
@@ -193,9 +172,18 @@ def evaluate_split(
 
 
 def save_linker(
-    linker: Linker, directory: str | Path, *, log: TrainLog | None = None
+    linker: Linker,
+    directory: str | Path,
+    *,
+    log: TrainLog | None = None,
+    states: Sequence[TaskState] = (),
 ) -> Path:
-    """Write the model directory atomically (weights, config, tokenizer, log)."""
+    """Write the model directory atomically: weights, config, tokenizer, log, states.
+
+    Everything, the consolidation ``states`` carried forward included, is assembled in
+    a temporary directory that is renamed into place once: the directory appears whole
+    or not at all.
+    """
     c = linker.collator
     extra = {
         **linker.meta,
@@ -214,8 +202,15 @@ def save_linker(
         if c.aliases is not None:
             text = json.dumps(c.aliases.to_json(), separators=(",", ":")) + "\n"
             (tmp / ALIASES_FILE).write_text(text, encoding="utf-8")
+        for state in states:
+            save_state(tmp, state)
 
     return save_model(linker.model, directory, extra=extra, write_files=write_files)
+
+
+def is_model_dir(directory: Path) -> bool:
+    """Whether ``directory`` holds a kfacel model (its config and weights files)."""
+    return (directory / CONFIG_FILE).is_file() and (directory / WEIGHTS_FILE).is_file()
 
 
 def load_linker(directory: str | Path) -> Linker:

@@ -1,9 +1,10 @@
 """Training a ranker on one task: AdamW on cross-entropy plus a consolidation penalty.
 
-``train_task`` minimizes ``mean_n CE(logits_n, gold_n) + R(θ)``: the penalty's gradient
-is added in closed form by ``penalty.add_grad_`` right after ``loss.backward()`` (after
-unscaling under mixed precision, before clipping), so ``R`` enters as it is. After
-every epoch the dev set is evaluated; the best epoch's weights are restored at the end.
+``train_task`` minimizes ``mean_n CE(logits_n, gold_n) + R(θ)``. One step reads top to
+bottom (``_Step.__call__``): task loss → backward → the penalty's closed-form gradient
+(``penalty.add_grad_``, after unscaling under mixed precision) → clipping → AdamW, so
+``R`` enters as it is. After every epoch the dev set is evaluated; the best epoch's
+weights are restored at the end (``_BestEpoch``).
 
 Learning rate: constant, or ``linear`` (the usual schedule for fine-tuning pretrained
 encoders, Devlin et al. 2019): a linear warm-up from 0 over the first ``warmup`` share of
@@ -11,12 +12,14 @@ the training steps, then a linear decay to 0 at the last step. It scales every p
 group's own rate (so discriminative rates keep their ratios); replay steps use the rate of
 the training step they follow.
 
-Determinism: on the CPU with a seed, two runs give identical weights (the seed fixes
-initial dropout masks and the per-epoch batch order). Distributed: when
-``torch.distributed`` is initialized, the model is wrapped in DistributedDataParallel
-and every rank takes its share of each global batch (rows ``rank::world``), so with
-batch sizes divisible by the world size one step equals a single-process step on the
-whole batch up to float rounding (DDP averages the ranks' mean-loss gradients).
+Determinism: the batch order and the replay order come from a local
+``torch.Generator``; dropout masks need torch's global generator, which is seeded inside
+``torch.random.fork_rng`` so that the caller's random state is left as it was. On the CPU
+two runs with one seed give identical weights. Distributed: when ``torch.distributed``
+is initialized, the model is wrapped in DistributedDataParallel and every rank takes its
+share of each global batch (rows ``rank::world``), so with batch sizes divisible by the
+world size one step equals a single-process step on the whole batch up to float rounding
+(DDP averages the ranks' mean-loss gradients).
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Generic, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +41,87 @@ from kfacel.training.evaluate import evaluate
 from kfacel.types import Batch
 
 log = logging.getLogger(__name__)
+
+SCHEDULES = ("constant", "linear")
+"""Learning-rate schedules of ``train_task``."""
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How to train on one task; every value is checked once, here.
+
+    Attributes:
+        epochs: passes over the training queries.
+        lr: AdamW learning rate (default of groups without their own ``lr``).
+        batch_size: queries per batch (used where batches are made).
+        schedule: ``constant`` or ``linear`` (``lr_factor``).
+        warmup: share of the training steps of linear warm-up.
+        clip: max gradient norm (None: no clipping).
+        weight_decay: AdamW decoupled weight decay (0: pure penalty training).
+        seed: dropout masks, batch order and replay order.
+        device: ``cpu`` or ``cuda[:i]`` (float16 mixed precision on CUDA).
+        max_train: use only the first ``max_train`` training queries (None: all).
+    """
+
+    epochs: int = 3
+    lr: float = 1e-3
+    batch_size: int = 32
+    schedule: str = "constant"
+    warmup: float = 0.0
+    clip: float | None = 1.0
+    weight_decay: float = 0.0
+    seed: int = 0
+    device: str = "cpu"
+    max_train: int | None = None
+
+    def __post_init__(self) -> None:
+        """Raise ``ValueError`` naming the first setting out of its range."""
+        _require(self.epochs >= 1, "epochs", self.epochs, "a positive whole number")
+        _require(_positive(self.lr), "lr", self.lr, "a positive finite number")
+        _require(self.batch_size >= 1, "batch_size", self.batch_size, "positive")
+        _require(self.schedule in SCHEDULES, "schedule", self.schedule, SCHEDULES)
+        _require(0.0 <= self.warmup < 1.0, "warmup", self.warmup, "in [0, 1)")
+        _require(
+            self.clip is None or _positive(self.clip), "clip", self.clip, "positive"
+        )
+        _require(
+            math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+            "weight_decay",
+            self.weight_decay,
+            "non-negative",
+        )
+        _require(
+            self.max_train is None or self.max_train >= 1,
+            "max_train",
+            self.max_train,
+            "a positive number of queries",
+        )
+        check_device(self.device)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (what a model directory records as ``training``)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Replay(Generic[T]):
+    """Experience replay (de Masson d'Autume et al. 2019), a reference method.
+
+    After every ``every`` training steps, ``n`` extra steps are taken on ``items``
+    (earlier tasks' queries or batches, in a seeded shuffled cycle). It needs the old
+    data that the penalties do without.
+    """
+
+    items: Sequence[T]
+    every: int = 1
+    n: int = 1
+
+    def __post_init__(self) -> None:
+        """Raise ``ValueError`` for a non-positive ``every`` or ``n``."""
+        _require(self.every >= 1, "replay every", self.every, "positive")
+        _require(self.n >= 1, "replay batches", self.n, "positive")
 
 
 @dataclass(frozen=True)
@@ -54,32 +138,6 @@ class EpochLog:
     seconds: float
     queries_per_s: float
     lr: float
-
-
-SCHEDULES = ("constant", "linear")
-"""Learning-rate schedules of ``train_task``."""
-
-
-def lr_factor(step: int, total: int, *, schedule: str, warmup: float = 0.0) -> float:
-    """The multiplier of the base learning rate for the 0-based training ``step``.
-
-    ``constant``: 1. ``linear``: ``(step + 1) / w`` for the first ``w = ⌈warmup·total⌉``
-    steps, then ``(total − step) / (total − w)``, reaching ``1/(total − w)`` at the last
-    step (a rate of exactly 0 would waste it).
-
-    Raises:
-        ValueError: for an unknown schedule or a warm-up share outside [0, 1).
-    """
-    if schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}; choose from {SCHEDULES}")
-    if not 0.0 <= warmup < 1.0:
-        raise ValueError(f"warmup must be a share of the steps in [0, 1), got {warmup}")
-    if schedule == "constant":
-        return 1.0
-    w = math.ceil(warmup * total)
-    if step < w:
-        return (step + 1) / w
-    return max(total - step, 1) / max(total - w, 1)
 
 
 @dataclass(frozen=True)
@@ -104,186 +162,281 @@ class TrainLog:
             "best_epoch": self.best_epoch,
             "best_dev_accuracy": self.best_dev_accuracy,
             "queries_per_s": self.queries_per_s,
-            "epochs": [e.__dict__ for e in self.epochs],
+            "epochs": [asdict(e) for e in self.epochs],
         }
+
+
+def lr_factor(step: int, total: int, *, schedule: str, warmup: float = 0.0) -> float:
+    """The multiplier of the base learning rate for the 0-based training ``step``.
+
+    ``constant``: 1. ``linear``: ``(step + 1) / w`` for the first ``w = ⌈warmup·total⌉``
+    steps, then ``(total − step) / (total − w)``, reaching ``1/(total − w)`` at the last
+    step (a rate of exactly 0 would waste it).
+
+    >>> lr_factor(0, 4, schedule="linear", warmup=0.5)
+    0.5
+
+    Raises:
+        ValueError: for an unknown schedule or a warm-up share outside [0, 1).
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; choose from {SCHEDULES}")
+    if not 0.0 <= warmup < 1.0:
+        raise ValueError(f"warmup must be a share of the steps in [0, 1), got {warmup}")
+    if schedule == "constant":
+        return 1.0
+    w = math.ceil(warmup * total)
+    if step < w:
+        return (step + 1) / w
+    return max(total - step, 1) / max(total - w, 1)
+
+
+def check_device(device: str) -> None:
+    """Raise ``ValueError`` for a device torch cannot use here (e.g. CUDA on a CPU build)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"device {device!r} is not a torch device (cpu, cuda[:i])"
+        ) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: this torch build sees no CUDA device")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r}: kfacel trains on cpu or cuda")
 
 
 def train_task(
     model: nn.Module,
     train_batches: Iterable[Batch],
+    settings: TrainSettings,
     *,
     penalty: Penalty | None = None,
-    epochs: int,
-    lr: float,
     dev_batches: Iterable[Batch] | None = None,
-    clip: float | None = 1.0,
-    schedule: str = "constant",
-    warmup: float = 0.0,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    amp: bool = False,
-    progress: bool = False,
     lr_groups: Sequence[dict[str, Any]] | None = None,
-    weight_decay: float = 0.0,
-    replay_batches: Sequence[Batch] | None = None,
-    replay_every: int = 1,
-    replay_n: int = 1,
+    replay: Replay[Batch] | None = None,
+    progress: bool = False,
 ) -> TrainLog:
     """Train ``model`` in place on one task; the best dev epoch's weights are kept.
 
     Args:
         model: a ranker, ``forward(batch) -> logits [N, C]``.
         train_batches: the training batches (global batches under DDP).
+        settings: epochs, learning rate, schedule, clipping, seed, device.
         penalty: consolidation penalty ``R(θ)``; None for plain training.
-        epochs: passes over the training batches.
-        lr: AdamW learning rate (default of groups without their own ``lr``).
         dev_batches: batches to choose the best epoch on; None keeps the last.
-        clip: max gradient norm (None: no clipping).
-        schedule: learning-rate schedule, ``constant`` or ``linear`` (``lr_factor``).
-        warmup: share of the training steps of linear warm-up (``linear`` only).
-        seed: seeds initialization-independent randomness (dropout, batch order).
-        device: where to train.
-        amp: float16 autocast and gradient scaling (CUDA only; ignored on CPU).
-        progress: show progress bars.
         lr_groups: optimizer parameter groups (``{"params": [...], "lr": ...}``),
             e.g. discriminative learning rates; None: one group of all parameters.
-        weight_decay: AdamW decoupled weight decay (0: pure penalty training).
-        replay_batches: experience replay (de Masson d'Autume et al. 2019): batches of
-            earlier tasks; after every ``replay_every`` training steps, ``replay_n``
-            extra steps are taken on them (in a seeded shuffled cycle). A reference
-            method: it needs the old data that the penalties do without.
-        replay_every: training steps between replays (m).
-        replay_n: replay steps each time (n).
+        replay: batches of earlier tasks to replay (needs old data).
+        progress: show progress bars.
 
     Returns:
         The ``TrainLog``.
 
     Raises:
-        FloatingPointError: when the loss becomes NaN or infinite.
+        ValueError: without training batches.
+        FloatingPointError: when the loss or the penalty becomes NaN or infinite.
     """
-    if epochs < 1:
-        raise ValueError(f"epochs must be positive, got {epochs}")
     batches = list(train_batches)
     if not batches:
         raise ValueError("no training batches")
-    dev = list(dev_batches) if dev_batches is not None else None
-    device = torch.device(device)
-    use_amp = amp and device.type == "cuda"
-    torch.manual_seed(seed)
-    order_rng = torch.Generator().manual_seed(seed)
-    model.to(device)
-    rank, world = _dist_info()
-    net: nn.Module = model
-    if world > 1:
-        ids = [device.index] if device.type == "cuda" else None
-        net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    groups = (
-        lr_groups if lr_groups is not None else [{"params": list(model.parameters())}]
-    )
-    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
-    total_steps = epochs * len(batches)
-    lr_factor(0, total_steps, schedule=schedule, warmup=warmup)  # check the arguments
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda step: lr_factor(step, total_steps, schedule=schedule, warmup=warmup)
-    )
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    if replay_every < 1 or replay_n < 1:
-        raise ValueError("replay_every and replay_n must be positive")
-    replay = _cycle(list(replay_batches), order_rng) if replay_batches else None
-    done = 0
-
-    def one_step(batch: Batch, epoch: int, step: int) -> tuple[float, float, int]:
-        """Forward, loss, backward, penalty gradient, clipping, AdamW step."""
-        batch = _shard(batch, rank, world).to(device, non_blocking=True)
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-            logits = net(batch)  # [N, C]
-            if logits.dtype in (torch.float16, torch.bfloat16):
-                logits = logits.float()
-            loss = F.cross_entropy(logits, batch.labels)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"loss is {loss.item()} at epoch {epoch}, batch {step}: "
-                "lower the learning rate (or λ) or check the data"
-            )
-        scaler.scale(loss).backward()
-        scaler.unscale_(opt)
-        pen = penalty.add_grad_(model).item() if penalty is not None else 0.0
-        if not math.isfinite(pen):
-            raise FloatingPointError(
-                f"penalty is {pen} at epoch {epoch}, batch {step}: lower λ"
-            )
-        if clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), clip)
-        scaler.step(opt)
-        scaler.update()
-        return loss.item(), pen, len(batch)  # this rank's share of the batch
-
-    epoch_logs: list[EpochLog] = []
-    best_acc, best_epoch, best_state = -math.inf, 0, None
-    train_seconds, seen = 0.0, 0
-    for epoch in range(1, epochs + 1):
-        model.train()
-        start = time.perf_counter()
-        sum_loss, sum_pen, n_queries, last_lr = 0.0, 0.0, 0, float("nan")
-        order = torch.randperm(len(batches), generator=order_rng).tolist()
-        for step in with_progress(
-            order, enabled=progress and rank == 0, desc=f"epoch {epoch}"
-        ):
-            loss, pen, n = one_step(batches[step], epoch, step)
-            sum_loss += loss * n
-            sum_pen += pen * n
-            n_queries += n
-            done += 1
-            if replay and done % replay_every == 0:
-                for _ in range(replay_n):
-                    one_step(next(replay), epoch, step)
-            last_lr = opt.param_groups[0]["lr"]
-            sched.step()
-        seconds = time.perf_counter() - start
-        totals = _all_reduce([sum_loss, sum_pen, float(n_queries)], world, device)
-        sum_loss, sum_pen, n_all = totals
-        train_seconds += seconds
-        seen += int(n_all)
-        dev_acc = float("nan")
-        if dev:
-            dev_acc = evaluate(model, dev, device=device).accuracy
-        epoch_logs.append(
-            EpochLog(
-                epoch=epoch,
-                loss=(sum_loss + sum_pen) / max(n_all, 1),
-                penalty=sum_pen / max(n_all, 1),
-                dev_accuracy=dev_acc,
-                seconds=seconds,
-                queries_per_s=n_all / seconds if seconds > 0 else 0.0,
-                lr=last_lr,
-            )
-        )
-        log.info(
-            "epoch %d: loss %.4f, penalty %.4g, dev accuracy %.4f, %.0f queries/s",
-            epoch,
-            epoch_logs[-1].loss,
-            epoch_logs[-1].penalty,
-            dev_acc,
-            epoch_logs[-1].queries_per_s,
-        )
-        if not dev or dev_acc > best_acc:
-            best_acc, best_epoch = dev_acc, epoch
-            if dev and epoch < epochs:
-                best_state = {
-                    k: v.detach().clone() for k, v in model.state_dict().items()
-                }
-            else:
-                best_state = None
-    if best_state is not None and best_epoch != epochs:
-        model.load_state_dict(best_state)
+    dev = list(dev_batches) if dev_batches is not None else []
+    device = torch.device(settings.device)
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(
+            settings.seed
+        )  # dropout masks; fork_rng restores the caller's
+        order_rng = torch.Generator().manual_seed(settings.seed)
+        step = _Step.build(model, settings, penalty, lr_groups, len(batches))
+        replays = _cycle(replay.items, order_rng) if replay else None
+        best, epochs = _BestEpoch(), []
+        for epoch in range(1, settings.epochs + 1):
+            order = torch.randperm(len(batches), generator=order_rng).tolist()
+            show = progress and step.rank == 0
+            steps = with_progress(order, enabled=show, desc=f"epoch {epoch}")
+            e = _train_epoch(step, [batches[i] for i in steps], epoch, replays, replay)
+            if dev:
+                e = replace(
+                    e, dev_accuracy=evaluate(model, dev, device=device).accuracy
+                )
+            _log_epoch(e)
+            epochs.append(e)
+            best.offer(e, model, last=epoch == settings.epochs)
+    best.restore(model)
     model.eval()
     return TrainLog(
-        epochs=epoch_logs,
-        best_epoch=best_epoch,
-        best_dev_accuracy=best_acc if dev else float("nan"),
-        queries_per_s=seen / train_seconds if train_seconds > 0 else 0.0,
+        epochs=epochs,
+        best_epoch=best.epoch,
+        best_dev_accuracy=best.accuracy if dev else math.nan,
+        queries_per_s=_throughput(epochs),
     )
+
+
+@dataclass
+class _Step:
+    """One optimizer step: loss → backward → penalty gradient → clip → AdamW."""
+
+    model: nn.Module
+    net: nn.Module  # the model, or its DDP wrapper
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    penalty: Penalty | None
+    clip: float | None
+    amp: bool
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def build(
+        cls,
+        model: nn.Module,
+        s: TrainSettings,
+        penalty: Penalty | None,
+        lr_groups: Sequence[dict[str, Any]] | None,
+        steps_per_epoch: int,
+    ) -> _Step:
+        """Optimizer, schedule, gradient scaler and (under DDP) the wrapped model."""
+        device = torch.device(s.device)
+        model.to(device)
+        rank, world = _dist_info()
+        net: nn.Module = model
+        if world > 1:
+            ids = [device.index] if device.type == "cuda" else None
+            net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        groups = (
+            lr_groups if lr_groups is not None else [{"params": model.parameters()}]
+        )
+        opt = torch.optim.AdamW(groups, lr=s.lr, weight_decay=s.weight_decay)
+        total = s.epochs * steps_per_epoch
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda i: lr_factor(i, total, schedule=s.schedule, warmup=s.warmup)
+        )
+        amp = device.type == "cuda"
+        scaler = torch.amp.GradScaler("cuda", enabled=amp)
+        return cls(
+            model, net, opt, sched, scaler, penalty, s.clip, amp, device, rank, world
+        )
+
+    def __call__(self, batch: Batch, where: str) -> tuple[float, float, int]:
+        """Take the step on this rank's share of ``batch``: (loss, penalty, queries)."""
+        batch = _shard(batch, self.rank, self.world).to(self.device, non_blocking=True)
+        self.opt.zero_grad(set_to_none=True)
+        loss = _task_loss(self.net, batch, amp=self.amp)
+        _finite(
+            "loss",
+            loss.item(),
+            where,
+            "lower the learning rate (or λ) or check the data",
+        )
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.opt)
+        pen = self.penalty.add_grad_(self.model).item() if self.penalty else 0.0
+        _finite("penalty", pen, where, "lower λ")
+        if self.clip is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        return loss.item(), pen, len(batch)
+
+
+def _task_loss(net: nn.Module, batch: Batch, *, amp: bool) -> torch.Tensor:
+    """Mean cross-entropy of the batch's gold candidates (float16 autocast under amp)."""
+    with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+        logits = net(batch)  # [N, C]
+    return F.cross_entropy(logits.float(), batch.labels)
+
+
+def _train_epoch(
+    step: _Step,
+    batches: Iterable[Batch],
+    epoch: int,
+    replays: Iterator[Batch] | None,
+    replay: Replay[Batch] | None,
+) -> EpochLog:
+    """One pass in the given order, with replay steps; dev accuracy left NaN."""
+    step.model.train()
+    start = time.perf_counter()
+    sums = [0.0, 0.0, 0.0]  # loss·n, penalty·n, n over this rank's queries
+    for i, batch in enumerate(batches, start=1):
+        loss, pen, n = step(batch, f"epoch {epoch}, batch {i}")
+        sums = [sums[0] + loss * n, sums[1] + pen * n, sums[2] + n]
+        if replays is not None and replay is not None and i % replay.every == 0:
+            for _ in range(replay.n):
+                step(next(replays), f"epoch {epoch}, replay after batch {i}")
+        lr = step.opt.param_groups[0]["lr"]
+        step.sched.step()
+    seconds = time.perf_counter() - start
+    loss_n, pen_n, n_all = _all_reduce(sums, step.world, step.device)
+    return EpochLog(
+        epoch=epoch,
+        loss=(loss_n + pen_n) / max(n_all, 1),
+        penalty=pen_n / max(n_all, 1),
+        dev_accuracy=math.nan,
+        seconds=seconds,
+        queries_per_s=n_all / seconds if seconds > 0 else 0.0,
+        lr=lr,
+    )
+
+
+class _BestEpoch:
+    """The epoch with the highest dev accuracy, and a copy of its weights.
+
+    Without dev (NaN accuracies) every epoch is offered as best, so the last stays. The
+    last epoch's weights are the model's own and are not copied.
+    """
+
+    def __init__(self) -> None:
+        self.epoch, self.accuracy = 0, -math.inf
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def offer(self, e: EpochLog, model: nn.Module, *, last: bool) -> None:
+        """Keep ``e`` (and a copy of the weights unless ``last``) when it is better."""
+        if math.isnan(e.dev_accuracy) or e.dev_accuracy > self.accuracy:
+            self.epoch, self.accuracy = e.epoch, e.dev_accuracy
+            self.state = None if last else _clone_state(model)
+
+    def restore(self, model: nn.Module) -> None:
+        """Load the best epoch's weights into ``model`` (a no-op when it was the last)."""
+        if self.state is not None:
+            model.load_state_dict(self.state)
+
+
+def _clone_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _log_epoch(e: EpochLog) -> None:
+    log.info(
+        "epoch %d: loss %.4f, penalty %.4g, dev accuracy %.4f, %.0f queries/s",
+        e.epoch,
+        e.loss,
+        e.penalty,
+        e.dev_accuracy,
+        e.queries_per_s,
+    )
+
+
+def _throughput(epochs: Sequence[EpochLog]) -> float:
+    """Queries per second over all epochs (dev evaluation excluded)."""
+    seconds = sum(e.seconds for e in epochs)
+    queries = sum(e.queries_per_s * e.seconds for e in epochs)
+    return queries / seconds if seconds > 0 else 0.0
+
+
+def _finite(what: str, value: float, where: str, hint: str) -> None:
+    if not math.isfinite(value):
+        raise FloatingPointError(f"{what} is {value} at {where}: {hint}")
+
+
+def _positive(x: float) -> bool:
+    return math.isfinite(x) and x > 0
+
+
+def _require(ok: bool, name: str, value: Any, want: Any) -> None:
+    if not ok:
+        raise ValueError(f"{name} must be {want}, got {value!r}")
 
 
 def _dist_info() -> tuple[int, int]:
@@ -311,11 +464,11 @@ def _all_reduce(values: list[float], world: int, device: torch.device) -> list[f
         return values
     t = torch.tensor(values, dtype=torch.float64, device=device)
     torch.distributed.all_reduce(t)
-    return t.tolist()
+    return list(t.tolist())
 
 
-def _cycle(batches: list[Batch], rng: torch.Generator) -> Iterator[Batch]:
-    """Endless seeded reshuffled passes over ``batches``."""
+def _cycle(items: Sequence[T], rng: torch.Generator) -> Iterator[T]:
+    """Endless seeded reshuffled passes over ``items``."""
     while True:
-        for i in torch.randperm(len(batches), generator=rng).tolist():
-            yield batches[i]
+        for i in torch.randperm(len(items), generator=rng).tolist():
+            yield items[i]
