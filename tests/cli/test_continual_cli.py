@@ -90,6 +90,8 @@ def test_workflow_carries_states_forward(tasks, tmp_path, capsys) -> None:
     )
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["history"] == ["A", "B"]
+    logged = json.loads((v2 / "train_log.json").read_text())["epochs"]
+    assert logged[0]["penalty"] > 0  # the K-FAC penalty of A was active
     assert [s.task for s in load_state(v2)] == [
         "A"
     ]  # carried forward, no old data read

@@ -22,18 +22,19 @@ import json
 import os
 import random
 import shutil
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from kfacel.consolidation import build_penalty, load_state, save_state
+from kfacel._io import atomic_write_json
+from kfacel.consolidation import load_state, save_state
 from kfacel.data.records import LinkingExample
 from kfacel.data.tasks import Task, load_task
 from kfacel.experiments.config import ExperimentConfig
 from kfacel.experiments.sweep import REGULARIZED, Cell
-from kfacel.training.continual import consolidate_task, discriminative_lr_groups
+from kfacel.training.continual import consolidate_task
 from kfacel.training.pipeline import (
     Linker,
     evaluate_split,
@@ -42,25 +43,37 @@ from kfacel.training.pipeline import (
     new_linker,
     save_linker,
 )
+from kfacel.training.trainer import Replay, TrainSettings
+from kfacel.training.update import Protection, update_linker
+
+T = TypeVar("T")
 
 DONE = "done.json"
 MODEL = "model"
 _TASKS: dict[str, Task] = {}  # per process: every cell of a worker reads them once
 
 
-def write_json(path: Path, obj: Any) -> Path:
-    """Write ``obj`` as JSON to ``path`` via a temporary sibling and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+@dataclass(frozen=True)
+class CellDeps:
+    """What a cell starts from, resolved by the runner (absolute paths).
+
+    Attributes:
+        start: the model directory to continue from (consolidate, tier 2 and 3).
+        states: directories whose consolidation states penalize, in task order.
+        replay: names of the tasks to replay (the replay reference only).
+        keep_model: save the trained model into the cell's directory.
+        tier2: resume only: the chosen tier-2 cell's directory.
+        tier2_cell: resume only: that cell, to retrain it when its model was pruned.
+        tier2_deps: resume only: that cell's own dependencies.
+    """
+
+    start: str | None = None
+    states: tuple[str, ...] = ()
+    replay: tuple[str, ...] = ()
+    keep_model: bool = False
+    tier2: str | None = None
+    tier2_cell: Cell | None = None
+    tier2_deps: CellDeps | None = None
 
 
 def read_done(cell_dir: Path) -> dict[str, Any] | None:
@@ -91,7 +104,7 @@ def init_worker(threads: int) -> None:
 
 def run_cell(
     cell_json: Mapping[str, Any],
-    deps: Mapping[str, Any],
+    deps: CellDeps,
     config: Mapping[str, Any],
     run_dir: str,
 ) -> dict[str, Any]:
@@ -99,10 +112,7 @@ def run_cell(
 
     Args:
         cell_json: ``Cell.to_json()``.
-        deps: absolute paths and flags the runner resolved: ``start`` (model dir to
-            continue from), ``states`` (dirs whose consolidation states penalize, in
-            task order), ``replay`` (task names), ``keep_model``; for ``resume``:
-            ``tier2`` (the chosen tier-2 cell) and ``tier2_deps``.
+        deps: what the cell starts from, resolved by the runner.
         config: ``ExperimentConfig.to_dict()``.
         run_dir: the run directory.
     """
@@ -122,7 +132,7 @@ def run_cell(
         done |= {"status": "failed", "message": f"{type(exc).__name__}: {exc}"}
         shutil.rmtree(out / MODEL, ignore_errors=True)
     done |= {"seconds": time.perf_counter() - start, "records": records}
-    write_json(out / DONE, done)
+    atomic_write_json(out / DONE, done, sort_keys=True)
     return done
 
 
@@ -130,18 +140,18 @@ def run_cell(
 
 
 def _individual(
-    cell: Cell, cfg: ExperimentConfig, tasks: dict[str, Task], out: Path, deps: Any
+    cell: Cell, cfg: ExperimentConfig, tasks: dict[str, Task], out: Path, deps: CellDeps
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Tier 1: one task from a fresh model; the checkpoint is kept."""
     task = tasks[cell.order[0]]
     linker = _new(cfg, task.train, cell.seed)
-    log = _fit(linker, task, cfg, cell.seed)
+    log = fit_task(linker, task, _settings(cfg, cell.seed))
     save_linker(linker, out / MODEL, log=log)
     return _evaluate(linker, cell, cfg, [task]), {"train": _summary(log)}
 
 
 def _combined(
-    cell: Cell, cfg: ExperimentConfig, tasks: dict[str, Task], out: Path, deps: Any
+    cell: Cell, cfg: ExperimentConfig, tasks: dict[str, Task], out: Path, deps: CellDeps
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Tier 1: all tasks' training queries shuffled together; no checkpoint."""
     parts = [tasks[n] for n in cell.order]
@@ -157,72 +167,63 @@ def _combined(
         {},
     )
     linker = _new(cfg, train, cell.seed)
-    log = _fit(linker, union, cfg, cell.seed, capped=False)
+    log = fit_task(linker, union, _settings(cfg, cell.seed, capped=False))
     return _evaluate(linker, cell, cfg, parts), {"train": _summary(log)}
 
 
 def _consolidate(
-    cell: Cell, cfg: ExperimentConfig, tasks: dict[str, Task], out: Path, deps: Any
+    cell: Cell, cfg: ExperimentConfig, tasks: dict[str, Task], out: Path, deps: CellDeps
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Anchor and curvature of a tier-1 model, shared by every cell that needs it."""
-    linker = load_linker(deps["start"])
+    linker = load_linker(_required(deps.start))
     state = _state(linker, tasks[cell.order[0]], cell.method, cfg, cell.seed)
     save_state(out, state)
     return [], {"examples_used": state.meta.get("examples_used")}
 
 
 def _continue(
-    cell: Cell, cfg: ExperimentConfig, tasks: dict[str, Task], out: Path, deps: Any
+    cell: Cell, cfg: ExperimentConfig, tasks: dict[str, Task], out: Path, deps: CellDeps
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Tiers 2 and 3: train the start model on the last task of the order."""
-    linker = load_linker(deps["start"])
-    states = [s for d in deps.get("states", ()) for s in load_state(d, linker.model)]
+    linker = load_linker(_required(deps.start))
+    states = [s for d in deps.states for s in load_state(d, linker.model)]
     method = cell.method if cell.method in REGULARIZED else "none"
-    lams: list[float] = []
-    if method != "none":
-        if isinstance(cell.lam, tuple):
-            lams = list(cell.lam)
-        elif cell.lam is not None:
-            lams = [float(cell.lam)] * len(states)
-    penalty = build_penalty(method, states, lams, damping=cfg.curvature.damping)
-    groups = None
-    if cell.method == "lrc":
-        groups = discriminative_lr_groups(
-            linker.model, cfg.train.lr, cfg.train.lrc_gamma
-        )
+    lam, per_task = None, {}
+    if isinstance(cell.lam, tuple):
+        per_task = dict(zip([s.task for s in states], cell.lam, strict=True))
+    elif cell.lam is not None:
+        lam = float(cell.lam)
     cap = cfg.train.max_train_examples
-    replay: list[LinkingExample] = [
-        ex for n in deps.get("replay", ()) for ex in tasks[n].train[: cap or None]
-    ]
-    log = _fit(
-        linker,
-        tasks[cell.order[-1]],
-        cfg,
-        cell.seed,
-        penalty=penalty,
-        lr_groups=groups,
-        replay=replay,
+    replay = [ex for n in deps.replay for ex in tasks[n].train[: cap or None]]
+    t = cfg.train
+    protection = Protection(
+        penalty=method,
+        lam=lam,
+        lam_per_task=per_task,
+        damping=cfg.curvature.damping,
+        lrc=t.lrc_gamma if cell.method == "lrc" else None,
+        replay=Replay(replay, t.replay_every, t.replay_batches) if replay else None,
     )
-    if deps.get("keep_model"):
+    task = tasks[cell.order[-1]]
+    log = update_linker(linker, task, states, _settings(cfg, cell.seed), protection)
+    if deps.keep_model:
         save_linker(linker, out / MODEL, log=log)
     records = _evaluate(linker, cell, cfg, [tasks[n] for n in cell.order])
     return records, {"train": _summary(log)}
 
 
 def _resume(
-    cell: Cell, cfg: ExperimentConfig, tasks: dict[str, Task], out: Path, deps: Any
+    cell: Cell, cfg: ExperimentConfig, tasks: dict[str, Task], out: Path, deps: CellDeps
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Tier 3's start: the chosen tier-2 model, its second task consolidated.
 
     The model is the tier-2 cell's, or retrained here when that was not kept.
     """
-    model_dir = Path(deps["tier2"]) / MODEL
+    model_dir = Path(_required(deps.tier2)) / MODEL
     retrained = not (model_dir / "config.json").is_file()
     if retrained:  # deterministic: the same cell, seed and settings
-        t2 = Cell.from_json(deps["tier2_json"])
-        again, _ = _continue(
-            t2, cfg, tasks, out, {**deps["tier2_deps"], "keep_model": True}
-        )
+        t2, t2_deps = _required(deps.tier2_cell), _required(deps.tier2_deps)
+        again, _ = _continue(t2, cfg, tasks, out, replace(t2_deps, keep_model=True))
         model_dir = out / MODEL
     extra: dict[str, Any] = {
         "model_dir": os.path.relpath(model_dir, out.parent.parent),
@@ -264,32 +265,28 @@ def _new(cfg: ExperimentConfig, train: Sequence[LinkingExample], seed: int) -> L
     )
 
 
-def _fit(
-    linker: Linker,
-    task: Task,
-    cfg: ExperimentConfig,
-    seed: int,
-    *,
-    capped: bool = True,
-    **kwargs: Any,
-) -> Any:
-    """``fit_task`` with the config's training settings."""
+def _settings(
+    cfg: ExperimentConfig, seed: int, *, capped: bool = True
+) -> TrainSettings:
+    """The config's training settings for one cell."""
     t = cfg.train
-    return fit_task(
-        linker,
-        task,
+    return TrainSettings(
         epochs=t.epochs,
         lr=t.lr,
+        batch_size=t.batch_size,
         schedule=t.schedule,
         warmup=t.warmup,
-        batch_size=t.batch_size,
         seed=seed,
         device=t.device,
         max_train=t.max_train_examples if capped else None,
-        replay_every=t.replay_every,
-        replay_n=t.replay_batches,
-        **kwargs,
     )
+
+
+def _required(value: T | None) -> T:
+    """A dependency the runner must have resolved for this kind of cell."""
+    if value is None:
+        raise ValueError("the runner did not resolve a dependency this cell needs")
+    return value
 
 
 def _state(

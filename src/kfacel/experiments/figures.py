@@ -19,13 +19,14 @@ is independent of ``x``, so K-FAC is exact up to sampling noise while the diagon
 from __future__ import annotations
 
 import math
-import os
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from kfacel._io import atomic_write
 
 _NO_LAMBDA_MARKERS = {"none": "o", "lrc": "s", "replay": "*"}
 
@@ -39,15 +40,9 @@ def _figure(width: float, height: float) -> Any:
 
 def _save(fig: Any, path: str | Path) -> Path:
     """Write ``fig`` as PNG to ``path`` via a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        fig.savefig(tmp, format="png", bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write(
+        path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight")
+    )
 
 
 def plot_lambda_tradeoff(

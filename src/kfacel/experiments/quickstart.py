@@ -11,7 +11,6 @@ fine-tuning (DESIGN.md §5, here averaged over the earlier tasks of the one orde
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 import warnings
@@ -23,11 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from kfacel.consolidation import TaskState, build_penalty
+from kfacel._io import atomic_write_json, atomic_write_text
+from kfacel.consolidation import TaskState
 from kfacel.data.tasks import Task, load_task
 from kfacel.experiments.metrics import forgetting_reduction, perc_delta
 from kfacel.training.continual import consolidate_task
 from kfacel.training.pipeline import Linker, evaluate_split, fit_task, new_linker
+from kfacel.training.trainer import TrainSettings
+from kfacel.training.update import Protection, update_linker
 
 DEMO_TASKS = ("mm-demo", "psytar-demo", "ncbi-demo")
 DEFAULT_LAMS = {"none": 0.0, "ewc": 1e3, "kfac": 1e3}
@@ -93,27 +95,17 @@ def run_quickstart(
     names = tuple(t.name for t in tasks)
     seconds: dict[str, float] = {}
 
+    settings = TrainSettings(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
+
     def fresh(task: Task) -> Linker:
         return new_linker("cnn", task.train, hidden=hidden, seed=seed)
-
-    def fit(linker: Linker, task: Task, penalty: Any = None) -> None:
-        fit_task(
-            linker,
-            task,
-            epochs=epochs,
-            lr=lr,
-            batch_size=batch_size,
-            seed=seed,
-            penalty=penalty,
-            progress=progress,
-        )
 
     start = time.perf_counter()
     individual: dict[str, float] = {}
     first: Linker | None = None
     for task in tasks:
         linker = fresh(task)
-        fit(linker, task)
+        fit_task(linker, task, settings, progress=progress)
         individual[task.name] = evaluate_split(linker, task.test).accuracy
         say(f"individual {task.name}: test accuracy {individual[task.name]:.3f}")
         first = first or linker
@@ -130,8 +122,8 @@ def run_quickstart(
         for step, task in enumerate(tasks[1:], start=1):
             if method != "none":
                 states.append(consolidate_task(linker, tasks[step - 1], method=method))
-            penalty = build_penalty(method, states, [lams[method]] * len(states))
-            fit(linker, task, penalty)
+            protection = Protection(penalty=method, lam=lams[method])
+            update_linker(linker, task, states, settings, protection, progress=progress)
             for seen in range(step + 1):
                 matrix[step][seen] = evaluate_split(linker, tasks[seen].test).accuracy
             say(
@@ -211,7 +203,7 @@ def write_report(result: QuickstartResult, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = []
     data = asdict(result)
-    (out / "results.json").write_text(json.dumps(_no_nan(data), indent=2) + "\n")
+    atomic_write_json(out / "results.json", _no_nan(data))
     written.append(out / "results.json")
     figures = []
     for method, matrix in result.matrices.items():
@@ -222,7 +214,7 @@ def write_report(result: QuickstartResult, out: Path) -> list[Path]:
             + ",".join("" if math.isnan(a) else f"{a:.4f}" for a in row)
             for i, row in enumerate(matrix)
         ]
-        csv.write_text("\n".join(lines) + "\n")
+        atomic_write_text(csv, "\n".join(lines) + "\n")
         png = plot_accuracy_matrix(
             100 * np.array(matrix),
             list(result.tasks),
@@ -249,7 +241,7 @@ def write_report(result: QuickstartResult, out: Path) -> list[Path]:
         "![Figure 1: true, diagonal and K-FAC Gaussians of a 2-parameter toy](figure1_toy.png)",
         "",
     ]
-    (out / "report.md").write_text("\n".join(report))
+    atomic_write_text(out / "report.md", "\n".join(report))
     written.append(out / "report.md")
     return written
 

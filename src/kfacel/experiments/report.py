@@ -12,10 +12,10 @@ one line per method) and one accuracy matrix per order and method.
 from __future__ import annotations
 
 import json
-import os
 from collections import defaultdict
 from pathlib import Path
 
+from kfacel._io import atomic_write_text
 from kfacel.experiments.figures import plot_accuracy_matrix, plot_lambda_tradeoff
 from kfacel.experiments.results import RunResults, accuracy_matrices, read_run
 from kfacel.experiments.tables import build_tables
@@ -120,8 +120,4 @@ def _figures(r: RunResults, out: Path) -> list[Path]:
 
 
 def _write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, text)

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kfacel.experiments.cells import write_json
+from kfacel._io import atomic_write_json
 from kfacel.experiments.config import ConfigError, ExperimentConfig
 
 PACKAGES = ("kfacel", "torch", "numpy", "safetensors", "transformers", "matplotlib")
@@ -46,11 +46,11 @@ def open_run_dir(run_dir: Path, cfg: ExperimentConfig, jobs: int) -> None:
             f"{run_dir} exists and is not a run directory; refusing to write"
         )
     else:
-        write_json(config_path, cfg.to_dict())
+        atomic_write_json(config_path, cfg.to_dict(), sort_keys=True)
     env_path = run_dir / "env.json"
     env = json.loads(env_path.read_text(encoding="utf-8")) if env_path.is_file() else {}
     sessions = [*env.get("sessions", []), environment(cfg, jobs)]
-    write_json(env_path, {"sessions": sessions})
+    atomic_write_json(env_path, {"sessions": sessions}, sort_keys=True)
 
 
 def environment(cfg: ExperimentConfig, jobs: int) -> dict[str, Any]:
@@ -102,4 +102,4 @@ def record_stage(run_dir: Path, stage: str, seconds: float, cells_run: int) -> N
     session.setdefault("stages", []).append(
         {"stage": stage, "seconds": round(seconds, 1), "cells_run": cells_run}
     )
-    write_json(env_path, env)
+    atomic_write_json(env_path, env, sort_keys=True)

@@ -44,15 +44,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kfacel._io import atomic_write_json, atomic_write_text
 from kfacel.experiments import sweep
 from kfacel.experiments.cells import (
     DONE,
     MODEL,
+    CellDeps,
     init_worker,
     read_done,
     run_cell,
     tasks_of,
-    write_json,
 )
 from kfacel.experiments.config import ConfigError, ExperimentConfig
 from kfacel.experiments.rundir import open_run_dir, record_stage
@@ -125,7 +126,7 @@ def run_experiment(
     def stage(
         name: str,
         cells: Sequence[Cell],
-        deps: Callable[[Cell], dict[str, Any]],
+        deps: Callable[[Cell], CellDeps],
         after: Callable[[], None] | None = None,
     ) -> None:
         start, ran = time.perf_counter(), len(summary.ran)
@@ -134,7 +135,7 @@ def run_experiment(
         record_stage(run_dir, name, summary.seconds[name], len(summary.ran) - ran)
         collect_metrics(run_dir)
 
-    stage("tier1", sweep.plan_tier1(names, seeds), lambda c: {})
+    stage("tier1", sweep.plan_tier1(names, seeds), lambda c: CellDeps())
     chosen2: dict[Any, Any] = {}
     chosen3: dict[Any, Any] = {}
     if 2 in tiers:
@@ -168,7 +169,7 @@ def run_experiment(
         chosen3 = sweep.choose(
             load_records(run_dir), tier=3, tolerance=cfg.penalty.new_task_tolerance
         )
-    write_json(
+    atomic_write_json(
         run_dir / "selection.json",
         {
             "tier2": _choices(chosen2),
@@ -177,6 +178,7 @@ def run_experiment(
             "left_out": summary.left_out,
             "rule": sweep.SELECTION_RULE,
         },
+        sort_keys=True,
     )
     return summary
 
@@ -193,12 +195,8 @@ def load_records(run_dir: str | Path) -> list[dict[str, Any]]:
 
 def collect_metrics(run_dir: str | Path) -> Path:
     """Rewrite ``metrics.jsonl`` from the cells' ``done.json`` files (atomically)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in load_records(run_dir))
-    tmp.write_text(lines, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(Path(run_dir) / "metrics.jsonl", lines)
 
 
 # ------------------------------------------------------------------------ internals
@@ -214,53 +212,49 @@ def _cell_dir(run_dir: Path, cell: Cell) -> Path:
 
 def _deps(
     run_dir: Path, cell: Cell, chosen2: dict[Any, Any], *, keep: bool
-) -> dict[str, Any]:
+) -> CellDeps:
     """Absolute paths a cell starts from: model, consolidation states, replay tasks."""
     first, s, m = cell.order[0], cell.seed, cell.method
-    start = _cell_dir(run_dir, sweep.individual(first, s)) / MODEL
-    states = []
-    if m in REGULARIZED and cell.kind != "consolidate":
-        cons = sweep.consolidation(first, m, s)
-        done = read_done(_cell_dir(run_dir, cons))
-        if done is None or done.get("status") != "ok":
-            raise _StartFailed(f"its consolidation {cons.id} did not finish")
-        states.append(str(_cell_dir(run_dir, cons)))
+    start = str(_cell_dir(run_dir, sweep.individual(first, s)) / MODEL)
     if cell.kind == "consolidate":
-        return {"start": str(start)}
+        return CellDeps(start=start)
+    states = []
+    if m in REGULARIZED:
+        states.append(
+            _finished(run_dir, sweep.consolidation(first, m, s), "consolidation")
+        )
     if cell.kind == "tier2":
-        return {
-            "start": str(start),
-            "states": states,
-            "keep_model": keep,
-            "replay": [first] if m == "replay" else [],
-        }
+        replay = (first,) if m == "replay" else ()
+        return CellDeps(start, tuple(states), replay, keep_model=keep)
     if cell.kind == "resume":
         t2 = Cell("tier2", 2, cell.order, m, cell.lam, s)
-        return {
-            "tier2": str(_cell_dir(run_dir, t2)),
-            "tier2_json": t2.to_json(),
-            "tier2_deps": _deps(run_dir, t2, chosen2, keep=True),
-        }
+        return CellDeps(
+            tier2=str(_cell_dir(run_dir, t2)),
+            tier2_cell=t2,
+            tier2_deps=_deps(run_dir, t2, chosen2, keep=True),
+        )
     pair = cell.order[:2]
     res = sweep.resume_point(pair[0], pair[1], m, chosen2[(pair, m)], s)
-    done = read_done(_cell_dir(run_dir, res))
-    if done is None or done.get("status") != "ok":
-        raise _StartFailed(f"its start {res.id} did not finish")
+    res_dir = _finished(run_dir, res, "start")
     if m in REGULARIZED:
-        states.append(str(_cell_dir(run_dir, res)))
-    return {
-        "start": str(run_dir / done["model_dir"]),
-        "states": states,
-        "replay": list(pair) if m == "replay" else [],
-        "keep_model": False,
-    }
+        states.append(res_dir)
+    model_dir = str(run_dir / read_done(Path(res_dir))["model_dir"])  # type: ignore[index]
+    return CellDeps(model_dir, tuple(states), pair if m == "replay" else ())
+
+
+def _finished(run_dir: Path, cell: Cell, what: str) -> str:
+    """The directory of a cell that finished ``ok``; else ``_StartFailed``."""
+    done = read_done(_cell_dir(run_dir, cell))
+    if done is None or done.get("status") != "ok":
+        raise _StartFailed(f"its {what} {cell.id} did not finish")
+    return str(_cell_dir(run_dir, cell))
 
 
 def _execute(
     run_dir: Path,
     config: dict[str, Any],
     cells: Sequence[Cell],
-    deps_of: Callable[[Cell], dict[str, Any]],
+    deps_of: Callable[[Cell], CellDeps],
     jobs: int,
     summary: RunSummary,
     say: Callable[[str], None],
@@ -307,7 +301,7 @@ def _execute(
                 "seconds": 0.0,
                 "records": [],
             }
-            write_json(_cell_dir(run_dir, cell) / DONE, fail)
+            atomic_write_json(_cell_dir(run_dir, cell) / DONE, fail, sort_keys=True)
             finished(fail, len(summary.ran) + 1)
     if jobs == 1:
         for k, a in enumerate(args, start=1):
