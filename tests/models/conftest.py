@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from _models_synth import synthetic_examples
+from tests._synth import synthetic_examples
 
 from kfacel.data.collate import Collator, make_batches
 from kfacel.data.tokenize import WordPieceTokenizer

@@ -4,16 +4,17 @@ import dataclasses
 
 import pytest
 import torch
-from _models_synth import TINY_BERT, synthetic_examples
+from tests._synth import TINY_BERT, synthetic_examples
 from torch import nn
 
+from kfacel.curvature import estimate_diagonal, estimate_kfac
 from kfacel.data.collate import FEATURE_NAMES, Collator, build_type_vocab
 from kfacel.data.tokenize import default_encoder_path
 from kfacel.models import build_model
 from kfacel.models._pretrained import read_tensors
 from kfacel.positions import matching_mask
 from kfacel.training.evaluate import evaluate
-from kfacel.training.trainer import train_task
+from kfacel.training.trainer import TrainSettings, train_task
 
 
 def tiny(name: str, **extra) -> nn.Module:
@@ -105,8 +106,7 @@ def test_every_sequence_layer_call_has_its_padding_marked(name, rich_batch):
     finally:
         for h in handles:
             h.remove()
-    # position ids are [1, L]: one row shared by every query, nothing to mask
-    assert [u for u in unmarked if "position_embeddings" not in u] == []
+    assert unmarked == []  # position ids too: one row per sequence
 
 
 def test_cnn_copies_the_minilm_word_embeddings():
@@ -147,7 +147,28 @@ def test_tiny_random_ranker_learns_a_synthetic_task(
     train, dev = synthetic_batches
     model = tiny(name, dropout=0.0)
     before = evaluate(model, dev).accuracy
-    log = train_task(model, train, epochs=5, lr=lr, dev_batches=dev, seed=0)
+    log = train_task(
+        model, train, TrainSettings(epochs=5, lr=lr, seed=0), dev_batches=dev
+    )
     after = evaluate(model, dev).accuracy
     assert after == pytest.approx(log.best_dev_accuracy)
     assert after > 0.6 > before + 0.2  # chance is 0.2 with 5 candidates
+
+
+def test_curvature_of_the_transformer_takes_position_ids_as_every_querys(rich_batch):
+    """The position table's A is each position's real-token frequency (K5, K6).
+
+    Over mentions and names (N·C rows); the diagonal Fisher works too.
+    """
+    batch, num_types = rich_batch
+    model = tiny("transformer", num_features=len(FEATURE_NAMES), num_types=num_types)
+    fisher = estimate_kfac(model, [(batch, batch.labels)])
+    table = "encoder.embeddings.position_embeddings"
+    names = batch.candidate_mask.reshape(-1, batch.candidate_mask.shape[-1])
+    counts = torch.zeros(TINY_BERT["max_position_embeddings"])
+    for mask in (batch.mention_mask, names):
+        counts[: mask.shape[1]] += mask.sum(0).float()  # real uses of each position
+    torch.testing.assert_close(fisher[table].A, counts / counts.sum())
+    diag = estimate_diagonal(model, [(batch, batch.labels)])
+    used = diag[f"{table}.weight"].abs().sum(1) > 0
+    assert used.tolist() == (counts > 0).tolist()

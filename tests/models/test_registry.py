@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from _models_synth import TINY_BERT, synthetic_examples
+from tests._synth import TINY_BERT, synthetic_examples
 
 from kfacel.data.collate import Collator
 from kfacel.models import build_model, load_model, read_model_config, save_model

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from _models_synth import TINY_BERT, synthetic_examples
+from tests._synth import TINY_BERT, synthetic_examples
 
 from kfacel.data.collate import FEATURE_NAMES, Collator
 from kfacel.models import build_model

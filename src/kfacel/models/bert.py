@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from transformers import BertConfig, BertModel
 
@@ -141,8 +142,13 @@ class BertRanker(nn.Module):
         return _masked_mean(self._encode(ids, mask), mask)
 
     def _encode(self, ids: Tensor, mask: Tensor) -> Tensor:
+        # one row of position ids per sequence (a view): the names of N queries are
+        # N·C rows, which a batch-shared [1, S] row could not tell apart from N
+        positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
         with valid_positions(mask):  # every Linear and Embedding here sees [B, S]
-            out = self.encoder(input_ids=ids, attention_mask=mask.long())
+            out = self.encoder(
+                input_ids=ids, attention_mask=mask.long(), position_ids=positions
+            )
         return out.last_hidden_state  # [B, S, D]
 
 
