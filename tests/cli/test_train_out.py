@@ -1,0 +1,150 @@
+"""`kfacel train --out` against the user's files: nothing deleted or changed unless asked.
+
+Each probe compares every file under the work directory before and after one `train`
+call: refused placements must leave them all as they were, accepted ones may only add
+the new model directory (or, with --overwrite, replace an existing model directory).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from tests.training.test_continual import TASK_A, TASK_B, code_task
+
+from kfacel.cli import main
+from kfacel.consolidation import load_state
+from kfacel.data.tasks import write_task
+from kfacel.models import registry
+
+CNN = ["--model", "cnn", "--hidden", "8", "--no-types", "--no-features"]
+FAST = ["--epochs", "1", "--max-length", "12"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def work(tmp_path: Path, capsys) -> Path:
+    """Tasks A and B, model v1 (A, consolidated twice over) and some user files."""
+    for name, words, seed in (("A", TASK_A, 0), ("B", TASK_B, 10)):
+        splits = {s: code_task(name, words, 24, seed + i) for i, s in enumerate(("train", "dev", "test"))}  # fmt: skip
+        write_task(tmp_path / name, splits, {"name": name})
+    v1 = tmp_path / "v1"
+    assert main(["train", "--task", str(tmp_path / "A"), "--out", str(v1), *CNN, *FAST]) == 0  # fmt: skip
+    assert main(["consolidate", str(v1), "--task", str(tmp_path / "A"), "--method", "kfac"]) == 0  # fmt: skip
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine", encoding="utf-8")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file.txt").write_text("mine too", encoding="utf-8")
+    capsys.readouterr()
+    return tmp_path
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def train_b(work: Path, out: str, *extra: str) -> int:
+    args = ["train", "--task", str(work / "B"), "--init", str(work / "v1")]
+    return main([*args, "--penalty", "kfac", "--lam", "1", "--out", out, *FAST, *extra])
+
+
+@pytest.mark.parametrize(
+    ("out", "why"),
+    [
+        (".", "overlaps --init"),  # the parent of --init and of the tasks
+        ("v1", "overlaps --init"),
+        ("v1/consolidation", "overlaps --init"),
+        ("B", "overlaps --task"),
+        ("B/sub", "overlaps --task"),
+        ("notes", "not a kfacel model directory"),
+        ("file.txt", "is a file"),
+    ],
+)
+def test_an_out_that_would_lose_user_files_is_refused_before_training(
+    work, capsys, out, why
+):
+    before = snapshot(work)
+    assert train_b(work, str(work / out)) == 2
+    err = capsys.readouterr().err
+    assert why in err
+    assert err.count("\n") == 1  # one line, no traceback
+    assert snapshot(work) == before
+    assert not list(work.rglob(".*"))  # no temporary leftovers
+
+
+def test_an_existing_model_is_replaced_only_with_overwrite(work, capsys):
+    assert train_b(work, str(work / "v2")) == 0
+    before = snapshot(work)
+    assert train_b(work, str(work / "v2")) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert snapshot(work) == before
+    assert train_b(work, str(work / "v2"), "--seed", "3", "--overwrite") == 0
+    after = snapshot(work)
+    changed = {k for k in before if before[k] != after.get(k)}
+    assert changed
+    assert all(k.startswith("v2/") for k in changed)
+    assert (
+        json.loads((work / "v2" / "config.json").read_text())["training"]["seed"] == 3
+    )
+
+
+def test_an_empty_out_is_used(work):
+    assert train_b(work, str(work / "empty")) == 0
+    assert [s.task for s in load_state(work / "empty")] == ["A"]
+
+
+def test_states_are_in_place_before_the_model_directory_appears(work, monkeypatch):
+    # a kill right after the rename used to leave a model without its states
+    seen: list[list[str]] = []
+    real = registry._replace_dir
+
+    def spy(tmp: Path, directory: Path) -> None:
+        seen.append(sorted(p.name for p in (tmp / "consolidation").iterdir()))
+        real(tmp, directory)
+
+    monkeypatch.setattr(registry, "_replace_dir", spy)
+    assert train_b(work, str(work / "v2")) == 0
+    assert seen == [["00-A.json", "00-A.safetensors"]]
+
+    def killed(tmp: Path, directory: Path) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(registry, "_replace_dir", killed)
+    assert train_b(work, str(work / "v3")) == 130  # "kfacel: interrupted"
+    assert not (work / "v3").exists()
+    assert not [p for p in work.iterdir() if p.name.startswith(".")]
+
+
+def test_random_placements_never_touch_files_kfacel_did_not_create(work, capsys):
+    rng = random.Random(0)
+    places = [".", "v1", "v1/consolidation", "v1/x", "A", "A/x", "B", "notes",
+              "notes/x", "file.txt", "new", "new/deeper", "empty"]  # fmt: skip
+    for _ in range(12):
+        out = rng.choice(places)
+        task = rng.choice(["A", "B"])
+        before = snapshot(work)
+        args = ["train", "--task", str(work / task), "--init", str(work / "v1")]
+        code = main([*args, "--out", str(work / out), *FAST])
+        capsys.readouterr()
+        after = snapshot(work)
+        lost = {k for k in before if after.get(k) != before[k]}
+        assert not lost, (out, task, sorted(lost)[:3])
+        if code == 0:  # a new model: start the next probe from the same files
+            assert {k for k in after if k not in before} <= {
+                k for k in after if k.startswith(out.rstrip("/") + "/")
+            }
