@@ -43,7 +43,8 @@ class Batch:
         candidate_valid: ``[N, C]`` bool, False for padding candidates (scored ``-inf``).
         labels: ``[N]`` index of the gold candidate.
         features: ``[N, C, F]`` optional pairwise string-similarity features.
-        candidate_types: ``[N, C]`` optional semantic-type ids of the candidates (-1 unknown).
+        candidate_types: ``[N, C]`` optional semantic-type ids of the candidates, from
+            1 (0 unknown or missing).
     """
 
     mention_ids: Tensor

@@ -1,7 +1,11 @@
 """Collator: shapes, padding candidates, gold labels, features and type ids."""
 
+import dataclasses
+import inspect
+
 import pytest
 
+from kfacel.data import collate
 from kfacel.data.collate import (
     FEATURE_NAMES,
     Collator,
@@ -11,6 +15,7 @@ from kfacel.data.collate import (
 )
 from kfacel.data.records import Candidate, LinkingExample
 from kfacel.data.tokenize import WordPieceTokenizer
+from kfacel.types import Batch
 
 
 def ex(mention, names, gold, types=None):
@@ -83,3 +88,53 @@ def test_the_collator_reads_a_candidates_synonym_not_its_preferred_name():
     assert batches[1].features[0, 0, exact] == 1.0
     want = tok.encode_names(["copper toxicosis"], max_length=16)[0]
     assert batches[1].candidate_ids[0, 0, : len(want)].tolist() == want
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return WordPieceTokenizer()
+
+
+def test_collators_with_equal_settings_are_equal_whatever_they_have_cached(tok):
+    used, fresh = Collator(tok), Collator(tok)
+    used([ex("fever", ["fever", "pain"], 0)])
+    assert used == fresh
+    assert "cache" not in repr(used)
+
+
+def test_the_name_cache_is_bounded_and_keeps_the_recent_names(tok, monkeypatch):
+    monkeypatch.setattr(collate, "NAME_CACHE_SIZE", 4)
+    collator = Collator(tok)
+    names = [f"name{i}" for i in range(10)]
+    for i in range(0, 10, 2):
+        batch = collator([ex("x", names[i : i + 2], 0)])
+        want = tok.encode_names(names[i : i + 2], max_length=16)
+        for j, ids in enumerate(want):
+            assert batch.candidate_ids[0, j, : len(ids)].tolist() == ids
+    assert len(collator._name_cache) == 4
+    assert list(collator._name_cache) == names[-4:]  # least recently used dropped first
+
+
+def test_a_batch_with_more_names_than_the_cache_holds_is_still_right(tok, monkeypatch):
+    monkeypatch.setattr(collate, "NAME_CACHE_SIZE", 2)
+    names = ["heart", "lung", "liver", "kidney", "brain"]
+    batch = Collator(tok)([ex("heart", names, 0)])
+    for j, ids in enumerate(tok.encode_names(names, max_length=16)):
+        assert batch.candidate_ids[0, j, : len(ids)].tolist() == ids
+
+
+def test_type_ids_are_a_declared_field_derived_from_types(tok):
+    declared = {f.name: f for f in dataclasses.fields(Collator)}
+    assert not declared["_type_ids"].init
+    assert not declared["_type_ids"].compare
+    assert Collator(tok, types=("A", "B"))._type_ids == {"A": 1, "B": 2}
+
+
+def test_the_batch_docs_state_the_unknown_type_id_the_collator_writes(tok):
+    b = Collator(tok, types=("T1",))([ex("x", ["x", "y"], 0, ["T1", "T9"])])
+    unknown = int(b.candidate_types[0, 1])
+    assert unknown == 0
+    doc = " ".join((inspect.getdoc(Batch) or "").split())
+    assert f"({unknown} unknown" in doc
+    module_doc = " ".join((collate.__doc__ or "").split())
+    assert f"{unknown} stands for a type that is unknown" in module_doc

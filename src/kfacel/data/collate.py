@@ -25,14 +25,15 @@ of the mention, ``n(c)`` golds of this concept):
 - ``concept_prior``: ``log(1 + n(c)) / log(1 + 256)``, capped at 1.
 
 Semantic types of the candidates (a property of the concept, never of the mention) are
-mapped to ids with a vocabulary built from the training queries; 0 stands for a type
-that is unknown or missing.
+mapped to ids with a vocabulary built from the training queries (ids 1, 2, …); 0 stands
+for a type that is unknown or missing.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -57,6 +58,8 @@ ALIAS_FEATURE_NAMES = ("alias_share", "alias_seen", "alias_count", "concept_prio
 _ALIAS_COUNT_SCALE = math.log1p(32)
 _PRIOR_SCALE = math.log1p(256)
 _WORD = re.compile(r"[a-z0-9]+")
+NAME_CACHE_SIZE = 65_536
+"""Most candidate names a collator keeps tokenized (least recently used dropped first)."""
 
 
 def build_type_vocab(examples: Iterable[LinkingExample]) -> tuple[str, ...]:
@@ -85,10 +88,14 @@ class Collator:
     max_name_length: int = 16
     types: tuple[str, ...] = ()
     aliases: AliasTable | None = None
-    _name_cache: dict[str, list[int]] = field(default_factory=dict, repr=False)
+    # derived state: neither a setting (not compared, not shown) nor unbounded
+    _name_cache: OrderedDict[str, list[int]] = field(
+        default_factory=OrderedDict, init=False, compare=False, repr=False
+    )
+    _type_ids: dict[str, int] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._type_ids = {t: i + 1 for i, t in enumerate(self.types)}
+        self._type_ids = {t: i + 1 for i, t in enumerate(self.types)}  # 0: unknown
 
     @property
     def feature_names(self) -> tuple[str, ...]:
@@ -108,10 +115,9 @@ class Collator:
             [e.right_context for e in examples],
             max_length=self.max_mention_length,
         )
-        names = [c.text for e in examples for c in e.candidates]
-        self._encode_names(names)
+        names = self._encode_names([c.text for e in examples for c in e.candidates])
         n, c_max = len(examples), max(len(e.candidates) for e in examples)
-        l_name = max(len(self._name_cache[name]) for name in names)
+        l_name = max(len(ids) for ids in names.values())
         mention_ids, mention_mask = _pad(mention_rows, tok.pad_id)
         cand_ids = torch.full((n, c_max, l_name), tok.pad_id, dtype=torch.long)
         cand_valid = torch.zeros(n, c_max, dtype=torch.bool)
@@ -119,7 +125,7 @@ class Collator:
         cand_types = torch.zeros(n, c_max, dtype=torch.long)
         for i, e in enumerate(examples):
             for j, cand in enumerate(e.candidates):
-                ids = self._name_cache[cand.text]
+                ids = names[cand.text]
                 cand_ids[i, j, : len(ids)] = torch.tensor(ids)
                 cand_valid[i, j] = True
                 row = similarity_features(e.mention, cand.text)
@@ -141,10 +147,21 @@ class Collator:
             candidate_types=cand_types,
         )
 
-    def _encode_names(self, names: Sequence[str]) -> None:
-        new = sorted({name for name in names if name not in self._name_cache})
+    def _encode_names(self, names: Sequence[str]) -> dict[str, list[int]]:
+        """Token ids of each distinct name, from the cache or the tokenizer."""
+        cache = self._name_cache
+        out: dict[str, list[int]] = {}
+        for name in names:
+            if name in cache and name not in out:
+                cache.move_to_end(name)  # recently used
+                out[name] = cache[name]
+        new = sorted({name for name in names if name not in out})
         rows = self.tokenizer.encode_names(new, max_length=self.max_name_length)
-        self._name_cache.update(zip(new, rows, strict=True))
+        out.update(zip(new, rows, strict=True))
+        cache.update(zip(new, rows, strict=True))
+        while len(cache) > NAME_CACHE_SIZE:
+            cache.popitem(last=False)  # least recently used
+        return out
 
 
 def make_batches(
