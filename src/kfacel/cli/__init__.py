@@ -16,7 +16,12 @@ from collections.abc import Sequence
 
 
 class UserError(Exception):
-    """A problem with the user's input: printed as one line, exit code 2."""
+    """A problem with the user's input: printed as one line, exit code 2.
+
+    ``main`` prints ``ValueError`` and ``FileNotFoundError`` the same way, other
+    ``OSError`` as one line with exit code 1, and Ctrl-C as ``kfacel: interrupted``
+    with exit code 130.
+    """
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +54,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.handler(args))
+    except KeyboardInterrupt:
+        print("kfacel: interrupted", file=sys.stderr)
+        return 130
     except (UserError, ValueError, FileNotFoundError) as exc:
         print(f"kfacel {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # permissions, a full disk: the OS names the path
+        print(f"kfacel {args.command}: error: {exc}", file=sys.stderr)
+        return 1

@@ -8,6 +8,10 @@
         [--context-words K] [--seed S] [--name NAME]
     kfacel prepare jsonl --input F [--input F2 ...] --dictionary D --out DIR [...]
     kfacel prepare benchmark --data ../shared/data --out tasks/ [--small]
+
+``--out`` is checked before anything is read: an output that holds an input, or an
+existing non-empty directory that is not a task directory, is refused; an existing task
+directory is replaced only with ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -18,11 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from kfacel.cli import UserError
+from kfacel.cli._args import nonnegative_int, positive_int
 from kfacel.data.benchmark import TASKS, build_public3
 from kfacel.data.candidates import METHODS
 from kfacel.data.readers import read_dictionary, read_jsonl_mentions, read_pubtator
 from kfacel.data.records import Mention, SkipReport
-from kfacel.data.tasks import SPLITS, prepare_task, split_by_document
+from kfacel.data.tasks import SPLITS, check_task_out, prepare_task, split_by_document
 
 
 def register(subparsers: Any) -> None:
@@ -50,6 +55,7 @@ def register(subparsers: Any) -> None:
     bench.add_argument("--out", type=Path, required=True, help="parent of the tasks")
     bench.add_argument("--small", action="store_true", help="the CPU variant")
     bench.add_argument("--task", action="append", choices=TASKS, help="only these")
+    _overwrite_option(bench)
     _names_option(bench)
     bench.set_defaults(handler=_benchmark)
 
@@ -59,11 +65,20 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="the task directory")
     p.add_argument("--split-by-document", default="0.7,0.1,0.2", metavar="TR,DE,TE")
     p.add_argument("--candidates", choices=METHODS, default="tfidf")
-    p.add_argument("--num-candidates", type=int, default=10, metavar="C")
-    p.add_argument("--context-words", type=int, default=10, metavar="K")
-    p.add_argument("--seed", type=int, default=13)
+    p.add_argument("--num-candidates", type=positive_int, default=10, metavar="C")
+    p.add_argument("--context-words", type=nonnegative_int, default=10, metavar="K")
+    p.add_argument("--seed", type=nonnegative_int, default=13)
     p.add_argument("--name", help="task name (default: the directory's name)")
+    _overwrite_option(p)
     _names_option(p)
+
+
+def _overwrite_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing task directory (never any other directory)",
+    )
 
 
 def _names_option(p: argparse.ArgumentParser) -> None:
@@ -88,15 +103,28 @@ def _fractions(text: str) -> list[float]:
     return parts
 
 
+def _check(args: argparse.Namespace, sources: Sequence[Path]) -> None:
+    """Refuse bad settings and an --out that would lose data, before any reading."""
+    if args.num_candidates < 2:
+        raise UserError(f"--num-candidates must be ≥ 2, got {args.num_candidates}")
+    _fractions(args.split_by_document)
+    check_task_out(
+        args.out, inputs=[*sources, args.dictionary], overwrite=args.overwrite
+    )
+
+
 def _build(
     args: argparse.Namespace,
     splits: dict[str, list[Mention]],
     skips: SkipReport,
     sources: Iterable[Path],
 ) -> int:
-    if args.num_candidates < 2 or args.context_words < 0:
-        raise UserError("--num-candidates must be ≥ 2 and --context-words ≥ 0")
     concepts = read_dictionary(args.dictionary, skips=skips)
+    if len(concepts) < 2:
+        raise UserError(
+            f"{args.dictionary}: {len(concepts)} usable concept; candidate ranking "
+            "needs a dictionary of at least 2 concepts"
+        )
     info = prepare_task(
         args.out,
         name=args.name or args.out.resolve().name,
@@ -126,11 +154,12 @@ def _pubtator(args: argparse.Namespace) -> int:
     skips = SkipReport()
     if args.corpus and any(given):
         raise UserError("give either --train/--dev/--test or --corpus, not both")
+    if not args.corpus and not all(given):
+        raise UserError("give --train, --dev and --test, or --corpus")
+    _check(args, args.corpus or given)
     if args.corpus:
         mentions = [m for f in args.corpus for m in read_pubtator(f, skips=skips)]
         return _build(args, _split(mentions, args), skips, args.corpus)
-    if not all(given):
-        raise UserError("give --train, --dev and --test, or --corpus")
     splits = {
         s: list(read_pubtator(f, skips=skips))
         for s, f in zip(SPLITS, given, strict=True)
@@ -139,6 +168,7 @@ def _pubtator(args: argparse.Namespace) -> int:
 
 
 def _jsonl(args: argparse.Namespace) -> int:
+    _check(args, args.input)
     skips = SkipReport()
     pairs = [p for f in args.input for p in read_jsonl_mentions(f, skips=skips)]
     labelled = [s for _, s in pairs if s is not None]
@@ -161,6 +191,7 @@ def _benchmark(args: argparse.Namespace) -> int:
         small=args.small,
         tasks=tasks,
         synonyms=args.candidate_names == "closest",
+        overwrite=args.overwrite,
     ).values():
         print(report(info))
     return 0
