@@ -8,6 +8,7 @@ import sys
 import time
 
 from kfacel.cli import UserError
+from kfacel.cli._args import device, nonnegative_int, positive_int
 from kfacel.consolidation import load_state, save_state
 from kfacel.data.tasks import load_task
 from kfacel.training.continual import consolidate_task
@@ -29,7 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--fisher", choices=("empirical", "sampled", "exact"), default="empirical"
     )
     p.add_argument(
-        "--max-examples", type=int, help="seeded subset of the training queries"
+        "--max-examples",
+        type=positive_int,
+        help="seeded subset of the training queries",
     )
     p.add_argument(
         "--uncovered",
@@ -37,9 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="ignore",
         help="K-FAC: parameters without factors (LayerNorm): ignore (paper) or diagonal",
     )
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--device", type=device, default="cpu")
     p.set_defaults(handler=run)
 
 

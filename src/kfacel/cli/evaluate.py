@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import tempfile
-from pathlib import Path
 
 import torch
 
+from kfacel._io import atomic_write_json
+from kfacel.cli._args import device, positive_int
 from kfacel.data.tasks import load_task
 from kfacel.training.pipeline import evaluate_split, load_linker
 
@@ -21,9 +19,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--task", action="append", required=True, help="task directory")
     p.add_argument("--split", default="test", choices=("train", "dev", "test"))
     p.add_argument("--output", help="write the JSON results here")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    p.add_argument("--device", type=device, default="cpu")
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument(
+        "--threads", type=positive_int, help="CPU threads (default: torch's)"
+    )
     p.set_defaults(handler=run)
 
 
@@ -64,14 +64,5 @@ def run(args: argparse.Namespace) -> int:
         "first, over all queries (what `kfacel link` would score)"
     )
     if args.output:
-        _write_json(Path(args.output), results)
+        atomic_write_json(args.output, results)
     return 0
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import torch
 
 from kfacel.cli import UserError
+from kfacel.cli._args import positive_int
 from kfacel.data.candidates import build_generator
 from kfacel.data.readers import read_dictionary
-from kfacel.training.linking import MentionQuery, link
+from kfacel.training.linking import MentionQuery, link, read_queries
 from kfacel.training.pipeline import load_linker
 
 
@@ -25,8 +25,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--input", help='JSONL, one {"text", "mention"[, "start"]} object a line'
     )
-    p.add_argument("--top", type=int, default=5, help="concepts to print per mention")
-    p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    p.add_argument(
+        "--top", type=positive_int, default=5, help="concepts to print per mention"
+    )
+    p.add_argument(
+        "--threads", type=positive_int, help="CPU threads (default: torch's)"
+    )
     p.set_defaults(handler=run)
 
 
@@ -61,28 +65,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _queries(args: argparse.Namespace) -> list[MentionQuery]:
     if args.input:
-        out = []
-        path = Path(args.input)
-        for lineno, line in enumerate(path.read_text("utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                q = MentionQuery(
-                    str(obj["text"]), str(obj["mention"]), obj.get("start")
-                )
-                q.span()
-            except (ValueError, KeyError, TypeError) as exc:
-                raise UserError(f"{path}:{lineno}: {exc}") from None
-            out.append(q)
-        if not out:
-            raise UserError(f"{path}: no mention to link")
-        return out
-    if not (args.text and args.mention):
+        return read_queries(args.input)
+    if args.text is None or args.mention is None:
         raise UserError("give --text and --mention, or --input F.jsonl")
-    q = MentionQuery(args.text, args.mention)
     try:
+        q = MentionQuery(args.text, args.mention)
         q.span()
     except ValueError as exc:
-        raise UserError(str(exc)) from None
+        raise UserError(f"--mention: {exc}") from None
     return [q]

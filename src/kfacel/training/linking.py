@@ -9,12 +9,15 @@ reads.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 
 from kfacel.data.candidates import CandidateGenerator
+from kfacel.data.readers import text_lines
 from kfacel.data.records import LinkingExample
 from kfacel.data.tasks import context
 from kfacel.training.evaluate import predict
@@ -23,11 +26,28 @@ from kfacel.training.pipeline import Linker
 
 @dataclass(frozen=True)
 class MentionQuery:
-    """A mention to link: its text and where it sits in its document text."""
+    """A mention to link: its text and where it sits in its document text.
+
+    Raises:
+        ValueError: when ``text`` is not a string, ``mention`` not a non-blank string,
+            or ``start`` not a non-negative integer (or None).
+    """
 
     text: str
     mention: str
     start: int | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse values a JSON line could smuggle in (null, numbers, NaN, "10")."""
+        if not isinstance(self.text, str):
+            raise ValueError(f"'text' must be a string, got {self.text!r}")
+        if not isinstance(self.mention, str) or not self.mention.strip():
+            raise ValueError(f"'mention' must be non-blank text, got {self.mention!r}")
+        start = self.start
+        if start is not None and (
+            not isinstance(start, int) or isinstance(start, bool) or start < 0
+        ):
+            raise ValueError(f"'start' must be an integer ≥ 0, got {start!r}")
 
     def span(self) -> tuple[int, int]:
         """Character span of the mention (first occurrence when ``start`` is None).
@@ -39,6 +59,38 @@ class MentionQuery:
         if start < 0 or self.text[start : start + len(self.mention)] != self.mention:
             raise ValueError(f"mention {self.mention!r} is not in the text")
         return start, start + len(self.mention)
+
+
+def read_queries(path: Path | str) -> list[MentionQuery]:
+    """The mentions of a JSONL file, one ``{"text", "mention"[, "start"]}`` a line.
+
+    Blank lines are skipped; a UTF-8 BOM is read as one.
+
+    Raises:
+        ValueError: naming file and line of a line that is not such an object, whose
+            values have the wrong type (a null or blank mention, ``"start": "10"``, a
+            NaN text), or whose mention is not in its text; or when there is none.
+    """
+    path = Path(path)
+    out = []
+    for lineno, line in text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            if not isinstance(obj, dict):
+                raise ValueError("expected a JSON object")
+            missing = [k for k in ("text", "mention") if k not in obj]
+            if missing:
+                raise ValueError(f"missing field {missing[0]!r}")
+            query = MentionQuery(obj["text"], obj["mention"], obj.get("start"))
+            query.span()
+        except ValueError as exc:  # JSONDecodeError is a ValueError
+            raise ValueError(f"{path}:{lineno}: {exc}") from None
+        out.append(query)
+    if not out:
+        raise ValueError(f"{path}: no mention to link")
+    return out
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,237 @@
+"""Issue 13 on the command line: nothing lost, every bad input named in one line.
+
+Each test is a reproduction that failed before: an --out that would destroy data, a
+bad number or device, a bad link input line, Ctrl-C; the exit code and the one line on
+stderr are compared with what the issue asks.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from kfacel.cli import main
+from kfacel.data.tasks import load_task
+
+FIXTURES = Path(__file__).parents[1] / "data" / "fixtures"
+
+
+def _mentions(path: Path, n: int = 6) -> Path:
+    """A JSONL of ``n`` one-mention documents over two dictionary concepts."""
+    lines = []
+    for i in range(n):
+        name, cid = ("fever", "C001") if i % 2 else ("cough", "C002")
+        text = f"Patient {i} has {name} today."
+        lines.append(json.dumps({"doc_id": f"d{i}", "text": text, "mention": name,
+                                 "concept_id": cid}))  # fmt: skip
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _dictionary(path: Path, bom: bool = False) -> Path:
+    rows = "C001\tT184\tFever\nC002\tT184\tCough\nC003\tT047\tFlu\n"
+    path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + rows.encode())
+    return path
+
+
+def _prepare(inp: Path, dictionary: Path, out: Path, *extra: str) -> int:
+    return main(
+        ["prepare", "jsonl", "--input", str(inp), "--dictionary", str(dictionary),
+         "--out", str(out), "--num-candidates", "2", "--split-by-document",
+         "0.5,0.2,0.3", *extra]
+    )  # fmt: skip
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+# --- item 2: prepare --out ------------------------------------------------------------
+
+
+def test_prepare_refuses_an_out_that_holds_its_input(tmp_path: Path, capsys) -> None:
+    """`--input D/train.jsonl --out D`: refused, the input untouched."""
+    data = tmp_path / "D"
+    data.mkdir()
+    inp, dic = _mentions(data / "train.jsonl"), _dictionary(tmp_path / "d.tsv")
+    before = _snapshot(tmp_path)
+    assert _prepare(inp, dic, data) == 2
+    err = capsys.readouterr().err
+    assert "holds the input" in err
+    assert len(err.strip().splitlines()) == 1
+    assert _snapshot(tmp_path) == before
+
+
+def test_prepare_refuses_a_non_task_directory(tmp_path: Path, capsys) -> None:
+    """An existing non-empty directory that is not a task is never replaced."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep", encoding="utf-8")
+    inp, dic = _mentions(tmp_path / "m.jsonl"), _dictionary(tmp_path / "d.tsv")
+    assert _prepare(inp, dic, out, "--overwrite") == 2
+    assert "not a kfacel task directory" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_prepare_replaces_a_task_only_with_overwrite(tmp_path: Path, capsys) -> None:
+    """A second prepare into a task: refused, then replaced with --overwrite."""
+    inp, dic = _mentions(tmp_path / "m.jsonl"), _dictionary(tmp_path / "d.tsv")
+    out = tmp_path / "t"
+    assert _prepare(inp, dic, out) == 0
+    assert _prepare(inp, dic, out, "--seed", "3") == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert load_task(out).info["seed"] == 13
+    assert _prepare(inp, dic, out, "--seed", "3", "--overwrite") == 0
+    assert load_task(out).info["seed"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.tsv", "m.jsonl", "t"]
+
+
+def test_prepare_checks_out_before_reading(tmp_path: Path, capsys) -> None:
+    """A refused --out is reported even when the inputs could not be read."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "x").write_text("x", encoding="utf-8")
+    assert _prepare(tmp_path / "missing.jsonl", tmp_path / "no.tsv", out) == 2
+    assert "not a kfacel task directory" in capsys.readouterr().err
+
+
+def test_prepare_benchmark_refuses_before_building(tmp_path: Path, capsys) -> None:
+    """`prepare benchmark --out` onto a non-task `cadec/`: refused, nothing read."""
+    (tmp_path / "out" / "cadec").mkdir(parents=True)
+    (tmp_path / "out" / "cadec" / "CADEC.json").write_text("[]", encoding="utf-8")
+    (tmp_path / "data").mkdir()
+    code = main(["prepare", "benchmark", "--data", str(tmp_path / "data"),
+                 "--out", str(tmp_path / "out"), "--task", "cadec"])  # fmt: skip
+    assert code == 2
+    assert "not a kfacel task directory" in capsys.readouterr().err
+
+
+def test_failed_prepare_leaves_no_temporary(tmp_path: Path, capsys) -> None:
+    """An error after reading (no usable mention) leaves no `.t.XXXX` behind."""
+    inp = _mentions(tmp_path / "m.jsonl")
+    dic = tmp_path / "d.tsv"
+    dic.write_text("C007\tT0\tRash\nC008\tT0\tItch\n", encoding="utf-8")
+    assert _prepare(inp, dic, tmp_path / "t") == 2
+    assert "no usable mention" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.tsv", "m.jsonl"]
+
+
+# --- items 5-7: what prepare reads -----------------------------------------------------
+
+
+def test_prepare_reads_a_bom_dictionary_as_plain_ids(tmp_path: Path) -> None:
+    """A BOM dictionary gives concept C001, not U+FEFF C001."""
+    inp = _mentions(tmp_path / "m.jsonl")
+    assert _prepare(inp, _dictionary(tmp_path / "d.tsv", bom=True), tmp_path / "t") == 0
+    task = load_task(tmp_path / "t")
+    ids = {c.id for ex in task.train + task.dev + task.test for c in ex.candidates}
+    assert "C001" in ids
+    assert not any(i.startswith("\ufeff") for i in ids)
+
+
+def test_one_concept_dictionary_is_named(tmp_path: Path, capsys) -> None:
+    """One usable concept: a line naming the dictionary, not `zero-size array`."""
+    inp = _mentions(tmp_path / "m.jsonl")
+    dic = tmp_path / "one.tsv"
+    dic.write_text("C001\tT184\tFever\nC002\tT184\t \n", encoding="utf-8")
+    assert _prepare(inp, dic, tmp_path / "t") == 2
+    err = capsys.readouterr().err
+    assert "one.tsv: 1 usable concept" in err
+    assert "zero-size" not in err
+
+
+def test_prepare_jsonl_with_a_latin1_line_names_it(tmp_path: Path, capsys) -> None:
+    """A Latin-1 byte in line 3 of the input: file:3 on one line."""
+    inp = _mentions(tmp_path / "m.jsonl")
+    inp.write_bytes(inp.read_bytes().replace(b"fever today", b"f\xe8ver today", 1))
+    assert _prepare(inp, _dictionary(tmp_path / "d.tsv"), tmp_path / "t") == 2
+    assert "m.jsonl:2: not UTF-8" in capsys.readouterr().err
+
+
+# --- item 9: numbers, devices and link inputs refused up front -------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [
+        (["link", "M", "--dictionary", "d", "--text", "a", "--mention", "a",
+          "--top", "-2"], "--top"),
+        (["link", "M", "--dictionary", "d", "--input", "q", "--threads", "-1"],
+         "--threads"),
+        (["evaluate", "M", "--task", "T", "--batch-size", "0"], "--batch-size"),
+        (["evaluate", "M", "--task", "T", "--device", "cuda"], "--device"),
+        (["evaluate", "M", "--task", "T", "--device", "gpu"], "--device"),
+        (["consolidate", "M", "--task", "T", "--max-examples", "-5"],
+         "--max-examples"),
+        (["consolidate", "M", "--task", "T", "--device", "cuda:0"], "--device"),
+        (["consolidate", "M", "--task", "T", "--seed", "-1"], "--seed"),
+        (["prepare", "jsonl", "--input", "i", "--dictionary", "d", "--out", "o",
+          "--context-words", "-1"], "--context-words"),
+        (["prepare", "jsonl", "--input", "i", "--dictionary", "d", "--out", "o",
+          "--num-candidates", "x"], "--num-candidates"),
+    ],
+)  # fmt: skip
+def test_bad_numbers_and_devices_are_refused_naming_the_option(
+    argv: list[str], option: str, capsys, monkeypatch
+) -> None:
+    """Argparse refuses the value (exit 2) with the option named, before any work."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert f"argument {option}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        '{"text": "None of it", "mention": null}',
+        '{"text": "she  has fever", "mention": "  "}',
+        '{"text": "she has fever", "mention": "fever", "start": "8"}',
+        '{"text": "a fever", "mention": " fever", "start": true}',
+        '{"text": NaN, "mention": "nan"}',
+        '{"text": "she has fever"}',
+        '["she has fever", "fever"]',
+    ],
+)
+def test_link_input_with_a_bad_line_is_refused_with_file_and_line(
+    tmp_path: Path, line: str, capsys
+) -> None:
+    """A null/blank mention, a non-int start, a NaN text: file:2, before any loading."""
+    inp = tmp_path / "q.jsonl"
+    inp.write_text('{"text": "a cough", "mention": "cough"}\n' + line + "\n")
+    code = main(["link", str(tmp_path / "no-model"), "--dictionary", "d.tsv",
+                 "--input", str(inp)])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "q.jsonl:2:" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_link_refuses_a_blank_mention_option(tmp_path: Path, capsys) -> None:
+    """`--mention ""`: refused naming --mention (it matched at 0 before)."""
+    code = main(["link", str(tmp_path), "--dictionary", "d.tsv", "--text", "abc",
+                 "--mention", ""])  # fmt: skip
+    assert code == 2
+    assert "--mention" in capsys.readouterr().err
+
+
+# --- smaller: Ctrl-C -------------------------------------------------------------------
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path: Path, capsys, monkeypatch) -> None:
+    """KeyboardInterrupt in a handler: `kfacel: interrupted`, 130, no temporary."""
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("kfacel.data.tasks._write", interrupted)
+    inp, dic = _mentions(tmp_path / "m.jsonl"), _dictionary(tmp_path / "d.tsv")
+    assert _prepare(inp, dic, tmp_path / "t") == 130
+    assert capsys.readouterr().err.strip() == "kfacel: interrupted"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.tsv", "m.jsonl"]
