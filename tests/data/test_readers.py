@@ -337,3 +337,12 @@ def test_jsonl_spans_and_mention_must_have_their_types(
     path.write_text('{"text": "a b", "concept_id": "C1", ' + fields + "}\n")
     with pytest.raises(ValueError, match=r"m\.jsonl:1: '(spans|mention)'"):
         list(read_jsonl_mentions(path))
+
+
+def test_psytar_binary_that_is_not_a_workbook_is_named(tmp_path: Path) -> None:
+    """Bytes that are not an .xlsx: a ValueError naming the file."""
+    pytest.importorskip("openpyxl")
+    path = tmp_path / "psytar.xlsx"
+    path.write_bytes(b"\x00\xff" * 50)
+    with pytest.raises(ValueError, match=r"psytar\.xlsx: not a readable \.xlsx"):
+        read_psytar(path)

@@ -321,3 +321,10 @@ def test_check_task_out_accepts_new_empty_and_overwritten_tasks(
     check_task_out(tmp_path / "empty")
     _prepare(tmp_path / "t")
     check_task_out(tmp_path / "t", overwrite=True)
+
+
+def test_check_task_out_refuses_an_out_under_a_file(tmp_path: Path) -> None:
+    """`--out FILE/sub`: refused up front, not after the work."""
+    (tmp_path / "f").write_text("x", encoding="utf-8")
+    with pytest.raises(ValueError, match="is not a writable directory"):
+        check_task_out(tmp_path / "f" / "sub" / "t")

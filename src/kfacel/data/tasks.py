@@ -258,9 +258,10 @@ def check_task_out(
         overwrite: whether an existing task directory may be replaced.
 
     Raises:
-        ValueError: naming the directory when an input lies in it (or is it), when it
-            exists and is not empty and not a task directory, when it holds files
-            other than a task's, or when it is a task directory and not ``overwrite``.
+        ValueError: naming the directory when an input lies in it (or is it), when
+            its parent cannot be written, when it exists and is not empty and not a
+            task directory, when it holds files other than a task's, or when it is a
+            task directory and not ``overwrite``.
     """
     out = Path(out_dir)
     where = out.resolve()
@@ -271,6 +272,11 @@ def check_task_out(
                 f"output {out} holds the input {source}: writing it would destroy "
                 "the input; choose another output directory"
             )
+    parent = where.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"output {out}: {parent} is not a writable directory")
     if not out.exists():
         return
     if not out.is_dir():

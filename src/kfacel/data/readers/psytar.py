@@ -15,6 +15,7 @@ found in their sentence. ``doc_id`` is the post (``drug_id``), the unit of a spl
 from __future__ import annotations
 
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -77,13 +78,21 @@ def read_psytar(
         name seen as preferred, further names as synonyms) sorted by id.
 
     Raises:
-        ValueError: when the workbook lacks ``Sentence_Labeling`` or ``*_Mapped``.
+        ValueError: when the file is not an .xlsx workbook, or the workbook lacks
+            ``Sentence_Labeling`` or ``*_Mapped``.
+        FileNotFoundError: when ``path`` does not exist.
     """
     from openpyxl import load_workbook  # optional dependency: the `xlsx` extra
+    from openpyxl.utils.exceptions import InvalidFileException
 
     path = Path(path)
     skips = skips if skips is not None else SkipReport()
-    book = load_workbook(path, read_only=True, data_only=True)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such workbook")
+    try:
+        book = load_workbook(path, read_only=True, data_only=True)
+    except (zipfile.BadZipFile, InvalidFileException, KeyError, OSError) as exc:
+        raise ValueError(f"{path}: not a readable .xlsx workbook ({exc})") from None
     try:
         if "Sentence_Labeling" not in book.sheetnames:
             raise ValueError(f"{path}: no 'Sentence_Labeling' sheet")
