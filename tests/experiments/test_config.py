@@ -11,7 +11,6 @@ import pytest
 from kfacel.experiments import config as config_module
 from kfacel.experiments.config import (
     ConfigError,
-    CurvatureMethod,
     ExperimentConfig,
     Method,
     TaskSpec,
@@ -79,7 +78,6 @@ def test_load_minimal(tmp_path: Path) -> None:
     assert cfg.train.epochs == 2
     assert cfg.train.max_train_examples == 100
     assert cfg.curvature.fisher is FisherKind.SAMPLED
-    assert cfg.curvature.method is CurvatureMethod.KFAC  # default
     assert cfg.curvature.uncovered is Uncovered.IGNORE
     assert cfg.penalty.new_task_tolerance == 2.0
 
@@ -118,7 +116,7 @@ def test_unknown_keys_name_key_and_file(
         ("lam_grid = [10, 1e3]", "lam_grid = [0]", "positive"),
         ('name = "cnn"', 'name = "rnn"', r"'rnn' is not one of"),
         ("epochs = 2", "epochs = true", r"train\.epochs: expected an integer"),
-        ("epochs = 2", "epochs = 2\nwarmup = 1.0", r"train\.warmup: a share"),
+        ("epochs = 2", "epochs = 2\nwarmup = 1.0", r"train\.warmup must be in \[0, 1\)"),
         ("epochs = 2", 'epochs = 2\nschedule = "cosine"', r"'cosine' is not one of"),
     ],
 )
@@ -246,3 +244,23 @@ def test_fine_grid_config_differs_from_paper_cnn_small_in_grid_and_methods() -> 
     assert set(fine["methods"]) == {"none", "ewc", "kfac"}
     differ = {k for k in paper if paper[k] != fine[k]}
     assert differ == {"name", "methods", "lam_grid", "tiers", "output_dir"}
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("lam_grid", [float("inf")], "lam_grid: values must be positive and finite"),
+        ("lam_grid", [], "lam_grid: tiers 2 and 3 need at least one λ"),
+        ("methods", [], "methods: give at least one method"),
+        ("train", {"epochs": 0}, r"train\.epochs must be"),
+        ("train", {"lr": -1.0}, r"train\.lr must be"),
+        ("train", {"max_train_examples": -15}, r"train\.max_train must be"),
+    ],
+)
+def test_values_the_run_cannot_use_are_refused_when_loading(key, value, match) -> None:
+    data = {
+        "name": "t",
+        "tasks": [{"name": "a", "path": "a"}, {"name": "b", "path": "b"}],
+    }
+    with pytest.raises(ConfigError, match=match):
+        ExperimentConfig.from_dict({**data, "tiers": [1, 2], key: value})

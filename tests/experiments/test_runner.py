@@ -242,3 +242,28 @@ def test_config_with_an_unknown_key_fails_cleanly(paths, tmp_path) -> None:
     with pytest.raises(ConfigError, match=r"bad\.toml: unknown key 'train\.epochz'"):
         load_config(toml)
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_task_named_otherwise_in_its_task_json_is_refused_up_front(
+    paths, tmp_path
+) -> None:
+    # the records were keyed by task.json's name: the tables came out empty, "0 failed"
+    cfg = tiny_config({"x": paths["a"], "b": paths["b"]})
+    with pytest.raises(ConfigError, match=r"config task 'x' is named 'a'"):
+        run_experiment(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_written_with_retired_keys_still_resumes(finished_run) -> None:
+    cfg, out, _ = finished_run
+    before = (out / "config.json").read_bytes()
+    raw = json.loads(before)
+    raw["curvature"]["method"], raw["penalty"]["lam"] = (
+        "kfac",
+        1000.0,
+    )  # as written before
+    (out / "config.json").write_text(json.dumps(raw), encoding="utf-8")
+    try:
+        assert run_experiment(cfg, out).ran == []
+    finally:
+        (out / "config.json").write_bytes(before)

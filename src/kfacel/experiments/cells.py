@@ -85,13 +85,23 @@ def read_done(cell_dir: Path) -> dict[str, Any] | None:
 
 
 def tasks_of(cfg: ExperimentConfig) -> dict[str, Task]:
-    """The config's tasks by name, loaded once per process."""
+    """The config's tasks by name, loaded once per process.
+
+    Raises:
+        ValueError: a config task whose name differs from its ``task.json``'s.
+    """
     out = {}
     for spec in cfg.tasks:
         key = str(Path(spec.path).resolve())
         if key not in _TASKS:
             _TASKS[key] = load_task(spec.path)
-        out[spec.name] = _TASKS[key]
+        task = _TASKS[key]
+        if task.name != spec.name:  # records are keyed by the task's own name
+            raise ValueError(
+                f"config task {spec.name!r} is named {task.name!r} in "
+                f"{spec.path}/task.json: use one name in both"
+            )
+        out[spec.name] = task
     return out
 
 

@@ -17,6 +17,7 @@ tuple fields), and applied with ``dataclasses.replace``.
 
 from __future__ import annotations
 
+import math
 import tomllib
 import types
 import typing
@@ -26,6 +27,7 @@ from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any, Literal, Self
 
+from kfacel.training.trainer import TrainSettings
 from kfacel.types import FisherKind
 
 
@@ -94,9 +96,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class CurvatureConfig:
-    """Consolidation of a finished task (``method`` is set per run by the runner)."""
+    """Consolidation of a finished task (the method comes from each cell)."""
 
-    method: CurvatureMethod = CurvatureMethod.KFAC
     fisher: FisherKind = FisherKind.EMPIRICAL
     max_examples: int | None = None
     uncovered: Uncovered = Uncovered.IGNORE
@@ -105,9 +106,8 @@ class CurvatureConfig:
 
 @dataclass(frozen=True)
 class PenaltyConfig:
-    """λ for single runs and the λ selection rule (metrics.select_lambda)."""
+    """The λ selection rule (metrics.select_lambda) and tier 3's search around it."""
 
-    lam: float = 1e3
     new_task_tolerance: float = 2.0
     tier3_factors: tuple[float, ...] = (0.01, 1.0, 100.0)
     tier3_mean: Literal["geometric", "arithmetic"] = "geometric"
@@ -142,12 +142,23 @@ class ExperimentConfig:
                 raise ConfigError(f"tier {tier} needs {tier} tasks, got {len(names)}")
         if not self.seeds:
             raise ConfigError("seeds: give at least one seed")
-        if any(not lam > 0 for lam in self.lam_grid):
-            raise ConfigError(f"lam_grid: values must be positive, got {self.lam_grid}")
-        if not 0.0 <= self.train.warmup < 1.0:
+        if not self.methods:
+            raise ConfigError("methods: give at least one method")
+        if any(not (math.isfinite(lam) and lam > 0) for lam in self.lam_grid):
             raise ConfigError(
-                f"train.warmup: a share of the steps in [0, 1), got {self.train.warmup}"
+                f"lam_grid: values must be positive and finite, got {self.lam_grid}"
             )
+        if not self.lam_grid and {2, 3} & set(self.tiers) and self._regularized():
+            raise ConfigError("lam_grid: tiers 2 and 3 need at least one λ")
+        t = self.train
+        try:  # the trainer's own checks (the device is checked where the run starts)
+            TrainSettings(t.epochs, t.lr, t.batch_size, t.schedule, t.warmup,
+                          max_train=t.max_train_examples)  # fmt: skip
+        except ValueError as exc:
+            raise ConfigError(f"train.{exc}") from None
+
+    def _regularized(self) -> bool:
+        return any(m in (Method.L2, Method.EWC, Method.KFAC) for m in self.methods)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready nested dict (enums as strings, tuples as lists); ``from_dict``."""

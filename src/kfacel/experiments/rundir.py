@@ -24,6 +24,8 @@ from kfacel.experiments.config import ConfigError, ExperimentConfig
 
 PACKAGES = ("kfacel", "torch", "numpy", "safetensors", "transformers", "matplotlib")
 NOT_COMPARED = ("tiers", "output_dir")  # may change between invocations of one run
+RETIRED = {"curvature": ("method",), "penalty": ("lam",)}
+"""Keys that older configs wrote but no part of a run ever read: dropped on resume."""
 
 
 def open_run_dir(run_dir: Path, cfg: ExperimentConfig, jobs: int) -> None:
@@ -32,6 +34,9 @@ def open_run_dir(run_dir: Path, cfg: ExperimentConfig, jobs: int) -> None:
     config_path = run_dir / "config.json"
     if config_path.is_file():
         raw = json.loads(config_path.read_text(encoding="utf-8"))
+        for section, keys in RETIRED.items():
+            for key in keys:
+                raw.get(section, {}).pop(key, None)
         # through the dataclasses: keys added since with their defaults compare equal
         old = ExperimentConfig.from_dict(raw, source=str(config_path)).to_dict()
         old = {k: v for k, v in old.items() if k not in NOT_COMPARED}

@@ -58,6 +58,7 @@ from kfacel.experiments.cells import (
 from kfacel.experiments.config import ConfigError, ExperimentConfig
 from kfacel.experiments.rundir import open_run_dir, record_stage
 from kfacel.experiments.sweep import REGULARIZED, Cell
+from kfacel.training.trainer import check_device
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +109,10 @@ def run_experiment(
     if jobs < 1:
         raise ConfigError(f"jobs must be positive, got {jobs}")
     run_dir = Path(out if out is not None else cfg.output_dir)
+    try:
+        check_device(cfg.train.device)
+    except ValueError as exc:
+        raise ConfigError(f"train.{exc}") from None
     try:
         tasks_of(cfg)  # every task readable before anything is written
     except (OSError, ValueError) as exc:
