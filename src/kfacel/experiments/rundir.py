@@ -24,7 +24,7 @@ from kfacel.experiments.config import ConfigError, ExperimentConfig
 
 PACKAGES = ("kfacel", "torch", "numpy", "safetensors", "transformers", "matplotlib")
 NOT_COMPARED = ("tiers", "output_dir")  # may change between invocations of one run
-RETIRED = {"curvature": ("method",), "penalty": ("lam",)}
+RETIRED: dict[str, tuple[str, ...]] = {"curvature": ("method",), "penalty": ("lam",)}
 """Keys that older configs wrote but no part of a run ever read: dropped on resume."""
 
 
@@ -34,8 +34,8 @@ def open_run_dir(run_dir: Path, cfg: ExperimentConfig, jobs: int) -> None:
     config_path = run_dir / "config.json"
     if config_path.is_file():
         raw = json.loads(config_path.read_text(encoding="utf-8"))
-        for section, keys in RETIRED.items():
-            for key in keys:
+        for section, retired in RETIRED.items():
+            for key in retired:
                 raw.get(section, {}).pop(key, None)
         # through the dataclasses: keys added since with their defaults compare equal
         old = ExperimentConfig.from_dict(raw, source=str(config_path)).to_dict()
