@@ -349,3 +349,41 @@ def write_tiny_encoder(directory: Path, words: list[str], *, hidden: int = 8) ->
     state = {k: v.contiguous() for k, v in encoder.state_dict().items()}
     save_file(state, str(directory / "model.safetensors"))
     return directory
+
+
+# ------------------------------------------------------------- two code-word tasks
+
+CODES = [f"code{chr(ord('a') + i)}" for i in range(len(WORDS))]
+"""Concept names that share no string with the mentions (``WORDS[w]`` → ``CODES[w]``)."""
+
+
+def code_examples(name: str, words: range, n: int, seed: int) -> list[LinkingExample]:
+    """Mention ``WORDS[w]`` links to the concept named ``CODES[w]``: learned, not read."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        w = rng.choice(words)
+        pool = [w, *rng.sample([x for x in words if x != w], 3)]
+        rng.shuffle(pool)
+        cands = tuple(Candidate(f"C{x}", CODES[x]) for x in pool)
+        left = " ".join(rng.choices(WORDS, k=2))
+        out.append(LinkingExample(WORDS[w], left, "", cands, f"C{w}", f"{name}{i}"))
+    return out
+
+
+def write_code_tasks(root: Path, sizes: tuple[int, int, int] = (32, 16, 16)) -> Path:
+    """Task directories ``root/A`` and ``root/B`` over disjoint halves of ``WORDS``."""
+    from kfacel.data.tasks import write_task
+
+    half = len(WORDS) // 2
+    for k, (name, words) in enumerate(
+        (("A", range(half)), ("B", range(half, len(WORDS))))
+    ):
+        splits = {
+            split: code_examples(name, words, n, 10 * k + j)
+            for j, (split, n) in enumerate(
+                zip(("train", "dev", "test"), sizes, strict=True)
+            )
+        }
+        write_task(root / name, splits, {"name": name})
+    return root

@@ -1,6 +1,5 @@
 """CLI round trip on a tiny corpus made here: prepare → train → evaluate → link."""
 
-import importlib.util
 import json
 import random
 
@@ -21,11 +20,6 @@ CONCEPTS = {
 }
 FILLER = (
     "the patient was seen with a history of and treated for after".split()  # noqa: SIM905
-)
-
-needs_prepare = pytest.mark.skipif(
-    importlib.util.find_spec("kfacel.cli.prepare") is None,
-    reason="kfacel prepare is not there yet",
 )
 
 
@@ -60,8 +54,6 @@ def task_dir(tmp_path_factory):
         "".join(f"{cid}\t{typ}\t{name}\n" for cid, (name, typ) in CONCEPTS.items()),
         encoding="utf-8",
     )
-    if importlib.util.find_spec("kfacel.cli.prepare") is None:
-        pytest.skip("kfacel prepare is not there yet")
     out = root / "task"
     code = main(
         ["prepare", "pubtator", "--corpus", str(corpus), "--dictionary",
@@ -80,7 +72,6 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@needs_prepare
 @pytest.mark.parametrize(
     "model", ["cnn", pytest.param("transformer", marks=pytest.mark.slow)]
 )
@@ -129,7 +120,6 @@ def test_prepare_train_evaluate_link(task_dir, tmp_path, capsys, model):
     assert scores == sorted(scores, reverse=True)
 
 
-@needs_prepare
 def test_train_refuses_a_warmup_or_dropout_outside_0_1(task_dir, tmp_path, capsys):
     code = main(
         ["train", "--task", str(task_dir[0]), "--out", str(tmp_path / "m"),
