@@ -58,13 +58,15 @@ def test_config_with_a_bom_loads(saved) -> None:
 
 
 def test_saved_directory_has_the_umask_mode(tmp_path) -> None:
-    """Not mkdtemp's 0700: 0777 less the umask."""
+    """Not mkdtemp's 0700 or safetensors' 0600: 0777 / 0666 less the umask."""
     old = os.umask(0o027)
     try:
         save_model(build_model("cnn", embed_dim=8, hidden=8), tmp_path / "m")
     finally:
         os.umask(old)
     assert (tmp_path / "m").stat().st_mode & 0o777 == 0o750
+    for name in ("model.safetensors", "config.json"):
+        assert (tmp_path / "m" / name).stat().st_mode & 0o777 == 0o640
 
 
 def test_failed_rename_restores_the_old_model_and_leaves_no_stray(

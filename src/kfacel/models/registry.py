@@ -95,6 +95,7 @@ def save_model(
             k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
         }
         save_file(state, str(tmp / WEIGHTS_FILE))
+        os.chmod(tmp / WEIGHTS_FILE, umask_mode())  # safetensors writes 0600
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", "utf-8")
         if write_files is not None:
             write_files(tmp)
