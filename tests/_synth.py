@@ -8,6 +8,7 @@ BERT configuration; CLI tests a tiny random transformer checkpoint written on th
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from collections.abc import Callable
@@ -182,11 +183,22 @@ class PositionNet(nn.Module):
 # ------------------------------------------------------------------- the case table
 
 
-def select_rows(inputs: Any, n: int) -> Any:
-    """Example ``n`` of a tensor or a dict of tensors, as a batch of one."""
+def select_rows(inputs: Any, n: int | slice) -> Any:
+    """Example ``n`` (a batch of one) or examples ``n`` of a tensor or a dict of them."""
+    rows = n if isinstance(n, slice) else slice(n, n + 1)
     if isinstance(inputs, dict):
-        return {k: v[n : n + 1] for k, v in inputs.items()}
-    return inputs[n : n + 1]
+        return {k: v[rows] for k, v in inputs.items()}
+    return inputs[rows]
+
+
+def split_batches(inputs: Any, labels: torch.Tensor, parts: int) -> list[tuple]:
+    """``(inputs, labels)`` cut into ``parts`` consecutive batches."""
+    n = int(labels.shape[0])
+    cuts = [round(i * n / parts) for i in range(parts + 1)]
+    return [
+        (select_rows(inputs, slice(a, b)), labels[a:b])
+        for a, b in itertools.pairwise(cuts)
+    ]
 
 
 def _ids_batch(n: int, s: int, vocab: int, padded: bool) -> dict[str, torch.Tensor]:

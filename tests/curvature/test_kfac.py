@@ -22,6 +22,7 @@ from tests._synth import (
     TwoHeads,
     select_rows,
     shared_batch,
+    split_batches,
 )
 from tests.oracles import (
     TOL64,
@@ -187,15 +188,16 @@ def test_uncovered_diagonal_gives_layernorm_its_exact_diagonal() -> None:
         torch.testing.assert_close(fisher.diagonal[k], ref, **TOL64)
 
 
+@pytest.mark.parametrize("parts", [1, 2], ids=["one-batch", "two-batches"])
 @pytest.mark.parametrize("padded", [False, True], ids=["full", "padded"])
 @pytest.mark.parametrize("kind", ["empirical", "exact"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_factors_equal_the_per_example_oracle(
-    case: CurvatureCase, kind: str, padded: bool
+    case: CurvatureCase, kind: str, padded: bool, parts: int
 ) -> None:
-    """Every model of the table × Fisher kind × mask: (A, G) of eq. (K5) by brute force."""
+    """Models × Fisher kinds × masks × batch splits: (A, G) of eq. (K5) by brute force."""
     model, inputs, y = case.make(padded)
-    fisher = estimate_kfac(model, [(inputs, y)], kind=kind)
+    fisher = estimate_kfac(model, split_batches(inputs, y, parts), kind=kind)
     ref = kfac_factors(
         model, inputs, y, list(case.layers), kind=kind, select=select_rows
     )
