@@ -235,3 +235,13 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path: Path, capsys, monkeypatch) ->
     assert _prepare(inp, dic, tmp_path / "t") == 130
     assert capsys.readouterr().err.strip() == "kfacel: interrupted"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.tsv", "m.jsonl"]
+
+
+def test_an_os_error_is_one_line_not_a_traceback(tmp_path: Path, capsys) -> None:
+    """`--input` naming a directory: the OS error on one line, exit 1."""
+    code = main(["link", str(tmp_path), "--dictionary", "d.tsv",
+                 "--input", str(tmp_path)])  # fmt: skip
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("kfacel link: error: ")
+    assert len(err.strip().splitlines()) == 1
