@@ -45,6 +45,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="replace --out when it is an existing kfacel model directory",
     )
+    _add_training_options(p)
+    _add_continual_options(p)
+    p.set_defaults(handler=run)
+
+
+def _add_training_options(p: argparse.ArgumentParser) -> None:
+    """Options of the ranker and of training on the task."""
     p.add_argument("--epochs", type=positive_int, default=3)
     p.add_argument(
         "--lr", type=positive_float, help="default 1e-3 (cnn), 1e-4 (transformer)"
@@ -91,6 +98,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--threads", type=positive_int, help="CPU threads (default: torch's)"
     )
+
+
+def _add_continual_options(p: argparse.ArgumentParser) -> None:
+    """Options of continuing from a consolidated model."""
     g = p.add_argument_group(
         "continual learning (no old data is read, except --replay)"
     )
@@ -121,7 +132,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--replay-every", type=positive_int, default=4, metavar="M")
     g.add_argument("--replay-batches", type=positive_int, default=1, metavar="N")
-    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

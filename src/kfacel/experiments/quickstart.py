@@ -92,66 +92,35 @@ def run_quickstart(
         raise ValueError("the quickstart needs at least two tasks")
     lams = {**DEFAULT_LAMS, **(lams or {})}
     say = log or (lambda *_: None)
-    names = tuple(t.name for t in tasks)
-    seconds: dict[str, float] = {}
-
     settings = TrainSettings(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
-
-    def fresh(task: Task) -> Linker:
-        return new_linker("cnn", task.train, hidden=hidden, seed=seed)
-
     start = time.perf_counter()
     individual: dict[str, float] = {}
     first: Linker | None = None
     for task in tasks:
-        linker = fresh(task)
+        linker = new_linker("cnn", task.train, hidden=hidden, seed=seed)
         fit_task(linker, task, settings, progress=progress)
         individual[task.name] = evaluate_split(linker, task.test).accuracy
         say(f"individual {task.name}: test accuracy {individual[task.name]:.3f}")
         first = first or linker
     assert first is not None
-    seconds["individual"] = time.perf_counter() - start
-
+    seconds = {"individual": time.perf_counter() - start}
     matrices: dict[str, list[list[float]]] = {}
     for method in methods:
         start = time.perf_counter()
-        linker = copy.deepcopy(first)
-        states: list[TaskState] = []
-        matrix = [[math.nan] * len(tasks) for _ in tasks]
-        matrix[0][0] = individual[tasks[0].name]
-        for step, task in enumerate(tasks[1:], start=1):
-            if method != "none":
-                states.append(consolidate_task(linker, tasks[step - 1], method=method))
-            protection = Protection(penalty=method, lam=lams[method])
-            update_linker(linker, task, states, settings, protection, progress=progress)
-            for seen in range(step + 1):
-                matrix[step][seen] = evaluate_split(linker, tasks[seen].test).accuracy
-            say(
-                f"{method} after {task.name}: "
-                + ", ".join(
-                    f"{tasks[i].name} {matrix[step][i]:.3f}" for i in range(step + 1)
-                )
-            )
-        matrices[method] = matrix
+        protection = Protection(penalty=method, lam=lams[method])
+        matrices[method] = _update_along(
+            copy.deepcopy(first), tasks, settings, protection, progress, say
+        )
+        matrices[method][0][0] = individual[tasks[0].name]
         seconds[method] = time.perf_counter() - start
-
-    final = {m: dict(zip(names, mat[-1], strict=True)) for m, mat in matrices.items()}
+    names = tuple(t.name for t in tasks)
     deltas = {
-        m: {t: perc_delta(a, individual[t]) for t, a in final[m].items()} for m in final
+        m: {
+            t: perc_delta(a, individual[t]) for t, a in zip(names, mat[-1], strict=True)
+        }
+        for m, mat in matrices.items()
     }
-    reductions: dict[str, float] = {}
-    not_forgotten: tuple[str, ...] = ()
-    if "none" in deltas:
-        old = names[:-1]
-        for m in deltas:
-            if m != "none":
-                with warnings.catch_warnings():  # reported in the table instead
-                    warnings.simplefilter("ignore")
-                    fr = forgetting_reduction(
-                        [deltas[m][t] for t in old], [deltas["none"][t] for t in old]
-                    )
-                reductions[m] = fr.percent
-                not_forgotten = tuple(old[i] for i in fr.undefined)
+    reductions, not_forgotten = _reductions(deltas, names[:-1])
     return QuickstartResult(
         names,
         individual,
@@ -162,6 +131,55 @@ def run_quickstart(
         not_forgotten,
         seconds,
     )
+
+
+def _update_along(
+    linker: Linker,
+    tasks: Sequence[Task],
+    settings: TrainSettings,
+    protection: Protection,
+    progress: bool,
+    say: Any,
+) -> list[list[float]]:
+    """Consolidate each task and update on the next; acc[after step, on task] (NaN unseen).
+
+    The first row's first entry (the start model on the first task) is left NaN.
+    """
+    method = protection.penalty
+    states: list[TaskState] = []
+    matrix = [[math.nan] * len(tasks) for _ in tasks]
+    for step, task in enumerate(tasks[1:], start=1):
+        if method != "none":
+            states.append(consolidate_task(linker, tasks[step - 1], method=method))
+        update_linker(linker, task, states, settings, protection, progress=progress)
+        for seen in range(step + 1):
+            matrix[step][seen] = evaluate_split(linker, tasks[seen].test).accuracy
+        accs = [f"{tasks[i].name} {matrix[step][i]:.3f}" for i in range(step + 1)]
+        say(f"{method} after {task.name}: " + ", ".join(accs))
+    return matrix
+
+
+def _reductions(
+    deltas: dict[str, dict[str, float]], old: Sequence[str]
+) -> tuple[dict[str, float], tuple[str, ...]]:
+    """Forgetting reduction of each method over the ``old`` tasks, against ``none``.
+
+    Returns the reductions (%) and the old tasks that plain fine-tuning did not forget.
+    """
+    reductions: dict[str, float] = {}
+    not_forgotten: tuple[str, ...] = ()
+    if "none" not in deltas:
+        return reductions, not_forgotten
+    for m in deltas:
+        if m != "none":
+            with warnings.catch_warnings():  # reported in the table instead
+                warnings.simplefilter("ignore")
+                fr = forgetting_reduction(
+                    [deltas[m][t] for t in old], [deltas["none"][t] for t in old]
+                )
+            reductions[m] = fr.percent
+            not_forgotten = tuple(old[i] for i in fr.undefined)
+    return reductions, not_forgotten
 
 
 def format_table(result: QuickstartResult) -> str:

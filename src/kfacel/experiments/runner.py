@@ -109,37 +109,17 @@ def run_experiment(
     if jobs < 1:
         raise ConfigError(f"jobs must be positive, got {jobs}")
     run_dir = Path(out if out is not None else cfg.output_dir)
-    try:
-        check_device(cfg.train.device)
-    except ValueError as exc:
-        raise ConfigError(f"train.{exc}") from None
-    try:
-        tasks_of(cfg)  # every task readable before anything is written
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot load the config's tasks: {exc}") from exc
+    _check_before_writing(cfg)
     open_run_dir(run_dir, cfg, jobs)
-    say = log or (lambda _: None)
     names = [t.name for t in cfg.tasks]
     methods = [m.value for m in cfg.methods]
     seeds = list(cfg.seeds)
     tiers = set(cfg.tiers)
     tiers |= {2} if 3 in tiers else set()
     tiers |= {1} if 2 in tiers else set()
-    summary = RunSummary(run_dir)
-    config = cfg.to_dict()
-
-    def stage(
-        name: str,
-        cells: Sequence[Cell],
-        deps: Callable[[Cell], CellDeps],
-        after: Callable[[], None] | None = None,
-    ) -> None:
-        start, ran = time.perf_counter(), len(summary.ran)
-        _execute(run_dir, config, cells, deps, jobs, summary, say, name, after)
-        summary.seconds[name] = time.perf_counter() - start
-        record_stage(run_dir, name, summary.seconds[name], len(summary.ran) - ran)
-        collect_metrics(run_dir)
-
+    stages = _Stages(run_dir, cfg.to_dict(), jobs, RunSummary(run_dir), log)
+    stage = stages.run
+    tol = cfg.penalty.new_task_tolerance
     stage("tier1", sweep.plan_tier1(names, seeds), lambda c: CellDeps())
     chosen2: dict[Any, Any] = {}
     chosen3: dict[Any, Any] = {}
@@ -147,45 +127,26 @@ def run_experiment(
         cons = sweep.plan_consolidations(names, methods, seeds)
         stage("consolidate", cons, lambda c: _deps(run_dir, c, {}, keep=False))
         t2 = sweep.plan_tier2(names, methods, cfg.lam_grid, seeds)
-        tol = cfg.penalty.new_task_tolerance
         stage(
             "tier2",
             t2,
             lambda c: _deps(run_dir, c, {}, keep=3 in tiers),
             lambda: _prune_finished_groups(run_dir, t2, tol),  # bounds the disk used
         )
-        chosen2 = sweep.choose(
-            load_records(run_dir), tier=2, tolerance=cfg.penalty.new_task_tolerance
-        )
+        chosen2 = sweep.choose(load_records(run_dir), tier=2, tolerance=tol)
     if 3 in tiers:
         resume = sweep.plan_resume(chosen2, seeds)
         stage("resume", resume, lambda c: _deps(run_dir, c, chosen2, keep=True))
         _prune(run_dir, t2, chosen2)
-        t3, summary.left_out = sweep.plan_tier3(
-            names,
-            methods,
-            seeds,
-            chosen2,
-            factors=cfg.penalty.tier3_factors,
-            mean=cfg.penalty.tier3_mean,
-            search_first=cfg.penalty.tier3_search_first,
-        )
+        p = cfg.penalty
+        t3, stages.summary.left_out = sweep.plan_tier3(
+            names, methods, seeds, chosen2, factors=p.tier3_factors,
+            mean=p.tier3_mean, search_first=p.tier3_search_first,
+        )  # fmt: skip
         stage("tier3", t3, lambda c: _deps(run_dir, c, chosen2, keep=False))
-        chosen3 = sweep.choose(
-            load_records(run_dir), tier=3, tolerance=cfg.penalty.new_task_tolerance
-        )
-    atomic_write_json(
-        run_dir / "selection.json",
-        {
-            "tier2": _choices(chosen2),
-            "tier3": _choices(chosen3),
-            "failed": [{"cell": c, "message": m} for c, m in summary.failed],
-            "left_out": summary.left_out,
-            "rule": sweep.SELECTION_RULE,
-        },
-        sort_keys=True,
-    )
-    return summary
+        chosen3 = sweep.choose(load_records(run_dir), tier=3, tolerance=tol)
+    _write_selection(run_dir, chosen2, chosen3, stages.summary)
+    return stages.summary
 
 
 def load_records(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -205,6 +166,65 @@ def collect_metrics(run_dir: str | Path) -> Path:
 
 
 # ------------------------------------------------------------------------ internals
+
+
+def _check_before_writing(cfg: ExperimentConfig) -> None:
+    """The device exists and every task is readable; else ``ConfigError``."""
+    try:
+        check_device(cfg.train.device)
+    except ValueError as exc:
+        raise ConfigError(f"train.{exc}") from None
+    try:
+        tasks_of(cfg)  # every task readable before anything is written
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot load the config's tasks: {exc}") from exc
+
+
+@dataclass
+class _Stages:
+    """Runs the stages of one invocation, recording their times and metrics."""
+
+    run_dir: Path
+    config: dict[str, Any]
+    jobs: int
+    summary: RunSummary
+    log: Callable[[str], None] | None
+
+    def run(
+        self,
+        name: str,
+        cells: Sequence[Cell],
+        deps: Callable[[Cell], CellDeps],
+        after: Callable[[], None] | None = None,
+    ) -> None:
+        """Run the unfinished ``cells`` of stage ``name``, then rewrite the metrics."""
+        start, ran = time.perf_counter(), len(self.summary.ran)
+        say = self.log or (lambda _: None)
+        _execute(
+            self.run_dir, self.config, cells, deps, self.jobs, self.summary, say,
+            name, after,
+        )  # fmt: skip
+        seconds = time.perf_counter() - start
+        self.summary.seconds[name] = seconds
+        record_stage(self.run_dir, name, seconds, len(self.summary.ran) - ran)
+        collect_metrics(self.run_dir)
+
+
+def _write_selection(
+    run_dir: Path, chosen2: dict[Any, Any], chosen3: dict[Any, Any], summary: RunSummary
+) -> None:
+    """``selection.json``: the λ chosen per (order, method), failures, the rule."""
+    atomic_write_json(
+        run_dir / "selection.json",
+        {
+            "tier2": _choices(chosen2),
+            "tier3": _choices(chosen3),
+            "failed": [{"cell": c, "message": m} for c, m in summary.failed],
+            "left_out": summary.left_out,
+            "rule": sweep.SELECTION_RULE,
+        },
+        sort_keys=True,
+    )
 
 
 class _StartFailed(RuntimeError):
