@@ -33,7 +33,7 @@ from kfacel.consolidation import load_state, save_state
 from kfacel.data.records import LinkingExample
 from kfacel.data.tasks import Task, load_task
 from kfacel.experiments.config import ExperimentConfig
-from kfacel.experiments.sweep import REGULARIZED, Cell
+from kfacel.experiments.sweep import REGULARIZED, Cell, CellKind
 from kfacel.training.continual import consolidate_task
 from kfacel.training.pipeline import (
     Linker,
@@ -249,12 +249,12 @@ def _resume(
 
 
 _WORK = {
-    "individual": _individual,
-    "combined": _combined,
-    "consolidate": _consolidate,
-    "tier2": _continue,
-    "resume": _resume,
-    "tier3": _continue,
+    CellKind.INDIVIDUAL: _individual,
+    CellKind.COMBINED: _combined,
+    CellKind.CONSOLIDATE: _consolidate,
+    CellKind.TIER2: _continue,
+    CellKind.RESUME: _resume,
+    CellKind.TIER3: _continue,
 }
 
 

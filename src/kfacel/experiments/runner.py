@@ -57,7 +57,7 @@ from kfacel.experiments.cells import (
 )
 from kfacel.experiments.config import ConfigError, ExperimentConfig
 from kfacel.experiments.rundir import open_run_dir, record_stage
-from kfacel.experiments.sweep import REGULARIZED, Cell
+from kfacel.experiments.sweep import REGULARIZED, Cell, CellKind
 from kfacel.training.trainer import check_device
 
 logger = logging.getLogger(__name__)
@@ -241,18 +241,18 @@ def _deps(
     """Absolute paths a cell starts from: model, consolidation states, replay tasks."""
     first, s, m = cell.order[0], cell.seed, cell.method
     start = str(_cell_dir(run_dir, sweep.individual(first, s)) / MODEL)
-    if cell.kind == "consolidate":
+    if cell.kind is CellKind.CONSOLIDATE:
         return CellDeps(start=start)
     states = []
     if m in REGULARIZED:
         states.append(
             _finished(run_dir, sweep.consolidation(first, m, s), "consolidation")
         )
-    if cell.kind == "tier2":
+    if cell.kind is CellKind.TIER2:
         replay = (first,) if m == "replay" else ()
         return CellDeps(start, tuple(states), replay, keep_model=keep)
-    if cell.kind == "resume":
-        t2 = Cell("tier2", 2, cell.order, m, cell.lam, s)
+    if cell.kind is CellKind.RESUME:
+        t2 = Cell(CellKind.TIER2, 2, cell.order, m, cell.lam, s)
         return CellDeps(
             tier2=str(_cell_dir(run_dir, t2)),
             tier2_cell=t2,

@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from itertools import permutations
 from typing import Any, Literal
 
@@ -32,6 +33,18 @@ from kfacel.experiments.metrics import LambdaTrial, select_lambda, tier3_lambda_
 
 REGULARIZED = ("l2", "ewc", "kfac")
 """Methods with a consolidation state and a λ."""
+
+
+class CellKind(StrEnum):
+    """What a cell does (its ``done.json`` and records carry the value)."""
+
+    INDIVIDUAL = "individual"  # tier 1: one task from a fresh model
+    COMBINED = "combined"  # tier 1: all tasks together (the multi-task reference)
+    CONSOLIDATE = "consolidate"  # a tier-1 model's consolidation state
+    TIER2 = "tier2"  # continue on the second task of an order
+    RESUME = "resume"  # tier 3's start: the chosen tier-2 model, consolidated
+    TIER3 = "tier3"  # continue on the third task
+
 
 Lam = float | tuple[float, ...] | None
 
@@ -41,8 +54,7 @@ class Cell:
     """One unit of work; plain values only, so it travels to worker processes as JSON.
 
     Attributes:
-        kind: ``individual``, ``combined``, ``consolidate``, ``tier2``, ``resume`` or
-            ``tier3``.
+        kind: what the cell does.
         tier: 1, 2 or 3 (``consolidate`` counts as the tier it serves).
         order: task names in training order (``combined``: all tasks).
         method: ``none``, ``lrc``, ``replay``, ``l2``, ``ewc`` or ``kfac``; ``none`` for
@@ -51,7 +63,7 @@ class Cell:
         seed: initialization, batch order and Fisher subset seed.
     """
 
-    kind: str
+    kind: CellKind
     tier: int
     order: tuple[str, ...]
     method: str = "none"
@@ -85,7 +97,7 @@ class Cell:
         """Inverse of ``to_json``."""
         lam = d.get("lam")
         return cls(
-            str(d["kind"]),
+            CellKind(d["kind"]),
             int(d["tier"]),
             tuple(d["order"]),
             str(d["method"]),
@@ -96,24 +108,24 @@ class Cell:
 
 def individual(task: str, seed: int) -> Cell:
     """The tier-1 cell of ``task`` alone."""
-    return Cell("individual", 1, (task,), seed=seed)
+    return Cell(CellKind.INDIVIDUAL, 1, (task,), seed=seed)
 
 
 def consolidation(task: str, method: str, seed: int) -> Cell:
     """The consolidation of ``task``'s tier-1 model by ``method``."""
-    return Cell("consolidate", 2, (task,), method, seed=seed)
+    return Cell(CellKind.CONSOLIDATE, 2, (task,), method, seed=seed)
 
 
 def resume_point(a: str, b: str, method: str, lam: Lam, seed: int) -> Cell:
     """The chosen tier-2 model of A→B under ``method`` (λ chosen), B consolidated."""
-    return Cell("resume", 3, (a, b), method, lam, seed)
+    return Cell(CellKind.RESUME, 3, (a, b), method, lam, seed)
 
 
 def plan_tier1(tasks: Sequence[str], seeds: Sequence[int]) -> list[Cell]:
     """Each task alone, and all of them combined."""
     cells = [individual(t, s) for s in seeds for t in tasks]
     if len(tasks) > 1:
-        cells += [Cell("combined", 1, tuple(tasks), seed=s) for s in seeds]
+        cells += [Cell(CellKind.COMBINED, 1, tuple(tasks), seed=s) for s in seeds]
     return cells
 
 
@@ -137,7 +149,7 @@ def plan_tier2(
         for a, b in permutations(tasks, 2):
             for m in methods:
                 lams: Sequence[float | None] = lam_grid if m in REGULARIZED else [None]
-                cells += [Cell("tier2", 2, (a, b), m, lam, s) for lam in lams]
+                cells += [Cell(CellKind.TIER2, 2, (a, b), m, lam, s) for lam in lams]
     return cells
 
 
@@ -255,5 +267,7 @@ def plan_tier3(
                 except ValueError as exc:
                     skipped.append(f"{'→'.join(order)} {m}: {exc}")
                     continue
-            cells += [Cell("tier3", 3, order, m, lam, s) for s in seeds for lam in grid]
+            cells += [
+                Cell(CellKind.TIER3, 3, order, m, lam, s) for s in seeds for lam in grid
+            ]
     return cells, skipped
