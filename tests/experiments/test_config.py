@@ -116,7 +116,11 @@ def test_unknown_keys_name_key_and_file(
         ("lam_grid = [10, 1e3]", "lam_grid = [0]", "positive"),
         ('name = "cnn"', 'name = "rnn"', r"'rnn' is not one of"),
         ("epochs = 2", "epochs = true", r"train\.epochs: expected an integer"),
-        ("epochs = 2", "epochs = 2\nwarmup = 1.0", r"train\.warmup must be in \[0, 1\)"),
+        (
+            "epochs = 2",
+            "epochs = 2\nwarmup = 1.0",
+            r"train\.warmup must be in \[0, 1\)",
+        ),
         ("epochs = 2", 'epochs = 2\nschedule = "cosine"', r"'cosine' is not one of"),
     ],
 )
