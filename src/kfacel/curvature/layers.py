@@ -133,7 +133,7 @@ def input_statistic(
     i = a.shape[1]
     size = i + 1 if has_bias(module) else i
     stat = a.new_zeros(size, size)
-    stat[:i, :i] = torch.einsum("ri,rj->ij", a, a)  # Σ a aᵀ, eq. (K5)
+    stat[:i, :i].addmm_(a.T, a)  # Σ_r a aᵀ, eq. (K5), no [i, i] temporary
     if size > i:
         stat[:i, i] = a.sum(0)  # Σ a (mirrored into the last row when finished)
     return stat
