@@ -109,8 +109,18 @@ def _add_continual_options(p: argparse.ArgumentParser) -> None:
         "--init", help="model directory to continue from (its consolidated tasks)"
     )
     g.add_argument("--penalty", choices=("none", "l2", "ewc", "kfac"), default="none")
-    g.add_argument("--lam", type=finite_float, help="λ for every consolidated task")
+    g.add_argument(
+        "--lam",
+        type=_lam,
+        help="λ for every consolidated task, or `bayes` (λ_t = N_t / N_new)",
+    )
     g.add_argument("--lam-per-task", help="λ per consolidated task, e.g. A=1e3,B=1e5")
+    g.add_argument(
+        "--budget",
+        metavar="EPS",
+        help="forgetting budget: keep each old task's predicted loss rise ½ΔᵀFΔ ≤ ε "
+        "nats (one value, or A=0.05,B=0.1); λ_t adapts by dual ascent",
+    )
     g.add_argument(
         "--damping",
         type=finite_float,
@@ -190,10 +200,19 @@ def _protection(args: argparse.Namespace) -> Protection:
     if args.replay:
         examples = [ex for d in args.replay for ex in load_task(d).train]
         replay = Replay(examples, every=args.replay_every, n=args.replay_batches)
+    budget, budget_per_task = None, {}
+    if args.budget is not None:
+        try:
+            budget = float(args.budget)
+        except ValueError:
+            budget_per_task = _per_task("--budget", args.budget)
     return Protection(
         penalty=args.penalty,
-        lam=args.lam,
-        lam_per_task=_per_task(args.lam_per_task),
+        lam=None if args.lam == "bayes" else args.lam,
+        lam_per_task=_per_task("--lam-per-task", args.lam_per_task),
+        bayes=args.lam == "bayes",
+        budget=budget,
+        budget_per_task=budget_per_task,
         damping=args.damping,
         lrc=args.lrc,
         replay=replay,
@@ -237,7 +256,12 @@ def _start(
     return linker, ()
 
 
-def _per_task(text: str | None) -> dict[str, float]:
+def _lam(text: str) -> float | str:
+    """``bayes`` or a finite λ (argparse type)."""
+    return "bayes" if text.strip().lower() == "bayes" else finite_float(text)
+
+
+def _per_task(option: str, text: str | None) -> dict[str, float]:
     """``A=1e3,B=1e5`` as a dict."""
     per_task: dict[str, float] = {}
     for item in filter(None, (text or "").split(",")):
@@ -248,6 +272,6 @@ def _per_task(text: str | None) -> dict[str, float]:
             per_task[name.strip()] = float(value)
         except ValueError:
             raise UserError(
-                f"--lam-per-task: cannot read {item!r} (want NAME=VALUE)"
+                f"{option}: cannot read {item!r} (want NAME=VALUE)"
             ) from None
     return per_task

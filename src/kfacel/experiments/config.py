@@ -127,6 +127,9 @@ class ExperimentConfig:
     methods: tuple[Method, ...] = (Method.NONE, Method.EWC, Method.KFAC)
     lam_grid: tuple[float, ...] = (1e1, 1e3, 1e5, 1e7, 1e9)
     tiers: tuple[int, ...] = (1, 2, 3)
+    pairs: tuple[
+        str, ...
+    ] = ()  # tier-2 orders "A>B" to run (empty: every ordered pair)
     seeds: tuple[int, ...] = (0,)
     output_dir: str = "runs"
 
@@ -144,6 +147,13 @@ class ExperimentConfig:
             raise ConfigError("seeds: give at least one seed")
         if not self.methods:
             raise ConfigError("methods: give at least one method")
+        for a, b in self.ordered_pairs():
+            if a not in names or b not in names or a == b:
+                raise ConfigError(f"pairs: {a}>{b} is not an order of two of {names}")
+        if self.pairs and 3 in self.tiers:
+            raise ConfigError(
+                "pairs: tier 3 needs every ordered pair; use tiers = [1, 2]"
+            )
         if any(not (math.isfinite(lam) and lam > 0) for lam in self.lam_grid):
             raise ConfigError(
                 f"lam_grid: values must be positive and finite, got {self.lam_grid}"
@@ -156,6 +166,16 @@ class ExperimentConfig:
                           max_train=t.max_train_examples)  # fmt: skip
         except ValueError as exc:
             raise ConfigError(f"train.{exc}") from None
+
+    def ordered_pairs(self) -> list[tuple[str, str]]:
+        """``pairs`` as (A, B) tuples (empty: every ordered pair is run)."""
+        out = []
+        for text in self.pairs:
+            a, sep, b = text.partition(">")
+            if not sep:
+                raise ConfigError(f"pairs: {text!r} is not of the form 'A>B'")
+            out.append((a.strip(), b.strip()))
+        return out
 
     def _regularized(self) -> bool:
         return any(m in (Method.L2, Method.EWC, Method.KFAC) for m in self.methods)

@@ -124,9 +124,11 @@ def run_experiment(
     chosen2: dict[Any, Any] = {}
     chosen3: dict[Any, Any] = {}
     if 2 in tiers:
-        cons = sweep.plan_consolidations(names, methods, seeds)
+        firsts = sorted({a for a, _ in cfg.ordered_pairs()}) or names
+        cons = sweep.plan_consolidations(firsts, methods, seeds)
         stage("consolidate", cons, lambda c: _deps(run_dir, c, {}, keep=False))
-        t2 = sweep.plan_tier2(names, methods, cfg.lam_grid, seeds)
+        pairs = cfg.ordered_pairs()
+        t2 = sweep.plan_tier2(names, methods, cfg.lam_grid, seeds, pairs)
         stage(
             "tier2",
             t2,

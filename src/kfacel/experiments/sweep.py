@@ -142,11 +142,15 @@ def plan_tier2(
     methods: Sequence[str],
     lam_grid: Sequence[float],
     seeds: Sequence[int],
+    pairs: Sequence[tuple[str, str]] = (),
 ) -> list[Cell]:
-    """Every ordered pair × method × λ (one cell without λ for none, lrc, replay)."""
+    """Every ordered pair (or only ``pairs``) × method × λ.
+
+    Methods without a λ (none, lrc, replay) get one cell per pair.
+    """
     cells = []
     for s in seeds:
-        for a, b in permutations(tasks, 2):
+        for a, b in pairs or list(permutations(tasks, 2)):
             for m in methods:
                 lams: Sequence[float | None] = lam_grid if m in REGULARIZED else [None]
                 cells += [Cell(CellKind.TIER2, 2, (a, b), m, lam, s) for lam in lams]

@@ -23,6 +23,7 @@ from kfacel.curvature import estimate_diagonal, estimate_kfac
 from kfacel.data.records import LinkingExample
 from kfacel.data.tasks import Task
 from kfacel.penalties import snapshot
+from kfacel.training.budget import TASK_EXAMPLES
 from kfacel.training.pipeline import Linker
 from kfacel.types import Batch, FisherKind
 
@@ -67,6 +68,7 @@ def consolidate_task(
     meta: dict[str, Any] = {
         "fingerprint": fingerprint(examples),
         "examples_used": len(examples),
+        TASK_EXAMPLES: len(task.train),
         "batch_size": batch_size,
         "seed": seed,
     }

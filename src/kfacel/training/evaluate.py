@@ -16,9 +16,11 @@ first, what ``kfacel link`` would score on this split.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kfacel.types import Batch
@@ -39,6 +41,8 @@ class Evaluation:
         accuracy_retrieved: accuracy@1 on those queries (None: unknown or none).
         accuracy_end_to_end: share of all queries retrieved and ranked first (None:
             unknown).
+        loss: mean cross-entropy of the gold candidate (nats per query; NaN where not
+            computed).
     """
 
     accuracy: float
@@ -48,12 +52,15 @@ class Evaluation:
     retrieved: float | None = None
     accuracy_retrieved: float | None = None
     accuracy_end_to_end: float | None = None
+    loss: float = float("nan")
 
     def to_json(self) -> dict[str, float | int]:
         """``{"accuracy", "mrr", "recall@k"…, "n"}`` and the retrieved-gold numbers."""
         out: dict[str, float | int] = {"accuracy": self.accuracy, "mrr": self.mrr}
         out.update({f"recall@{k}": v for k, v in sorted(self.recall.items())})
         out["n"] = self.n
+        if self.loss == self.loss:
+            out["loss"] = self.loss
         for key in ("retrieved", "accuracy_retrieved", "accuracy_end_to_end"):
             value = getattr(self, key)
             if value is not None:
@@ -102,7 +109,7 @@ def metrics_from_ranks(
         return Evaluation(float("nan"), float("nan"), {k: float("nan") for k in ks}, 0)
     r = ranks.double()
     top = r == 1
-    extra: dict[str, float | None] = {}
+    extra: dict[str, Any] = {}
     if retrieved is not None:
         if retrieved.shape != ranks.shape or retrieved.dtype != torch.bool:
             raise ValueError(
@@ -147,7 +154,7 @@ def evaluate(
     ks: Sequence[int] = DEFAULT_KS,
     retrieved: Sequence[bool] | None = None,
 ) -> Evaluation:
-    """Accuracy@1, MRR and recall@k of ``model`` over ``batches``.
+    """Accuracy@1, MRR, recall@k and mean cross-entropy of ``model`` over ``batches``.
 
     ``retrieved``: per query in batch order, whether the generator retrieved its gold.
     """
@@ -160,6 +167,11 @@ def evaluate(
     flags = (
         None if retrieved is None else torch.tensor(list(retrieved), dtype=torch.bool)
     )
-    return metrics_from_ranks(
+    result = metrics_from_ranks(
         torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long), ks, flags
     )
+    total = sum(
+        F.cross_entropy(s, b.labels, reduction="sum").item()
+        for s, b in zip(logits, batches, strict=True)
+    )
+    return replace(result, loss=total / result.n if result.n else float("nan"))

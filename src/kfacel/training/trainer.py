@@ -128,7 +128,9 @@ class Replay(Generic[T]):
 class EpochLog:
     """One epoch: mean losses, dev accuracy (NaN without dev), speed, last step's lr.
 
-    ``lr`` is the first parameter group's learning rate at the epoch's last step.
+    ``lr`` is the first parameter group's learning rate at the epoch's last step;
+    ``constraints`` is the penalty's ``status()`` at the epoch's end where it has one
+    (a forgetting budget: λ_t, the predicted rise and the budget per old task).
     """
 
     epoch: int
@@ -138,6 +140,7 @@ class EpochLog:
     seconds: float
     queries_per_s: float
     lr: float
+    constraints: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ from typing import Any
 from kfacel.consolidation import TaskState, build_penalty
 from kfacel.data.records import LinkingExample
 from kfacel.data.tasks import Task
+from kfacel.penalties.base import Penalty
+from kfacel.training.budget import BudgetPenalty, bayes_lams, budget_penalty
 from kfacel.training.continual import discriminative_lr_groups
 from kfacel.training.pipeline import Linker, fit_task
 from kfacel.training.trainer import Replay, TrainLog, TrainSettings
@@ -30,10 +32,19 @@ PENALTIES = ("none", "l2", "ewc", "kfac")
 class Protection:
     """How an update protects the consolidated tasks.
 
+    The strength of the penalty comes from exactly one of: a fixed λ (``lam``,
+    ``lam_per_task``), the sequential-Bayes weight (``bayes``), or a forgetting budget
+    (``budget``, ``budget_per_task``; ``kfac`` and ``ewc`` only), for which the trainer
+    adapts λ_t so that the predicted rise of each old task's loss stays within ε_t
+    (``training/budget.py``).
+
     Attributes:
         penalty: ``none``, ``l2``, ``ewc`` or ``kfac`` (the states' method must match).
         lam: λ for every consolidated task without its own entry in ``lam_per_task``.
         lam_per_task: λ_t by task name.
+        bayes: λ_t = N_t / N_new from the states' task sizes.
+        budget: ε for every consolidated task without its own ``budget_per_task``.
+        budget_per_task: ε_t by task name (nats per example).
         damping: δ added to every curvature where it is used (prior precision).
         lrc: discriminative learning rates, η_ℓ = η_{ℓ+1}·γ (None: off).
         replay: earlier tasks' queries to replay (None: off; needs old data).
@@ -42,6 +53,9 @@ class Protection:
     penalty: str = "none"
     lam: float | None = None
     lam_per_task: Mapping[str, float] = field(default_factory=dict)
+    bayes: bool = False
+    budget: float | None = None
+    budget_per_task: Mapping[str, float] = field(default_factory=dict)
     damping: float = 0.0
     lrc: float | None = None
     replay: Replay[LinkingExample] | None = None
@@ -56,6 +70,22 @@ class Protection:
             if lam is not None and not (math.isfinite(lam) and lam >= 0):
                 name = "lam" if task is None else f"lam_per_task {task}="
                 raise ValueError(f"{name} must be a finite λ ≥ 0, got {lam}")
+        for task, eps in [(None, self.budget), *self.budget_per_task.items()]:
+            if eps is not None and not (math.isfinite(eps) and eps > 0):
+                name = "budget" if task is None else f"budget_per_task {task}="
+                raise ValueError(f"{name} must be a finite ε > 0, got {eps}")
+        rules = [
+            self.lam is not None or bool(self.lam_per_task),
+            self.bayes,
+            self.budget is not None or bool(self.budget_per_task),
+        ]
+        if sum(rules) > 1:
+            raise ValueError("lam: give one of λ, bayes or a budget, not several")
+        if rules[2] and self.penalty not in ("kfac", "ewc"):
+            raise ValueError(
+                f"budget: a forgetting budget needs a Fisher (kfac or ewc), "
+                f"not penalty {self.penalty!r}"
+            )
         if not (math.isfinite(self.damping) and self.damping >= 0):
             raise ValueError(f"damping must be a finite number ≥ 0, got {self.damping}")
         if self.lrc is not None and not 0 < self.lrc <= 1:
@@ -68,8 +98,8 @@ class Protection:
             ValueError: a penalty without consolidated tasks, ``lam_per_task`` naming a
                 task that is not consolidated, or a task with no λ.
         """
-        if self.penalty == "none":
-            return [0.0] * len(tasks)
+        if self.penalty == "none" or self.bayes or self.budgets(tasks) is not None:
+            return [0.0] * len(tasks)  # λ comes from the task sizes or the budget
         if not tasks:
             raise ValueError(
                 f"penalty {self.penalty!r} needs a model with a consolidated task "
@@ -85,11 +115,49 @@ class Protection:
             raise ValueError(f"no λ for consolidated task(s) {missing}")
         return [float(self.lam_per_task.get(t, self.lam)) for t in tasks]  # type: ignore[arg-type]
 
+    def budgets(self, tasks: Sequence[str]) -> list[float] | None:
+        """ε_t for each consolidated task, or None without a budget.
+
+        Raises:
+            ValueError: a budget naming a task that is not consolidated, or a task
+                left without one.
+        """
+        if self.budget is None and not self.budget_per_task:
+            return None
+        unknown = sorted(set(self.budget_per_task) - set(tasks))
+        if unknown:
+            raise ValueError(
+                f"budget given for {unknown}; consolidated tasks are {list(tasks)}"
+            )
+        missing = [
+            t for t in tasks if t not in self.budget_per_task and self.budget is None
+        ]
+        if missing:
+            raise ValueError(f"no budget for consolidated task(s) {missing}")
+        return [float(self.budget_per_task.get(t, self.budget)) for t in tasks]  # type: ignore[arg-type]
+
+    def make_penalty(self, states: Sequence[TaskState], new_examples: int) -> Penalty:
+        """The penalty of ``states`` for a new task of ``new_examples`` queries."""
+        names = [s.task for s in states]
+        budgets = self.budgets(names) if self.penalty != "none" else None
+        if budgets is not None:
+            return budget_penalty(self.penalty, states, budgets, damping=self.damping)
+        if self.bayes and self.penalty != "none":
+            lams = bayes_lams(states, new_examples)
+        else:
+            lams = self.lams(names)
+        return build_penalty(self.penalty, states, lams, damping=self.damping)
+
     def to_json(self, tasks: Sequence[str]) -> dict[str, Any]:
         """What a model directory records as ``continual``."""
+        fixed = not self.bayes and self.budgets(tasks) is None
         return {
             "penalty": self.penalty,
-            "lam": dict(zip(tasks, self.lams(tasks), strict=True)),
+            "lam": dict(zip(tasks, self.lams(tasks), strict=True)) if fixed else None,
+            "bayes": self.bayes,
+            "budget": None
+            if fixed or self.bayes
+            else dict(zip(tasks, self.budgets(tasks) or [], strict=True)),
             "damping": self.damping,
             "lrc": self.lrc,
             "replay_queries": len(self.replay.items) if self.replay else 0,
@@ -120,9 +188,13 @@ def update_linker(
         settings under ``training`` and ``continual``.
     """
     names = [s.task for s in states]
-    penalty = build_penalty(
-        protection.penalty, states, protection.lams(names), damping=protection.damping
-    )
+    if protection.penalty != "none" and not states:
+        raise ValueError(
+            f"penalty {protection.penalty!r} needs a model with a consolidated task "
+            "(run `kfacel consolidate` first)"
+        )
+    train = task.train[: settings.max_train] if settings.max_train else task.train
+    penalty = protection.make_penalty(states, len(train))
     groups = None
     if protection.lrc is not None:
         groups = discriminative_lr_groups(linker.model, settings.lr, protection.lrc)
@@ -138,6 +210,16 @@ def update_linker(
     linker.meta |= {
         "history": [*linker.meta.get("history", []), task.name],
         "training": settings.to_json(),
-        "continual": protection.to_json(names),
+        "continual": protection.to_json(names) | _lams_used(penalty, names),
     }
     return log
+
+
+def _lams_used(penalty: Penalty, names: Sequence[str]) -> dict[str, Any]:
+    """λ_t as trained with: fixed or Bayes' (``lam``), or a budget's last (``lam_final``)."""
+    if isinstance(penalty, BudgetPenalty):
+        return {"lam_final": dict(zip(names, penalty.lams, strict=True))}
+    terms = getattr(penalty, "terms", None)
+    if terms and len(terms) == len(names):
+        return {"lam": {n: float(t[-1]) for n, t in zip(names, terms, strict=True)}}
+    return {}

@@ -1,0 +1,198 @@
+"""A consolidation strength chosen without old data: forgetting budgets and Bayes' λ.
+
+With the Fisher ``F_t`` of old task ``t`` at its minimum ``θ*_t``, the quadratic
+``q_t(θ) = ½ (θ − θ*_t)ᵀ F_t (θ − θ*_t)`` is the second-order prediction of how much the
+mean loss of task ``t`` rises (nats per example) when the weights move to ``θ``. A
+**forgetting budget** ``ε_t`` asks the trainer to keep ``q_t ≤ ε_t`` for every
+consolidated task while it minimizes the new task's loss: the Lagrangian
+
+    L(θ, λ) = loss_new(θ) + Σ_t λ_t (q_t(θ) − ε_t),  λ_t ≥ 0,
+
+is minimized in θ by the optimizer and maximized in λ by projected dual ascent, one dual
+step per optimizer step (``dual_step``). λ_t grows while its constraint is violated and
+shrinks toward 0 (never below) while it is slack; at a fixed point either ``q_t = ε_t``
+or ``λ_t = 0``, the KKT conditions of the constrained problem.
+
+``bayes_lams`` is the sequential-Bayes weight λ_t = N_t / N_new: with a mean-per-example
+Fisher, the posterior after task t adds ``½ N_t ΔᵀF_tΔ`` to the new task's summed loss
+``N_new · loss_new``; divided by N_new it is eq. (P1) with that λ_t.
+
+References: Kirkpatrick et al. 2017 (EWC as a Laplace prior); Platt & Barr 1988,
+"Constrained differential optimization", NeurIPS (the dual-ascent multiplier update).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from kfacel.consolidation import TaskState, build_penalty
+from kfacel.penalties.base import Penalty
+
+TASK_EXAMPLES = "task_examples"
+"""Key of a consolidation state's ``meta``: the old task's training-query count."""
+
+
+def predicted_rise(model: nn.Module, state: TaskState) -> float:
+    """``q_t(θ) = ½ ΔᵀF_tΔ`` of ``state`` at the model's weights (λ = 1, no damping).
+
+    For an ``l2`` state (no curvature) it is ``½ ‖Δ‖²``, not a loss prediction.
+    """
+    penalty = build_penalty(state.method, [state], [1.0])
+    with torch.no_grad():
+        return float(penalty(model))
+
+
+def bayes_lams(states: Sequence[TaskState], new_examples: int) -> list[float]:
+    """λ_t = N_t / N_new for each state (module doc).
+
+    Raises:
+        ValueError: a state that does not record its task's training-query count.
+    """
+    if new_examples < 1:
+        raise ValueError(f"the new task has no training queries ({new_examples})")
+    lams = []
+    for s in states:
+        n = s.meta.get(TASK_EXAMPLES)
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(
+                f"--lam bayes: the state of task {s.task!r} does not record its "
+                f"task's training-query count ({TASK_EXAMPLES}); consolidate it again "
+                "with this version of kfacel"
+            )
+        lams.append(n / new_examples)
+    return lams
+
+
+def dual_step(
+    lam: float, rise: float, budget: float, *, rate: float, floor: float
+) -> float:
+    """One projected dual-ascent step on λ for the constraint ``rise ≤ budget``.
+
+    ``λ ← max(0, λ + rate · (λ + floor) · clip(rise/budget − 1, −1, 1))``: a relative
+    step (λ spans orders of magnitude), ``floor`` lets λ leave 0, and the clipped
+    violation bounds each step to a factor ``1 ± rate``. Its fixed points are those of
+    plain dual ascent: ``rise = budget``, or ``λ = 0`` with ``rise ≤ budget``.
+
+    >>> dual_step(0.0, 2.0, 1.0, rate=0.5, floor=1.0)
+    0.5
+    >>> dual_step(4.0, 0.0, 1.0, rate=0.5, floor=1.0)
+    1.5
+    """
+    violation = min(max(rise / budget - 1.0, -1.0), 1.0)
+    return max(0.0, lam + rate * (lam + floor) * violation)
+
+
+@dataclass
+class BudgetPenalty:
+    """The Lagrangian term ``Σ_t λ_t q_t(θ)`` with λ_t updated by dual ascent.
+
+    It has the ``Penalty`` protocol, so the trainer adds it like any penalty: each
+    ``add_grad_`` adds ``Σ_t λ_t ∇q_t`` and then takes one dual step per task.
+
+    Attributes:
+        units: one penalty per consolidated task with λ = 1 (its value is ``q_t``).
+        budgets: ε_t per task (nats per example).
+        tasks: the task names, for logs.
+        lams: the current λ_t (start values; updated in place).
+        rate: dual step size (relative, per optimizer step).
+        floor: λ scale at which λ leaves 0 (module doc of ``dual_step``).
+        rises: the last step's q_t per task.
+    """
+
+    units: list[Penalty]
+    budgets: list[float]
+    tasks: list[str]
+    lams: list[float] = field(default_factory=list)
+    rate: float = 0.01
+    floor: float = 1.0
+    rises: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        """Check the budgets; λ_t start at 0 unless given."""
+        if not (len(self.units) == len(self.budgets) == len(self.tasks)):
+            raise ValueError("one unit penalty, budget and name per task")
+        for task, eps in zip(self.tasks, self.budgets, strict=True):
+            if not (math.isfinite(eps) and eps > 0):
+                raise ValueError(f"budget of task {task!r} must be > 0, got {eps}")
+        self.lams = list(self.lams) or [0.0] * len(self.units)
+        self.rises = [math.nan] * len(self.units)
+
+    @property
+    def num_tasks(self) -> int:
+        """How many consolidated tasks are constrained."""
+        return len(self.units)
+
+    def __call__(self, model: nn.Module) -> Tensor:
+        """``Σ_t λ_t q_t(θ)`` at the current λ, differentiable."""
+        terms = [
+            lam * unit(model) for lam, unit in zip(self.lams, self.units, strict=True)
+        ]
+        return torch.stack(terms).sum()
+
+    def add_grad_(self, model: nn.Module) -> Tensor:
+        """Add ``Σ_t λ_t ∇q_t`` to ``.grad``, then one dual step per task; ``Σ λ_t q_t``."""
+        params = [p for p in model.parameters() if p.requires_grad]
+        total = params[0].new_zeros(())
+        for t, unit in enumerate(self.units):
+            rise, grads = _value_and_grad(unit, model, params)
+            lam = self.lams[t]
+            if lam > 0:
+                for p, g in zip(params, grads, strict=True):
+                    if g is not None:
+                        p.grad = (
+                            g.mul(lam) if p.grad is None else p.grad.add_(g, alpha=lam)
+                        )
+            total += lam * rise
+            self.rises[t] = float(rise)
+            self.lams[t] = dual_step(
+                lam, self.rises[t], self.budgets[t], rate=self.rate, floor=self.floor
+            )
+        return total
+
+    def status(self) -> dict[str, Any]:
+        """Per task: λ_t and the predicted rise q_t of the last step, and ε_t."""
+        return {
+            task: {"lam": lam, "predicted_rise": rise, "budget": eps}
+            for task, lam, rise, eps in zip(
+                self.tasks, self.lams, self.rises, self.budgets, strict=True
+            )
+        }
+
+
+def budget_penalty(
+    method: str,
+    states: Sequence[TaskState],
+    budgets: Sequence[float],
+    *,
+    damping: float = 0.0,
+    rate: float = 0.01,
+) -> BudgetPenalty:
+    """A ``BudgetPenalty`` over ``states`` (``method`` ``kfac`` or ``ewc``)."""
+    if method not in ("kfac", "ewc"):
+        raise ValueError(
+            f"a forgetting budget needs a Fisher: kfac or ewc, not {method!r}"
+        )
+    units = [build_penalty(method, [s], [1.0], damping=damping) for s in states]
+    return BudgetPenalty(units, list(budgets), [s.task for s in states], rate=rate)
+
+
+def _value_and_grad(
+    unit: Penalty, model: nn.Module, params: list[nn.Parameter]
+) -> tuple[Tensor, list[Tensor | None]]:
+    """``unit``'s value and its closed-form gradient, leaving ``.grad`` as it was."""
+    saved = [p.grad for p in params]
+    for p in params:
+        p.grad = None
+    try:
+        value = unit.add_grad_(model)
+        grads = [p.grad for p in params]
+    finally:
+        for p, g in zip(params, saved, strict=True):
+            p.grad = g
+    return value, grads
