@@ -22,7 +22,9 @@ from kfacel.types import FisherKind
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SHIPPED = sorted(CONFIGS.glob("*.toml"))
-PAPER = [p for p in SHIPPED if not p.stem.endswith("-fine")]  # the paper's protocol
+PAPER = [
+    p for p in SHIPPED if p.stem.startswith("paper-") and not p.stem.endswith("-fine")
+]
 
 MINIMAL = """
 name = "t"
@@ -268,3 +270,11 @@ def test_values_the_run_cannot_use_are_refused_when_loading(key, value, match) -
     }
     with pytest.raises(ConfigError, match=match):
         ExperimentConfig.from_dict({**data, "tiers": [1, 2], key: value})
+
+
+def test_the_diagnosis_config_runs_two_chosen_pairs_without_combined() -> None:
+    cfg = load_config(CONFIGS / "forgetting-diagnosis.toml")
+    assert cfg.ordered_pairs() == [("medmentions", "cadec"), ("ncbi", "medmentions")]
+    assert cfg.seeds == (0, 1, 2)
+    with pytest.raises(ConfigError, match="pairs: ncbi>nope is not an order"):
+        apply_overrides(cfg, ['pairs=["ncbi>nope"]'])

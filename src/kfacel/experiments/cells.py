@@ -34,6 +34,7 @@ from kfacel.data.records import LinkingExample
 from kfacel.data.tasks import Task, load_task
 from kfacel.experiments.config import ExperimentConfig
 from kfacel.experiments.sweep import REGULARIZED, Cell, CellKind
+from kfacel.training.budget import predicted_rise
 from kfacel.training.continual import consolidate_task
 from kfacel.training.pipeline import (
     Linker,
@@ -219,7 +220,10 @@ def _continue(
     if deps.keep_model:
         save_linker(linker, out / MODEL, log=log)
     records = _evaluate(linker, cell, cfg, [tasks[n] for n in cell.order])
-    return records, {"train": _summary(log)}
+    rises = {
+        s.task: predicted_rise(linker.model, s) for s in states if s.method != "l2"
+    }
+    return records, {"train": _summary(log), "predicted_rise": rises}
 
 
 def _resume(
@@ -341,6 +345,7 @@ def _evaluate(
                     "task": task.name,
                     "accuracy": 100.0 * ev.accuracy,
                     "mrr": ev.mrr,
+                    "loss": ev.loss,
                     "n": ev.n,
                     "cell": cell.id,
                     "kind": cell.kind,

@@ -120,7 +120,10 @@ def run_experiment(
     stages = _Stages(run_dir, cfg.to_dict(), jobs, RunSummary(run_dir), log)
     stage = stages.run
     tol = cfg.penalty.new_task_tolerance
-    stage("tier1", sweep.plan_tier1(names, seeds), lambda c: CellDeps())
+    t1 = sweep.plan_tier1(
+        names, seeds, combined=not cfg.pairs
+    )  # chosen pairs: no Table 2
+    stage("tier1", t1, lambda c: CellDeps())
     chosen2: dict[Any, Any] = {}
     chosen3: dict[Any, Any] = {}
     if 2 in tiers:

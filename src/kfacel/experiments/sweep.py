@@ -121,10 +121,12 @@ def resume_point(a: str, b: str, method: str, lam: Lam, seed: int) -> Cell:
     return Cell(CellKind.RESUME, 3, (a, b), method, lam, seed)
 
 
-def plan_tier1(tasks: Sequence[str], seeds: Sequence[int]) -> list[Cell]:
-    """Each task alone, and all of them combined."""
+def plan_tier1(
+    tasks: Sequence[str], seeds: Sequence[int], *, combined: bool = True
+) -> list[Cell]:
+    """Each task alone, and (``combined``) all of them together."""
     cells = [individual(t, s) for s in seeds for t in tasks]
-    if len(tasks) > 1:
+    if combined and len(tasks) > 1:
         cells += [Cell(CellKind.COMBINED, 1, tuple(tasks), seed=s) for s in seeds]
     return cells
 
