@@ -249,3 +249,55 @@ def test_replay_and_misuse_get_clear_errors(tasks, tmp_path, capsys) -> None:
         == 0
     )
     assert [s.task for s in load_state(tmp_path / "r")] == ["A"]
+
+
+def test_budget_bayes_and_tolerance_choose_lambda_without_old_data(
+    tasks, tmp_path, capsys
+) -> None:
+    v1 = tmp_path / "v1"
+    a, b = str(tasks / "A"), str(tasks / "B")
+    assert main(["train", "--task", a, "--out", str(v1), *CNN, "--epochs", "1"]) == 0
+    assert main(["consolidate", str(v1), "--task", a, "--method", "kfac"]) == 0
+    base = [
+        "train",
+        "--task",
+        b,
+        "--init",
+        str(v1),
+        "--penalty",
+        "kfac",
+        "--epochs",
+        "2",
+    ]
+
+    assert main([*base, "--budget", "1e-7", "--out", str(tmp_path / "budget")]) == 0
+    epochs = json.loads((tmp_path / "budget" / "train_log.json").read_text())["epochs"]
+    status = epochs[-1]["constraints"]["A"]
+    assert status["budget"] == 1e-7
+    assert status["lam"] > 0  # the budget binds: λ grew from 0
+    assert status["predicted_rise"] >= 0
+    config = json.loads((tmp_path / "budget" / "config.json").read_text())
+    assert config["continual"]["budget"] == {"A": 1e-7}
+    assert config["continual"]["lam_final"]["A"] == status["lam"]
+
+    assert main([*base, "--lam", "bayes", "--out", str(tmp_path / "bayes")]) == 0
+    config = json.loads((tmp_path / "bayes" / "config.json").read_text())
+    assert config["continual"]["lam"] == {"A": 64 / 64}  # N_A / N_B
+
+    assert main([*base, "--tolerance", "100", "--out", str(tmp_path / "tol")]) == 0
+    search = json.loads((tmp_path / "tol" / "config.json").read_text())["continual"][
+        "tolerance_search"
+    ]
+    assert search["chosen"] == 1e4  # every λ is within 100 points: the largest is taken
+    assert len(search["tried"]) == 9
+    capsys.readouterr()
+
+    for bad, named in (
+        (["--budget", "0"], "--budget must be"),
+        (["--budget", "Z=0.1"], "budget given for ['Z']"),
+        (["--budget", "0.1", "--lam", "1"], "one of λ, bayes or a budget"),
+        (["--tolerance", "1", "--lam", "1"], "--tolerance chooses λ itself"),
+    ):
+        assert main([*base, *bad, "--out", str(tmp_path / "x")]) == 2
+        assert named in capsys.readouterr().err
+        assert not (tmp_path / "x").exists()

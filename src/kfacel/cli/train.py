@@ -29,7 +29,11 @@ from kfacel.training.pipeline import (
     save_linker,
 )
 from kfacel.training.trainer import Replay, TrainSettings
-from kfacel.training.update import Protection, update_linker
+from kfacel.training.update import (
+    Protection,
+    update_linker,
+    update_within_tolerance,
+)
 
 DEFAULT_LR = {"cnn": 1e-3, "transformer": 1e-4}
 
@@ -116,6 +120,13 @@ def _add_continual_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--lam-per-task", help="λ per consolidated task, e.g. A=1e3,B=1e5")
     g.add_argument(
+        "--tolerance",
+        type=finite_float,
+        metavar="POINTS",
+        help="take the largest λ whose new-task dev accuracy is within POINTS of plain "
+        "fine-tuning's (trains once per λ tried; reads only the new task)",
+    )
+    g.add_argument(
         "--budget",
         metavar="EPS",
         help="forgetting budget: keep each old task's predicted loss rise ½ΔᵀFΔ ≤ ε "
@@ -163,17 +174,22 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     task = load_task(args.task)
     linker, states = _start(args, task)
-    log = update_linker(
-        linker, task, states, settings, protection, progress=sys.stderr.isatty()
-    )
+    tty = sys.stderr.isatty()  # progress bars only for a person watching
+    if args.tolerance is None:
+        log = update_linker(linker, task, states, settings, protection, progress=tty)
+    else:
+        linker, log, _ = update_within_tolerance(
+            linker, task, states, settings, protection,
+            tolerance=args.tolerance, progress=tty,
+        )  # fmt: skip
     linker.meta["continual"] |= {"init": args.init, "replay": args.replay}
     save_linker(
         linker, out, log=log, states=states
-    )  # the next update needs no old data
+    )  # the next update reads no old data
     summary = {k: v for k, v in log.to_json().items() if k != "epochs"}
     history = linker.meta["history"]
     print(
-        json.dumps({"task": task.name, "out": args.out, "history": history, **summary})
+        json.dumps({"task": task.name, "out": args.out, "history": history} | summary)
     )
     return 0
 
@@ -200,6 +216,10 @@ def _protection(args: argparse.Namespace) -> Protection:
     if args.replay:
         examples = [ex for d in args.replay for ex in load_task(d).train]
         replay = Replay(examples, every=args.replay_every, n=args.replay_batches)
+    if args.tolerance is not None and (
+        args.lam is not None or args.lam_per_task or args.budget is not None
+    ):
+        raise UserError("--tolerance chooses λ itself: drop --lam and --budget")
     budget, budget_per_task = None, {}
     if args.budget is not None:
         try:

@@ -259,9 +259,11 @@ def train_task(
             steps = with_progress(order, enabled=show, desc=f"epoch {epoch}")
             e = _train_epoch(step, [batches[i] for i in steps], epoch, replays, replay)
             if dev:
-                e = replace(
-                    e, dev_accuracy=evaluate(model, dev, device=device).accuracy
-                )
+                accuracy = evaluate(model, dev, device=device).accuracy
+                e = replace(e, dev_accuracy=accuracy)
+            status = getattr(penalty, "status", None)  # a budget's λ_t and rises
+            if status is not None:
+                e = replace(e, constraints=status())
             _log_epoch(e)
             epochs.append(e)
             best.offer(e, model, last=epoch == settings.epochs)

@@ -10,9 +10,10 @@ the new task. No old data is read, except by replay, which is a reference method
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kfacel.consolidation import TaskState, build_penalty
@@ -223,3 +224,72 @@ def _lams_used(penalty: Penalty, names: Sequence[str]) -> dict[str, Any]:
     if terms and len(terms) == len(names):
         return {"lam": {n: float(t[-1]) for n, t in zip(names, terms, strict=True)}}
     return {}
+
+
+TOLERANCE_GRID = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1e3, 3e3, 1e4)
+"""λ tried by ``update_within_tolerance``, weakest first."""
+
+
+@dataclass(frozen=True)
+class ToleranceSearch:
+    """What ``update_within_tolerance`` tried: new-task dev accuracy (%) per λ."""
+
+    tolerance: float
+    reference: float  # plain fine-tuning's best dev accuracy (%)
+    tried: dict[float, float]
+    chosen: float  # 0: no λ of the grid stayed within the tolerance
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready (λ keys as strings)."""
+        return {
+            "tolerance": self.tolerance,
+            "reference_dev_accuracy": self.reference,
+            "tried": {f"{lam:g}": acc for lam, acc in self.tried.items()},
+            "chosen": self.chosen,
+        }
+
+
+def update_within_tolerance(
+    linker: Linker,
+    task: Task,
+    states: Sequence[TaskState],
+    settings: TrainSettings,
+    protection: Protection,
+    *,
+    tolerance: float,
+    grid: Sequence[float] = TOLERANCE_GRID,
+    progress: bool = False,
+) -> tuple[Linker, TrainLog, ToleranceSearch]:
+    """The strongest protection that costs at most ``tolerance`` points of new-task dev.
+
+    Trains plain fine-tuning (the reference the user can measure: the new task's dev
+    accuracy), then ``protection`` at each λ of ``grid`` from the weakest, and keeps the
+    largest λ whose new-task dev accuracy is within ``tolerance`` points of the
+    reference; the search stops at the first λ beyond it. Reads only the new task.
+
+    Returns:
+        The trained linker (a copy; ``linker`` is left as it was), its log, the search.
+    """
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise ValueError(f"tolerance must be a number of points ≥ 0, got {tolerance}")
+    free = replace(
+        protection, lam=None, lam_per_task={}, bayes=False, budget=None,
+        budget_per_task={},
+    )  # fmt: skip
+    plain = replace(free, penalty="none")
+    best = copy.deepcopy(linker)
+    best_log = update_linker(best, task, (), settings, plain, progress=progress)
+    reference = 100.0 * best_log.best_dev_accuracy
+    tried: dict[float, float] = {}
+    chosen = 0.0
+    for lam in sorted(grid):
+        candidate = copy.deepcopy(linker)
+        fixed = replace(free, lam=lam)
+        log = update_linker(candidate, task, states, settings, fixed, progress=progress)
+        tried[lam] = 100.0 * log.best_dev_accuracy
+        if tried[lam] < reference - tolerance:
+            break
+        best, best_log, chosen = candidate, log, lam
+    search = ToleranceSearch(tolerance, reference, tried, chosen)
+    best.meta["continual"]["tolerance_search"] = search.to_json()
+    return best, best_log, search
