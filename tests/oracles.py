@@ -228,3 +228,76 @@ def kfac_factors(
             A = torch.diagonal(A)
         out[k] = (A, gg / int(labels.shape[0]))
     return out
+
+
+def kfac_reduce_factors(
+    model: nn.Module,
+    inputs: Any,
+    labels: Tensor,
+    names: list[str],
+    *,
+    kind: str,
+    select: Callable[[Any, int], Any] = lambda x, n: x[n : n + 1],
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """``(A, G)`` of eq. (K8) per layer from one forward per example and label.
+
+    Per example: ``ā_n`` the mean of its real input rows over all calls (bias column
+    included, so its last entry is 1) and ``ĝ_n`` the sum of its real output-gradient
+    rows. Embeddings keep eq. (K5)–(K6), taken from :func:`kfac_factors`.
+    """
+    from kfacel.positions import matching_mask
+
+    modules = dict(model.named_modules())
+    expand = kfac_factors(model, inputs, labels, names, kind=kind, select=select)
+    sums = {k: [0.0, 0, 0.0] for k in names}  # Σ ā āᵀ, N_A, Σ w ĝ ĝᵀ
+    for n in range(int(labels.shape[0])):
+        x_n = select(inputs, n)
+        probs = F.softmax(model(x_n).detach(), -1)[0]
+        targets = (
+            [(1.0, int(labels[n]))]
+            if kind == "empirical"
+            else [(float(probs[c]), c) for c in range(probs.shape[0])]
+        )
+        for t, (w, c) in enumerate(targets):
+            calls: dict[str, list] = {k: [] for k in names}
+            handles = []
+            for k in names:
+
+                def hook(mod, args, out, k=k, calls=calls):
+                    out.retain_grad()
+                    rows, shape = _call_rows(mod, args[0].detach(), out)
+                    mask = matching_mask(shape)
+                    keep = torch.ones(rows.shape[0], dtype=torch.bool)
+                    if mask is not None:
+                        keep = mask.reshape(-1)
+                    calls[k].append((rows, keep, out))
+
+                handles.append(modules[k].register_forward_hook(hook))
+            try:
+                logits = model(x_n)
+                F.cross_entropy(logits, torch.tensor([c]), reduction="sum").backward()
+            finally:
+                for h in handles:
+                    h.remove()
+            for k in names:
+                if not calls[k]:
+                    continue
+                rows = torch.cat([r[keep] for r, keep, _ in calls[k]])  # all real uses
+                g_hat = sum(
+                    _out_rows(modules[k], out.grad.detach())[keep].sum(0)
+                    for _, keep, out in calls[k]
+                )
+                sums[k][2] = sums[k][2] + w * torch.outer(g_hat, g_hat)
+                if t == 0 and rows.shape[0] > 0:  # inputs do not depend on the label
+                    a_bar = rows.mean(0)
+                    sums[k][0] = sums[k][0] + torch.outer(a_bar, a_bar)
+                    sums[k][1] = sums[k][1] + 1
+    model.zero_grad(set_to_none=True)
+    out = {}
+    for k in names:
+        if isinstance(modules[k], nn.Embedding):
+            out[k] = expand[k]
+            continue
+        aa, n_a, gg = sums[k]
+        out[k] = (aa / n_a, gg / int(labels.shape[0]))
+    return out

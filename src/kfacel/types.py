@@ -31,6 +31,15 @@ class FisherKind(StrEnum):
     """Every label, weighted by its probability under the model (true Fisher)."""
 
 
+class KFACApprox(StrEnum):
+    """How K-FAC treats the uses of a layer within one example (conventions K5, K8)."""
+
+    EXPAND = "expand"
+    """Every use (position, candidate, repeated call) as an independent example (K5)."""
+    REDUCE = "reduce"
+    """Uses aggregated per example: inputs averaged, output gradients summed (K8)."""
+
+
 @dataclass(frozen=True)
 class Batch:
     """Tensors of N entity-linking queries with C candidates each (index legend n, c).

@@ -3,7 +3,10 @@
 Scaling (curvlinops issue #82): with ``CrossEntropyLoss(reduction="mean")``,
 ``fisher_type="empirical"`` and ``kfac_approx="expand"``, curvlinops' input covariance is
 ``Σ ā āᵀ / (N·S)`` and its gradient covariance ``Σ g gᵀ / N`` — our (K5) exactly. With
-``reduction="sum"`` its G would be N times larger.
+``reduction="sum"`` its G would be N times larger. With ``kfac_approx="reduce"`` it
+averages each example's inputs and sums its output gradients over the weight-sharing
+dimension, both covariances divided by N: our (K8) when every example uses every
+position (curvlinops has no padding masks).
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ pytestmark = pytest.mark.oracle
 REL = 1e-5
 
 
-def _peer_factors(model: nn.Module, data: list, names: list[str]) -> dict[str, tuple]:
+def _peer_factors(
+    model: nn.Module, data: list, names: list[str], approx: str = "expand"
+) -> dict[str, tuple]:
     modules = dict(model.named_modules())
     params = [p for n in names for p in modules[n].parameters()]
     op = curvlinops.KFACLinearOperator(
@@ -30,7 +35,7 @@ def _peer_factors(model: nn.Module, data: list, names: list[str]) -> dict[str, t
         params,
         data,
         fisher_type="empirical",
-        kfac_approx="expand",
+        kfac_approx=approx,
         num_data=sum(int(y.shape[0]) for _, y in data),
         num_per_example_loss_terms=1,
         check_deterministic=False,
@@ -99,3 +104,29 @@ def test_transformer_factors_agree_with_curvlinops() -> None:
     assert (
         "bert.embeddings.word_embeddings" in ours
     )  # beyond the peer: Embedding covered
+
+
+class SharedLinear(nn.Module):
+    """A Linear over S positions, a position-wise Linear, mean pooling, a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Linear(4, 6)
+        self.mix = nn.Linear(6, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [N, S, 4]
+        h = self.mix(torch.tanh(self.enc(x)))  # [N, S, 6]
+        return self.head(torch.tanh(h).mean(1))
+
+
+def test_reduce_factors_agree_with_curvlinops() -> None:
+    """Eq. (K8) against ``kfac_approx="reduce"`` on a Linear model with weight sharing."""
+    torch.manual_seed(0)
+    model = SharedLinear()
+    data = [(torch.randn(5, 7, 4), torch.randint(0, 3, (5,))) for _ in range(3)]
+    ours = estimate_kfac(model, data, approx="reduce")
+    peer = _peer_factors(model, data, ["enc", "mix", "head"], approx="reduce")
+    for name, (A, G) in peer.items():
+        _assert_rel(ours[name].A, A, f"{name}.A")
+        _assert_rel(ours[name].G, G, f"{name}.G")

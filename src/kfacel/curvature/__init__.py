@@ -4,9 +4,11 @@ from kfacel.curvature.diagonal import estimate_diagonal
 from kfacel.curvature.factors import DiagonalFisher, KFACFisher, KroneckerFactors
 from kfacel.curvature.kfac import estimate_kfac
 from kfacel.curvature.layers import LayerKind
+from kfacel.types import KFACApprox
 
 __all__ = [
     "DiagonalFisher",
+    "KFACApprox",
     "KFACFisher",
     "KroneckerFactors",
     "LayerKind",

@@ -9,6 +9,11 @@ forward hook and output statistics in the tap, so neither inputs nor output grad
 all layers are held at once; only layers that need per-example gradients keep theirs
 until the backward pass of a batch is over.
 
+K-FAC-reduce (K8) aggregates the uses of a layer per example before any outer product:
+the forward hooks add each call's inputs into per-example sums ``[N, i]`` (averaged and
+squared when the batch ends), the taps add each call's output gradients into
+per-example sums ``[N, o]`` (squared when the backward pass is over).
+
 Every layer owns its statistics: hooks add into the layer's own sums and nothing is shared
 between layers or batches. Layers that read the same input with the same mask (queries,
 keys and values of attention) share only the work: the batch's statistic of that input is
@@ -70,12 +75,16 @@ class LayerRecord:
     kind: LayerKind
     factors: bool
     per_example: bool
+    reduce: bool = False  # K-FAC-reduce (K8): uses aggregated per example
     aa: Tensor | None = (
         None  # [Σ a aᵀ, Σ a; ·, ·] [i(+1), i(+1)] (Embedding: counts [V])
     )
-    uses: Tensor | None = None  # Σ_n R_n
-    gg: Tensor | None = None  # Σ g gᵀ  [o, o]
+    uses: Tensor | None = None  # Σ_n R_n (reduce: N_A)
+    gg: Tensor | None = None  # Σ g gᵀ  [o, o] (reduce: Σ ĝ ĝᵀ)
     calls: list[Call] = field(default_factory=list)
+    a_sum: Tensor | None = None  # reduce, this batch: Σ_u a_{n,u}  [N, i]
+    a_count: Tensor | None = None  # reduce, this batch: U_n  [N]
+    g_sum: Tensor | None = None  # reduce, this backward: ĝ_n = Σ_u g_{n,u}  [N, o]
 
 
 _StatKey = tuple[object, ...]
@@ -143,18 +152,23 @@ class Capture:
         """Backpropagate ``loss`` to every tapped layer output (no weight gradients)."""
         assert self._leaf is not None, "begin_batch() first"
         for rec in self.records.values():
+            rec.g_sum = None
             for call in rec.calls:
                 call.grads = None
         torch.autograd.grad(
             loss, self._leaf, retain_graph=retain_graph, allow_unused=True
         )
+        for rec in self.records.values():
+            _add_example_grads(rec)
 
     def end_batch(self) -> None:
-        """Drop what the batch kept (inputs, gradients, input statistics)."""
+        """Add the batch's reduced inputs (K8); drop what the batch kept."""
         self._batch_stats.clear()
         self._leaf = None
         for rec in self.records.values():
             rec.calls.clear()
+            rec.g_sum = None
+            _add_example_inputs(rec, self.dtype)
 
     # -- hooks -----------------------------------------------------------------------
 
@@ -179,7 +193,9 @@ class Capture:
             rows = input_rows(rec.kind, module, x.detach())
             rows = rows.reshape(n, k, *rows.shape[1:])  # [N, k, D_in] or [N, k]
             mask_nk = None if mask is None else mask.reshape(n, k)
-            if rec.factors:
+            if rec.factors and rec.reduce:
+                _sum_example_inputs(rec, rows, mask_nk, self.dtype)
+            elif rec.factors:
                 self._add_input_stats(rec, args[0], mask, rows, mask_nk)
             call = Call(rows if rec.per_example else None, mask_nk)
             rec.calls.append(call)
@@ -230,7 +246,10 @@ class Capture:
             g = g.reshape(n, -1, g.shape[-1])  # [N, k, o]
             if call.mask is not None:
                 g = g * call.mask.unsqueeze(-1).to(g.dtype)  # padding is no use
-            if rec.factors:
+            if rec.factors and rec.reduce:
+                g_n = g.sum(1)  # ĝ_n = Σ_u g_{n,u}  [N, o], eq. (K8)
+                rec.g_sum = g_n if rec.g_sum is None else rec.g_sum.add_(g_n)
+            elif rec.factors:
                 flat = g.reshape(-1, g.shape[-1])
                 if rec.gg is None:
                     rec.gg = flat.T @ flat  # Σ g gᵀ  [o, o], eq. (K5)
@@ -240,6 +259,57 @@ class Capture:
                 call.grads = g
 
         return sink
+
+
+def _sum_example_inputs(
+    rec: LayerRecord, rows: Tensor, mask_nk: Tensor | None, dtype: torch.dtype
+) -> None:
+    """Add one call's ``Σ_u a_{n,u}`` and ``U_n`` (real uses) per example, eq. (K8).
+
+    Args:
+        rec: a Linear or Conv1d layer with ``reduce`` set.
+        rows: ``[N, k, i]`` the call's inputs (Conv1d: unfolded patches).
+        mask_nk: ``[N, k]`` bool of real positions, or None when all are real.
+        dtype: dtype of the statistics.
+    """
+    a = rows.to(dtype)  # [N, k, i]
+    if mask_nk is None:
+        count = a.new_full(a.shape[:1], float(a.shape[1]))  # U_n  [N]
+    else:
+        a = a.masked_fill(~mask_nk.unsqueeze(-1), 0.0)  # padding is no use
+        count = mask_nk.sum(1).to(dtype)  # U_n  [N]
+    total = a.sum(1)  # Σ_u a_{n,u}  [N, i]
+    rec.a_sum = total if rec.a_sum is None else rec.a_sum.add_(total)
+    rec.a_count = count if rec.a_count is None else rec.a_count.add_(count)
+
+
+def _add_example_inputs(rec: LayerRecord, dtype: torch.dtype) -> None:
+    """Add the batch's ``Σ_n ā_n ā_nᵀ`` and ``N_A`` into the layer's sums, eq. (K8).
+
+    ``ā_n`` is the mean input of example n over its real uses (bias 1 appended by
+    :func:`input_statistic`); examples that did not use the layer do not count.
+    """
+    if rec.a_sum is None or rec.a_count is None:
+        return
+    used = rec.a_count > 0  # [N]
+    mean = rec.a_sum[used] / rec.a_count[used].unsqueeze(1)  # ā_n, no 1  [N_A, i]
+    stat = input_statistic(rec.kind, rec.module, mean, dtype)  # Σ_n ā_n ā_nᵀ
+    n_a = used.sum().to(dtype)  # N_A
+    rec.aa = stat if rec.aa is None else rec.aa.add_(stat)
+    rec.uses = n_a if rec.uses is None else rec.uses.add_(n_a)
+    rec.a_sum = rec.a_count = None
+
+
+def _add_example_grads(rec: LayerRecord) -> None:
+    """Add one backward's ``Σ_n ĝ_n ĝ_nᵀ`` into the layer's G sum, eq. (K8)."""
+    if rec.g_sum is None:
+        return
+    g = rec.g_sum  # [N, o]
+    if rec.gg is None:
+        rec.gg = g.T @ g  # Σ_n ĝ_n ĝ_nᵀ  [o, o]
+    else:
+        rec.gg.addmm_(g.T, g)
+    rec.g_sum = None
 
 
 @contextmanager

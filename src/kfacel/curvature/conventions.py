@@ -2,9 +2,9 @@ r"""Notation, vec order and scaling of every curvature quantity in kfacel.
 
 This module holds no code. Each numbered equation is cited where it is implemented and
 pinned by a test: ``tests/curvature/test_conventions.py`` (vec order, folding, that every
-equation is cited), the estimator tests ``tests/curvature/test_kfac.py`` and
-``tests/curvature/test_diagonal.py`` (K1–K7 against brute force) and
-``tests/penalties/test_penalties.py`` (P1–P3).
+equation is cited), the estimator tests ``tests/curvature/test_kfac.py``,
+``tests/curvature/test_kfac_reduce.py`` and ``tests/curvature/test_diagonal.py`` (K1–K8
+against brute force) and ``tests/penalties/test_penalties.py`` (P1–P3).
 
 Index legend
 ------------
@@ -55,6 +55,21 @@ candidates, ``R_n`` uses of a layer by example ``n``.
 (K7) Diagonal Fisher
     ``F_jj = 1/N Σ_n E_y[(∇_n θ)_j²]`` from exact per-example gradients (never squared
     mini-batch gradients). For a layer used once per example, ``(∇_n W~)²_{oi} = g_o² ā_i²``.
+
+(K8) Kronecker factors, "reduce" convention (Eschenhagen et al. 2023, NeurIPS, §3)
+    The ``U_n`` real uses of a layer by example ``n`` (positions, candidates and calls
+    in that example's forward; padding excluded) are aggregated before the outer
+    products: ``ā_n = [(1/U_n) Σ_u a_{n,u}; 1]`` (inputs averaged, then the bias 1) and
+    ``ĝ_n = Σ_u g_{n,u}`` (output gradients summed), so that
+    ``A = 1/N_A Σ_{n: U_n > 0} ā_n ā_nᵀ`` and ``G = 1/N Σ_n E_y ĝ_n ĝ_nᵀ``, with ``N_A``
+    the number of examples that use the layer (``N`` unless a layer skips examples).
+    As in K5, A is a mean over what it averages and G carries the Fisher's 1/N: this is
+    curvlinops' ``kfac_approx="reduce"`` (mean over the weight-sharing dimension for
+    the input, sum for the gradient, both divided by N). When every use of an example
+    shares one input (``a_{n,u} = a_n``) its gradient is ``ĝ_n ā_nᵀ`` exactly, so for
+    ``N = 1`` ``G ⊗ A`` equals the Fisher block. Embeddings keep K5–K6 (their averaged
+    one-hot inputs would make A a dense ``[V, V]`` matrix); reduce applies to Linear and
+    Conv1d (on unfolded patches).
 
 (P1) Penalty
     ``R(θ) = ½ Σ_t λ_t (θ − θ*_t)ᵀ (F_t + δ I) (θ − θ*_t)``: one term per finished task t

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from kfacel.curvature.layers import LayerKind, fold, unfold
-from kfacel.types import FisherKind, ParamDict
+from kfacel.types import FisherKind, KFACApprox, ParamDict
 
 
 @dataclass(frozen=True)
@@ -118,6 +118,8 @@ class KFACFisher(Mapping[str, KroneckerFactors]):
         uncovered: names of trainable parameters no factor covers.
         diagonal: diagonal Fisher of the uncovered parameters (``uncovered="diagonal"``),
             empty when they are ignored (the paper's choice).
+        approx: how uses of a layer within one example entered the factors: expand
+            (K5) or reduce (K8; Embedding factors are K5–K6 either way).
     """
 
     factors: dict[str, KroneckerFactors]
@@ -125,6 +127,7 @@ class KFACFisher(Mapping[str, KroneckerFactors]):
     num_examples: int
     uncovered: tuple[str, ...] = ()
     diagonal: ParamDict = field(default_factory=dict)
+    approx: KFACApprox = KFACApprox.EXPAND
 
     def __getitem__(self, name: str) -> KroneckerFactors:
         return self.factors[name]

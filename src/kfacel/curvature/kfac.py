@@ -1,9 +1,10 @@
-"""Kronecker-factored Fisher of a categorical predictor, eqs. (K1)–(K6).
+"""Kronecker-factored Fisher of a categorical predictor, eqs. (K1)–(K6) and (K8).
 
 References: Martens & Grosse 2015, "Optimizing neural networks with Kronecker-factored
 approximate curvature", ICML; Grosse & Martens 2016, ICML (convolutions); Eschenhagen et
 al. 2023, "Kronecker-factored approximate curvature for modern neural network
-architectures", NeurIPS (the "expand" convention for shared positions); Ritter et al.
+architectures", NeurIPS (the "expand" and "reduce" conventions for shared positions,
+§3, and the exactness of each in its setting for deep linear networks); Ritter et al.
 2018, NeurIPS (K-FAC Laplace for continual learning); McInerney et al. 2021 (entity
 linking).
 """
@@ -11,6 +12,7 @@ linking).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any, Literal
 
 import torch
@@ -28,7 +30,7 @@ from kfacel.curvature._select import (
 )
 from kfacel.curvature.factors import KFACFisher, KroneckerFactors
 from kfacel.curvature.layers import LayerKind, has_bias
-from kfacel.types import FisherKind, NonFiniteCurvatureError
+from kfacel.types import FisherKind, KFACApprox, NonFiniteCurvatureError
 
 Uncovered = Literal["ignore", "diagonal"]
 
@@ -40,9 +42,10 @@ def estimate_kfac(
     kind: FisherKind | str = FisherKind.EMPIRICAL,
     generator: torch.Generator | None = None,
     uncovered: Uncovered = "ignore",
+    approx: KFACApprox | str = KFACApprox.EXPAND,
     progress: bool = False,
 ) -> KFACFisher:
-    """Kronecker-factored Fisher ``F_layer ≈ G ⊗ A`` of every covered layer, eq. (K5).
+    """Kronecker-factored Fisher ``F_layer ≈ G ⊗ A`` of every covered layer, (K5)/(K8).
 
     Args:
         model: ``model(inputs)`` returns logits ``[N, C]``; Linear, Conv1d (plain) and
@@ -52,10 +55,15 @@ def estimate_kfac(
         generator: randomness for ``sampled``.
         uncovered: ``"ignore"`` (the paper) lists parameters no factor covers;
             ``"diagonal"`` also gives LayerNorm parameters a diagonal Fisher (K7).
+        approx: how the uses of a layer within one example enter the factors:
+            ``expand`` (K5, independent uses, the paper's assumption) or ``reduce``
+            (K8, inputs averaged and output gradients summed per example; Linear and
+            Conv1d only, Embeddings keep K5–K6).
         progress: show a progress bar.
 
     Returns:
-        The factors with the Fisher kind, the example count and the coverage.
+        The factors with the Fisher kind, the approximation, the example count and
+        the coverage.
 
     Raises:
         ValueError: no example was seen, or ``uncovered="diagonal"`` meets a module
@@ -63,7 +71,7 @@ def estimate_kfac(
         NonFiniteCurvatureError: a layer's statistics are not finite (named); also a
             ``ValueError``.
     """
-    kind = FisherKind(kind)
+    kind, approx = FisherKind(kind), KFACApprox(approx)
     if uncovered not in ("ignore", "diagonal"):
         raise ValueError(f"uncovered must be 'ignore' or 'diagonal', got {uncovered!r}")
     cov = coverage(model)
@@ -71,7 +79,14 @@ def estimate_kfac(
     if uncovered == "diagonal" and cov.unsupported:
         raise ValueError(f"no per-example gradients for {sorted(cov.unsupported)}")
     records = {
-        name: LayerRecord(name, module, lk, factors=True, per_example=False)
+        name: LayerRecord(
+            name,
+            module,
+            lk,
+            factors=True,
+            per_example=False,
+            reduce=approx is KFACApprox.REDUCE and lk is not LayerKind.EMBEDDING,
+        )
         for name, (module, lk) in cov.kronecker.items()
     }
     if uncovered == "diagonal":
@@ -100,7 +115,8 @@ def estimate_kfac(
         ],
         *cov.unsupported_params,
     )
-    return _finish(records, diag_sums, examples, kind, uncovered_names, dtype, device)
+    fisher = _finish(records, diag_sums, examples, kind, uncovered_names, dtype, device)
+    return replace(fisher, approx=approx)
 
 
 def _finish(
@@ -112,7 +128,7 @@ def _finish(
     dtype: torch.dtype,
     device: torch.device,
 ) -> KFACFisher:
-    """Sum over ranks, normalize (K5) and check the statistics."""
+    """Sum over ranks, normalize (K5, K8) and check the statistics."""
     kron = [r for r in records.values() if r.factors]
     for rec in kron:  # a rank that never saw a layer still takes part in all_reduce
         _zeros_if_unseen(rec, dtype, device)
@@ -127,7 +143,7 @@ def _finish(
     for rec in kron:  # every record owns its sums: each is finished once, in place
         assert rec.aa is not None and rec.uses is not None and rec.gg is not None
         A = _finish_input_factor(rec)
-        G = rec.gg.div_(n)  # eq. (K5), in place
+        G = rec.gg.div_(n)  # eqs. (K5), (K8), in place
         for what, t in (("A", A), ("G", G)):
             if not bool(torch.isfinite(t.sum())):  # NaN and inf survive a sum
                 raise NonFiniteCurvatureError(
@@ -142,7 +158,10 @@ def _finish(
 
 
 def _finish_input_factor(rec: LayerRecord) -> Tensor:
-    """``A = Σ ā āᵀ / Σ_n R_n`` in place, bias coordinate last, eqs. (K5)–(K6)."""
+    """``A = Σ ā āᵀ / Σ_n R_n`` in place, bias coordinate last, eqs. (K5)–(K6).
+
+    Reduce (K8): ``rec.aa`` holds ``Σ_n ā_n ā_nᵀ`` and ``rec.uses`` ``N_A``.
+    """
     assert rec.aa is not None and rec.uses is not None
     uses = float(rec.uses)
     if rec.kind is not LayerKind.EMBEDDING and has_bias(rec.module):
