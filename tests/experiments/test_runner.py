@@ -267,3 +267,30 @@ def test_a_run_written_with_retired_keys_still_resumes(finished_run) -> None:
         assert run_experiment(cfg, out).ran == []
     finally:
         (out / "config.json").write_bytes(before)
+
+
+def test_budgeted_methods_run_beside_the_lambda_grid_and_report(
+    paths, tmp_path
+) -> None:
+    cfg = tiny_config(
+        paths, methods=["none", "kfac", "kfac-budget"], budget_grid=[0.01, 1.0]
+    )
+    summary = run_experiment(cfg, tmp_path / "run")
+    assert not summary.failed
+    cells = {p.name for p in (tmp_path / "run" / "cells").iterdir()}
+    # the budgeted cells share KFC's consolidation: no state of their own
+    assert not any(c.startswith("consolidate") and "budget" in c for c in cells)
+    records = [
+        json.loads(line)
+        for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
+    budgeted = {r["lam"] for r in records if r["method"] == "kfac-budget"}
+    assert budgeted == {0.01, 1.0}
+    assert all("loss" in r for r in records)
+    done = json.loads(
+        next(
+            (tmp_path / "run" / "cells").glob("tier2-a-b-kfac-budget*/done.json")
+        ).read_text()
+    )
+    assert set(done["predicted_rise"]) == {"a"}
+    write_report(tmp_path / "run")

@@ -33,7 +33,13 @@ from kfacel.consolidation import load_state, save_state
 from kfacel.data.records import LinkingExample
 from kfacel.data.tasks import Task, load_task
 from kfacel.experiments.config import ExperimentConfig
-from kfacel.experiments.sweep import REGULARIZED, Cell, CellKind
+from kfacel.experiments.sweep import (
+    BUDGETED,
+    REGULARIZED,
+    Cell,
+    CellKind,
+    state_method,
+)
 from kfacel.training.budget import predicted_rise
 from kfacel.training.continual import consolidate_task
 from kfacel.training.pipeline import (
@@ -198,22 +204,24 @@ def _continue(
     """Tiers 2 and 3: train the start model on the last task of the order."""
     linker = load_linker(_required(deps.start))
     states = [s for d in deps.states for s in load_state(d, linker.model)]
-    method = cell.method if cell.method in REGULARIZED else "none"
+    method = state_method(cell.method) if cell.method in REGULARIZED else "none"
     lam, per_task = None, {}
     if isinstance(cell.lam, tuple):
         per_task = dict(zip([s.task for s in states], cell.lam, strict=True))
     elif cell.lam is not None:
         lam = float(cell.lam)
+    strength: dict[str, Any] = {"lam": lam, "lam_per_task": per_task}
+    if cell.method in BUDGETED:  # the cell's "λ" is the budget ε
+        strength = {"budget": lam, "budget_per_task": per_task}
     cap = cfg.train.max_train_examples
     replay = [ex for n in deps.replay for ex in tasks[n].train[: cap or None]]
     t = cfg.train
     protection = Protection(
         penalty=method,
-        lam=lam,
-        lam_per_task=per_task,
         damping=cfg.curvature.damping,
         lrc=t.lrc_gamma if cell.method == "lrc" else None,
         replay=Replay(replay, t.replay_every, t.replay_batches) if replay else None,
+        **strength,
     )
     task = tasks[cell.order[-1]]
     log = update_linker(linker, task, states, _settings(cfg, cell.seed), protection)
@@ -247,7 +255,8 @@ def _resume(
         extra["retrained_records"] = again
     if cell.method in REGULARIZED:
         linker = load_linker(model_dir)
-        state = _state(linker, tasks[cell.order[-1]], cell.method, cfg, cell.seed)
+        method = state_method(cell.method)
+        state = _state(linker, tasks[cell.order[-1]], method, cfg, cell.seed)
         save_state(out, state)
     return [], extra
 
@@ -315,6 +324,7 @@ def _state(
         fisher=c.fisher,
         max_examples=c.max_examples,
         uncovered=c.uncovered.value,
+        approx=c.approx,
         seed=seed,
         device=cfg.train.device,
     )

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal, Self
 
 from kfacel.training.trainer import TrainSettings
-from kfacel.types import FisherKind
+from kfacel.types import FisherKind, KFACApprox
 
 
 class ConfigError(ValueError):
@@ -44,6 +44,8 @@ class Method(StrEnum):
     KFAC = "kfac"  # Kronecker-factored Fisher (the paper's KFC)
     LRC = "lrc"  # discriminative learning rates (ULMFiT)
     REPLAY = "replay"  # experience replay: needs old data, a reference only
+    KFAC_BUDGET = "kfac-budget"  # KFC with a forgetting budget ε (λ by dual ascent)
+    EWC_BUDGET = "ewc-budget"  # diagonal EWC with a forgetting budget ε
 
 
 class CurvatureMethod(StrEnum):
@@ -102,6 +104,7 @@ class CurvatureConfig:
     max_examples: int | None = None
     uncovered: Uncovered = Uncovered.IGNORE
     damping: float = 0.0
+    approx: KFACApprox = KFACApprox.EXPAND
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,7 @@ class ExperimentConfig:
     penalty: PenaltyConfig = field(default_factory=PenaltyConfig)
     methods: tuple[Method, ...] = (Method.NONE, Method.EWC, Method.KFAC)
     lam_grid: tuple[float, ...] = (1e1, 1e3, 1e5, 1e7, 1e9)
+    budget_grid: tuple[float, ...] = ()  # ε of kfac-budget / ewc-budget (nats/query)
     tiers: tuple[int, ...] = (1, 2, 3)
     pairs: tuple[
         str, ...
@@ -160,6 +164,15 @@ class ExperimentConfig:
             )
         if not self.lam_grid and {2, 3} & set(self.tiers) and self._regularized():
             raise ConfigError("lam_grid: tiers 2 and 3 need at least one λ")
+        if any(not (math.isfinite(e) and e > 0) for e in self.budget_grid):
+            raise ConfigError(
+                f"budget_grid: values must be > 0, got {self.budget_grid}"
+            )
+        budgeted = {Method.KFAC_BUDGET, Method.EWC_BUDGET} & set(self.methods)
+        if budgeted and not self.budget_grid:
+            raise ConfigError(
+                f"budget_grid: methods {sorted(budgeted)} need at least one budget ε"
+            )
         t = self.train
         try:  # the trainer's own checks (the device is checked where the run starts)
             TrainSettings(t.epochs, t.lr, t.batch_size, t.schedule, t.warmup,

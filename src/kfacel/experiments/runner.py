@@ -131,7 +131,9 @@ def run_experiment(
         cons = sweep.plan_consolidations(firsts, methods, seeds)
         stage("consolidate", cons, lambda c: _deps(run_dir, c, {}, keep=False))
         pairs = cfg.ordered_pairs()
-        t2 = sweep.plan_tier2(names, methods, cfg.lam_grid, seeds, pairs)
+        t2 = sweep.plan_tier2(
+            names, methods, cfg.lam_grid, seeds, pairs, cfg.budget_grid
+        )
         stage(
             "tier2",
             t2,
@@ -250,9 +252,8 @@ def _deps(
         return CellDeps(start=start)
     states = []
     if m in REGULARIZED:
-        states.append(
-            _finished(run_dir, sweep.consolidation(first, m, s), "consolidation")
-        )
+        cons = sweep.consolidation(first, sweep.state_method(m), s)
+        states.append(_finished(run_dir, cons, "consolidation"))
     if cell.kind is CellKind.TIER2:
         replay = (first,) if m == "replay" else ()
         return CellDeps(start, tuple(states), replay, keep_model=keep)

@@ -31,8 +31,16 @@ from typing import Any, Literal
 
 from kfacel.experiments.metrics import LambdaTrial, select_lambda, tier3_lambda_grid
 
-REGULARIZED = ("l2", "ewc", "kfac")
-"""Methods with a consolidation state and a λ."""
+BUDGETED = {"kfac-budget": "kfac", "ewc-budget": "ewc"}
+"""Methods whose strength is a forgetting budget ε, by the state method they use."""
+
+REGULARIZED = ("l2", "ewc", "kfac", *BUDGETED)
+"""Methods with a consolidation state and a strength (λ, or ε for the budgeted ones)."""
+
+
+def state_method(method: str) -> str:
+    """The consolidation method whose state ``method`` penalizes with."""
+    return BUDGETED.get(method, method)
 
 
 class CellKind(StrEnum):
@@ -135,7 +143,7 @@ def plan_consolidations(
     tasks: Sequence[str], methods: Sequence[str], seeds: Sequence[int]
 ) -> list[Cell]:
     """One state per tier-1 model and regularized method."""
-    regs = [m for m in methods if m in REGULARIZED]
+    regs = sorted({state_method(m) for m in methods if m in REGULARIZED})
     return [consolidation(t, m, s) for s in seeds for t in tasks for m in regs]
 
 
@@ -145,16 +153,20 @@ def plan_tier2(
     lam_grid: Sequence[float],
     seeds: Sequence[int],
     pairs: Sequence[tuple[str, str]] = (),
+    budget_grid: Sequence[float] = (),
 ) -> list[Cell]:
     """Every ordered pair (or only ``pairs``) × method × λ.
 
-    Methods without a λ (none, lrc, replay) get one cell per pair.
+    Methods without a λ (none, lrc, replay) get one cell per pair; budgeted methods
+    one per ε of ``budget_grid`` (the cell's ``lam`` holds ε).
     """
     cells = []
     for s in seeds:
         for a, b in pairs or list(permutations(tasks, 2)):
             for m in methods:
-                lams: Sequence[float | None] = lam_grid if m in REGULARIZED else [None]
+                lams: Sequence[float | None] = [None]
+                if m in REGULARIZED:
+                    lams = budget_grid if m in BUDGETED else lam_grid
                 cells += [Cell(CellKind.TIER2, 2, (a, b), m, lam, s) for lam in lams]
     return cells
 
