@@ -94,6 +94,10 @@ class TrainConfig:
     lrc_gamma: float = 0.5  # LRC: η_ℓ = η_{ℓ+1}·γ from the top layer down
     replay_every: int = 10  # replay: n old batches every m new ones
     replay_batches: int = 1
+    # training on a new task (tiers 2 and 3) only, to vary one factor of issue 9:
+    continual_optimizer: Literal["adamw", "sgd"] = "adamw"
+    continual_lr: float | None = None  # None: lr
+    clip_task_only: bool = False  # clip the task gradient before the penalty's is added
 
 
 @dataclass(frozen=True)

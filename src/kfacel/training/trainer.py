@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 SCHEDULES = ("constant", "linear")
 """Learning-rate schedules of ``train_task``."""
 
+OPTIMIZERS = ("adamw", "sgd")
+"""``adamw`` (the default) or ``sgd`` (with momentum 0.9): the optimizer of each step."""
+
 T = TypeVar("T")
 
 
@@ -59,6 +62,10 @@ class TrainSettings:
         schedule: ``constant`` or ``linear`` (``lr_factor``).
         warmup: share of the training steps of linear warm-up.
         clip: max gradient norm (None: no clipping).
+        clip_task_only: clip the task gradient before the penalty's is added (default:
+            clip their sum).
+        optimizer: ``adamw`` or ``sgd`` (momentum 0.9). Adam divides each parameter's
+            step by its gradient's running scale, penalty included; SGD does not.
         weight_decay: AdamW decoupled weight decay (0: pure penalty training).
         seed: dropout masks, batch order and replay order.
         device: ``cpu`` or ``cuda[:i]`` (float16 mixed precision on CUDA).
@@ -71,6 +78,8 @@ class TrainSettings:
     schedule: str = "constant"
     warmup: float = 0.0
     clip: float | None = 1.0
+    clip_task_only: bool = False
+    optimizer: str = "adamw"
     weight_decay: float = 0.0
     seed: int = 0
     device: str = "cpu"
@@ -82,6 +91,7 @@ class TrainSettings:
         _require(_positive(self.lr), "lr", self.lr, "a positive finite number")
         _require(self.batch_size >= 1, "batch_size", self.batch_size, "positive")
         _require(self.schedule in SCHEDULES, "schedule", self.schedule, SCHEDULES)
+        _require(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, OPTIMIZERS)
         _require(0.0 <= self.warmup < 1.0, "warmup", self.warmup, "in [0, 1)")
         _require(
             self.clip is None or _positive(self.clip), "clip", self.clip, "positive"
@@ -279,7 +289,10 @@ def train_task(
 
 @dataclass
 class _Step:
-    """One optimizer step: loss → backward → penalty gradient → clip → AdamW."""
+    """One optimizer step: loss → backward → penalty gradient → clip → optimizer.
+
+    With ``clip_task_only`` the clipping comes before the penalty's gradient.
+    """
 
     model: nn.Module
     net: nn.Module  # the model, or its DDP wrapper
@@ -288,6 +301,7 @@ class _Step:
     scaler: torch.amp.GradScaler
     penalty: Penalty | None
     clip: float | None
+    clip_task_only: bool
     amp: bool
     device: torch.device
     rank: int = 0
@@ -313,7 +327,13 @@ class _Step:
         groups = (
             lr_groups if lr_groups is not None else [{"params": model.parameters()}]
         )
-        opt = torch.optim.AdamW(groups, lr=s.lr, weight_decay=s.weight_decay)
+        opt: torch.optim.Optimizer
+        if s.optimizer == "sgd":
+            opt = torch.optim.SGD(
+                groups, lr=s.lr, momentum=0.9, weight_decay=s.weight_decay
+            )
+        else:
+            opt = torch.optim.AdamW(groups, lr=s.lr, weight_decay=s.weight_decay)
         total = s.epochs * steps_per_epoch
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda i: lr_factor(i, total, schedule=s.schedule, warmup=s.warmup)
@@ -321,8 +341,9 @@ class _Step:
         amp = device.type == "cuda"
         scaler = torch.amp.GradScaler("cuda", enabled=amp)
         return cls(
-            model, net, opt, sched, scaler, penalty, s.clip, amp, device, rank, world
-        )
+            model, net, opt, sched, scaler, penalty, s.clip, s.clip_task_only, amp,
+            device, rank, world,
+        )  # fmt: skip
 
     def __call__(self, batch: Batch, where: str) -> tuple[float, float, int]:
         """Take the step on this rank's share of ``batch``: (loss, penalty, queries)."""
@@ -337,9 +358,11 @@ class _Step:
         )
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.opt)
+        if self.clip is not None and self.clip_task_only:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
         pen = self.penalty.add_grad_(self.model).item() if self.penalty else 0.0
         _finite("penalty", pen, where, "lower λ")
-        if self.clip is not None:
+        if self.clip is not None and not self.clip_task_only:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
         self.scaler.step(self.opt)
         self.scaler.update()
