@@ -224,7 +224,8 @@ def _continue(
         **strength,
     )
     task = tasks[cell.order[-1]]
-    log = update_linker(linker, task, states, _settings(cfg, cell.seed), protection)
+    settings = _settings(cfg, cell.seed, continual=True)
+    log = update_linker(linker, task, states, settings, protection)
     if deps.keep_model:
         save_linker(linker, out / MODEL, log=log)
     records = _evaluate(linker, cell, cfg, [tasks[n] for n in cell.order])
@@ -289,13 +290,16 @@ def _new(cfg: ExperimentConfig, train: Sequence[LinkingExample], seed: int) -> L
 
 
 def _settings(
-    cfg: ExperimentConfig, seed: int, *, capped: bool = True
+    cfg: ExperimentConfig, seed: int, *, capped: bool = True, continual: bool = False
 ) -> TrainSettings:
-    """The config's training settings for one cell."""
+    """The config's training settings for one cell (``continual``: on a new task)."""
     t = cfg.train
+    lr = t.continual_lr if continual and t.continual_lr is not None else t.lr
     return TrainSettings(
         epochs=t.epochs,
-        lr=t.lr,
+        lr=lr,
+        optimizer=t.continual_optimizer if continual else "adamw",
+        clip_task_only=t.clip_task_only and continual,
         batch_size=t.batch_size,
         schedule=t.schedule,
         warmup=t.warmup,
