@@ -98,6 +98,26 @@ def test_clipping_bounds_the_total_gradient_penalty_included(train_dev):
     train_task(free, train, settings(clip=None), penalty=CountingPenalty(1.0))
     assert _grad_norm(clipped) == pytest.approx(0.01, rel=1e-4)
     assert _grad_norm(free) > 1.0
+    task_only = tiny_cnn()
+    penalty = CountingPenalty(1.0)
+    s = settings(clip=0.01, clip_task_only=True)
+    train_task(task_only, train, s, penalty=penalty)
+    # the penalty's gradient (1 per entry) is added after the task gradient is clipped
+    ones = torch.cat([torch.ones_like(p).flatten() for p in task_only.parameters()])
+    assert _grad_norm(task_only) == pytest.approx(ones.norm().item(), abs=0.011)
+
+
+def test_sgd_with_momentum_learns(train_dev):
+    train, dev = train_dev
+    model = tiny_cnn()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    log = train_task(
+        model, train, settings(epochs=3, optimizer="sgd", lr=0.1), dev_batches=dev
+    )
+    assert log.epochs[-1].loss < log.epochs[0].loss
+    assert any(not torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="optimizer must be"):
+        TrainSettings(optimizer="lion")
 
 
 class CountingModel(torch.nn.Module):
