@@ -18,6 +18,7 @@ from kfacel import (
     snapshot,
 )
 from kfacel.consolidation import copy_states, state_dir
+from kfacel.curvature import KFACApprox
 from tests.curvature.test_diagonal import TinyRanker
 
 
@@ -54,6 +55,25 @@ def test_round_trip_restores_anchor_factors_and_meta(tmp_path) -> None:
         assert torch.equal(c.anchor[name], t)
     pen = build_penalty("kfac", [a], [2.0])
     assert float(pen(model).detach()) == 0.0
+
+
+def test_reduce_state_round_trips_and_old_states_read_as_expand(tmp_path) -> None:
+    """K-FAC-reduce (K8) factors and their name survive save/load; no key = expand."""
+    model, batches = _data()
+    fisher = estimate_kfac(model, batches, approx=KFACApprox.REDUCE)
+    path = save_state(tmp_path, TaskState("A", "kfac", snapshot(model), fisher))
+    assert json.loads(path.read_text())["approx"] == "reduce"
+    (a,) = load_state(tmp_path, model)
+    assert a.curvature.approx is KFACApprox.REDUCE
+    assert a.meta["approx"] == "reduce"
+    for name, f in fisher.items():
+        assert torch.equal(a.curvature[name].A, f.A)
+        assert torch.equal(a.curvature[name].G, f.G)
+    meta = json.loads(path.read_text())
+    del meta["approx"]  # a state written before K-FAC-reduce existed
+    path.write_text(json.dumps(meta))
+    (old,) = load_state(tmp_path, model)
+    assert old.curvature.approx is KFACApprox.EXPAND
 
 
 def test_files_are_safetensors_and_json_with_packed_factors(tmp_path) -> None:

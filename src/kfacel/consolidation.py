@@ -1,8 +1,9 @@
 """Consolidation state on disk: each finished task's anchor and curvature.
 
 A model directory holds ``consolidation/NN-<task>.safetensors`` (tensors) and
-``consolidation/NN-<task>.json`` (method, Fisher kind, example count, task name, coverage)
-per finished task, in order. Kronecker factors are symmetric and stored as their upper
+``consolidation/NN-<task>.json`` (method, Fisher kind, K-FAC approximation, example count,
+task name, coverage) per finished task, in order; a state without ``approx`` predates
+K-FAC-reduce and is ``expand``. Kronecker factors are symmetric and stored as their upper
 triangle. Nothing is pickled; files are written to a temporary name and renamed, so a
 crash never leaves half a state. Loading checks every name and shape against the model
 and refuses a mismatch, naming what differs; it also refuses, naming the state file and
@@ -36,7 +37,7 @@ from kfacel.penalties import (
     NoPenalty,
     Penalty,
 )
-from kfacel.types import FisherKind, ParamDict
+from kfacel.types import FisherKind, KFACApprox, ParamDict
 
 FORMAT = 1
 METHODS = ("kfac", "ewc", "l2")
@@ -214,6 +215,7 @@ def _describe(state: TaskState) -> dict[str, Any]:
             n: {"kind": str(f.kind), "weight": f.weight, "bias": f.bias}
             for n, f in c.items()
         }
+        meta["approx"] = str(c.approx)  # expand (K5) or reduce (K8)
         meta["uncovered"] = list(c.uncovered)
         meta["diagonal"] = sorted(c.diagonal)
     return meta
@@ -242,6 +244,7 @@ def _rebuild(meta: dict[str, Any], tensors: dict[str, Tensor], path: Path) -> Ta
                 int(meta["num_examples"]),
                 tuple(meta.get("uncovered", ())),
                 diag,
+                KFACApprox(meta.get("approx", KFACApprox.EXPAND)),
             )
         elif meta["method"] == "ewc":
             curvature = DiagonalFisher(

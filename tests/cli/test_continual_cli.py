@@ -95,7 +95,10 @@ def test_workflow_carries_states_forward(tasks, tmp_path, capsys) -> None:
     assert [s.task for s in load_state(v2)] == [
         "A"
     ]  # carried forward, no old data read
-    assert main(["consolidate", str(v2), "--task", str(tasks / "B")]) == 0
+    b_task = str(tasks / "B")
+    assert main(["consolidate", str(v2), "--task", b_task, "--approx", "reduce"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["approx"] == "reduce"
+    assert [s.meta["approx"] for s in load_state(v2)] == ["expand", "reduce"]
     assert (
         main(
             [

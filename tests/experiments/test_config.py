@@ -18,7 +18,7 @@ from kfacel.experiments.config import (
     apply_overrides,
     load_config,
 )
-from kfacel.types import FisherKind
+from kfacel.types import FisherKind, KFACApprox
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SHIPPED = sorted(CONFIGS.glob("*.toml"))
@@ -189,6 +189,16 @@ def test_bad_overrides(tmp_path: Path, override: str, match: str) -> None:
     cfg = load_config(_write(tmp_path, MINIMAL))
     with pytest.raises(ConfigError, match=match):
         apply_overrides(cfg, [override])
+
+
+def test_curvature_approx_is_read_and_round_trips(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, MINIMAL))
+    assert cfg.curvature.approx is KFACApprox.EXPAND
+    cfg = apply_overrides(cfg, ["curvature.approx=reduce"])
+    assert cfg.curvature.approx is KFACApprox.REDUCE
+    assert ExperimentConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(ConfigError, match="approx"):
+        apply_overrides(cfg, ["curvature.approx=middle"])
 
 
 def test_to_dict_round_trips_through_json(tmp_path: Path) -> None:

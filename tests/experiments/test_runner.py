@@ -11,7 +11,7 @@ import torch
 from _experiments_synth import tiny_config, write_tasks
 
 from kfacel.experiments import cells as cells_mod
-from kfacel.experiments.config import ConfigError, load_config
+from kfacel.experiments.config import ConfigError, apply_overrides, load_config
 from kfacel.experiments.report import write_report
 from kfacel.experiments.runner import run_experiment
 from kfacel.types import NonFiniteCurvatureError
@@ -123,6 +123,18 @@ def test_non_finite_fisher_fails_its_consolidation_and_dependents_only(
     assert "G factor is not finite" in failed["consolidate-a-kfac-s0"]
     assert "consolidate-a-kfac-s0 did not finish" in failed["tier2-a-b-kfac-10-s0"]
     assert {"tier2-a-b-none-s0", "tier2-b-a-kfac-10-s0"} <= set(summary.ran)
+
+
+def test_curvature_approx_reaches_consolidate_task(paths, monkeypatch) -> None:
+    """``[curvature] approx`` is passed to ``consolidate_task`` by ``cells._state``."""
+    seen: dict = {}
+    monkeypatch.setattr(
+        cells_mod, "consolidate_task", lambda linker, task, **kw: seen.update(kw)
+    )
+    cfg = tiny_config(paths, methods=["none", "kfac"], lam_grid=[10.0])
+    cfg = apply_overrides(cfg, ["curvature.approx=reduce"])
+    cells_mod._state(None, None, "kfac", cfg, 0)  # type: ignore[arg-type]
+    assert seen["approx"] == "reduce"
 
 
 def test_report_writes_every_table(finished_run, tmp_path) -> None:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kfacel.curvature import estimate_kfac
+from kfacel.curvature import KFACApprox, estimate_kfac
 from kfacel.data.records import Candidate, LinkingExample
 from kfacel.data.tasks import Task
 from kfacel.penalties import KFACPenalty, snapshot
@@ -217,6 +217,19 @@ def test_consolidate_task_methods_and_subsets(trained_on_a) -> None:
     }
     with pytest.raises(ValueError, match="method"):
         consolidate_task(linker, a, method="full")
+
+
+def test_consolidate_task_passes_the_kfac_approximation(trained_on_a) -> None:
+    """The approximation reaches estimate_kfac: reduce (K8) is named, differs."""
+    linker, a = trained_on_a
+    expand = consolidate_task(linker, a, max_examples=8, seed=1)
+    reduce = consolidate_task(linker, a, max_examples=8, seed=1, approx="reduce")
+    assert expand.curvature.approx is KFACApprox.EXPAND
+    assert reduce.curvature.approx is KFACApprox.REDUCE
+    shared = [n for n, f in expand.curvature.items() if f.kind != "embedding"]
+    assert any(
+        not torch.allclose(expand.curvature[n].A, reduce.curvature[n].A) for n in shared
+    )
 
 
 def test_discriminative_learning_rates_decay_from_the_top() -> None:

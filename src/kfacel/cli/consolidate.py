@@ -40,6 +40,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="ignore",
         help="K-FAC: parameters without factors (LayerNorm): ignore (paper) or diagonal",
     )
+    p.add_argument(
+        "--approx",
+        choices=("expand", "reduce"),
+        default="expand",
+        help="K-FAC: uses of a layer within an example (positions, candidates, calls) "
+        "as independent (expand, paper) or aggregated per example (reduce)",
+    )
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--device", type=device, default="cpu")
@@ -64,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         max_examples=args.max_examples,
         batch_size=args.batch_size,
         uncovered=args.uncovered,
+        approx=args.approx,
         seed=args.seed,
         device=args.device,
         progress=sys.stderr.isatty(),
@@ -76,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
                 "task": task.name,
                 "method": args.method,
                 "fisher": args.fisher,
+                "approx": args.approx,
                 "examples": state.meta["examples_used"],
                 "state": str(path),
                 "state_bytes": state.nbytes(),

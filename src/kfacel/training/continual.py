@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from kfacel.consolidation import TaskState
-from kfacel.curvature import estimate_diagonal, estimate_kfac
+from kfacel.curvature import KFACApprox, estimate_diagonal, estimate_kfac
 from kfacel.data.records import LinkingExample
 from kfacel.data.tasks import Task
 from kfacel.penalties import snapshot
@@ -39,6 +39,7 @@ def consolidate_task(
     max_examples: int | None = None,
     batch_size: int = 64,
     uncovered: str = "ignore",
+    approx: KFACApprox | str = KFACApprox.EXPAND,
     seed: int = 0,
     device: str = "cpu",
     progress: bool = False,
@@ -53,6 +54,8 @@ def consolidate_task(
         max_examples: use a seeded random subset of this many training queries.
         batch_size: queries per batch for the estimate.
         uncovered: K-FAC only: ``ignore`` (paper) or ``diagonal`` for LayerNorm.
+        approx: K-FAC only: ``expand`` (positions, candidates and calls as independent
+            uses, the paper) or ``reduce`` (aggregated per example); conventions K5, K8.
         seed: subset choice and ``sampled`` labels.
         device: where to compute.
         progress: progress bar.
@@ -83,6 +86,7 @@ def consolidate_task(
                 kind=fisher,
                 generator=generator,
                 uncovered=uncovered,  # type: ignore[arg-type]
+                approx=approx,
                 progress=progress,
             )
         elif method == "ewc":
