@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -71,6 +72,45 @@ def atomic_write_json(path: str | Path, obj: Any, **dumps: Any) -> Path:
         **dumps: ``json.dumps`` options (default ``indent=2``).
     """
     return atomic_write_text(path, json.dumps(obj, **{"indent": 2, **dumps}) + "\n")
+
+
+def atomic_dir(directory: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary sibling directory, then rename it into place.
+
+    The directory appears whole or not at all: an existing ``directory`` is moved
+    aside (``.NAME.old-PID``) and removed only after the new one is in place, and put
+    back if that rename fails; the temporary directory is removed on every error path.
+    It gets the mode ``mkdir`` would give (``mkdtemp`` makes it 0700).
+
+    Returns:
+        ``directory`` as a ``Path``.
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        os.chmod(tmp, umask_mode(0o777))
+        write(tmp)
+        _swap_in(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def _swap_in(tmp: Path, directory: Path) -> None:
+    """Rename ``tmp`` to ``directory``; an existing one is removed only after."""
+    if not directory.exists() or not any(directory.iterdir()):
+        os.replace(tmp, directory)
+        return
+    old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+    os.replace(directory, old)
+    try:
+        os.replace(tmp, directory)
+    except BaseException:
+        os.replace(old, directory)  # put the old one back
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def check_output_dir(

@@ -16,10 +16,10 @@ import pytest
 import torch
 from tests.training.test_continual import TASK_A, TASK_B, code_task
 
+from kfacel import _io
 from kfacel.cli import main
 from kfacel.consolidation import load_state
 from kfacel.data.tasks import write_task
-from kfacel.models import registry
 
 CNN = ["--model", "cnn", "--hidden", "8", "--no-types", "--no-features"]
 FAST = ["--epochs", "1", "--max-length", "12"]
@@ -111,20 +111,20 @@ def test_an_empty_out_is_used(work):
 def test_states_are_in_place_before_the_model_directory_appears(work, monkeypatch):
     # a kill right after the rename used to leave a model without its states
     seen: list[list[str]] = []
-    real = registry._replace_dir
+    real = _io._swap_in
 
     def spy(tmp: Path, directory: Path) -> None:
         seen.append(sorted(p.name for p in (tmp / "consolidation").iterdir()))
         real(tmp, directory)
 
-    monkeypatch.setattr(registry, "_replace_dir", spy)
+    monkeypatch.setattr(_io, "_swap_in", spy)
     assert train_b(work, str(work / "v2")) == 0
     assert seen == [["00-A.json", "00-A.safetensors"]]
 
     def killed(tmp: Path, directory: Path) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(registry, "_replace_dir", killed)
+    monkeypatch.setattr(_io, "_swap_in", killed)
     assert train_b(work, str(work / "v3")) == 130  # "kfacel: interrupted"
     assert not (work / "v3").exists()
     assert not [p for p in work.iterdir() if p.name.startswith(".")]

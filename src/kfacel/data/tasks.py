@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from kfacel._io import umask_mode
+from kfacel._io import atomic_dir
 from kfacel.data.candidates import build_generator, make_candidates
 from kfacel.data.readers.lines import read_text, text_lines
 from kfacel.data.records import Concept, LinkingExample, Mention, SkipReport
@@ -302,21 +300,6 @@ def check_task_out(
         )
 
 
-def _replace_dir(tmp: Path, directory: Path) -> None:
-    """Rename ``tmp`` to ``directory``; an existing one is removed only after."""
-    if not directory.exists() or not any(directory.iterdir()):
-        os.replace(tmp, directory)
-        return
-    old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-    os.replace(directory, old)
-    try:
-        os.replace(tmp, directory)
-    except BaseException:
-        os.replace(old, directory)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def write_task(
     out_dir: Path | str,
     splits: Mapping[str, Sequence[LinkingExample]],
@@ -337,10 +320,8 @@ def write_task(
         if not splits.get(split):
             raise ValueError(f"{out}: split {split!r} is empty; a task needs all three")
     check_task_out(out, overwrite=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        os.chmod(tmp, umask_mode(0o777))  # mkdtemp makes it 0700
+
+    def write(tmp: Path) -> None:
         for split in SPLITS:
             lines = (
                 json.dumps(e.to_json(), sort_keys=True, ensure_ascii=False) + "\n"
@@ -350,10 +331,8 @@ def write_task(
         meta = {"format": FORMAT, **info}
         text = json.dumps(meta, sort_keys=True, indent=2, ensure_ascii=False)
         _write(tmp / "task.json", text + "\n")
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    atomic_dir(out, write)
     return out
 
 

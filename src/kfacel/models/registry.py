@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -27,7 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from kfacel._io import umask_mode
+from kfacel._io import atomic_dir, umask_mode
 from kfacel.models.bert import BertRanker, BertRankerConfig
 from kfacel.models.cnn import CNNConfig, CNNRanker
 
@@ -88,9 +86,8 @@ def save_model(
     directory.parent.mkdir(parents=True, exist_ok=True)
     config = cast(Any, model).config  # every ranker carries its frozen config dataclass
     meta = {"model": model_name(model), "config": asdict(config), **(extra or {})}
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
-        os.chmod(tmp, umask_mode(0o777))
+
+    def write(tmp: Path) -> None:
         state = {
             k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
         }
@@ -99,10 +96,8 @@ def save_model(
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", "utf-8")
         if write_files is not None:
             write_files(tmp)
-        _replace_dir(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    atomic_dir(directory, write)
     return directory
 
 
@@ -168,17 +163,3 @@ def load_model(directory: str | Path) -> nn.Module:
             f"{weights}: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
         )
     return model.eval()
-
-
-def _replace_dir(tmp: Path, directory: Path) -> None:
-    if not directory.exists():
-        os.replace(tmp, directory)
-        return
-    old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-    os.replace(directory, old)
-    try:
-        os.replace(tmp, directory)
-    except BaseException:
-        os.replace(old, directory)  # put the old model back
-        raise
-    shutil.rmtree(old, ignore_errors=True)
