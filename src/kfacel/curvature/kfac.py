@@ -142,8 +142,8 @@ def _finish(
     factors: dict[str, KroneckerFactors] = {}
     for rec in kron:  # every record owns its sums: each is finished once, in place
         assert rec.aa is not None and rec.uses is not None and rec.gg is not None
-        A = _finish_input_factor(rec)
-        G = rec.gg.div_(n)  # eqs. (K5), (K8), in place
+        A = _symmetrize_(_finish_input_factor(rec))
+        G = _symmetrize_(rec.gg.div_(n))  # eqs. (K5), (K8), in place
         for what, t in (("A", A), ("G", G)):
             if not bool(torch.isfinite(t.sum())):  # NaN and inf survive a sum
                 raise NonFiniteCurvatureError(
@@ -171,6 +171,17 @@ def _finish_input_factor(rec: LayerRecord) -> Tensor:
     if uses > 0:
         rec.aa.div_(uses)
     return rec.aa
+
+
+def _symmetrize_(t: Tensor) -> Tensor:
+    """``t ← (t + tᵀ)/2`` in place for a matrix (a vector is returned as it is).
+
+    Sums of outer products through BLAS need not be bitwise symmetric; the state on
+    disk keeps one triangle, so the factor must be exactly symmetric to round-trip.
+    """
+    if t.ndim == 2:
+        t.copy_(0.5 * (t + t.T))
+    return t
 
 
 def _zeros_if_unseen(

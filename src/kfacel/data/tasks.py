@@ -173,17 +173,8 @@ def prepare_task(
         "generator": {},
     }
     for i, split in enumerate(SPLITS):
-        usable = []
-        for m in splits[split]:
-            where = f"{m.source}:{m.line}" if m.source else m.doc_id
-            if len(m.concept_ids) != 1:
-                skips.add("composite mention (several concept ids)", where)
-            elif generator.index_of(m.concept_ids[0]) is None:
-                skips.add("gold concept not in the dictionary", where)
-            else:
-                usable.append(m)
-        limit = (max_queries or {}).get(split)
-        usable = _sample(usable, limit, [seed, i, 1])
+        usable = _usable(splits[split], generator, skips)
+        usable = _sample(usable, (max_queries or {}).get(split), [seed, i, 1])
         if not usable:
             raise ValueError(
                 f"task {name!r}: split {split!r} has no usable mention "
@@ -216,6 +207,22 @@ def prepare_task(
     info["skipped"] = skips.to_json()
     write_task(out_dir, examples, info)
     return info
+
+
+def _usable(
+    mentions: Sequence[Mention], generator: Any, skips: SkipReport
+) -> list[Mention]:
+    """The mentions with one concept id that the dictionary holds; the rest are skipped."""
+    usable = []
+    for m in mentions:
+        where = f"{m.source}:{m.line}" if m.source else m.doc_id
+        if len(m.concept_ids) != 1:
+            skips.add("composite mention (several concept ids)", where)
+        elif generator.index_of(m.concept_ids[0]) is None:
+            skips.add("gold concept not in the dictionary", where)
+        else:
+            usable.append(m)
+    return usable
 
 
 def _example(

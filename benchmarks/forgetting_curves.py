@@ -1,0 +1,164 @@
+"""Issue 9's λ-free summary of forgetting runs: trade-off curves, seeds and calibration.
+
+For every tier-2 pair A → B, seed and method with a strength grid (λ, or ε for the
+budgeted methods), the curve runs from plain fine-tuning (strength 0) through the grid in
+increasing order; each point is (new-task test accuracy, old-task test accuracy). The
+summary of one curve is the **forgetting reduction at ≤ 1 point of new-task cost**: the
+highest old-task accuracy on the piecewise-linear curve whose new-task accuracy is at most
+1 point below plain fine-tuning's, as a share of what plain fine-tuning forgot,
+``(kept − none) / (individual − none) × 100``. It reads test numbers along the whole curve
+(no λ is selected), so it compares factors, not protocols. Means come with the standard
+deviation and a 95% t-interval over seeds.
+
+Calibration: for every penalized continual cell, the penalty's predicted rise of task A's
+mean loss (``½ ΔᵀF_AΔ``, the cell's ``done.json``) against the measured rise of A's mean
+test loss over its individual model; Spearman's rank correlation per method, and the
+median ratio predicted / measured.
+
+    python benchmarks/forgetting_curves.py runs/forgetting-diagnosis [RUN_DIR ...]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections import defaultdict
+from itertools import pairwise
+from pathlib import Path
+from statistics import mean, median, stdev
+from typing import Any
+
+COST = 1.0  # points of new-task accuracy the summary allows
+T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
+
+
+def load(run_dir: Path) -> list[dict[str, Any]]:
+    """Every finished cell's ``done.json``."""
+    out = []
+    for done in sorted((run_dir / "cells").glob("*/done.json")):
+        d = json.loads(done.read_text(encoding="utf-8"))
+        if d.get("status") == "ok":
+            out.append(d)
+    return out
+
+
+def test_record(d: dict[str, Any], task: str) -> dict[str, Any]:
+    return next(r for r in d["records"] if r["task"] == task and r["split"] == "test")
+
+
+def kept_at_cost(points: list[tuple[float, float]], none_new: float) -> float:
+    """Highest old accuracy on the piecewise-linear curve within ``COST`` of none's new.
+
+    ``points``: (new, old) from strength 0 upward.
+    """
+    floor = none_new - COST
+    best = points[0][1]
+    for (n0, o0), (n1, o1) in pairwise(points):
+        if n1 >= floor:
+            best = max(best, o1)
+        if (n0 >= floor) != (n1 >= floor):  # the cost crosses the bound: interpolate
+            t = (floor - n0) / (n1 - n0)
+            best = max(best, o0 + t * (o1 - o0))
+    return best
+
+
+def summarize(cells: list[dict[str, Any]]) -> None:
+    individual = {
+        (d["order"][0], d["seed"]): test_record(d, d["order"][0])
+        for d in cells
+        if d["kind"] == "individual"
+    }
+    curves: dict[tuple, list] = defaultdict(list)
+    none: dict[tuple, dict] = {}
+    calib: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for d in cells:
+        if d["kind"] != "tier2":
+            continue
+        a, b = d["order"]
+        old, new = test_record(d, a), test_record(d, b)
+        if d["method"] == "none":
+            none[(a, b, d["seed"])] = {"old": old, "new": new}
+            continue
+        curves[(a, b, d["method"], d["seed"])].append(
+            (d["lam"], new["accuracy"], old["accuracy"])
+        )
+        rise = d.get("predicted_rise", {}).get(a)
+        ind = individual.get((a, d["seed"]))
+        if rise is not None and ind is not None and "loss" in old:
+            calib[d["method"]].append((rise, old["loss"] - ind["loss"]))
+    table: dict[tuple, list[float]] = defaultdict(list)
+    for (a, b, m, seed), pts in sorted(curves.items()):
+        base, ind = none.get((a, b, seed)), individual.get((a, seed))
+        if base is None or ind is None:
+            continue
+        pts.sort()
+        path = [(base["new"]["accuracy"], base["old"]["accuracy"])]
+        path += [(n, o) for _, n, o in pts]
+        kept = kept_at_cost(path, base["new"]["accuracy"])
+        forgot = ind["accuracy"] - base["old"]["accuracy"]
+        table[(a, b, m)].append(100 * (kept - base["old"]["accuracy"]) / forgot)
+        line = ", ".join(f"{lam:g}: {o:.1f}/{n:.1f}" for lam, n, o in pts)
+        print(
+            f"{a}→{b} {m} seed {seed}: individual {ind['accuracy']:.1f}, none "
+            f"{base['old']['accuracy']:.1f}/{base['new']['accuracy']:.1f} | {line}"
+        )
+    print(f"\nforgetting reduction at ≤ {COST:g} point of new-task cost (test):")
+    print("| pair | method | seeds | mean | sd | 95% interval |")
+    print("|---|---|---:|---:|---:|---|")
+    per_method: dict[str, list[float]] = defaultdict(list)
+    for (a, b, m), vals in sorted(table.items()):
+        per_method[m] += vals
+        print(f"| {a} → {b} | {m} | {len(vals)} | {_fmt(vals)} |")
+    for m, vals in sorted(per_method.items()):
+        print(f"| all pairs | {m} | {len(vals)} | {_fmt(vals)} |")
+    print(
+        "\ncalibration (penalized cells): predicted ½ΔᵀFΔ vs measured rise of A's test loss"
+    )
+    print("| method | cells | Spearman ρ | median predicted / measured |")
+    print("|---|---:|---:|---:|")
+    for m, pairs in sorted(calib.items()):
+        ratios = [p / q for p, q in pairs if q > 0]
+        med = f"{median(ratios):.3g}" if ratios else "–"
+        print(f"| {m} | {len(pairs)} | {spearman(pairs):.3f} | {med} |")
+
+
+def _fmt(vals: list[float]) -> str:
+    m = mean(vals)
+    if len(vals) < 2:
+        return f"{m:.1f} | – | –"
+    sd = stdev(vals)
+    half = T95.get(len(vals) - 1, 1.96) * sd / math.sqrt(len(vals))
+    return f"{m:.1f}% | {sd:.1f} | [{m - half:.1f}, {m + half:.1f}]"
+
+
+def spearman(pairs: list[tuple[float, float]]) -> float:
+    """Spearman's ρ with average ranks for ties."""
+    if len(pairs) < 3:
+        return math.nan
+    rx, ry = _ranks([p for p, _ in pairs]), _ranks([q for _, q in pairs])
+    mx, my = mean(rx), mean(ry)
+    cov = sum((x - mx) * (y - my) for x, y in zip(rx, ry, strict=True))
+    vx = sum((x - mx) ** 2 for x in rx)
+    vy = sum((y - my) ** 2 for y in ry)
+    return cov / math.sqrt(vx * vy) if vx and vy else math.nan
+
+
+def _ranks(xs: list[float]) -> list[float]:
+    order = sorted(range(len(xs)), key=lambda i: xs[i])
+    ranks = [0.0] * len(xs)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+if __name__ == "__main__":
+    for arg in sys.argv[1:]:
+        print(f"# {arg}\n")
+        summarize(load(Path(arg)))
