@@ -1,0 +1,52 @@
+"""Start a run directory for a one-factor variant from the finished cells of another.
+
+A factor of issue 9 that changes only how the new task is trained (optimizer, clipping,
+learning rate, λ or budget grid) leaves the tier-1 models and, unless the curvature
+settings change, the consolidation states as they were: those cells are copied instead
+of retrained, and the new run's ``env.json`` says which cells were copied from where.
+Run the experiment afterwards with the same config and overrides and ``--out DST``.
+
+    python benchmarks/fork_run.py SRC DST CONFIG [--states] [--set KEY=VALUE ...]
+    kfacel experiment CONFIG --out DST [--set KEY=VALUE ...] --jobs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from kfacel._io import atomic_write_json
+from kfacel.experiments.config import load_config
+from kfacel.experiments.rundir import open_run_dir
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("src", type=Path)
+    p.add_argument("dst", type=Path)
+    p.add_argument("config")
+    p.add_argument("--states", action="store_true", help="copy consolidations too")
+    p.add_argument("--set", action="append", default=[], dest="overrides")
+    args = p.parse_args()
+    cfg = load_config(args.config, args.overrides)
+    open_run_dir(args.dst, cfg, jobs=1)
+    kinds = ("individual-", "consolidate-") if args.states else ("individual-",)
+    copied = []
+    for cell in sorted((args.src / "cells").iterdir()):
+        done = cell / "done.json"
+        if not (cell.name.startswith(kinds) and done.is_file()):
+            continue
+        if json.loads(done.read_text(encoding="utf-8")).get("status") == "ok":
+            shutil.copytree(cell, args.dst / "cells" / cell.name)
+            copied.append(cell.name)
+    env_path = args.dst / "env.json"
+    env = json.loads(env_path.read_text(encoding="utf-8"))
+    env["copied_cells"] = {"from": str(args.src), "cells": copied}
+    atomic_write_json(env_path, env, sort_keys=True)
+    print(f"copied {len(copied)} cells from {args.src} into {args.dst}")
+
+
+if __name__ == "__main__":
+    main()
