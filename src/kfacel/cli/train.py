@@ -28,7 +28,7 @@ from kfacel.training.pipeline import (
     new_linker,
     save_linker,
 )
-from kfacel.training.trainer import Replay, TrainSettings
+from kfacel.training.trainer import OPTIMIZERS, Replay, TrainSettings
 from kfacel.training.update import (
     Protection,
     update_linker,
@@ -73,6 +73,12 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
         default=0.0,
         metavar="SHARE",
         help="share of the training steps to warm up over (--schedule linear)",
+    )
+    p.add_argument(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        default="adamw",
+        help="adamw, or sgd with momentum 0.9 (give it a larger --lr, e.g. 0.03)",
     )
     p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--device", type=device, default="cpu", help="cpu or cuda[:i]")
@@ -207,6 +213,7 @@ def _settings(args: argparse.Namespace) -> TrainSettings:
         seed=args.seed,
         device=args.device,
         max_train=args.max_train,
+        optimizer=args.optimizer,
     )
 
 
