@@ -10,6 +10,13 @@ highest old-task accuracy on the piecewise-linear curve whose new-task accuracy 
 (no λ is selected), so it compares factors, not protocols. Means come with the standard
 deviation and a 95% t-interval over seeds.
 
+Rules (no curve, one choice per pair and seed; test numbers at the chosen strength):
+``old dev`` is the paper's protocol (the best old-task dev accuracy among the strengths
+whose new-task dev accuracy is within 1 point of plain fine-tuning's; it reads old
+data); ``tolerance 1`` needs no old data (the largest strength, tried from the weakest
+up to the first beyond 1 point of new-task dev, as ``kfacel train --tolerance 1``
+does); ``fixed`` is one strength for every pair (a default).
+
 Calibration: for every penalized continual cell, the penalty's predicted rise of task A's
 mean loss (``½ ΔᵀF_AΔ``, the cell's ``done.json``) against the measured rise of A's mean
 test loss over its individual model; Spearman's rank correlation per method, and the
@@ -78,7 +85,7 @@ def summarize(cells: list[dict[str, Any]]) -> None:
         a, b = d["order"]
         old, new = test_record(d, a), test_record(d, b)
         if d["method"] == "none":
-            none[(a, b, d["seed"])] = {"old": old, "new": new}
+            none[(a, b, d["seed"])] = {"old": old, "new": new, "cell": d}
             continue
         curves[(a, b, d["method"], d["seed"])].append(
             (d["lam"], new["accuracy"], old["accuracy"])
@@ -112,6 +119,7 @@ def summarize(cells: list[dict[str, Any]]) -> None:
         print(f"| {a} → {b} | {m} | {len(vals)} | {_fmt(vals)} |")
     for m, vals in sorted(per_method.items()):
         print(f"| all pairs | {m} | {len(vals)} | {_fmt(vals)} |")
+    rules(cells, individual, none)
     print(
         "\ncalibration (penalized cells): predicted ½ΔᵀFΔ vs measured rise of A's test loss"
     )
@@ -123,10 +131,68 @@ def summarize(cells: list[dict[str, Any]]) -> None:
         print(f"| {m} | {len(pairs)} | {spearman(pairs):.3f} | {med} |")
 
 
+def rules(cells: list[dict[str, Any]], individual: dict, none: dict) -> None:
+    """Forgetting reduction and new-task cost of each choice rule (module doc)."""
+    points: dict[tuple, list] = defaultdict(list)  # (a, b, method, seed) -> cells
+    for d in cells:
+        if d["kind"] == "tier2" and d["method"] != "none":
+            a, b = d["order"]
+            points[(a, b, d["method"], d["seed"])].append(d)
+    out: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    for (a, b, m, seed), ds in sorted(points.items()):
+        base, ind = none.get((a, b, seed)), individual.get((a, seed))
+        if base is None or ind is None:
+            continue
+        ds = sorted(ds, key=lambda d: d["lam"])
+        dev = {id(d): _acc(d, a, "dev") for d in ds}
+        new_dev = {id(d): _acc(d, b, "dev") for d in ds}
+        floor = _acc(base["cell"], b, "dev") - COST
+        chosen: dict[str, dict | None] = {}
+        ok = [d for d in ds if new_dev[id(d)] >= floor]
+        chosen["old dev"] = max(ok, key=lambda d: dev[id(d)]) if ok else None
+        tol = None
+        for d in ds:
+            if new_dev[id(d)] < floor:
+                break
+            tol = d
+        chosen["tolerance 1"] = tol
+        for d in ds:
+            chosen[f"fixed {d['lam']:g}"] = d
+        forgot = ind["accuracy"] - base["old"]["accuracy"]
+        for rule, d in chosen.items():
+            old, new = (base["old"], base["new"]) if d is None else (
+                test_record(d, a), test_record(d, b))  # fmt: skip
+            red = 100 * (old["accuracy"] - base["old"]["accuracy"]) / forgot
+            out[(m, rule)].append((red, base["new"]["accuracy"] - new["accuracy"]))
+    print(
+        "\nchoice rules (test; reduction of the forgetting, new-task cost in points):"
+    )
+    print(
+        "| method | rule | runs | reduction, mean | sd | 95% interval | new-task cost |"
+    )
+    print("|---|---|---:|---:|---:|---|---:|")
+    for (m, rule), vals in sorted(
+        out.items(), key=lambda kv: (kv[0][0], _order(kv[0][1]))
+    ):
+        reds = [r for r, _ in vals]
+        cost = mean(c for _, c in vals)
+        print(f"| {m} | {rule} | {len(vals)} | {_fmt(reds)} | {cost:.2f} |")
+
+
+def _order(rule: str) -> tuple[int, float]:
+    return (0, 0.0) if not rule.startswith("fixed") else (1, float(rule.split()[1]))
+
+
+def _acc(d: dict[str, Any], task: str, split: str) -> float:
+    return next(
+        r["accuracy"] for r in d["records"] if r["task"] == task and r["split"] == split
+    )
+
+
 def _fmt(vals: list[float]) -> str:
     m = mean(vals)
     if len(vals) < 2:
-        return f"{m:.1f} | – | –"
+        return f"{m:.1f}% | – | –"
     sd = stdev(vals)
     half = T95.get(len(vals) - 1, 1.96) * sd / math.sqrt(len(vals))
     return f"{m:.1f}% | {sd:.1f} | [{m - half:.1f}, {m + half:.1f}]"
