@@ -46,12 +46,12 @@ class SharedEncoder(nn.Module):
         self.enc = nn.Linear(d, h)
         self.head = nn.Linear(2 * h, c)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        ma, mb = batch["mask_a"], batch["mask_b"]
+    def forward(self, a, b, mask_a, mask_b) -> torch.Tensor:
+        ma, mb = mask_a, mask_b
         with valid_positions(ma):
-            ha = torch.tanh(self.enc(batch["a"]))  # [N, S, h]
+            ha = torch.tanh(self.enc(a))  # [N, S, h]
         with valid_positions(mb):
-            hb = torch.tanh(self.enc(batch["b"]))  # [N, T, h]
+            hb = torch.tanh(self.enc(b))  # [N, T, h]
         pa = (ha * ma[..., None]).sum(1) / ma.sum(1, keepdim=True)
         pb = (hb * mb[..., None]).sum(1) / mb.sum(1, keepdim=True)
         return self.head(torch.cat([pa, pb], -1))
@@ -120,8 +120,7 @@ class TinyRanker(nn.Module):
         self.enc = nn.Linear(d, d)
         self.head = nn.Linear(2 * d, c)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        ids, mask = batch["ids"], batch["mask"]
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         m = mask[..., None].to(torch.float64)
         with valid_positions(mask):
             h = self.emb(ids) * m  # [N, S, d], padding zeroed before the convolution
@@ -166,8 +165,7 @@ class PositionNet(nn.Module):
         signal = torch.randn(1, s, d, generator=torch.Generator().manual_seed(7))
         self.register_buffer("signal", signal)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        ids, mask = batch["ids"], batch["mask"]
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         n, s = ids.shape
         pos_ids = torch.arange(s).unsqueeze(0)  # [1, S]
         signal = self.signal[:, :s]  # [1, S, d]
@@ -178,6 +176,66 @@ class PositionNet(nn.Module):
             h = torch.tanh(h + self.wave(signal))
         m = mask[..., None].to(h.dtype)
         return self.head((h * m).sum(1) / m.sum(1))
+
+
+class CandidateRows(nn.Module):
+    """A name encoder run on the ``N·C`` candidate rows of ``N`` queries.
+
+    ``pos`` reads position ids ``[1, S]`` shared by every row (``shared=True``, as a
+    Hugging Face encoder does) or expanded to ``[N·C, S]`` by hand; the rows' padding
+    is marked ``[N·C, S]``, so a shared input stands for the ``N·C`` rows (K5).
+    """
+
+    def __init__(self, shared: bool = True, vocab: int = 6, s: int = 4, d: int = 3):
+        super().__init__()
+        self.shared = shared
+        self.tok = nn.Embedding(vocab, d)
+        self.pos = nn.Embedding(s, d)
+        self.enc = nn.Linear(d, d)
+        self.query = nn.Linear(d, 1, bias=False)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        n, c, s = ids.shape
+        rows, rows_mask = ids.reshape(n * c, s), mask.reshape(n * c, s)
+        pos_ids = torch.arange(s).unsqueeze(0)  # [1, S]
+        if not self.shared:
+            pos_ids = pos_ids.expand(n * c, s)  # [N C, S]
+        with valid_positions(rows_mask):
+            h = torch.tanh(self.enc(self.tok(rows) + self.pos(pos_ids)))  # [N C, S, d]
+        m = rows_mask[..., None].to(h.dtype)
+        names = (h * m).sum(1) / m.sum(1).clamp(min=1)  # [N C, d]
+        return self.query(names).reshape(n, c)  # [N, C]
+
+
+class Tagger(nn.Module):
+    """A token classifier with Hugging Face's calling convention: logits ``[N, S, C]``.
+
+    Takes ``input_ids`` and ``attention_mask`` as keyword arguments (no mark of its
+    own: the estimators read the mapping's ``attention_mask``), position ids ``[1, S]``
+    shared by the batch (``shared=False`` expands them by hand), a LayerNorm, and a
+    token mixer so every label's loss reaches every position.
+    """
+
+    def __init__(self, shared: bool = True, vocab: int = 7, s: int = 5, d: int = 4):
+        super().__init__()
+        self.shared = shared
+        self.tok = nn.Embedding(vocab, d)
+        self.pos = nn.Embedding(s, d)
+        self.norm = nn.LayerNorm(d)
+        self.mix = nn.Linear(d, d)
+        self.head = nn.Linear(2 * d, 3)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        n, s = input_ids.shape
+        pos_ids = torch.arange(s).unsqueeze(0)  # [1, S]
+        if not self.shared:
+            pos_ids = pos_ids.expand(n, s)
+        h = self.norm(self.tok(input_ids) + self.pos(pos_ids))  # [N, S, d]
+        m = attention_mask[..., None].to(h.dtype)
+        context = (torch.tanh(self.mix(h)) * m).sum(1, keepdim=True) / m.sum(1, True)
+        return self.head(torch.cat([h, context.expand_as(h)], -1))  # [N, S, C]
 
 
 # ------------------------------------------------------------------- the case table
@@ -215,6 +273,38 @@ def _mlp_batch(padded: bool) -> torch.Tensor:
     return torch.randn(5, 4, generator=torch.Generator().manual_seed(2)).double()
 
 
+def _rows_batch(padded: bool) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(5)
+    mask = torch.ones(4, 3, 4, dtype=torch.bool)  # N = 4 queries, C = 3 names
+    if padded:
+        mask[0, 1, 2:] = False
+        mask[2, :, 3:] = False
+    return {"ids": torch.randint(0, 6, (4, 3, 4), generator=g), "mask": mask}
+
+
+def _tagger_batch(padded: bool) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(6)
+    mask = torch.ones(4, 5, dtype=torch.long)
+    if padded:
+        mask[1, 3:] = 0
+        mask[3, 4:] = 0
+    return {
+        "input_ids": torch.randint(0, 7, (4, 5), generator=g),
+        "attention_mask": mask,
+    }
+
+
+def token_labels(inputs: dict[str, torch.Tensor], padded: bool) -> torch.Tensor:
+    """Labels ``[N, S]`` of a tagger batch: -100 at padding and at a few real tokens."""
+    mask = inputs["attention_mask"].bool()
+    labels = torch.randint(0, 3, mask.shape, generator=torch.Generator().manual_seed(8))
+    labels[~mask] = -100
+    if padded:
+        labels[0, 1] = labels[2, 0] = -100  # real tokens without a label (sub-words)
+        labels[1] = -100  # an example without any loss term still counts in N
+    return labels
+
+
 def _shared_encoder_batch(padded: bool) -> dict[str, torch.Tensor]:
     batch = shared_batch(n=5)
     if not padded:
@@ -232,11 +322,15 @@ class CurvatureCase:
     batch: Callable[[bool], Any]  # padded -> inputs
     layers: tuple[str, ...]  # the layers with Kronecker factors
 
+    labels: Callable[[Any, bool], torch.Tensor] | None = None  # (inputs, padded)
+
     def make(self, padded: bool) -> tuple[nn.Module, Any, torch.Tensor]:
         """A float64 model with fixed weights, its inputs and labels."""
         torch.manual_seed(0)
         model = self.model().double()
         inputs = self.batch(padded)
+        if self.labels is not None:
+            return model, inputs, self.labels(inputs, padded)
         first = inputs if torch.is_tensor(inputs) else next(iter(inputs.values()))
         return model, inputs, torch.arange(int(first.shape[0])) % 3
 
@@ -260,6 +354,23 @@ CASES = (
     ),
 )
 """Models × masks (``CurvatureCase.make(padded)``); tests add the Fisher kinds."""
+
+ROWS_CASES = (
+    CurvatureCase(
+        "candidate-rows",
+        lambda: CandidateRows(shared=False),
+        _rows_batch,
+        ("tok", "pos", "enc", "query"),
+    ),
+)
+"""A shared input over ``N·C`` rows, expanded by hand (the oracle's reference)."""
+
+TOKEN_CASES = (
+    CurvatureCase(
+        "tagger", Tagger, _tagger_batch, ("tok", "pos", "mix", "head"), token_labels
+    ),
+)
+"""Token outputs ``[N, S, C]`` with ``-100`` labels and an ``attention_mask`` (K9)."""
 
 # ---------------------------------------------------------------- linking queries
 

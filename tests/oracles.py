@@ -7,7 +7,8 @@ output gradients from plain hooks with ``retain_grad``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -16,6 +17,54 @@ from torch import Tensor, nn
 
 TOL64 = {"rtol": 1e-9, "atol": 1e-12}
 TOL32 = {"rtol": 1e-5, "atol": 1e-7}
+
+
+def run(model: nn.Module, inputs: Any) -> Tensor:
+    """Logits of ``inputs``: keyword arguments for a mapping, ``.logits`` when present.
+
+    A mapping's ``attention_mask`` marks the real positions, as the estimators do (K5).
+    """
+    from kfacel.positions import valid_positions
+
+    if not isinstance(inputs, Mapping):
+        return model(inputs)
+    mask = inputs.get("attention_mask")
+    with valid_positions(mask.bool()) if mask is not None else nullcontext():
+        out = model(**inputs)
+    return getattr(out, "logits", out)
+
+
+def loss_sum(logits: Tensor, y: Tensor) -> Tensor:
+    """``Σ ℓ`` over every term of ``logits [.., C]``; labels -100 are no term (K9)."""
+    c = logits.shape[-1]
+    return F.cross_entropy(
+        logits.reshape(-1, c), y.reshape(-1), reduction="sum", ignore_index=-100
+    )
+
+
+def example_targets(
+    logits: Tensor, label: Tensor, kind: str
+) -> list[tuple[float, Tensor]]:
+    """``(weight, labels)`` pairs of one example whose expectation is eq. (K4)/(K9).
+
+    ``empirical``: the gold labels of every term at once, weight 1. ``exact``: each
+    term s alone with each class c, weight ``p_s(c)``, every other term -100.
+    """
+    if kind == "empirical":
+        return [(1.0, label)]
+    probs = F.softmax(logits.detach(), -1).reshape(-1, logits.shape[-1])  # [T, C]
+    flat = label.reshape(-1)
+    out = []
+    for s in range(flat.shape[0]):
+        if int(flat[s]) == -100:
+            continue
+        for c in range(probs.shape[1]):
+            if probs[s, c] > 0:
+                y = torch.full_like(flat, -100)
+                y[s] = c
+                out.append((float(probs[s, c]), y.reshape(label.shape)))
+    # no term at all: one zero-weight pass, so the example's inputs still count
+    return out or [(0.0, torch.full_like(label, -100))]
 
 
 def folded_grad(module: nn.Module, grads: dict[str, Tensor], name: str) -> Tensor:
@@ -36,7 +85,7 @@ def per_example_losses(
     select: Callable[[Any, int], Any],
 ) -> Tensor:
     """Loss of example ``index`` at class ``label``, from a forward of that example alone."""
-    logits = model(select(inputs, index))  # [1, C]
+    logits = run(model, select(inputs, index))  # [1, C]
     return F.cross_entropy(logits, torch.tensor([label]), reduction="sum")
 
 
@@ -58,16 +107,10 @@ def per_example_grads(
     n = int(labels.shape[0])
     for i in range(n):
         x = select(inputs, i)
-        logits = model(x)  # [1, C]
-        probs = F.softmax(logits.detach(), -1)[0]
-        labels_i = (
-            [(1.0, int(labels[i]))]
-            if kind == "empirical"
-            else [(float(probs[c]), c) for c in range(logits.shape[1]) if probs[c] > 0]
-        )
+        logits = run(model, x)  # [1, C] or [1, S, C]
         items = []
-        for w, c in labels_i:
-            loss = F.cross_entropy(model(x), torch.tensor([c]), reduction="sum")
+        for w, y in example_targets(logits, labels[i : i + 1], kind):
+            loss = loss_sum(run(model, x), y)
             gs = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
             grads = {
                 k: (g if g is not None else torch.zeros_like(params[k]))
@@ -121,7 +164,7 @@ def layer_io(model: nn.Module, names: list[str], inputs: Any, labels: Tensor) ->
 
         handles.append(modules[k].register_forward_hook(hook))
     try:
-        logits = model(inputs)
+        logits = run(model, inputs)
         F.cross_entropy(logits, labels, reduction="sum").backward()
     finally:
         for h in handles:
@@ -184,13 +227,8 @@ def kfac_factors(
     sums = {k: [0.0, 0.0, 0.0] for k in names}  # Σ ā āᵀ, Σ_n R_n, Σ g gᵀ
     for n in range(int(labels.shape[0])):
         x_n = select(inputs, n)
-        probs = F.softmax(model(x_n).detach(), -1)[0]
-        targets = (
-            [(1.0, int(labels[n]))]
-            if kind == "empirical"
-            else [(float(probs[c]), c) for c in range(probs.shape[0])]
-        )
-        for t, (w, c) in enumerate(targets):
+        targets = example_targets(run(model, x_n), labels[n : n + 1], kind)
+        for t, (w, y) in enumerate(targets):
             calls: dict[str, list] = {k: [] for k in names}
             handles = []
             for k in names:
@@ -206,8 +244,7 @@ def kfac_factors(
 
                 handles.append(modules[k].register_forward_hook(hook))
             try:
-                logits = model(x_n)
-                F.cross_entropy(logits, torch.tensor([c]), reduction="sum").backward()
+                loss_sum(run(model, x_n), y).backward()
             finally:
                 for h in handles:
                     h.remove()
@@ -252,13 +289,8 @@ def kfac_reduce_factors(
     sums = {k: [0.0, 0, 0.0] for k in names}  # Σ ā āᵀ, N_A, Σ w ĝ ĝᵀ
     for n in range(int(labels.shape[0])):
         x_n = select(inputs, n)
-        probs = F.softmax(model(x_n).detach(), -1)[0]
-        targets = (
-            [(1.0, int(labels[n]))]
-            if kind == "empirical"
-            else [(float(probs[c]), c) for c in range(probs.shape[0])]
-        )
-        for t, (w, c) in enumerate(targets):
+        targets = example_targets(run(model, x_n), labels[n : n + 1], kind)
+        for t, (w, y) in enumerate(targets):
             calls: dict[str, list] = {k: [] for k in names}
             handles = []
             for k in names:
@@ -274,8 +306,7 @@ def kfac_reduce_factors(
 
                 handles.append(modules[k].register_forward_hook(hook))
             try:
-                logits = model(x_n)
-                F.cross_entropy(logits, torch.tensor([c]), reduction="sum").backward()
+                loss_sum(run(model, x_n), y).backward()
             finally:
                 for h in handles:
                     h.remove()

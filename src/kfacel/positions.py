@@ -48,3 +48,18 @@ def matching_mask(position_shape: tuple[int, ...]) -> Tensor | None:
         if tuple(mask.shape) == tuple(position_shape):
             return mask
     return None
+
+
+def active_masks() -> tuple[Tensor, ...]:
+    """Every active mask, innermost first.
+
+    The curvature estimators read them to learn how many rows a call's positions
+    have: an input shared by the whole batch (``[1, S]``) stands for the rows of the
+    innermost mask ``[R, S]`` that is active around the call.
+
+    >>> import torch
+    >>> with valid_positions(torch.ones(2, 3)), valid_positions(torch.ones(4, 3)):
+    ...     [tuple(m.shape) for m in active_masks()]
+    [(4, 3), (2, 3)]
+    """
+    return tuple(reversed(_MASKS.get()))

@@ -228,7 +228,7 @@ def test_batch_shared_inputs_equal_their_expansion(padded: bool) -> None:
     for name in de:
         torch.testing.assert_close(ds[name], de[name], **TOL64, msg=name)
     with torch.no_grad():  # the hooks change no output
-        torch.testing.assert_close(shared(batch), expanded(batch), **TOL64)
+        torch.testing.assert_close(shared(**batch), expanded(**batch), **TOL64)
 
 
 def test_a_first_dimension_that_is_no_batch_dimension_is_refused_with_its_name() -> (

@@ -39,8 +39,7 @@ class PooledLinear(nn.Module):
         self.fc2 = nn.Linear(h, h)
         self.head = nn.Linear(h, c)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        x, mask = batch["x"], batch["mask"]
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         with valid_positions(mask):
             z = self.fc2(self.fc1(x))  # [N, S, h]
         m = mask[..., None].to(z.dtype)

@@ -20,10 +20,13 @@ keys and values of attention) share only the work: the batch's statistic of that
 computed once, kept until the batch ends, and added into each calling layer's own total.
 
 An input whose first dimension is 1 while the batch has ``N > 1`` examples (Hugging Face
-passes position ids ``[1, S]`` for the whole batch) is every example's input (K5): the
-hook expands the input and the layer's output to ``N`` along the first dimension (views,
-no copy), so statistics and output gradients are per example. The model sees the
-expanded output, which broadcasts like the original against per-example tensors.
+passes position ids ``[1, S]`` for the whole batch) is the input of every row of the call
+(K5): the hook expands the input and the layer's output along the first dimension (views,
+no copy) to the call's own rows ``R``, so statistics and output gradients are per row.
+``R`` is the first dimension of the innermost active ``kfacel.positions`` mask of shape
+``[R, S]`` with ``R`` a multiple of ``N`` (an encoder run on the ``N·C`` candidate names of
+``N`` queries marks ``[N·C, S]``), and ``N`` when no such mask is active. The model sees
+the expanded output, which broadcasts like the original against per-row tensors.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from kfacel.curvature.layers import (
     positions_shape,
     statistic_signature,
 )
-from kfacel.positions import matching_mask
+from kfacel.positions import active_masks, matching_mask
 
 
 @dataclass
@@ -110,16 +113,31 @@ class _Tap(torch.autograd.Function):
 def _expand_batch_shared(
     kind: LayerKind, module: nn.Module, x: Tensor, output: Tensor, n: int
 ) -> tuple[Tensor, Tensor]:
-    """Input and output of a call, expanded to ``n`` examples when shared by the batch.
+    """Input and output of a call, expanded to the call's rows when shared by the batch.
 
-    A first position dimension of 1 with ``n > 1`` examples is one input for every
-    example (position ids ``[1, S]``): both are expanded along the first dimension.
+    A first position dimension of 1 with ``n > 1`` examples is one input for every row
+    (position ids ``[1, S]``): both are expanded along the first dimension to the rows
+    of :func:`_shared_rows` (K5).
     """
     batched = x.ndim == 3 if kind is LayerKind.CONV1D else x.ndim >= 2
     if n == 1 or not batched or x.shape[0] != 1 or output.shape[0] != 1:
         return x, output
-    x = x.expand(n, *x.shape[1:])  # [N, ...], a view
-    return x, output.expand(n, *output.shape[1:])  # [N, ...]
+    rows = _shared_rows(positions_shape(kind, module, x), n)
+    x = x.expand(rows, *x.shape[1:])  # [R, ...], a view
+    return x, output.expand(rows, *output.shape[1:])  # [R, ...]
+
+
+def _shared_rows(shape: tuple[int, ...], n: int) -> int:
+    """Rows ``R`` a batch-shared call with positions ``[1, *rest]`` stands for.
+
+    The first dimension of the innermost active mask ``[R, *rest]`` whose ``R`` is a
+    multiple of the ``n`` examples; ``n`` when no active mask fits.
+    """
+    for mask in active_masks():
+        rows = int(mask.shape[0]) if mask.ndim == len(shape) else 0
+        if rows > 1 and rows % n == 0 and tuple(mask.shape[1:]) == shape[1:]:
+            return rows
+    return n
 
 
 class Capture:

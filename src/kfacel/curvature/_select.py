@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +36,13 @@ class Coverage:
 
 
 def coverage(model: nn.Module) -> Coverage:
-    """Sort every module that owns a trainable parameter."""
+    """Sort every module that owns a trainable parameter.
+
+    Raises:
+        ValueError: a trainable parameter is owned by several modules (tied weights,
+            e.g. a masked-LM decoder tied to the word embeddings), naming them.
+    """
+    _refuse_tied(model)
     kron: dict[str, tuple[nn.Module, LayerKind]] = {}
     diag: dict[str, tuple[nn.Module, LayerKind]] = {}
     unsupported: dict[str, str] = {}
@@ -56,6 +62,43 @@ def coverage(model: nn.Module) -> Coverage:
             unsupported[name or "<root>"] = unsupported_reason(module)
             bad_params += [f"{name}.{n}" if name else n for n, _ in own]
     return Coverage(kron, diag, unsupported, tuple(bad_params))
+
+
+def _refuse_tied(model: nn.Module) -> None:
+    """Refuse a trainable parameter that several modules own, naming each owner."""
+    owners: dict[int, dict[int, str]] = {}  # parameter -> owning module -> name
+    for name, module in model.named_modules():  # a module shared by names is one layer
+        for attr, p in module.named_parameters(recurse=False):
+            if p.requires_grad:
+                owners.setdefault(id(p), {})[id(module)] = param_name(name, attr)
+    tied = [sorted(names.values()) for names in owners.values() if len(names) > 1]
+    if tied:
+        listed = "; ".join(" = ".join(names) for names in tied)
+        raise ValueError(
+            f"tied weights: {listed} are one parameter used by several layers, which "
+            "K-FAC and the per-example diagonal treat as separate layers; untie them "
+            "(Hugging Face: config.tie_word_embeddings=False) or freeze the parameter "
+            "(requires_grad_(False))"
+        )
+
+
+def call_model(model: nn.Module, inputs: Any) -> Tensor:
+    """Logits of one batch: ``model(**inputs)`` for a mapping, else ``model(inputs)``.
+
+    A mapping batch is passed as keyword arguments, as Hugging Face models expect; an
+    output with ``.logits`` (a ``ModelOutput``) gives those logits.
+
+    Raises:
+        TypeError: the output is neither a tensor nor has tensor ``.logits``.
+    """
+    out = model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
+    logits = getattr(out, "logits", out)
+    if not isinstance(logits, Tensor):
+        raise TypeError(
+            f"the model returned {type(out).__name__}; curvature needs logits: a "
+            "tensor or an output with a .logits tensor"
+        )
+    return logits
 
 
 def param_name(module_name: str, attr: str) -> str:

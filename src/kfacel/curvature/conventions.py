@@ -3,8 +3,9 @@ r"""Notation, vec order and scaling of every curvature quantity in kfacel.
 This module holds no code. Each numbered equation is cited where it is implemented and
 pinned by a test: ``tests/curvature/test_conventions.py`` (vec order, folding, that every
 equation is cited), the estimator tests ``tests/curvature/test_kfac.py``,
-``tests/curvature/test_kfac_reduce.py`` and ``tests/curvature/test_diagonal.py`` (K1–K8
-against brute force) and ``tests/penalties/test_penalties.py`` (P1–P3).
+``tests/curvature/test_kfac_reduce.py``, ``tests/curvature/test_diagonal.py`` and
+``tests/curvature/test_token_outputs.py`` (K1–K9 against brute force) and
+``tests/penalties/test_penalties.py`` (P1–P3).
 
 Index legend
 ------------
@@ -40,11 +41,14 @@ candidates, ``R_n`` uses of a layer by example ``n``.
     ``A = 1/(Σ_n R_n) Σ_n Σ_r ā_{n,r} ā_{n,r}ᵀ`` and
     ``G = 1/N Σ_n E_y Σ_r g_{n,r} g_{n,r}ᵀ``, so that ``F_layer ≈ G ⊗ A``. For one example
     and one use (``N = R = 1``) this is exact: ``(g gᵀ) ⊗ (ā āᵀ) = vec(g āᵀ) vec(g āᵀ)ᵀ``.
-    Positions marked as padding (``kfacel.positions``) are not uses: they enter neither
+    Positions marked as padding (``kfacel.positions``; for a mapping batch also its
+    ``attention_mask [N, S]``, the Hugging Face name) are not uses: they enter neither
     sum nor count. An input whose first dimension is 1 while the batch has ``N > 1``
-    examples (position ids ``[1, S]``) is every example's input: it counts as ``N``
-    inputs, and each example's output gradient enters G (as if it had been expanded to
-    ``[N, S]``). Statistics are sums and counts, so K-FAC over several processes adds
+    examples (position ids ``[1, S]``) is the input of every row of the call: it counts
+    as ``R`` inputs, and each row's output gradient enters G (as if it had been
+    expanded to ``[R, S]``), with ``R`` the rows of the innermost active mask
+    ``[R, S]`` whose ``R`` is a multiple of N (``N·C`` candidate names of N queries),
+    else ``R = N``. Statistics are sums and counts, so K-FAC over several processes adds
     them with ``all_reduce`` before dividing and equals K-FAC over the pooled data.
 
 (K6) Embedding
@@ -70,6 +74,24 @@ candidates, ``R_n`` uses of a layer by example ``n``.
     ``N = 1`` ``G ⊗ A`` equals the Fisher block. Embeddings keep K5–K6 (their averaged
     one-hot inputs would make A a dense ``[V, V]`` matrix); reduce applies to Linear and
     Conv1d (on unfolded patches).
+
+(K9) Several loss terms per example (token outputs)
+    Logits ``[N, S, C]`` with labels ``[N, S]`` give example n the loss terms
+    ``ℓ_{n,s}(y) = -log softmax(f(x_n)_s)_y`` at its labelled positions
+    ``s ∈ T_n`` (a label of -100 is no term: padding, sub-word continuations, unmasked
+    tokens of a masked LM). The terms of one example are **summed**, examples are
+    **averaged**: ``ℓ_n = Σ_{s∈T_n} ℓ_{n,s}`` (the log-likelihood of the example's
+    labels, independent given x_n) and ``F = 1/N Σ_n E_{y_n}[∇ℓ_n ∇ℓ_nᵀ]``, with N
+    counting every example of the batches (also one without a term). K2–K8 apply with
+    ``g_{n,r} = ∂ℓ_n/∂z_{n,r}`` of this ℓ_n. ``empirical``: the gold labels of all
+    terms, one backward pass. ``sampled``: one label per term drawn from its own
+    softmax, one backward pass (its cross terms vanish in expectation, so it is unbiased
+    for the exact Fisher). ``exact``: ``E_{y_n}[∇ℓ_n ∇ℓ_nᵀ] = Σ_{s∈T_n} Σ_c p_{n,s}(c)
+    ∇ℓ_{n,s}(c) ∇ℓ_{n,s}(c)ᵀ`` (cross terms have zero mean), one backward pass per
+    term position and class. For one term per example (``[N, C]`` logits, ``|T_n| =
+    1``) this is K3–K4 unchanged. The Hugging Face training loss is the mean over the
+    batch's terms, so ``½ΔᵀFΔ`` predicts the rise of the summed loss per example, that
+    is of the per-term loss times the mean number of terms per example.
 
 (P1) Penalty
     ``R(θ) = ½ Σ_t λ_t (θ − θ*_t)ᵀ (F_t + δ I) (θ − θ*_t)``: one term per finished task t

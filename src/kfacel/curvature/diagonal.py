@@ -36,9 +36,12 @@ def estimate_diagonal(
     """Diagonal Fisher ``F_jj = 1/N Σ_n E_y[(∇_n θ)_j²]`` of every trainable parameter (K7).
 
     Args:
-        model: ``model(inputs)`` returns logits ``[N, C]``; its trainable parameters must
-            sit in Linear, Conv1d, Embedding or LayerNorm modules.
-        batches: yields ``(inputs, labels)``.
+        model: ``model(inputs)`` (``model(**inputs)`` for a mapping) returns logits
+            ``[N, C]`` or ``[N, S, C]``, or an output with ``.logits``; its trainable
+            parameters must sit in Linear, Conv1d, Embedding or LayerNorm modules, each
+            owned by one module (tied weights are refused).
+        batches: yields ``(inputs, labels)``, labels ``[N]`` or ``[N, S]`` with
+            ``-100`` where there is no loss term (K9).
         kind: labels of the per-example gradients (K4).
         generator: randomness for ``sampled``.
         progress: show a progress bar.

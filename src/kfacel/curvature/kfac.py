@@ -48,9 +48,13 @@ def estimate_kfac(
     """Kronecker-factored Fisher ``F_layer ≈ G ⊗ A`` of every covered layer, (K5)/(K8).
 
     Args:
-        model: ``model(inputs)`` returns logits ``[N, C]``; Linear, Conv1d (plain) and
-            Embedding layers get factors, called any number of times per forward.
-        batches: yields ``(inputs, labels)`` with ``labels: [N]`` gold indices.
+        model: ``model(inputs)`` (``model(**inputs)`` for a mapping) returns logits
+            ``[N, C]`` or ``[N, S, C]``, or an output with ``.logits`` (a Hugging Face
+            ``ModelOutput``); Linear, Conv1d (plain) and Embedding layers get factors,
+            called any number of times per forward. A mapping's ``attention_mask``
+            marks padding (K5); tied weights are refused.
+        batches: yields ``(inputs, labels)`` with ``labels: [N]`` or ``[N, S]`` gold
+            indices, ``-100`` where there is no loss term (K9).
         kind: labels of the per-example gradients (K4).
         generator: randomness for ``sampled``.
         uncovered: ``"ignore"`` (the paper) lists parameters no factor covers;
