@@ -41,6 +41,16 @@ ALLOWED: dict[str, set[str]] = {
         "data",
         "training",
     },
+    "hf": {
+        "types",
+        "positions",
+        "_progress",
+        "_io",
+        "curvature",
+        "penalties",
+        "consolidation",
+        "training",
+    },
     "cli": {
         "types",
         "positions",

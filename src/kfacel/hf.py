@@ -1,0 +1,403 @@
+"""KFC for stock Hugging Face models: consolidate through a collator, train with a Trainer.
+
+Needs the ``hf`` extra (``transformers`` with ``accelerate``; ``peft`` for LoRA). Importing
+``kfacel`` does not import this module; ``import kfacel.hf`` imports ``transformers``.
+
+- :func:`consolidate` runs the curvature estimators over a Trainer's kind of dataset (rows
+  are dicts with ``labels``) and its ``data_collator``, and returns a ``TaskState``:
+  the anchor and curvature of the **trainable** parameters only (with PEFT/LoRA the
+  adapters; the frozen base needs no state). Token-level labels ``[N, S]`` with ``-100``
+  follow eq. (K9) of ``kfacel.curvature.conventions``.
+- :class:`KFCTrainer` is a ``transformers.Trainer`` that adds the penalty of every state,
+  eq. (P1), with its closed-form gradient (P3) **once per optimizer step**: a step
+  pre-hook on the optimizer adds ``∂R/∂θ`` to the gradients after they are accumulated,
+  averaged over processes, unscaled and clipped (the task gradient alone is clipped),
+  so λ does not depend on gradient accumulation or on the number of processes. It logs
+  ``kfc_penalty`` (the mean of R over the steps since the last log) and each task's λ.
+- :func:`save_states` / :func:`load_states` keep the states in ``DIR/consolidation/``
+  beside ``save_pretrained`` output, checked by name, shape and value when loaded.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import Trainer
+
+from kfacel.consolidation import (
+    METHODS,
+    TaskState,
+    build_penalty,
+    check_state,
+    load_state,
+    save_state,
+    state_dir,
+)
+from kfacel.curvature import (
+    DiagonalFisher,
+    KFACFisher,
+    estimate_diagonal,
+    estimate_kfac,
+)
+from kfacel.curvature.targets import IGNORE
+from kfacel.penalties import Penalty, snapshot
+from kfacel.training.budget import TASK_EXAMPLES, BudgetPenalty, budget_penalty
+
+__all__ = ["KFCTrainer", "consolidate", "load_states", "save_states"]
+
+log = logging.getLogger(__name__)
+
+LOSS_TERMS = "loss_terms"
+"""Key of a state's ``meta``: the labelled terms (labels other than -100) seen (K9)."""
+
+
+def consolidate(
+    model: nn.Module,
+    dataset: Iterable[dict[str, Any]],
+    *,
+    data_collator: Callable[[list[dict[str, Any]]], Any],
+    task: str,
+    method: str = "kfac",
+    fisher: str = "empirical",
+    batch_size: int = 16,
+    max_examples: int | None = None,
+    uncovered: str = "diagonal",
+    approx: str = "expand",
+    columns: Sequence[str] | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> TaskState:
+    """Anchor and curvature of ``model``'s trainable parameters on one finished task.
+
+    Args:
+        model: a stock ``transformers`` model (or a PEFT model) that returns ``.logits``
+            ``[N, C]`` or ``[N, S, C]`` for keyword inputs.
+        dataset: rows (dicts with ``labels``), as given to ``Trainer(train_dataset=...)``.
+        data_collator: turns a list of rows into a batch mapping with ``labels``.
+        task: the task's name (kept in the state).
+        method: ``kfac`` (K-FAC, eq. K5), ``ewc`` (diagonal, K7) or ``l2`` (no curvature).
+        fisher: ``empirical``, ``sampled`` or ``exact`` (K4, K9).
+        batch_size: rows per collated batch.
+        max_examples: use only the first rows.
+        uncovered: K-FAC only: ``diagonal`` gives LayerNorms a diagonal Fisher (the
+            default: an ignored LayerNorm is a free route for the new task); ``ignore``.
+        approx: K-FAC only: ``expand`` (K5) or ``reduce`` (K8).
+        columns: row keys passed to the model (default: the arguments its ``forward``
+            names, plus ``labels``; other keys, e.g. raw strings, are dropped).
+        seed: randomness of ``sampled``.
+        progress: show a progress bar.
+
+    Returns:
+        A ``TaskState`` whose ``meta`` records the example count (``task_examples``,
+        for ``--lam bayes``) and the labelled terms (``loss_terms``).
+
+    Raises:
+        ValueError: an unknown method, no trainable parameter, no row, or a batch
+            without ``labels``; the estimators' errors (tied weights, unsupported layers).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    anchor = {k: v.cpu() for k, v in snapshot(model).items()}
+    if not anchor:
+        raise ValueError("the model has no trainable parameter to consolidate")
+    keep = set(columns) if columns is not None else _forward_names(model)
+    batches = _LabelledBatches(dataset, data_collator, batch_size, max_examples, keep)
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    curvature: Any = None
+    if method == "kfac":
+        curvature = estimate_kfac(
+            model,
+            batches,
+            kind=fisher,
+            generator=generator,
+            uncovered=uncovered,  # type: ignore[arg-type]
+            approx=approx,
+            progress=progress,
+        )
+    elif method == "ewc":
+        curvature = estimate_diagonal(
+            model, batches, kind=fisher, generator=generator, progress=progress
+        )
+    else:
+        for _ in batches:  # count the examples for the meta
+            pass
+    if batches.examples == 0:
+        raise ValueError("consolidate saw no row: the dataset is empty")
+    meta = {TASK_EXAMPLES: batches.examples, LOSS_TERMS: batches.terms, "seed": seed}
+    return TaskState(task, method, anchor, _to_cpu(curvature), meta)
+
+
+class _LabelledBatches:
+    """Re-iterable ``(inputs, labels)`` pairs from rows and a collator; counts them."""
+
+    def __init__(
+        self,
+        rows: Iterable[dict[str, Any]],
+        collate: Callable[[list[dict[str, Any]]], Any],
+        batch_size: int,
+        limit: int | None,
+        keep: set[str] | None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.rows, self.collate, self.batch_size = rows, collate, batch_size
+        self.limit, self.keep = limit, keep
+        self.examples = self.terms = 0
+
+    def __iter__(self) -> Iterator[tuple[dict[str, Any], Tensor]]:
+        self.examples = self.terms = 0
+        rows: Iterable[dict[str, Any]] = _rows(self.rows)
+        if self.limit is not None:
+            rows = itertools.islice(rows, self.limit)
+        it = iter(rows)
+        while chunk := list(itertools.islice(it, self.batch_size)):
+            if self.keep is not None:
+                chunk = [{k: v for k, v in r.items() if k in self.keep} for r in chunk]
+            batch = dict(self.collate(chunk))
+            labels = batch.pop("labels", None)
+            if not isinstance(labels, Tensor):
+                raise ValueError("the collated batch has no 'labels' tensor")
+            self.examples += int(labels.shape[0])
+            self.terms += int((labels != IGNORE).sum())
+            yield batch, labels
+
+
+def _rows(dataset: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Rows of a map-style dataset (``len`` and indexing) or of any iterable."""
+    if isinstance(dataset, Sized) and hasattr(dataset, "__getitem__"):
+        indexed: Any = dataset
+        for i in range(len(dataset)):
+            yield indexed[i]
+    else:
+        yield from dataset
+
+
+def _forward_names(model: nn.Module) -> set[str] | None:
+    """Keyword arguments the model's ``forward`` names (PEFT: its base model's)."""
+    get_base = getattr(model, "get_base_model", None)
+    base: Any = get_base() if callable(get_base) else model
+    params = inspect.signature(base.forward).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None  # takes anything: keep every column
+    return {p.name for p in params} | {"labels"}
+
+
+def _to_cpu(curvature: Any) -> Any:
+    """A curvature value with every tensor on the CPU (states are saved from there)."""
+    return _curvature_to(curvature, torch.device("cpu"))
+
+
+def _curvature_to(curvature: Any, device: torch.device) -> Any:
+    """A K-FAC or diagonal Fisher with every tensor on ``device``."""
+    if isinstance(curvature, DiagonalFisher):
+        diagonal = {k: v.to(device) for k, v in curvature.items()}
+        return replace(curvature, diagonal=diagonal)
+    if isinstance(curvature, KFACFisher):
+        factors = {
+            k: replace(f, A=f.A.to(device), G=f.G.to(device), support=None)
+            for k, f in curvature.items()
+        }
+        diagonal = {k: v.to(device) for k, v in curvature.diagonal.items()}
+        return replace(curvature, factors=factors, diagonal=diagonal)
+    return curvature
+
+
+def _state_to(state: TaskState, device: torch.device) -> TaskState:
+    """``state`` with its anchor and curvature on ``device`` (where the model trains)."""
+    anchor = {k: v.to(device) for k, v in state.anchor.items()}
+    return replace(
+        state, anchor=anchor, curvature=_curvature_to(state.curvature, device)
+    )
+
+
+class KFCTrainer(Trainer):
+    """A ``transformers.Trainer`` that adds the KFC / EWC / L2 penalty of finished tasks.
+
+    Every optimizer step adds ``∂R/∂θ`` of ``R(θ) = ½ Σ_t λ_t (θ − θ*_t)ᵀ (F_t + δI)
+    (θ − θ*_t)``, eq. (P1), to the gradients in closed form (P3), once, right before the
+    optimizer updates: after gradient accumulation, the average over processes, loss
+    unscaling and clipping. So the penalty's weight in the update is λ whatever
+    ``gradient_accumulation_steps`` and world size are; the penalty is never added to a
+    micro-batch loss (which the Trainer would rescale). With ``states=[]`` it is a plain
+    Trainer.
+
+    Args:
+        states: consolidated tasks (:func:`consolidate` or :func:`load_states`); each
+            uses its own method (``kfac``, ``ewc`` or ``l2``).
+        lam: λ for every state, or one per state (fixed strengths).
+        budget: a forgetting budget ε (nats per example) for every state or one per
+            state, kept by dual ascent on λ_t (``kfacel.training.budget``); kfac/ewc only.
+        damping: δ of eq. (P1).
+        budget_rate: the dual step size of a budget.
+        **kwargs: passed to ``transformers.Trainer``.
+
+    Raises:
+        ValueError: states without exactly one of ``lam`` and ``budget``, a count of λ or
+            ε that differs from the states, or a state that does not match the model.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        states: Sequence[TaskState] = (),
+        lam: float | Sequence[float] | None = None,
+        budget: float | Sequence[float] | None = None,
+        damping: float = 0.0,
+        budget_rate: float = 0.01,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if self.model is None:
+            raise ValueError("KFCTrainer needs model=")
+        self.kfc_model: nn.Module = self.model
+        device = next(self.kfc_model.parameters()).device
+        for state in states:
+            check_state(state, self.kfc_model, where=f"KFCTrainer state {state.task!r}")
+        self.kfc_states = tuple(_state_to(s, device) for s in states)
+        self.kfc_penalties = _penalties(
+            self.kfc_states, lam, budget, damping, budget_rate
+        )
+        self._kfc_hooked: Any = None
+        self._kfc_handle: Any = None
+        self._kfc_sum, self._kfc_steps = 0.0, 0
+
+    def training_step(
+        self, model: nn.Module, inputs: Any, *args: Any, **kw: Any
+    ) -> Tensor:
+        """The Trainer's step; makes sure the penalty hook sits on this optimizer."""
+        self._hook_optimizer()
+        return super().training_step(model, inputs, *args, **kw)  # type: ignore[no-any-return]
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        """``Trainer.train``; the optimizer hook is removed when it returns."""
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            if self._kfc_handle is not None:
+                self._kfc_handle.remove()
+            self._kfc_hooked = self._kfc_handle = None
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        """Add ``kfc_penalty`` and λ per task to the training logs."""
+        if self.kfc_penalties and "loss" in logs and self._kfc_steps:
+            logs = {**logs, **self.kfc_status()}
+            self._kfc_sum, self._kfc_steps = 0.0, 0
+        super().log(logs, *args, **kwargs)
+
+    def kfc_status(self) -> dict[str, float]:
+        """The mean penalty since the last log and each task's current λ."""
+        out = {"kfc_penalty": self._kfc_sum / max(self._kfc_steps, 1)}
+        for penalty, states in self.kfc_penalties:
+            if isinstance(penalty, BudgetPenalty):
+                for task, st in penalty.status().items():
+                    out[f"kfc_lam/{task}"] = st["lam"]
+                    out[f"kfc_rise/{task}"] = st["predicted_rise"]
+            else:
+                for state, lam in zip(states, _lams_of(penalty), strict=True):
+                    out[f"kfc_lam/{state.task}"] = lam
+        return out
+
+    def _hook_optimizer(self) -> None:
+        """Register the penalty's step pre-hook on the innermost torch optimizer."""
+        if not self.kfc_penalties:
+            return
+        if getattr(self, "is_deepspeed_enabled", False):
+            raise ValueError(
+                "KFCTrainer does not support DeepSpeed (its own optimizer)"
+            )
+        raw: Any = self.optimizer
+        while isinstance(getattr(raw, "optimizer", None), torch.optim.Optimizer):
+            raw = raw.optimizer  # accelerate's AcceleratedOptimizer wraps the real one
+        if raw is self._kfc_hooked:
+            return
+        if self._kfc_handle is not None:
+            self._kfc_handle.remove()
+        self._kfc_handle = raw.register_step_pre_hook(self._add_penalty_grad)
+        self._kfc_hooked = raw
+
+    def _add_penalty_grad(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        """``.grad += ∂R/∂θ`` once per optimizer step, eq. (P3)."""
+        value = 0.0
+        for penalty, _ in self.kfc_penalties:
+            value += float(penalty.add_grad_(self.kfc_model))
+        self._kfc_sum += value
+        self._kfc_steps += 1
+
+
+def _penalties(
+    states: Sequence[TaskState],
+    lam: float | Sequence[float] | None,
+    budget: float | Sequence[float] | None,
+    damping: float,
+    rate: float,
+) -> list[tuple[Penalty, tuple[TaskState, ...]]]:
+    """One penalty per method over its states, with their λ (or budgets)."""
+    if not states:
+        return []
+    if (lam is None) == (budget is None):
+        raise ValueError("KFCTrainer with states needs exactly one of lam= and budget=")
+    values = _per_state(lam if budget is None else budget, len(states))
+    out: list[tuple[Penalty, tuple[TaskState, ...]]] = []
+    for method in dict.fromkeys(s.method for s in states):
+        idx = [i for i, s in enumerate(states) if s.method == method]
+        group = tuple(states[i] for i in idx)
+        vals = [values[i] for i in idx]
+        if budget is None:
+            out.append((build_penalty(method, group, vals, damping=damping), group))
+        else:
+            bp = budget_penalty(method, group, vals, damping=damping, rate=rate)
+            out.append((bp, group))
+    return out
+
+
+def _per_state(value: Any, n: int) -> list[float]:
+    """A number for each of ``n`` states from one number or a sequence of them."""
+    if isinstance(value, int | float):
+        return [float(value)] * n
+    values = [float(v) for v in value]
+    if len(values) != n:
+        raise ValueError(f"{n} states but {len(values)} λ / budget values")
+    return values
+
+
+def _lams_of(penalty: Any) -> list[float]:
+    """The λ of each term of a fixed-λ penalty (KFAC, EWC, L2)."""
+    terms = getattr(penalty, "terms", ())
+    return [float(t[-1]) for t in terms]
+
+
+def save_states(directory: Path | str, states: Sequence[TaskState]) -> Path:
+    """Write ``states`` in order to ``directory/consolidation/`` (beside ``save_pretrained``).
+
+    Raises:
+        ValueError: the directory already holds consolidation states (write all of them
+            at once, into a fresh model directory).
+    """
+    out = state_dir(directory)
+    if out.is_dir() and any(out.glob("*.json")):
+        raise ValueError(
+            f"{out} already holds consolidation states; save every state at once "
+            "into a fresh model directory"
+        )
+    for state in states:
+        save_state(directory, state)
+    return out
+
+
+def load_states(directory: Path | str, model: nn.Module) -> list[TaskState]:
+    """The states of ``directory``, each checked against ``model`` (names, shapes, values).
+
+    Raises:
+        ValueError: a state file is malformed, holds non-finite or negative curvature,
+            or does not match the model (named).
+    """
+    return list(load_state(directory, model))

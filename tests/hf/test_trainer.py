@@ -1,0 +1,172 @@
+"""KFCTrainer: the penalty once per optimizer step in closed form, whatever the accumulation.
+
+Compares one SGD step with and without the penalty against ``-lr · ∂R/∂θ`` from
+autograd, for gradient accumulation 1 and 4; stock sequence and token classifiers
+consolidate and train in seconds; states round-trip beside ``save_pretrained``.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from kfacel.consolidation import build_penalty
+
+pytest.importorskip("accelerate")
+transformers = pytest.importorskip("transformers")
+hf = pytest.importorskip("kfacel.hf")
+
+from tests.hf._tiny import bert_config, pad_collator, sequence_rows, token_rows  # noqa: E402
+
+LR = 0.5
+
+
+def _args(tmp_path, batch: int, accumulation: int, steps: int = 1):
+    return transformers.TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        max_steps=steps,
+        learning_rate=LR,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        max_grad_norm=0.0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+    )
+
+
+def _classifier(seed: int = 0):
+    torch.manual_seed(seed)
+    return transformers.BertForSequenceClassification(bert_config())
+
+
+def _perturbed_state(rows):
+    """A model, and a K-FAC state of a copy of it taken before a perturbation."""
+    model = _classifier()
+    state = hf.consolidate(
+        model, rows, data_collator=pad_collator, task="A", batch_size=4
+    )
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(1)
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return model, state
+
+
+def _one_step(tmp_path, model, rows, accumulation, states, lam=10.0):
+    trainer = hf.KFCTrainer(
+        model=model,
+        args=_args(tmp_path, 8 // accumulation, accumulation),
+        train_dataset=rows,
+        data_collator=pad_collator,
+        states=states,
+        lam=lam if states else None,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.train()
+    return trainer, {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("accumulation", [1, 4])
+def test_one_step_adds_minus_lr_times_the_penalty_gradient(tmp_path, accumulation):
+    rows = sequence_rows(8, seed=0)
+    model, state = _perturbed_state(rows)
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    penalty = build_penalty("kfac", [state], [10.0])
+    value = penalty(model)
+    expected = float(value.detach())
+    grads = dict(
+        zip(start, torch.autograd.grad(value, list(model.parameters())), strict=True)
+    )
+    trainer, with_kfc = _one_step(tmp_path, model, rows, accumulation, [state])
+    model.load_state_dict(start)
+    _, plain = _one_step(tmp_path, model, rows, accumulation, [])
+    for name, g in grads.items():
+        torch.testing.assert_close(
+            with_kfc[name] - plain[name], -LR * g, rtol=1e-4, atol=1e-6, msg=name
+        )
+    logged = [h for h in trainer.state.log_history if "kfc_penalty" in h]
+    assert len(logged) == 1
+    assert logged[0]["kfc_penalty"] == pytest.approx(expected, rel=1e-5)
+    assert logged[0]["kfc_lam/A"] == 10.0
+
+
+def test_no_states_is_a_plain_trainer(tmp_path):
+    rows = sequence_rows(8, seed=0)
+    model = _classifier()
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    _, kfc = _one_step(tmp_path, model, rows, 1, [])
+    model.load_state_dict(start)
+    trainer = transformers.Trainer(
+        model=model,
+        args=_args(tmp_path, 8, 1),
+        train_dataset=rows,
+        data_collator=pad_collator,
+    )
+    trainer.train()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(kfc[name], p.detach(), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="exactly one of lam= and budget="):
+        hf.KFCTrainer(
+            model=model, args=_args(tmp_path, 8, 1), states=[kfc_state(model)]
+        )
+
+
+def kfc_state(model):
+    return hf.consolidate(
+        model, sequence_rows(4, seed=3), data_collator=pad_collator, task="X"
+    )
+
+
+@pytest.mark.parametrize("head", ["sequence", "token"])
+def test_stock_classifiers_consolidate_and_train_with_a_budget(tmp_path, head):
+    """A: consolidate (K-FAC, LayerNorm diagonal); B: train under a forgetting budget."""
+    if head == "sequence":
+        model, rows_of = _classifier(), sequence_rows
+    else:
+        torch.manual_seed(0)
+        model = transformers.BertForTokenClassification(bert_config())
+        rows_of = token_rows
+    task_a, task_b = rows_of(16, seed=0), rows_of(16, seed=1, offset=19)
+    state = hf.consolidate(model, task_a, data_collator=pad_collator, task="A")
+    covered = set(state.curvature.param_names()) | set(state.curvature.diagonal)
+    assert covered == set(state.anchor)  # every trainable parameter has curvature
+    assert state.meta["task_examples"] == 16
+    trainer = hf.KFCTrainer(
+        model=model,
+        args=_args(tmp_path, 8, 1, steps=4),
+        train_dataset=task_b,
+        data_collator=pad_collator,
+        states=[state],
+        budget=1e-3,
+    )
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "kfc_penalty" in h]
+    assert len(logs) == 4
+    assert logs[-1]["kfc_lam/A"] > 0  # the budget was exceeded, so λ rose
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_states_round_trip_beside_save_pretrained(tmp_path):
+    model = _classifier()
+    state = kfc_state(model)
+    model.save_pretrained(tmp_path)
+    hf.save_states(tmp_path, [state])
+    again = transformers.BertForSequenceClassification.from_pretrained(tmp_path)
+    (loaded,) = hf.load_states(tmp_path, again)
+    assert loaded.task == "X"
+    assert set(loaded.anchor) == set(state.anchor)
+    with pytest.raises(ValueError, match="already holds consolidation states"):
+        hf.save_states(tmp_path, [state])
+    other = transformers.BertForSequenceClassification(bert_config(num_labels=4))
+    with pytest.raises(ValueError, match="does not match the model"):
+        hf.load_states(tmp_path, other)
