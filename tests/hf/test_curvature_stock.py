@@ -16,6 +16,8 @@ from tests.oracles import TOL64, fisher_diagonal, kfac_factors, per_example_grad
 
 transformers = pytest.importorskip("transformers")
 
+pytestmark = pytest.mark.hf
+
 LAYERS = [
     "bert.embeddings.word_embeddings",
     "bert.embeddings.position_embeddings",

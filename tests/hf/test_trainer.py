@@ -20,6 +20,8 @@ hf = pytest.importorskip("kfacel.hf")
 
 from tests.hf._tiny import bert_config, pad_collator, sequence_rows, token_rows  # noqa: E402
 
+pytestmark = pytest.mark.hf
+
 LR = 0.5
 
 
