@@ -1,0 +1,160 @@
+"""KFC on a stock Hugging Face classifier: full fine-tuning vs LoRA, state size and cost.
+
+For ``BertForSequenceClassification`` (random weights, built in code) trained in full and
+with LoRA adapters (peft, rank r on query and value), measures:
+
+- trained parameters' bytes and the K-FAC consolidation state's bytes (anchor + factors,
+  LayerNorm diagonals; symmetric factors stored as one triangle, as on disk);
+- ``kfacel.hf.consolidate`` time over N examples, as a ratio to one training step;
+- one training step (forward, backward, AdamW) with and without the KFC penalty's
+  closed-form gradient (``penalty.add_grad_``) and the penalty's share of the step.
+
+Times are the minimum over ``--repeats`` runs; nothing is asserted. Writes JSON with the
+environment.
+
+    python benchmarks/bench_hf_lora.py --small          # a minute on 2 cores
+    python benchmarks/bench_hf_lora.py --out bench_hf_lora.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from typing import Any
+
+import peft
+import torch
+import transformers
+
+from kfacel.consolidation import build_penalty
+from kfacel.hf import consolidate
+
+
+def _config(small: bool) -> transformers.BertConfig:
+    hidden = 128 if small else 384
+    return transformers.BertConfig(
+        vocab_size=5000,
+        hidden_size=hidden,
+        num_hidden_layers=2 if small else 3,
+        num_attention_heads=4,
+        intermediate_size=4 * hidden,
+        max_position_embeddings=128,
+        num_labels=5,
+    )
+
+
+def _rows(n: int, length: int) -> list[dict[str, Any]]:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 5000, (n, length), generator=g)
+    return [
+        {
+            "input_ids": r,
+            "attention_mask": torch.ones(length, dtype=torch.long),
+            "labels": int(r[0]) % 5,
+        }
+        for r in ids
+    ]
+
+
+def _collate(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    return {
+        "input_ids": torch.stack([r["input_ids"] for r in rows]),
+        "attention_mask": torch.stack([r["attention_mask"] for r in rows]),
+        "labels": torch.tensor([r["labels"] for r in rows]),
+    }
+
+
+def _best(fn: Any, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def _measure(model: torch.nn.Module, rows: list, batch: dict, repeats: int) -> dict:
+    trained = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trained, lr=1e-5)
+    t0 = time.perf_counter()
+    state = consolidate(model, rows, data_collator=_collate, task="A", batch_size=16)
+    consolidate_s = time.perf_counter() - t0
+    penalty = build_penalty("kfac", [state], [1.0])
+
+    def step(with_penalty: bool) -> None:
+        opt.zero_grad(set_to_none=True)
+        model(**batch).loss.backward()
+        if with_penalty:
+            penalty.add_grad_(model)
+        opt.step()
+
+    plain = _best(lambda: step(False), repeats)
+    kfc = _best(lambda: step(True), repeats)
+    add_grad = _best(lambda: penalty.add_grad_(model), repeats)
+    trained_bytes = sum(p.numel() * p.element_size() for p in trained)
+    return {
+        "trained_params": sum(p.numel() for p in trained),
+        "trained_bytes": trained_bytes,
+        "state_bytes": state.nbytes(),
+        "state_over_trained": state.nbytes() / trained_bytes,
+        "kfac_layers": len(state.curvature),
+        "consolidate_s": consolidate_s,
+        "step_s": plain,
+        "step_with_penalty_s": kfc,
+        "penalty_add_grad_s": add_grad,
+        "penalty_share_of_step": add_grad / plain,
+        "consolidate_over_step": consolidate_s / plain,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", action="store_true")
+    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    n, length = (64, 32) if args.small else (256, 64)
+    rows = _rows(n, length)
+    batch = _collate(rows[:16])
+    results = {}
+    torch.manual_seed(0)
+    full = transformers.BertForSequenceClassification(_config(args.small))
+    results["full"] = _measure(full, rows, batch, args.repeats)
+    torch.manual_seed(0)
+    base = transformers.BertForSequenceClassification(_config(args.small))
+    lora_cfg = peft.LoraConfig(
+        r=args.rank, lora_alpha=2 * args.rank, target_modules=["query", "value"]
+    )
+    results["lora"] = _measure(
+        peft.get_peft_model(base, lora_cfg), rows, batch, args.repeats
+    )
+    for name, r in results.items():
+        print(
+            f"{name:5s} trained {r['trained_bytes'] / 1e6:7.2f} MB  state "
+            f"{r['state_bytes'] / 1e6:7.2f} MB ({r['state_over_trained']:.2f}x)  "
+            f"step {r['step_s'] * 1e3:7.1f} ms  +penalty {r['step_with_penalty_s'] * 1e3:7.1f} ms "
+            f"(add_grad {100 * r['penalty_share_of_step']:.1f}% of a step)  "
+            f"consolidate {r['consolidate_s']:.2f} s ({r['consolidate_over_step']:.1f} steps)"
+        )
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "threads": torch.get_num_threads(),
+        "small": args.small,
+        "examples": n,
+        "length": length,
+        "rank": args.rank,
+    }
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump({"env": env, "results": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
