@@ -33,7 +33,8 @@ def test_lora_state_covers_only_the_adapters_and_training_moves_only_them(tmp_pa
     )
     assert set(state.anchor) == trainable
     layers = set(state.curvature)
-    assert layers and all("lora_A" in n or "lora_B" in n for n in layers)
+    assert layers
+    assert all("lora_A" in n or "lora_B" in n for n in layers)
     frozen = {
         n: p.detach().clone()
         for n, p in model.named_parameters()
