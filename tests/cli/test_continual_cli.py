@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from tests.training.test_continual import TASK_A, TASK_B, code_task
 
 from kfacel.cli import main
@@ -34,14 +33,6 @@ def tasks(tmp_path_factory):
         }
         write_task(root / name, splits, {"name": name})
     return root
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_workflow_carries_states_forward(tasks, tmp_path, capsys) -> None:

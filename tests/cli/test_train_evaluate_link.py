@@ -4,7 +4,6 @@ import json
 import random
 
 import pytest
-import torch
 
 from kfacel.cli import main
 
@@ -62,14 +61,6 @@ def task_dir(tmp_path_factory):
     )  # fmt: skip
     assert code == 0
     return out, dictionary
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,6 @@ import random
 from pathlib import Path
 
 import pytest
-import torch
 from tests.training.test_continual import TASK_A, TASK_B, code_task
 
 from kfacel import _io
@@ -23,14 +22,6 @@ from kfacel.data.tasks import write_task
 
 CNN = ["--model", "cnn", "--hidden", "8", "--no-types", "--no-features"]
 FAST = ["--epochs", "1", "--max-length", "12"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -37,14 +37,6 @@ def trained(tmp_path_factory):
     return tasks, model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("method", ["kfac", "ewc", "l2"])
 def test_transformer_consolidates_and_trains_on(trained, tmp_path, capsys, method):
     tasks, v1 = trained

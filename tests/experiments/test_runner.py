@@ -17,14 +17,6 @@ from kfacel.experiments.runner import run_experiment
 from kfacel.types import NonFiniteCurvatureError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def paths(tmp_path_factory):
     return write_tasks(tmp_path_factory.mktemp("tasks"))

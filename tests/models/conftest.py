@@ -1,7 +1,6 @@
 """Fixtures of the model tests: tokenizer, synthetic batches, one CPU thread."""
 
 import pytest
-import torch
 from tests._synth import synthetic_examples
 
 from kfacel.data.collate import Collator, make_batches
@@ -19,12 +18,3 @@ def synthetic_batches(tokenizer):
     train = make_batches(synthetic_examples(256, seed=0), collator, batch_size=16)
     dev = make_batches(synthetic_examples(128, seed=1), collator, batch_size=64)
     return train, dev
-
-
-@pytest.fixture
-def one_thread():
-    """Tiny models run fastest on one thread, above all on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
