@@ -284,12 +284,12 @@ def _rows_batch(padded: bool) -> dict[str, torch.Tensor]:
 
 def _tagger_batch(padded: bool) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(6)
-    mask = torch.ones(4, 5, dtype=torch.long)
+    mask = torch.ones(3, 4, dtype=torch.long)
     if padded:
-        mask[1, 3:] = 0
-        mask[3, 4:] = 0
+        mask[1, 2:] = 0
+        mask[2, 3:] = 0
     return {
-        "input_ids": torch.randint(0, 7, (4, 5), generator=g),
+        "input_ids": torch.randint(0, 7, (3, 4), generator=g),
         "attention_mask": mask,
     }
 
