@@ -37,10 +37,10 @@ from kfacel.penalties import (
     NoPenalty,
     Penalty,
 )
-from kfacel.types import FisherKind, KFACApprox, ParamDict
+from kfacel.types import ConsolidationMethod, FisherKind, KFACApprox, ParamDict
 
 FORMAT = 1
-METHODS = ("kfac", "ewc", "l2")
+METHODS = tuple(m.value for m in ConsolidationMethod)
 Curvature = KFACFisher | DiagonalFisher | None
 PSD_RTOL = 1e-6
 """Least relative tolerance of the PSD check (raised to ``n · eps`` of the dtype)."""

@@ -31,6 +31,30 @@ class FisherKind(StrEnum):
     """Every label, weighted by its probability under the model (true Fisher)."""
 
 
+class ConsolidationMethod(StrEnum):
+    """What a finished task leaves behind, and so which penalty can read it."""
+
+    KFAC = "kfac"
+    """Anchor and Kronecker-factored Fisher: the KFC penalty."""
+    EWC = "ewc"
+    """Anchor and diagonal Fisher: diagonal EWC."""
+    L2 = "l2"
+    """Anchor only: L2 to the old weights."""
+
+
+class PenaltyKind(StrEnum):
+    """The penalty an update trains with: none, or one per consolidation method."""
+
+    NONE = "none"
+    L2 = "l2"
+    EWC = "ewc"
+    KFAC = "kfac"
+
+
+FISHER_PENALTIES = (PenaltyKind.EWC, PenaltyKind.KFAC)
+"""Penalties with a Fisher, so with a predicted loss rise (and a forgetting budget)."""
+
+
 class KFACApprox(StrEnum):
     """How K-FAC treats the uses of a layer within one example (conventions K5, K8)."""
 

@@ -291,7 +291,11 @@ def test_budget_bayes_and_tolerance_choose_lambda_without_old_data(
         (["--budget", "Z=0.1"], "budget given for ['Z']"),
         (["--budget", "0.1", "--lam", "1"], "one of λ, bayes or a budget"),
         (["--tolerance", "1", "--lam", "1"], "--tolerance chooses λ itself"),
+        (["--lam", "1e300"], "--lam must be a λ in [0, 1e+15]"),
     ):
         assert main([*base, *bad, "--out", str(tmp_path / "x")]) == 2
         assert named in capsys.readouterr().err
         assert not (tmp_path / "x").exists()
+    with pytest.raises(SystemExit, match="2"):  # argparse refuses it while parsing
+        main([*base, "--lam", "inf", "--out", str(tmp_path / "x")])
+    assert "argument --lam: must be a finite number" in capsys.readouterr().err

@@ -266,6 +266,7 @@ def test_fine_grid_config_differs_from_paper_cnn_small_in_grid_and_methods() -> 
     ("key", "value", "match"),
     [
         ("lam_grid", [float("inf")], "lam_grid: values must be positive and finite"),
+        ("lam_grid", [1e300], "lam_grid: values must be positive and finite"),
         ("lam_grid", [], "lam_grid: tiers 2 and 3 need at least one λ"),
         ("methods", [], "methods: give at least one method"),
         ("train", {"epochs": 0}, r"train\.epochs must be"),

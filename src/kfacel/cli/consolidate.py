@@ -9,7 +9,7 @@ import time
 
 from kfacel.cli import UserError
 from kfacel.cli._args import device, nonnegative_int, positive_int
-from kfacel.consolidation import load_state, save_state
+from kfacel.consolidation import METHODS, load_state, save_state
 from kfacel.data.tasks import load_task
 from kfacel.training.continual import consolidate_task
 from kfacel.training.pipeline import load_linker
@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--task", required=True, help="task directory (its train split is read)"
     )
-    p.add_argument("--method", choices=("kfac", "ewc", "l2"), default="kfac")
+    p.add_argument("--method", choices=METHODS, default="kfac")
     p.add_argument(
         "--fisher", choices=("empirical", "sampled", "exact"), default="empirical"
     )

@@ -30,6 +30,7 @@ from kfacel.training.pipeline import (
 )
 from kfacel.training.trainer import OPTIMIZERS, Replay, TrainSettings
 from kfacel.training.update import (
+    PENALTIES,
     Protection,
     update_linker,
     update_within_tolerance,
@@ -118,7 +119,7 @@ def _add_continual_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--init", help="model directory to continue from (its consolidated tasks)"
     )
-    g.add_argument("--penalty", choices=("none", "l2", "ewc", "kfac"), default="none")
+    g.add_argument("--penalty", choices=PENALTIES, default="none")
     g.add_argument(
         "--lam",
         type=_lam,

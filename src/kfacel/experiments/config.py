@@ -48,14 +48,6 @@ class Method(StrEnum):
     EWC_BUDGET = "ewc-budget"  # diagonal EWC with a forgetting budget ε
 
 
-class CurvatureMethod(StrEnum):
-    """Consolidation state a finished task leaves behind."""
-
-    KFAC = "kfac"
-    EWC = "ewc"
-    L2 = "l2"
-
-
 class Uncovered(StrEnum):
     """What K-FAC does with parameters outside its layers (LayerNorm)."""
 
@@ -162,9 +154,10 @@ class ExperimentConfig:
             raise ConfigError(
                 "pairs: tier 3 needs every ordered pair; use tiers = [1, 2]"
             )
-        if any(not (math.isfinite(lam) and lam > 0) for lam in self.lam_grid):
+        if any(not (math.isfinite(lam) and 0 < lam <= 1e15) for lam in self.lam_grid):
             raise ConfigError(
-                f"lam_grid: values must be positive and finite, got {self.lam_grid}"
+                f"lam_grid: values must be positive and finite (≤ 1e15), got "
+                f"{self.lam_grid}"
             )
         if not self.lam_grid and {2, 3} & set(self.tiers) and self._regularized():
             raise ConfigError("lam_grid: tiers 2 and 3 need at least one λ")

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from kfacel.consolidation import TaskState, build_penalty
 from kfacel.penalties.base import Penalty
+from kfacel.types import FISHER_PENALTIES
 
 TASK_EXAMPLES = "task_examples"
 """Key of a consolidation state's ``meta``: the old task's training-query count."""
@@ -174,7 +175,7 @@ def budget_penalty(
     rate: float = 0.01,
 ) -> BudgetPenalty:
     """A ``BudgetPenalty`` over ``states`` (``method`` ``kfac`` or ``ewc``)."""
-    if method not in ("kfac", "ewc"):
+    if method not in FISHER_PENALTIES:
         raise ValueError(
             f"a forgetting budget needs a Fisher: kfac or ewc, not {method!r}"
         )

@@ -25,9 +25,9 @@ from kfacel.data.tasks import Task
 from kfacel.penalties import snapshot
 from kfacel.training.budget import TASK_EXAMPLES
 from kfacel.training.pipeline import Linker
-from kfacel.types import Batch, FisherKind
+from kfacel.types import Batch, ConsolidationMethod, FisherKind
 
-METHODS = ("kfac", "ewc", "l2")
+METHODS = tuple(m.value for m in ConsolidationMethod)
 
 
 def consolidate_task(

@@ -24,8 +24,13 @@ from kfacel.training.budget import BudgetPenalty, bayes_lams, budget_penalty
 from kfacel.training.continual import discriminative_lr_groups
 from kfacel.training.pipeline import Linker, fit_task
 from kfacel.training.trainer import Replay, TrainLog, TrainSettings
+from kfacel.types import FISHER_PENALTIES, PenaltyKind
 
-PENALTIES = ("none", "l2", "ewc", "kfac")
+MAX_LAM = 1e15
+"""The largest λ accepted: the paper's grid ends at 1e9, and beyond this a float32
+penalty value or gradient overflows for any sizeable step (``--lam 1e300`` is a typo)."""
+
+PENALTIES = tuple(p.value for p in PenaltyKind)
 """Penalties an update can use: none, L2 to the anchor, diagonal EWC, KFC."""
 
 
@@ -68,9 +73,9 @@ class Protection:
                 f"penalty must be one of {PENALTIES}, got {self.penalty!r}"
             )
         for task, lam in [(None, self.lam), *self.lam_per_task.items()]:
-            if lam is not None and not (math.isfinite(lam) and lam >= 0):
+            if lam is not None and not (math.isfinite(lam) and 0 <= lam <= MAX_LAM):
                 name = "lam" if task is None else f"lam_per_task {task}="
-                raise ValueError(f"{name} must be a finite λ ≥ 0, got {lam}")
+                raise ValueError(f"{name} must be a λ in [0, {MAX_LAM:g}], got {lam}")
         for task, eps in [(None, self.budget), *self.budget_per_task.items()]:
             if eps is not None and not (math.isfinite(eps) and eps > 0):
                 name = "budget" if task is None else f"budget_per_task {task}="
@@ -82,7 +87,7 @@ class Protection:
         ]
         if sum(rules) > 1:
             raise ValueError("lam: give one of λ, bayes or a budget, not several")
-        if rules[2] and self.penalty not in ("kfac", "ewc"):
+        if rules[2] and self.penalty not in FISHER_PENALTIES:
             raise ValueError(
                 f"budget: a forgetting budget needs a Fisher (kfac or ewc), "
                 f"not penalty {self.penalty!r}"
