@@ -78,20 +78,17 @@ def run(args: argparse.Namespace) -> int:
     )
     path = save_state(args.model_dir, state)
     params = sum(p.numel() * p.element_size() for p in linker.model.parameters())
-    print(
-        json.dumps(
-            {
-                "task": task.name,
-                "method": args.method,
-                "fisher": args.fisher,
-                "approx": args.approx,
-                "examples": state.meta["examples_used"],
-                "state": str(path),
-                "state_bytes": state.nbytes(),
-                "param_bytes": params,
-                "seconds": round(time.perf_counter() - start, 2),
-                "tasks": [*done, task.name],
-            }
-        )
-    )
+    summary = {
+        "task": task.name,
+        "method": args.method,
+        "fisher": args.fisher,
+        "approx": args.approx,
+        "examples": state.meta["examples_used"],
+        "state": str(path),
+        "state_bytes": state.nbytes(),
+        "param_bytes": params,
+        "seconds": round(time.perf_counter() - start, 2),
+        "tasks": [*done, task.name],
+    }
+    print(json.dumps(summary))
     return 0

@@ -22,6 +22,7 @@ from kfacel.curvature._capture import LayerRecord
 from kfacel.curvature._loop import run_batches
 from kfacel.curvature._per_example import finish_diagonal
 from kfacel.curvature._select import (
+    Coverage,
     all_reduce_,
     coverage,
     model_dtype_device,
@@ -82,22 +83,7 @@ def estimate_kfac(
     warn_unsupported(cov, "estimate_kfac")
     if uncovered == "diagonal" and cov.unsupported:
         raise ValueError(f"no per-example gradients for {sorted(cov.unsupported)}")
-    records = {
-        name: LayerRecord(
-            name,
-            module,
-            lk,
-            factors=True,
-            per_example=False,
-            reduce=approx is KFACApprox.REDUCE and lk is not LayerKind.EMBEDDING,
-        )
-        for name, (module, lk) in cov.kronecker.items()
-    }
-    if uncovered == "diagonal":
-        records |= {
-            name: LayerRecord(name, module, lk, factors=False, per_example=True)
-            for name, (module, lk) in cov.diagonal_only.items()
-        }
+    records = _records(cov, approx, diagonal=uncovered == "diagonal")
     dtype, device = model_dtype_device(model)
     examples, diag_sums = run_batches(
         model,
@@ -110,7 +96,35 @@ def estimate_kfac(
         progress=progress,
         desc=f"K-FAC ({kind})",
     )
-    uncovered_names = (
+    uncovered_names = _uncovered_names(cov)
+    fisher = _finish(records, diag_sums, examples, kind, uncovered_names, dtype, device)
+    return replace(fisher, approx=approx)
+
+
+def _records(cov: Any, approx: KFACApprox, *, diagonal: bool) -> dict[str, LayerRecord]:
+    """One record per covered layer (K5 or K8), plus per-example ones for ``diagonal``."""
+    records = {
+        name: LayerRecord(
+            name,
+            module,
+            lk,
+            factors=True,
+            per_example=False,
+            reduce=approx is KFACApprox.REDUCE and lk is not LayerKind.EMBEDDING,
+        )
+        for name, (module, lk) in cov.kronecker.items()
+    }
+    if diagonal:
+        records |= {
+            name: LayerRecord(name, module, lk, factors=False, per_example=True)
+            for name, (module, lk) in cov.diagonal_only.items()
+        }
+    return records
+
+
+def _uncovered_names(cov: Coverage) -> tuple[str, ...]:
+    """Trainable parameters no Kronecker factor covers (diagonal-only and unsupported)."""
+    return (
         *[
             param_name(name, attr)
             for name, (module, _) in cov.diagonal_only.items()
@@ -119,8 +133,6 @@ def estimate_kfac(
         ],
         *cov.unsupported_params,
     )
-    fisher = _finish(records, diag_sums, examples, kind, uncovered_names, dtype, device)
-    return replace(fisher, approx=approx)
 
 
 def _finish(

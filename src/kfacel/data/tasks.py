@@ -180,24 +180,9 @@ def prepare_task(
                 f"task {name!r}: split {split!r} has no usable mention "
                 f"({len(splits[split])} read; skipped: {skips.counts})"
             )
-        candidates, retrieved, stats = make_candidates(
-            generator,
-            [m.surface for m in usable],
-            [m.concept_ids[0] for m in usable],
-            num_candidates=num_candidates,
-            seed=[seed, i],
-            synonyms=synonyms,
+        examples[split], stats = _queries(
+            usable, generator, num_candidates, [seed, i], synonyms, context_words
         )
-        golds = [
-            generator.concepts[generator.index_of(m.concept_ids[0]) or 0].id
-            for m in usable
-        ]
-        examples[split] = [
-            _example(m, cands, gold, found, context_words)
-            for m, cands, gold, found in zip(
-                usable, candidates, golds, retrieved, strict=True
-            )
-        ]
         info["counts"][split] = {
             "mentions": len(splits[split]),
             "queries": len(usable),
@@ -207,6 +192,35 @@ def prepare_task(
     info["skipped"] = skips.to_json()
     write_task(out_dir, examples, info)
     return info
+
+
+def _queries(
+    usable: Sequence[Mention],
+    generator: Any,
+    num_candidates: int,
+    seed: list[int],
+    synonyms: bool,
+    context_words: int,
+) -> tuple[list[LinkingExample], Any]:
+    """The queries of one split's usable mentions, and the generator's statistics."""
+    candidates, retrieved, stats = make_candidates(
+        generator,
+        [m.surface for m in usable],
+        [m.concept_ids[0] for m in usable],
+        num_candidates=num_candidates,
+        seed=seed,
+        synonyms=synonyms,
+    )
+    golds = [
+        generator.concepts[generator.index_of(m.concept_ids[0]) or 0].id for m in usable
+    ]
+    examples = [
+        _example(m, cands, gold, found, context_words)
+        for m, cands, gold, found in zip(
+            usable, candidates, golds, retrieved, strict=True
+        )
+    ]
+    return examples, stats
 
 
 def _usable(
