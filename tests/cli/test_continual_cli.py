@@ -10,6 +10,7 @@ from tests.training.test_continual import TASK_A, TASK_B, code_task
 from kfacel.cli import main
 from kfacel.consolidation import load_state
 from kfacel.data.tasks import write_task
+from kfacel.training.update import DEFAULT_BUDGET
 
 CNN = [
     "--model",
@@ -273,6 +274,10 @@ def test_budget_bayes_and_tolerance_choose_lambda_without_old_data(
     config = json.loads((tmp_path / "budget" / "config.json").read_text())
     assert config["continual"]["budget"] == {"A": 1e-7}
     assert config["continual"]["lam_final"]["A"] == status["lam"]
+
+    assert main([*base, "--out", str(tmp_path / "default")]) == 0  # no strength given
+    config = json.loads((tmp_path / "default" / "config.json").read_text())
+    assert config["continual"]["budget"] == {"A": DEFAULT_BUDGET}
 
     assert main([*base, "--lam", "bayes", "--out", str(tmp_path / "bayes")]) == 0
     config = json.loads((tmp_path / "bayes" / "config.json").read_text())

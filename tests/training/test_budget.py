@@ -137,3 +137,13 @@ def test_a_budget_for_a_task_that_is_not_consolidated_is_refused():
     p = Protection(penalty="ewc", budget_per_task={"Z": 0.1})
     with pytest.raises(ValueError, match=r"budget given for \['Z'\]"):
         p.make_penalty([toy_state("A")], 10)
+
+
+def test_a_fisher_penalty_without_a_strength_gets_the_default_budget():
+    from kfacel.training.update import DEFAULT_BUDGET
+
+    assert Protection(penalty="kfac").budget == DEFAULT_BUDGET
+    assert Protection(penalty="ewc").budgets(["A"]) == [DEFAULT_BUDGET]
+    assert Protection(penalty="kfac", lam=3.0).budget is None  # a λ given: no budget
+    with pytest.raises(ValueError, match="no λ for consolidated task"):
+        Protection(penalty="l2").lams(["A"])  # L2 has no Fisher: it needs a λ

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
+from kfacel.cli._args import finite_float
 from kfacel.experiments.quickstart import (
-    DEFAULT_LAMS,
     demo_tasks,
     format_table,
     run_quickstart,
@@ -26,8 +26,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", default="quickstart-output", help="report directory")
     p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--lam-ewc", type=float, default=DEFAULT_LAMS["ewc"])
-    p.add_argument("--lam-kfac", type=float, default=DEFAULT_LAMS["kfac"])
+    p.add_argument(
+        "--lam-ewc", type=finite_float, help="a fixed λ (default: the default budget)"
+    )
+    p.add_argument(
+        "--lam-kfac", type=finite_float, help="a fixed λ (default: the default budget)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     p.set_defaults(handler=run)
@@ -42,7 +46,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"demo tasks: {', '.join(f'{t.name} ({len(t.train)} train)' for t in tasks)}")
     result = run_quickstart(
         tasks,
-        lams={"ewc": args.lam_ewc, "kfac": args.lam_kfac},
+        lams={
+            m: lam
+            for m, lam in (("ewc", args.lam_ewc), ("kfac", args.lam_kfac))
+            if lam is not None
+        },
         epochs=args.epochs,
         seed=args.seed,
         progress=sys.stderr.isatty(),

@@ -32,7 +32,6 @@ from kfacel.training.trainer import TrainSettings
 from kfacel.training.update import Protection, update_linker
 
 DEMO_TASKS = ("mm-demo", "psytar-demo", "ncbi-demo")
-DEFAULT_LAMS = {"none": 0.0, "ewc": 1e3, "kfac": 1e3}
 
 
 @dataclass(frozen=True)
@@ -48,7 +47,7 @@ class QuickstartResult:
         str, dict[str, float]
     ]  # method -> task -> Perc Δ after the last step
     forgetting_reduction: dict[str, float]  # method -> % (NaN when none forgot nothing)
-    lams: dict[str, float]
+    strengths: dict[str, str]  # method -> "λ = …" or "ε = … (default budget)"
     not_forgotten: tuple[
         str, ...
     ] = ()  # earlier tasks plain fine-tuning did not forget
@@ -79,7 +78,9 @@ def run_quickstart(
     Args:
         tasks: the task order (at least two).
         methods: ``none`` is needed as the reference of the forgetting reduction.
-        lams: λ per method (one λ for every consolidated task).
+        lams: a fixed λ per method (one λ for every consolidated task); a method
+            without one uses the product's default rule (``Protection``'s default
+            forgetting budget), as ``kfacel train --penalty kfac`` does.
         epochs: epochs per task.
         lr: learning rate.
         batch_size: queries per batch.
@@ -90,7 +91,7 @@ def run_quickstart(
     """
     if len(tasks) < 2:
         raise ValueError("the quickstart needs at least two tasks")
-    lams = {**DEFAULT_LAMS, **(lams or {})}
+    lams = dict(lams or {})
     say = log or (lambda *_: None)
     settings = TrainSettings(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
     start = time.perf_counter()
@@ -107,7 +108,7 @@ def run_quickstart(
     matrices: dict[str, list[list[float]]] = {}
     for method in methods:
         start = time.perf_counter()
-        protection = Protection(penalty=method, lam=lams[method])
+        protection = Protection(penalty=method, lam=lams.get(method))
         matrices[method] = _update_along(
             copy.deepcopy(first), tasks, settings, protection, progress, say
         )
@@ -127,10 +128,20 @@ def run_quickstart(
         matrices,
         deltas,
         reductions,
-        dict(lams),
+        {m: _strength(m, lams.get(m)) for m in methods},
         not_forgotten,
         seconds,
     )
+
+
+def _strength(method: str, lam: float | None) -> str:
+    """How strong ``method``'s penalty was, for the table."""
+    if method == "none":
+        return "–"
+    if lam is not None:
+        return f"λ = {lam:g}"
+    budget = Protection(penalty=method).budget
+    return f"ε = {budget:g} (default)"
 
 
 def _update_along(
@@ -184,7 +195,9 @@ def _reductions(
 
 def format_table(result: QuickstartResult) -> str:
     """Markdown table: accuracy after the last task and Perc Δ, per method and task."""
-    head = "| method | λ | " + " | ".join(f"{t} acc | {t} Perc Δ" for t in result.tasks)
+    head = "| method | strength | " + " | ".join(
+        f"{t} acc | {t} Perc Δ" for t in result.tasks
+    )
     head += " | forgetting reduction |"
     rows = [head, "|" + "---|" * (2 * len(result.tasks) + 3)]
     rows.append(
@@ -199,7 +212,7 @@ def format_table(result: QuickstartResult) -> str:
         ]
         fr = result.forgetting_reduction.get(method)
         fr_cell = "–" if fr is None else ("n/a" if math.isnan(fr) else f"{fr:.1f}%")
-        lam = "–" if method == "none" else f"{result.lams[method]:g}"
+        lam = result.strengths.get(method, "–")
         rows.append(f"| {method} | {lam} | " + " | ".join(cells) + f" | {fr_cell} |")
     if result.not_forgotten:
         rows.append("")

@@ -30,6 +30,11 @@ MAX_LAM = 1e15
 """The largest λ accepted: the paper's grid ends at 1e9, and beyond this a float32
 penalty value or gradient overflows for any sizeable step (``--lam 1e300`` is a typo)."""
 
+DEFAULT_BUDGET = 0.005
+"""ε (nats per query of predicted old-task loss rise) when a Fisher penalty is given no
+strength: measured on PUBLIC-3-small (benchmarks/RESULTS.md, "A consolidation strength
+without old data"); it needs no old data."""
+
 PENALTIES = tuple(p.value for p in PenaltyKind)
 """Penalties an update can use: none, L2 to the anchor, diagonal EWC, KFC."""
 
@@ -42,7 +47,8 @@ class Protection:
     ``lam_per_task``), the sequential-Bayes weight (``bayes``), or a forgetting budget
     (``budget``, ``budget_per_task``; ``kfac`` and ``ewc`` only), for which the trainer
     adapts λ_t so that the predicted rise of each old task's loss stays within ε_t
-    (``training/budget.py``).
+    (``training/budget.py``). A ``kfac`` or ``ewc`` penalty given none of them gets the
+    default budget ``DEFAULT_BUDGET``.
 
     Attributes:
         penalty: ``none``, ``l2``, ``ewc`` or ``kfac`` (the states' method must match).
@@ -87,6 +93,9 @@ class Protection:
         ]
         if sum(rules) > 1:
             raise ValueError("lam: give one of λ, bayes or a budget, not several")
+        if not any(rules) and self.penalty in FISHER_PENALTIES:
+            object.__setattr__(self, "budget", DEFAULT_BUDGET)  # the product's default
+            rules[2] = True
         if rules[2] and self.penalty not in FISHER_PENALTIES:
             raise ValueError(
                 f"budget: a forgetting budget needs a Fisher (kfac or ewc), "
@@ -277,11 +286,14 @@ def update_within_tolerance(
     """
     if not (math.isfinite(tolerance) and tolerance >= 0):
         raise ValueError(f"tolerance must be a number of points ≥ 0, got {tolerance}")
-    free = replace(
-        protection, lam=None, lam_per_task={}, bayes=False, budget=None,
-        budget_per_task={},
-    )  # fmt: skip
-    plain = replace(free, penalty="none")
+
+    def strength(penalty: str, lam: float | None) -> Protection:
+        return replace(
+            protection, penalty=penalty, lam=lam, lam_per_task={}, bayes=False,
+            budget=None, budget_per_task={},
+        )  # fmt: skip
+
+    plain = strength("none", None)
     best = copy.deepcopy(linker)
     best_log = update_linker(best, task, (), settings, plain, progress=progress)
     reference = 100.0 * best_log.best_dev_accuracy
@@ -289,7 +301,7 @@ def update_within_tolerance(
     chosen = 0.0
     for lam in sorted(grid):
         candidate = copy.deepcopy(linker)
-        fixed = replace(free, lam=lam)
+        fixed = strength(protection.penalty, lam)
         log = update_linker(candidate, task, states, settings, fixed, progress=progress)
         tried[lam] = 100.0 * log.best_dev_accuracy
         if tried[lam] < reference - tolerance:
