@@ -262,3 +262,37 @@ def test_new_task_cost_and_head_to_head_are_the_papers(report) -> None:
     assert h2h["ewc"]["kfac"] == "0/6"
     assert h2h["none"]["kfac"] == "0/6"
     assert h2h["kfac"]["kfac"] == ""
+
+
+def test_seeds_table_gives_mean_sd_and_interval_computed_by_hand() -> None:
+    from kfacel.experiments.results import RunResults
+    from kfacel.experiments.tables import build_tables
+
+    def rec(kind, order, method, lam, task, acc, seed):
+        return [
+            {"kind": kind, "tier": 2 if kind == "tier2" else 1, "order": order,
+             "method": method, "lam": lam, "task": task, "split": split,
+             "accuracy": acc, "seed": seed}
+            for split in ("dev", "test")
+        ]  # fmt: skip
+
+    records = []
+    # seed: (individual A, none A, none B, kfac A, kfac B)
+    for seed, (ind, na, nb, ka, kb) in {0: (80, 60, 70, 70, 69), 1: (80, 70, 72, 77.5, 70)}.items():  # fmt: skip
+        records += rec("individual", ["A"], "none", None, "A", ind, seed)
+        records += rec("tier2", ["A", "B"], "none", None, "A", na, seed)
+        records += rec("tier2", ["A", "B"], "none", None, "B", nb, seed)
+        records += rec("tier2", ["A", "B"], "kfac", 10.0, "A", ka, seed)
+        records += rec("tier2", ["A", "B"], "kfac", 10.0, "B", kb, seed)
+    config = {"tasks": [{"name": "A"}, {"name": "B"}], "methods": ["none", "kfac"]}
+    tables = {t.name: t for t in build_tables(RunResults(config, records))}
+    (row,) = tables["forgetting_reduction_seeds"].rows
+    # PercΔ: seed 0 none −25, kfac −12.5 → 50%; seed 1 none −12.5, kfac −3.125 → 75%
+    tier, method, n, mean, sd, interval, cost, cost_sd, _ = row
+    assert (tier, method, n) == (2, "kfac", 2)
+    assert mean == pytest.approx(62.5)
+    assert sd == pytest.approx(17.6777, rel=1e-4)
+    half = 12.706 * 17.6777 / 2**0.5  # t(0.975, 1 df) · sd / √n
+    assert interval == f"[{62.5 - half:.1f}, {62.5 + half:.1f}]"
+    assert cost == pytest.approx(1.5)  # (70 − 69 + 72 − 70) / 2
+    assert cost_sd == pytest.approx(0.7071, rel=1e-3)

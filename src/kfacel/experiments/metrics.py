@@ -340,3 +340,30 @@ def tier3_lambda_grid(
 def _tidy(x: float) -> float:
     """Round to 12 significant digits so that 1e3 × 0.01 prints as 10.0."""
     return float(f"{x:.12g}")
+
+
+_T975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
+"""Student-t 0.975 quantiles for 1–30 degrees of freedom."""
+
+
+def mean_interval(values: Sequence[float]) -> tuple[float, float, float, float]:
+    """Mean, sample standard deviation and the 95% Student-t interval of ``values``.
+
+    >>> [round(x, 3) for x in mean_interval([1.0, 3.0])]
+    [2.0, 1.414, -10.706, 14.706]
+
+    Raises:
+        ValueError: fewer than two values.
+    """
+    x = np.asarray(values, dtype=float)
+    if x.size < 2:
+        raise ValueError(f"an interval needs at least 2 values, got {x.size}")
+    df = x.size - 1
+    t = _T975[df - 1] if df <= len(_T975) else (2.0 if df <= 60 else 1.98)
+    mean, sd = float(x.mean()), float(x.std(ddof=1))
+    half = t * sd / math.sqrt(x.size)
+    return mean, sd, mean - half, mean + half

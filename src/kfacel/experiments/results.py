@@ -34,6 +34,7 @@ class RunResults:
             for tier in (2, 3)
         }
         acc: dict[tuple[Any, ...], list[float]] = defaultdict(list)
+        self._by_seed: dict[tuple[Any, ...], dict[int, float]] = defaultdict(dict)
         for r in self.records:
             lam = tuple(r["lam"]) if isinstance(r["lam"], list) else r["lam"]
             key = (
@@ -45,6 +46,7 @@ class RunResults:
                 r["split"],
             )
             acc[key].append(float(r["accuracy"]))
+            self._by_seed[key][int(r.get("seed", 0))] = float(r["accuracy"])
         self._acc = {k: float(np.mean(v)) for k, v in acc.items()}
 
     def accuracy(
@@ -59,6 +61,26 @@ class RunResults:
         """Mean accuracy over seeds, NaN if never evaluated."""
         key = (kind, tuple(order), method, lam, task, split)
         return self._acc.get(key, math.nan)
+
+    def seeds(self) -> list[int]:
+        """Every seed the run's records hold."""
+        return sorted({s for per in self._by_seed.values() for s in per})
+
+    def seed_row(
+        self, tier: int, order: Sequence[str], method: str, seed: int
+    ) -> tuple[float, float, float] | None:
+        """One seed at the chosen λ: (Perc Δ of task A, its test accuracy, last task's).
+
+        Perc Δ is against that seed's individual model; None where a number is missing.
+        """
+        lam = self.chosen[tier][(tuple(order), method)]
+        kind, a, last = f"tier{tier}", order[0], order[-1]
+        acc_a = self._by_seed.get((kind, tuple(order), method, lam, a, "test"), {})
+        acc_b = self._by_seed.get((kind, tuple(order), method, lam, last, "test"), {})
+        ind = self._by_seed.get(("individual", (a,), "none", None, a, "test"), {})
+        if seed not in acc_a or seed not in acc_b or not ind.get(seed):
+            return None
+        return perc_delta(acc_a[seed], ind[seed]), acc_a[seed], acc_b[seed]
 
     def individual(self, task: str, split: str = "test") -> float:
         """Tier-1 accuracy of ``task`` trained alone."""
