@@ -6,7 +6,7 @@ settings change, the consolidation states as they were: those cells are copied i
 of retrained, and the new run's ``env.json`` says which cells were copied from where.
 Run the experiment afterwards with the same config and overrides and ``--out DST``.
 
-    python benchmarks/fork_run.py SRC DST CONFIG [--states] [--set KEY=VALUE ...]
+    python benchmarks/fork_run.py SRC DST CONFIG [--states] [--copy GLOB ...] [--set …]
     kfacel experiment CONFIG --out DST [--set KEY=VALUE ...] --jobs 2
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+from fnmatch import fnmatch
 from pathlib import Path
 
 from kfacel._io import atomic_write_json
@@ -28,6 +29,13 @@ def main() -> None:
     p.add_argument("dst", type=Path)
     p.add_argument("config")
     p.add_argument("--states", action="store_true", help="copy consolidations too")
+    p.add_argument(
+        "--copy",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="more finished cells to copy, e.g. 'tier2-*-none-*' (plain fine-tuning)",
+    )
     p.add_argument("--set", action="append", default=[], dest="overrides")
     args = p.parse_args()
     cfg = load_config(args.config, args.overrides)
@@ -36,7 +44,8 @@ def main() -> None:
     copied = []
     for cell in sorted((args.src / "cells").iterdir()):
         done = cell / "done.json"
-        if not (cell.name.startswith(kinds) and done.is_file()):
+        extra = any(fnmatch(cell.name, g) for g in args.copy)
+        if not ((cell.name.startswith(kinds) or extra) and done.is_file()):
             continue
         if json.loads(done.read_text(encoding="utf-8")).get("status") == "ok":
             shutil.copytree(cell, args.dst / "cells" / cell.name)
