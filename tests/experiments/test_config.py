@@ -289,3 +289,12 @@ def test_the_diagnosis_config_runs_two_chosen_pairs_without_combined() -> None:
     assert cfg.seeds == (0, 1, 2)
     with pytest.raises(ConfigError, match="pairs: ncbi>nope is not an order"):
         apply_overrides(cfg, ['pairs=["ncbi>nope"]'])
+
+
+def test_overrides_checked_against_each_other_apply_in_either_order() -> None:
+    cfg = load_config(CONFIGS / "forgetting-diagnosis.toml")
+    methods, grid = 'methods=["none","kfac-budget"]', "budget_grid=[0.01]"
+    for order in ([methods, grid], [grid, methods]):
+        assert apply_overrides(cfg, order).budget_grid == (0.01,)
+    with pytest.raises(ConfigError, match="budget_grid: methods"):
+        apply_overrides(cfg, [methods])

@@ -225,19 +225,35 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentCo
 def apply_overrides(
     cfg: ExperimentConfig, overrides: Sequence[str]
 ) -> ExperimentConfig:
-    """Apply ``"a.b=value"`` overrides with ``dataclasses.replace``.
+    """Apply ``"a.b=value"`` overrides with ``dataclasses.replace``, in any order.
+
+    Values checked against each other (``methods`` with budgets needs ``budget_grid``)
+    may be given in either order: an override the config refuses is retried after the
+    others, and its error is raised only when no order makes it acceptable.
 
     >>> cfg = ExperimentConfig(name="x", tasks=(TaskSpec("a", "tasks/a"),), tiers=(1,))
     >>> apply_overrides(cfg, ["train.lr=3e-4", "seeds=1,2"]).train.lr
     0.0003
     """
-    for item in overrides:
-        key, sep, text = item.partition("=")
+    pending = list(overrides)
+    for item in pending:
+        key, sep, _ = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(
                 f"override {item!r}: expected KEY=VALUE, e.g. train.lr=3e-4"
             )
-        cfg = _override(cfg, key.strip().split("."), _parse_value(text.strip()), item)
+    while pending:
+        refused: list[tuple[str, ConfigError]] = []
+        for item in pending:
+            key, _, text = item.partition("=")
+            try:
+                path, value = key.strip().split("."), _parse_value(text.strip())
+                cfg = _override(cfg, path, value, item)
+            except ConfigError as exc:
+                refused.append((item, exc))
+        if len(refused) == len(pending):  # no order helps
+            raise refused[0][1]
+        pending = [item for item, _ in refused]
     return cfg
 
 
