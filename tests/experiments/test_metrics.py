@@ -289,3 +289,16 @@ def test_tier3_grid_search_first_and_errors() -> None:
         tier3_lambda_grid({("b", "c"): 1.0}, ("b", "c", "a"))
     with pytest.raises(ValueError, match=r"\('c', 'a'\)"):
         tier3_lambda_grid(optima, ("c", "a", "b"))
+
+
+def test_spearman_matches_hand_ranks_with_ties() -> None:
+    from kfacel.experiments.metrics import spearman
+
+    # x ranks 1, 2.5, 2.5, 4; y ranks 1, 2, 3, 4: Pearson of the ranks by hand
+    rx, ry = np.array([1, 2.5, 2.5, 4]), np.array([1, 2, 3, 4])
+    hand = ((rx - rx.mean()) @ (ry - ry.mean())) / (
+        np.linalg.norm(rx - rx.mean()) * np.linalg.norm(ry - ry.mean())
+    )
+    assert spearman([0.1, 0.5, 0.5, 2.0], [1.0, 2.0, 3.0, 4.0]) == pytest.approx(hand)
+    assert spearman([3.0, 2.0, 1.0], [1.0, 2.0, 3.0]) == pytest.approx(-1.0)
+    assert math.isnan(spearman([1.0, 2.0], [1.0, 2.0]))

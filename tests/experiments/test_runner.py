@@ -311,4 +311,7 @@ def test_budgeted_methods_run_beside_the_lambda_grid_and_report(
         ).read_text()
     )
     assert set(done["predicted_rise"]) == {"a"}
-    write_report(tmp_path / "run")
+    written = {p.name for p in write_report(tmp_path / "run")}
+    assert {"calibration.csv", "calibration.png"} <= written
+    rows = (tmp_path / "run" / "report" / "calibration.csv").read_text().splitlines()
+    assert [r.split(",")[:2] for r in rows[1:]] == [["kfac", "2"], ["kfac-budget", "4"]]

@@ -148,6 +148,44 @@ def _lam_label(lam: Any) -> str:
     return ",".join(f"{x:.0e}" for x in _lam_key(lam))
 
 
+def plot_calibration(points: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """Predicted against measured rise of the old task's loss, one colour per method.
+
+    Args:
+        points: ``{"method", "predicted", "measured"}`` per continual cell (nats).
+        path: the PNG file.
+
+    Returns:
+        ``path``. Log-log axes where every value is positive (symmetric log else), with
+        the line ``predicted = measured``.
+    """
+    fig = _figure(5.0, 4.2)
+    ax = fig.add_subplot()
+    by_method: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for p in points:
+        by_method[str(p["method"])].append(
+            (float(p["measured"]), float(p["predicted"]))
+        )
+    for method, xy in sorted(by_method.items()):
+        xs, ys = zip(*xy, strict=True)
+        ax.scatter(xs, ys, s=18, label=method)
+    values = [v for xy in by_method.values() for pair in xy for v in pair]
+    lo, hi = min(values), max(values)
+    if lo > 0:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    else:
+        ax.set_xscale("symlog", linthresh=1e-3)
+        ax.set_yscale("symlog", linthresh=1e-3)
+    ax.plot(
+        [lo, hi], [lo, hi], color="grey", linestyle="--", label="predicted = measured"
+    )
+    ax.set_xlabel("measured rise of the old task's mean test loss (nats)")
+    ax.set_ylabel("predicted rise ½ΔᵀFΔ (nats)")
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
 def plot_accuracy_matrix(
     matrix: np.ndarray | Sequence[Sequence[float]],
     task_names: Sequence[str],

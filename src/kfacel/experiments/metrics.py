@@ -367,3 +367,34 @@ def mean_interval(values: Sequence[float]) -> tuple[float, float, float, float]:
     mean, sd = float(x.mean()), float(x.std(ddof=1))
     half = t * sd / math.sqrt(x.size)
     return mean, sd, mean - half, mean + half
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties); NaN for < 3 pairs.
+
+    >>> round(spearman([1.0, 2.0, 3.0, 4.0], [10.0, 20.0, 40.0, 30.0]), 6)
+    0.8
+    """
+    if len(x) != len(y):
+        raise ValueError(f"{len(x)} x values but {len(y)} y values")
+    if len(x) < 3:
+        return math.nan
+    rx, ry = _average_ranks(x), _average_ranks(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return math.nan
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def _average_ranks(values: Sequence[float]) -> np.ndarray:
+    """1-based ranks, ties sharing their mean rank."""
+    v = np.asarray(values, dtype=float)
+    order = np.argsort(v, kind="stable")
+    ranks = np.empty(len(v))
+    i = 0
+    while i < len(v):
+        j = i
+        while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks

@@ -6,7 +6,9 @@ with every table of ``tables.build_tables``, one CSV per table, the failed cells
 their messages, the wall time of each kind of cell and of each stage (``env.json``); and
 PNG figures:
 ``lambda_tradeoff.png`` (old- vs new-task dev accuracy per λ, one panel per permutation,
-one line per method) and one accuracy matrix per order and method.
+one line per method), one accuracy matrix per order and method, and, where the cells
+recorded the penalty's prediction, ``calibration.png`` (predicted against measured rise
+of the old task's loss) with its table.
 """
 
 from __future__ import annotations
@@ -16,8 +18,17 @@ from collections import defaultdict
 from pathlib import Path
 
 from kfacel._io import atomic_write_text
-from kfacel.experiments.figures import plot_accuracy_matrix, plot_lambda_tradeoff
-from kfacel.experiments.results import RunResults, accuracy_matrices, read_run
+from kfacel.experiments.figures import (
+    plot_accuracy_matrix,
+    plot_calibration,
+    plot_lambda_tradeoff,
+)
+from kfacel.experiments.results import (
+    RunResults,
+    accuracy_matrices,
+    calibration_points,
+    read_run,
+)
 from kfacel.experiments.tables import build_tables
 
 
@@ -36,9 +47,12 @@ def write_report(
     """
     results, dones = read_run(run_dir)
     out = Path(out) if out is not None else Path(run_dir) / "report"
-    tables = build_tables(results)
+    points = calibration_points(results.records, dones)
+    tables = build_tables(results, points)
     written = [_write(out / f"{t.name}.csv", t.csv()) for t in tables]
     pngs = _figures(results, out) if figures else []
+    if figures and points:
+        pngs.append(Path(plot_calibration(points, out / "calibration.png")))
     written += pngs
     failed = [d for d in dones if d.get("status") != "ok"]
     seconds: dict[str, float] = defaultdict(float)

@@ -132,6 +132,36 @@ def read_run(run_dir: str | Path) -> tuple[RunResults, list[dict[str, Any]]]:
     return RunResults(config, records), dones
 
 
+def calibration_points(
+    records: Sequence[dict[str, Any]], dones: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Predicted against measured rise of the first task's mean test loss, per cell.
+
+    One point per finished continual cell of tier 2 with a penalty's prediction
+    (``done.json`` → ``predicted_rise``, ``½ ΔᵀF_AΔ``): the measured rise is the cell's
+    test loss on task A minus A's individual model's (same seed). Cells of runs made
+    before losses were recorded give no point.
+    """
+    ind = {
+        (r["task"], r["seed"]): r["loss"]
+        for r in records
+        if r["kind"] == "individual" and r["split"] == "test" and "loss" in r
+    }
+    out = []
+    for d in dones:
+        a = d["order"][0]
+        rise = (d.get("predicted_rise") or {}).get(a)
+        if d.get("kind") != "tier2" or d.get("status") != "ok" or rise is None:
+            continue
+        test = [
+            r for r in d.get("records", []) if r["task"] == a and r["split"] == "test"
+        ]
+        if test and "loss" in test[0] and (a, d["seed"]) in ind:
+            measured = test[0]["loss"] - ind[(a, d["seed"])]
+            out.append({"method": d["method"], "predicted": rise, "measured": measured})
+    return out
+
+
 def accuracy_matrices(
     r: RunResults,
 ) -> dict[tuple[tuple[str, ...], str], np.ndarray]:

@@ -23,13 +23,14 @@ import csv
 import io
 import math
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from kfacel.experiments import sweep
-from kfacel.experiments.metrics import forgetting_reduction, mean_interval
+from kfacel.experiments.metrics import forgetting_reduction, mean_interval, spearman
 from kfacel.experiments.results import RunResults, accuracy_matrices
 
 SMALL_FORGETTING = 5.0  # percent (relative): the forgetting reduction is noisy below
@@ -67,7 +68,9 @@ class Table:
         return buf.getvalue()
 
 
-def build_tables(results: RunResults) -> list[Table]:
+def build_tables(
+    results: RunResults, calibration: Sequence[Mapping[str, Any]] = ()
+) -> list[Table]:
     """Tables 1–4 and 6, forgetting reduction, head to head and accuracy matrices."""
     r = results
     tables = []
@@ -123,6 +126,8 @@ def build_tables(results: RunResults) -> list[Table]:
         tables.append(tab)
     tables.append(_lambda_table(r))
     tables.append(_forgetting_table(r))
+    if calibration:
+        tables.append(_calibration_table(calibration))
     if len(r.seeds()) > 1:
         tables.append(_seeds_table(r))
     tables.append(_head_to_head_table(r))
@@ -219,6 +224,27 @@ def _forgetting_table(r: RunResults) -> Table:
                     ", ".join(flags),
                 ]
             )
+    return tab
+
+
+def _calibration_table(points: Sequence[Mapping[str, Any]]) -> Table:
+    """Does the penalty predict forgetting? Rank correlation and ratio per method."""
+    tab = Table(
+        "calibration",
+        "Predicted against measured rise of the old task's loss",
+        ("Method", "Cells", "Spearman ρ", "Median predicted / measured"),
+        note="Per tier-2 cell with a penalty: predicted ½ΔᵀF_AΔ (λ = 1) against the "
+        "measured rise of task A's mean test cross-entropy over its individual model. "
+        "The median ratio is over cells whose measured rise is positive.",
+    )
+    methods = sorted({str(p["method"]) for p in points})
+    for m in methods:
+        pts = [p for p in points if p["method"] == m]
+        pred = [float(p["predicted"]) for p in pts]
+        meas = [float(p["measured"]) for p in pts]
+        ratios = [a / b for a, b in zip(pred, meas, strict=True) if b > 0]
+        median = float(np.median(ratios)) if ratios else math.nan
+        tab.rows.append([m, len(pts), spearman(pred, meas), median])
     return tab
 
 
