@@ -149,9 +149,11 @@ def calibration_points(
     }
     out = []
     for d in dones:
+        if d.get("kind") != "tier2" or d.get("status") != "ok":
+            continue
         a = d["order"][0]
         rise = (d.get("predicted_rise") or {}).get(a)
-        if d.get("kind") != "tier2" or d.get("status") != "ok" or rise is None:
+        if rise is None:
             continue
         test = [
             r for r in d.get("records", []) if r["task"] == a and r["split"] == "test"
