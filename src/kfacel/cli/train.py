@@ -127,6 +127,13 @@ def _add_continual_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--lam-per-task", help="λ per consolidated task, e.g. A=1e3,B=1e5")
     g.add_argument(
+        "--budget-rate",
+        type=positive_float,
+        default=0.01,
+        metavar="ETA",
+        help="dual step of --budget: λ_t changes by at most this share per step",
+    )
+    g.add_argument(
         "--tolerance",
         type=finite_float,
         metavar="POINTS",
@@ -241,6 +248,7 @@ def _protection(args: argparse.Namespace) -> Protection:
         bayes=args.lam == "bayes",
         budget=budget,
         budget_per_task=budget_per_task,
+        budget_rate=args.budget_rate,
         damping=args.damping,
         lrc=args.lrc,
         replay=replay,

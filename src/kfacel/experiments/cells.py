@@ -213,6 +213,7 @@ def _continue(
     strength: dict[str, Any] = {"lam": lam, "lam_per_task": per_task}
     if cell.method in BUDGETED:  # the cell's "λ" is the budget ε
         strength = {"budget": lam, "budget_per_task": per_task}
+        strength["budget_rate"] = cfg.penalty.budget_rate
     cap = cfg.train.max_train_examples
     replay = [ex for n in deps.replay for ex in tasks[n].train[: cap or None]]
     t = cfg.train

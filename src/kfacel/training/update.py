@@ -57,6 +57,8 @@ class Protection:
         bayes: λ_t = N_t / N_new from the states' task sizes.
         budget: ε for every consolidated task without its own ``budget_per_task``.
         budget_per_task: ε_t by task name (nats per example).
+        budget_rate: the dual step size of a budget (relative change of λ_t per step at
+            most; ``budget.dual_step``).
         damping: δ added to every curvature where it is used (prior precision).
         lrc: discriminative learning rates, η_ℓ = η_{ℓ+1}·γ (None: off).
         replay: earlier tasks' queries to replay (None: off; needs old data).
@@ -68,6 +70,7 @@ class Protection:
     bayes: bool = False
     budget: float | None = None
     budget_per_task: Mapping[str, float] = field(default_factory=dict)
+    budget_rate: float = 0.01
     damping: float = 0.0
     lrc: float | None = None
     replay: Replay[LinkingExample] | None = None
@@ -101,6 +104,8 @@ class Protection:
                 f"budget: a forgetting budget needs a Fisher (kfac or ewc), "
                 f"not penalty {self.penalty!r}"
             )
+        if not (math.isfinite(self.budget_rate) and 0 < self.budget_rate <= 1):
+            raise ValueError(f"budget_rate must be in (0, 1], got {self.budget_rate}")
         if not (math.isfinite(self.damping) and self.damping >= 0):
             raise ValueError(f"damping must be a finite number ≥ 0, got {self.damping}")
         if self.lrc is not None and not 0 < self.lrc <= 1:
@@ -156,7 +161,13 @@ class Protection:
         names = [s.task for s in states]
         budgets = self.budgets(names) if self.penalty != "none" else None
         if budgets is not None:
-            return budget_penalty(self.penalty, states, budgets, damping=self.damping)
+            return budget_penalty(
+                self.penalty,
+                states,
+                budgets,
+                damping=self.damping,
+                rate=self.budget_rate,
+            )
         if self.bayes and self.penalty != "none":
             lams = bayes_lams(states, new_examples)
         else:
