@@ -126,6 +126,7 @@ def test_bayes_lambda_is_the_task_size_ratio_and_needs_the_count():
             {"penalty": "kfac", "budget": 0.1, "lam": 10.0},
             "one of λ, bayes or a budget",
         ),
+        ({"penalty": "kfac", "budget_rate": 0.0}, "budget_rate must be in"),
     ],
 )
 def test_bad_budgets_are_refused(kwargs, match):
