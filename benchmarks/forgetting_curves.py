@@ -1,14 +1,15 @@
 """Issue 9's λ-free summary of forgetting runs: trade-off curves, seeds and calibration.
 
 For every tier-2 pair A → B, seed and method with a strength grid (λ, or ε for the
-budgeted methods), the curve runs from plain fine-tuning (strength 0) through the grid in
-increasing order; each point is (new-task test accuracy, old-task test accuracy). The
-summary of one curve is the **forgetting reduction at ≤ 1 point of new-task cost**: the
-highest old-task accuracy on the piecewise-linear curve whose new-task accuracy is at most
-1 point below plain fine-tuning's, as a share of what plain fine-tuning forgot,
-``(kept − none) / (individual − none) × 100``. It reads test numbers along the whole curve
-(no λ is selected), so it compares factors, not protocols. Means come with the standard
-deviation and a 95% t-interval over seeds.
+budgeted methods), the curve runs from plain fine-tuning (strength 0) through the grid
+from the weakest to the strongest (increasing λ, decreasing ε); each point is (new-task
+test accuracy, old-task test accuracy). The summary of one curve is the **forgetting
+reduction at ≤ 1 point of new-task cost**: the highest old-task accuracy on the
+piecewise-linear curve whose new-task accuracy is at most 1 point below plain
+fine-tuning's, as a share of what plain fine-tuning forgot,
+``(kept − none) / (individual − none) × 100``. It reads test numbers along the whole
+curve (no λ is selected), so it compares factors, not protocols. Means come with the
+standard deviation and a 95% t-interval over seeds.
 
 Rules (no curve, one choice per pair and seed; test numbers at the chosen strength):
 ``old dev`` is the paper's protocol (the best old-task dev accuracy among the strengths
@@ -99,7 +100,7 @@ def summarize(cells: list[dict[str, Any]]) -> None:
         base, ind = none.get((a, b, seed)), individual.get((a, seed))
         if base is None or ind is None:
             continue
-        pts.sort()
+        pts.sort(key=lambda p: _strength(m, p[0]))
         path = [(base["new"]["accuracy"], base["old"]["accuracy"])]
         path += [(n, o) for _, n, o in pts]
         kept = kept_at_cost(path, base["new"]["accuracy"])
@@ -143,7 +144,7 @@ def rules(cells: list[dict[str, Any]], individual: dict, none: dict) -> None:
         base, ind = none.get((a, b, seed)), individual.get((a, seed))
         if base is None or ind is None:
             continue
-        ds = sorted(ds, key=lambda d: d["lam"])
+        ds = sorted(ds, key=lambda d: _strength(m, d["lam"]))
         dev = {id(d): _acc(d, a, "dev") for d in ds}
         new_dev = {id(d): _acc(d, b, "dev") for d in ds}
         floor = _acc(base["cell"], b, "dev") - COST
@@ -177,6 +178,11 @@ def rules(cells: list[dict[str, Any]], individual: dict, none: dict) -> None:
         reds = [r for r, _ in vals]
         cost = mean(c for _, c in vals)
         print(f"| {m} | {rule} | {len(vals)} | {_fmt(reds)} | {cost:.2f} |")
+
+
+def _strength(method: str, value: float) -> float:
+    """Weakest first: λ grows with strength, a budget ε shrinks with it."""
+    return -value if method.endswith("-budget") else value
 
 
 def _order(rule: str) -> tuple[int, float]:
