@@ -148,3 +148,16 @@ def test_a_fisher_penalty_without_a_strength_gets_the_default_budget():
     assert Protection(penalty="kfac", lam=3.0).budget is None  # a λ given: no budget
     with pytest.raises(ValueError, match="no λ for consolidated task"):
         Protection(penalty="l2").lams(["A"])  # L2 has no Fisher: it needs a λ
+
+
+def test_the_dual_step_is_per_epoch_so_small_and_large_tasks_move_lambda_alike():
+    from kfacel.training.update import DEFAULT_BUDGET_RATE
+
+    p = Protection(penalty="ewc")
+    large = p.make_penalty([toy_state()], 4160, steps_per_epoch=130)
+    small = p.make_penalty([toy_state()], 600, steps_per_epoch=19)
+    assert large.rate == pytest.approx(DEFAULT_BUDGET_RATE / 130)  # 0.01 per step
+    assert small.rate == pytest.approx(DEFAULT_BUDGET_RATE / 19)
+    # over one epoch of violated steps, λ + floor grows by the same factor on both
+    grow = [(1 + pen.rate) ** steps for pen, steps in ((large, 130), (small, 19))]
+    assert grow[0] == pytest.approx(grow[1], rel=0.05)

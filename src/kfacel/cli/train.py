@@ -30,6 +30,7 @@ from kfacel.training.pipeline import (
 )
 from kfacel.training.trainer import OPTIMIZERS, Replay, TrainSettings
 from kfacel.training.update import (
+    DEFAULT_BUDGET_RATE,
     PENALTIES,
     Protection,
     update_linker,
@@ -129,9 +130,9 @@ def _add_continual_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--budget-rate",
         type=positive_float,
-        default=0.01,
+        default=DEFAULT_BUDGET_RATE,
         metavar="ETA",
-        help="dual step of --budget: λ_t changes by at most this share per step",
+        help="dual step of --budget: λ_t changes by at most this share per epoch",
     )
     g.add_argument(
         "--tolerance",

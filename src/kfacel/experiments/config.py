@@ -108,7 +108,7 @@ class PenaltyConfig:
     """The λ selection rule (metrics.select_lambda) and tier 3's search around it."""
 
     new_task_tolerance: float = 2.0
-    budget_rate: float = 0.01  # dual step size of kfac-budget / ewc-budget
+    budget_rate: float = 1.3  # dual step per epoch of kfac-budget / ewc-budget
     tier3_factors: tuple[float, ...] = (0.01, 1.0, 100.0)
     tier3_mean: Literal["geometric", "arithmetic"] = "geometric"
     tier3_search_first: bool = False
