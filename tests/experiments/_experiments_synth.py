@@ -6,38 +6,12 @@ import random
 from pathlib import Path
 from typing import Any
 
+from tests._synth import WORDS
+
 from kfacel.data.records import Candidate, LinkingExample
 from kfacel.data.tasks import write_task
 from kfacel.experiments.config import ExperimentConfig
 
-WORDS = [
-    "heart",
-    "lung",
-    "liver",
-    "kidney",
-    "brain",
-    "blood",
-    "bone",
-    "skin",
-    "nerve",
-    "muscle",
-    "fever",
-    "pain",
-    "cough",
-    "rash",
-    "tumor",
-    "cancer",
-    "virus",
-    "cell",
-    "gene",
-    "protein",
-    "drug",
-    "dose",
-    "acute",
-    "chronic",
-    "severe",
-    "mild",
-]
 CODES = [
     "alpha",
     "bravo",

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from tests._synth import WORDS
 from torch import nn
 
 from kfacel.curvature import KFACApprox, estimate_kfac
@@ -25,34 +26,6 @@ from kfacel.training.continual import consolidate_task, discriminative_lr_groups
 from kfacel.training.pipeline import fit_task, new_linker
 from kfacel.training.trainer import TrainSettings
 
-WORDS = [
-    "heart",
-    "lung",
-    "liver",
-    "kidney",
-    "brain",
-    "blood",
-    "bone",
-    "skin",
-    "nerve",
-    "muscle",
-    "fever",
-    "pain",
-    "cough",
-    "rash",
-    "tumor",
-    "cancer",
-    "virus",
-    "cell",
-    "gene",
-    "protein",
-    "drug",
-    "dose",
-    "acute",
-    "chronic",
-    "severe",
-    "mild",
-]
 CODES = [
     "alpha",
     "bravo",
