@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,9 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from kfacel._io import atomic_write, atomic_write_text
+from kfacel.curvature.diagonal import estimate_diagonal
 from kfacel.curvature.factors import DiagonalFisher, KFACFisher, KroneckerFactors
+from kfacel.curvature.kfac import estimate_kfac
 from kfacel.curvature.layers import LayerKind, fold
 from kfacel.penalties import (
     DiagonalEWCPenalty,
@@ -59,6 +61,49 @@ class TaskState:
     def nbytes(self) -> int:
         """Bytes of the tensors this state stores."""
         return sum(t.numel() * t.element_size() for t in _tensors(self).values())
+
+
+def estimate_curvature(
+    method: str,
+    model: nn.Module,
+    batches: Any,
+    *,
+    fisher: FisherKind | str,
+    generator: torch.Generator | None = None,
+    uncovered: str = "ignore",
+    approx: KFACApprox | str = KFACApprox.EXPAND,
+    progress: bool = False,
+) -> Curvature:
+    """The curvature ``method`` keeps: a K-FAC or diagonal Fisher, or None for ``l2``.
+
+    ``batches`` yields ``(inputs, labels)`` as the estimators expect; ``uncovered`` and
+    ``approx`` apply to K-FAC only.
+    """
+    if method == ConsolidationMethod.KFAC:
+        return estimate_kfac(
+            model, batches, kind=fisher, generator=generator,
+            uncovered=uncovered, approx=approx, progress=progress,  # type: ignore[arg-type]
+        )  # fmt: skip
+    if method == ConsolidationMethod.EWC:
+        return estimate_diagonal(
+            model, batches, kind=fisher, generator=generator, progress=progress
+        )
+    return None
+
+
+def curvature_to(curvature: Curvature, device: torch.device | str) -> Curvature:
+    """A K-FAC or diagonal Fisher with every tensor on ``device`` (None stays None)."""
+    if isinstance(curvature, DiagonalFisher):
+        diagonal = {k: v.to(device) for k, v in curvature.items()}
+        return replace(curvature, diagonal=diagonal)
+    if isinstance(curvature, KFACFisher):
+        factors = {
+            k: replace(f, A=f.A.to(device), G=f.G.to(device), support=None)
+            for k, f in curvature.items()
+        }
+        diagonal = {k: v.to(device) for k, v in curvature.diagonal.items()}
+        return replace(curvature, factors=factors, diagonal=diagonal)
+    return curvature
 
 
 def state_dir(model_dir: Path | str) -> Path:

@@ -37,15 +37,11 @@ from kfacel.consolidation import (
     TaskState,
     build_penalty,
     check_state,
+    curvature_to,
+    estimate_curvature,
     load_state,
     save_state,
     state_dir,
-)
-from kfacel.curvature import (
-    DiagonalFisher,
-    KFACFisher,
-    estimate_diagonal,
-    estimate_kfac,
 )
 from kfacel.curvature.targets import IGNORE
 from kfacel.penalties import Penalty, snapshot
@@ -112,28 +108,17 @@ def consolidate(
     batches = _LabelledBatches(dataset, data_collator, batch_size, max_examples, keep)
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
-    curvature: Any = None
-    if method == "kfac":
-        curvature = estimate_kfac(
-            model,
-            batches,
-            kind=fisher,
-            generator=generator,
-            uncovered=uncovered,  # type: ignore[arg-type]
-            approx=approx,
-            progress=progress,
-        )
-    elif method == "ewc":
-        curvature = estimate_diagonal(
-            model, batches, kind=fisher, generator=generator, progress=progress
-        )
-    else:
+    curvature = estimate_curvature(
+        method, model, batches, fisher=fisher, generator=generator,
+        uncovered=uncovered, approx=approx, progress=progress,
+    )  # fmt: skip
+    if curvature is None:
         for _ in batches:  # count the examples for the meta
             pass
     if batches.examples == 0:
         raise ValueError("consolidate saw no row: the dataset is empty")
     meta = {TASK_EXAMPLES: batches.examples, LOSS_TERMS: batches.terms, "seed": seed}
-    return TaskState(task, method, anchor, _to_cpu(curvature), meta)
+    return TaskState(task, method, anchor, curvature_to(curvature, "cpu"), meta)
 
 
 class _LabelledBatches:
@@ -191,31 +176,11 @@ def _forward_names(model: nn.Module) -> set[str] | None:
     return {p.name for p in params} | {"labels"}
 
 
-def _to_cpu(curvature: Any) -> Any:
-    """A curvature value with every tensor on the CPU (states are saved from there)."""
-    return _curvature_to(curvature, torch.device("cpu"))
-
-
-def _curvature_to(curvature: Any, device: torch.device) -> Any:
-    """A K-FAC or diagonal Fisher with every tensor on ``device``."""
-    if isinstance(curvature, DiagonalFisher):
-        diagonal = {k: v.to(device) for k, v in curvature.items()}
-        return replace(curvature, diagonal=diagonal)
-    if isinstance(curvature, KFACFisher):
-        factors = {
-            k: replace(f, A=f.A.to(device), G=f.G.to(device), support=None)
-            for k, f in curvature.items()
-        }
-        diagonal = {k: v.to(device) for k, v in curvature.diagonal.items()}
-        return replace(curvature, factors=factors, diagonal=diagonal)
-    return curvature
-
-
 def _state_to(state: TaskState, device: torch.device) -> TaskState:
     """``state`` with its anchor and curvature on ``device`` (where the model trains)."""
     anchor = {k: v.to(device) for k, v in state.anchor.items()}
     return replace(
-        state, anchor=anchor, curvature=_curvature_to(state.curvature, device)
+        state, anchor=anchor, curvature=curvature_to(state.curvature, device)
     )
 
 

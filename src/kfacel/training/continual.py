@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from kfacel.consolidation import TaskState
-from kfacel.curvature import KFACApprox, estimate_diagonal, estimate_kfac
+from kfacel.consolidation import TaskState, curvature_to, estimate_curvature
+from kfacel.curvature import KFACApprox
 from kfacel.data.records import LinkingExample
 from kfacel.data.tasks import Task
 from kfacel.penalties import snapshot
@@ -78,26 +78,14 @@ def consolidate_task(
     try:
         batches = _LabelledBatches(linker.batches(examples, batch_size))
         generator = torch.Generator(device=device).manual_seed(seed)
-        curvature: Any = None
-        if method == "kfac":
-            curvature = estimate_kfac(
-                model,
-                batches,
-                kind=fisher,
-                generator=generator,
-                uncovered=uncovered,  # type: ignore[arg-type]
-                approx=approx,
-                progress=progress,
-            )
-        elif method == "ewc":
-            curvature = estimate_diagonal(
-                model, batches, kind=fisher, generator=generator, progress=progress
-            )
+        curvature = estimate_curvature(
+            method, model, batches, fisher=fisher, generator=generator,
+            uncovered=uncovered, approx=approx, progress=progress,
+        )  # fmt: skip
         anchor = {k: v.cpu() for k, v in snapshot(model).items()}
     finally:
         model.to("cpu")
-    if curvature is not None:
-        curvature = _to_cpu(curvature)
+    curvature = curvature_to(curvature, "cpu")
     return TaskState(task.name, method, anchor, curvature, meta)
 
 
@@ -166,23 +154,3 @@ class _LabelledBatches:
 
     def __len__(self) -> int:
         return len(self.batches)
-
-
-def _to_cpu(curvature: Any) -> Any:
-    from dataclasses import replace
-
-    from kfacel.curvature import DiagonalFisher, KFACFisher
-
-    if isinstance(curvature, DiagonalFisher):
-        return replace(curvature, diagonal={k: v.cpu() for k, v in curvature.items()})
-    if isinstance(curvature, KFACFisher):
-        factors = {
-            k: replace(f, A=f.A.cpu(), G=f.G.cpu(), support=None)
-            for k, f in curvature.items()
-        }
-        return replace(
-            curvature,
-            factors=factors,
-            diagonal={k: v.cpu() for k, v in curvature.diagonal.items()},
-        )
-    return curvature
