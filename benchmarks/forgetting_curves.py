@@ -29,16 +29,16 @@ median ratio predicted / measured.
 from __future__ import annotations
 
 import json
-import math
 import sys
 from collections import defaultdict
 from itertools import pairwise
 from pathlib import Path
-from statistics import mean, median, stdev
+from statistics import mean, median
 from typing import Any
 
+from kfacel.experiments.metrics import mean_interval, spearman
+
 COST = 1.0  # points of new-task accuracy the summary allows
-T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
 
 
 def load(run_dir: Path) -> list[dict[str, Any]]:
@@ -129,7 +129,8 @@ def summarize(cells: list[dict[str, Any]]) -> None:
     for m, pairs in sorted(calib.items()):
         ratios = [p / q for p, q in pairs if q > 0]
         med = f"{median(ratios):.3g}" if ratios else "–"
-        print(f"| {m} | {len(pairs)} | {spearman(pairs):.3f} | {med} |")
+        rho = spearman([p for p, _ in pairs], [q for _, q in pairs])
+        print(f"| {m} | {len(pairs)} | {rho:.3f} | {med} |")
 
 
 def rules(cells: list[dict[str, Any]], individual: dict, none: dict) -> None:
@@ -196,38 +197,10 @@ def _acc(d: dict[str, Any], task: str, split: str) -> float:
 
 
 def _fmt(vals: list[float]) -> str:
-    m = mean(vals)
     if len(vals) < 2:
-        return f"{m:.1f}% | – | –"
-    sd = stdev(vals)
-    half = T95.get(len(vals) - 1, 1.96) * sd / math.sqrt(len(vals))
-    return f"{m:.1f}% | {sd:.1f} | [{m - half:.1f}, {m + half:.1f}]"
-
-
-def spearman(pairs: list[tuple[float, float]]) -> float:
-    """Spearman's ρ with average ranks for ties."""
-    if len(pairs) < 3:
-        return math.nan
-    rx, ry = _ranks([p for p, _ in pairs]), _ranks([q for _, q in pairs])
-    mx, my = mean(rx), mean(ry)
-    cov = sum((x - mx) * (y - my) for x, y in zip(rx, ry, strict=True))
-    vx = sum((x - mx) ** 2 for x in rx)
-    vy = sum((y - my) ** 2 for y in ry)
-    return cov / math.sqrt(vx * vy) if vx and vy else math.nan
-
-
-def _ranks(xs: list[float]) -> list[float]:
-    order = sorted(range(len(xs)), key=lambda i: xs[i])
-    ranks = [0.0] * len(xs)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
+        return f"{mean(vals):.1f}% | – | –"
+    m, sd, lo, hi = mean_interval(vals)
+    return f"{m:.1f}% | {sd:.1f} | [{lo:.1f}, {hi:.1f}]"
 
 
 if __name__ == "__main__":
