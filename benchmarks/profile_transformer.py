@@ -1,0 +1,116 @@
+"""Where a training step of the transformer ranker spends its time (issue 10).
+
+Builds the `kfacel train --model transformer` ranker (first 3 MiniLM layers) on the first
+queries of a task, runs a few AdamW steps and times each part of the step with wall
+clocks around the model's own calls: the mention encoder (queries in context), the name
+encoder (candidate names, each distinct name once), the scorer, the backward pass and
+the optimizer. It also reports the padding share of both encoders' inputs, the distinct
+names per batch and the attention implementation. It prints what it measured; nothing
+is asserted.
+
+    python benchmarks/profile_transformer.py --task tasks/public3-small/medmentions
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+
+from kfacel.data.tasks import load_task
+from kfacel.training.pipeline import new_linker
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--task", default="tasks/public3-small/medmentions")
+    p.add_argument("--queries", type=int, default=320)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    task = load_task(args.task)
+    train = task.train[: args.queries]
+    linker = new_linker("transformer", train, seed=0)
+    model = linker.model.train()
+    batches = linker.batches(train, args.batch_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    seconds: dict[str, float] = defaultdict(float)
+    calls = {"n": 0}
+    encode = model._encode
+
+    def timed_encode(ids, mask):  # the first call of a forward is the mention encoder
+        part = "mention encoder" if calls["n"] == 0 else "name encoder"
+        calls["n"] += 1
+        with clock(seconds, part):
+            return encode(ids, mask)
+
+    model._encode = timed_encode
+    scorer = model.scorer
+    scorer_forward = scorer.forward
+
+    def timed_scorer(*a, **k):
+        with clock(seconds, "scorer"):
+            return scorer_forward(*a, **k)
+
+    scorer.forward = timed_scorer
+    pad_m, pad_n, names, distinct = [], [], [], []
+    for step, batch in enumerate(batches):
+        if step == 2:  # the first steps warm up allocators and kernels
+            seconds.clear()
+            start = time.perf_counter()
+        calls["n"] = 0
+        with clock(seconds, "forward (all)"):
+            logits = model(batch)
+            loss = F.cross_entropy(logits, batch.labels)
+        with clock(seconds, "backward"):
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+        with clock(seconds, "optimizer"):
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+        pad_m.append(1 - batch.mention_mask.float().mean().item())
+        pad_n.append(1 - batch.candidate_mask.float().mean().item())
+        rows = batch.candidate_ids.reshape(-1, batch.candidate_ids.shape[-1])
+        names.append(rows.shape[0])
+        distinct.append(torch.unique(rows, dim=0).shape[0])
+    total = time.perf_counter() - start
+    steps = len(batches) - 2
+    attn = getattr(model.encoder.config, "_attn_implementation", "?")
+    print(
+        f"task {args.task}, {steps} timed steps of {args.batch_size} queries, "
+        f"{args.threads} threads, attention {attn!r}"
+    )
+    print(
+        f"step: {1000 * total / steps:.0f} ms ({args.batch_size * steps / total:.1f} "
+        "queries/s)"
+    )
+    for part in ("mention encoder", "name encoder", "scorer", "forward (all)",
+                 "backward", "optimizer"):  # fmt: skip
+        share = 100 * seconds[part] / total
+        print(f"  {part:16s} {1000 * seconds[part] / steps:7.1f} ms  {share:5.1f}%")
+    print(
+        f"padding: mentions {100 * sum(pad_m) / len(pad_m):.0f}%, names "
+        f"{100 * sum(pad_n) / len(pad_n):.0f}% of the input positions"
+    )
+    print(
+        f"names per batch: {sum(names) / len(names):.0f} rows, "
+        f"{sum(distinct) / len(distinct):.0f} distinct"
+    )
+
+
+@contextmanager
+def clock(seconds: dict[str, float], part: str):
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[part] += time.perf_counter() - start
+
+
+if __name__ == "__main__":
+    main()
