@@ -81,3 +81,51 @@ def test_the_copy_back_gradient_is_bitwise_repeatable_with_two_threads():
     finally:
         torch.set_num_threads(before)
     assert all(torch.equal(grads[0], g) for g in grads[1:])
+
+
+def test_encoding_names_by_length_in_chunks_equals_one_padded_call(tokenizer):
+    from dataclasses import replace
+
+    from kfacel.data.records import Candidate
+    from kfacel.models._unique import encode_by_length
+
+    words = ["heart", "lung", "acute", "failure", "renal", "chronic", "pain"]
+    examples = [  # candidate names of 1 to 4 words
+        replace(
+            ex,
+            candidates=tuple(
+                Candidate(
+                    c.id, " ".join(words[(j + k) % 7] for k in range(1 + (i + j) % 4))
+                )
+                for j, c in enumerate(ex.candidates)
+            ),
+        )
+        for i, ex in enumerate(synthetic_examples(6, seed=3))
+    ]
+    batch = Collator(tokenizer, max_mention_length=16)(examples)
+    ids = batch.candidate_ids.reshape(-1, batch.candidate_ids.shape[-1])
+    mask = batch.candidate_mask.reshape(ids.shape)
+    assert len(set(mask.sum(1).tolist())) > 1  # names of several lengths
+    model = no_dropout("transformer")
+    params = [p for p in model.parameters() if p.requires_grad]
+    whole = model._encode_name(ids, mask)
+    widths = []
+
+    def encode(i, m):
+        widths.append(i.shape[1])
+        return model._encode_name(i, m)
+
+    chunked = encode_by_length(ids, mask, encode, chunk=4)
+    assert len(widths) > 1  # several chunks, the shortest cut to less than the whole
+    assert min(widths) < ids.shape[1]
+    torch.testing.assert_close(chunked, whole)
+    weights = torch.randn_like(whole)
+    for a, b in zip(
+        torch.autograd.grad((chunked * weights).sum(), params, allow_unused=True),
+        torch.autograd.grad((whole * weights).sum(), params, allow_unused=True),
+        strict=True,
+    ):
+        if a is None or b is None:
+            assert (a, b) == (None, None)
+        else:
+            torch.testing.assert_close(a, b)
