@@ -17,7 +17,7 @@ from kfacel import (
     save_state,
     snapshot,
 )
-from kfacel.consolidation import copy_states, state_dir
+from kfacel.consolidation import state_dir
 from kfacel.curvature import KFACApprox
 from tests.curvature.test_diagonal import TinyRanker
 
@@ -114,7 +114,8 @@ def test_penalty_without_state_or_with_wrong_method_is_refused(tmp_path) -> None
 def test_states_carry_forward_to_a_new_model_dir(tmp_path) -> None:
     model, _ = _data()
     save_state(tmp_path / "v1", TaskState("A", "l2", snapshot(model), None))
-    copy_states(tmp_path / "v1", tmp_path / "v2")
+    for state in load_state(tmp_path / "v1"):  # as save_linker(..., states=) does
+        save_state(tmp_path / "v2", state)
     save_state(tmp_path / "v2", TaskState("B", "l2", snapshot(model), None))
     assert [s.task for s in load_state(tmp_path / "v2")] == ["A", "B"]
     assert len(list(state_dir(tmp_path / "v1").glob("*.json"))) == 1

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -155,14 +155,6 @@ def load_state(
             check_state(state, model, where=str(meta_path))
         states.append(state)
     return tuple(states)
-
-
-def copy_states(src: Path | str, dst: Path | str) -> None:
-    """Carry the consolidation states of ``src`` forward into model directory ``dst``."""
-    for stem in _stems(state_dir(src)):
-        for suffix in (".safetensors", ".json"):
-            data = (state_dir(src) / f"{stem}{suffix}").read_bytes()
-            atomic_write(state_dir(dst) / f"{stem}{suffix}", _writer(data))
 
 
 def check_state(state: TaskState, model: nn.Module, *, where: str = "state") -> None:
@@ -328,13 +320,6 @@ def _stems(directory: Path) -> list[str]:
 
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "task"
-
-
-def _writer(data: bytes) -> Callable[[Path], None]:
-    def write(path: Path) -> None:
-        path.write_bytes(data)
-
-    return write
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
