@@ -37,6 +37,7 @@ from statistics import mean, median
 from typing import Any
 
 from kfacel.experiments.metrics import mean_interval, spearman
+from kfacel.experiments.results import calibration_points
 
 COST = 1.0  # points of new-task accuracy the summary allows
 
@@ -52,7 +53,12 @@ def load(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def test_record(d: dict[str, Any], task: str) -> dict[str, Any]:
-    return next(r for r in d["records"] if r["task"] == task and r["split"] == "test")
+    """The cell's test record of ``task``."""
+    return _record(d, task, "test")
+
+
+def _record(d: dict[str, Any], task: str, split: str) -> dict[str, Any]:
+    return next(r for r in d["records"] if r["task"] == task and r["split"] == split)
 
 
 def kept_at_cost(points: list[tuple[float, float]], none_new: float) -> float:
@@ -79,7 +85,6 @@ def summarize(cells: list[dict[str, Any]]) -> None:
     }
     curves: dict[tuple, list] = defaultdict(list)
     none: dict[tuple, dict] = {}
-    calib: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for d in cells:
         if d["kind"] != "tier2":
             continue
@@ -91,10 +96,6 @@ def summarize(cells: list[dict[str, Any]]) -> None:
         curves[(a, b, d["method"], d["seed"])].append(
             (d["lam"], new["accuracy"], old["accuracy"])
         )
-        rise = d.get("predicted_rise", {}).get(a)
-        ind = individual.get((a, d["seed"]))
-        if rise is not None and ind is not None and "loss" in old:
-            calib[d["method"]].append((rise, old["loss"] - ind["loss"]))
     table: dict[tuple, list[float]] = defaultdict(list)
     for (a, b, m, seed), pts in sorted(curves.items()):
         base, ind = none.get((a, b, seed)), individual.get((a, seed))
@@ -126,6 +127,10 @@ def summarize(cells: list[dict[str, Any]]) -> None:
     )
     print("| method | cells | Spearman ρ | median predicted / measured |")
     print("|---|---:|---:|---:|")
+    records = [r for d in cells for r in d["records"]]
+    calib: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for point in calibration_points(records, cells):  # as `kfacel report` reads them
+        calib[point["method"]].append((point["predicted"], point["measured"]))
     for m, pairs in sorted(calib.items()):
         ratios = [p / q for p, q in pairs if q > 0]
         med = f"{median(ratios):.3g}" if ratios else "–"
@@ -191,9 +196,7 @@ def _order(rule: str) -> tuple[int, float]:
 
 
 def _acc(d: dict[str, Any], task: str, split: str) -> float:
-    return next(
-        r["accuracy"] for r in d["records"] if r["task"] == task and r["split"] == split
-    )
+    return float(_record(d, task, split)["accuracy"])
 
 
 def _fmt(vals: list[float]) -> str:
