@@ -253,7 +253,8 @@ def _deps(
     states = []
     if m in REGULARIZED:
         cons = sweep.consolidation(first, sweep.state_method(m), s)
-        states.append(_finished(run_dir, cons, "consolidation"))
+        _finished(run_dir, cons, "consolidation")
+        states.append(str(_cell_dir(run_dir, cons)))
     if cell.kind is CellKind.TIER2:
         replay = (first,) if m == "replay" else ()
         return CellDeps(start, tuple(states), replay, keep_model=keep)
@@ -266,19 +267,19 @@ def _deps(
         )
     pair = cell.order[:2]
     res = sweep.resume_point(pair[0], pair[1], m, chosen2[(pair, m)], s)
-    res_dir = _finished(run_dir, res, "start")
+    res_done = _finished(run_dir, res, "start")
     if m in REGULARIZED:
-        states.append(res_dir)
-    model_dir = str(run_dir / read_done(Path(res_dir))["model_dir"])  # type: ignore[index]
+        states.append(str(_cell_dir(run_dir, res)))
+    model_dir = str(run_dir / res_done["model_dir"])
     return CellDeps(model_dir, tuple(states), pair if m == "replay" else ())
 
 
-def _finished(run_dir: Path, cell: Cell, what: str) -> str:
-    """The directory of a cell that finished ``ok``; else ``_StartFailed``."""
+def _finished(run_dir: Path, cell: Cell, what: str) -> dict[str, Any]:
+    """The ``done.json`` of a cell that finished ``ok``; else ``_StartFailed``."""
     done = read_done(_cell_dir(run_dir, cell))
     if done is None or done.get("status") != "ok":
         raise _StartFailed(f"its {what} {cell.id} did not finish")
-    return str(_cell_dir(run_dir, cell))
+    return done
 
 
 def _execute(
