@@ -116,7 +116,7 @@ def test_num_candidates_is_capped_by_the_dictionary() -> None:
 
 def test_errors_are_clear() -> None:
     with pytest.raises(ValueError, match="unknown candidate method"):
-        build_generator("dense", CONCEPTS)
+        build_generator("sparse", CONCEPTS)
     with pytest.raises(ValueError, match="empty"):
         build_generator("tfidf", [])
     with pytest.raises(ValueError, match="appears twice"):

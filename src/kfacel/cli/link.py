@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 import torch
 
 from kfacel.cli import UserError
 from kfacel.cli._args import positive_int
-from kfacel.data.candidates import build_generator
+from kfacel.data.candidates import (
+    RETRIEVAL_METHODS,
+    CandidateGenerator,
+    build_generator,
+    dictionary_digest,
+)
 from kfacel.data.readers import read_dictionary
 from kfacel.training.linking import MentionQuery, link, read_queries
-from kfacel.training.pipeline import load_linker
+from kfacel.training.pipeline import RETRIEVAL_FILE, Linker, load_linker
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -42,9 +48,7 @@ def run(args: argparse.Namespace) -> int:
     linker = load_linker(args.model_dir)
     task = linker.meta.get("task", {})
     cands = task.get("candidates", {})
-    generator = build_generator(
-        cands.get("method", "tfidf"), read_dictionary(args.dictionary)
-    )
+    generator = _generator(args, linker, cands)
     results = link(
         linker,
         generator,
@@ -61,6 +65,33 @@ def run(args: argparse.Namespace) -> int:
         ]
         print(json.dumps({"mention": q.mention, "concepts": top}, ensure_ascii=False))
     return 0
+
+
+def _generator(
+    args: argparse.Namespace, linker: Linker, cands: dict[str, Any]
+) -> CandidateGenerator:
+    """The model's candidate generator over ``--dictionary``, checked against training.
+
+    Raises:
+        UserError: when the dictionary differs from the one the model's task was built
+            with (its digest is recorded), or a retrieval model lacks its alias table.
+    """
+    concepts = read_dictionary(args.dictionary)
+    expected = cands.get("dictionary_sha256")
+    if expected and dictionary_digest(concepts) != expected:
+        raise UserError(
+            f"--dictionary {args.dictionary} ({len(concepts)} concepts) differs from "
+            f"the dictionary {args.model_dir} was trained with "
+            f"({cands.get('dictionary_size', '?')} concepts, sha256 {expected[:12]}…): "
+            "candidate ranks would not match training; give that dictionary"
+        )
+    method = cands.get("method", "tfidf")
+    if method in RETRIEVAL_METHODS and linker.retrieval is None:
+        raise UserError(
+            f"{args.model_dir}: {RETRIEVAL_FILE} is missing; {method} retrieval needs "
+            "the training alias table"
+        )
+    return build_generator(method, concepts, aliases=linker.retrieval, progress=True)
 
 
 def _queries(args: argparse.Namespace) -> list[MentionQuery]:

@@ -55,6 +55,15 @@ def register(subparsers: Any) -> None:
     bench.add_argument("--out", type=Path, required=True, help="parent of the tasks")
     bench.add_argument("--small", action="store_true", help="the CPU variant")
     bench.add_argument("--task", action="append", choices=TASKS, help="only these")
+    bench.add_argument(
+        "--candidates",
+        choices=METHODS,
+        help="candidate method of every task (default: the paper's, per task); "
+        "fused: the retrieval a linker in use runs",
+    )
+    bench.add_argument(
+        "--num-candidates", type=positive_int, metavar="C", help="C of every task"
+    )
     _overwrite_option(bench)
     _names_option(bench)
     bench.set_defaults(handler=_benchmark)
@@ -137,6 +146,7 @@ def _build(
         sources=[str(s) for s in (*sources, args.dictionary)],
         skips=skips,
         synonyms=args.candidate_names == "closest",
+        progress=True,
     )
     print(report(info))
     return 0
@@ -192,6 +202,9 @@ def _benchmark(args: argparse.Namespace) -> int:
         tasks=tasks,
         synonyms=args.candidate_names == "closest",
         overwrite=args.overwrite,
+        method=args.candidates,
+        num_candidates=args.num_candidates,
+        progress=True,
     ).values():
         print(report(info))
     return 0
@@ -215,6 +228,17 @@ def report(info: dict[str, Any]) -> str:
             f"{c['documents']} docs; generator {recall} "
             f"accuracy@1={g['accuracy@1']:.3f}"
         )
+        for channel, stats in info.get("channels", {}).get(split, {}).items():
+            recall = " ".join(
+                f"{k}={v:.3f}" for k, v in stats.items() if k.startswith("recall@")
+            )
+            lines.append(f"        channel {channel:6s} {recall}")
+        dropped = c.get("dropped_not_retrieved")
+        if dropped:
+            lines.append(
+                f"        {dropped} training queries left out: retrieval missed "
+                "their gold"
+            )
     lines += _reasons("skipped", info["skipped"]["skipped"])
     lines += _reasons("repaired", info["skipped"]["repaired"])
     return "\n".join(lines)

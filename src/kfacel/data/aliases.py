@@ -86,6 +86,7 @@ class AliasTable:
     links: tuple[tuple[str, str, str], ...]
     _all: _Counts = field(init=False, repr=False, compare=False)
     _by_doc: dict[str, _Counts] = field(init=False, repr=False, compare=False)
+    _by_mention: dict[str, Counter[str]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         by_doc: dict[str, list[tuple[str, str]]] = defaultdict(list)
@@ -96,6 +97,10 @@ class AliasTable:
         object.__setattr__(
             self, "_by_doc", {doc: _Counts.of(own) for doc, own in by_doc.items()}
         )
+        by_mention: dict[str, Counter[str]] = defaultdict(Counter)
+        for _, m, c in self.links:
+            by_mention[m][c] += 1
+        object.__setattr__(self, "_by_mention", dict(by_mention))
 
     @classmethod
     def from_examples(cls, examples: Iterable[LinkingExample]) -> AliasTable:
@@ -122,6 +127,28 @@ class AliasTable:
             mention -= own.mention[m]
             concept -= own.concept[concept_id]
         return AliasCounts(pair, mention, concept)
+
+    def links_of(self, mention: str, doc: str | None = None) -> Counter[str]:
+        """``{c: n(m, c)}`` of a normalized mention ``m``, document ``doc`` left out.
+
+        >>> t = AliasTable((("d1", "mi", "C1"), ("d2", "mi", "C1"), ("d2", "mi", "C2")))
+        >>> dict(t.links_of("mi", "d2"))
+        {'C1': 1}
+        """
+        out = Counter(self._by_mention.get(mention, {}))
+        own = self._by_doc.get(doc) if doc is not None else None
+        if own is not None:
+            out.subtract({c: own.pair[(mention, c)] for c in out})
+        return Counter({c: n for c, n in out.items() if n > 0})
+
+    def merged(self, other: AliasTable) -> AliasTable:
+        """The links of both tables (a linker's memory after a further task)."""
+        return AliasTable(self.links + other.links)
+
+    @classmethod
+    def from_mentions(cls, mentions: Iterable[tuple[str, str, str]]) -> AliasTable:
+        """The table of ``(document, mention text, gold id)`` triples."""
+        return cls(tuple((doc, mention_key(m), gold) for doc, m, gold in mentions))
 
     def to_json(self) -> dict[str, Any]:
         """``{"format", "links": [[doc, mention, id], ...]}``."""

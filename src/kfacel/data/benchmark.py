@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,7 @@ def _file(data: Path, *parts: str) -> Path:
     return path
 
 
-def _medmentions(data: Path, out: Path, small: bool, synonyms: bool) -> dict[str, Any]:
+def _medmentions(data: Path, out: Path, small: bool, how: _How) -> dict[str, Any]:
     names = _file(data, "medmentions", "st21pv_entities.txt")
     train_f = _file(data, "medmentions", "st21pv_dev_corpus.txt.gz")
     held_f = _file(data, "medmentions", "st21pv_test_corpus.txt.gz")
@@ -70,18 +71,18 @@ def _medmentions(data: Path, out: Path, small: bool, synonyms: bool) -> dict[str
             "test": [m for m in held if m.doc_id not in even],
         },
         concepts=concepts,
-        method="tfidf",
-        num_candidates=10,
+        **how.candidates("tfidf", 10),
         context_words=10,
         seed=SEED,
         sources=[str(p) for p in (train_f, held_f, names)],
         skips=skips,
         max_queries=_limits(small, train_share=SMALL_TRAIN_SHARE),
-        synonyms=synonyms,
+        synonyms=how.synonyms,
+        progress=how.progress,
     )
 
 
-def _cadec(data: Path, out: Path, small: bool, synonyms: bool) -> dict[str, Any]:
+def _cadec(data: Path, out: Path, small: bool, how: _How) -> dict[str, Any]:
     path = _file(data, "cadec", "CADEC.json")
     skips = SkipReport()
     mentions: list[Mention] = list(read_cadec(path, skips=skips))
@@ -91,18 +92,18 @@ def _cadec(data: Path, out: Path, small: bool, synonyms: bool) -> dict[str, Any]
         name="cadec",
         splits={"train": train, "dev": dev, "test": test},
         concepts=cadec_concepts(mentions),
-        method="bm25",
-        num_candidates=10,
+        **how.candidates("bm25", 10),
         context_words=10,
         seed=SEED,
         sources=[str(path)],
         skips=skips,
         max_queries=_limits(small),
-        synonyms=synonyms,
+        synonyms=how.synonyms,
+        progress=how.progress,
     )
 
 
-def _ncbi(data: Path, out: Path, small: bool, synonyms: bool) -> dict[str, Any]:
+def _ncbi(data: Path, out: Path, small: bool, how: _How) -> dict[str, Any]:
     files = {
         "train": _file(data, "ncbi_disease", "NCBItrainset_corpus.txt"),
         "dev": _file(data, "ncbi_disease", "NCBIdevelopset_corpus.txt"),
@@ -117,14 +118,14 @@ def _ncbi(data: Path, out: Path, small: bool, synonyms: bool) -> dict[str, Any]:
         name="ncbi",
         splits=splits,
         concepts=concepts,
-        method="tfidf",
-        num_candidates=25,
+        **how.candidates("tfidf", 25),
         context_words=20,
         seed=SEED,
         sources=[*(str(f) for f in files.values()), str(medic)],
         skips=skips,
         max_queries=_limits(small),
-        synonyms=synonyms,
+        synonyms=how.synonyms,
+        progress=how.progress,
     )
 
 
@@ -137,7 +138,24 @@ def _limits(small: bool, train_share: float | None = None) -> dict[str, int | fl
     return out
 
 
-_BUILDERS: dict[str, Callable[[Path, Path, bool, bool], dict[str, Any]]] = {
+@dataclass(frozen=True)
+class _How:
+    """Choices shared by the three builders (see ``build_public3``)."""
+
+    synonyms: bool = True
+    method: str | None = None
+    num_candidates: int | None = None
+    progress: bool = False
+
+    def candidates(self, method: str, num_candidates: int) -> dict[str, Any]:
+        """The task's own method and C unless overridden."""
+        return {
+            "method": self.method or method,
+            "num_candidates": self.num_candidates or num_candidates,
+        }
+
+
+_BUILDERS: dict[str, Callable[[Path, Path, bool, _How], dict[str, Any]]] = {
     "medmentions": _medmentions,
     "cadec": _cadec,
     "ncbi": _ncbi,
@@ -152,6 +170,9 @@ def build_public3(
     tasks: tuple[str, ...] = TASKS,
     synonyms: bool = True,
     overwrite: bool = True,
+    method: str | None = None,
+    num_candidates: int | None = None,
+    progress: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Build the PUBLIC-3 task directories ``out_dir/{medmentions,cadec,ncbi}``.
 
@@ -166,6 +187,10 @@ def build_public3(
             (``prepare_task``); False: preferred names only.
         overwrite: replace existing task directories (other directories are never
             replaced; see :func:`~kfacel.data.tasks.check_task_out`).
+        method: candidate method of every task (None: the paper's, per task);
+            ``"fused"`` builds the tasks a linker in use is trained on (issue 11).
+        num_candidates: C of every task (None: the paper's, per task).
+        progress: progress bars while dense retrieval embeds a dictionary.
 
     Returns:
         ``{task name: its task.json contents}``.
@@ -184,5 +209,6 @@ def build_public3(
     results = {}
     for task in tasks:
         logger.info("building %s", task)
-        results[task] = _BUILDERS[task](data, out, small, synonyms)
+        how = _How(synonyms, method, num_candidates, progress)
+        results[task] = _BUILDERS[task](data, out, small, how)
     return results

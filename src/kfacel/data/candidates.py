@@ -21,20 +21,36 @@ not always the dictionary's first entries. The list is then shuffled with the sa
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from kfacel.data.aliases import AliasTable, mention_key
 from kfacel.data.records import Candidate, Concept
 
-METHODS = ("tfidf", "bm25")
+if TYPE_CHECKING:
+    from kfacel.data.dense import SentenceEncoder
+
+METHODS = ("tfidf", "bm25", "dense", "alias", "fused")
+RETRIEVAL_METHODS = ("alias", "fused")
+"""Methods that read the training alias table: a task built with one is trained on
+what retrieval returns (see ``data.tasks.prepare_task``)."""
 _MAX_CELLS = 1 << 24
 """Largest batch × names score matrix held at once (64 MiB of float32)."""
 _WORD = re.compile(r"\w+")
+
+
+def dictionary_digest(concepts: Sequence[Concept]) -> str:
+    """sha256 of a dictionary's ids and names in order: equal digests, equal indexes."""
+    digest = hashlib.sha256()
+    for concept in concepts:
+        digest.update("\x1f".join((concept.id, *concept.names)).encode() + b"\x1e")
+    return digest.hexdigest()
 
 
 def _key(text: str) -> str:
@@ -81,32 +97,51 @@ class CandidateGenerator:
         """Position of ``concept_id`` (or an alternative id of it), None if unknown."""
         return self._index.get(concept_id)
 
+    uses_docs = False
+    """Whether a query's scores depend on its document (the alias table's do)."""
+
     def _name_scores(self, mentions: list[str]) -> np.ndarray:
         """Scores ``[b, names]`` of distinct normalized mentions against every name."""
         raise NotImplementedError
 
+    def _concept_scores(
+        self, keys: list[str], docs: list[str | None]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores [u, concepts], name scores [u, names])`` of distinct queries.
+
+        A concept scores the best of its names. ``keys`` are normalized mentions,
+        ``docs`` their documents (None: unknown, or not used by this generator).
+        """
+        by_name = self._name_scores(keys)  # [u, names]
+        if len(self._names) == len(self.concepts):
+            return by_name, by_name
+        return np.maximum.reduceat(by_name, self._starts[:-1], axis=1), by_name
+
     def _batches(
-        self, mentions: Sequence[str]
+        self, mentions: Sequence[str], docs: Sequence[str] | None = None
     ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Yield ``(scores [u, concepts], name scores [u, names], rows [b])``.
 
-        Mentions are scored in consecutive batches; equal mentions (after lower-casing
-        and collapsing spaces) are scored once: row ``rows[i]`` of the score matrices
-        belongs to the batch's ``i``-th mention.
+        Mentions are scored in consecutive batches; equal queries (mentions equal
+        after lower-casing and collapsing spaces, and for a generator that reads
+        documents, the same document) are scored once: row ``rows[i]`` of the score
+        matrices belongs to the batch's ``i``-th mention.
         """
         batch = max(1, min(8192, _MAX_CELLS // max(1, len(self._names))))
-        one_name_each = len(self._names) == len(self.concepts)
         for lo in range(0, len(mentions), batch):
             keys = [_key(m) for m in mentions[lo : lo + batch]]
-            distinct = list(dict.fromkeys(keys))
-            where = {k: i for i, k in enumerate(distinct)}
-            by_name = self._name_scores(distinct)  # [u, names]
-            scores = (
-                by_name
-                if one_name_each
-                else np.maximum.reduceat(by_name, self._starts[:-1], axis=1)
-            )  # [u, concepts]
-            yield scores, by_name, np.asarray([where[k] for k in keys], dtype=np.int64)
+            where_docs = (
+                list(docs[lo : lo + batch])
+                if docs is not None and self.uses_docs
+                else [None] * len(keys)
+            )
+            queries = list(zip(keys, where_docs, strict=True))
+            distinct = list(dict.fromkeys(queries))
+            where = {q: i for i, q in enumerate(distinct)}
+            scores, by_name = self._concept_scores(
+                [k for k, _ in distinct], [d for _, d in distinct]
+            )
+            yield scores, by_name, np.asarray([where[q] for q in queries], np.int64)
 
     def concept_scores(self, mentions: Sequence[str]) -> Iterator[np.ndarray]:
         """Yield score matrices ``[b, concepts]`` for consecutive batches."""
@@ -227,16 +262,163 @@ class BM25Generator(CandidateGenerator):
         return out
 
 
-def build_generator(method: str, concepts: Sequence[Concept]) -> CandidateGenerator:
-    """A candidate generator over ``concepts``: ``"tfidf"`` or ``"bm25"``.
+class DenseGenerator(CandidateGenerator):
+    """Cosine similarity of sentence-encoder embeddings of mention and names."""
+
+    method = "dense"
+
+    def __init__(
+        self,
+        concepts: Sequence[Concept],
+        encoder: SentenceEncoder | None = None,
+        *,
+        progress: bool = False,
+    ) -> None:
+        """Embed every name of ``concepts`` (or read them from the cache)."""
+        super().__init__(concepts)
+        from kfacel.data.dense import NameIndex, SentenceEncoder
+
+        encoder = encoder if encoder is not None else SentenceEncoder()
+        self.index = NameIndex.build(encoder, self._originals, progress=progress)
+
+    def _name_scores(self, mentions: list[str]) -> np.ndarray:
+        return self.index.scores(self.index.encoder.encode(mentions))
+
+
+class AliasGenerator(CandidateGenerator):
+    """The training alias table: how often each concept was a mention string's gold.
+
+    A concept's score is ``n(m, c)``, the number of training links of the mention's
+    normalized string ``m`` to it, the query's own document left out
+    (:class:`~kfacel.data.aliases.AliasTable`); unseen strings score 0 everywhere.
+    """
+
+    method = "alias"
+    uses_docs = True
+
+    def __init__(self, concepts: Sequence[Concept], aliases: AliasTable) -> None:
+        """Look ``aliases``' gold ids up in ``concepts`` (unknown ids are ignored)."""
+        super().__init__(concepts)
+        self.aliases = aliases
+
+    def _concept_scores(
+        self, keys: list[str], docs: list[str | None]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        scores = np.zeros((len(keys), len(self.concepts)), dtype=np.float32)
+        for i, (key, doc) in enumerate(zip(keys, docs, strict=True)):
+            for concept_id, n in self.aliases.links_of(mention_key(key), doc).items():
+                j = self.index_of(concept_id)
+                if j is not None:
+                    scores[i, j] += n
+        return scores, np.zeros((len(keys), len(self._names)), dtype=np.float32)
+
+
+RRF_K = 60
+"""Reciprocal rank fusion's constant (Cormack, Clarke and Büttcher, SIGIR 2009)."""
+
+
+class FusedGenerator(CandidateGenerator):
+    """The alias table first, then reciprocal rank fusion of similarity channels.
+
+    A concept's score is (eq. R1)
+
+        s(c) = [n(m, c) > 0]·(1 + n(m, c) / (n(m) + 1)) + Σ_ch 1 / (RRF_K + r_ch(c))
+
+    where ``n`` are the alias table's counts (``n(m)`` summed over the dictionary's
+    concepts) and ``r_ch(c)`` is the 1-based rank of ``c`` in channel ``ch`` when ``c``
+    is among the channel's ``depth`` best with a positive score (no term otherwise).
+    The alias term is ≥ 1 and a fused similarity sum < 1, so concepts the training
+    data linked this exact string to come first, most linked first, and the rest
+    follow the fusion of TF-IDF and dense similarity (ties broken by the fusion).
+
+    Attributes:
+        channels: the similarity generators fused (``tfidf``, ``dense``).
+        alias: the alias channel, or None.
+    """
+
+    method = "fused"
+
+    def __init__(
+        self,
+        concepts: Sequence[Concept],
+        channels: Sequence[CandidateGenerator],
+        alias: AliasGenerator | None = None,
+        *,
+        depth: int = 64,
+    ) -> None:
+        """Fuse ``channels`` (each over the same ``concepts``) after ``alias``."""
+        super().__init__(concepts)
+        if not channels:
+            raise ValueError("fusion needs at least one similarity channel")
+        self.channels = tuple(channels)
+        self.alias = alias
+        self.uses_docs = alias is not None
+        self.depth = depth
+
+    def _concept_scores(
+        self, keys: list[str], docs: list[str | None]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        fused = np.zeros((len(keys), len(self.concepts)), dtype=np.float64)
+        by_name = None
+        for channel in self.channels:
+            scores, names = channel._concept_scores(keys, docs)
+            by_name = names  # the last channel names the synonyms (dense if given)
+            top = top_k(scores, self.depth)
+            rows = np.arange(len(keys))[:, None]
+            credit = 1.0 / (RRF_K + 1 + np.arange(top.shape[1]))
+            fused[rows, top] += np.where(scores[rows, top] > 0, credit, 0.0)
+        if self.alias is not None:
+            counts, _ = self.alias._concept_scores(keys, docs)
+            total = counts.sum(axis=1, keepdims=True)
+            fused += np.where(counts > 0, 1 + counts / (total + 1), 0.0)
+        assert by_name is not None
+        return fused.astype(np.float32), by_name
+
+    def channel_generators(self) -> dict[str, CandidateGenerator]:
+        """The fused channels by method, the alias table's included."""
+        out = {c.method: c for c in self.channels}
+        return out | ({"alias": self.alias} if self.alias is not None else {})
+
+
+def build_generator(
+    method: str,
+    concepts: Sequence[Concept],
+    *,
+    aliases: AliasTable | None = None,
+    encoder: SentenceEncoder | None = None,
+    progress: bool = False,
+) -> CandidateGenerator:
+    """A candidate generator over ``concepts`` (one of :data:`METHODS`).
+
+    Args:
+        method: ``"tfidf"``, ``"bm25"``, ``"dense"``, ``"alias"`` or ``"fused"``
+            (alias table, then TF-IDF and dense fused; eq. R1).
+        concepts: the dictionary.
+        aliases: the training links (needed by ``alias``; optional for ``fused``).
+        encoder: the sentence encoder of ``dense`` and ``fused`` (default MiniLM).
+        progress: a progress bar while names are embedded.
 
     Raises:
-        ValueError: for an unknown method, an empty dictionary or a repeated id.
+        ValueError: for an unknown method, an empty dictionary, a repeated id, or
+            ``alias`` without an alias table.
     """
     if method == "tfidf":
         return TfidfGenerator(concepts)
     if method == "bm25":
         return BM25Generator(concepts)
+    if method == "dense":
+        return DenseGenerator(concepts, encoder, progress=progress)
+    if method == "alias":
+        if aliases is None:
+            raise ValueError("the alias generator needs the training alias table")
+        return AliasGenerator(concepts, aliases)
+    if method == "fused":
+        channels = [
+            TfidfGenerator(concepts),
+            DenseGenerator(concepts, encoder, progress=progress),
+        ]
+        alias = AliasGenerator(concepts, aliases) if aliases is not None else None
+        return FusedGenerator(concepts, channels, alias)
     raise ValueError(f"unknown candidate method {method!r}; choose from {METHODS}")
 
 
@@ -272,6 +454,7 @@ def make_candidates(
     num_candidates: int,
     seed: int | Sequence[int],
     synonyms: bool = True,
+    docs: Sequence[str] | None = None,
 ) -> tuple[list[tuple[Candidate, ...]], list[bool], CandidateStats]:
     """Shuffled candidate lists (gold + best C−1 others) and the generator's stats.
 
@@ -283,6 +466,8 @@ def make_candidates(
         seed: seeds the filler draws and the shuffles (one RNG, queries in order).
         synonyms: give each candidate its name closest to the mention
             (``Candidate.synonym``); False: preferred names only.
+        docs: the document of each mention, for a generator that leaves a query's
+            own document out of its alias table (None: documents unknown).
 
     Returns:
         One tuple of C candidates per query (the gold under its primary id); per query
@@ -319,7 +504,7 @@ def make_candidates(
     retrieved: list[bool] = []
     depth = min(n, max(c, *ks))
     q = 0
-    for distinct, by_name, rows in generator._batches(mentions):
+    for distinct, by_name, rows in generator._batches(mentions, docs):
         tops = top_k(distinct, depth)  # [u, depth], best first, ties by index
         for r in rows:
             row, top, gi = distinct[r], tops[r], int(gold_idx[q])

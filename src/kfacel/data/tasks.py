@@ -32,13 +32,23 @@ from typing import Any
 import numpy as np
 
 from kfacel._io import atomic_dir
-from kfacel.data.candidates import build_generator, make_candidates
+from kfacel.data.aliases import AliasTable
+from kfacel.data.candidates import (
+    RETRIEVAL_METHODS,
+    CandidateGenerator,
+    FusedGenerator,
+    build_generator,
+    dictionary_digest,
+    make_candidates,
+)
 from kfacel.data.readers.lines import read_text, text_lines
 from kfacel.data.records import Concept, LinkingExample, Mention, SkipReport
 
 SPLITS = ("train", "dev", "test")
 FORMAT = "kfacel-task/1"
-TASK_FILES = ("train.jsonl", "dev.jsonl", "test.jsonl", "task.json")
+ALIASES_FILE = "aliases.json"
+"""The training split's alias table, written for retrieval with the alias channel."""
+TASK_FILES = ("train.jsonl", "dev.jsonl", "test.jsonl", "task.json", ALIASES_FILE)
 
 
 @dataclass(frozen=True)
@@ -51,6 +61,8 @@ class Task:
     dev: list[LinkingExample] = field(repr=False)
     test: list[LinkingExample] = field(repr=False)
     info: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    aliases: AliasTable | None = field(default=None, repr=False, compare=False)
+    """The training links retrieval's alias channel reads (``aliases.json``)."""
 
     def split(self, name: str) -> list[LinkingExample]:
         """The queries of split ``name`` (``train``, ``dev`` or ``test``)."""
@@ -126,6 +138,7 @@ def prepare_task(
     skips: SkipReport | None = None,
     max_queries: Mapping[str, int | float] | None = None,
     synonyms: bool = True,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Build the queries of each split and write the task directory.
 
@@ -134,7 +147,12 @@ def prepare_task(
         name: the task's name.
         splits: mentions of ``train``, ``dev`` and ``test``.
         concepts: the dictionary candidates are drawn from.
-        method: candidate generator, ``"tfidf"`` or ``"bm25"``.
+        method: candidate generator (``data.candidates.METHODS``). The paper's
+            ``"tfidf"`` and ``"bm25"`` insert a gold they missed (benchmark accuracy);
+            the retrieval methods ``"fused"`` and ``"alias"`` read the training
+            split's alias table (written to ``aliases.json``), leave training queries
+            whose gold they missed out of ``train.jsonl`` (counted), and mark dev and
+            test queries with an inserted gold as not retrieved (end-to-end accuracy).
         num_candidates: C, candidates per query (gold included).
         context_words: K, words of context each side.
         seed: seeds sampling, filler candidates and shuffles.
@@ -144,6 +162,7 @@ def prepare_task(
             sampled with ``seed``.
         synonyms: give each candidate its name closest to the mention (recorded as
             ``candidates.synonyms``); False: preferred names only.
+        progress: a progress bar while dense retrieval embeds the dictionary.
 
     Returns:
         The contents of ``task.json``.
@@ -155,7 +174,16 @@ def prepare_task(
     if missing:
         raise ValueError(f"task {name!r}: missing splits {missing}")
     skips = skips if skips is not None else SkipReport()
-    generator = build_generator(method, concepts)
+    retrieval = method in RETRIEVAL_METHODS
+    aliases = None
+    if retrieval:
+        known = CandidateGenerator(concepts)  # only to look ids up
+        aliases = AliasTable.from_mentions(
+            (m.doc_id, m.surface, m.concept_ids[0])
+            for m in splits["train"]
+            if len(m.concept_ids) == 1 and known.index_of(m.concept_ids[0]) is not None
+        )
+    generator = build_generator(method, concepts, aliases=aliases, progress=progress)
     examples: dict[str, list[LinkingExample]] = {}
     info: dict[str, Any] = {
         "format": FORMAT,
@@ -165,13 +193,17 @@ def prepare_task(
             "method": method,
             "num_candidates": min(num_candidates, len(concepts)),
             "dictionary_size": len(concepts),
+            "dictionary_sha256": dictionary_digest(concepts),
             "synonyms": synonyms,
+            "train_missed": "drop" if retrieval else "insert",
         },
         "context_words": context_words,
         "seed": seed,
         "counts": {},
         "generator": {},
     }
+    if isinstance(generator, FusedGenerator):
+        info["channels"] = {}
     for i, split in enumerate(SPLITS):
         usable = _usable(splits[split], generator, skips)
         usable = _sample(usable, (max_queries or {}).get(split), [seed, i, 1])
@@ -180,23 +212,57 @@ def prepare_task(
                 f"task {name!r}: split {split!r} has no usable mention "
                 f"({len(splits[split])} read; skipped: {skips.counts})"
             )
-        examples[split], stats = _queries(
+        queries, stats = _queries(
             usable, generator, num_candidates, [seed, i], synonyms, context_words
         )
         info["counts"][split] = {
             "mentions": len(splits[split]),
-            "queries": len(usable),
+            "queries": len(queries),
             "documents": len({m.doc_id for m in usable}),
         }
+        if retrieval and split == "train":
+            # the ranker learns from what retrieval returns: a gold it missed would
+            # teach that a dissimilar candidate can be gold (issue 11)
+            kept = [q for q in queries if q.retrieved]
+            info["counts"][split]["dropped_not_retrieved"] = len(queries) - len(kept)
+            info["counts"][split]["queries"] = len(kept)
+            queries = kept
+        examples[split] = queries
         info["generator"][split] = stats.to_json()
+        if isinstance(generator, FusedGenerator):
+            info["channels"][split] = _channel_stats(
+                generator, usable, num_candidates, [seed, i]
+            )
     info["skipped"] = skips.to_json()
-    write_task(out_dir, examples, info)
+    write_task(out_dir, examples, info, aliases=aliases)
     return info
+
+
+def _channel_stats(
+    generator: FusedGenerator,
+    usable: Sequence[Mention],
+    num_candidates: int,
+    seed: list[int],
+) -> dict[str, Any]:
+    """Recall@k of each channel fused by ``generator`` on one split's queries."""
+    out = {}
+    for method, channel in generator.channel_generators().items():
+        _, _, stats = make_candidates(
+            channel,
+            [m.surface for m in usable],
+            [m.concept_ids[0] for m in usable],
+            num_candidates=num_candidates,
+            seed=seed,
+            synonyms=False,
+            docs=[m.doc_id for m in usable],
+        )
+        out[method] = stats.to_json()
+    return out
 
 
 def _queries(
     usable: Sequence[Mention],
-    generator: Any,
+    generator: CandidateGenerator,
     num_candidates: int,
     seed: list[int],
     synonyms: bool,
@@ -210,6 +276,7 @@ def _queries(
         num_candidates=num_candidates,
         seed=seed,
         synonyms=synonyms,
+        docs=[m.doc_id for m in usable],
     )
     golds = [
         generator.concepts[generator.index_of(m.concept_ids[0]) or 0].id for m in usable
@@ -325,8 +392,10 @@ def write_task(
     out_dir: Path | str,
     splits: Mapping[str, Sequence[LinkingExample]],
     info: Mapping[str, Any],
+    *,
+    aliases: AliasTable | None = None,
 ) -> Path:
-    """Write a task directory at once: the three splits and ``task.json``.
+    """Write a task directory at once: the three splits, ``task.json``, the aliases.
 
     The files are written into a hidden temporary sibling directory, which replaces
     ``out_dir`` once complete; it is removed on every error path.
@@ -352,6 +421,9 @@ def write_task(
         meta = {"format": FORMAT, **info}
         text = json.dumps(meta, sort_keys=True, indent=2, ensure_ascii=False)
         _write(tmp / "task.json", text + "\n")
+        if aliases is not None:
+            links = json.dumps(aliases.to_json(), separators=(",", ":"))
+            _write(tmp / ALIASES_FILE, links + "\n")
 
     atomic_dir(out, write)
     return out
@@ -413,4 +485,11 @@ def load_task(task_dir: Path | str) -> Task:
         if not file.is_file():
             raise FileNotFoundError(f"{file}: missing split file")
         splits[split] = read_split(file)
-    return Task(name=str(info.get("name", path.name)), path=path, info=info, **splits)
+    aliases = None
+    if (path / ALIASES_FILE).is_file():
+        try:
+            aliases = AliasTable.from_json(json.loads(read_text(path / ALIASES_FILE)))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path / ALIASES_FILE}: {exc}") from None
+    name = str(info.get("name", path.name))
+    return Task(name=name, path=path, info=info, aliases=aliases, **splits)

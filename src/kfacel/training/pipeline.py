@@ -34,6 +34,8 @@ from kfacel.training.trainer import Replay, TrainLog, TrainSettings, train_task
 
 TRAIN_LOG_FILE = "train_log.json"
 ALIASES_FILE = "aliases.json"
+RETRIEVAL_FILE = "retrieval-aliases.json"
+"""The training links of every task the linker learned, for retrieval's alias channel."""
 
 
 @dataclass
@@ -43,6 +45,9 @@ class Linker:
     model: nn.Module
     collator: Collator
     meta: dict[str, Any] = field(default_factory=dict)
+    retrieval: AliasTable | None = None
+    """The alias table retrieval reads: the links of every task trained on, carried
+    forward like consolidation states (a summary of the old data, kept by design)."""
 
     def batches(self, examples: Sequence[LinkingExample], batch_size: int) -> list:
         """``Batch``es of ``examples`` for this linker's model."""
@@ -141,6 +146,9 @@ def fit_task(
         progress=progress,
     )
     linker.model.to("cpu")
+    if task.aliases is not None:
+        old = linker.retrieval
+        linker.retrieval = task.aliases if old is None else old.merged(task.aliases)
     linker.meta["task"] = {
         "name": task.name,
         "candidates": task.info.get("candidates", {}),
@@ -199,9 +207,13 @@ def save_linker(
         if log is not None:
             text = json.dumps(log.to_json(), indent=2) + "\n"
             (tmp / TRAIN_LOG_FILE).write_text(text, encoding="utf-8")
-        if c.aliases is not None:
-            text = json.dumps(c.aliases.to_json(), separators=(",", ":")) + "\n"
-            (tmp / ALIASES_FILE).write_text(text, encoding="utf-8")
+        for table, name in (
+            (c.aliases, ALIASES_FILE),
+            (linker.retrieval, RETRIEVAL_FILE),
+        ):
+            if table is not None:
+                text = json.dumps(table.to_json(), separators=(",", ":")) + "\n"
+                (tmp / name).write_text(text, encoding="utf-8")
         for state in states:
             save_state(tmp, state)
 
@@ -218,11 +230,7 @@ def load_linker(directory: str | Path) -> Linker:
     meta = read_model_config(directory)
     model = load_model(directory)
     settings = meta.get("collate", {})
-    aliases_file = Path(directory) / ALIASES_FILE
-    aliases = None
-    if aliases_file.is_file():
-        obj = json.loads(aliases_file.read_text(encoding="utf-8"))
-        aliases = AliasTable.from_json(obj)
+    aliases = _read_aliases(Path(directory) / ALIASES_FILE)
     collator = Collator(
         WordPieceTokenizer(directory),
         max_mention_length=int(settings.get("max_mention_length", 64)),
@@ -237,4 +245,20 @@ def load_linker(directory: str | Path) -> Linker:
             f"{len(collator.feature_names)} (is {ALIASES_FILE} missing?)"
         )
     extra = {k: v for k, v in meta.items() if k not in ("model", "config", "collate")}
-    return Linker(model, collator, extra)
+    return Linker(
+        model, collator, extra, _read_aliases(Path(directory) / RETRIEVAL_FILE)
+    )
+
+
+def _read_aliases(file: Path) -> AliasTable | None:
+    """The alias table in ``file``, None when there is no such file.
+
+    Raises:
+        ValueError: naming the file when it is not an alias table.
+    """
+    if not file.is_file():
+        return None
+    try:
+        return AliasTable.from_json(json.loads(file.read_text(encoding="utf-8")))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{file}: {exc}") from None

