@@ -24,3 +24,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_cache(tmp_path_factory):
+    """Dense name indexes are cached in a temporary directory, never in ``~/.cache``."""
+    import os
+
+    before = os.environ.get("KFACEL_CACHE_DIR")
+    os.environ["KFACEL_CACHE_DIR"] = str(tmp_path_factory.mktemp("kfacel-cache"))
+    yield
+    if before is None:
+        os.environ.pop("KFACEL_CACHE_DIR", None)
+    else:
+        os.environ["KFACEL_CACHE_DIR"] = before

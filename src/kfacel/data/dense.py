@@ -181,6 +181,11 @@ class NameIndex:
         atomic_write(file, write)
         return cls(encoder, matrix)
 
+    @staticmethod
+    def cache_files() -> list[Path]:
+        """The name matrices in the cache directory (for inspection and tests)."""
+        return sorted(cache_dir().glob("names-*.safetensors"))
+
     def scores(self, queries: np.ndarray) -> np.ndarray:
         """Cosine similarities ``[b, names]`` of query embeddings ``[b, dim]``."""
         return queries @ self.matrix.T

