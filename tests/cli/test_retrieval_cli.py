@@ -1,5 +1,8 @@
-"""The linker a user runs: fused retrieval → a ranker trained on what it returns →
-``evaluate``'s end-to-end accuracy, which ``link`` reproduces on the same queries."""
+"""The linker a user runs, end to end, on a tiny corpus made here.
+
+Fused retrieval → a ranker trained on what it returns → ``evaluate``'s end-to-end
+accuracy, which ``link`` reproduces on the same queries.
+"""
 
 import json
 import random
@@ -94,7 +97,8 @@ def test_prepare_is_deterministic_and_leaks_no_gold(built) -> None:
         for line in (task / f"{split}.jsonl").read_text().splitlines()
     }
     train = [json.loads(x) for x in (task / "train.jsonl").read_text().splitlines()]
-    assert links and not {doc for doc, _, _ in links} & held_docs
+    assert links
+    assert not {doc for doc, _, _ in links} & held_docs
     # training queries are what retrieval returned: every gold was retrieved
     assert all(q["retrieved"] for q in train)
     counts = info["counts"]["train"]
@@ -102,7 +106,7 @@ def test_prepare_is_deterministic_and_leaks_no_gold(built) -> None:
 
 
 def test_link_reproduces_the_end_to_end_accuracy_of_evaluate(built, tmp_path, capsys):
-    root, (task, _), dictionary = built
+    _root, (task, _), dictionary = built
     model = tmp_path / "model"
     assert main(
         ["train", "--task", str(task), "--model", "cnn", "--out", str(model),
@@ -153,7 +157,7 @@ def test_link_reproduces_the_end_to_end_accuracy_of_evaluate(built, tmp_path, ca
 
 
 def test_link_refuses_another_dictionary(built, tmp_path, capsys) -> None:
-    root, (task, _), dictionary = built
+    _root, (task, _), dictionary = built
     model = tmp_path / "model"
     assert main(
         ["train", "--task", str(task), "--model", "cnn", "--out", str(model),
@@ -176,8 +180,6 @@ def test_link_refuses_another_dictionary(built, tmp_path, capsys) -> None:
     )
     assert code == 2
     err = capsys.readouterr().err
-    assert (
-        str(other) in err
-        and "differs from the dictionary" in err
-        and "9 concepts" in err
-    )
+    assert str(other) in err
+    assert "differs from the dictionary" in err
+    assert "9 concepts" in err

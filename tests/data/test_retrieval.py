@@ -54,7 +54,11 @@ def test_fusion_puts_alias_links_first_then_follows_reciprocal_ranks() -> None:
 
 def test_alias_channel_leaves_the_querys_own_document_out() -> None:
     table = AliasTable.from_mentions(
-        [("d1", "Heart  Attack", "C1"), ("d2", "heart attack", "C1"), ("d2", "MI", "C1")]
+        [
+            ("d1", "Heart  Attack", "C1"),
+            ("d2", "heart attack", "C1"),
+            ("d2", "MI", "C1"),
+        ]
     )
     gen = build_generator("alias", CONCEPTS, aliases=table)
     _, found, stats = make_candidates(
@@ -81,12 +85,17 @@ def test_dense_channel_finds_synonyms_that_share_no_trigram(dense) -> None:
     tfidf = build_generator("tfidf", CONCEPTS)
     mentions = ["sleep problems", "high temperature", "heart attack"]
     golds = ["C5", "C3", "C1"]
-    _, dense_found, _ = make_candidates(dense, mentions, golds, num_candidates=2, seed=0)
-    _, tfidf_found, _ = make_candidates(tfidf, mentions, golds, num_candidates=2, seed=0)
+    _, dense_found, _ = make_candidates(
+        dense, mentions, golds, num_candidates=2, seed=0
+    )
+    _, tfidf_found, _ = make_candidates(
+        tfidf, mentions, golds, num_candidates=2, seed=0
+    )
     assert dense_found == [True, True, True]
     assert not tfidf_found[1]  # "high temperature" shares no trigram with C3
     best = dense.search(["heart attack"], 1)[0][0][0]
-    assert best.id == "C1" and best.synonym == "Heart attack"
+    assert best.id == "C1"
+    assert best.synonym == "Heart attack"
 
 
 def test_name_index_is_cached_and_a_damaged_entry_rebuilt(dense, monkeypatch) -> None:
@@ -116,7 +125,7 @@ def test_name_index_is_cached_and_a_damaged_entry_rebuilt(dense, monkeypatch) ->
 def test_fused_search_is_deterministic_and_handles_odd_strings(dense) -> None:
     fused = FusedGenerator(
         [*CONCEPTS, Concept("C6", ("!!!",))],
-        [build_generator("tfidf", CONCEPTS + [Concept("C6", ("!!!",))]), dense_of()],
+        [build_generator("tfidf", [*CONCEPTS, Concept("C6", ("!!!",))]), dense_of()],
     )
     for mention in ["x", "?", "heart attack"]:
         first = fused.search([mention], 3)
