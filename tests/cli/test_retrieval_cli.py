@@ -183,3 +183,27 @@ def test_link_refuses_another_dictionary(built, tmp_path, capsys) -> None:
     assert str(other) in err
     assert "differs from the dictionary" in err
     assert "9 concepts" in err
+
+
+def test_each_tasks_alias_table_is_carried_forward_once(built, tmp_path) -> None:
+    from kfacel.training.pipeline import load_linker
+
+    _, (task, again), _ = built
+    first, second, third = (tmp_path / n for n in ("v1", "v2", "v3"))
+    common = ["--model", "cnn", "--epochs", "1", "--hidden", "16"]
+    assert main(["train", "--task", str(task), "--out", str(first), *common]) == 0
+    assert main(
+        ["train", "--task", str(again), "--init", str(first), "--out", str(second),
+         *common]
+    ) == 0  # fmt: skip
+    assert main(
+        ["train", "--task", str(task), "--init", str(second), "--out", str(third),
+         *common]
+    ) == 0  # fmt: skip
+    one = load_linker(first).retrieval
+    assert set(one) == {"task"}
+    three = load_linker(third)
+    assert set(three.retrieval) == {"task", "again"}  # retraining replaces, not adds
+    merged = three.retrieval_aliases()
+    assert merged is not None
+    assert len(merged) == len(one["task"]) * 2

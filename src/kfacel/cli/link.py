@@ -86,12 +86,13 @@ def _generator(
             "candidate ranks would not match training; give that dictionary"
         )
     method = cands.get("method", "tfidf")
-    if method in RETRIEVAL_METHODS and linker.retrieval is None:
+    aliases = linker.retrieval_aliases()
+    if method in RETRIEVAL_METHODS and aliases is None:
         raise UserError(
             f"{args.model_dir}: {RETRIEVAL_FILE} is missing; {method} retrieval needs "
             "the training alias table"
         )
-    return build_generator(method, concepts, aliases=linker.retrieval, progress=True)
+    return build_generator(method, concepts, aliases=aliases, progress=True)
 
 
 def _queries(args: argparse.Namespace) -> list[MentionQuery]:

@@ -36,6 +36,7 @@ TRAIN_LOG_FILE = "train_log.json"
 ALIASES_FILE = "aliases.json"
 RETRIEVAL_FILE = "retrieval-aliases.json"
 """The training links of every task the linker learned, for retrieval's alias channel."""
+RETRIEVAL_FORMAT = "kfacel-retrieval-aliases/1"
 
 
 @dataclass
@@ -45,9 +46,20 @@ class Linker:
     model: nn.Module
     collator: Collator
     meta: dict[str, Any] = field(default_factory=dict)
-    retrieval: AliasTable | None = None
-    """The alias table retrieval reads: the links of every task trained on, carried
-    forward like consolidation states (a summary of the old data, kept by design)."""
+    retrieval: dict[str, AliasTable] = field(default_factory=dict)
+    """Each trained task's alias table, by task name, carried forward like the
+    consolidation states (a summary of the old data, kept by design); training on a
+    task again replaces its table."""
+
+    def retrieval_aliases(self) -> AliasTable | None:
+        """The links of every task trained on, for retrieval (None: no such task)."""
+        tables = list(self.retrieval.values())
+        if not tables:
+            return None
+        merged = tables[0]
+        for table in tables[1:]:
+            merged = merged.merged(table)
+        return merged
 
     def batches(self, examples: Sequence[LinkingExample], batch_size: int) -> list:
         """``Batch``es of ``examples`` for this linker's model."""
@@ -147,8 +159,7 @@ def fit_task(
     )
     linker.model.to("cpu")
     if task.aliases is not None:
-        old = linker.retrieval
-        linker.retrieval = task.aliases if old is None else old.merged(task.aliases)
+        linker.retrieval[task.name] = task.aliases
     linker.meta["task"] = {
         "name": task.name,
         "candidates": task.info.get("candidates", {}),
@@ -207,13 +218,14 @@ def save_linker(
         if log is not None:
             text = json.dumps(log.to_json(), indent=2) + "\n"
             (tmp / TRAIN_LOG_FILE).write_text(text, encoding="utf-8")
-        for table, name in (
-            (c.aliases, ALIASES_FILE),
-            (linker.retrieval, RETRIEVAL_FILE),
-        ):
-            if table is not None:
-                text = json.dumps(table.to_json(), separators=(",", ":")) + "\n"
-                (tmp / name).write_text(text, encoding="utf-8")
+        if c.aliases is not None:
+            text = json.dumps(c.aliases.to_json(), separators=(",", ":")) + "\n"
+            (tmp / ALIASES_FILE).write_text(text, encoding="utf-8")
+        if linker.retrieval:
+            tasks = {name: t.to_json() for name, t in linker.retrieval.items()}
+            obj = {"format": RETRIEVAL_FORMAT, "tasks": tasks}
+            text = json.dumps(obj, separators=(",", ":")) + "\n"
+            (tmp / RETRIEVAL_FILE).write_text(text, encoding="utf-8")
         for state in states:
             save_state(tmp, state)
 
@@ -245,9 +257,25 @@ def load_linker(directory: str | Path) -> Linker:
             f"{len(collator.feature_names)} (is {ALIASES_FILE} missing?)"
         )
     extra = {k: v for k, v in meta.items() if k not in ("model", "config", "collate")}
-    return Linker(
-        model, collator, extra, _read_aliases(Path(directory) / RETRIEVAL_FILE)
-    )
+    return Linker(model, collator, extra, _read_retrieval(Path(directory)))
+
+
+def _read_retrieval(directory: Path) -> dict[str, AliasTable]:
+    """The per-task alias tables of ``RETRIEVAL_FILE`` (empty when there is none).
+
+    Raises:
+        ValueError: naming the file when it is not such a file.
+    """
+    file = directory / RETRIEVAL_FILE
+    if not file.is_file():
+        return {}
+    try:
+        obj = json.loads(file.read_text(encoding="utf-8"))
+        if obj.get("format") != RETRIEVAL_FORMAT:
+            raise ValueError(f"format {obj.get('format')!r}, not {RETRIEVAL_FORMAT!r}")
+        return {str(n): AliasTable.from_json(t) for n, t in obj["tasks"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{file}: {exc}") from None
 
 
 def _read_aliases(file: Path) -> AliasTable | None:
