@@ -135,3 +135,33 @@ def test_fused_search_is_deterministic_and_handles_odd_strings(dense) -> None:
 
 def dense_of():
     return build_generator("dense", [*CONCEPTS, Concept("C6", ("!!!",))])
+
+
+def test_retrieval_candidates_carry_their_rank_and_the_collator_reads_it() -> None:
+    from kfacel.data.collate import RANK_FEATURE_NAMES, Collator
+    from kfacel.data.records import LinkingExample
+    from kfacel.data.tokenize import WordPieceTokenizer
+
+    table = AliasTable((("d", "mi", "C1"),))
+    alias = build_generator("alias", CONCEPTS, aliases=table)
+    lists, found, _ = make_candidates(
+        alias, ["MI", "MI"], ["C1", "C2"], num_candidates=3, seed=0
+    )
+    by_id = [{c.id: c.rank for c in cands} for cands in lists]
+    assert found == [True, False]
+    assert by_id[0]["C1"] == 1  # retrieved first
+    assert by_id[1]["C2"] is None  # inserted, no evidence: no rank
+    tfidf = build_generator("tfidf", CONCEPTS)  # the paper's: ranks are not shown
+    plain, _, _ = make_candidates(tfidf, ["fever"], ["C3"], num_candidates=3, seed=0)
+    assert all(c.rank is None for c in plain[0])
+
+    example = LinkingExample("MI", "", "", lists[0], "C1")
+    collator = Collator(WordPieceTokenizer(), ranks=True)
+    assert collator.feature_names[-1] == RANK_FEATURE_NAMES[0]
+    batch = collator([example])
+    want = [1.0 / c.rank if c.rank else 0.0 for c in lists[0]]
+    assert batch.features[0, :, -1].tolist() == pytest.approx(want)
+    line = example.to_json()
+    line["candidates"][0]["rank"] = "2"
+    with pytest.raises(ValueError, match="'rank' must be an integer"):
+        LinkingExample.from_json(line)

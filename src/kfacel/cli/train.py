@@ -105,7 +105,8 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--aliases",
         action="store_true",
-        help="alias/prior features from the training links (stored in the model dir)",
+        help="alias/prior features from the training links (a retrieval task: every "
+        "training mention of its aliases.json; stored in the model dir)",
     )
     p.add_argument(
         "--threads", type=positive_int, help="CPU threads (default: torch's)"
@@ -285,7 +286,7 @@ def _start(
         layers=args.layers,
         features=not args.no_features,
         types=not args.no_types,
-        aliases=args.aliases,
+        aliases=(task.aliases or True) if args.aliases else False,
         max_mention_length=args.max_length,
         seed=args.seed,
         **extra,

@@ -99,6 +99,9 @@ class CandidateGenerator:
 
     uses_docs = False
     """Whether a query's scores depend on its document (the alias table's do)."""
+    ranks = False
+    """Whether candidates carry their retrieval rank (``Candidate.rank``): retrieval
+    methods, whose rank is evidence the ranker should weigh, not the paper's."""
 
     def _name_scores(self, mentions: list[str]) -> np.ndarray:
         """Scores ``[b, names]`` of distinct normalized mentions against every name."""
@@ -148,13 +151,17 @@ class CandidateGenerator:
         for scores, _, rows in self._batches(mentions):
             yield scores[rows]
 
-    def candidate(self, j: int, name_scores: np.ndarray | None = None) -> Candidate:
+    def candidate(
+        self, j: int, name_scores: np.ndarray | None = None, rank: int | None = None
+    ) -> Candidate:
         """Concept ``j`` as a candidate, with its name closest to the mention.
 
         Args:
             j: the concept's position in the dictionary.
             name_scores: the mention's scores ``[names]`` of every name; None gives
                 the preferred name only.
+            rank: the concept's retrieval rank, kept when this generator's ranks
+                are shown to the ranker (``ranks``).
 
         Returns:
             The candidate; ``synonym`` is set when a name other than the preferred
@@ -167,7 +174,10 @@ class CandidateGenerator:
             best = lo + int(np.argmax(name_scores[lo:hi]))  # ties: the first name
             if best != lo and name_scores[best] > 0:
                 synonym = self._originals[best]
-        return Candidate(concept.id, concept.name, concept.semantic_type, synonym)
+        shown = rank if self.ranks else None
+        return Candidate(
+            concept.id, concept.name, concept.semantic_type, synonym, shown
+        )
 
     def search(
         self, mentions: Sequence[str], k: int
@@ -185,7 +195,10 @@ class CandidateGenerator:
         out: list[list[tuple[Candidate, float]]] = []
         for scores, by_name, rows in self._batches(mentions):
             best = [
-                [(self.candidate(j, names), float(row[j])) for j in top]
+                [
+                    (self.candidate(int(j), names, r + 1), float(row[j]))
+                    for r, j in enumerate(top)
+                ]
                 for row, names, top in zip(
                     scores, by_name, top_k(scores, k), strict=True
                 )
@@ -266,6 +279,7 @@ class DenseGenerator(CandidateGenerator):
     """Cosine similarity of sentence-encoder embeddings of mention and names."""
 
     method = "dense"
+    ranks = True
 
     def __init__(
         self,
@@ -295,6 +309,7 @@ class AliasGenerator(CandidateGenerator):
 
     method = "alias"
     uses_docs = True
+    ranks = True
 
     def __init__(self, concepts: Sequence[Concept], aliases: AliasTable) -> None:
         """Look ``aliases``' gold ids up in ``concepts`` (unknown ids are ignored)."""
@@ -337,6 +352,7 @@ class FusedGenerator(CandidateGenerator):
     """
 
     method = "fused"
+    ranks = True
 
     def __init__(
         self,
@@ -473,7 +489,7 @@ def make_candidates(
         One tuple of C candidates per query (the gold under its primary id); per query
         whether the generator *retrieved* the gold itself (in its top C with a positive
         score; otherwise the gold was inserted, as a linker in use would never see it);
-        and the recall@{1,5,10,C} and accuracy@1 of the generator.
+        and the recall@{1,5,10,64,C} and accuracy@1 of the generator.
 
     Raises:
         ValueError: when lengths differ, C < 2, the dictionary has fewer than two
@@ -496,7 +512,7 @@ def make_candidates(
         if j is None:
             raise ValueError(f"gold concept {gold!r} is not in the dictionary")
         gold_idx[q] = j
-    ks = sorted({k for k in (1, 5, 10) if k <= n} | {c})
+    ks = sorted({k for k in (1, 5, 10, 64) if k <= n} | {c})
     hits = dict.fromkeys(ks, 0)
     correct = 0
     rng = np.random.default_rng(seed)
@@ -519,8 +535,12 @@ def make_candidates(
                 others += _fill(rng, n, {gi, *others}, c - 1 - len(others))
             correct += bool(row[gi] > row[others].max())
             chosen = [gi, *others]
+            ranks = [_rank(row, j, top) for j in chosen]
             out.append(
-                tuple(generator.candidate(chosen[p], names) for p in rng.permutation(c))
+                tuple(
+                    generator.candidate(chosen[p], names, ranks[p])
+                    for p in rng.permutation(c)
+                )
             )
     total = max(1, len(golds))
     stats = CandidateStats(
@@ -529,6 +549,20 @@ def make_candidates(
         accuracy=correct / total,
     )
     return out, retrieved, stats
+
+
+def _rank(row: np.ndarray, j: int, top: np.ndarray) -> int | None:
+    """1-based rank of concept ``j`` by the scores ``row``; None without evidence.
+
+    Ties are in index order, as in ``top_k``; ``top`` is the row's ``top_k``. A
+    concept with score ≤ 0 has no rank.
+    """
+    if row[j] <= 0:
+        return None
+    hit = np.flatnonzero(top == j)
+    if hit.size:
+        return int(hit[0]) + 1
+    return int((row > row[j]).sum() + (row[:j] == row[j]).sum()) + 1
 
 
 def _fill(rng: np.random.Generator, n: int, taken: set[int], m: int) -> list[int]:

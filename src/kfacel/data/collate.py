@@ -24,6 +24,11 @@ of the mention, ``n(c)`` golds of this concept):
 - ``alias_count``: ``log(1 + n(m, c)) / log(1 + 32)``, capped at 1;
 - ``concept_prior``: ``log(1 + n(c)) / log(1 + 256)``, capped at 1.
 
+Candidates that carry their retrieval rank (``Candidate.rank``, tasks built with a
+retrieval method and ``link`` on their models) add ``RANK_FEATURE_NAMES`` (the collator's
+``ranks``): ``retrieval_rank`` ``1 / rank`` (0 for no rank), so the ranker weighs what
+retrieval found (its alias table, TF-IDF and dense similarity) instead of starting over.
+
 Semantic types of the candidates (a property of the concept, never of the mention) are
 mapped to ids with a vocabulary built from the training queries (ids 1, 2, …); 0 stands
 for a type that is unknown or missing.
@@ -55,6 +60,7 @@ FEATURE_NAMES = (
     "length_ratio",
 )
 ALIAS_FEATURE_NAMES = ("alias_share", "alias_seen", "alias_count", "concept_prior")
+RANK_FEATURE_NAMES = ("retrieval_rank",)
 _ALIAS_COUNT_SCALE = math.log1p(32)
 _PRIOR_SCALE = math.log1p(256)
 _WORD = re.compile(r"[a-z0-9]+")
@@ -81,6 +87,7 @@ class Collator:
         max_name_length: longest candidate name sequence.
         types: the semantic-type vocabulary (``build_type_vocab``); empty for none.
         aliases: training-split alias table for ``ALIAS_FEATURE_NAMES``; None for none.
+        ranks: add ``RANK_FEATURE_NAMES`` from the candidates' retrieval ranks.
     """
 
     tokenizer: WordPieceTokenizer
@@ -88,6 +95,7 @@ class Collator:
     max_name_length: int = 16
     types: tuple[str, ...] = ()
     aliases: AliasTable | None = None
+    ranks: bool = False
     # derived state: neither a setting (not compared, not shown) nor unbounded
     _name_cache: OrderedDict[str, list[int]] = field(
         default_factory=OrderedDict, init=False, compare=False, repr=False
@@ -100,9 +108,12 @@ class Collator:
     @property
     def feature_names(self) -> tuple[str, ...]:
         """Names of the ``features`` columns this collator writes."""
-        if self.aliases is None:
-            return FEATURE_NAMES
-        return FEATURE_NAMES + ALIAS_FEATURE_NAMES
+        names: tuple[str, ...] = FEATURE_NAMES
+        if self.aliases is not None:
+            names += ALIAS_FEATURE_NAMES
+        if self.ranks:
+            names += RANK_FEATURE_NAMES
+        return names
 
     def __call__(self, examples: Sequence[LinkingExample]) -> Batch:
         """The ``Batch`` of ``examples``; candidates padded to the largest C."""
@@ -131,6 +142,8 @@ class Collator:
                 row = similarity_features(e.mention, cand.text)
                 if self.aliases is not None:
                     row += alias_features(self.aliases, e, cand.id)
+                if self.ranks:
+                    row += (1.0 / cand.rank if cand.rank else 0.0,)
                 features[i, j] = torch.tensor(row)
                 cand_types[i, j] = self._type_ids.get(cand.semantic_type or "", 0)
         cand_mask = (cand_ids != tok.pad_id) & cand_valid[..., None]

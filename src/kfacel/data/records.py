@@ -57,6 +57,10 @@ class Candidate:
     name: str
     semantic_type: str | None = None
     synonym: str | None = None
+    rank: int | None = None
+    """1-based rank of the concept in the retrieval that proposed it (``fused``,
+    ``alias``, ``dense`` tasks and ``link``); None: not ranked (the paper's tasks, or
+    a gold that had no evidence at all)."""
 
     @property
     def text(self) -> str:
@@ -70,6 +74,8 @@ class Candidate:
             out["type"] = self.semantic_type
         if self.synonym is not None:
             out["synonym"] = self.synonym
+        if self.rank is not None:
+            out["rank"] = self.rank
         return out
 
 
@@ -136,8 +142,15 @@ class LinkingExample:
                 raise ValueError(
                     f"a candidate's 'synonym' must be text, got {synonym!r}"
                 )
+            rank = c.get("rank")
+            if rank is not None and (
+                not isinstance(rank, int) or isinstance(rank, bool) or rank < 1
+            ):
+                raise ValueError(
+                    f"a candidate's 'rank' must be an integer ≥ 1, got {rank!r}"
+                )
             cands.append(
-                Candidate(str(c["id"]), str(c["name"]), c.get("type"), synonym)
+                Candidate(str(c["id"]), str(c["name"]), c.get("type"), synonym, rank)
             )
         ids = [c.id for c in cands]
         repeated = next((i for n, i in enumerate(ids) if i in ids[:n]), None)

@@ -74,7 +74,7 @@ def new_linker(
     layers: int = 3,
     features: bool = True,
     types: bool = True,
-    aliases: bool = False,
+    aliases: bool | AliasTable = False,
     max_mention_length: int = 64,
     max_name_length: int = 16,
     seed: int = 0,
@@ -92,6 +92,8 @@ def new_linker(
         types: give the scorer candidate types and the type head.
         aliases: add the alias and prior features of ``train`` (needs ``features``);
             the table is a memory of the training links and is saved with the model.
+            An ``AliasTable`` is used as the table instead (a retrieval task's
+            ``aliases.json``: every training mention, not only the queries).
         max_mention_length: longest mention-in-context sequence.
         max_name_length: longest candidate-name sequence.
         seed: seed of the weights' random initialization.
@@ -100,8 +102,17 @@ def new_linker(
     path = Path(encoder) if encoder is not None else default_encoder_path()
     tokenizer = WordPieceTokenizer(path)
     vocab = build_type_vocab(train) if types else ()
-    table = AliasTable.from_examples(train) if aliases and features else None
-    collator = Collator(tokenizer, max_mention_length, max_name_length, vocab, table)
+    table = None
+    if aliases is not False and features:
+        table = (
+            aliases
+            if isinstance(aliases, AliasTable)
+            else AliasTable.from_examples(train)
+        )
+    ranks = features and any(c.rank is not None for e in train for c in e.candidates)
+    collator = Collator(
+        tokenizer, max_mention_length, max_name_length, vocab, table, ranks
+    )
     common: dict[str, Any] = {
         "num_features": len(collator.feature_names) if features else 0,
         "num_types": len(vocab),
@@ -210,6 +221,7 @@ def save_linker(
             "max_mention_length": c.max_mention_length,
             "max_name_length": c.max_name_length,
             "types": list(c.types),
+            "ranks": c.ranks,
         },
     }
 
@@ -249,6 +261,7 @@ def load_linker(directory: str | Path) -> Linker:
         max_name_length=int(settings.get("max_name_length", 16)),
         types=tuple(settings.get("types", ())),
         aliases=aliases,
+        ranks=bool(settings.get("ranks", False)),
     )
     wanted = int(meta.get("config", {}).get("num_features", 0))
     if wanted not in (0, len(collator.feature_names)):
