@@ -11,7 +11,8 @@ encoder (hidden 384, 32 tokens, vocabulary 30,522, classifier on the first token
   weight block of A (ASDL's A has no bias coordinate). A peer that fails on a model is
   recorded as ``fails: <error>`` in place of its time;
 - the CNN ranker of `kfacel train` on the demo task mm-demo (K-FAC with its padding masks;
-  no peer: curvlinops knows neither Conv1d nor masks, ASDL no masks);
+  no peer: curvlinops knows neither Conv1d nor masks, ASDL no masks), and its transformer
+  ranker (`--models tranker`: first 3 MiniLM layers, 22M parameters; issue 10's ratios);
 - a training step with the KFC penalty of one prior task (closed-form gradient) vs a plain
   step, and the consolidation state's bytes vs the model's parameter bytes.
 
@@ -166,12 +167,15 @@ def setup(name: str, small: bool, n: int, batch: int) -> tuple[nn.Module, list]:
             (torch.randn(batch, sizes[0]), torch.randint(0, 10, (batch,)))
             for _ in range(n // batch)
         ]
-    elif name == "ranker":
+    elif name in ("ranker", "tranker"):
         from kfacel.experiments.quickstart import demo_tasks
         from kfacel.training.pipeline import new_linker
 
         task = demo_tasks()[0]
-        linker = new_linker("cnn", task.train, hidden=64 if small else 256, seed=0)
+        if name == "ranker":
+            linker = new_linker("cnn", task.train, hidden=64 if small else 256, seed=0)
+        else:  # the transformer ranker of `kfacel train` (3 MiniLM layers; issue 10)
+            linker = new_linker("transformer", task.train, layers=3, seed=0)
         model = linker.model
         data = [(b, b.labels) for b in linker.batches(task.train[:n], batch)]
     else:
@@ -299,7 +303,7 @@ def bench(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "diag_ratio": t_diag / t_train,
     }
     peers = {"curvlinops": peer_kfac, "asdl": peer_asdl}
-    if name != "ranker":  # the peers cover Linear only and know no padding masks
+    if name not in ("ranker", "tranker"):  # peers: Linear only, no padding masks
         for peer, fn in peers.items():
             diff = "max_rel_diff" + ("" if peer == "curvlinops" else f"_{peer}")
             try:
@@ -315,7 +319,8 @@ def bench(name: str, args: argparse.Namespace) -> dict[str, Any]:
                 diff: max_rel(fisher, factors),
             }
     if not args.no_memory:
-        for what in ("train", "kfac", "diag", *(() if name == "ranker" else peers)):
+        ours = ("train", "kfac", "diag")
+        for what in (*ours, *(() if name in ("ranker", "tranker") else peers)):
             row[f"{what}_MB"] = peak_mb(name, what, args)
     penalty = kfacel.KFACPenalty().add_task(kfacel.snapshot(model), fisher, lam=1.0)
     t_plain, _ = measure(trainer(copy.deepcopy(model), data), args.repeats)

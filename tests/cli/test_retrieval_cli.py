@@ -71,19 +71,20 @@ def built(tmp_path_factory):
         encoding="utf-8",
     )
     tasks = []
-    for name in ("task", "again"):
+    for name, tune in (("task", "0"), ("again", "0"), ("tuned", "2")):
         out = root / name
         assert main(
             ["prepare", "pubtator", "--corpus", str(corpus), "--dictionary",
              str(dictionary), "--out", str(out), "--candidates", "fused",
-             "--num-candidates", "3", "--context-words", "3"]
+             "--num-candidates", "3", "--context-words", "3",
+             "--retriever-epochs", tune]
         ) == 0  # fmt: skip
         tasks.append(out)
     return root, tasks, dictionary
 
 
 def test_prepare_is_deterministic_and_leaks_no_gold(built) -> None:
-    _, (task, again), _ = built
+    _, (task, again, _), _ = built
     for name in ("train.jsonl", "dev.jsonl", "test.jsonl", "aliases.json"):
         assert (task / name).read_bytes() == (again / name).read_bytes(), name
     info = json.loads((task / "task.json").read_text())
@@ -105,19 +106,26 @@ def test_prepare_is_deterministic_and_leaks_no_gold(built) -> None:
     assert counts["queries"] == len(train)
 
 
-def test_link_reproduces_the_end_to_end_accuracy_of_evaluate(built, tmp_path, capsys):
-    _root, (task, _), dictionary = built
+@pytest.mark.parametrize("which", ["task", "tuned"])
+def test_link_reproduces_the_end_to_end_accuracy_of_evaluate(
+    built, tmp_path, capsys, which
+):
+    _root, tasks, dictionary = built
+    task = tasks[0] if which == "task" else tasks[2]
+    tuned = which == "tuned"
+    assert (task / "retriever").is_dir() == tuned
     model = tmp_path / "model"
     assert main(
         ["train", "--task", str(task), "--model", "cnn", "--out", str(model),
          "--epochs", "1", "--batch-size", "8", "--hidden", "16", "--lr", "3e-4"]
     ) == 0  # fmt: skip
     assert (model / "retrieval-aliases.json").is_file()
+    assert (model / "retriever" / "model.safetensors").is_file() == tuned
     out = tmp_path / "eval.json"
     assert (
         main(["evaluate", str(model), "--task", str(task), "--output", str(out)]) == 0
     )
-    e2e = json.loads(out.read_text())["task"]["accuracy_end_to_end"]
+    e2e = json.loads(out.read_text())[task.name]["accuracy_end_to_end"]
 
     queries, golds = tmp_path / "queries.jsonl", []
     with queries.open("w", encoding="utf-8") as fh:
@@ -157,7 +165,7 @@ def test_link_reproduces_the_end_to_end_accuracy_of_evaluate(built, tmp_path, ca
 
 
 def test_link_refuses_another_dictionary(built, tmp_path, capsys) -> None:
-    _root, (task, _), dictionary = built
+    _root, (task, *_), dictionary = built
     model = tmp_path / "model"
     assert main(
         ["train", "--task", str(task), "--model", "cnn", "--out", str(model),
@@ -188,7 +196,7 @@ def test_link_refuses_another_dictionary(built, tmp_path, capsys) -> None:
 def test_each_tasks_alias_table_is_carried_forward_once(built, tmp_path) -> None:
     from kfacel.training.pipeline import load_linker
 
-    _, (task, again), _ = built
+    _, (task, again, _), _ = built
     first, second, third = (tmp_path / n for n in ("v1", "v2", "v3"))
     common = ["--model", "cnn", "--epochs", "1", "--hidden", "16"]
     assert main(["train", "--task", str(task), "--out", str(first), *common]) == 0

@@ -16,6 +16,7 @@ from kfacel.data.candidates import (
     build_generator,
     dictionary_digest,
 )
+from kfacel.data.dense import SentenceEncoder
 from kfacel.data.readers import read_dictionary
 from kfacel.training.linking import MentionQuery, link, read_queries
 from kfacel.training.pipeline import RETRIEVAL_FILE, Linker, load_linker
@@ -92,7 +93,10 @@ def _generator(
             f"{args.model_dir}: {RETRIEVAL_FILE} is missing; {method} retrieval needs "
             "the training alias table"
         )
-    return build_generator(method, concepts, aliases=aliases, progress=True)
+    encoder = SentenceEncoder(linker.retriever) if linker.retriever else None
+    return build_generator(
+        method, concepts, aliases=aliases, encoder=encoder, progress=True
+    )
 
 
 def _queries(args: argparse.Namespace) -> list[MentionQuery]:

@@ -25,6 +25,7 @@ from kfacel.cli import UserError
 from kfacel.cli._args import nonnegative_int, positive_int
 from kfacel.data.benchmark import TASKS, build_public3
 from kfacel.data.candidates import METHODS
+from kfacel.data.dense_training import RetrieverSettings
 from kfacel.data.readers import read_dictionary, read_jsonl_mentions, read_pubtator
 from kfacel.data.records import Mention, SkipReport
 from kfacel.data.tasks import SPLITS, check_task_out, prepare_task, split_by_document
@@ -64,8 +65,12 @@ def register(subparsers: Any) -> None:
     bench.add_argument(
         "--num-candidates", type=positive_int, metavar="C", help="C of every task"
     )
+    bench.add_argument(
+        "--seed", type=nonnegative_int, default=13, help="retriever seed"
+    )
     _overwrite_option(bench)
     _names_option(bench)
+    _retriever_option(bench)
     bench.set_defaults(handler=_benchmark)
 
 
@@ -80,6 +85,25 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="task name (default: the directory's name)")
     _overwrite_option(p)
     _names_option(p)
+    _retriever_option(p)
+
+
+def _retriever_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--retriever-epochs",
+        type=nonnegative_int,
+        default=0,
+        metavar="N",
+        help="dense/fused: first fine-tune the dense retriever on the dictionary's "
+        "synonyms for N epochs (SapBERT-style; saved in the task); default 0: MiniLM "
+        "as shipped",
+    )
+
+
+def _retriever(args: argparse.Namespace) -> RetrieverSettings | None:
+    if not args.retriever_epochs:
+        return None
+    return RetrieverSettings(epochs=args.retriever_epochs, seed=args.seed)
 
 
 def _overwrite_option(p: argparse.ArgumentParser) -> None:
@@ -147,6 +171,7 @@ def _build(
         skips=skips,
         synonyms=args.candidate_names == "closest",
         progress=True,
+        retriever=_retriever(args),
     )
     print(report(info))
     return 0
@@ -205,6 +230,7 @@ def _benchmark(args: argparse.Namespace) -> int:
         method=args.candidates,
         num_candidates=args.num_candidates,
         progress=True,
+        retriever=_retriever(args),
     ).values():
         print(report(info))
     return 0

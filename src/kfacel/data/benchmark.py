@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kfacel.data.dense_training import RetrieverSettings
 from kfacel.data.readers import (
     cadec_concepts,
     read_cadec,
@@ -79,6 +80,7 @@ def _medmentions(data: Path, out: Path, small: bool, how: _How) -> dict[str, Any
         max_queries=_limits(small, train_share=SMALL_TRAIN_SHARE),
         synonyms=how.synonyms,
         progress=how.progress,
+        retriever=how.retriever,
     )
 
 
@@ -100,6 +102,7 @@ def _cadec(data: Path, out: Path, small: bool, how: _How) -> dict[str, Any]:
         max_queries=_limits(small),
         synonyms=how.synonyms,
         progress=how.progress,
+        retriever=how.retriever,
     )
 
 
@@ -126,6 +129,7 @@ def _ncbi(data: Path, out: Path, small: bool, how: _How) -> dict[str, Any]:
         max_queries=_limits(small),
         synonyms=how.synonyms,
         progress=how.progress,
+        retriever=how.retriever,
     )
 
 
@@ -146,6 +150,7 @@ class _How:
     method: str | None = None
     num_candidates: int | None = None
     progress: bool = False
+    retriever: RetrieverSettings | None = None
 
     def candidates(self, method: str, num_candidates: int) -> dict[str, Any]:
         """The task's own method and C unless overridden."""
@@ -173,6 +178,7 @@ def build_public3(
     method: str | None = None,
     num_candidates: int | None = None,
     progress: bool = False,
+    retriever: RetrieverSettings | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Build the PUBLIC-3 task directories ``out_dir/{medmentions,cadec,ncbi}``.
 
@@ -191,6 +197,8 @@ def build_public3(
             ``"fused"`` builds the tasks a linker in use is trained on (issue 11).
         num_candidates: C of every task (None: the paper's, per task).
         progress: progress bars while dense retrieval embeds a dictionary.
+        retriever: fine-tune the dense retriever on each dictionary's synonyms
+            (``prepare_task``); None: MiniLM as shipped.
 
     Returns:
         ``{task name: its task.json contents}``.
@@ -209,6 +217,6 @@ def build_public3(
     results = {}
     for task in tasks:
         logger.info("building %s", task)
-        how = _How(synonyms, method, num_candidates, progress)
+        how = _How(synonyms, method, num_candidates, progress, retriever)
         results[task] = _BUILDERS[task](data, out, small, how)
     return results

@@ -74,13 +74,22 @@ class SentenceEncoder:
         self._model = BertModel(BertConfig(**config), add_pooling_layer=False).eval()
         self._load_weights(files["model.safetensors"])
         self.dim = int(self._model.config.hidden_size)
-        digest = hashlib.sha256()
-        for file in files.values():
-            with open(file, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(chunk)
-        self.key = digest.hexdigest()
-        """sha256 of the checkpoint's config, weights and tokenizer files."""
+        self._tokenizer_bytes = files["tokenizer.json"].read_bytes()
+        self.key = self.compute_key()
+        """sha256 of the encoder's config, weights and tokenizer (see ``compute_key``)."""
+
+    def compute_key(self) -> str:
+        """sha256 of the config, every weight tensor's bytes and the tokenizer.
+
+        Call it again after changing the weights (``dense_training.fine_tune`` does),
+        so that cached name matrices of the old weights are never read for the new.
+        """
+        digest = hashlib.sha256(self._model.config.to_json_string().encode())
+        for name, tensor in sorted(self._model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().contiguous().numpy().tobytes())
+        digest.update(self._tokenizer_bytes)
+        return digest.hexdigest()
 
     def _load_weights(self, file: Path) -> None:
         from safetensors.torch import load_file
@@ -99,6 +108,28 @@ class SentenceEncoder:
             raise ValueError(f"{file}: missing encoder weights {missing[:3]}")
         self._model.load_state_dict(state, strict=False)
 
+    @property
+    def model(self) -> torch.nn.Module:
+        """The encoder module (``transformers.BertModel``), for fine-tuning."""
+        return self._model
+
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text, ``[CLS] … [SEP]``, cut to ``MAX_TOKENS``."""
+        return [e.ids for e in self._tok.encode_batch(list(texts))]
+
+    def embed(self, ids: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Unit-length mean-pooled embeddings ``[len(ids), dim]`` (differentiable)."""
+        width = max(1, *(len(row) for row in ids))
+        tokens = torch.zeros((len(ids), width), dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for i, row in enumerate(ids):
+            tokens[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[i, : len(row)] = 1
+        hidden = self._model(input_ids=tokens, attention_mask=mask)[0]
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+        return torch.nn.functional.normalize(pooled, dim=-1)
+
     @torch.no_grad()
     def encode(
         self, texts: Sequence[str], *, progress: bool = False, desc: str = "encode"
@@ -107,23 +138,35 @@ class SentenceEncoder:
 
         Texts are encoded in batches of similar length, so padding stays small.
         """
-        ids = [e.ids for e in self._tok.encode_batch(list(texts))]
+        ids = self.token_ids(texts)
         order = np.argsort([len(i) for i in ids], kind="stable")
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         starts = range(0, len(texts), self.batch_size)
-        for lo in with_progress(starts, enabled=progress, desc=desc):
-            rows = order[lo : lo + self.batch_size]
-            width = max(1, *(len(ids[r]) for r in rows))
-            tokens = torch.zeros((len(rows), width), dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for i, r in enumerate(rows):
-                tokens[i, : len(ids[r])] = torch.tensor(ids[r])
-                mask[i, : len(ids[r])] = 1
-            hidden = self._model(input_ids=tokens, attention_mask=mask)[0]
-            m = mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
-            out[rows] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
+        was_training = self._model.training
+        self._model.eval()
+        try:
+            for lo in with_progress(starts, enabled=progress, desc=desc):
+                rows = order[lo : lo + self.batch_size]
+                out[rows] = self.embed([ids[r] for r in rows]).numpy()
+        finally:
+            self._model.train(was_training)
         return out
+
+    def save(self, directory: Path) -> None:
+        """Write the checkpoint (config, safetensors weights, tokenizer) to ``directory``.
+
+        ``SentenceEncoder(directory)`` reads it back.
+        """
+        from safetensors.torch import save_file
+
+        directory.mkdir(parents=True, exist_ok=True)
+        config = self._model.config.to_dict()
+        (directory / "config.json").write_text(
+            json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+        )
+        state = {k: v.contiguous() for k, v in self._model.state_dict().items()}
+        save_file(state, str(directory / "model.safetensors"))
+        (directory / "tokenizer.json").write_bytes(self._tokenizer_bytes)
 
 
 class NameIndex:

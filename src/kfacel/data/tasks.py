@@ -41,6 +41,8 @@ from kfacel.data.candidates import (
     dictionary_digest,
     make_candidates,
 )
+from kfacel.data.dense import SentenceEncoder
+from kfacel.data.dense_training import RetrieverSettings, fine_tune
 from kfacel.data.readers.lines import read_text, text_lines
 from kfacel.data.records import Concept, LinkingExample, Mention, SkipReport
 
@@ -48,7 +50,16 @@ SPLITS = ("train", "dev", "test")
 FORMAT = "kfacel-task/1"
 ALIASES_FILE = "aliases.json"
 """The training split's alias table, written for retrieval with the alias channel."""
-TASK_FILES = ("train.jsonl", "dev.jsonl", "test.jsonl", "task.json", ALIASES_FILE)
+RETRIEVER_DIR = "retriever"
+"""The fine-tuned dense retriever's checkpoint, when the task was built with one."""
+TASK_FILES = (
+    "train.jsonl",
+    "dev.jsonl",
+    "test.jsonl",
+    "task.json",
+    ALIASES_FILE,
+    RETRIEVER_DIR,
+)
 
 
 @dataclass(frozen=True)
@@ -63,6 +74,8 @@ class Task:
     info: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     aliases: AliasTable | None = field(default=None, repr=False, compare=False)
     """The training links retrieval's alias channel reads (``aliases.json``)."""
+    retriever: Path | None = field(default=None, repr=False, compare=False)
+    """The fine-tuned dense retriever's checkpoint directory, if the task has one."""
 
     def split(self, name: str) -> list[LinkingExample]:
         """The queries of split ``name`` (``train``, ``dev`` or ``test``)."""
@@ -139,6 +152,7 @@ def prepare_task(
     max_queries: Mapping[str, int | float] | None = None,
     synonyms: bool = True,
     progress: bool = False,
+    retriever: RetrieverSettings | None = None,
 ) -> dict[str, Any]:
     """Build the queries of each split and write the task directory.
 
@@ -163,6 +177,9 @@ def prepare_task(
         synonyms: give each candidate its name closest to the mention (recorded as
             ``candidates.synonyms``); False: preferred names only.
         progress: a progress bar while dense retrieval embeds the dictionary.
+        retriever: fine-tune the dense retriever of ``"dense"``/``"fused"`` on the
+            dictionary's synonyms first (``dense_training``; written to
+            ``retriever/``); None or 0 epochs: MiniLM as shipped.
 
     Returns:
         The contents of ``task.json``.
@@ -183,7 +200,10 @@ def prepare_task(
             for m in splits["train"]
             if len(m.concept_ids) == 1 and known.index_of(m.concept_ids[0]) is not None
         )
-    generator = build_generator(method, concepts, aliases=aliases, progress=progress)
+    encoder, tuned = _retriever(method, concepts, retriever, progress)
+    generator = build_generator(
+        method, concepts, aliases=aliases, encoder=encoder, progress=progress
+    )
     examples: dict[str, list[LinkingExample]] = {}
     info: dict[str, Any] = {
         "format": FORMAT,
@@ -196,7 +216,8 @@ def prepare_task(
             "dictionary_sha256": dictionary_digest(concepts),
             "synonyms": synonyms,
             "train_missed": "drop" if retrieval else "insert",
-        },
+        }
+        | ({"retriever": tuned} if tuned else {}),
         "context_words": context_words,
         "seed": seed,
         "counts": {},
@@ -234,8 +255,22 @@ def prepare_task(
                 generator, usable, num_candidates, [seed, i]
             )
     info["skipped"] = skips.to_json()
-    write_task(out_dir, examples, info, aliases=aliases)
+    write_task(out_dir, examples, info, aliases=aliases, retriever=encoder)
     return info
+
+
+def _retriever(
+    method: str,
+    concepts: Sequence[Concept],
+    settings: RetrieverSettings | None,
+    progress: bool,
+) -> tuple[SentenceEncoder | None, dict[str, Any] | None]:
+    """The fine-tuned encoder of a dense method and what was done, or (None, None)."""
+    if settings is None or settings.epochs <= 0 or method not in ("dense", "fused"):
+        return None, None
+    encoder = SentenceEncoder()
+    done = fine_tune(encoder, concepts, settings, progress=progress)
+    return encoder, {**settings.to_json(), **done}
 
 
 def _channel_stats(
@@ -394,6 +429,7 @@ def write_task(
     info: Mapping[str, Any],
     *,
     aliases: AliasTable | None = None,
+    retriever: SentenceEncoder | None = None,
 ) -> Path:
     """Write a task directory at once: the three splits, ``task.json``, the aliases.
 
@@ -424,6 +460,8 @@ def write_task(
         if aliases is not None:
             links = json.dumps(aliases.to_json(), separators=(",", ":"))
             _write(tmp / ALIASES_FILE, links + "\n")
+        if retriever is not None:
+            retriever.save(tmp / RETRIEVER_DIR)
 
     atomic_dir(out, write)
     return out
@@ -492,4 +530,12 @@ def load_task(task_dir: Path | str) -> Task:
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"{path / ALIASES_FILE}: {exc}") from None
     name = str(info.get("name", path.name))
-    return Task(name=name, path=path, info=info, aliases=aliases, **splits)
+    tuned = path / RETRIEVER_DIR
+    return Task(
+        name=name,
+        path=path,
+        info=info,
+        aliases=aliases,
+        retriever=tuned if tuned.is_dir() else None,
+        **splits,
+    )

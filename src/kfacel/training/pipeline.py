@@ -12,6 +12,7 @@ links, ``data/aliases.py``), all atomically. ``load_linker`` reads it back.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from kfacel.consolidation import TaskState, save_state
 from kfacel.data.aliases import AliasTable
 from kfacel.data.collate import Collator, build_type_vocab, make_batches
 from kfacel.data.records import LinkingExample
-from kfacel.data.tasks import Task
+from kfacel.data.tasks import RETRIEVER_DIR, Task
 from kfacel.data.tokenize import WordPieceTokenizer, default_encoder_path
 from kfacel.models import build_model, load_model, read_model_config, save_model
 from kfacel.models.registry import CONFIG_FILE, WEIGHTS_FILE
@@ -50,6 +51,11 @@ class Linker:
     """Each trained task's alias table, by task name, carried forward like the
     consolidation states (a summary of the old data, kept by design); training on a
     task again replaces its table."""
+
+    retriever: Path | None = None
+    """The fine-tuned dense retriever of the last task trained on (a checkpoint
+    directory, copied into the model directory as ``retriever/``); None: MiniLM as
+    shipped, or no dense retrieval."""
 
     def retrieval_aliases(self) -> AliasTable | None:
         """The links of every task trained on, for retrieval (None: no such task)."""
@@ -171,6 +177,7 @@ def fit_task(
     linker.model.to("cpu")
     if task.aliases is not None:
         linker.retrieval[task.name] = task.aliases
+    linker.retriever = task.retriever  # candidates are the last task's
     linker.meta["task"] = {
         "name": task.name,
         "candidates": task.info.get("candidates", {}),
@@ -233,6 +240,8 @@ def save_linker(
         if c.aliases is not None:
             text = json.dumps(c.aliases.to_json(), separators=(",", ":")) + "\n"
             (tmp / ALIASES_FILE).write_text(text, encoding="utf-8")
+        if linker.retriever is not None:
+            shutil.copytree(linker.retriever, tmp / RETRIEVER_DIR)
         if linker.retrieval:
             tasks = {name: t.to_json() for name, t in linker.retrieval.items()}
             obj = {"format": RETRIEVAL_FORMAT, "tasks": tasks}
@@ -270,7 +279,14 @@ def load_linker(directory: str | Path) -> Linker:
             f"{len(collator.feature_names)} (is {ALIASES_FILE} missing?)"
         )
     extra = {k: v for k, v in meta.items() if k not in ("model", "config", "collate")}
-    return Linker(model, collator, extra, _read_retrieval(Path(directory)))
+    tuned = Path(directory) / RETRIEVER_DIR
+    return Linker(
+        model,
+        collator,
+        extra,
+        _read_retrieval(Path(directory)),
+        tuned if tuned.is_dir() else None,
+    )
 
 
 def _read_retrieval(directory: Path) -> dict[str, AliasTable]:
