@@ -192,39 +192,30 @@ def prepare_task(
         raise ValueError(f"task {name!r}: missing splits {missing}")
     skips = skips if skips is not None else SkipReport()
     retrieval = method in RETRIEVAL_METHODS
-    aliases = None
-    if retrieval:
-        known = CandidateGenerator(concepts)  # only to look ids up
-        aliases = AliasTable.from_mentions(
-            (m.doc_id, m.surface, m.concept_ids[0])
-            for m in splits["train"]
-            if len(m.concept_ids) == 1 and known.index_of(m.concept_ids[0]) is not None
-        )
+    aliases = _training_links(splits["train"], concepts) if retrieval else None
     encoder, tuned = _retriever(method, concepts, retriever, progress)
     generator = build_generator(
         method, concepts, aliases=aliases, encoder=encoder, progress=progress
     )
-    examples: dict[str, list[LinkingExample]] = {}
+    candidates = {
+        "method": method,
+        "num_candidates": min(num_candidates, len(concepts)),
+        "dictionary_size": len(concepts),
+        "dictionary_sha256": dictionary_digest(concepts),
+        "synonyms": synonyms,
+        "train_missed": "drop" if retrieval else "insert",
+    }
     info: dict[str, Any] = {
         "format": FORMAT,
         "name": name,
         "sources": [str(s) for s in sources],
-        "candidates": {
-            "method": method,
-            "num_candidates": min(num_candidates, len(concepts)),
-            "dictionary_size": len(concepts),
-            "dictionary_sha256": dictionary_digest(concepts),
-            "synonyms": synonyms,
-            "train_missed": "drop" if retrieval else "insert",
-        }
-        | ({"retriever": tuned} if tuned else {}),
+        "candidates": candidates | ({"retriever": tuned} if tuned else {}),
         "context_words": context_words,
         "seed": seed,
         "counts": {},
         "generator": {},
     }
-    if isinstance(generator, FusedGenerator):
-        info["channels"] = {}
+    examples: dict[str, list[LinkingExample]] = {}
     for i, split in enumerate(SPLITS):
         usable = _usable(splits[split], generator, skips)
         usable = _sample(usable, (max_queries or {}).get(split), [seed, i, 1])
@@ -236,27 +227,36 @@ def prepare_task(
         queries, stats = _queries(
             usable, generator, num_candidates, [seed, i], synonyms, context_words
         )
-        info["counts"][split] = {
-            "mentions": len(splits[split]),
-            "queries": len(queries),
-            "documents": len({m.doc_id for m in usable}),
-        }
+        counts = {"mentions": len(splits[split]), "queries": len(queries)}
+        counts["documents"] = len({m.doc_id for m in usable})
         if retrieval and split == "train":
             # the ranker learns from what retrieval returns: a gold it missed would
             # teach that a dissimilar candidate can be gold (issue 11)
             kept = [q for q in queries if q.retrieved]
-            info["counts"][split]["dropped_not_retrieved"] = len(queries) - len(kept)
-            info["counts"][split]["queries"] = len(kept)
-            queries = kept
+            counts |= {"dropped_not_retrieved": len(queries) - len(kept)}
+            counts["queries"], queries = len(kept), kept
         examples[split] = queries
+        info["counts"][split] = counts
         info["generator"][split] = stats.to_json()
         if isinstance(generator, FusedGenerator):
-            info["channels"][split] = _channel_stats(
+            info.setdefault("channels", {})[split] = _channel_stats(
                 generator, usable, num_candidates, [seed, i]
             )
     info["skipped"] = skips.to_json()
     write_task(out_dir, examples, info, aliases=aliases, retriever=encoder)
     return info
+
+
+def _training_links(
+    train: Sequence[Mention], concepts: Sequence[Concept]
+) -> AliasTable:
+    """The alias table of every single-concept training mention the dictionary knows."""
+    known = CandidateGenerator(concepts)  # only to look ids up
+    return AliasTable.from_mentions(
+        (m.doc_id, m.surface, m.concept_ids[0])
+        for m in train
+        if len(m.concept_ids) == 1 and known.index_of(m.concept_ids[0]) is not None
+    )
 
 
 def _retriever(
