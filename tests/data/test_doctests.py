@@ -7,6 +7,8 @@ import pytest
 
 MODULES = [
     "kfacel.data.records",
+    "kfacel.data.abbreviations",
+    "kfacel.data.aliases",
     "kfacel.data.candidates",
     "kfacel.data.tasks",
     "kfacel.data.readers.pubtator",

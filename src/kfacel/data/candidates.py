@@ -99,6 +99,9 @@ class CandidateGenerator:
 
     uses_docs = False
     """Whether a query's scores depend on its document (the alias table's do)."""
+    expands_abbreviations = False
+    """Whether a mention that is an abbreviation defined in its own text is retrieved
+    by its definition (``data/abbreviations.py``): retrieval methods."""
     ranks = False
     """Whether candidates carry their retrieval rank (``Candidate.rank``): retrieval
     methods, whose rank is evidence the ranker should weigh, not the paper's."""
@@ -353,6 +356,7 @@ class FusedGenerator(CandidateGenerator):
 
     method = "fused"
     ranks = True
+    expands_abbreviations = True
 
     def __init__(
         self,

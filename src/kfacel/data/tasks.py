@@ -26,12 +26,14 @@ import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from kfacel._io import atomic_dir
+from kfacel.data.abbreviations import define_abbreviations, expand
 from kfacel.data.aliases import AliasTable
 from kfacel.data.candidates import (
     RETRIEVAL_METHODS,
@@ -273,6 +275,23 @@ def _retriever(
     return encoder, {**settings.to_json(), **done}
 
 
+def retrieval_text(generator: CandidateGenerator, mention: str, text: str) -> str:
+    """What ``generator`` retrieves for ``mention`` found in ``text``.
+
+    The mention's definition when it is an abbreviation defined in ``text`` and the
+    generator expands them (``CandidateGenerator.expands_abbreviations``), else the
+    mention itself.
+    """
+    if not generator.expands_abbreviations or mention.strip() not in text:
+        return mention
+    return expand(mention, _definitions(text))
+
+
+@lru_cache(maxsize=4096)
+def _definitions(text: str) -> dict[str, str]:
+    return define_abbreviations(text)
+
+
 def _channel_stats(
     generator: FusedGenerator,
     usable: Sequence[Mention],
@@ -306,7 +325,7 @@ def _queries(
     """The queries of one split's usable mentions, and the generator's statistics."""
     candidates, retrieved, stats = make_candidates(
         generator,
-        [m.surface for m in usable],
+        [retrieval_text(generator, m.surface, m.text) for m in usable],
         [m.concept_ids[0] for m in usable],
         num_candidates=num_candidates,
         seed=seed,

@@ -19,7 +19,7 @@ import torch
 from kfacel.data.candidates import CandidateGenerator
 from kfacel.data.readers import text_lines
 from kfacel.data.records import LinkingExample
-from kfacel.data.tasks import context
+from kfacel.data.tasks import context, retrieval_text
 from kfacel.training.evaluate import predict
 from kfacel.training.pipeline import Linker
 
@@ -133,7 +133,9 @@ def link(
     Returns:
         One list of ``Ranked`` per query, highest score first.
     """
-    found = generator.search([q.mention for q in queries], num_candidates)
+    found = generator.search(
+        [retrieval_text(generator, q.mention, q.text) for q in queries], num_candidates
+    )
     examples = []
     for q, hits in zip(queries, found, strict=True):
         if not hits:
