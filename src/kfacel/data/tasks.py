@@ -298,12 +298,15 @@ def _channel_stats(
     num_candidates: int,
     seed: list[int],
 ) -> dict[str, Any]:
-    """Recall@k of each channel fused by ``generator`` on one split's queries."""
+    """Recall@k of each channel fused by ``generator`` on one split's queries.
+
+    Each channel reads the queries as the fusion does (abbreviations expanded).
+    """
     out = {}
     for method, channel in generator.channel_generators().items():
         _, _, stats = make_candidates(
             channel,
-            [m.surface for m in usable],
+            [retrieval_text(generator, m.surface, m.text) for m in usable],
             [m.concept_ids[0] for m in usable],
             num_candidates=num_candidates,
             seed=seed,
