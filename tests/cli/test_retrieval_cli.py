@@ -26,7 +26,7 @@ CONCEPTS = {
 }
 # what authors write: dictionary names, and wordings no dictionary name spells
 SURFACES = {cid: [*names[1:], names[1].upper()] for cid, names in CONCEPTS.items()}
-SURFACES["D001"] += ["cardiac infarct", "MI"]
+SURFACES["D001"] += ["cardiac infarct", "MI", "HA"]
 SURFACES["D002"] += ["carcinoma of the lung"]
 SURFACES["D003"] += ["kidneys failing"]
 SURFACES["D005"] += ["head pain", "migraine"]
@@ -47,8 +47,9 @@ def write_corpus(path, n_docs: int, seed: int) -> None:
             start = len(" ".join(words)) + (1 if words else 0)
             words.append(surface)
             notes.append((start, start + len(surface), surface, CONCEPTS[cid][0], cid))
-        lines += [f"{pmid}|t|Case", f"{pmid}|a|{' '.join(words)}"]
-        shift = len("Case") + 1
+        title = "Case of a heart attack (HA)"  # defines an abbreviation mentions use
+        lines += [f"{pmid}|t|{title}", f"{pmid}|a|{' '.join(words)}"]
+        shift = len(title) + 1
         lines += [
             f"{pmid}\t{s + shift}\t{e + shift}\t{m}\t{t}\t{c}"
             for s, e, m, t, c in notes
@@ -127,21 +128,21 @@ def test_link_reproduces_the_end_to_end_accuracy_of_evaluate(
     )
     e2e = json.loads(out.read_text())[task.name]["accuracy_end_to_end"]
 
+    # link is given each test mention in its whole document, as prepare read it
+    from kfacel.data.readers import read_pubtator
+
+    held = {
+        json.loads(line)["doc_id"]
+        for line in (task / "test.jsonl").read_text().splitlines()
+    }
+    mentions = [m for m in read_pubtator(_root / "corpus.txt") if m.doc_id in held]
+    assert any(m.surface == "HA" for m in mentions)  # retrieved by its definition
     queries, golds = tmp_path / "queries.jsonl", []
     with queries.open("w", encoding="utf-8") as fh:
-        for line in (task / "test.jsonl").read_text().splitlines():
-            q = json.loads(line)
-            left = q["left_context"] + " " if q["left_context"] else ""
-            text = (
-                left
-                + q["mention"]
-                + (" " + q["right_context"] if q["right_context"] else "")
-            )
-            fh.write(
-                json.dumps({"text": text, "mention": q["mention"], "start": len(left)})
-                + "\n"
-            )
-            golds.append(q["gold"])
+        for m in mentions:
+            line = {"text": m.text, "mention": m.surface, "start": m.spans[0][0]}
+            fh.write(json.dumps(line) + "\n")
+            golds.append(m.concept_ids[0])
     capsys.readouterr()
     assert (
         main(
