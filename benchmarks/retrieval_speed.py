@@ -6,7 +6,9 @@ One dictionary per run (peak memory is the process's own):
 2. the same index read back from the cache: wall time;
 3. fused retrieval (alias table, TF-IDF, dense) of the mentions of a task split, top C;
 4. with ``--model``, the linker end to end (`kfacel.training.linking.link`, what `kfacel
-   link` runs after loading): mentions/s over the same mentions.
+   link` runs after loading): mentions/s and accuracy over the same mentions, each in its
+   whole document with ``--documents`` (the split's PubTator corpus; as `prepare` read
+   it, so abbreviations defined anywhere in it are found), else in its context window.
 
 It prints what it measured; nothing is asserted.
 
@@ -29,7 +31,9 @@ import torch
 from kfacel.data.candidates import FusedGenerator, build_generator
 from kfacel.data.dense import NameIndex, SentenceEncoder
 from kfacel.data.readers import read_dictionary
-from kfacel.data.tasks import load_task
+from kfacel.data.records import LinkingExample
+from kfacel.data.tasks import context, load_task
+from kfacel.training.linking import MentionQuery
 
 
 def main() -> None:
@@ -38,6 +42,11 @@ def main() -> None:
     p.add_argument("--task", required=True, help="a task built with --candidates fused")
     p.add_argument("--split", default="test")
     p.add_argument("--model", help="a model directory trained on --task")
+    p.add_argument(
+        "--documents",
+        help="the split's PubTator corpus: link reads each mention in its whole "
+        "document (as prepare did), not in its context window",
+    )
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -79,20 +88,18 @@ def main() -> None:
     }
 
     if args.model:
-        from kfacel.training.linking import MentionQuery, link
+        from kfacel.training.linking import link
         from kfacel.training.pipeline import load_linker
 
         linker = load_linker(args.model)
         info = linker.meta["task"]
-        batch = []
-        for q in queries:
-            left = q.left_context + " " if q.left_context else ""
-            right = " " + q.right_context if q.right_context else ""
-            batch.append(MentionQuery(left + q.mention + right, q.mention, len(left)))
+        k = int(info["context_words"])
+        texts = _documents(args.documents) if args.documents else {}
+        batch = [_query(q, texts.get(q.doc_id), k) for q in queries]
         t = time.perf_counter()
         ranked = link(
             linker, fused, batch, num_candidates=c,
-            context_words=int(info["context_words"]),
+            context_words=k,
             synonyms=bool(info["candidates"].get("synonyms", False)),
         )  # fmt: skip
         dt = time.perf_counter() - t
@@ -106,6 +113,26 @@ def main() -> None:
     )
     out["threads"] = args.threads
     print(json.dumps(out, indent=1))
+
+
+def _documents(path: str) -> dict[str, str]:
+    from kfacel.data.readers import read_pubtator
+
+    return {m.doc_id: m.text for m in read_pubtator(path)}
+
+
+def _query(q: LinkingExample, text: str | None, k: int) -> MentionQuery:
+    """The query as `link` reads it: in its document when given, else its window."""
+    if text is not None:
+        start = text.find(q.mention)
+        while start >= 0:
+            span = (start, start + len(q.mention))
+            if context(text, [span], k) == (q.left_context, q.right_context):
+                return MentionQuery(text, q.mention, start)
+            start = text.find(q.mention, start + 1)
+    left = q.left_context + " " if q.left_context else ""
+    right = " " + q.right_context if q.right_context else ""
+    return MentionQuery(left + q.mention + right, q.mention, len(left))
 
 
 if __name__ == "__main__":
