@@ -510,3 +510,52 @@ def write_code_tasks(root: Path, sizes: tuple[int, int, int] = (32, 16, 16)) -> 
         }
         write_task(root / name, splits, {"name": name})
     return root
+
+
+# ------------------------------------------------------------------ PubTator corpora
+
+CORPUS_FILLER = (
+    "the patient was seen with a history of and treated for after".split()  # noqa: SIM905
+)
+
+
+def write_pubtator_corpus(
+    path: Path,
+    surfaces: dict[str, tuple[str, list[str]]],
+    *,
+    n_docs: int,
+    seed: int,
+    title: str = "Case report",
+) -> None:
+    """A PubTator corpus of ``n_docs`` documents, four annotated mentions each.
+
+    Args:
+        path: the file to write.
+        surfaces: ``{concept id: (type, [what authors write])}``; a mention's concept
+            and (when it has several) its surface are drawn with ``seed``.
+        n_docs: documents, PMIDs 1000, 1001, ….
+        seed: seeds the filler words, concepts and surfaces.
+        title: every document's title (offsets count it and a space).
+    """
+    rng = random.Random(seed)
+    lines = []
+    for d in range(n_docs):
+        pmid = str(1000 + d)
+        words: list[str] = []
+        notes = []
+        for _ in range(4):
+            words += rng.choices(CORPUS_FILLER, k=3)
+            cid = rng.choice(sorted(surfaces))
+            typ, options = surfaces[cid]
+            surface = options[0] if len(options) == 1 else rng.choice(options)
+            start = len(" ".join(words)) + (1 if words else 0)
+            words.append(surface)
+            notes.append((start, start + len(surface), surface, typ, cid))
+        lines += [f"{pmid}|t|{title}", f"{pmid}|a|{' '.join(words)}"]
+        shift = len(title) + 1
+        lines += [
+            f"{pmid}\t{s + shift}\t{e + shift}\t{m}\t{t}\t{c}"
+            for s, e, m, t, c in notes
+        ]
+        lines.append("")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")

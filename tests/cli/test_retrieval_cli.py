@@ -5,9 +5,9 @@ accuracy, which ``link`` reproduces on the same queries.
 """
 
 import json
-import random
 
 import pytest
+from tests._synth import write_pubtator_corpus
 
 from kfacel.cli import main
 
@@ -31,38 +31,19 @@ SURFACES["D002"] += ["carcinoma of the lung"]
 SURFACES["D003"] += ["kidneys failing"]
 SURFACES["D005"] += ["head pain", "migraine"]
 SURFACES["C001"] += ["ASA"]
-FILLER = "the patient was seen with a history of and treated for after".split()  # noqa: SIM905
-
-
-def write_corpus(path, n_docs: int, seed: int) -> None:
-    rng = random.Random(seed)
-    lines = []
-    for d in range(n_docs):
-        pmid = str(1000 + d)
-        words, notes = [], []
-        for _ in range(4):
-            words += rng.choices(FILLER, k=3)
-            cid = rng.choice(sorted(CONCEPTS))
-            surface = rng.choice(SURFACES[cid])
-            start = len(" ".join(words)) + (1 if words else 0)
-            words.append(surface)
-            notes.append((start, start + len(surface), surface, CONCEPTS[cid][0], cid))
-        title = "Case of a heart attack (HA)"  # defines an abbreviation mentions use
-        lines += [f"{pmid}|t|{title}", f"{pmid}|a|{' '.join(words)}"]
-        shift = len(title) + 1
-        lines += [
-            f"{pmid}\t{s + shift}\t{e + shift}\t{m}\t{t}\t{c}"
-            for s, e, m, t, c in notes
-        ]
-        lines.append("")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("retrieval")
     corpus, dictionary = root / "corpus.txt", root / "dict.tsv"
-    write_corpus(corpus, 60, seed=0)
+    write_pubtator_corpus(
+        corpus,
+        {cid: (typ, SURFACES[cid]) for cid, (typ, *_) in CONCEPTS.items()},
+        n_docs=60,
+        seed=0,
+        title="Case of a heart attack (HA)",  # defines an abbreviation mentions use
+    )
     dictionary.write_text(
         "".join(
             f"{cid}\t{typ}\t{name}\n"

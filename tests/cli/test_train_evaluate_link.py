@@ -1,9 +1,9 @@
 """CLI round trip on a tiny corpus made here: prepare → train → evaluate → link."""
 
 import json
-import random
 
 import pytest
+from tests._synth import write_pubtator_corpus
 
 from kfacel.cli import main
 
@@ -17,38 +17,14 @@ CONCEPTS = {
     "C003": ("heparin", "Chemical"),
     "C004": ("morphine", "Chemical"),
 }
-FILLER = (
-    "the patient was seen with a history of and treated for after".split()  # noqa: SIM905
-)
-
-
-def write_corpus(path, n_docs: int, seed: int) -> None:
-    rng = random.Random(seed)
-    lines = []
-    for d in range(n_docs):
-        pmid = str(1000 + d)
-        words, annotations = [], []
-        for _ in range(4):
-            words += rng.choices(FILLER, k=3)
-            cid = rng.choice(sorted(CONCEPTS))
-            name = CONCEPTS[cid][0]
-            start = len(" ".join(words)) + (1 if words else 0)
-            words.append(name)
-            annotations.append((start, start + len(name), name, CONCEPTS[cid][1], cid))
-        text = " ".join(words)
-        lines += [f"{pmid}|t|Case report", f"{pmid}|a|{text}"]
-        shift = len("Case report") + 1  # offsets count the title and a space
-        for s, e, name, typ, cid in annotations:
-            lines.append(f"{pmid}\t{s + shift}\t{e + shift}\t{name}\t{typ}\t{cid}")
-        lines.append("")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 @pytest.fixture(scope="module")
 def task_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("roundtrip")
     corpus, dictionary = root / "corpus.txt", root / "dict.tsv"
-    write_corpus(corpus, 40, seed=0)
+    surfaces = {cid: (typ, [name]) for cid, (name, typ) in CONCEPTS.items()}
+    write_pubtator_corpus(corpus, surfaces, n_docs=40, seed=0)
     dictionary.write_text(
         "".join(f"{cid}\t{typ}\t{name}\n" for cid, (name, typ) in CONCEPTS.items()),
         encoding="utf-8",
