@@ -378,21 +378,27 @@ class FusedGenerator(CandidateGenerator):
     def _concept_scores(
         self, keys: list[str], docs: list[str | None]
     ) -> tuple[np.ndarray, np.ndarray]:
-        fused = np.zeros((len(keys), len(self.concepts)), dtype=np.float64)
+        # similarity reads no document: score each distinct mention once, even when
+        # the alias table makes (mention, document) the unit of a query
+        distinct = list(dict.fromkeys(keys))
+        where = {k: i for i, k in enumerate(distinct)}
+        rows_of = np.asarray([where[k] for k in keys], dtype=np.int64)
+        similar = np.zeros((len(distinct), len(self.concepts)), dtype=np.float64)
         by_name = None
         for channel in self.channels:
-            scores, names = channel._concept_scores(keys, docs)
+            scores, names = channel._concept_scores(distinct, [None] * len(distinct))
             by_name = names  # the last channel names the synonyms (dense if given)
             top = top_k(scores, self.depth)
-            rows = np.arange(len(keys))[:, None]
+            rows = np.arange(len(distinct))[:, None]
             credit = 1.0 / (RRF_K + 1 + np.arange(top.shape[1]))
-            fused[rows, top] += np.where(scores[rows, top] > 0, credit, 0.0)
+            similar[rows, top] += np.where(scores[rows, top] > 0, credit, 0.0)
+        assert by_name is not None
+        fused = similar[rows_of]
         if self.alias is not None:
             counts, _ = self.alias._concept_scores(keys, docs)
             total = counts.sum(axis=1, keepdims=True)
             fused += np.where(counts > 0, 1 + counts / (total + 1), 0.0)
-        assert by_name is not None
-        return fused.astype(np.float32), by_name
+        return fused.astype(np.float32), by_name[rows_of]
 
     def channel_generators(self) -> dict[str, CandidateGenerator]:
         """The fused channels by method, the alias table's included."""
