@@ -226,8 +226,9 @@ def prepare_task(
                 f"task {name!r}: split {split!r} has no usable mention "
                 f"({len(splits[split])} read; skipped: {skips.counts})"
             )
+        asked = _Retrieval.of(generator, usable)
         queries, stats = _queries(
-            usable, generator, num_candidates, [seed, i], synonyms, context_words
+            usable, asked, generator, num_candidates, [seed, i], synonyms, context_words
         )
         counts = {"mentions": len(splits[split]), "queries": len(queries)}
         counts["documents"] = len({m.doc_id for m in usable})
@@ -242,7 +243,7 @@ def prepare_task(
         info["generator"][split] = stats.to_json()
         if isinstance(generator, FusedGenerator):
             info.setdefault("channels", {})[split] = _channel_stats(
-                generator, usable, num_candidates, [seed, i]
+                generator, asked, num_candidates, [seed, i]
             )
     info["skipped"] = skips.to_json()
     write_task(out_dir, examples, info, aliases=aliases, retriever=encoder)
@@ -292,9 +293,31 @@ def _definitions(text: str) -> dict[str, str]:
     return define_abbreviations(text)
 
 
+@dataclass(frozen=True)
+class _Retrieval:
+    """What retrieval is asked for one split's queries, in query order.
+
+    The texts (abbreviations read as their definitions where the generator does so),
+    the gold ids and the documents.
+    """
+
+    texts: list[str]
+    golds: list[str]
+    docs: list[str]
+
+    @classmethod
+    def of(cls, generator: CandidateGenerator, usable: Sequence[Mention]) -> _Retrieval:
+        """The queries of ``usable`` mentions as ``generator`` reads them."""
+        return cls(
+            [retrieval_text(generator, m.surface, m.text) for m in usable],
+            [m.concept_ids[0] for m in usable],
+            [m.doc_id for m in usable],
+        )
+
+
 def _channel_stats(
     generator: FusedGenerator,
-    usable: Sequence[Mention],
+    asked: _Retrieval,
     num_candidates: int,
     seed: list[int],
 ) -> dict[str, Any]:
@@ -306,12 +329,12 @@ def _channel_stats(
     for method, channel in generator.channel_generators().items():
         _, _, stats = make_candidates(
             channel,
-            [retrieval_text(generator, m.surface, m.text) for m in usable],
-            [m.concept_ids[0] for m in usable],
+            asked.texts,
+            asked.golds,
             num_candidates=num_candidates,
             seed=seed,
             synonyms=False,
-            docs=[m.doc_id for m in usable],
+            docs=asked.docs,
         )
         out[method] = stats.to_json()
     return out
@@ -319,6 +342,7 @@ def _channel_stats(
 
 def _queries(
     usable: Sequence[Mention],
+    asked: _Retrieval,
     generator: CandidateGenerator,
     num_candidates: int,
     seed: list[int],
@@ -328,12 +352,12 @@ def _queries(
     """The queries of one split's usable mentions, and the generator's statistics."""
     candidates, retrieved, stats = make_candidates(
         generator,
-        [retrieval_text(generator, m.surface, m.text) for m in usable],
-        [m.concept_ids[0] for m in usable],
+        asked.texts,
+        asked.golds,
         num_candidates=num_candidates,
         seed=seed,
         synonyms=synonyms,
-        docs=[m.doc_id for m in usable],
+        docs=asked.docs,
     )
     golds = [
         generator.concepts[generator.index_of(m.concept_ids[0]) or 0].id for m in usable
