@@ -319,16 +319,21 @@ class AliasGenerator(CandidateGenerator):
         super().__init__(concepts)
         self.aliases = aliases
 
-    def _concept_scores(
-        self, keys: list[str], docs: list[str | None]
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def counts(self, keys: list[str], docs: list[str | None]) -> np.ndarray:
+        """``n(m, c)`` ``[u, concepts]`` of normalized mentions in their documents."""
         scores = np.zeros((len(keys), len(self.concepts)), dtype=np.float32)
         for i, (key, doc) in enumerate(zip(keys, docs, strict=True)):
             for concept_id, n in self.aliases.links_of(mention_key(key), doc).items():
                 j = self.index_of(concept_id)
                 if j is not None:
                     scores[i, j] += n
-        return scores, np.zeros((len(keys), len(self._names)), dtype=np.float32)
+        return scores
+
+    def _concept_scores(
+        self, keys: list[str], docs: list[str | None]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        names = np.zeros((len(keys), len(self._names)), dtype=np.float32)
+        return self.counts(keys, docs), names  # no name is closer than another
 
 
 RRF_K = 60
@@ -395,7 +400,7 @@ class FusedGenerator(CandidateGenerator):
         assert by_name is not None
         fused = similar[rows_of]
         if self.alias is not None:
-            counts, _ = self.alias._concept_scores(keys, docs)
+            counts = self.alias.counts(keys, docs)
             total = counts.sum(axis=1, keepdims=True)
             fused += np.where(counts > 0, 1 + counts / (total + 1), 0.0)
         return fused.astype(np.float32), by_name[rows_of]
