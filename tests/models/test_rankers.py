@@ -7,11 +7,11 @@ import torch
 from tests._synth import TINY_BERT, synthetic_examples
 from torch import nn
 
+from kfacel._checkpoint import read_tensors
 from kfacel.curvature import estimate_diagonal, estimate_kfac
 from kfacel.data.collate import FEATURE_NAMES, Collator, build_type_vocab
 from kfacel.data.tokenize import default_encoder_path
 from kfacel.models import build_model
-from kfacel.models._pretrained import read_tensors
 from kfacel.positions import matching_mask
 from kfacel.training.evaluate import evaluate
 from kfacel.training.trainer import TrainSettings, train_task

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kfacel._checkpoint import read_tensors
 from kfacel._io import atomic_write
 from kfacel._progress import with_progress
 
@@ -92,18 +93,9 @@ class SentenceEncoder:
         return digest.hexdigest()
 
     def _load_weights(self, file: Path) -> None:
-        from safetensors.torch import load_file
-
-        raw = load_file(str(file))
-        wanted = set(self._model.state_dict())
-        state = {}
-        for name, tensor in raw.items():
-            for prefix in ("", "bert.", "model."):
-                short = name.removeprefix(prefix)
-                if name.startswith(prefix) and short in wanted:
-                    state[short] = tensor
-                    break
-        missing = sorted(wanted - set(state) - {"embeddings.position_ids"})
+        wanted = sorted(self._model.state_dict())
+        state = read_tensors(file.parent, wanted)
+        missing = sorted(set(wanted) - set(state) - {"embeddings.position_ids"})
         if missing:
             raise ValueError(f"{file}: missing encoder weights {missing[:3]}")
         self._model.load_state_dict(state, strict=False)

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from transformers import BertConfig, BertModel
 
-from kfacel.models._pretrained import read_config, read_tensors
+from kfacel._checkpoint import read_config, read_tensors
 from kfacel.models._unique import encode_rows, should_dedup
 from kfacel.models.scoring import PairScorer
 from kfacel.positions import valid_positions

@@ -1,4 +1,7 @@
-"""Reading tensors of a local BERT-family checkpoint: no hub, no pickles."""
+"""Reading tensors of a local BERT-family checkpoint: no hub, no pickles.
+
+Shared by the rankers (``models/``) and dense retrieval (``data/dense.py``).
+"""
 
 from __future__ import annotations
 
