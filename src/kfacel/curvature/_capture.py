@@ -269,6 +269,8 @@ class Capture:
                 rec.g_sum = g_n if rec.g_sum is None else rec.g_sum.add_(g_n)
             elif rec.factors:
                 flat = g.reshape(-1, g.shape[-1])
+                if call.mask is not None:
+                    flat = flat[call.mask.reshape(-1)]  # real positions only
                 if rec.gg is None:
                     rec.gg = flat.T @ flat  # Σ g gᵀ  [o, o], eq. (K5)
                 else:
