@@ -43,9 +43,16 @@ from kfacel.consolidation import (
     save_state,
     state_dir,
 )
+from kfacel.curvature.factors import KFACFisher, compress_factors
 from kfacel.curvature.targets import IGNORE
 from kfacel.penalties import Penalty, snapshot
-from kfacel.training.budget import TASK_EXAMPLES, BudgetPenalty, budget_penalty
+from kfacel.training.budget import (
+    DEFAULT_BUDGET,
+    DEFAULT_BUDGET_RATE,
+    TASK_EXAMPLES,
+    BudgetPenalty,
+    budget_penalty,
+)
 
 __all__ = ["KFCTrainer", "consolidate", "load_states", "save_states"]
 
@@ -53,6 +60,9 @@ log = logging.getLogger(__name__)
 
 LOSS_TERMS = "loss_terms"
 """Key of a state's ``meta``: the labelled terms (labels other than -100) seen (K9)."""
+
+FACTOR_RANK = "factor_rank"
+"""Key of a state's ``meta``: the rank its large Kronecker factors are kept at (K10)."""
 
 
 def consolidate(
@@ -70,6 +80,7 @@ def consolidate(
     columns: Sequence[str] | None = None,
     seed: int = 0,
     progress: bool = False,
+    factor_rank: int | str | None = "auto",
 ) -> TaskState:
     """Anchor and curvature of ``model``'s trainable parameters on one finished task.
 
@@ -90,17 +101,24 @@ def consolidate(
             names, plus ``labels``; other keys, e.g. raw strings, are dropped).
         seed: randomness of ``sampled``.
         progress: show a progress bar.
+        factor_rank: K-FAC only: keep each Kronecker factor larger than this many rows
+            as its top eigenpairs and the mean of the rest (K10; smaller state, cheaper
+            penalty, an approximation). ``"auto"`` (the default): the largest LoRA rank
+            of a PEFT model (its ``[d, d]`` factors then take about the adapter's
+            bytes), whole factors for any other model; ``None``: whole factors.
 
     Returns:
         A ``TaskState`` whose ``meta`` records the example count (``task_examples``,
-        for ``--lam bayes``) and the labelled terms (``loss_terms``).
+        for ``--lam bayes``), the labelled terms (``loss_terms``) and the factor rank.
 
     Raises:
-        ValueError: an unknown method, no trainable parameter, no row, or a batch
-            without ``labels``; the estimators' errors (tied weights, unsupported layers).
+        ValueError: an unknown method, no trainable parameter, no row, a batch
+            without ``labels`` or a factor rank < 1; the estimators' errors (tied
+            weights, unsupported layers).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    rank = _factor_rank(model, factor_rank)
     anchor = {k: v.cpu() for k, v in snapshot(model).items()}
     if not anchor:
         raise ValueError("the model has no trainable parameter to consolidate")
@@ -118,7 +136,33 @@ def consolidate(
     if batches.examples == 0:
         raise ValueError("consolidate saw no row: the dataset is empty")
     meta = {TASK_EXAMPLES: batches.examples, LOSS_TERMS: batches.terms, "seed": seed}
+    if isinstance(curvature, KFACFisher) and rank is not None:
+        curvature = compress_factors(curvature, rank)
+        meta[FACTOR_RANK] = rank
     return TaskState(task, method, anchor, curvature_to(curvature, "cpu"), meta)
+
+
+def _factor_rank(model: nn.Module, factor_rank: int | str | None) -> int | None:
+    """The rank ``consolidate`` keeps factors at: ``auto`` is a PEFT model's LoRA rank."""
+    if factor_rank == "auto":
+        ranks = [
+            max(
+                [
+                    int(cfg.r),
+                    *map(int, (getattr(cfg, "rank_pattern", None) or {}).values()),
+                ]
+            )
+            for cfg in getattr(model, "peft_config", {}).values()
+            if isinstance(getattr(cfg, "r", None), int)
+        ]
+        return max(ranks) if ranks else None
+    if factor_rank is None:
+        return None
+    if isinstance(factor_rank, str) or factor_rank < 1:
+        raise ValueError(
+            f"factor_rank must be >= 1, None or 'auto', got {factor_rank!r}"
+        )
+    return int(factor_rank)
 
 
 class _LabelledBatches:
@@ -201,13 +245,17 @@ class KFCTrainer(Trainer):
         lam: λ for every state, or one per state (fixed strengths).
         budget: a forgetting budget ε (nats per example) for every state or one per
             state, kept by dual ascent on λ_t (``kfacel.training.budget``); kfac/ewc only.
+            With neither ``lam`` nor ``budget``, the product's default budget
+            (``kfacel.training.update.DEFAULT_BUDGET``), as ``kfacel train`` uses it.
         damping: δ of eq. (P1).
-        budget_rate: the dual step size of a budget.
+        budget_rate: the dual step of a budget **per epoch** (λ_t changes by at most this
+            share over one epoch, spread over its optimizer steps), as in ``kfacel
+            train --budget-rate``; so the λ ramp does not depend on the dataset's size.
         **kwargs: passed to ``transformers.Trainer``.
 
     Raises:
-        ValueError: states without exactly one of ``lam`` and ``budget``, a count of λ or
-            ε that differs from the states, or a state that does not match the model.
+        ValueError: both ``lam`` and ``budget``, a count of λ or ε that differs from
+            the states, or a state that does not match the model.
     """
 
     def __init__(
@@ -217,7 +265,7 @@ class KFCTrainer(Trainer):
         lam: float | Sequence[float] | None = None,
         budget: float | Sequence[float] | None = None,
         damping: float = 0.0,
-        budget_rate: float = 0.01,
+        budget_rate: float = DEFAULT_BUDGET_RATE,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -228,9 +276,10 @@ class KFCTrainer(Trainer):
         for state in states:
             check_state(state, self.kfc_model, where=f"KFCTrainer state {state.task!r}")
         self.kfc_states = tuple(_state_to(s, device) for s in states)
-        self.kfc_penalties = _penalties(
-            self.kfc_states, lam, budget, damping, budget_rate
-        )
+        if states and lam is None and budget is None:
+            budget = DEFAULT_BUDGET
+        self.kfc_penalties = _penalties(self.kfc_states, lam, budget, damping)
+        self.kfc_budget_rate = budget_rate
         self._kfc_hooked: Any = None
         self._kfc_handle: Any = None
         self._kfc_sum, self._kfc_steps = 0.0, 0
@@ -244,6 +293,12 @@ class KFCTrainer(Trainer):
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
         """``Trainer.train``; the optimizer hook is removed when it returns."""
+        if any(isinstance(p, BudgetPenalty) for p, _ in self.kfc_penalties):
+            steps = len(self.get_train_dataloader())
+            steps = max(1, steps // max(1, self.args.gradient_accumulation_steps))
+            for penalty, _ in self.kfc_penalties:
+                if isinstance(penalty, BudgetPenalty):
+                    penalty.rate = min(1.0, self.kfc_budget_rate / steps)
         try:
             return super().train(*args, **kwargs)
         finally:
@@ -303,13 +358,12 @@ def _penalties(
     lam: float | Sequence[float] | None,
     budget: float | Sequence[float] | None,
     damping: float,
-    rate: float,
 ) -> list[tuple[Penalty, tuple[TaskState, ...]]]:
     """One penalty per method over its states, with their λ (or budgets)."""
     if not states:
         return []
-    if (lam is None) == (budget is None):
-        raise ValueError("KFCTrainer with states needs exactly one of lam= and budget=")
+    if lam is not None and budget is not None:
+        raise ValueError("KFCTrainer takes lam= or budget=, not both")
     values = _per_state(lam if budget is None else budget, len(states))
     out: list[tuple[Penalty, tuple[TaskState, ...]]] = []
     for method in dict.fromkeys(s.method for s in states):
@@ -319,7 +373,7 @@ def _penalties(
         if budget is None:
             out.append((build_penalty(method, group, vals, damping=damping), group))
         else:
-            bp = budget_penalty(method, group, vals, damping=damping, rate=rate)
+            bp = budget_penalty(method, group, vals, damping=damping)
             out.append((bp, group))
     return out
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from kfacel.consolidation import build_penalty
+from kfacel.training.budget import DEFAULT_BUDGET
 
 pytest.importorskip("accelerate")
 transformers = pytest.importorskip("transformers")
@@ -117,10 +118,37 @@ def test_no_states_is_a_plain_trainer(tmp_path):
     trainer.train()
     for name, p in model.named_parameters():
         torch.testing.assert_close(kfc[name], p.detach(), rtol=0, atol=0)
-    with pytest.raises(ValueError, match="exactly one of lam= and budget="):
+    with pytest.raises(ValueError, match="lam= or budget=, not both"):
         hf.KFCTrainer(
-            model=model, args=_args(tmp_path, 8, 1), states=[kfc_state(model)]
+            model=model,
+            args=_args(tmp_path, 8, 1),
+            states=[kfc_state(model)],
+            lam=1.0,
+            budget=0.1,
         )
+
+
+def test_no_strength_is_the_default_budget_with_a_per_epoch_dual_step(tmp_path):
+    """As ``kfacel train --penalty kfac``: ε = DEFAULT_BUDGET, λ moves ≤ rate an epoch."""
+    model = _classifier()
+    state = kfc_state(model)
+    trainer = hf.KFCTrainer(
+        model=model,
+        args=_args(tmp_path, 4, 1, steps=4),
+        train_dataset=sequence_rows(16, seed=1, offset=19),
+        data_collator=pad_collator,
+        states=[state],
+        budget_rate=0.5,
+    )
+    ((penalty, _),) = trainer.kfc_penalties
+    assert penalty.budgets == [DEFAULT_BUDGET]
+    trainer.train()
+    assert penalty.rate == pytest.approx(0.5 / 4)  # 16 rows, batch 4: 4 steps an epoch
+    # from λ = 0 each step adds at most rate · (λ + floor): the bound after 4 steps
+    bound = 0.0
+    for _ in range(4):
+        bound += penalty.rate * (bound + penalty.floor)
+    assert 0 < penalty.lams[0] <= bound + 1e-12
 
 
 def kfc_state(model):

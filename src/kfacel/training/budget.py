@@ -39,6 +39,16 @@ TASK_EXAMPLES = "task_examples"
 """Key of a consolidation state's ``meta``: the old task's training-query count."""
 
 
+DEFAULT_BUDGET_RATE = 1.3
+"""The budget's dual step per epoch: 0.01 per step on PUBLIC-3-small's 128–157 steps a
+epoch, where the default budget was measured (benchmarks/RESULTS.md)."""
+
+DEFAULT_BUDGET = 0.005
+"""ε (nats per query of predicted old-task loss rise) when a Fisher penalty is given no
+strength: measured on PUBLIC-3-small (benchmarks/RESULTS.md, "A consolidation strength
+without old data"); it needs no old data."""
+
+
 def predicted_rise(model: nn.Module, state: TaskState) -> float:
     """``q_t(θ) = ½ ΔᵀF_tΔ`` of ``state`` at the model's weights (λ = 1, no damping).
 

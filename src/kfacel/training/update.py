@@ -20,7 +20,13 @@ from kfacel.consolidation import TaskState, build_penalty
 from kfacel.data.records import LinkingExample
 from kfacel.data.tasks import Task
 from kfacel.penalties.base import Penalty
-from kfacel.training.budget import BudgetPenalty, bayes_lams, budget_penalty
+from kfacel.training.budget import (
+    DEFAULT_BUDGET,
+    DEFAULT_BUDGET_RATE,
+    BudgetPenalty,
+    bayes_lams,
+    budget_penalty,
+)
 from kfacel.training.continual import discriminative_lr_groups
 from kfacel.training.pipeline import Linker, fit_task
 from kfacel.training.trainer import Replay, TrainLog, TrainSettings
@@ -29,15 +35,6 @@ from kfacel.types import FISHER_PENALTIES, PenaltyKind
 MAX_LAM = 1e15
 """The largest λ accepted: the paper's grid ends at 1e9, and beyond this a float32
 penalty value or gradient overflows for any sizeable step (``--lam 1e300`` is a typo)."""
-
-DEFAULT_BUDGET_RATE = 1.3
-"""The budget's dual step per epoch: 0.01 per step on PUBLIC-3-small's 128–157 steps a
-epoch, where the default budget was measured (benchmarks/RESULTS.md)."""
-
-DEFAULT_BUDGET = 0.005
-"""ε (nats per query of predicted old-task loss rise) when a Fisher penalty is given no
-strength: measured on PUBLIC-3-small (benchmarks/RESULTS.md, "A consolidation strength
-without old data"); it needs no old data."""
 
 PENALTIES = tuple(p.value for p in PenaltyKind)
 """Penalties an update can use: none, L2 to the anchor, diagonal EWC, KFC."""
