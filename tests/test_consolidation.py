@@ -217,3 +217,48 @@ def test_state_metadata_that_is_not_an_object_is_refused(tmp_path) -> None:
     files[0].with_suffix(".json").write_text("[1, 2]", encoding="utf-8")
     with pytest.raises(ValueError, match=r"00-A\.json: .*JSON object"):
         load_state(tmp_path, model)
+
+
+def _saved_low_rank(tmp_path):
+    """A K-FAC state whose factors larger than 2 are kept at rank 2 (K10)."""
+    from kfacel import compress_factors
+
+    model, batches = _data()
+    fisher = compress_factors(estimate_kfac(model, batches), 2)
+    save_state(tmp_path, TaskState("A", "kfac", snapshot(model), fisher))
+    return model, fisher, sorted(state_dir(tmp_path).glob("*.safetensors"))[0]
+
+
+def test_low_rank_state_round_trips_and_stores_only_its_eigenpairs(tmp_path) -> None:
+    from kfacel.curvature.factors import LowRankFactor
+
+    model, fisher, path = _saved_low_rank(tmp_path)
+    (state,) = load_state(tmp_path, model)
+    for name, f in fisher.items():
+        for which in ("A", "G"):
+            want, got = getattr(f, which), getattr(state.curvature[name], which)
+            assert type(got) is type(want)
+            if isinstance(want, LowRankFactor):
+                assert torch.equal(got.U, want.U)
+                assert torch.equal(got.s, want.s)
+                assert torch.equal(got.sigma, want.sigma)
+    stored = load_file(str(path))
+    assert stored["kfac/enc/A.U"].shape == (5, 2)  # d + bias rows, rank 2
+    assert "kfac/enc/A" not in stored
+
+
+@pytest.mark.parametrize(
+    ("name", "change", "message"),
+    [
+        ("kfac/enc/A.s", lambda t: -t, "negative entry"),
+        ("kfac/enc/A.sigma", lambda t: t - 1, "negative entry"),
+        ("kfac/enc/A.U", lambda t: 2 * t, "not orthonormal"),
+    ],
+)
+def test_damaged_low_rank_factor_is_refused_naming_it(
+    tmp_path, name, change, message
+) -> None:
+    model, _, path = _saved_low_rank(tmp_path)
+    _tamper(path, name, change)
+    with pytest.raises(ValueError, match=rf"{path.name}: tensor '{name}' .*{message}"):
+        load_state(tmp_path, model)

@@ -4,13 +4,15 @@ A model directory holds ``consolidation/NN-<task>.safetensors`` (tensors) and
 ``consolidation/NN-<task>.json`` (method, Fisher kind, K-FAC approximation, example count,
 task name, coverage) per finished task, in order; a state without ``approx`` predates
 K-FAC-reduce and is ``expand``. Kronecker factors are symmetric and stored as their upper
-triangle. Nothing is pickled; files are written to a temporary name and renamed, so a
+triangle, or, kept low-rank (K10, ``compress_factors``), as ``<key>.U``, ``.s`` and
+``.sigma``. Nothing is pickled; files are written to a temporary name and renamed, so a
 crash never leaves half a state. Loading checks every name and shape against the model
 and refuses a mismatch, naming what differs; it also refuses, naming the state file and
 the tensor, a file safetensors cannot read (truncated), a tensor that is not floating
 point or holds NaN or ±inf, a Kronecker factor that is not positive semi-definite beyond
-rounding (an eigenvalue below ``-tol · max|eig|``, ``tol = max(1e-6, n · eps)``), and a
-diagonal curvature or Embedding input factor with a negative entry.
+rounding (an eigenvalue below ``-tol · max|eig|``, ``tol = max(1e-6, n · eps)``; a
+low-rank one with a negative value or non-orthonormal U), and a diagonal curvature or
+Embedding input factor with a negative entry.
 """
 
 from __future__ import annotations
@@ -29,7 +31,13 @@ from torch import Tensor, nn
 
 from kfacel._io import atomic_write, atomic_write_text
 from kfacel.curvature.diagonal import estimate_diagonal
-from kfacel.curvature.factors import DiagonalFisher, KFACFisher, KroneckerFactors
+from kfacel.curvature.factors import (
+    DiagonalFisher,
+    Factor,
+    KFACFisher,
+    KroneckerFactors,
+    LowRankFactor,
+)
 from kfacel.curvature.kfac import estimate_kfac
 from kfacel.curvature.layers import LayerKind, fold
 from kfacel.penalties import (
@@ -234,12 +242,37 @@ def _tensors(state: TaskState) -> dict[str, Tensor]:
     c = state.curvature
     if isinstance(c, KFACFisher):
         for name, f in c.items():
-            out |= {f"kfac/{name}/G": _pack(f.G)}
-            out |= {f"kfac/{name}/A": f.A.contiguous() if f.A.ndim == 1 else _pack(f.A)}
+            out |= _factor_tensors(f"kfac/{name}/G", f.G)
+            out |= _factor_tensors(f"kfac/{name}/A", f.A)
         out |= {f"diag/{k}": v.contiguous() for k, v in c.diagonal.items()}
     elif isinstance(c, DiagonalFisher):
         out |= {f"diag/{k}": v.contiguous() for k, v in c.items()}
     return out
+
+
+def _factor_tensors(key: str, m: Factor) -> dict[str, Tensor]:
+    """A factor's tensors on disk.
+
+    A vector as is, a matrix's upper triangle, or the low-rank form's ``U``, ``s`` and
+    ``sigma`` (K10).
+    """
+    if isinstance(m, LowRankFactor):
+        return {
+            f"{key}.U": m.U.contiguous(),
+            f"{key}.s": m.s.contiguous(),
+            f"{key}.sigma": m.sigma.reshape(1).contiguous(),
+        }
+    return {key: m.contiguous() if m.ndim == 1 else _pack(m)}
+
+
+def _read_factor(tensors: Mapping[str, Tensor], key: str, *, vector: bool) -> Factor:
+    """Inverse of :func:`_factor_tensors`."""
+    if key in tensors:
+        return tensors[key] if vector else _unpack(tensors[key])
+    sigma = tensors[f"{key}.sigma"]
+    if sigma.shape != (1,):
+        raise ValueError(f"{key}.sigma must hold one number")
+    return LowRankFactor(tensors[f"{key}.U"], tensors[f"{key}.s"], sigma[0])
 
 
 def _describe(state: TaskState) -> dict[str, Any]:
@@ -267,10 +300,10 @@ def _rebuild(meta: dict[str, Any], tensors: dict[str, Tensor], path: Path) -> Ta
             factors = {}
             for name, layer in meta["layers"].items():
                 kind = LayerKind(layer["kind"])
-                A = tensors[f"kfac/{name}/A"]
+                vector = kind is LayerKind.EMBEDDING
                 factors[name] = KroneckerFactors(
-                    A if kind is LayerKind.EMBEDDING else _unpack(A),
-                    _unpack(tensors[f"kfac/{name}/G"]),
+                    _read_factor(tensors, f"kfac/{name}/A", vector=vector),
+                    _read_factor(tensors, f"kfac/{name}/G", vector=False),
                     kind,
                     layer["weight"],
                     layer["bias"],
@@ -353,7 +386,9 @@ def _check_curvature(state: TaskState, path: Path) -> None:
         for name, f in c.items():
             for which, m in (("G", f.G), ("A", f.A)):
                 where = f"{path}: tensor 'kfac/{name}/{which}'"
-                if m.ndim == 1:
+                if isinstance(m, LowRankFactor):
+                    _check_low_rank(m, f"{path}: tensor 'kfac/{name}/{which}")
+                elif m.ndim == 1:
                     _check_nonnegative(m, where)
                 else:
                     _check_psd(m, where)
@@ -369,6 +404,24 @@ def _check_nonnegative(v: Tensor, where: str) -> None:
         raise ValueError(
             f"{where} has a negative entry ({float(v.min()):.3g}): "
             "a Fisher diagonal is never negative"
+        )
+
+
+def _check_low_rank(m: LowRankFactor, where: str) -> None:
+    """Refuse a low-rank factor (K10) that is not PSD.
+
+    That is a negative ``s`` or ``sigma``, or ``U``'s columns not orthonormal beyond
+    float32 rounding. ``where`` ends before the closing quote of the factor's key.
+    """
+    _check_nonnegative(m.s, f"{where}.s'")
+    _check_nonnegative(m.sigma.reshape(1), f"{where}.sigma'")
+    gram = m.U.T.double() @ m.U.double()
+    eye = torch.eye(gram.shape[0], dtype=torch.float64, device=gram.device)
+    err = float((gram - eye).abs().max()) if gram.numel() else 0.0
+    if err > 1e-4:
+        raise ValueError(
+            f"{where}.U' has columns that are not orthonormal "
+            f"(|UᵀU − I| up to {err:.3g}): not a low-rank factor"
         )
 
 

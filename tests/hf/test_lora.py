@@ -53,3 +53,31 @@ def test_lora_state_covers_only_the_adapters_and_training_moves_only_them(tmp_pa
         if n in frozen:
             assert torch.equal(p, frozen[n]), n
     assert any("kfc_penalty" in h for h in trainer.state.log_history)
+
+
+def test_lora_factors_are_kept_at_the_adapter_rank_unless_asked_otherwise():
+    """``factor_rank="auto"`` keeps the large factors at the LoRA rank (K10).
+
+    The ``[32, 32]`` factors of A's input and B's output at rank r = 4; ``None`` keeps
+    them whole; the small ``[4, 4]`` ones stay whole.
+    """
+    from kfacel.curvature.factors import LowRankFactor
+
+    model = _lora_model()
+    rows = sequence_rows(8, seed=0)
+    auto = hf.consolidate(model, rows, data_collator=pad_collator, task="A")
+    whole = hf.consolidate(
+        model, rows, data_collator=pad_collator, task="A", factor_rank=None
+    )
+    assert auto.meta["factor_rank"] == 4
+    assert "factor_rank" not in whole.meta
+    for name, f in auto.curvature.items():
+        big, small = ("A", "G") if "lora_A" in name else ("G", "A")
+        assert isinstance(getattr(f, big), LowRankFactor), name
+        assert getattr(f, big).rank == 4
+        torch.testing.assert_close(
+            getattr(f, small), getattr(whole.curvature[name], small)
+        )
+    assert auto.nbytes() < 0.7 * whole.nbytes()
+    with pytest.raises(ValueError, match="factor_rank must be >= 1"):
+        hf.consolidate(model, rows, data_collator=pad_collator, task="A", factor_rank=0)

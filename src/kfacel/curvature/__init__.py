@@ -1,7 +1,13 @@
 """Fisher estimators and curvature values (pure math: no files, no printing)."""
 
 from kfacel.curvature.diagonal import estimate_diagonal
-from kfacel.curvature.factors import DiagonalFisher, KFACFisher, KroneckerFactors
+from kfacel.curvature.factors import (
+    DiagonalFisher,
+    KFACFisher,
+    KroneckerFactors,
+    LowRankFactor,
+    compress_factors,
+)
 from kfacel.curvature.kfac import estimate_kfac
 from kfacel.curvature.layers import LayerKind
 from kfacel.types import KFACApprox
@@ -12,6 +18,8 @@ __all__ = [
     "KFACFisher",
     "KroneckerFactors",
     "LayerKind",
+    "LowRankFactor",
+    "compress_factors",
     "estimate_diagonal",
     "estimate_kfac",
 ]

@@ -8,7 +8,7 @@ matrices (``to_dense``) exist for tests and figures only.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -18,20 +18,106 @@ from kfacel.types import FisherKind, KFACApprox, ParamDict
 
 
 @dataclass(frozen=True)
+class LowRankFactor:
+    """A PSD factor kept as ``U diag(s) Uᵀ + σ (I − U Uᵀ)``, eq. (K10).
+
+    Attributes:
+        U: ``[p, k]`` top eigenvectors (orthonormal columns).
+        s: ``[k]`` their eigenvalues.
+        sigma: ``[]`` the mean of the other ``p − k`` eigenvalues (0 when k = p).
+    """
+
+    U: Tensor
+    s: Tensor
+    sigma: Tensor
+
+    def __post_init__(self) -> None:
+        p, k = self.U.shape
+        if self.s.shape != (k,) or self.sigma.ndim != 0 or k > p:
+            raise ValueError(
+                f"low-rank factor: U {tuple(self.U.shape)}, s {tuple(self.s.shape)}, "
+                f"sigma {tuple(self.sigma.shape)} do not fit"
+            )
+
+    @classmethod
+    def of(cls, m: Tensor, rank: int) -> LowRankFactor:
+        """The top-``rank`` eigenpairs of a symmetric ``m`` and the mean of the rest."""
+        eig, vec = torch.linalg.eigh(m.double())  # ascending
+        p = m.shape[0]
+        k = min(rank, p)
+        eig = eig.clamp_min(0)
+        s, U = eig[p - k :].flip(0), vec[:, p - k :].flip(1)
+        rest = eig[: p - k]
+        sigma = rest.mean() if p > k else eig.new_zeros(())
+        return cls(U.to(m.dtype), s.to(m.dtype), sigma.to(m.dtype))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(p, p)``, as the dense factor."""
+        return (self.U.shape[0], self.U.shape[0])
+
+    @property
+    def rank(self) -> int:
+        """k, the number of kept eigenpairs."""
+        return int(self.U.shape[1])
+
+    def left(self, d: Tensor) -> Tensor:
+        """``M d`` for ``d: [p, n]``: ``σ d + U ((s − σ) ⊙ (Uᵀ d))`` (K10)."""
+        return self.sigma * d + self.U @ (
+            (self.s - self.sigma)[:, None] * (self.U.T @ d)
+        )
+
+    def right(self, d: Tensor) -> Tensor:
+        """``d M`` for ``d: [n, p]`` (M is symmetric)."""
+        return self.left(d.T).T
+
+    def dense(self) -> Tensor:
+        """The ``[p, p]`` matrix (tests and figures only)."""
+        eye = torch.eye(self.U.shape[0], dtype=self.U.dtype, device=self.U.device)
+        return self.left(eye)
+
+    def to(self, device: torch.device | str) -> LowRankFactor:
+        """The same factor with its tensors on ``device``."""
+        return LowRankFactor(
+            self.U.to(device), self.s.to(device), self.sigma.to(device)
+        )
+
+
+Factor = Tensor | LowRankFactor
+"""A Kronecker factor: a dense ``[p, p]`` matrix (or an Embedding's ``[V]`` vector, K6),
+or its low-rank form (K10)."""
+
+
+def left(m: Factor, d: Tensor) -> Tensor:
+    """``M d`` for a dense or low-rank factor."""
+    return m.left(d) if isinstance(m, LowRankFactor) else m @ d
+
+
+def right(d: Tensor, m: Factor) -> Tensor:
+    """``d M`` for a dense or low-rank factor."""
+    return m.right(d) if isinstance(m, LowRankFactor) else d @ m
+
+
+def dense(m: Factor) -> Tensor:
+    """A factor as a dense matrix (an Embedding's vector stays a vector)."""
+    return m.dense() if isinstance(m, LowRankFactor) else m
+
+
+@dataclass(frozen=True)
 class KroneckerFactors:
     """K-FAC block of one layer, ``F ≈ G ⊗ A`` (K5) for ``vec(W~)`` row-major (K2).
 
     Attributes:
         A: ``[i, i]`` input factor (bias coordinate last), or ``[V]`` for an Embedding,
-            whose input factor is diagonal (K6).
-        G: ``[o, o]`` output-gradient factor.
+            whose input factor is diagonal (K6); or its low-rank form (K10).
+        G: ``[o, o]`` output-gradient factor, or its low-rank form (K10).
         kind: the layer type, which fixes how ``weight``/``bias`` fold into ``W~``.
         weight: parameter name of the weight.
         bias: parameter name of the bias, or None.
     """
 
-    A: Tensor
-    G: Tensor
+    A: Factor
+    G: Factor
     kind: LayerKind
     weight: str
     bias: str | None = None
@@ -44,12 +130,12 @@ class KroneckerFactors:
                 f"{self.weight}: G must be square, got {tuple(self.G.shape)}"
             )
         if self.kind is LayerKind.EMBEDDING:
-            if self.A.ndim != 1:
+            if not isinstance(self.A, Tensor) or self.A.ndim != 1:
                 raise ValueError(f"{self.weight}: Embedding A must be a vector")
             if self.support is None:
                 # rows with zero token frequency carry no curvature (K6)
                 object.__setattr__(self, "support", torch.nonzero(self.A).flatten())
-        elif self.A.ndim != 2 or self.A.shape[0] != self.A.shape[1]:
+        elif len(self.A.shape) != 2 or self.A.shape[0] != self.A.shape[1]:
             raise ValueError(
                 f"{self.weight}: A must be square, got {tuple(self.A.shape)}"
             )
@@ -82,12 +168,14 @@ class KroneckerFactors:
         For an Embedding only the supported columns are nonzero.
         """
         if self.kind is LayerKind.EMBEDDING:
-            assert self.support is not None
+            assert self.support is not None and isinstance(self.A, Tensor)
             out = torch.zeros_like(d)
             ds = d[:, self.support]  # [o, s]
-            out[:, self.support] = (self.G @ ds) * self.A[self.support]  # G d diag(A)
+            out[:, self.support] = (
+                left(self.G, ds) * self.A[self.support]
+            )  # G d diag(A)
             return out
-        return self.G @ d @ self.A  # G d A, eq. (P3)
+        return right(left(self.G, d), self.A)  # G d A, eq. (P3); (K10) when low-rank
 
     def quadratic_form(self, d: Tensor) -> Tensor:
         """``vec(d)ᵀ (G ⊗ A) vec(d)`` for ``d: [o, i]``, eq. (P2)."""
@@ -95,6 +183,8 @@ class KroneckerFactors:
             raise ValueError(
                 f"{self.weight}: d has shape {tuple(d.shape)}, want {self.shape}"
             )
+        if isinstance(self.A, LowRankFactor) or isinstance(self.G, LowRankFactor):
+            return (self.apply(d) * d).sum()  # Σ (G d A) ⊙ d with (K10)
         if self.kind is LayerKind.EMBEDDING:
             assert self.support is not None
             ds = d[:, self.support]  # [o, s]
@@ -103,8 +193,22 @@ class KroneckerFactors:
 
     def to_dense(self) -> Tensor:
         """``G ⊗ A`` as a dense ``[o·i, o·i]`` matrix (tests and figures only)."""
-        A = torch.diag(self.A) if self.A.ndim == 1 else self.A
-        return torch.kron(self.G, A)
+        A = dense(self.A)
+        A = torch.diag(A) if A.ndim == 1 else A
+        return torch.kron(dense(self.G), A)
+
+    def compressed(self, rank: int) -> KroneckerFactors:
+        """This block with each matrix factor larger than ``rank`` kept at that rank (K10).
+
+        An Embedding's diagonal A stays as it is; a factor already low-rank is kept.
+        """
+
+        def keep(m: Factor) -> Factor:
+            if isinstance(m, LowRankFactor) or m.ndim != 2 or m.shape[0] <= rank:
+                return m
+            return LowRankFactor.of(m, rank)
+
+        return replace(self, A=keep(self.A), G=keep(self.G))
 
 
 @dataclass(frozen=True)
@@ -142,6 +246,18 @@ class KFACFisher(Mapping[str, KroneckerFactors]):
         """Every parameter this Fisher has curvature for."""
         names = [n for f in self.factors.values() for n in f.param_names()]
         return (*names, *self.diagonal)
+
+
+def compress_factors(fisher: KFACFisher, rank: int) -> KFACFisher:
+    """``fisher`` with every Kronecker factor larger than ``rank`` kept at that rank (K10).
+
+    Raises:
+        ValueError: ``rank`` < 1.
+    """
+    if rank < 1:
+        raise ValueError(f"factor rank must be >= 1, got {rank}")
+    factors = {name: f.compressed(rank) for name, f in fisher.items()}
+    return replace(fisher, factors=factors)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Self
 import torch
 from torch import Tensor, nn
 
-from kfacel.curvature.factors import KFACFisher, KroneckerFactors
+from kfacel.curvature.factors import KFACFisher, KroneckerFactors, left
 from kfacel.curvature.layers import LayerKind
 from kfacel.penalties._terms import add_grad, check_anchor, zero_like_model
 from kfacel.types import ParamDict
@@ -114,7 +114,8 @@ def _embedding_rows_grad_(
     moved = diff.ne(0).any(dim=1)
     rows = factors.support[moved]
     d = diff[moved].T  # [o, m]
-    g = lam * (factors.G @ d) * factors.A[rows]  # λ G Δ_m diag(A_m)  [o, m]
+    assert isinstance(factors.A, Tensor)
+    g = lam * left(factors.G, d) * factors.A[rows]  # λ G Δ_m diag(A_m)  [o, m]
     if weight.grad is None:
         weight.grad = torch.zeros_like(weight)
     weight.grad.index_add_(0, rows, g.T.to(weight.grad.dtype))
