@@ -262,3 +262,35 @@ def test_damaged_low_rank_factor_is_refused_naming_it(
     _tamper(path, name, change)
     with pytest.raises(ValueError, match=rf"{path.name}: tensor '{name}' .*{message}"):
         load_state(tmp_path, model)
+
+
+def test_equal_factors_are_stored_once_and_read_back_for_every_layer(tmp_path) -> None:
+    """``q`` and ``k`` read the same input: one A on disk, both layers get it back."""
+
+    class TwoReaders(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.q, self.k = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+            self.head = torch.nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(torch.tanh(torch.cat([self.q(x), self.k(x)], -1)))
+
+    torch.manual_seed(0)
+    model = TwoReaders().double()
+    batches = [(torch.randn(4, 3, dtype=torch.float64), torch.tensor([0, 1] * 2))]
+    fisher = estimate_kfac(model, batches)
+    assert torch.equal(fisher["q"].A, fisher["k"].A)
+    assert not torch.equal(fisher["q"].G, fisher["k"].G)
+    state = TaskState("A", "kfac", snapshot(model), fisher)
+    save_state(tmp_path, state)
+    stored = load_file(str(next(state_dir(tmp_path).glob("*.safetensors"))))
+    assert "kfac/q/A" in stored
+    assert "kfac/k/A" not in stored
+    meta = json.loads(next(state_dir(tmp_path).glob("*.json")).read_text())
+    assert meta["shared_factors"] == {"kfac/k/A": "kfac/q/A"}
+    assert state.nbytes() == sum(t.numel() * 8 for t in stored.values())
+    (loaded,) = load_state(tmp_path, model)
+    for name in ("q", "k"):
+        assert torch.equal(loaded.curvature[name].A, fisher[name].A)
+        assert torch.equal(loaded.curvature[name].G, fisher[name].G)

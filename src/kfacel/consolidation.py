@@ -1,18 +1,20 @@
 """Consolidation state on disk: each finished task's anchor and curvature.
 
 A model directory holds ``consolidation/NN-<task>.safetensors`` (tensors) and
-``consolidation/NN-<task>.json`` (method, Fisher kind, K-FAC approximation, example count,
-task name, coverage) per finished task, in order; a state without ``approx`` predates
-K-FAC-reduce and is ``expand``. Kronecker factors are symmetric and stored as their upper
-triangle, or, kept low-rank (K10, ``compress_factors``), as ``<key>.U``, ``.s`` and
-``.sigma``. Nothing is pickled; files are written to a temporary name and renamed, so a
-crash never leaves half a state. Loading checks every name and shape against the model
-and refuses a mismatch, naming what differs; it also refuses, naming the state file and
-the tensor, a file safetensors cannot read (truncated), a tensor that is not floating
-point or holds NaN or ±inf, a Kronecker factor that is not positive semi-definite beyond
-rounding (an eigenvalue below ``-tol · max|eig|``, ``tol = max(1e-6, n · eps)``; a
-low-rank one with a negative value or non-orthonormal U), and a diagonal curvature or
-Embedding input factor with a negative entry.
+``consolidation/NN-<task>.json`` (method, Fisher kind, K-FAC approximation, example
+count, task name, coverage) per finished task, in order; a state without ``approx``
+predates K-FAC-reduce and is ``expand``. Kronecker factors are symmetric and stored as
+their upper triangle, or, kept low-rank (K10, ``compress_factors``), as ``<key>.U``,
+``.s`` and ``.sigma``; equal factors (layers that read the same input) are stored once,
+and the metadata's ``shared_factors`` maps the others to it. Nothing is pickled; files
+are written to a temporary name and renamed, so a crash never leaves half a state.
+Loading checks every name and shape against the model and refuses a mismatch, naming
+what differs; it also refuses, naming the state file and the tensor, a file safetensors
+cannot read (truncated), a tensor that is not floating point or holds NaN or ±inf, a
+Kronecker factor that is not positive semi-definite beyond rounding (an eigenvalue below
+``-tol · max|eig|``, ``tol = max(1e-6, n · eps)``; a low-rank one with a negative value
+or non-orthonormal U), and a diagonal curvature or Embedding input factor with a
+negative entry.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ from kfacel.types import ConsolidationMethod, FisherKind, KFACApprox, ParamDict
 FORMAT = 1
 METHODS = tuple(m.value for m in ConsolidationMethod)
 Curvature = KFACFisher | DiagonalFisher | None
+SHARED_FACTORS = "shared_factors"
+"""Metadata key: factor key to the key of an equal factor stored in its place."""
 PSD_RTOL = 1e-6
 """Least relative tolerance of the PSD check (raised to ``n · eps`` of the dtype)."""
 
@@ -126,8 +130,10 @@ def save_state(model_dir: Path | str, state: TaskState) -> Path:
     out = state_dir(model_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{len(_stems(out)):02d}-{_slug(state.task)}"
+    tensors, shared = _layout(state)
     meta = {**state.meta, **_describe(state), "format": FORMAT}
-    tensors = _tensors(state)
+    if shared:
+        meta[SHARED_FACTORS] = shared
     atomic_write(out / f"{stem}.safetensors", lambda p: save_file(tensors, str(p)))
     text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
     atomic_write_text(out / f"{stem}.json", text)
@@ -238,16 +244,46 @@ def build_penalty(
 
 
 def _tensors(state: TaskState) -> dict[str, Tensor]:
+    return _layout(state)[0]
+
+
+def _layout(state: TaskState) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """The tensors a state stores, and which factor keys stand for an equal factor.
+
+    Layers that read the same input (the queries, keys and values of attention; LoRA
+    adapters on them) have equal input factors: each is stored once, and the others
+    name it (``shared_factors`` in the metadata).
+    """
     out = {f"anchor/{k}": v.contiguous() for k, v in state.anchor.items()}
+    shared: dict[str, str] = {}
     c = state.curvature
     if isinstance(c, KFACFisher):
+        stored: list[tuple[str, Factor]] = []
         for name, f in c.items():
-            out |= _factor_tensors(f"kfac/{name}/G", f.G)
-            out |= _factor_tensors(f"kfac/{name}/A", f.A)
+            for which, m in (("G", f.G), ("A", f.A)):
+                key = f"kfac/{name}/{which}"
+                twin = next((k for k, o in stored if _equal_factors(m, o)), None)
+                if twin is not None:
+                    shared[key] = twin
+                    continue
+                stored.append((key, m))
+                out |= _factor_tensors(key, m)
         out |= {f"diag/{k}": v.contiguous() for k, v in c.diagonal.items()}
     elif isinstance(c, DiagonalFisher):
         out |= {f"diag/{k}": v.contiguous() for k, v in c.items()}
-    return out
+    return out, shared
+
+
+def _equal_factors(a: Factor, b: Factor) -> bool:
+    """Whether two factors hold the same numbers (same form, shapes and values)."""
+    if isinstance(a, LowRankFactor) and isinstance(b, LowRankFactor):
+        return all(
+            x.shape == y.shape and torch.equal(x, y)
+            for x, y in ((a.U, b.U), (a.s, b.s), (a.sigma, b.sigma))
+        )
+    if isinstance(a, Tensor) and isinstance(b, Tensor):
+        return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
+    return False
 
 
 def _factor_tensors(key: str, m: Factor) -> dict[str, Tensor]:
@@ -298,12 +334,20 @@ def _rebuild(meta: dict[str, Any], tensors: dict[str, Tensor], path: Path) -> Ta
         curvature: Curvature = None
         if meta["method"] == "kfac":
             factors = {}
+            shared = meta.get(SHARED_FACTORS, {})
+            read: dict[str, Factor] = {}  # an equal factor is read once
+
+            def factor(key: str, vector: bool) -> Factor:
+                key = shared.get(key, key)
+                if key not in read:
+                    read[key] = _read_factor(tensors, key, vector=vector)
+                return read[key]
+
             for name, layer in meta["layers"].items():
                 kind = LayerKind(layer["kind"])
-                vector = kind is LayerKind.EMBEDDING
                 factors[name] = KroneckerFactors(
-                    _read_factor(tensors, f"kfac/{name}/A", vector=vector),
-                    _read_factor(tensors, f"kfac/{name}/G", vector=False),
+                    factor(f"kfac/{name}/A", kind is LayerKind.EMBEDDING),
+                    factor(f"kfac/{name}/G", False),
                     kind,
                     layer["weight"],
                     layer["bias"],
