@@ -30,6 +30,7 @@ class LowRankFactor:
     U: Tensor
     s: Tensor
     sigma: Tensor
+    _sigma: float = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         p, k = self.U.shape
@@ -38,6 +39,7 @@ class LowRankFactor:
                 f"low-rank factor: U {tuple(self.U.shape)}, s {tuple(self.s.shape)}, "
                 f"sigma {tuple(self.sigma.shape)} do not fit"
             )
+        object.__setattr__(self, "_sigma", float(self.sigma))  # addmm's beta
 
     @classmethod
     def of(cls, m: Tensor, rank: int) -> LowRankFactor:
@@ -63,13 +65,13 @@ class LowRankFactor:
 
     def left(self, d: Tensor) -> Tensor:
         """``M d`` for ``d: [p, n]``: ``σ d + U ((s − σ) ⊙ (Uᵀ d))`` (K10)."""
-        return self.sigma * d + self.U @ (
-            (self.s - self.sigma)[:, None] * (self.U.T @ d)
-        )
+        t = (self.s - self.sigma)[:, None] * (self.U.T @ d)  # [k, n]
+        return torch.addmm(d, self.U, t, beta=self._sigma)
 
     def right(self, d: Tensor) -> Tensor:
-        """``d M`` for ``d: [n, p]`` (M is symmetric)."""
-        return self.left(d.T).T
+        """``d M`` for ``d: [n, p]``: ``σ d + ((d U) ⊙ (s − σ)) Uᵀ`` (M is symmetric)."""
+        t = (d @ self.U) * (self.s - self.sigma)  # [n, k]
+        return torch.addmm(d, t, self.U.T, beta=self._sigma)
 
     def dense(self) -> Tensor:
         """The ``[p, p]`` matrix (tests and figures only)."""
