@@ -243,8 +243,12 @@ class KFCTrainer(Trainer):
         states: consolidated tasks (:func:`consolidate` or :func:`load_states`); each
             uses its own method (``kfac``, ``ewc`` or ``l2``).
         lam: λ for every state, or one per state (fixed strengths).
-        budget: a forgetting budget ε (nats per example) for every state or one per
-            state, kept by dual ascent on λ_t (``kfacel.training.budget``); kfac/ewc only.
+        budget: a forgetting budget ε for every state or one per state, in nats per
+            loss term (the unit of the Trainer's loss: a labelled token of a token
+            task, an example of a sequence task), kept by dual ascent on λ_t
+            (``kfacel.training.budget``); kfac/ewc only. ``½ΔᵀFΔ`` predicts the rise
+            of an example's summed loss (K9), so the constraint is ``½ΔᵀFΔ ≤ ε·T/N``
+            with the state's labelled terms T and examples N.
             With neither ``lam`` nor ``budget``, the product's default budget
             (``kfacel.training.update.DEFAULT_BUDGET``), as ``kfacel train`` uses it.
         damping: δ of eq. (P1).
@@ -314,13 +318,20 @@ class KFCTrainer(Trainer):
         super().log(logs, *args, **kwargs)
 
     def kfc_status(self) -> dict[str, float]:
-        """The mean penalty since the last log and each task's current λ."""
+        """The mean penalty since the last log and each task's λ.
+
+        Under a budget also the predicted rise of each task's loss per term (the
+        budget's unit).
+        """
         out = {"kfc_penalty": self._kfc_sum / max(self._kfc_steps, 1)}
         for penalty, states in self.kfc_penalties:
             if isinstance(penalty, BudgetPenalty):
-                for task, st in penalty.status().items():
-                    out[f"kfc_lam/{task}"] = st["lam"]
-                    out[f"kfc_rise/{task}"] = st["predicted_rise"]
+                status = penalty.status()
+                for state in states:
+                    st = status[state.task]
+                    out[f"kfc_lam/{state.task}"] = st["lam"]
+                    rise = st["predicted_rise"] / terms_per_example(state)
+                    out[f"kfc_rise/{state.task}"] = rise
             else:
                 for state, lam in zip(states, _lams_of(penalty), strict=True):
                     out[f"kfc_lam/{state.task}"] = lam
@@ -373,9 +384,20 @@ def _penalties(
         if budget is None:
             out.append((build_penalty(method, group, vals, damping=damping), group))
         else:
-            bp = budget_penalty(method, group, vals, damping=damping)
+            per_example = [
+                v * terms_per_example(st) for v, st in zip(vals, group, strict=True)
+            ]
+            bp = budget_penalty(method, group, per_example, damping=damping)
             out.append((bp, group))
     return out
+
+
+def terms_per_example(state: TaskState) -> float:
+    """The state's labelled loss terms per example (1 when it does not record them)."""
+    terms, examples = state.meta.get(LOSS_TERMS), state.meta.get(TASK_EXAMPLES)
+    if not terms or not examples:
+        return 1.0
+    return float(terms) / float(examples)
 
 
 def _per_state(value: Any, n: int) -> list[float]:

@@ -200,3 +200,27 @@ def test_states_round_trip_beside_save_pretrained(tmp_path):
     other = transformers.BertForSequenceClassification(bert_config(num_labels=4))
     with pytest.raises(ValueError, match="does not match the model"):
         hf.load_states(tmp_path, other)
+
+
+def test_a_token_task_budget_is_per_labelled_token(tmp_path):
+    """½ΔᵀFΔ predicts an example's summed loss (K9): ε per term is ε·T/N per example."""
+    torch.manual_seed(0)
+    model = transformers.BertForTokenClassification(bert_config())
+    state = hf.consolidate(
+        model, token_rows(8, seed=0), data_collator=pad_collator, task="A"
+    )
+    terms, examples = state.meta["loss_terms"], state.meta["task_examples"]
+    assert terms > 2 * examples  # several labelled tokens a row
+    trainer = hf.KFCTrainer(
+        model=model,
+        args=_args(tmp_path, 4, 1, steps=2),
+        train_dataset=token_rows(8, seed=1, offset=19),
+        data_collator=pad_collator,
+        states=[state],
+        budget=0.01,
+    )
+    ((penalty, _),) = trainer.kfc_penalties
+    assert penalty.budgets == [pytest.approx(0.01 * terms / examples)]
+    trainer.train()
+    (log,) = [h for h in trainer.state.log_history if "kfc_rise/A" in h][-1:]
+    assert log["kfc_rise/A"] == pytest.approx(penalty.rises[0] * examples / terms)
