@@ -8,7 +8,7 @@ pieces) is printed after each step. Needs the ``hf`` and ``minilm`` extras and t
 corpora in ``../shared/data`` (or ``--data``)::
 
     python examples/ner_kfc.py --small       # a few minutes on 2 CPU cores
-    python examples/ner_kfc.py --small --lam 1 10 100 --budget 0.005   # a sweep
+    python examples/ner_kfc.py --small --lam 0.1 1 --budget 0.005 0.001   # a sweep
     python examples/ner_kfc.py --heads shared --lam 10
 
 Heads: ``per-task`` (the default) gives each corpus its own BIO head (``O/B-DIS/I-DIS``
@@ -50,6 +50,7 @@ from kfacel.data.readers.cadec import read_cadec
 from kfacel.data.readers.pubtator import read_pubtator
 from kfacel.data.tokenize import default_encoder_path
 from kfacel.hf import KFCTrainer, consolidate
+from kfacel.training.budget import DEFAULT_BUDGET
 
 SHARED = ["O", "B-DIS", "I-DIS", "B-ADR", "I-ADR"]
 TAGS = {"NCBI": "DIS", "CADEC": "ADR"}
@@ -252,8 +253,14 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--small", action="store_true", help="a few minutes on CPU")
-    parser.add_argument("--lam", type=float, nargs="*", default=[100.0])
-    parser.add_argument("--budget", type=float, nargs="*", default=[])
+    parser.add_argument("--lam", type=float, nargs="*", default=[], help="fixed λ")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        nargs="*",
+        default=[DEFAULT_BUDGET, 0.001],
+        help="forgetting budgets ε, nats per labelled token (default: the product's)",
+    )
     parser.add_argument("--fisher", default="empirical")
     parser.add_argument("--epochs", type=float, default=None, help="3 (small: 2)")
     parser.add_argument("--lr", type=float, default=5e-4)
