@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -264,33 +265,60 @@ def test_damaged_low_rank_factor_is_refused_naming_it(
         load_state(tmp_path, model)
 
 
-def test_equal_factors_are_stored_once_and_read_back_for_every_layer(tmp_path) -> None:
-    """``q`` and ``k`` read the same input: one A on disk, both layers get it back."""
+class _TwoReaders(torch.nn.Module):
+    """``q`` and ``k`` read the same input (as attention's queries and keys do)."""
 
-    class TwoReaders(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.q, self.k = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
-            self.head = torch.nn.Linear(4, 2)
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+        self.head = torch.nn.Linear(4, 2)
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.head(torch.tanh(torch.cat([self.q(x), self.k(x)], -1)))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(torch.cat([self.q(x), self.k(x)], -1)))
+
+
+def _two_readers(rank: int | None = None):
+    from kfacel import compress_factors
 
     torch.manual_seed(0)
-    model = TwoReaders().double()
+    model = _TwoReaders().double()
     batches = [(torch.randn(4, 3, dtype=torch.float64), torch.tensor([0, 1] * 2))]
     fisher = estimate_kfac(model, batches)
-    assert torch.equal(fisher["q"].A, fisher["k"].A)
+    if rank is not None:
+        fisher = compress_factors(fisher, rank)
+    return model, fisher
+
+
+@pytest.mark.parametrize("rank", [None, 2])
+def test_equal_factors_are_stored_once_and_read_back_for_every_layer(
+    tmp_path, rank
+) -> None:
+    """``q`` and ``k`` read the same input: one A on disk, both layers get it back."""
+    model, fisher = _two_readers(rank)
     assert not torch.equal(fisher["q"].G, fisher["k"].G)
     state = TaskState("A", "kfac", snapshot(model), fisher)
     save_state(tmp_path, state)
     stored = load_file(str(next(state_dir(tmp_path).glob("*.safetensors"))))
-    assert "kfac/q/A" in stored
-    assert "kfac/k/A" not in stored
+    suffix = "" if rank is None else ".U"
+    assert f"kfac/q/A{suffix}" in stored
+    assert f"kfac/k/A{suffix}" not in stored
     meta = json.loads(next(state_dir(tmp_path).glob("*.json")).read_text())
     assert meta["shared_factors"] == {"kfac/k/A": "kfac/q/A"}
     assert state.nbytes() == sum(t.numel() * 8 for t in stored.values())
     (loaded,) = load_state(tmp_path, model)
     for name in ("q", "k"):
-        assert torch.equal(loaded.curvature[name].A, fisher[name].A)
-        assert torch.equal(loaded.curvature[name].G, fisher[name].G)
+        torch.testing.assert_close(
+            loaded.curvature[name].to_dense(), fisher[name].to_dense(), rtol=0, atol=0
+        )
+    save_state(tmp_path / "again", replace(loaded, curvature=None, method="l2"))
+    meta = json.loads(next(state_dir(tmp_path / "again").glob("*.json")).read_text())
+    assert "shared_factors" not in meta  # the loaded map described the first file
+
+
+def test_a_damaged_shared_factor_is_named_by_its_key_on_disk(tmp_path) -> None:
+    model, fisher = _two_readers()
+    save_state(tmp_path, TaskState("A", "kfac", snapshot(model), fisher))
+    path = next(state_dir(tmp_path).glob("*.safetensors"))
+    _tamper(path, "kfac/q/A", lambda t: -t)
+    with pytest.raises(ValueError, match=r"tensor 'kfac/q/A' is not positive"):
+        load_state(tmp_path, model)

@@ -14,9 +14,10 @@ ALLOWED: dict[str, set[str]] = {
     "_progress": set(),
     "_io": set(),
     "_checkpoint": set(),
+    "_state_checks": {"curvature"},
     "curvature": {"types", "positions", "_progress", "_io"},
     "penalties": {"types", "curvature", "_io"},
-    "consolidation": {"types", "curvature", "penalties", "_io"},
+    "consolidation": {"types", "curvature", "penalties", "_io", "_state_checks"},
     "models": {"types", "positions", "_io", "_checkpoint"},
     "data": {"types", "_progress", "_io", "_checkpoint"},
     "training": {

@@ -9,12 +9,8 @@ their upper triangle, or, kept low-rank (K10, ``compress_factors``), as ``<key>.
 and the metadata's ``shared_factors`` maps the others to it. Nothing is pickled; files
 are written to a temporary name and renamed, so a crash never leaves half a state.
 Loading checks every name and shape against the model and refuses a mismatch, naming
-what differs; it also refuses, naming the state file and the tensor, a file safetensors
-cannot read (truncated), a tensor that is not floating point or holds NaN or ±inf, a
-Kronecker factor that is not positive semi-definite beyond rounding (an eigenvalue below
-``-tol · max|eig|``, ``tol = max(1e-6, n · eps)``; a low-rank one with a negative value
-or non-orthonormal U), and a diagonal curvature or Embedding input factor with a
-negative entry.
+what differs, and refuses damaged tensors, naming the file and the tensor
+(``kfacel._state_checks``).
 """
 
 from __future__ import annotations
@@ -32,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from kfacel._io import atomic_write, atomic_write_text
+from kfacel._state_checks import check_curvature, check_tensors
 from kfacel.curvature.diagonal import estimate_diagonal
 from kfacel.curvature.factors import (
     DiagonalFisher,
@@ -56,8 +53,6 @@ METHODS = tuple(m.value for m in ConsolidationMethod)
 Curvature = KFACFisher | DiagonalFisher | None
 SHARED_FACTORS = "shared_factors"
 """Metadata key: factor key to the key of an equal factor stored in its place."""
-PSD_RTOL = 1e-6
-"""Least relative tolerance of the PSD check (raised to ``n · eps`` of the dtype)."""
 
 
 @dataclass(frozen=True)
@@ -109,8 +104,15 @@ def curvature_to(curvature: Curvature, device: torch.device | str) -> Curvature:
         diagonal = {k: v.to(device) for k, v in curvature.items()}
         return replace(curvature, diagonal=diagonal)
     if isinstance(curvature, KFACFisher):
+        moved: dict[int, Any] = {}  # a factor shared by layers stays shared
+
+        def to(m: Any) -> Any:
+            if id(m) not in moved:
+                moved[id(m)] = m.to(device)
+            return moved[id(m)]
+
         factors = {
-            k: replace(f, A=f.A.to(device), G=f.G.to(device), support=None)
+            k: replace(f, A=to(f.A), G=to(f.G), support=None)
             for k, f in curvature.items()
         }
         diagonal = {k: v.to(device) for k, v in curvature.diagonal.items()}
@@ -132,6 +134,7 @@ def save_state(model_dir: Path | str, state: TaskState) -> Path:
     stem = f"{len(_stems(out)):02d}-{_slug(state.task)}"
     tensors, shared = _layout(state)
     meta = {**state.meta, **_describe(state), "format": FORMAT}
+    meta.pop(SHARED_FACTORS, None)  # a loaded state's map described its old file
     if shared:
         meta[SHARED_FACTORS] = shared
     atomic_write(out / f"{stem}.safetensors", lambda p: save_file(tensors, str(p)))
@@ -162,9 +165,9 @@ def load_state(
             raise ValueError(
                 f"{tensor_path}: not a readable safetensors file ({exc})"
             ) from None
-        _check_tensors(tensors, tensor_path)
+        check_tensors(tensors, tensor_path)
         state = _rebuild(meta, tensors, meta_path)
-        _check_curvature(state, tensor_path)
+        check_curvature(state.curvature, meta.get(SHARED_FACTORS, {}), tensor_path)
         if model is not None:
             check_state(state, model, where=str(meta_path))
         states.append(state)
@@ -409,89 +412,6 @@ def _read_meta(path: Path) -> dict[str, Any]:
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: unknown format {meta.get('format')!r}")
     return meta
-
-
-def _check_tensors(tensors: Mapping[str, Tensor], path: Path) -> None:
-    """Refuse a tensor that is not floating point or not finite, naming it."""
-    for name, t in tensors.items():
-        curvature = not name.startswith("anchor/")
-        allowed = (torch.float32, torch.float64) if curvature else None
-        if not t.is_floating_point() or (allowed and t.dtype not in allowed):
-            raise ValueError(f"{path}: tensor {name!r} has the wrong dtype {t.dtype}")
-        if not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{path}: tensor {name!r} holds NaN or infinite values")
-
-
-def _check_curvature(state: TaskState, path: Path) -> None:
-    """Refuse negative curvature: a factor not PSD, a diagonal with a negative entry."""
-    c = state.curvature
-    diagonal: Mapping[str, Tensor] = {}
-    if isinstance(c, KFACFisher):
-        for name, f in c.items():
-            for which, m in (("G", f.G), ("A", f.A)):
-                where = f"{path}: tensor 'kfac/{name}/{which}'"
-                if isinstance(m, LowRankFactor):
-                    _check_low_rank(m, f"{path}: tensor 'kfac/{name}/{which}")
-                elif m.ndim == 1:
-                    _check_nonnegative(m, where)
-                else:
-                    _check_psd(m, where)
-        diagonal = c.diagonal
-    elif isinstance(c, DiagonalFisher):
-        diagonal = dict(c.items())
-    for name, v in diagonal.items():
-        _check_nonnegative(v, f"{path}: tensor 'diag/{name}'")
-
-
-def _check_nonnegative(v: Tensor, where: str) -> None:
-    if v.numel() and float(v.min()) < 0:
-        raise ValueError(
-            f"{where} has a negative entry ({float(v.min()):.3g}): "
-            "a Fisher diagonal is never negative"
-        )
-
-
-def _check_low_rank(m: LowRankFactor, where: str) -> None:
-    """Refuse a low-rank factor (K10) that is not PSD.
-
-    That is a negative ``s`` or ``sigma``, or ``U``'s columns not orthonormal beyond
-    float32 rounding. ``where`` ends before the closing quote of the factor's key.
-    """
-    _check_nonnegative(m.s, f"{where}.s'")
-    _check_nonnegative(m.sigma.reshape(1), f"{where}.sigma'")
-    gram = m.U.T.double() @ m.U.double()
-    eye = torch.eye(gram.shape[0], dtype=torch.float64, device=gram.device)
-    err = float((gram - eye).abs().max()) if gram.numel() else 0.0
-    if err > 1e-4:
-        raise ValueError(
-            f"{where}.U' has columns that are not orthonormal "
-            f"(|UᵀU − I| up to {err:.3g}): not a low-rank factor"
-        )
-
-
-def _check_psd(m: Tensor, where: str) -> None:
-    """Refuse a symmetric ``m`` whose smallest eigenvalue is below ``-tol·max|eig|``.
-
-    A Cholesky factorization of ``m + tol·max|diag|·I`` (max|diag| ≤ max|eig|) passes
-    for every matrix that passes the test; only when it fails are the eigenvalues
-    computed, to decide and to report.
-    """
-    n = m.shape[0]
-    if n == 0:
-        return
-    tol = max(PSD_RTOL, n * torch.finfo(m.dtype).eps)
-    m64 = m.double()
-    shift = tol * float(m64.diagonal().abs().max())
-    eye = torch.eye(n, dtype=torch.float64, device=m.device)
-    if int(torch.linalg.cholesky_ex(m64 + shift * eye).info) == 0:
-        return
-    eig = torch.linalg.eigvalsh(m64)
-    low, top = float(eig[0]), float(eig.abs().max())
-    if low < -tol * top:
-        raise ValueError(
-            f"{where} is not positive semi-definite (smallest eigenvalue {low:.3g}, "
-            f"largest magnitude {top:.3g})"
-        )
 
 
 def states_nbytes(states: Mapping[str, TaskState] | Sequence[TaskState]) -> int:

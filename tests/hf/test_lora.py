@@ -81,3 +81,26 @@ def test_lora_factors_are_kept_at_the_adapter_rank_unless_asked_otherwise():
     assert auto.nbytes() < 0.7 * whole.nbytes()
     with pytest.raises(ValueError, match="factor_rank must be >= 1"):
         hf.consolidate(model, rows, data_collator=pad_collator, task="A", factor_rank=0)
+
+
+def test_auto_rank_keeps_a_trained_head_whole():
+    """A PEFT classifier whose head is trained too: only the LoRA layers are cut."""
+    from kfacel.curvature.factors import LowRankFactor
+
+    torch.manual_seed(0)
+    base = transformers.BertForSequenceClassification(bert_config())
+    config = peft.LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=["query", "value"],
+        modules_to_save=["classifier"],
+    )
+    model = peft.get_peft_model(base, config)
+    state = hf.consolidate(
+        model, sequence_rows(8, seed=0), data_collator=pad_collator, task="A"
+    )
+    heads = [n for n in state.curvature if "classifier" in n]
+    assert heads
+    for name, f in state.curvature.items():
+        cut = isinstance(f.A, LowRankFactor) or isinstance(f.G, LowRankFactor)
+        assert cut == (".lora_" in name), name

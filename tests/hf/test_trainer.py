@@ -224,3 +224,43 @@ def test_a_token_task_budget_is_per_labelled_token(tmp_path):
     trainer.train()
     (log,) = [h for h in trainer.state.log_history if "kfc_rise/A" in h][-1:]
     assert log["kfc_rise/A"] == pytest.approx(penalty.rises[0] * examples / terms)
+
+
+def test_l2_states_need_a_lambda_and_a_budget_rate_must_be_positive(tmp_path):
+    model = _classifier()
+    l2 = hf.consolidate(
+        model,
+        sequence_rows(4, seed=3),
+        data_collator=pad_collator,
+        task="X",
+        method="l2",
+    )
+    with pytest.raises(ValueError, match="l2 states have no curvature; give lam="):
+        hf.KFCTrainer(model=model, args=_args(tmp_path, 8, 1), states=[l2])
+    with pytest.raises(ValueError, match=r"budget_rate must be in \(0, 100\]"):
+        hf.KFCTrainer(
+            model=model, args=_args(tmp_path, 8, 1), states=[kfc_state(model)],
+            budget_rate=0.0,
+        )  # fmt: skip
+
+
+def test_a_budget_trains_on_a_dataset_without_a_length(tmp_path):
+    """An ``IterableDataset`` has no epochs: the dual step spreads over ``max_steps``."""
+    rows = sequence_rows(16, seed=1, offset=19)
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter(rows)
+
+    model = _classifier()
+    trainer = hf.KFCTrainer(
+        model=model,
+        args=_args(tmp_path, 4, 1, steps=3),
+        train_dataset=Stream(),
+        data_collator=pad_collator,
+        states=[kfc_state(model)],
+        budget_rate=0.3,
+    )
+    trainer.train()
+    ((penalty, _),) = trainer.kfc_penalties
+    assert penalty.rate == pytest.approx(0.3 / 3)

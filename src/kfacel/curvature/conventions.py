@@ -95,13 +95,14 @@ candidates, ``R_n`` uses of a layer by example ``n``.
 
 (K10) Low-rank Kronecker factors (optional; ``compress_factors``)
     A factor ``M: [p, p]`` (PSD) may be kept as its top k eigenpairs ``U: [p, k]``
-    (orthonormal columns), ``s: [k]`` and the mean of the p − k others
-    ``σ = (tr M − Σ s) / (p − k)``: ``M ≈ U diag(s) Uᵀ + σ (I − U Uᵀ)``. It keeps the
-    top-k directions and the trace exactly, and stores ``p·k + k + 1`` numbers instead
-    of ``p(p+1)/2``. ``M d = σ d + U ((s − σ) ⊙ (Uᵀ d))`` costs ``2pk`` per column, so a
-    layer's ``G Δ A`` (P3) costs ``O(o·i·k)`` instead of ``O(o·i·(o+i))``. For a LoRA
-    adapter of rank r (``A: [r, d_in]``, ``B: [d_out, r]``) the ``[d_in, d_in]`` and
-    ``[d_out, d_out]`` factors at k = r make the state about the adapter's size.
+    (orthonormal columns), ``s: [k]`` and the mean of the p − k others ``σ = (tr M − Σ
+    s) / (p − k)``: ``M ≈ U diag(s) Uᵀ + σ (I − U Uᵀ)``. It keeps the top-k directions
+    and the trace exactly (eigenvalues below 0 by rounding are taken as 0), and stores
+    ``p·k + k + 1`` numbers instead of ``p(p+1)/2``. ``M d = σ d + U ((s − σ) ⊙ (Uᵀ
+    d))`` costs ``2pk`` per column, so a layer's ``G Δ A`` (P3) costs ``O(o·i·k)``
+    instead of ``O(o·i·(o+i))``. For a LoRA adapter of rank r (``A: [r, d_in]``, ``B:
+    [d_out, r]``) the ``[d_in, d_in]`` and ``[d_out, d_out]`` factors at k = r make the
+    state about the adapter's size.
 
 (P1) Penalty
     ``R(θ) = ½ Σ_t λ_t (θ − θ*_t)ᵀ (F_t + δ I) (θ − θ*_t)``: one term per finished task t

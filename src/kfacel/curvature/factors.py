@@ -7,7 +7,7 @@ matrices (``to_dense``) exist for tests and figures only.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -250,15 +250,22 @@ class KFACFisher(Mapping[str, KroneckerFactors]):
         return (*names, *self.diagonal)
 
 
-def compress_factors(fisher: KFACFisher, rank: int) -> KFACFisher:
+def compress_factors(
+    fisher: KFACFisher, rank: int, layers: Callable[[str], bool] | None = None
+) -> KFACFisher:
     """``fisher`` with every Kronecker factor larger than ``rank`` kept at that rank (K10).
+
+    ``layers`` picks the layers (by module name) to compress; all when None.
 
     Raises:
         ValueError: ``rank`` < 1.
     """
     if rank < 1:
         raise ValueError(f"factor rank must be >= 1, got {rank}")
-    factors = {name: f.compressed(rank) for name, f in fisher.items()}
+    factors = {
+        name: f.compressed(rank) if layers is None or layers(name) else f
+        for name, f in fisher.items()
+    }
     return replace(fisher, factors=factors)
 
 
