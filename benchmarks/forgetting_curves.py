@@ -146,6 +146,7 @@ def rules(cells: list[dict[str, Any]], individual: dict, none: dict) -> None:
             a, b = d["order"]
             points[(a, b, d["method"], d["seed"])].append(d)
     out: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    by_pair: dict[tuple[str, str, str], list[float]] = defaultdict(list)  # old dev
     for (a, b, m, seed), ds in sorted(points.items()):
         base, ind = none.get((a, b, seed)), individual.get((a, seed))
         if base is None or ind is None:
@@ -171,6 +172,8 @@ def rules(cells: list[dict[str, Any]], individual: dict, none: dict) -> None:
                 test_record(d, a), test_record(d, b))  # fmt: skip
             red = 100 * (old["accuracy"] - base["old"]["accuracy"]) / forgot
             out[(m, rule)].append((red, base["new"]["accuracy"] - new["accuracy"]))
+            if rule == "old dev":
+                by_pair[(a, b, m)].append(red)
     print(
         "\nchoice rules (test; reduction of the forgetting, new-task cost in points):"
     )
@@ -184,6 +187,28 @@ def rules(cells: list[dict[str, Any]], individual: dict, none: dict) -> None:
         reds = [r for r, _ in vals]
         cost = mean(c for _, c in vals)
         print(f"| {m} | {rule} | {len(vals)} | {_fmt(reds)} | {cost:.2f} |")
+    head_to_head(by_pair)
+
+
+def head_to_head(by_pair: dict[tuple[str, str, str], list[float]]) -> None:
+    """Per pair, each method's mean reduction with λ chosen on the old task's dev set."""
+    methods = sorted({m for _, _, m in by_pair})
+    pairs = sorted({(a, b) for a, b, _ in by_pair})
+    print("\nλ on the old task's dev set, mean reduction over seeds, per pair:")
+    print("| pair | " + " | ".join(methods) + " |")
+    print("|---|" + "---:|" * len(methods))
+    for a, b in pairs:
+        cells = [by_pair.get((a, b, m)) for m in methods]
+        text = [f"{mean(c):.1f}%" if c else "–" for c in cells]
+        print(f"| {a} → {b} | " + " | ".join(text) + " |")
+    if {"kfac", "ewc"} <= set(methods):
+        both = [
+            (mean(by_pair[(a, b, "kfac")]), mean(by_pair[(a, b, "ewc")]))
+            for a, b in pairs
+            if by_pair.get((a, b, "kfac")) and by_pair.get((a, b, "ewc"))
+        ]
+        wins = sum(k > e for k, e in both)
+        print(f"KFC above EWC in {wins} of {len(both)} pairs")
 
 
 def _strength(method: str, value: float) -> float:
