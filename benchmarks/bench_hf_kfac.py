@@ -25,16 +25,16 @@ Nothing is asserted; ``--out`` writes JSON with the environment.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
-import time
-from typing import Any
 
 import curvlinops
 import torch
 import transformers
 from torch import nn
 
+from _timing import measure
 from kfacel import estimate_kfac
 
 
@@ -78,15 +78,6 @@ class _Stacked(nn.Module):
         return self.bert(input_ids=x[:, 0], attention_mask=x[:, 1]).logits
 
 
-def _best(fn: Any, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
-
-
 def _step_time(model: nn.Module, batches: list, repeats: int) -> float:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0)
     loss_fn = nn.CrossEntropyLoss()
@@ -97,7 +88,7 @@ def _step_time(model: nn.Module, batches: list, repeats: int) -> float:
             loss_fn(model(**inputs).logits, labels).backward()
             opt.step()
 
-    return _best(run, repeats) / len(batches)
+    return measure(run, repeats)[0] / len(batches)
 
 
 def _curvlinops_time(model: nn.Module, batches: list, repeats: int) -> float:
@@ -121,7 +112,7 @@ def _curvlinops_time(model: nn.Module, batches: list, repeats: int) -> float:
         )
         op.compute_kronecker_factors()
 
-    return _best(run, repeats) / len(batches)
+    return measure(run, repeats)[0] / len(batches)
 
 
 def main() -> None:
@@ -140,15 +131,13 @@ def main() -> None:
     batches = _batches(args.batches, args.batch_size, args.min_length)
     model = _model()
     step = _step_time(model, batches, args.repeats)
-    ours_all = _best(
-        lambda: estimate_kfac(model, batches, uncovered="diagonal"), args.repeats
-    ) / len(batches)
+    n = len(batches)
+    every_layer = functools.partial(estimate_kfac, model, batches, uncovered="diagonal")
+    ours_all = measure(every_layer, args.repeats)[0] / n
     linear = {n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     for name, p in model.named_parameters():
         p.requires_grad_(name.rsplit(".", 1)[0] in linear)
-    ours_linear = _best(lambda: estimate_kfac(model, batches), args.repeats) / len(
-        batches
-    )
+    ours_linear = measure(lambda: estimate_kfac(model, batches), args.repeats)[0] / n
     peer_linear = _curvlinops_time(model, batches, args.repeats)
     tokens = sum(int(b["attention_mask"].sum()) for b, _ in batches)
     padded = sum(b["attention_mask"].numel() for b, _ in batches)

@@ -35,6 +35,7 @@ import peft
 import torch
 import transformers
 
+from _timing import measure
 from kfacel.consolidation import build_penalty
 from kfacel.hf import KFCTrainer, consolidate
 from kfacel.training.budget import predicted_rise
@@ -72,15 +73,6 @@ def _collate(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         "attention_mask": torch.stack([r["attention_mask"] for r in rows]),
         "labels": torch.tensor([r["labels"] for r in rows]),
     }
-
-
-def _best(fn: Any, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def _trainer_step(
@@ -131,9 +123,9 @@ def _measure(
             penalty.add_grad_(model)
         opt.step()
 
-    plain = _best(lambda: step(False), repeats)
-    kfc = _best(lambda: step(True), repeats)
-    add_grad = _best(lambda: penalty.add_grad_(model), repeats)
+    plain = measure(lambda: step(False), repeats)[0]
+    kfc = measure(lambda: step(True), repeats)[0]
+    add_grad = measure(lambda: penalty.add_grad_(model), repeats)[0]
     other = _rows(len(rows), rows[0]["input_ids"].numel(), seed=1)
     trainer_s, kfc_trainer_s = [], []
     for _ in range(repeats):  # interleaved, so that drift of the machine hits both

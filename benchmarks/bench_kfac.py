@@ -41,7 +41,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -52,18 +51,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import kfacel
+from _timing import measure
 from kfacel.consolidation import TaskState, save_state
-
-
-def measure(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
-    """(min seconds over ``repeats`` runs, the last result)."""
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        result = None
-        t0 = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, result
 
 
 def peak_mb(model: str, what: str, args: argparse.Namespace) -> float | None:
