@@ -27,6 +27,8 @@ from kfacel.training.budget import (
     TASK_EXAMPLES,
     BudgetPenalty,
     budget_penalty,
+    check_budget_rate,
+    step_rate,
 )
 
 __all__ = ["KFCTrainer"]
@@ -97,8 +99,7 @@ class KFCTrainer(Trainer):
             if any(s.method == "l2" for s in states):
                 raise ValueError("KFCTrainer: l2 states have no curvature; give lam=")
             budget = DEFAULT_BUDGET
-        if not 0 < budget_rate <= 100:
-            raise ValueError(f"budget_rate must be in (0, 100], got {budget_rate}")
+        check_budget_rate(budget_rate)
         self.kfc_penalties = _penalties(self.kfc_states, lam, budget, damping)
         self.kfc_budget_rate = budget_rate
         self._kfc_hooked: Any = None
@@ -118,7 +119,7 @@ class KFCTrainer(Trainer):
             steps = self._kfc_steps_per_epoch()
             for penalty, _ in self.kfc_penalties:
                 if isinstance(penalty, BudgetPenalty):
-                    penalty.rate = min(1.0, self.kfc_budget_rate / steps)
+                    penalty.rate = step_rate(self.kfc_budget_rate, steps)
         try:
             return super().train(*args, **kwargs)
         finally:

@@ -49,6 +49,21 @@ strength: measured on PUBLIC-3-small (benchmarks/RESULTS.md, "A consolidation st
 without old data"); it needs no old data."""
 
 
+def check_budget_rate(rate: float) -> None:
+    """Refuse a dual step per epoch outside (0, 100]."""
+    if not (math.isfinite(rate) and 0 < rate <= 100):
+        raise ValueError(f"budget_rate must be in (0, 100], got {rate}")
+
+
+def step_rate(rate_per_epoch: float, steps_per_epoch: int) -> float:
+    """The dual step of one optimizer step: a per-epoch rate spread over the epoch.
+
+    >>> step_rate(2.0, 8), step_rate(2.0, 1)
+    (0.25, 1.0)
+    """
+    return min(1.0, rate_per_epoch / max(steps_per_epoch, 1))
+
+
 def predicted_rise(model: nn.Module, state: TaskState) -> float:
     """``q_t(θ) = ½ ΔᵀF_tΔ`` of ``state`` at the model's weights (λ = 1, no damping).
 

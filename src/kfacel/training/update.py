@@ -26,6 +26,8 @@ from kfacel.training.budget import (
     BudgetPenalty,
     bayes_lams,
     budget_penalty,
+    check_budget_rate,
+    step_rate,
 )
 from kfacel.training.continual import discriminative_lr_groups
 from kfacel.training.pipeline import Linker, fit_task
@@ -107,8 +109,7 @@ class Protection:
                 f"budget: a forgetting budget needs a Fisher (kfac or ewc), "
                 f"not penalty {self.penalty!r}"
             )
-        if not (math.isfinite(self.budget_rate) and 0 < self.budget_rate <= 100):
-            raise ValueError(f"budget_rate must be in (0, 100], got {self.budget_rate}")
+        check_budget_rate(self.budget_rate)
         if not (math.isfinite(self.damping) and self.damping >= 0):
             raise ValueError(f"damping must be a finite number ≥ 0, got {self.damping}")
         if self.lrc is not None and not 0 < self.lrc <= 1:
@@ -171,7 +172,7 @@ class Protection:
                 states,
                 budgets,
                 damping=self.damping,
-                rate=min(1.0, self.budget_rate / max(steps_per_epoch, 1)),
+                rate=step_rate(self.budget_rate, steps_per_epoch),
             )
         if self.bayes and self.penalty != "none":
             lams = bayes_lams(states, new_examples)
