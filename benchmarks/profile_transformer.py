@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from kfacel.data.tasks import load_task
+from kfacel.training.evaluate import predict
 from kfacel.training.pipeline import new_linker
 
 
@@ -31,6 +32,7 @@ def main() -> None:
     p.add_argument("--queries", type=int, default=320)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--eval-queries", type=int, default=512, help="dev queries timed")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     task = load_task(args.task)
@@ -40,30 +42,15 @@ def main() -> None:
     batches = linker.batches(train, args.batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     seconds: dict[str, float] = defaultdict(float)
-    calls = {"n": 0}
-    encode = model._encode
-
-    def timed_encode(ids, mask):  # the first call of a forward is the mention encoder
-        part = "mention encoder" if calls["n"] == 0 else "name encoder"
-        calls["n"] += 1
-        with clock(seconds, part):
-            return encode(ids, mask)
-
-    model._encode = timed_encode
-    scorer = model.scorer
-    scorer_forward = scorer.forward
-
-    def timed_scorer(*a, **k):
-        with clock(seconds, "scorer"):
-            return scorer_forward(*a, **k)
-
-    scorer.forward = timed_scorer
+    for part, attr in (("mention encoder", "_encode_mention"),
+                       ("name encoder", "_encode_name")):  # fmt: skip
+        setattr(model, attr, timed(getattr(model, attr), seconds, part))
+    model.scorer.forward = timed(model.scorer.forward, seconds, "scorer")
     pad_m, pad_n, names, distinct = [], [], [], []
     for step, batch in enumerate(batches):
         if step == 2:  # the first steps warm up allocators and kernels
             seconds.clear()
             start = time.perf_counter()
-        calls["n"] = 0
         with clock(seconds, "forward (all)"):
             logits = model(batch)
             loss = F.cross_entropy(logits, batch.labels)
@@ -100,6 +87,37 @@ def main() -> None:
     print(
         f"names per batch: {sum(names) / len(names):.0f} rows, "
         f"{sum(distinct) / len(distinct):.0f} distinct"
+    )
+    time_evaluation(model, linker.batches(task.dev[: args.eval_queries], 64))
+
+
+def timed(fn, seconds: dict[str, float], part: str):
+    def wrapper(*args, **kwargs):
+        with clock(seconds, part):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def time_evaluation(model, batches) -> None:
+    """Evaluation with each distinct name encoded once per batch, then once per split."""
+    model.eval()
+    times, logits = {}, {}
+    for label, reuse in (("per batch", False), ("per split", True)):
+        start = time.perf_counter()
+        if reuse:
+            logits[label] = torch.cat(predict(model, batches))
+        else:
+            with torch.no_grad():
+                logits[label] = torch.cat([model(b) for b in batches])
+        times[label] = time.perf_counter() - start
+    n = sum(len(b.labels) for b in batches)
+    for label, sec in times.items():
+        print(f"evaluation, names encoded once {label}: {n / sec:.1f} queries/s")
+    a, b = logits["per batch"], logits["per split"]
+    gap = torch.where(torch.isfinite(a), a - b, 0.0).abs().max()
+    print(
+        f"  ratio {times['per batch'] / times['per split']:.2f}x, largest logit gap {gap:.1e}"
     )
 
 

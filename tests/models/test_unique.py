@@ -129,3 +129,65 @@ def test_encoding_names_by_length_in_chunks_equals_one_padded_call(tokenizer):
             assert (a, b) == (None, None)
         else:
             torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("name", ["cnn", "transformer"])
+def test_evaluation_encodes_each_name_once_across_batches(name, tokenizer, one_thread):
+    from kfacel.models._unique import reusing_names
+
+    examples = synthetic_examples(4, seed=5)
+    collate = Collator(tokenizer, max_mention_length=16)
+    first, second = collate(examples[:2]), collate(examples)  # second repeats names
+    model = no_dropout(name).eval()
+    rows = []
+    encode = model._encode_name
+    model._encode_name = lambda ids, mask: (rows.append(len(ids)), encode(ids, mask))[1]
+    with torch.no_grad():
+        alone = [model(first), model(second)]
+        rows.clear()
+        with reusing_names(model):
+            reused = [model(first), model(second)]
+            model.train()  # training mode never reads the cache
+            trained = model(first)
+            model.eval()
+    assert model.name_cache is None  # dropped on exit
+    first_names = torch.unique(first.candidate_ids.flatten(0, 1), dim=0).shape[0]
+    assert rows[0] == first_names
+    assert rows[1] < torch.unique(second.candidate_ids.flatten(0, 1), dim=0).shape[0]
+    assert rows[2] == first_names  # the training call encoded its names again
+    for a, b in zip(reused, alone, strict=True):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(trained, alone[0])
+
+
+def test_mention_contexts_in_length_chunks_equal_one_padded_call(
+    tokenizer, one_thread, monkeypatch
+):
+    from dataclasses import replace
+
+    from kfacel.models import bert
+
+    monkeypatch.setattr(bert, "MENTION_CHUNK", 2)
+    examples = [  # left contexts of 0 to 5 words
+        replace(ex, left_context=" ".join(ex.left_context.split()[:i]))
+        for i, ex in enumerate(synthetic_examples(6, seed=11))
+    ]
+    batch = Collator(tokenizer, max_mention_length=32)(examples)
+    assert len(set(batch.mention_mask.sum(1).tolist())) > 1  # contexts differ
+    model = no_dropout("transformer")
+    widths = []
+    encode = model._encode_mention
+    model._encode_mention = lambda i, m: (widths.append(i.shape[1]), encode(i, m))[1]
+    model.eval()  # gradients in eval mode: one padded call
+    whole, whole_grads = logits_and_grads(model, batch)
+    model.train()  # training: chunks of 2 contexts, each cut to its longest
+    chunked, chunked_grads = logits_and_grads(model, batch)
+    assert widths[0] == batch.mention_ids.shape[1]
+    assert len(widths) == 1 + 3
+    assert min(widths[1:]) < widths[0]
+    torch.testing.assert_close(chunked, whole)
+    for a, b in zip(chunked_grads, whole_grads, strict=True):
+        if a is None or b is None:
+            assert (a, b) == (None, None)
+        else:
+            torch.testing.assert_close(a, b)

@@ -12,11 +12,18 @@ per example: a distinct row then stands for rows of several queries. The estimat
 the model in eval mode with gradients on, so the rankers deduplicate only in training
 mode or without gradients (``should_dedup``). In training mode duplicates share one
 dropout mask.
+
+Within ``reusing_names(model)`` (evaluation: eval mode, no gradients, fixed weights) a
+ranker also keeps each distinct name's encoding across calls, so a split is encoded once
+per distinct name rather than once per batch: PUBLIC-3-small's dev sets hold 9,966
+distinct names in 20,000 rows (MedMentions), 3,564 in 18,925 (NCBI), 442 in 6,730
+(CADEC).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -27,8 +34,39 @@ def should_dedup(module: nn.Module) -> bool:
     return module.training or not torch.is_grad_enabled()
 
 
+NameCache = dict[bytes, Tensor]
+
+
+def should_reuse(module: nn.Module) -> NameCache | None:
+    """The module's cache of name encodings, where it may be read: eval, no grad."""
+    cache: NameCache | None = getattr(module, "name_cache", None)
+    if cache is None or module.training or torch.is_grad_enabled():
+        return None
+    return cache
+
+
+@contextmanager
+def reusing_names(model: nn.Module) -> Iterator[None]:
+    """Within: every ranker in ``model`` keeps its name encodings across calls.
+
+    Only for evaluation, where the weights do not change: the cache is read in eval
+    mode without gradients (``should_reuse``) and dropped on exit.
+    """
+    rankers = [m for m in model.modules() if hasattr(m, "name_cache")]
+    for m in rankers:
+        setattr(m, "name_cache", {})  # noqa: B010 (nn.Module's typed __setattr__)
+    try:
+        yield
+    finally:
+        for m in rankers:
+            setattr(m, "name_cache", None)  # noqa: B010
+
+
 def encode_rows(
-    ids: Tensor, mask: Tensor, encode: Callable[[Tensor, Tensor], Tensor]
+    ids: Tensor,
+    mask: Tensor,
+    encode: Callable[[Tensor, Tensor], Tensor],
+    cache: NameCache | None = None,
 ) -> Tensor:
     """``encode(ids, mask)`` ``[B, D]``, computed once per distinct (ids, mask) row.
 
@@ -36,6 +74,8 @@ def encode_rows(
         ids: ``[B, S]`` token ids.
         mask: ``[B, S]`` bool, True at real tokens.
         encode: maps ``([U, S], [U, S])`` to pooled encodings ``[U, D]``.
+        cache: encodings of rows seen in earlier calls, keyed by their real tokens;
+            read and extended (no gradients flow through it; see ``reusing_names``).
 
     Returns:
         ``[B, D]`` encodings.
@@ -54,8 +94,28 @@ def encode_rows(
     ).scatter_reduce(0, inverse, rows, reduce="amin")  # [U] first row of each
     # index_select: its backward (index_add_) is deterministic on the CPU, the
     # backward of advanced indexing (index_put_ with accumulate) is not with threads
-    distinct = encode_by_length(ids[first], mask[first], encode)  # [U, D]
+    if cache is None:
+        distinct = encode_by_length(ids[first], mask[first], encode)  # [U, D]
+    else:
+        distinct = _encode_cached(ids[first], mask[first], encode, cache)
     return distinct.index_select(0, inverse)  # [B, D]
+
+
+def _encode_cached(
+    ids: Tensor,
+    mask: Tensor,
+    encode: Callable[[Tensor, Tensor], Tensor],
+    cache: NameCache,
+) -> Tensor:
+    """``encode`` of distinct rows, those in ``cache`` read from it, the rest added."""
+    keys = [row[m].cpu().numpy().tobytes() for row, m in zip(ids, mask, strict=True)]
+    new = [i for i, key in enumerate(keys) if key not in cache]
+    if new:
+        rows = torch.tensor(new, device=ids.device)
+        fresh = encode_by_length(ids[rows], mask[rows], encode)  # [U', D]
+        for i, encoding in zip(new, fresh, strict=True):
+            cache[keys[i]] = encoding
+    return torch.stack([cache[key] for key in keys])  # [U, D]
 
 
 def encode_by_length(

@@ -26,10 +26,18 @@ from torch import Tensor, nn
 from transformers import BertConfig, BertModel
 
 from kfacel._checkpoint import read_config, read_tensors
-from kfacel.models._unique import encode_rows, should_dedup
+from kfacel.models._unique import (
+    NameCache,
+    encode_by_length,
+    encode_rows,
+    should_dedup,
+    should_reuse,
+)
 from kfacel.models.scoring import PairScorer
 from kfacel.positions import valid_positions
 from kfacel.types import Batch
+
+MENTION_CHUNK = 8  # contexts a call in training and evaluation (see encode_by_length)
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,7 @@ class BertRanker(nn.Module):
         enc_cfg = BertConfig(**config.encoder_config)
         enc_cfg.num_hidden_layers = config.layers
         self.encoder = BertModel(enc_cfg, add_pooling_layer=False)
+        self.name_cache: NameCache | None = None  # see _unique.reusing_names
         self.scorer = PairScorer(
             enc_cfg.hidden_size,
             num_features=config.num_features,
@@ -119,13 +128,16 @@ class BertRanker(nn.Module):
         """Logits ``[N, C]`` of the batch's candidates, invalid ones at ``-inf``."""
         n, c, lc = batch.candidate_ids.shape
         ids, mask = batch.mention_ids, batch.mention_mask
-        span = _mention_span(ids, self.config.start_id, self.config.end_id) & mask
-        context = self._encode(ids, mask)  # [N, L, D]
-        mention = _masked_mean(context, span)  # [N, D]
+        if should_dedup(self):  # contexts of similar length together, less padding
+            mention = encode_by_length(ids, mask, self._encode_mention, MENTION_CHUNK)
+        else:
+            mention = self._encode_mention(ids, mask)  # [N, D]
         names_mask = batch.candidate_mask.reshape(n * c, lc)
         names_ids = batch.candidate_ids.reshape(n * c, lc)
         if should_dedup(self):
-            names = encode_rows(names_ids, names_mask, self._encode_name)  # [N*C, D]
+            names = encode_rows(
+                names_ids, names_mask, self._encode_name, should_reuse(self)
+            )  # [N*C, D]
         else:
             names = self._encode_name(names_ids, names_mask)  # [N*C, D]
         cands = names.reshape(n, c, -1)  # [N, C, D]
@@ -136,6 +148,11 @@ class BertRanker(nn.Module):
             features=batch.features,
             types=batch.candidate_types,
         )
+
+    def _encode_mention(self, ids: Tensor, mask: Tensor) -> Tensor:
+        """Mention encodings ``[B, D]``: the mean over the marked span in context."""
+        span = _mention_span(ids, self.config.start_id, self.config.end_id) & mask
+        return _masked_mean(self._encode(ids, mask), span)
 
     def _encode_name(self, ids: Tensor, mask: Tensor) -> Tensor:
         """Mean-pooled name encodings ``[B, D]``."""

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kfacel._checkpoint import read_config, read_tensors
-from kfacel.models._unique import encode_rows, should_dedup
+from kfacel.models._unique import NameCache, encode_rows, should_dedup, should_reuse
 from kfacel.models.scoring import PairScorer
 from kfacel.positions import valid_positions
 from kfacel.types import Batch
@@ -101,6 +101,7 @@ class CNNRanker(nn.Module):
         self.name_conv = nn.Conv1d(c.embed_dim, c.hidden, c.kernel, padding=pad)
         self.mention_proj = nn.Linear(2 * c.hidden, c.hidden)
         self.dropout = nn.Dropout(c.dropout)
+        self.name_cache: NameCache | None = None  # see _unique.reusing_names
         self.scorer = PairScorer(
             c.hidden,
             num_features=c.num_features,
@@ -145,7 +146,9 @@ class CNNRanker(nn.Module):
         names_ids = batch.candidate_ids.reshape(n * c, lc)
         names_mask = batch.candidate_mask.reshape(n * c, lc)
         if should_dedup(self):
-            names = encode_rows(names_ids, names_mask, self._encode_name)  # [N*C, H]
+            names = encode_rows(
+                names_ids, names_mask, self._encode_name, should_reuse(self)
+            )  # [N*C, H]
         else:
             names = self._encode_name(names_ids, names_mask)  # [N*C, H]
         cands = names.reshape(n, c, -1)  # [N, C, H]

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kfacel.models._unique import reusing_names
 from kfacel.types import Batch
 
 DEFAULT_KS = (1, 5, 10)
@@ -137,11 +138,16 @@ def metrics_from_ranks(
 def predict(
     model: nn.Module, batches: Iterable[Batch], *, device: str | torch.device = "cpu"
 ) -> list[Tensor]:
-    """Logits ``[N, C]`` of each batch on the CPU, in eval mode (mode restored)."""
+    """Logits ``[N, C]`` of each batch on the CPU, in eval mode (mode restored).
+
+    Each distinct candidate name is encoded once over all the batches
+    (``reusing_names``).
+    """
     was_training = model.training
     model.eval()
     try:
-        return [model(b.to(device)).float().cpu() for b in batches]
+        with reusing_names(model):
+            return [model(b.to(device)).float().cpu() for b in batches]
     finally:
         model.train(was_training)
 
