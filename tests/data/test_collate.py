@@ -138,3 +138,49 @@ def test_the_batch_docs_state_the_unknown_type_id_the_collator_writes(tok):
     assert f"({unknown} unknown" in doc
     module_doc = " ".join((collate.__doc__ or "").split())
     assert f"{unknown} stands for a type that is unknown" in module_doc
+
+
+def test_sampled_candidates_keep_the_gold_and_k_minus_1_valid_others(tok):
+    import torch
+
+    from kfacel.data.collate import sample_candidates
+
+    names = ["heart attack", "lung", "liver", "kidney", "brain", "skin"]
+    examples = [
+        ex("heart attack", names, g, [f"T{i}" for i in range(6)]) for g in range(6)
+    ]
+    examples.append(ex("fever", ["fever", "pain"], 1))  # fewer valid than k
+    full = Collator(tok, types=build_type_vocab(examples))(examples)
+    gen = torch.Generator().manual_seed(3)
+    seen = set()
+    for _ in range(20):
+        b = sample_candidates(full, 3, gen)
+        assert b.candidate_ids.shape[:2] == (7, 3)
+        for i in range(7):
+            cols = [  # which full column each kept column came from, by name ids
+                next(
+                    c
+                    for c in range(6)
+                    if torch.equal(full.candidate_ids[i, c], b.candidate_ids[i, j])
+                    and bool(full.candidate_valid[i, c])
+                    == bool(b.candidate_valid[i, j])
+                )
+                for j in range(3)
+            ]
+            assert cols[int(b.labels[i])] == int(full.labels[i])  # the gold, labelled
+            assert cols == sorted(cols)  # original order kept
+            for j, c in enumerate(cols):  # features and types travel with the name
+                assert torch.equal(b.features[i, j], full.features[i, c])
+                assert b.candidate_types[i, j] == full.candidate_types[i, c]
+            if i < 6:
+                seen.add(tuple(cols))
+        assert b.candidate_valid[6].tolist() == [
+            True,
+            True,
+            False,
+        ]  # both, then padding
+    assert len(seen) > 6  # the others are drawn anew each call
+    again = sample_candidates(full, 3, torch.Generator().manual_seed(3))
+    first = sample_candidates(full, 3, torch.Generator().manual_seed(3))
+    assert torch.equal(again.candidate_ids, first.candidate_ids)  # seeded
+    assert sample_candidates(full, 6, gen) is full  # k ≥ C: nothing to drop

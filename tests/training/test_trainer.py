@@ -250,3 +250,24 @@ def test_two_gloo_ranks_train_the_same_model_as_one_process(tmp_path):
     ddp = load_file(out)
     for name, value in single.state_dict().items():
         torch.testing.assert_close(ddp[name], value, rtol=1e-9, atol=1e-10)
+
+
+def test_training_on_sampled_candidates_sees_k_a_query_and_evaluates_all(train_dev):
+    train, dev = train_dev
+    model = tiny_cnn()
+    widths = []
+    forward = model.forward
+    model.forward = lambda b: (
+        widths.append((model.training, b.candidate_ids.shape[1])),
+        forward(b),
+    )[1]
+    c = train[0].candidate_ids.shape[1]
+    log = train_task(
+        model, train, settings(epochs=2, train_candidates=2), dev_batches=dev
+    )
+    assert {w for t, w in widths if t} == {2}
+    assert c > 2
+    assert {w for t, w in widths if not t} == {dev[0].candidate_ids.shape[1]}
+    assert log.epochs[-1].loss < log.epochs[0].loss
+    with pytest.raises(ValueError, match=r"^train_candidates must be"):
+        TrainSettings(train_candidates=1)

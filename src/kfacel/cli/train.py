@@ -100,6 +100,13 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-train", type=positive_int, help="use only the first N train queries"
     )
+    p.add_argument(
+        "--train-candidates",
+        type=positive_int,
+        metavar="K",
+        help="train on the gold and K-1 of each query's other candidates, drawn "
+        "anew each step (faster; evaluation ranks all)",
+    )
     p.add_argument("--no-features", action="store_true", help="no string features")
     p.add_argument("--no-types", action="store_true", help="no candidate types")
     p.add_argument(
@@ -223,6 +230,7 @@ def _settings(args: argparse.Namespace) -> TrainSettings:
         seed=args.seed,
         device=args.device,
         max_train=args.max_train,
+        train_candidates=args.train_candidates,
         optimizer=args.optimizer,
     )
 

@@ -40,7 +40,7 @@ import math
 import re
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import torch
@@ -187,6 +187,48 @@ def make_batches(
         collator(examples[i : i + batch_size])
         for i in range(0, len(examples), batch_size)
     ]
+
+
+def sample_candidates(batch: Batch, k: int, generator: torch.Generator) -> Batch:
+    """``batch`` with each query's gold and ``k − 1`` of its other candidates.
+
+    A sampled softmax over the generator's candidates (all of them hard negatives):
+    the others are drawn uniformly among the valid ones, anew at every call, and keep
+    their relative order; a query with fewer than ``k`` candidates keeps all of them
+    (padding columns stay invalid). Training then encodes ``k`` names a query instead
+    of ``C``.
+
+    >>> b = Batch(torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 2, dtype=torch.bool),
+    ...           torch.arange(4).reshape(1, 4, 1), torch.ones(1, 4, 1, dtype=torch.bool),
+    ...           torch.ones(1, 4, dtype=torch.bool), torch.tensor([2]))
+    >>> s = sample_candidates(b, 2, torch.Generator().manual_seed(0))
+    >>> s.candidate_ids.shape, int(s.candidate_ids[0, s.labels[0], 0])
+    (torch.Size([1, 2, 1]), 2)
+    """
+    n, c = batch.candidate_valid.shape
+    if k >= c:
+        return batch
+    draw = torch.rand(n, c, generator=generator)  # in [0, 1)
+    draw = draw.masked_fill(~batch.candidate_valid, -1.0)  # padding last
+    draw[torch.arange(n), batch.labels] = 2.0  # the gold first
+    keep = draw.topk(k, dim=1).indices.sort(dim=1).values  # [N, K] in original order
+    labels = (keep == batch.labels[:, None]).long().argmax(dim=1)
+
+    def pick(t: torch.Tensor) -> torch.Tensor:  # [N, C, ...] -> [N, K, ...]
+        index = keep.reshape(n, k, *([1] * (t.dim() - 2))).expand(n, k, *t.shape[2:])
+        return t.gather(1, index)
+
+    return replace(
+        batch,
+        candidate_ids=pick(batch.candidate_ids),
+        candidate_mask=pick(batch.candidate_mask),
+        candidate_valid=pick(batch.candidate_valid),
+        labels=labels,
+        features=None if batch.features is None else pick(batch.features),
+        candidate_types=None
+        if batch.candidate_types is None
+        else pick(batch.candidate_types),
+    )
 
 
 def similarity_features(mention: str, name: str) -> tuple[float, ...]:

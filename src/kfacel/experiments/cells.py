@@ -307,6 +307,7 @@ def _settings(
         seed=seed,
         device=t.device,
         max_train=t.max_train_examples if capped else None,
+        train_candidates=t.train_candidates,
     )
 
 

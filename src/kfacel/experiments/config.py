@@ -82,6 +82,7 @@ class TrainConfig:
     batch_size: int = 32
     eval_batch_size: int = 128
     max_train_examples: int | None = None
+    train_candidates: int | None = None  # TrainSettings.train_candidates
     device: str = "cpu"
     lrc_gamma: float = 0.5  # LRC: η_ℓ = η_{ℓ+1}·γ from the top layer down
     replay_every: int = 10  # replay: n old batches every m new ones
@@ -174,7 +175,8 @@ class ExperimentConfig:
         t = self.train
         try:  # the trainer's own checks (the device is checked where the run starts)
             TrainSettings(t.epochs, t.lr, t.batch_size, t.schedule, t.warmup,
-                          max_train=t.max_train_examples)  # fmt: skip
+                          max_train=t.max_train_examples,
+                          train_candidates=t.train_candidates)  # fmt: skip
         except ValueError as exc:
             raise ConfigError(f"train.{exc}") from None
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Generic, TypeVar
 
@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kfacel._progress import with_progress
+from kfacel.data.collate import sample_candidates
 from kfacel.penalties.base import Penalty
 from kfacel.training.evaluate import evaluate
 from kfacel.types import Batch
@@ -70,6 +71,9 @@ class TrainSettings:
         seed: dropout masks, batch order and replay order.
         device: ``cpu`` or ``cuda[:i]`` (float16 mixed precision on CUDA).
         max_train: use only the first ``max_train`` training queries (None: all).
+        train_candidates: train each step on the gold and ``train_candidates − 1``
+            of each query's other candidates, drawn anew (``sample_candidates``);
+            None: all of them. Evaluation always ranks every candidate.
     """
 
     epochs: int = 3
@@ -84,6 +88,7 @@ class TrainSettings:
     seed: int = 0
     device: str = "cpu"
     max_train: int | None = None
+    train_candidates: int | None = None
 
     def __post_init__(self) -> None:
         """Raise ``ValueError`` naming the first setting out of its range."""
@@ -107,6 +112,12 @@ class TrainSettings:
             "max_train",
             self.max_train,
             "a positive number of queries",
+        )
+        _require(
+            self.train_candidates is None or self.train_candidates >= 2,
+            "train_candidates",
+            self.train_candidates,
+            "at least 2 (the gold and one other)",
         )
         check_device(self.device)
 
@@ -262,12 +273,14 @@ def train_task(
         order_rng = torch.Generator().manual_seed(settings.seed)
         step = _Step.build(model, settings, penalty, lr_groups, len(batches))
         replays = _cycle(replay.items, order_rng) if replay else None
+        sample = _candidate_sampler(settings)
         best, epochs = _BestEpoch(), []
         for epoch in range(1, settings.epochs + 1):
             order = torch.randperm(len(batches), generator=order_rng).tolist()
             show = progress and step.rank == 0
             steps = with_progress(order, enabled=show, desc=f"epoch {epoch}")
-            e = _train_epoch(step, [batches[i] for i in steps], epoch, replays, replay)
+            chosen = (sample(batches[i]) for i in steps)
+            e = _train_epoch(step, chosen, epoch, replays, replay)
             if dev:
                 accuracy = evaluate(model, dev, device=device).accuracy
                 e = replace(e, dev_accuracy=accuracy)
@@ -406,6 +419,15 @@ def _train_epoch(
         queries_per_s=n_all / seconds if seconds > 0 else 0.0,
         lr=lr,
     )
+
+
+def _candidate_sampler(settings: TrainSettings) -> Callable[[Batch], Batch]:
+    """Each batch as trained on: all its candidates, or a seeded sample of them."""
+    k = settings.train_candidates
+    if k is None:
+        return lambda batch: batch
+    rng = torch.Generator().manual_seed(settings.seed)
+    return lambda batch: sample_candidates(batch, k, rng)
 
 
 class _BestEpoch:
