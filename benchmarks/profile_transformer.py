@@ -88,7 +88,89 @@ def main() -> None:
         f"names per batch: {sum(names) / len(names):.0f} rows, "
         f"{sum(distinct) / len(distinct):.0f} distinct"
     )
+    reference = time_reference(model.encoder, batches[2:])
+    fwd_bwd = seconds["forward (all)"] + seconds["backward"]
+    print(
+        f"reference (the 3 layers forward and backward over the real tokens only, "
+        f"rows of equal length together): {1000 * reference / steps:.0f} ms a step; "
+        f"our forward+backward {fwd_bwd / reference:.2f}x it, our step "
+        f"{total / reference:.2f}x"
+    )
+    flops = sum(encoder_flops(model.encoder.config, b) for b in batches[2:])
+    peak = matmul_rate(model.encoder.config)
+    print(
+        f"dense work of the real tokens: {flops / steps / 1e9:.1f} GFLOP a step; at "
+        f"this machine's matmul rate ({peak / 1e9:.0f} GFLOP/s) {1000 * flops / peak / steps:.0f} "
+        f"ms; our forward+backward {fwd_bwd * peak / flops:.2f}x that"
+    )
     time_evaluation(model, linker.batches(task.dev[: args.eval_queries], 64))
+
+
+def encoder_flops(config, batch) -> float:
+    """Multiply-adds ×2 of the encoder's forward and backward over the real tokens.
+
+    Per layer and token, the Linear layers (Q, K, V, output: 4·D², intermediate and
+    output: 2·D·I) cost 2 FLOPs a weight forward and 4 backward; attention costs
+    4·S·D a token forward (scores and mixing over its row's S real tokens), twice that
+    backward. Rows: every query context and every distinct candidate name.
+    """
+    d, inter, layers = (
+        config.hidden_size,
+        config.intermediate_size,
+        config.num_hidden_layers,
+    )
+    names = batch.candidate_ids.flatten(0, 1)
+    names_mask = batch.candidate_mask.flatten(0, 1)
+    distinct = {tuple(r[m].tolist()) for r, m in zip(names, names_mask, strict=True)}
+    lengths = [int(n) for n in batch.mention_mask.sum(1)] + [len(r) for r in distinct]
+    per_token = 6 * (4 * d * d + 2 * d * inter)
+    attention = sum(3 * 4 * s * s * d for s in lengths)
+    return float(layers * (per_token * sum(lengths) + attention))
+
+
+def matmul_rate(config, tokens: int = 2048, repeats: int = 10) -> float:
+    """FLOP/s of this machine on the encoder's largest matmul shape (intermediate)."""
+    x = torch.randn(tokens, config.hidden_size)
+    w = torch.randn(config.hidden_size, config.intermediate_size)
+    x @ w  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        x @ w
+    seconds = (time.perf_counter() - start) / repeats
+    return 2 * tokens * config.hidden_size * config.intermediate_size / seconds
+
+
+def time_reference(encoder, batches) -> float:
+    """Seconds for the physical reference of ``batches``' steps.
+
+    Each step: the query contexts and the distinct candidate names, cut to their real
+    tokens, through the encoder forward and backward, rows of equal length in one call
+    each (no padding, no mask), with a mean-pooled sum as the loss.
+    """
+    encoder.train()
+    start = time.perf_counter()
+    for batch in batches:
+        names = batch.candidate_ids.flatten(0, 1)
+        names_mask = batch.candidate_mask.flatten(0, 1)
+        rows = [
+            r[m] for r, m in zip(batch.mention_ids, batch.mention_mask, strict=True)
+        ]
+        rows += list(
+            {
+                tuple(r[m].tolist()): r[m]
+                for r, m in zip(names, names_mask, strict=True)
+            }.values()
+        )
+        by_length: dict[int, list[torch.Tensor]] = defaultdict(list)
+        for r in rows:
+            by_length[len(r)].append(r)
+        loss = sum(
+            encoder(input_ids=torch.stack(group)).last_hidden_state.mean(1).sum()
+            for group in by_length.values()
+        )
+        encoder.zero_grad(set_to_none=True)
+        loss.backward()
+    return time.perf_counter() - start
 
 
 def timed(fn, seconds: dict[str, float], part: str):
