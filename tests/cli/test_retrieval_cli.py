@@ -88,6 +88,16 @@ def test_prepare_is_deterministic_and_leaks_no_gold(built) -> None:
     assert counts["queries"] == len(train)
 
 
+def test_the_tuned_retriever_learns_from_the_training_links_only(built) -> None:
+    # the retriever's mention pairs are the alias table's links, which come from
+    # training documents only (the test above): none from dev or test
+    _, (_, _, tuned), _ = built
+    info = json.loads((tuned / "task.json").read_text())["candidates"]["retriever"]
+    links = json.loads((tuned / "aliases.json").read_text())["links"]
+    assert info["mentions"] is True
+    assert info["training_links"] == len(links) > 0
+
+
 @pytest.mark.parametrize("which", ["task", "tuned"])
 def test_link_reproduces_the_end_to_end_accuracy_of_evaluate(
     built, tmp_path, capsys, which

@@ -87,3 +87,23 @@ def test_fine_tuning_aligns_synonyms_and_changes_the_cache_key(
 def test_a_dictionary_without_synonyms_is_refused(encoder) -> None:
     with pytest.raises(ValueError, match="1 of 2 concepts have two names"):
         fine_tune(encoder, CONCEPTS[3:5], RetrieverSettings())
+
+
+def test_training_mentions_join_their_concepts_group() -> None:
+    links = [("heart attack", "C1"), ("MI", "C1"), ("feeling sick", "C4"), ("x", "C9")]
+    groups = synonym_groups(CONCEPTS, links)
+    assert groups[0] == ("Myocardial infarction", "Heart attack", "MI")  # case-folded
+    assert ("Nausea", "feeling sick") in groups  # one name + one mention is a group
+    assert len(groups) == 6  # a link to a concept not in the dictionary adds nothing
+
+
+def test_fine_tuning_reads_links_only_when_asked(encoder) -> None:
+    links = [("feeling sick", "C4"), ("queasy", "C4")]
+    few = CONCEPTS[3:5]  # C4 has one name, C5 two: one group without the links
+    with pytest.raises(ValueError, match="1 of 2 concepts"):
+        fine_tune(encoder, few, RetrieverSettings(mentions=False), mentions=links)
+    done = fine_tune(
+        encoder, few, RetrieverSettings(batch_concepts=2, lr=1e-5), mentions=links
+    )
+    assert done["training_links"] == 2
+    assert done["concepts_with_synonyms"] == 2

@@ -95,15 +95,24 @@ def _retriever_option(p: argparse.ArgumentParser) -> None:
         default=0,
         metavar="N",
         help="dense/fused: first fine-tune the dense retriever on the dictionary's "
-        "synonyms for N epochs (SapBERT-style; saved in the task); default 0: MiniLM "
-        "as shipped",
+        "synonyms and the training split's mention-concept links for N epochs "
+        "(SapBERT-style; saved in the task); default 0: MiniLM as shipped",
+    )
+    p.add_argument(
+        "--retriever-synonyms-only",
+        action="store_true",
+        help="fine-tune the retriever on the dictionary's synonyms alone",
     )
 
 
 def _retriever(args: argparse.Namespace) -> RetrieverSettings | None:
     if not args.retriever_epochs:
         return None
-    return RetrieverSettings(epochs=args.retriever_epochs, seed=args.seed)
+    return RetrieverSettings(
+        epochs=args.retriever_epochs,
+        seed=args.seed,
+        mentions=not args.retriever_synonyms_only,
+    )
 
 
 def _overwrite_option(p: argparse.ArgumentParser) -> None:

@@ -1,4 +1,4 @@
-"""Fine-tuning the dense retriever on a dictionary's own synonyms (SapBERT-style).
+"""Fine-tuning the dense retriever on a dictionary's synonyms and a task's training links.
 
 Self-alignment (Liu et al., "Self-Alignment Pretraining for Biomedical Entity
 Representations", NAACL 2021): the names of one concept should embed close together and
@@ -15,10 +15,12 @@ concepts whose first names share their first three characters are kept together,
 groups and their members in a seeded shuffle, so ``"breast cancer"`` meets
 ``"breast cyst"`` in a batch rather than random strangers.
 
-Only the dictionary is read: no mention of any task, so the retriever is a function of
-the dictionary, the base encoder and the settings (seeded, deterministic on the CPU), and
-training on a later task cannot change what it retrieves for an earlier one that shares
-the dictionary.
+The task's training mentions join their gold concept's group (``mentions``: BioSyn
+and SapBERT's fine-tuned variants learn from the task's mention → concept pairs), so
+"heart attack" as written in the training split is pulled toward the concept's names.
+Only training mentions: dev and test never reach the retriever. The retriever is then a
+function of the dictionary, the training split, the base encoder and the settings
+(seeded, deterministic on the CPU).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class RetrieverSettings:
         lr: AdamW learning rate.
         temperature: τ of eq. R2.
         seed: seeds the batches.
+        mentions: add the task's training mentions to their gold concept's group.
     """
 
     epochs: int = 1
@@ -55,6 +58,7 @@ class RetrieverSettings:
     lr: float = 2e-5
     temperature: float = 0.05
     seed: int = 0
+    mentions: bool = True
 
     def to_json(self) -> dict[str, float | int]:
         """The settings as a JSON object."""
@@ -64,14 +68,25 @@ class RetrieverSettings:
             "lr": self.lr,
             "temperature": self.temperature,
             "seed": self.seed,
+            "mentions": self.mentions,
         }
 
 
-def synonym_groups(concepts: Sequence[Concept]) -> list[tuple[str, ...]]:
-    """The distinct names (case-insensitive) of each concept that has at least two."""
+def synonym_groups(
+    concepts: Sequence[Concept], mentions: Sequence[tuple[str, str]] = ()
+) -> list[tuple[str, ...]]:
+    """The distinct texts (case-insensitive) of each concept that has at least two.
+
+    A concept's texts are its names, then the ``mentions`` (``(text, concept id)``
+    pairs, the training links) of it that are not already among them.
+    """
+    linked: dict[str, list[str]] = {}
+    for text, concept_id in mentions:
+        linked.setdefault(concept_id, []).append(text)
     groups = []
     for concept in concepts:
-        names = tuple({n.lower(): n for n in reversed(concept.names)}.values())[::-1]
+        texts = (*concept.names, *linked.get(concept.id, ()))
+        names = tuple({n.lower(): n for n in reversed(texts)}.values())[::-1]
         if len(names) >= 2:
             groups.append(names)
     return groups
@@ -95,23 +110,34 @@ def fine_tune(
     concepts: Sequence[Concept],
     settings: RetrieverSettings,
     *,
+    mentions: Sequence[tuple[str, str]] = (),
     progress: bool = False,
 ) -> dict[str, float | int]:
     """Fine-tune ``encoder`` in place on the synonyms of ``concepts`` (eq. R2).
 
+    Args:
+        encoder: the sentence encoder, changed in place.
+        concepts: the dictionary.
+        settings: epochs, batch, learning rate, temperature, seed, ``mentions``.
+        mentions: ``(text, concept id)`` training links, used when
+            ``settings.mentions``; never dev or test mentions.
+        progress: a progress bar.
+
     Returns:
-        What was done: concepts with synonyms, steps, and the mean loss of the first
-        and last tenth of the steps (the wall time is logged, not returned, so that
-        ``task.json`` stays byte-identical between runs).
+        What was done: concepts with synonyms, training links used, steps, and the
+        mean loss of the first and last tenth of the steps (the wall time is logged,
+        not returned, so that ``task.json`` stays byte-identical between runs).
 
     Raises:
         ValueError: when fewer than two concepts have two names (nothing to align).
     """
-    groups = synonym_groups(concepts)
+    links = list(mentions) if settings.mentions else []
+    groups = synonym_groups(concepts, links)
     if len(groups) < 2:
         raise ValueError(
             f"retriever fine-tuning needs concepts with synonyms; {len(groups)} of "
-            f"{len(concepts)} concepts have two names or more"
+            f"{len(concepts)} concepts have two names or more (training links "
+            "included)"
         )
     rng = np.random.default_rng(settings.seed)
     ids = [encoder.token_ids(g) for g in groups]
@@ -153,6 +179,7 @@ def fine_tune(
     )  # fmt: skip
     return {
         "concepts_with_synonyms": len(groups),
+        "training_links": len(links),
         "steps": len(losses),
         "loss_first": round(float(np.mean(losses[:tenth])), 3),
         "loss_last": round(float(np.mean(losses[-tenth:])), 3),

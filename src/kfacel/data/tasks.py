@@ -180,8 +180,9 @@ def prepare_task(
             ``candidates.synonyms``); False: preferred names only.
         progress: a progress bar while dense retrieval embeds the dictionary.
         retriever: fine-tune the dense retriever of ``"dense"``/``"fused"`` on the
-            dictionary's synonyms first (``dense_training``; written to
-            ``retriever/``); None or 0 epochs: MiniLM as shipped.
+            dictionary's synonyms and the training split's mention → concept links
+            first (``dense_training``; written to ``retriever/``); None or 0 epochs:
+            MiniLM as shipped.
 
     Returns:
         The contents of ``task.json``.
@@ -194,8 +195,11 @@ def prepare_task(
         raise ValueError(f"task {name!r}: missing splits {missing}")
     skips = skips if skips is not None else SkipReport()
     retrieval = method in RETRIEVAL_METHODS
-    aliases = _training_links(splits["train"], concepts) if retrieval else None
-    encoder, tuned = _retriever(method, concepts, retriever, progress)
+    tuning = retriever is not None and retriever.epochs > 0
+    links = _training_links(splits["train"], concepts) if retrieval or tuning else []
+    aliases = AliasTable.from_mentions(links) if retrieval else None
+    pairs = [(mention, concept_id) for _, mention, concept_id in links]
+    encoder, tuned = _retriever(method, concepts, retriever, pairs, progress)
     generator = build_generator(
         method, concepts, aliases=aliases, encoder=encoder, progress=progress
     )
@@ -252,27 +256,31 @@ def prepare_task(
 
 def _training_links(
     train: Sequence[Mention], concepts: Sequence[Concept]
-) -> AliasTable:
-    """The alias table of every single-concept training mention the dictionary knows."""
+) -> list[tuple[str, str, str]]:
+    """``(document, mention, concept id)`` of each known single-concept mention."""
     known = CandidateGenerator(concepts)  # only to look ids up
-    return AliasTable.from_mentions(
+    return [
         (m.doc_id, m.surface, m.concept_ids[0])
         for m in train
         if len(m.concept_ids) == 1 and known.index_of(m.concept_ids[0]) is not None
-    )
+    ]
 
 
 def _retriever(
     method: str,
     concepts: Sequence[Concept],
     settings: RetrieverSettings | None,
+    links: Sequence[tuple[str, str]],
     progress: bool,
 ) -> tuple[SentenceEncoder | None, dict[str, Any] | None]:
-    """The fine-tuned encoder of a dense method and what was done, or (None, None)."""
+    """The fine-tuned encoder of a dense method and what was done, or (None, None).
+
+    ``links``: the training split's ``(mention, concept id)`` pairs (never dev/test).
+    """
     if settings is None or settings.epochs <= 0 or method not in ("dense", "fused"):
         return None, None
     encoder = SentenceEncoder()
-    done = fine_tune(encoder, concepts, settings, progress=progress)
+    done = fine_tune(encoder, concepts, settings, mentions=links, progress=progress)
     return encoder, {**settings.to_json(), **done}
 
 
