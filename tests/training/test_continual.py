@@ -192,6 +192,24 @@ def test_consolidate_task_methods_and_subsets(trained_on_a) -> None:
         consolidate_task(linker, a, method="full")
 
 
+def test_consolidate_task_estimates_on_the_held_out_dev_split(trained_on_a) -> None:
+    from kfacel.training.budget import TASK_EXAMPLES
+    from kfacel.training.continual import fingerprint
+
+    linker, a = trained_on_a
+    dev = consolidate_task(linker, a, method="ewc", split="dev")
+    train = consolidate_task(linker, a, method="ewc")
+    assert dev.meta["split"] == "dev"
+    assert dev.meta["examples_used"] == len(a.dev) != len(a.train)
+    assert dev.meta["fingerprint"] == fingerprint(a.dev)
+    assert dev.meta[TASK_EXAMPLES] == len(a.train)  # bayes λ still counts training
+    assert not all(
+        torch.allclose(dev.curvature[n], train.curvature[n]) for n in dev.curvature
+    )
+    with pytest.raises(ValueError, match="split must be one of"):
+        consolidate_task(linker, a, split="test")
+
+
 def test_consolidate_task_passes_the_kfac_approximation(trained_on_a) -> None:
     """The approximation reaches estimate_kfac: reduce (K8) is named, differs."""
     linker, a = trained_on_a

@@ -11,7 +11,7 @@ from kfacel.cli import UserError
 from kfacel.cli._args import device, nonnegative_int, positive_int
 from kfacel.consolidation import METHODS, load_state, save_state
 from kfacel.data.tasks import load_task
-from kfacel.training.continual import consolidate_task
+from kfacel.training.continual import CONSOLIDATION_SPLITS, consolidate_task
 from kfacel.training.pipeline import load_linker
 
 
@@ -24,6 +24,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("model_dir", help="model directory trained on the task")
     p.add_argument(
         "--task", required=True, help="task directory (its train split is read)"
+    )
+    p.add_argument(
+        "--split",
+        choices=CONSOLIDATION_SPLITS,
+        default="train",
+        help="queries the Fisher is estimated on: train (paper) or the held-out dev",
     )
     p.add_argument("--method", choices=METHODS, default="kfac")
     p.add_argument(
@@ -72,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         uncovered=args.uncovered,
         approx=args.approx,
+        split=args.split,
         seed=args.seed,
         device=args.device,
         progress=sys.stderr.isatty(),
@@ -83,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         "method": args.method,
         "fisher": args.fisher,
         "approx": args.approx,
+        "split": args.split,
         "examples": state.meta["examples_used"],
         "state": str(path),
         "state_bytes": state.nbytes(),

@@ -331,6 +331,7 @@ def _state(
         max_examples=c.max_examples,
         uncovered=c.uncovered.value,
         approx=c.approx,
+        split=c.split,
         seed=seed,
         device=cfg.train.device,
     )

@@ -102,6 +102,7 @@ class CurvatureConfig:
     uncovered: Uncovered = Uncovered.IGNORE
     damping: float = 0.0
     approx: KFACApprox = KFACApprox.EXPAND
+    split: Literal["train", "dev"] = "train"  # the queries the Fisher is estimated on
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,10 @@ from kfacel.types import Batch, ConsolidationMethod, FisherKind
 METHODS = tuple(m.value for m in ConsolidationMethod)
 
 
+CONSOLIDATION_SPLITS = ("train", "dev")
+"""The splits a task's Fisher can be estimated on (``consolidate_task``)."""
+
+
 def consolidate_task(
     linker: Linker,
     task: Task,
@@ -40,11 +44,12 @@ def consolidate_task(
     batch_size: int = 64,
     uncovered: str = "ignore",
     approx: KFACApprox | str = KFACApprox.EXPAND,
+    split: str = "train",
     seed: int = 0,
     device: str = "cpu",
     progress: bool = False,
 ) -> TaskState:
-    """Anchor and curvature of ``linker`` on ``task``'s training queries.
+    """Anchor and curvature of ``linker`` on ``task``'s training (or dev) queries.
 
     Args:
         linker: the model trained on ``task``.
@@ -56,6 +61,9 @@ def consolidate_task(
         uncovered: K-FAC only: ``ignore`` (paper) or ``diagonal`` for LayerNorm.
         approx: K-FAC only: ``expand`` (positions, candidates and calls as independent
             uses, the paper) or ``reduce`` (aggregated per example); conventions K5, K8.
+        split: the queries the Fisher is estimated on: ``train`` (the paper's eq. 3;
+            already fit, so their gradients are small) or ``dev`` (held out, read
+            while the task is still at hand).
         seed: subset choice and ``sampled`` labels.
         device: where to compute.
         progress: progress bar.
@@ -64,9 +72,11 @@ def consolidate_task(
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if max_examples is not None and max_examples < 1:
         raise ValueError(f"max_examples must be positive, got {max_examples}")
-    examples = _subset(task.train, max_examples, seed)
+    if split not in CONSOLIDATION_SPLITS:
+        raise ValueError(f"split must be one of {CONSOLIDATION_SPLITS}, got {split!r}")
+    examples = _subset(task.split(split), max_examples, seed)
     if not examples:
-        raise ValueError(f"task {task.name!r} has no training queries to consolidate")
+        raise ValueError(f"task {task.name!r} has no {split} queries to consolidate")
     model = linker.model.to(device)
     meta: dict[str, Any] = {
         "fingerprint": fingerprint(examples),
@@ -74,6 +84,7 @@ def consolidate_task(
         TASK_EXAMPLES: len(task.train),
         "batch_size": batch_size,
         "seed": seed,
+        "split": split,
     }
     try:
         batches = _LabelledBatches(linker.batches(examples, batch_size))
