@@ -108,7 +108,8 @@ def _encode_cached(
     cache: NameCache,
 ) -> Tensor:
     """``encode`` of distinct rows, those in ``cache`` read from it, the rest added."""
-    keys = [row[m].cpu().numpy().tobytes() for row, m in zip(ids, mask, strict=True)]
+    host_ids, host_mask = ids.cpu(), mask.cpu()  # one copy, not one a row (CUDA)
+    keys = [r[m].numpy().tobytes() for r, m in zip(host_ids, host_mask, strict=True)]
     new = [i for i, key in enumerate(keys) if key not in cache]
     if new:
         rows = torch.tensor(new, device=ids.device)
