@@ -119,10 +119,7 @@ def encoder_flops(config, batch) -> float:
         config.intermediate_size,
         config.num_hidden_layers,
     )
-    names = batch.candidate_ids.flatten(0, 1)
-    names_mask = batch.candidate_mask.flatten(0, 1)
-    distinct = {tuple(r[m].tolist()) for r, m in zip(names, names_mask, strict=True)}
-    lengths = [int(n) for n in batch.mention_mask.sum(1)] + [len(r) for r in distinct]
+    lengths = [len(r) for r in real_rows(batch)]
     per_token = 6 * (4 * d * d + 2 * d * inter)
     attention = sum(3 * 4 * s * s * d for s in lengths)
     return float(layers * (per_token * sum(lengths) + attention))
@@ -140,6 +137,17 @@ def matmul_rate(config, tokens: int = 2048, repeats: int = 10) -> float:
     return 2 * tokens * config.hidden_size * config.intermediate_size / seconds
 
 
+def real_rows(batch) -> list[torch.Tensor]:
+    """A step's encoder rows cut to their real tokens: every context, each name once."""
+    names = batch.candidate_ids.flatten(0, 1)
+    names_mask = batch.candidate_mask.flatten(0, 1)
+    rows = [r[m] for r, m in zip(batch.mention_ids, batch.mention_mask, strict=True)]
+    distinct = {
+        tuple(r[m].tolist()): r[m] for r, m in zip(names, names_mask, strict=True)
+    }
+    return rows + list(distinct.values())
+
+
 def time_reference(encoder, batches) -> float:
     """Seconds for the physical reference of ``batches``' steps.
 
@@ -150,19 +158,8 @@ def time_reference(encoder, batches) -> float:
     encoder.train()
     start = time.perf_counter()
     for batch in batches:
-        names = batch.candidate_ids.flatten(0, 1)
-        names_mask = batch.candidate_mask.flatten(0, 1)
-        rows = [
-            r[m] for r, m in zip(batch.mention_ids, batch.mention_mask, strict=True)
-        ]
-        rows += list(
-            {
-                tuple(r[m].tolist()): r[m]
-                for r, m in zip(names, names_mask, strict=True)
-            }.values()
-        )
         by_length: dict[int, list[torch.Tensor]] = defaultdict(list)
-        for r in rows:
+        for r in real_rows(batch):
             by_length[len(r)].append(r)
         loss = sum(
             encoder(input_ids=torch.stack(group)).last_hidden_state.mean(1).sum()

@@ -195,8 +195,7 @@ def prepare_task(
         raise ValueError(f"task {name!r}: missing splits {missing}")
     skips = skips if skips is not None else SkipReport()
     retrieval = method in RETRIEVAL_METHODS
-    tuning = retriever is not None and retriever.epochs > 0
-    links = _training_links(splits["train"], concepts) if retrieval or tuning else []
+    links = _training_links(splits["train"], concepts)
     aliases = AliasTable.from_mentions(links) if retrieval else None
     pairs = [(mention, concept_id) for _, mention, concept_id in links]
     encoder, tuned = _retriever(method, concepts, retriever, pairs, progress)
