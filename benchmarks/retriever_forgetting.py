@@ -15,20 +15,20 @@ recall is printed beside it. It prints what it measured; nothing is asserted.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from kfacel.data.benchmark import SEED
-from kfacel.data.candidates import top_k
-from kfacel.data.dense import NameIndex, SentenceEncoder
+from kfacel.data.benchmark import split_cadec
+from kfacel.data.candidates import DenseGenerator
+from kfacel.data.dense import SentenceEncoder
 from kfacel.data.dense_training import RetrieverSettings, fine_tune
 from kfacel.data.readers import cadec_concepts, read_cadec, read_dictionary
 from kfacel.data.records import Concept
-from kfacel.data.tasks import load_task, split_by_document
+from kfacel.data.tasks import load_task
 
 KS = (1, 5, 32)
 
@@ -45,7 +45,7 @@ def main() -> None:
     medic = read_dictionary(args.data / "ncbi_disease" / "medic_06Jul2012.txt")
     old = load_task(args.old).test
     mentions = list(read_cadec(args.data / "cadec" / "CADEC.json"))
-    train_b, _, test_b = split_by_document(mentions, (0.7, 0.1, 0.2), seed=SEED)
+    train_b, _, test_b = split_cadec(mentions)
     concepts_b = cadec_concepts(mentions)
     links_b = [
         (m.surface, m.concept_ids[0]) for m in train_b if len(m.concept_ids) == 1
@@ -70,31 +70,23 @@ def main() -> None:
     )
     print("|---|---|---|")
     with tempfile.TemporaryDirectory() as cache:
+        os.environ["KFACEL_CACHE_DIR"] = cache  # name matrices of these encoders only
         for label, encoder in encoders.items():
-            a = recall(encoder, medic, [(q.mention, q.gold) for q in old], Path(cache))
-            b = recall(encoder, concepts_b, test_b_pairs, Path(cache))
+            a = recall(encoder, medic, [(q.mention, q.gold) for q in old])
+            b = recall(encoder, concepts_b, test_b_pairs)
             print(f"| {label} | {fmt(a)} | {fmt(b)} |")
 
 
 def recall(
-    encoder: SentenceEncoder,
-    concepts: list[Concept],
-    queries: list[tuple[str, str]],
-    cache: Path,
+    encoder: SentenceEncoder, concepts: list[Concept], queries: list[tuple[str, str]]
 ) -> dict[int, float]:
-    """Dense recall@k of concept-level retrieval (a concept's best name scores it)."""
-    names = [n for c in concepts for n in c.names]  # each concept's names together
-    starts = np.cumsum([0] + [len(c.names) for c in concepts[:-1]])
-    index = NameIndex.build(encoder, names, cache=cache)
+    """Dense recall@k over the whole dictionary (the dense channel, ``DenseGenerator``)."""
     found = dict.fromkeys(KS, 0)
-    for lo in range(0, len(queries), 256):
-        part = queries[lo : lo + 256]
-        by_name = index.scores(encoder.encode([m for m, _ in part]))  # [b, names]
-        scores = np.maximum.reduceat(by_name, starts, axis=1)  # [b, concepts]
-        for row, (_, gold) in zip(top_k(scores, max(KS)), part, strict=True):
-            rank = next((r for r, j in enumerate(row) if concepts[j].id == gold), None)
-            for k in KS:
-                found[k] += rank is not None and rank < k
+    ranked = DenseGenerator(concepts, encoder).search([m for m, _ in queries], max(KS))
+    for (_, gold), candidates in zip(queries, ranked, strict=True):
+        ids = [c.id for c, _ in candidates]
+        for k in KS:
+            found[k] += gold in ids[:k]
     return {k: found[k] / len(queries) for k in KS}
 
 

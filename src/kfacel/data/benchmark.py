@@ -19,7 +19,7 @@ Table 1 used 10% samples), and at most 2,000 dev and test queries in every task.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,7 +88,7 @@ def _cadec(data: Path, out: Path, small: bool, how: _How) -> dict[str, Any]:
     path = _file(data, "cadec", "CADEC.json")
     skips = SkipReport()
     mentions: list[Mention] = list(read_cadec(path, skips=skips))
-    train, dev, test = split_by_document(mentions, (0.7, 0.1, 0.2), seed=SEED)
+    train, dev, test = split_cadec(mentions)
     return prepare_task(
         out / "cadec",
         name="cadec",
@@ -104,6 +104,11 @@ def _cadec(data: Path, out: Path, small: bool, how: _How) -> dict[str, Any]:
         progress=how.progress,
         retriever=how.retriever,
     )
+
+
+def split_cadec(mentions: Sequence[Mention]) -> list[list[Mention]]:
+    """CADEC's train / dev / test: 70 / 10 / 20% of its posts, seeded (no official split)."""
+    return split_by_document(mentions, (0.7, 0.1, 0.2), seed=SEED)
 
 
 def _ncbi(data: Path, out: Path, small: bool, how: _How) -> dict[str, Any]:
