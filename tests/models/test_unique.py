@@ -30,6 +30,15 @@ def logits_and_grads(model, batch):
     return logits.detach(), torch.autograd.grad(loss, params, allow_unused=True)
 
 
+def assert_same_grads(grads, expected):
+    """Equal gradients, parameter by parameter; None (unused) on both sides alike."""
+    for a, b in zip(grads, expected, strict=True):
+        if a is None or b is None:
+            assert (a, b) == (None, None)
+        else:
+            torch.testing.assert_close(a, b)
+
+
 @pytest.mark.parametrize("name", ["cnn", "transformer"])
 def test_dedup_gives_the_same_values_and_gradients(name, tokenizer, one_thread):
     examples = synthetic_examples(4, seed=5)
@@ -52,11 +61,7 @@ def test_dedup_gives_the_same_values_and_gradients(name, tokenizer, one_thread):
     assert rows[1] == rows[2] <= n_names // 2
     torch.testing.assert_close(dedup, full)
     torch.testing.assert_close(evaluated, full)
-    for a, b in zip(dedup_grads, full_grads, strict=True):
-        if a is None or b is None:
-            assert (a, b) == (None, None)
-        else:
-            torch.testing.assert_close(a, b)
+    assert_same_grads(dedup_grads, full_grads)
 
 
 def test_the_copy_back_gradient_is_bitwise_repeatable_with_two_threads():
@@ -120,15 +125,10 @@ def test_encoding_names_by_length_in_chunks_equals_one_padded_call(tokenizer):
     assert min(widths) < ids.shape[1]
     torch.testing.assert_close(chunked, whole)
     weights = torch.randn_like(whole)
-    for a, b in zip(
+    assert_same_grads(
         torch.autograd.grad((chunked * weights).sum(), params, allow_unused=True),
         torch.autograd.grad((whole * weights).sum(), params, allow_unused=True),
-        strict=True,
-    ):
-        if a is None or b is None:
-            assert (a, b) == (None, None)
-        else:
-            torch.testing.assert_close(a, b)
+    )
 
 
 @pytest.mark.parametrize("name", ["cnn", "transformer"])
@@ -186,8 +186,4 @@ def test_mention_contexts_in_length_chunks_equal_one_padded_call(
     assert len(widths) == 1 + 3
     assert min(widths[1:]) < widths[0]
     torch.testing.assert_close(chunked, whole)
-    for a, b in zip(chunked_grads, whole_grads, strict=True):
-        if a is None or b is None:
-            assert (a, b) == (None, None)
-        else:
-            torch.testing.assert_close(a, b)
+    assert_same_grads(chunked_grads, whole_grads)
