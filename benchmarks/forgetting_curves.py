@@ -18,18 +18,23 @@ data); ``tolerance 1`` needs no old data (the largest strength, tried from the w
 up to the first beyond 1 point of new-task dev, as ``kfacel train --tolerance 1``
 does); ``fixed`` is one strength for every pair (a default).
 
+``--score dev`` scores the rules on the dev splits instead of test (to choose a default
+without reading test), and ``--pairs A>B,...`` keeps only those pairs (to confirm a
+choice on the pairs it was not made on).
+
 Calibration: for every penalized continual cell, the penalty's predicted rise of task A's
 mean loss (``½ ΔᵀF_AΔ``, the cell's ``done.json``) against the measured rise of A's mean
 test loss over its individual model; Spearman's rank correlation per method, and the
 median ratio predicted / measured.
 
     python benchmarks/forgetting_curves.py runs/forgetting-diagnosis [RUN_DIR ...]
+    python benchmarks/forgetting_curves.py RUN_DIR --score dev --pairs medmentions>cadec
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from collections import defaultdict
 from itertools import pairwise
 from pathlib import Path
@@ -77,12 +82,18 @@ def kept_at_cost(points: list[tuple[float, float]], none_new: float) -> float:
     return best
 
 
-def summarize(cells: list[dict[str, Any]]) -> None:
-    individual = {
-        (d["order"][0], d["seed"]): test_record(d, d["order"][0])
+def summarize(
+    cells: list[dict[str, Any]], score: str = "test", pairs: set | None = None
+) -> None:
+    individual = {  # (task, seed) -> the task's test and dev records
+        (d["order"][0], d["seed"]): {
+            split: _record(d, d["order"][0], split) for split in ("test", "dev")
+        }
         for d in cells
         if d["kind"] == "individual"
     }
+    if pairs is not None:
+        cells = [d for d in cells if d["kind"] != "tier2" or tuple(d["order"]) in pairs]
     curves: dict[tuple, list] = defaultdict(list)
     none: dict[tuple, dict] = {}
     for d in cells:
@@ -105,11 +116,11 @@ def summarize(cells: list[dict[str, Any]]) -> None:
         path = [(base["new"]["accuracy"], base["old"]["accuracy"])]
         path += [(n, o) for _, n, o in pts]
         kept = kept_at_cost(path, base["new"]["accuracy"])
-        forgot = ind["accuracy"] - base["old"]["accuracy"]
+        forgot = ind["test"]["accuracy"] - base["old"]["accuracy"]
         table[(a, b, m)].append(100 * (kept - base["old"]["accuracy"]) / forgot)
         line = ", ".join(f"{lam:g}: {o:.1f}/{n:.1f}" for lam, n, o in pts)
         print(
-            f"{a}→{b} {m} seed {seed}: individual {ind['accuracy']:.1f}, none "
+            f"{a}→{b} {m} seed {seed}: individual {ind['test']['accuracy']:.1f}, none "
             f"{base['old']['accuracy']:.1f}/{base['new']['accuracy']:.1f} | {line}"
         )
     print(f"\nforgetting reduction at ≤ {COST:g} point of new-task cost (test):")
@@ -121,7 +132,7 @@ def summarize(cells: list[dict[str, Any]]) -> None:
         print(f"| {a} → {b} | {m} | {len(vals)} | {_fmt(vals)} |")
     for m, vals in sorted(per_method.items()):
         print(f"| all pairs | {m} | {len(vals)} | {_fmt(vals)} |")
-    rules(cells, individual, none)
+    rules(cells, individual, none, score)
     print(
         "\ncalibration (penalized cells): predicted ½ΔᵀFΔ vs measured rise of A's test loss"
     )
@@ -138,8 +149,13 @@ def summarize(cells: list[dict[str, Any]]) -> None:
         print(f"| {m} | {len(pairs)} | {rho:.3f} | {med} |")
 
 
-def rules(cells: list[dict[str, Any]], individual: dict, none: dict) -> None:
-    """Forgetting reduction and new-task cost of each choice rule (module doc)."""
+def rules(
+    cells: list[dict[str, Any]], individual: dict, none: dict, score: str = "test"
+) -> None:
+    """Forgetting reduction and new-task cost of each choice rule (module doc).
+
+    The rules choose on dev; ``score`` is the split their choice is scored on.
+    """
     points: dict[tuple, list] = defaultdict(list)  # (a, b, method, seed) -> cells
     for d in cells:
         if d["kind"] == "tier2" and d["method"] != "none":
@@ -166,16 +182,17 @@ def rules(cells: list[dict[str, Any]], individual: dict, none: dict) -> None:
         chosen["tolerance 1"] = tol
         for d in ds:
             chosen[f"fixed {d['lam']:g}"] = d
-        forgot = ind["accuracy"] - base["old"]["accuracy"]
+        ind_old = ind[score]["accuracy"]
+        none_old, none_new = _acc(base["cell"], a, score), _acc(base["cell"], b, score)
         for rule, d in chosen.items():
-            old, new = (base["old"], base["new"]) if d is None else (
-                test_record(d, a), test_record(d, b))  # fmt: skip
-            red = 100 * (old["accuracy"] - base["old"]["accuracy"]) / forgot
-            out[(m, rule)].append((red, base["new"]["accuracy"] - new["accuracy"]))
+            old, new = (none_old, none_new) if d is None else (
+                _acc(d, a, score), _acc(d, b, score))  # fmt: skip
+            red = 100 * (old - none_old) / (ind_old - none_old)
+            out[(m, rule)].append((red, none_new - new))
             if rule == "old dev":
                 by_pair[(a, b, m)].append(red)
     print(
-        "\nchoice rules (test; reduction of the forgetting, new-task cost in points):"
+        f"\nchoice rules ({score}; reduction of the forgetting, new-task cost in points):"
     )
     print(
         "| method | rule | runs | reduction, mean | sd | 95% interval | new-task cost |"
@@ -231,7 +248,19 @@ def _fmt(vals: list[float]) -> str:
     return f"{m:.1f}% | {sd:.1f} | [{lo:.1f}, {hi:.1f}]"
 
 
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="experiment run directories")
+    parser.add_argument("--score", choices=("test", "dev"), default="test")
+    parser.add_argument("--pairs", help="only these tier-2 pairs, e.g. a>b,c>d")
+    args = parser.parse_args()
+    pairs = None
+    if args.pairs:
+        pairs = {tuple(p.split(">")) for p in args.pairs.split(",")}
+    for run in args.runs:
+        print(f"# {run}\n")
+        summarize(load(run), args.score, pairs)
+
+
 if __name__ == "__main__":
-    for arg in sys.argv[1:]:
-        print(f"# {arg}\n")
-        summarize(load(Path(arg)))
+    main()
