@@ -207,12 +207,16 @@ def build_penalty(
     lams: Sequence[float],
     *,
     damping: float = 0.0,
+    damping_kind: str = "uniform",
 ) -> Penalty:
     """The penalty with one term per state, eq. (P1); ``method="none"`` gives no penalty.
 
+    ``damping_kind="factored"`` damps a K-FAC penalty's factors, eq. (P4).
+
     Raises:
-        ValueError: no state to penalize, λ count differs, or a state's curvature does
-            not fit the method (a K-FAC penalty needs K-FAC states, EWC diagonal ones).
+        ValueError: no state to penalize, λ count differs, a state's curvature does
+            not fit the method (a K-FAC penalty needs K-FAC states, EWC diagonal ones),
+            or factored damping for a penalty other than ``kfac``.
     """
     if method == "none":
         return NoPenalty()
@@ -222,9 +226,14 @@ def build_penalty(
         )
     if len(lams) != len(states):
         raise ValueError(f"{len(states)} consolidated tasks but {len(lams)} λ values")
+    if damping_kind != "uniform" and method != "kfac":
+        raise ValueError(
+            f"damping_kind {damping_kind!r} damps Kronecker factors: it needs penalty "
+            f"kfac, not {method!r}"
+        )
     penalty: Any
     if method == "kfac":
-        penalty = KFACPenalty(damping=damping)
+        penalty = KFACPenalty(damping=damping, damping_kind=damping_kind)
     elif method == "ewc":
         penalty = DiagonalEWCPenalty(damping=damping)
     elif method == "l2":

@@ -30,6 +30,7 @@ from kfacel.training.pipeline import (
 )
 from kfacel.training.trainer import OPTIMIZERS, Replay, TrainSettings
 from kfacel.training.update import (
+    DAMPING_KINDS,
     DEFAULT_BUDGET_RATE,
     PENALTIES,
     Protection,
@@ -162,6 +163,13 @@ def _add_continual_options(p: argparse.ArgumentParser) -> None:
         help="δ added to the Fisher (prior precision)",
     )
     g.add_argument(
+        "--damping-kind",
+        choices=DAMPING_KINDS,
+        default="uniform",
+        help="how --damping enters a kfac penalty: δ·I on each layer's block (uniform) "
+        "or split between its two Kronecker factors by their traces (factored)",
+    )
+    g.add_argument(
         "--lrc",
         type=positive_float,
         metavar="GAMMA",
@@ -260,6 +268,7 @@ def _protection(args: argparse.Namespace) -> Protection:
         budget_per_task=budget_per_task,
         budget_rate=args.budget_rate,
         damping=args.damping,
+        damping_kind=args.damping_kind,
         lrc=args.lrc,
         replay=replay,
     )

@@ -5,7 +5,7 @@ pinned by a test: ``tests/curvature/test_conventions.py`` (vec order, folding, t
 equation is cited), the estimator tests ``tests/curvature/test_kfac.py``,
 ``tests/curvature/test_kfac_reduce.py``, ``tests/curvature/test_diagonal.py`` and
 ``tests/curvature/test_token_outputs.py`` (K1–K9 against brute force) and
-``tests/penalties/test_penalties.py`` (P1–P3).
+``tests/penalties/test_penalties.py`` (P1–P4).
 
 Index legend
 ------------
@@ -120,4 +120,12 @@ candidates, ``R_n`` uses of a layer by example ``n``.
 
 (P3) Penalty gradient
     ``∂/∂Δ ½ vec(Δ)ᵀ (G ⊗ A + δ I) vec(Δ) = G Δ A + δ Δ`` (G and A symmetric).
+
+(P4) Factored Tikhonov damping (optional; ``damping_kind="factored"``)
+    ``G ⊗ A + δ I`` in (P1)–(P3) becomes ``(G + γ_G I) ⊗ (A + γ_A I)`` with
+    ``γ_A = π√δ``, ``γ_G = √δ/π`` and ``π² = (tr A / dim A) / (tr G / dim G)`` (Martens &
+    Grosse 2015, §6.3): the same ``δ I`` plus ``γ_G (I ⊗ A) + γ_A (G ⊗ I)``, curvature along
+    the inputs the old task used and the outputs it was sensitive to. The gradient is
+    (P3) with the damped factors: ``(G + γ_G I) Δ (A + γ_A I)``. Parameters with a
+    diagonal Fisher (uncovered) keep ``F_jj + δ``.
 """

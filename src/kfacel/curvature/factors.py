@@ -212,6 +212,41 @@ class KroneckerFactors:
 
         return replace(self, A=keep(self.A), G=keep(self.G))
 
+    def damped(self, delta: float) -> KroneckerFactors:
+        """``(G + γ_G I) ⊗ (A + γ_A I)``: factored Tikhonov damping, eq. (P4).
+
+        ``γ_A = π√δ`` and ``γ_G = √δ/π`` with ``π² = (tr A / dim A) / (tr G / dim G)``
+        (Martens & Grosse 2015, §6.3), so ``γ_A γ_G = δ`` and each factor is damped in
+        proportion to its own mean eigenvalue. Unlike ``δ I`` on the product, the cross
+        terms ``γ_G (I ⊗ A) + γ_A (G ⊗ I)`` keep curvature along the inputs the old task
+        used (A) and the outputs it was sensitive to (G), even where the product ``G ⊗ A``
+        is flat. An Embedding's rows the old task never saw get ``γ_A`` too.
+
+        Raises:
+            ValueError: ``delta`` < 0, or a low-rank factor (damp before compressing).
+        """
+        if delta < 0:
+            raise ValueError(f"damping must be >= 0, got {delta}")
+        if isinstance(self.A, LowRankFactor) or isinstance(self.G, LowRankFactor):
+            raise ValueError(
+                f"{self.weight}: factored damping needs whole factors, not low-rank ones"
+            )
+        if delta == 0:
+            return self
+        mean_a = float(self.A.sum() if self.A.ndim == 1 else torch.trace(self.A))
+        mean_a /= self.A.shape[0]
+        mean_g = float(torch.trace(self.G)) / self.G.shape[0]
+        pi = (mean_a / mean_g) ** 0.5 if mean_a > 0 and mean_g > 0 else 1.0
+        gamma_a, gamma_g = pi * delta**0.5, delta**0.5 / pi
+        eye_g = torch.eye(self.G.shape[0], dtype=self.G.dtype, device=self.G.device)
+        if self.A.ndim == 1:
+            A = self.A + gamma_a
+        else:
+            A = self.A + gamma_a * torch.eye(
+                self.A.shape[0], dtype=self.A.dtype, device=self.A.device
+            )
+        return replace(self, A=A, G=self.G + gamma_g * eye_g, support=None)
+
 
 @dataclass(frozen=True)
 class KFACFisher(Mapping[str, KroneckerFactors]):
@@ -267,6 +302,19 @@ def compress_factors(
         for name, f in fisher.items()
     }
     return replace(fisher, factors=factors)
+
+
+def factored_damping(fisher: KFACFisher, delta: float) -> KFACFisher:
+    """``fisher`` with every block damped by (P4) and ``δ`` added to its diagonal part.
+
+    Raises:
+        ValueError: ``delta`` < 0, or a low-rank factor.
+    """
+    if delta < 0:
+        raise ValueError(f"damping must be >= 0, got {delta}")
+    factors = {name: f.damped(delta) for name, f in fisher.items()}
+    diagonal = {name: f + delta for name, f in fisher.diagonal.items()}
+    return replace(fisher, factors=factors, diagonal=diagonal)
 
 
 @dataclass(frozen=True)

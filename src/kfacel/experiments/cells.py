@@ -220,6 +220,7 @@ def _continue(
     protection = Protection(
         penalty=method,
         damping=cfg.curvature.damping,
+        damping_kind=cfg.curvature.damping_kind if method == "kfac" else "uniform",
         lrc=t.lrc_gamma if cell.method == "lrc" else None,
         replay=Replay(replay, t.replay_every, t.replay_batches) if replay else None,
         **strength,

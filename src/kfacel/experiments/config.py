@@ -101,6 +101,7 @@ class CurvatureConfig:
     max_examples: int | None = None
     uncovered: Uncovered = Uncovered.IGNORE
     damping: float = 0.0
+    damping_kind: Literal["uniform", "factored"] = "uniform"  # δ I, or (P4) on factors
     approx: KFACApprox = KFACApprox.EXPAND
     split: Literal["train", "dev"] = "train"  # the queries the Fisher is estimated on
 

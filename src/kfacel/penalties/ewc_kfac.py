@@ -4,6 +4,7 @@
 Fisher holds a diagonal for (``uncovered="diagonal"``), ``Σ_j (F_jj + δ) Δ_j²``. Each layer
 costs two matrix products, ``G Δ A``; no Kronecker product is formed and nothing is
 inverted. Embedding rows with zero token frequency add only damping.
+``damping_kind="factored"`` damps the factors instead, eq. (P4).
 
 References: Ritter, Botev & Barber 2018, "Online structured Laplace approximations for
 overcoming catastrophic forgetting", NeurIPS, eq. 8; McInerney et al. 2021, eq. 6.
@@ -18,22 +19,44 @@ from typing import Self
 import torch
 from torch import Tensor, nn
 
-from kfacel.curvature.factors import KFACFisher, KroneckerFactors, left
+from kfacel.curvature.factors import (
+    KFACFisher,
+    KroneckerFactors,
+    factored_damping,
+    left,
+)
 from kfacel.curvature.layers import LayerKind
 from kfacel.penalties._terms import add_grad, check_anchor, zero_like_model
 from kfacel.types import ParamDict
 
+DAMPING_KINDS = ("uniform", "factored")
+"""How δ enters a K-FAC penalty: ``δ I`` on each block (P1), or on each factor (P4)."""
+
 
 @dataclass(frozen=True)
 class KFACPenalty:
-    """One ``(anchor, K-FAC Fisher, λ)`` term per finished task, damping ``δ``."""
+    """One ``(anchor, K-FAC Fisher, λ)`` term per finished task, damping ``δ``.
+
+    ``damping_kind``: ``uniform`` adds ``δ I`` to each block (P1); ``factored`` damps
+    each factor instead (P4), once, when a task is added.
+    """
 
     terms: tuple[tuple[ParamDict, KFACFisher, float], ...] = ()
     damping: float = 0.0
+    damping_kind: str = "uniform"
 
     def __post_init__(self) -> None:
         if self.damping < 0:
             raise ValueError(f"damping must be >= 0, got {self.damping}")
+        if self.damping_kind not in DAMPING_KINDS:
+            raise ValueError(
+                f"damping_kind must be one of {DAMPING_KINDS}, got {self.damping_kind!r}"
+            )
+
+    @property
+    def _uniform(self) -> float:
+        """The δ added at use: 0 when the factors were damped by (P4)."""
+        return self.damping if self.damping_kind == "uniform" else 0.0
 
     @property
     def num_tasks(self) -> int:
@@ -51,6 +74,8 @@ class KFACPenalty:
         missing = [n for n in curvature.param_names() if n not in anchor]
         if missing:
             raise ValueError(f"anchor lacks {missing}")
+        if self.damping_kind == "factored":
+            curvature = factored_damping(curvature, self.damping)  # (P4)
         return replace(self, terms=(*self.terms, (anchor, curvature, float(lam))))
 
     def __call__(self, model: nn.Module) -> Tensor:
@@ -62,26 +87,27 @@ class KFACPenalty:
             for factors in fisher.values():
                 d = factors.folded(params) - factors.folded(anchor)  # [o, i]
                 term = factors.quadratic_form(d)  # vec(d)ᵀ (G ⊗ A) vec(d), eq. (P2)
-                total = total + lam * (term + self.damping * d.pow(2).sum())
+                total = total + lam * (term + self._uniform * d.pow(2).sum())
             for name, f in fisher.diagonal.items():
                 d = params[name] - anchor[name]
-                total = total + lam * ((f + self.damping) * d * d).sum()
+                total = total + lam * ((f + self._uniform) * d * d).sum()
         return 0.5 * total
 
     def add_grad_(self, model: nn.Module) -> Tensor:
         """Add ``λ (G Δ A + δ Δ)`` per layer to ``.grad``, eq. (P3); return ``R(θ)``."""
         params = dict(model.named_parameters())
         total = zero_like_model(model)
+        delta = self._uniform
         with torch.no_grad():
             for anchor, fisher, lam in self.terms:
                 for factors in fisher.values():
-                    if factors.kind is LayerKind.EMBEDDING and not self.damping:
+                    if factors.kind is LayerKind.EMBEDDING and not delta:
                         total += _embedding_rows_grad_(factors, params, anchor, lam)
                         continue
                     d = factors.folded(params) - factors.folded(anchor)  # [o, i]
                     g = factors.apply(d)  # G d A, eq. (P3)
-                    if self.damping:
-                        g = g + self.damping * d
+                    if delta:
+                        g = g + delta * d
                     g = lam * g
                     total += 0.5 * (g * d).sum()
                     weight = params[factors.weight]
@@ -89,7 +115,7 @@ class KFACPenalty:
                         add_grad(params[name], grad)
                 for name, f in fisher.diagonal.items():
                     d = params[name] - anchor[name]
-                    g = lam * (f + self.damping) * d
+                    g = lam * (f + delta) * d
                     add_grad(params[name], g)
                     total += 0.5 * (g * d).sum()
         return total

@@ -197,6 +197,7 @@ def budget_penalty(
     budgets: Sequence[float],
     *,
     damping: float = 0.0,
+    damping_kind: str = "uniform",
     rate: float = 0.01,
 ) -> BudgetPenalty:
     """A ``BudgetPenalty`` over ``states`` (``method`` ``kfac`` or ``ewc``)."""
@@ -204,7 +205,10 @@ def budget_penalty(
         raise ValueError(
             f"a forgetting budget needs a Fisher: kfac or ewc, not {method!r}"
         )
-    units = [build_penalty(method, [s], [1.0], damping=damping) for s in states]
+    units = [
+        build_penalty(method, [s], [1.0], damping=damping, damping_kind=damping_kind)
+        for s in states
+    ]
     return BudgetPenalty(units, list(budgets), [s.task for s in states], rate=rate)
 
 

@@ -20,6 +20,7 @@ from kfacel.consolidation import TaskState, build_penalty
 from kfacel.data.records import LinkingExample
 from kfacel.data.tasks import Task
 from kfacel.penalties.base import Penalty
+from kfacel.penalties.ewc_kfac import DAMPING_KINDS
 from kfacel.training.budget import (
     DEFAULT_BUDGET,
     DEFAULT_BUDGET_RATE,
@@ -65,6 +66,8 @@ class Protection:
             per optimizer step), so the same setting moves λ_t alike on small and
             large tasks.
         damping: δ added to every curvature where it is used (prior precision).
+        damping_kind: ``uniform`` (``δ I``, eq. P1) or ``factored`` (each Kronecker
+            factor damped, eq. P4; ``kfac`` only).
         lrc: discriminative learning rates, η_ℓ = η_{ℓ+1}·γ (None: off).
         replay: earlier tasks' queries to replay (None: off; needs old data).
     """
@@ -77,6 +80,7 @@ class Protection:
     budget_per_task: Mapping[str, float] = field(default_factory=dict)
     budget_rate: float = DEFAULT_BUDGET_RATE
     damping: float = 0.0
+    damping_kind: str = "uniform"
     lrc: float | None = None
     replay: Replay[LinkingExample] | None = None
 
@@ -112,6 +116,15 @@ class Protection:
         check_budget_rate(self.budget_rate)
         if not (math.isfinite(self.damping) and self.damping >= 0):
             raise ValueError(f"damping must be a finite number ≥ 0, got {self.damping}")
+        if self.damping_kind not in DAMPING_KINDS:
+            raise ValueError(
+                f"damping_kind must be one of {DAMPING_KINDS}, got {self.damping_kind!r}"
+            )
+        if self.damping_kind == "factored" and self.penalty != "kfac":
+            raise ValueError(
+                f"damping_kind factored damps Kronecker factors: it needs penalty "
+                f"kfac, not {self.penalty!r}"
+            )
         if self.lrc is not None and not 0 < self.lrc <= 1:
             raise ValueError(f"lrc must be a factor in (0, 1], got {self.lrc}")
 
@@ -172,13 +185,20 @@ class Protection:
                 states,
                 budgets,
                 damping=self.damping,
+                damping_kind=self.damping_kind,
                 rate=step_rate(self.budget_rate, steps_per_epoch),
             )
         if self.bayes and self.penalty != "none":
             lams = bayes_lams(states, new_examples)
         else:
             lams = self.lams(names)
-        return build_penalty(self.penalty, states, lams, damping=self.damping)
+        return build_penalty(
+            self.penalty,
+            states,
+            lams,
+            damping=self.damping,
+            damping_kind=self.damping_kind,
+        )
 
     def to_json(self, tasks: Sequence[str]) -> dict[str, Any]:
         """What a model directory records as ``continual``."""
@@ -191,6 +211,7 @@ class Protection:
             if fixed or self.bayes
             else dict(zip(tasks, self.budgets(tasks) or [], strict=True)),
             "damping": self.damping,
+            "damping_kind": self.damping_kind,
             "lrc": self.lrc,
             "replay_queries": len(self.replay.items) if self.replay else 0,
         }
