@@ -279,6 +279,13 @@ def test_budget_bayes_and_tolerance_choose_lambda_without_old_data(
     config = json.loads((tmp_path / "default" / "config.json").read_text())
     assert config["continual"]["budget"] == {"A": DEFAULT_BUDGET}
 
+    damped = tmp_path / "damped"
+    args = ["--lam", "10", "--damping", "1e-3", "--damping-kind", "factored"]
+    assert main([*base, *args, "--out", str(damped)]) == 0
+    config = json.loads((damped / "config.json").read_text())
+    assert config["continual"]["damping_kind"] == "factored"
+    assert config["continual"]["damping"] == 1e-3
+
     assert main([*base, "--lam", "bayes", "--out", str(tmp_path / "bayes")]) == 0
     config = json.loads((tmp_path / "bayes" / "config.json").read_text())
     assert config["continual"]["lam"] == {"A": 64 / 64}  # N_A / N_B
