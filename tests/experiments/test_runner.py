@@ -315,3 +315,55 @@ def test_budgeted_methods_run_beside_the_lambda_grid_and_report(
     assert {"calibration.csv", "calibration.png"} <= written
     rows = (tmp_path / "run" / "report" / "calibration.csv").read_text().splitlines()
     assert [r.split(",")[:2] for r in rows[1:]] == [["kfac", "2"], ["kfac-budget", "4"]]
+
+
+def test_a_worker_exits_when_its_runner_is_killed(tmp_path) -> None:
+    """A stopped run leaves no worker behind: kill the runner, its worker ends too."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    worker = (
+        "import os, time\n"
+        "from kfacel.experiments.cells import exit_with_parent\n"
+        "import threading\n"
+        "threading.Thread(target=exit_with_parent, args=(os.getppid(), 0.05),"
+        " daemon=True).start()\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    runner = (
+        "import subprocess, sys\n"
+        f"w = subprocess.Popen([sys.executable, '-c', {worker!r}], stdout=sys.stdout)\n"
+        "print(w.pid, flush=True)\n"
+        "w.wait()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", runner], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    worker_pid = int(proc.stdout.readline())
+    assert proc.stdout.readline().strip() == "ready"  # its watchdog is running
+    proc.send_signal(signal.SIGKILL)  # no cleanup in the runner at all
+    proc.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.kill(worker_pid, 0)
+        except ProcessLookupError:
+            return  # the worker is gone
+        if _is_zombie(worker_pid):
+            return  # it exited; init has not reaped it yet
+        time.sleep(0.05)
+    os.kill(worker_pid, signal.SIGKILL)
+    raise AssertionError("the worker outlived its runner")
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().split()[2] == "Z"
+    except OSError:
+        return True

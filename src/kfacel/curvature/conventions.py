@@ -4,8 +4,9 @@ This module holds no code. Each numbered equation is cited where it is implement
 pinned by a test: ``tests/curvature/test_conventions.py`` (vec order, folding, that every
 equation is cited), the estimator tests ``tests/curvature/test_kfac.py``,
 ``tests/curvature/test_kfac_reduce.py``, ``tests/curvature/test_diagonal.py`` and
-``tests/curvature/test_token_outputs.py`` (K1–K9 against brute force) and
-``tests/penalties/test_penalties.py`` (P1–P4).
+``tests/curvature/test_token_outputs.py`` (K1–K9 against brute force),
+``tests/penalties/test_penalties.py`` (P1–P3) and
+``tests/penalties/test_factored_damping.py`` (P4).
 
 Index legend
 ------------

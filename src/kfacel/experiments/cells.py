@@ -22,6 +22,7 @@ import json
 import os
 import random
 import shutil
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -112,11 +113,25 @@ def tasks_of(cfg: ExperimentConfig) -> dict[str, Task]:
     return out
 
 
-def init_worker(threads: int) -> None:
-    """Worker initializer: CPU threads per worker process."""
+def init_worker(threads: int, parent: int | None = None) -> None:
+    """Worker initializer: CPU threads per worker process; ends with its runner.
+
+    ``parent``: the runner's pid. A watchdog thread ends the worker once the runner is
+    gone (killed, say), so that a stopped run leaves no process computing and writing
+    cells behind it; the cell in progress has no ``done.json`` and is rerun on resume.
+    """
     import torch
 
     torch.set_num_threads(max(1, threads))
+    if parent is not None:
+        threading.Thread(target=exit_with_parent, args=(parent,), daemon=True).start()
+
+
+def exit_with_parent(parent: int, poll: float = 1.0) -> None:
+    """Poll until this process's parent is no longer ``parent``, then exit at once."""
+    while os.getppid() == parent:
+        time.sleep(poll)
+    os._exit(1)
 
 
 def run_cell(

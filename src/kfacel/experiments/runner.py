@@ -342,7 +342,7 @@ def _execute(
     threads = max(1, (os.cpu_count() or 1) // jobs)
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(
-        jobs, mp_context=ctx, initializer=init_worker, initargs=(threads,)
+        jobs, mp_context=ctx, initializer=init_worker, initargs=(threads, os.getpid())
     ) as pool:
         pending: set[Future[dict[str, Any]]] = {pool.submit(run_cell, *a) for a in args}
         k = 0
