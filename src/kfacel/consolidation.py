@@ -46,6 +46,7 @@ from kfacel.penalties import (
     NoPenalty,
     Penalty,
 )
+from kfacel.penalties.ewc_kfac import check_damping_kind
 from kfacel.types import ConsolidationMethod, FisherKind, KFACApprox, ParamDict
 
 FORMAT = 1
@@ -226,11 +227,7 @@ def build_penalty(
         )
     if len(lams) != len(states):
         raise ValueError(f"{len(states)} consolidated tasks but {len(lams)} λ values")
-    if damping_kind != "uniform" and method != "kfac":
-        raise ValueError(
-            f"damping_kind {damping_kind!r} damps Kronecker factors: it needs penalty "
-            f"kfac, not {method!r}"
-        )
+    check_damping_kind(damping_kind, method)
     penalty: Any
     if method == "kfac":
         penalty = KFACPenalty(damping=damping, damping_kind=damping_kind)

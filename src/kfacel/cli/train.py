@@ -21,6 +21,7 @@ from kfacel.cli._args import (
 from kfacel.consolidation import TaskState, load_state
 from kfacel.data.tasks import Task, load_task
 from kfacel.models import read_model_config
+from kfacel.penalties.ewc_kfac import DAMPING_KINDS
 from kfacel.training.pipeline import (
     Linker,
     is_model_dir,
@@ -30,7 +31,6 @@ from kfacel.training.pipeline import (
 )
 from kfacel.training.trainer import OPTIMIZERS, Replay, TrainSettings
 from kfacel.training.update import (
-    DAMPING_KINDS,
     DEFAULT_BUDGET_RATE,
     PENALTIES,
     Protection,

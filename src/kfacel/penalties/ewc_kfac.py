@@ -33,6 +33,17 @@ DAMPING_KINDS = ("uniform", "factored")
 """How δ enters a K-FAC penalty: ``δ I`` on each block (P1), or on each factor (P4)."""
 
 
+def check_damping_kind(kind: str, method: str) -> None:
+    """Raise ``ValueError`` for an unknown ``kind``, or ``factored`` for a non-``kfac`` method."""
+    if kind not in DAMPING_KINDS:
+        raise ValueError(f"damping_kind must be one of {DAMPING_KINDS}, got {kind!r}")
+    if kind != "uniform" and method != "kfac":
+        raise ValueError(
+            f"damping_kind {kind!r} damps Kronecker factors: it needs penalty kfac, "
+            f"not {method!r}"
+        )
+
+
 @dataclass(frozen=True)
 class KFACPenalty:
     """One ``(anchor, K-FAC Fisher, λ)`` term per finished task, damping ``δ``.
@@ -48,10 +59,7 @@ class KFACPenalty:
     def __post_init__(self) -> None:
         if self.damping < 0:
             raise ValueError(f"damping must be >= 0, got {self.damping}")
-        if self.damping_kind not in DAMPING_KINDS:
-            raise ValueError(
-                f"damping_kind must be one of {DAMPING_KINDS}, got {self.damping_kind!r}"
-            )
+        check_damping_kind(self.damping_kind, "kfac")
 
     @property
     def _uniform(self) -> float:

@@ -20,7 +20,7 @@ from kfacel.consolidation import TaskState, build_penalty
 from kfacel.data.records import LinkingExample
 from kfacel.data.tasks import Task
 from kfacel.penalties.base import Penalty
-from kfacel.penalties.ewc_kfac import DAMPING_KINDS
+from kfacel.penalties.ewc_kfac import check_damping_kind
 from kfacel.training.budget import (
     DEFAULT_BUDGET,
     DEFAULT_BUDGET_RATE,
@@ -116,15 +116,7 @@ class Protection:
         check_budget_rate(self.budget_rate)
         if not (math.isfinite(self.damping) and self.damping >= 0):
             raise ValueError(f"damping must be a finite number ≥ 0, got {self.damping}")
-        if self.damping_kind not in DAMPING_KINDS:
-            raise ValueError(
-                f"damping_kind must be one of {DAMPING_KINDS}, got {self.damping_kind!r}"
-            )
-        if self.damping_kind == "factored" and self.penalty != "kfac":
-            raise ValueError(
-                f"damping_kind factored damps Kronecker factors: it needs penalty "
-                f"kfac, not {self.penalty!r}"
-            )
+        check_damping_kind(self.damping_kind, self.penalty)
         if self.lrc is not None and not 0 < self.lrc <= 1:
             raise ValueError(f"lrc must be a factor in (0, 1], got {self.lrc}")
 
