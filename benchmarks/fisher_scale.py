@@ -15,9 +15,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 from kfacel.consolidation import TaskState, load_state
+from kfacel.curvature.factors import trace
 from kfacel.experiments.quickstart import demo_tasks
 from kfacel.training.continual import consolidate_task
 from kfacel.training.pipeline import fit_task, new_linker
@@ -34,13 +33,8 @@ def traces(kfac: TaskState, ewc: TaskState) -> dict[str, tuple[float, float]]:
             for k, v in diag.items()
             if k.rsplit(".", 1)[0] == layer
         )
-        out[layer] = (_trace(f.A) * _trace(f.G), exact)
+        out[layer] = (trace(f.A) * trace(f.G), exact)
     return out
-
-
-def _trace(m: torch.Tensor) -> float:
-    """A factor's trace (a 1-D factor is a diagonal)."""
-    return float(m.double().sum() if m.dim() == 1 else torch.trace(m.double()))
 
 
 def demo_traces(hidden: int, seed: int) -> dict[str, tuple[float, float]]:

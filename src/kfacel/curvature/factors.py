@@ -105,6 +105,12 @@ def dense(m: Factor) -> Tensor:
     return m.dense() if isinstance(m, LowRankFactor) else m
 
 
+def trace(m: Factor) -> float:
+    """A factor's trace (an Embedding's vector A is its diagonal)."""
+    d = dense(m)
+    return float(d.sum() if d.ndim == 1 else torch.trace(d))
+
+
 @dataclass(frozen=True)
 class KroneckerFactors:
     """K-FAC block of one layer, ``F ≈ G ⊗ A`` (K5) for ``vec(W~)`` row-major (K2).
@@ -233,9 +239,8 @@ class KroneckerFactors:
             )
         if delta == 0:
             return self
-        mean_a = float(self.A.sum() if self.A.ndim == 1 else torch.trace(self.A))
-        mean_a /= self.A.shape[0]
-        mean_g = float(torch.trace(self.G)) / self.G.shape[0]
+        mean_a = trace(self.A) / self.A.shape[0]
+        mean_g = trace(self.G) / self.G.shape[0]
         pi = (mean_a / mean_g) ** 0.5 if mean_a > 0 and mean_g > 0 else 1.0
         gamma_a, gamma_g = pi * delta**0.5, delta**0.5 / pi
         eye_g = torch.eye(self.G.shape[0], dtype=self.G.dtype, device=self.G.device)
