@@ -10,7 +10,7 @@ from tests.training.test_continual import TASK_A, TASK_B, code_task
 from kfacel.cli import main
 from kfacel.consolidation import load_state
 from kfacel.data.tasks import write_task
-from kfacel.training.update import DEFAULT_BUDGET
+from kfacel.training.update import DEFAULT_BUDGET, DEFAULT_KFAC_DAMPING
 
 CNN = [
     "--model",
@@ -278,12 +278,14 @@ def test_budget_bayes_and_tolerance_choose_lambda_without_old_data(
     assert main([*base, "--out", str(tmp_path / "default")]) == 0  # no strength given
     config = json.loads((tmp_path / "default" / "config.json").read_text())
     assert config["continual"]["budget"] == {"A": DEFAULT_BUDGET}
+    assert config["continual"]["damping"] == DEFAULT_KFAC_DAMPING  # and the default δ
+    assert config["continual"]["damping_kind"] == "factored"
 
     damped = tmp_path / "damped"
-    args = ["--lam", "10", "--damping", "1e-3", "--damping-kind", "factored"]
+    args = ["--lam", "10", "--damping", "1e-3", "--damping-kind", "uniform"]
     assert main([*base, *args, "--out", str(damped)]) == 0
     config = json.loads((damped / "config.json").read_text())
-    assert config["continual"]["damping_kind"] == "factored"
+    assert config["continual"]["damping_kind"] == "uniform"  # what the user gave
     assert config["continual"]["damping"] == 1e-3
 
     assert main([*base, "--lam", "bayes", "--out", str(tmp_path / "bayes")]) == 0

@@ -15,7 +15,7 @@ from kfacel.experiments.quickstart import (
     run_quickstart,
     write_report,
 )
-from kfacel.training.update import DEFAULT_BUDGET
+from kfacel.training.update import DEFAULT_BUDGET, DEFAULT_KFAC_DAMPING
 
 
 def test_demo_tasks_ship_with_the_package() -> None:
@@ -62,7 +62,8 @@ def test_runs_the_methods_and_writes_the_report(tmp_path, monkeypatch) -> None:
     assert math.isclose(result.perc_delta["none"]["A"], expected)
     table = format_table(result)
     assert "| ewc | λ = 10 |" in table
-    default = f"| kfac | ε = {DEFAULT_BUDGET:g} (default) |"
+    damping = f"δ = {DEFAULT_KFAC_DAMPING:g} factored"
+    default = f"| kfac | ε = {DEFAULT_BUDGET:g}, {damping} (default) |"
     assert default in table  # no λ given: the product's rule
     import kfacel.experiments.figures as figures
 

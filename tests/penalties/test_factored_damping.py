@@ -114,3 +114,23 @@ def test_factored_damping_is_refused_where_there_are_no_whole_factors() -> None:
     state = TaskState(task="A", method="kfac", anchor=snapshot(model), curvature=fisher)
     with pytest.raises(ValueError, match="needs penalty kfac, not 'l2'"):
         build_penalty("l2", [state], [1.0], damping_kind="factored")
+
+
+def test_a_default_kfac_update_penalizes_with_the_default_factored_damping() -> None:
+    from kfacel.consolidation import TaskState
+    from kfacel.training.update import DEFAULT_KFAC_DAMPING
+
+    model, fisher = _fisher()
+    state = TaskState(task="A", method="kfac", anchor=snapshot(model), curvature=fisher)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    default = Protection(penalty="kfac", lam=2.0).make_penalty([state], 10)
+    by_hand = KFACPenalty(
+        damping=DEFAULT_KFAC_DAMPING, damping_kind="factored"
+    ).add_task(state.anchor, fisher, lam=2.0)
+    undamped = Protection(penalty="kfac", lam=2.0, damping=0.0).make_penalty(
+        [state], 10
+    )
+    torch.testing.assert_close(default(model), by_hand(model), **TOL64)
+    assert float(default(model)) > float(undamped(model))  # δ adds curvature

@@ -150,6 +150,26 @@ def test_a_fisher_penalty_without_a_strength_gets_the_default_budget():
         Protection(penalty="l2").lams(["A"])  # L2 has no Fisher: it needs a λ
 
 
+def test_kfac_without_a_damping_gets_the_default_factored_damping():
+    from kfacel.training.update import DEFAULT_KFAC_DAMPING
+
+    assert DEFAULT_KFAC_DAMPING > 0
+    for given in ({}, {"lam": 3.0}, {"budget": 0.1}):
+        p = Protection(penalty="kfac", **given)  # type: ignore[arg-type]
+        assert p.curvature_damping == (DEFAULT_KFAC_DAMPING, "factored")
+        assert p.to_json(["A"])["damping_kind"] == "factored"
+    # a damping the user gives is kept, and keeps the factored split unless told
+    assert Protection(penalty="kfac", damping=0.0).curvature_damping == (
+        0.0,
+        "factored",
+    )
+    uniform = Protection(penalty="kfac", damping=0.5, damping_kind="uniform")
+    assert uniform.curvature_damping == (0.5, "uniform")
+    # diagonal EWC and L2 have no Kronecker factors: undamped unless told
+    assert Protection(penalty="ewc").curvature_damping == (0.0, "uniform")
+    assert Protection(penalty="l2", lam=1.0).curvature_damping == (0.0, "uniform")
+
+
 def test_the_dual_step_is_per_epoch_so_small_and_large_tasks_move_lambda_alike():
     from kfacel.training.update import DEFAULT_BUDGET_RATE
 

@@ -32,6 +32,7 @@ from kfacel.training.pipeline import (
 from kfacel.training.trainer import OPTIMIZERS, Replay, TrainSettings
 from kfacel.training.update import (
     DEFAULT_BUDGET_RATE,
+    DEFAULT_KFAC_DAMPING,
     PENALTIES,
     Protection,
     update_linker,
@@ -159,15 +160,15 @@ def _add_continual_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--damping",
         type=finite_float,
-        default=0.0,
-        help="δ added to the Fisher (prior precision)",
+        help="δ added to the Fisher (prior precision; default: "
+        f"{DEFAULT_KFAC_DAMPING:g} for kfac, 0 for ewc and l2)",
     )
     g.add_argument(
         "--damping-kind",
         choices=DAMPING_KINDS,
-        default="uniform",
         help="how --damping enters a kfac penalty: δ·I on each layer's block (uniform) "
-        "or split between its two Kronecker factors by their traces (factored)",
+        "or split between its two Kronecker factors by their traces (factored, "
+        "the default for kfac)",
     )
     g.add_argument(
         "--lrc",

@@ -235,7 +235,8 @@ class KroneckerFactors:
             raise ValueError(f"damping must be >= 0, got {delta}")
         if isinstance(self.A, LowRankFactor) or isinstance(self.G, LowRankFactor):
             raise ValueError(
-                f"{self.weight}: factored damping needs whole factors, not low-rank ones"
+                f"{self.weight}: factored damping needs whole factors, not low-rank "
+                "ones (damp uniformly: damping_kind='uniform', --damping-kind uniform)"
             )
         if delta == 0:
             return self

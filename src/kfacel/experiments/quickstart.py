@@ -138,10 +138,12 @@ def _strength(method: str, lam: float | None) -> str:
     """How strong ``method``'s penalty was, for the table."""
     if method == "none":
         return "–"
-    if lam is not None:
-        return f"λ = {lam:g}"
-    budget = Protection(penalty=method).budget
-    return f"ε = {budget:g} (default)"
+    protection = Protection(penalty=method, lam=lam)
+    damping, kind = protection.curvature_damping
+    strength = f"λ = {lam:g}" if lam is not None else f"ε = {protection.budget:g}"
+    if damping:
+        strength += f", δ = {damping:g} {kind}"
+    return strength if lam is not None else f"{strength} (default)"
 
 
 def _update_along(
