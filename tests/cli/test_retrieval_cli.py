@@ -128,6 +128,13 @@ def test_link_reproduces_the_end_to_end_accuracy_of_evaluate(
     }
     mentions = [m for m in read_pubtator(_root / "corpus.txt") if m.doc_id in held]
     assert any(m.surface == "HA" for m in mentions)  # retrieved by its definition
+    # ... and the ranker reads it so, in the task and in link (where e2e must agree)
+    info = json.loads((task / "task.json").read_text())
+    assert info["candidates"]["ranker_reads"] == "retrieval_text"
+    test_lines = [json.loads(x) for x in (task / "test.jsonl").read_text().splitlines()]
+    read = {x["mention"] for x in test_lines}
+    assert "heart attack" in read
+    assert "HA" not in read
     queries, golds = tmp_path / "queries.jsonl", []
     with queries.open("w", encoding="utf-8") as fh:
         for m in mentions:

@@ -52,3 +52,27 @@ def test_link_ranks_every_candidate_by_the_rankers_score(linker, synonyms) -> No
     want = dict(zip([c.id for c in cands], logits[0].tolist(), strict=True))
     assert {r.id: r.score for r in ranked} == pytest.approx(want)
     assert {r.id: r.generator_score for r in ranked} == {c.id: s for c, s in hits}
+
+
+@pytest.mark.parametrize("as_retrieved", [True, False])
+def test_the_ranker_reads_an_abbreviation_as_retrieval_did(
+    linker, as_retrieved
+) -> None:
+    from kfacel.data.candidates import FusedGenerator
+    from kfacel.data.tasks import context
+
+    text = "Dogs with copper toxicosis (CT) in terriers. CT is inherited."
+    gen = FusedGenerator(CONCEPTS, [build_generator("tfidf", CONCEPTS)])
+    query = MentionQuery(text, "CT", start=text.rindex("CT"))
+    (ranked,) = link(
+        linker, gen, [query], num_candidates=2, context_words=3,
+        synonyms=False, as_retrieved=as_retrieved,
+    )  # fmt: skip
+    cands = tuple(Candidate(r.id, r.name) for r in ranked)
+    mention = "copper toxicosis" if as_retrieved else "CT"  # what the task line holds
+    left, right = context(text, [query.span()], 3)
+    assert "(CT)" in left  # the context stays as written
+    example = LinkingExample(mention, left, right, cands, cands[0].id)
+    (logits,) = predict(linker.model, linker.batches([example], 8))
+    want = dict(zip([c.id for c in cands], logits[0].tolist(), strict=True))
+    assert {r.id: r.score for r in ranked} == pytest.approx(want)

@@ -18,6 +18,7 @@ from kfacel.data.candidates import (
 )
 from kfacel.data.dense import SentenceEncoder
 from kfacel.data.readers import read_dictionary
+from kfacel.data.tasks import ranker_reads_retrieval_text
 from kfacel.training.linking import MentionQuery, link, read_queries
 from kfacel.training.pipeline import RETRIEVAL_FILE, Linker, load_linker
 
@@ -57,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         num_candidates=int(cands.get("num_candidates", 10)),
         context_words=int(task.get("context_words", 10)),
         synonyms=bool(cands.get("synonyms", False)),  # older tasks: preferred names
+        as_retrieved=ranker_reads_retrieval_text(cands),  # older tasks: as written
     )
     for q, ranked in zip(queries, results, strict=True):
         top = [

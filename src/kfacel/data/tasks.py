@@ -209,6 +209,7 @@ def prepare_task(
         "dictionary_sha256": dictionary_digest(concepts),
         "synonyms": synonyms,
         "train_missed": "drop" if retrieval else "insert",
+        "ranker_reads": RANKER_READS,
     }
     info: dict[str, Any] = {
         "format": FORMAT,
@@ -295,6 +296,18 @@ def retrieval_text(generator: CandidateGenerator, mention: str, text: str) -> st
     return expand(mention, _definitions(text))
 
 
+RANKER_READS = "retrieval_text"
+"""``task.json``'s ``candidates.ranker_reads``: a query's mention is written as retrieval
+read it (``retrieval_text``: an abbreviation defined in its document as its definition),
+so the ranker and ``kfacel link`` read what retrieval read. Tasks without the key (older
+ones) hold the mention as written."""
+
+
+def ranker_reads_retrieval_text(candidates: Mapping[str, Any]) -> bool:
+    """Whether a task's (or model's) ``candidates`` settings hold mentions as retrieved."""
+    return candidates.get("ranker_reads") == RANKER_READS
+
+
 @lru_cache(maxsize=4096)
 def _definitions(text: str) -> dict[str, str]:
     return define_abbreviations(text)
@@ -370,9 +383,9 @@ def _queries(
         generator.concepts[generator.index_of(m.concept_ids[0]) or 0].id for m in usable
     ]
     examples = [
-        _example(m, cands, gold, found, context_words)
-        for m, cands, gold, found in zip(
-            usable, candidates, golds, retrieved, strict=True
+        _example(m, text, cands, gold, found, context_words)
+        for m, text, cands, gold, found in zip(
+            usable, asked.texts, candidates, golds, retrieved, strict=True
         )
     ]
     return examples, stats
@@ -395,11 +408,12 @@ def _usable(
 
 
 def _example(
-    m: Mention, cands: tuple[Any, ...], gold: str, retrieved: bool, k: int
+    m: Mention, read: str, cands: tuple[Any, ...], gold: str, retrieved: bool, k: int
 ) -> LinkingExample:
+    """One query; the ranker reads the mention as retrieval did (``read``)."""
     left, right = context(m.text, m.spans, k)
     return LinkingExample(
-        mention=m.surface,
+        mention=read,
         left_context=left,
         right_context=right,
         candidates=cands,

@@ -116,6 +116,7 @@ def link(
     num_candidates: int,
     context_words: int,
     synonyms: bool = True,
+    as_retrieved: bool = False,
     batch_size: int = 64,
 ) -> list[list[Ranked]]:
     """The generator's candidates of each mention, best first by the ranker.
@@ -128,21 +129,24 @@ def link(
         context_words: K words of context each side, as in training.
         synonyms: candidates carry their closest synonym, as in training (a task's
             ``candidates.synonyms``); False: preferred names only.
+        as_retrieved: the ranker reads the mention as retrieval read it (an
+            abbreviation defined in its text as its definition), as in training (a
+            task's ``candidates.ranker_reads``); False: the mention as written.
         batch_size: queries per forward pass.
 
     Returns:
         One list of ``Ranked`` per query, highest score first.
     """
-    found = generator.search(
-        [retrieval_text(generator, q.mention, q.text) for q in queries], num_candidates
-    )
+    texts = [retrieval_text(generator, q.mention, q.text) for q in queries]
+    found = generator.search(texts, num_candidates)
     examples = []
-    for q, hits in zip(queries, found, strict=True):
+    for q, text, hits in zip(queries, texts, found, strict=True):
         if not hits:
             raise ValueError(f"no candidate found for {q.mention!r}")
         left, right = context(q.text, [q.span()], context_words)
         cands = tuple(c if synonyms else replace(c, synonym=None) for c, _ in hits)
-        examples.append(LinkingExample(q.mention, left, right, cands, cands[0].id))
+        read = text if as_retrieved else q.mention
+        examples.append(LinkingExample(read, left, right, cands, cands[0].id))
     logits = torch.cat(predict(linker.model, linker.batches(examples, batch_size)))
     out = []
     for row, hits, ex in zip(logits.tolist(), found, examples, strict=True):
