@@ -89,6 +89,23 @@ def test_tsv_dictionary_synonyms_types_and_crlf(fixtures: Path) -> None:
     }
 
 
+def test_tsv_dictionary_drops_duplicates_and_names_without_letters(tmp_path) -> None:
+    path = tmp_path / "dict.tsv"
+    path.write_text(
+        "D1\tT\tHeart attack\nD1\tT\tHeart  attack\nD2\tT\t---\n"
+        "D3\tT\tFever\nD3\tT\t(?)\nD4\tT\tX\n",
+        encoding="utf-8",
+    )
+    skips = SkipReport()
+    concepts = {c.id: c for c in read_tsv_dictionary(path, skips=skips)}
+    assert concepts["D1"].names == ("Heart attack",)  # the same name twice: once
+    assert "D2" not in concepts  # its only name has nothing to retrieve by
+    assert concepts["D3"].names == ("Fever",)
+    assert concepts["D4"].names == ("X",)  # one character is a name
+    assert skips.counts == {"dictionary name without a letter or digit": 2}
+    assert skips.first["dictionary name without a letter or digit"] == f"{path}:3"
+
+
 def test_medic_ids_alternatives_and_skips(fixtures: Path) -> None:
     skips = SkipReport()
     concepts = {c.id: c for c in read_medic(fixtures / "medic.txt", skips=skips)}

@@ -4,8 +4,8 @@ The generic TSV has one line per name, ``id<TAB>…<TAB>name``: the first column
 concept id and the last the name; with three or more columns the second is the concept's
 semantic type (as in MedMentions' ``CUI<TAB>TUI<TAB>name``). A repeated id adds a
 synonym (its first line gives the preferred name and type). CRLF line ends, a UTF-8
-BOM, blank lines and ``#`` comment lines are accepted; a line with a single column or an
-empty id or name is skipped and counted. A line with fewer columns than the first
+BOM, blank lines and ``#`` comment lines are accepted; a line with a single column, an
+empty id or name, or a name without a letter or digit ("---") is skipped and counted. A line with fewer columns than the first
 content line (``CUI<TAB>TUI`` in a ``CUI<TAB>TUI<TAB>name`` file) has lost its name
 column and is refused, naming the file and line, rather than read with its type as the
 name.
@@ -59,6 +59,9 @@ def read_tsv_dictionary(
         ident, name = normalize_id(cols[0]), " ".join(cols[-1].split())
         if not ident or not name:
             skips.add("dictionary line with an empty id or name", where)
+            continue
+        if not any(ch.isalnum() for ch in name):  # "---": nothing to retrieve by
+            skips.add("dictionary name without a letter or digit", where)
             continue
         if ident not in names:
             names[ident] = {}
