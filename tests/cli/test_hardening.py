@@ -192,6 +192,7 @@ def test_bad_numbers_and_devices_are_refused_naming_the_option(
     [
         '{"text": "None of it", "mention": null}',
         '{"text": "she  has fever", "mention": "  "}',
+        '{"text": "fever!! again", "mention": "!!"}',
         '{"text": "she has fever", "mention": "fever", "start": "8"}',
         '{"text": "a fever", "mention": " fever", "start": true}',
         '{"text": NaN, "mention": "nan"}',
@@ -202,7 +203,7 @@ def test_bad_numbers_and_devices_are_refused_naming_the_option(
 def test_link_input_with_a_bad_line_is_refused_with_file_and_line(
     tmp_path: Path, line: str, capsys
 ) -> None:
-    """A null/blank mention, a non-int start, a NaN text: file:2, before any loading."""
+    """A null/blank/punctuation mention, a non-int start, a NaN text: file:2, first."""
     inp = tmp_path / "q.jsonl"
     inp.write_text('{"text": "a cough", "mention": "cough"}\n' + line + "\n")
     code = main(["link", str(tmp_path / "no-model"), "--dictionary", "d.tsv",
@@ -213,10 +214,11 @@ def test_link_input_with_a_bad_line_is_refused_with_file_and_line(
     assert len(err.strip().splitlines()) == 1
 
 
-def test_link_refuses_a_blank_mention_option(tmp_path: Path, capsys) -> None:
-    """`--mention ""`: refused naming --mention (it matched at 0 before)."""
-    code = main(["link", str(tmp_path), "--dictionary", "d.tsv", "--text", "abc",
-                 "--mention", ""])  # fmt: skip
+@pytest.mark.parametrize("mention", ["", "!"])
+def test_link_refuses_a_blank_mention_option(tmp_path: Path, capsys, mention) -> None:
+    """`--mention ""` (it matched at 0 before) or only punctuation: names --mention."""
+    code = main(["link", str(tmp_path), "--dictionary", "d.tsv", "--text", "abc!",
+                 "--mention", mention])  # fmt: skip
     assert code == 2
     assert "--mention" in capsys.readouterr().err
 

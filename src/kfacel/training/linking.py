@@ -29,8 +29,8 @@ class MentionQuery:
     """A mention to link: its text and where it sits in its document text.
 
     Raises:
-        ValueError: when ``text`` is not a string, ``mention`` not a non-blank string,
-            or ``start`` not a non-negative integer (or None).
+        ValueError: when ``text`` is not a string, ``mention`` not a string with a
+            letter or digit, or ``start`` not a non-negative integer (or None).
     """
 
     text: str
@@ -43,6 +43,10 @@ class MentionQuery:
             raise ValueError(f"'text' must be a string, got {self.text!r}")
         if not isinstance(self.mention, str) or not self.mention.strip():
             raise ValueError(f"'mention' must be non-blank text, got {self.mention!r}")
+        if not any(ch.isalnum() for ch in self.mention):  # as dictionary names
+            raise ValueError(
+                f"'mention' {self.mention!r} has no letter or digit: nothing to link"
+            )
         start = self.start
         if start is not None and (
             not isinstance(start, int) or isinstance(start, bool) or start < 0

@@ -5,10 +5,10 @@ concept id and the last the name; with three or more columns the second is the c
 semantic type (as in MedMentions' ``CUI<TAB>TUI<TAB>name``). A repeated id adds a
 synonym (its first line gives the preferred name and type). CRLF line ends, a UTF-8
 BOM, blank lines and ``#`` comment lines are accepted; a line with a single column, an
-empty id or name, or a name without a letter or digit ("---") is skipped and counted. A line with fewer columns than the first
-content line (``CUI<TAB>TUI`` in a ``CUI<TAB>TUI<TAB>name`` file) has lost its name
-column and is refused, naming the file and line, rather than read with its type as the
-name.
+empty id or name, or a name without a letter or digit ("---") is skipped and counted.
+A line with fewer columns than the first content line (``CUI<TAB>TUI`` in a
+``CUI<TAB>TUI<TAB>name`` file) has lost its name column and is refused, naming the file
+and line, rather than read with its type as the name.
 """
 
 from __future__ import annotations
