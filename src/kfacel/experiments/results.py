@@ -160,7 +160,14 @@ def calibration_points(
         ]
         if test and "loss" in test[0] and (a, d["seed"]) in ind:
             measured = test[0]["loss"] - ind[(a, d["seed"])]
-            out.append({"method": d["method"], "predicted": rise, "measured": measured})
+            out.append(
+                {
+                    "method": d["method"],
+                    "order": tuple(d["order"]),
+                    "predicted": rise,
+                    "measured": measured,
+                }
+            )
     return out
 
 

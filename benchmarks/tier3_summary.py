@@ -1,0 +1,71 @@
+"""Tier 3 of forgetting runs, every cell: the first task kept, the last task's cost.
+
+``kfacel report`` follows the paper's protocol: a tier-3 order enters its tables only when
+the choice rule (new-task dev within the config's tolerance) admits a λ for it. This
+summary reads every finished tier-3 cell instead, each against plain fine-tuning on the
+same order and seed, so a method is seen at the strengths it was run with:
+
+    python benchmarks/tier3_summary.py RUN [RUN ...]
+
+Per method: the forgetting reduction of the first task, ``1 − PercΔ_method / PercΔ_none``
+(Perc Δ against the task's individual model, same seed; runs where plain fine-tuning did
+not forget are left out), and the last task's cost, none's test accuracy minus the
+method's, in points; mean, standard deviation and 95% interval over runs (order × seed).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+from pathlib import Path
+
+from forgetting_curves import load, test_record
+from kfacel.experiments.metrics import mean_interval, perc_delta
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+", type=Path)
+    args = p.parse_args()
+    cells = [d for run in args.runs for d in load(run)]
+    individual = {
+        (d["order"][0], d["seed"]): test_record(d, d["order"][0])["accuracy"]
+        for d in cells
+        if d["kind"] == "individual"
+    }
+    tier3 = {
+        (d["method"], tuple(d["order"]), d["seed"]): d
+        for d in cells
+        if d["kind"] == "tier3"
+    }
+    kept: dict[str, list[float]] = defaultdict(list)
+    cost: dict[str, list[float]] = defaultdict(list)
+    for (method, order, seed), d in sorted(tier3.items()):
+        none = tier3.get(("none", order, seed))
+        if method == "none" or none is None or (order[0], seed) not in individual:
+            continue
+        ind = individual[(order[0], seed)]
+        lost = perc_delta(test_record(none, order[0])["accuracy"], ind)
+        if lost >= 0:
+            continue  # plain fine-tuning did not forget: no reduction to measure
+        got = perc_delta(test_record(d, order[0])["accuracy"], ind)
+        kept[method].append(100.0 * (1.0 - got / lost))
+        last = order[-1]
+        cost[method].append(
+            test_record(none, last)["accuracy"] - test_record(d, last)["accuracy"]
+        )
+    print(
+        "| method | runs | reduction, mean | sd | 95% interval | last task's cost, mean [95%] |"
+    )
+    print("|---|---:|---:|---:|---|---|")
+    for method in sorted(kept):
+        m, sd, lo, hi = mean_interval(kept[method])
+        c, _, clo, chi = mean_interval(cost[method])
+        print(
+            f"| {method} | {len(kept[method])} | {m:.1f}% | {sd:.1f} | [{lo:.1f}, {hi:.1f}] "
+            f"| {c:.2f} [{clo:.2f}, {chi:.2f}] |"
+        )
+
+
+if __name__ == "__main__":
+    main()
