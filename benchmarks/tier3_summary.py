@@ -20,7 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from forgetting_curves import load, test_record
-from kfacel.experiments.metrics import mean_interval, perc_delta
+from kfacel.experiments.metrics import forgetting_reduction, mean_interval, perc_delta
 
 
 def main() -> None:
@@ -38,22 +38,28 @@ def main() -> None:
         for d in cells
         if d["kind"] == "tier3"
     }
-    kept: dict[str, list[float]] = defaultdict(list)
-    cost: dict[str, list[float]] = defaultdict(list)
+    runs: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
     for (method, order, seed), d in sorted(tier3.items()):
         none = tier3.get(("none", order, seed))
         if method == "none" or none is None or (order[0], seed) not in individual:
             continue
         ind = individual[(order[0], seed)]
-        lost = perc_delta(test_record(none, order[0])["accuracy"], ind)
-        if lost >= 0:
-            continue  # plain fine-tuning did not forget: no reduction to measure
-        got = perc_delta(test_record(d, order[0])["accuracy"], ind)
-        kept[method].append(100.0 * (1.0 - got / lost))
         last = order[-1]
-        cost[method].append(
-            test_record(none, last)["accuracy"] - test_record(d, last)["accuracy"]
+        runs[method].append(
+            (
+                perc_delta(test_record(d, order[0])["accuracy"], ind),
+                perc_delta(test_record(none, order[0])["accuracy"], ind),
+                test_record(none, last)["accuracy"] - test_record(d, last)["accuracy"],
+            )
         )
+    kept: dict[str, list[float]] = {}
+    cost: dict[str, list[float]] = {}
+    for method, rows in runs.items():
+        got, lost, paid = zip(*rows, strict=True)
+        fr = forgetting_reduction(got, lost)  # runs where none did not forget: left out
+        defined = [i for i in range(len(rows)) if i not in fr.undefined]
+        kept[method] = [fr.per_permutation[i] for i in defined]
+        cost[method] = [paid[i] for i in defined]
     print(
         "| method | runs | reduction, mean | sd | 95% interval | last task's cost, mean [95%] |"
     )
