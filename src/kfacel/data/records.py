@@ -250,3 +250,14 @@ def normalize_id(raw: str) -> str:
     if upper.startswith("OMIM:"):
         return "OMIM:" + ident[5:].strip()
     return ident
+
+
+def has_letter_or_digit(text: str) -> bool:
+    """Whether ``text`` has something to link or retrieve by.
+
+    A dictionary name or a mention of only punctuation ("---", "!!") has not.
+
+    >>> has_letter_or_digit("X"), has_letter_or_digit("(?)")
+    (True, False)
+    """
+    return any(ch.isalnum() for ch in text)

@@ -18,7 +18,7 @@ import torch
 
 from kfacel.data.candidates import CandidateGenerator
 from kfacel.data.readers import text_lines
-from kfacel.data.records import LinkingExample
+from kfacel.data.records import LinkingExample, has_letter_or_digit
 from kfacel.data.tasks import context, retrieval_text
 from kfacel.training.evaluate import predict
 from kfacel.training.pipeline import Linker
@@ -43,7 +43,7 @@ class MentionQuery:
             raise ValueError(f"'text' must be a string, got {self.text!r}")
         if not isinstance(self.mention, str) or not self.mention.strip():
             raise ValueError(f"'mention' must be non-blank text, got {self.mention!r}")
-        if not any(ch.isalnum() for ch in self.mention):  # as dictionary names
+        if not has_letter_or_digit(self.mention):  # as dictionary names
             raise ValueError(
                 f"'mention' {self.mention!r} has no letter or digit: nothing to link"
             )

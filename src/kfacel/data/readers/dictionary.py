@@ -18,7 +18,7 @@ from pathlib import Path
 
 from kfacel.data.readers.lines import text_lines
 from kfacel.data.readers.medic import is_medic_line, read_medic
-from kfacel.data.records import Concept, SkipReport, normalize_id
+from kfacel.data.records import Concept, SkipReport, has_letter_or_digit, normalize_id
 
 
 def read_tsv_dictionary(
@@ -60,7 +60,7 @@ def read_tsv_dictionary(
         if not ident or not name:
             skips.add("dictionary line with an empty id or name", where)
             continue
-        if not any(ch.isalnum() for ch in name):  # "---": nothing to retrieve by
+        if not has_letter_or_digit(name):  # "---": nothing to retrieve by
             skips.add("dictionary name without a letter or digit", where)
             continue
         if ident not in names:
