@@ -367,3 +367,31 @@ def _is_zombie(pid: int) -> bool:
             return f.read().split()[2] == "Z"
     except OSError:
         return True
+
+
+def test_the_transformer_ranker_runs_the_protocol_with_budgets(paths, tmp_path) -> None:
+    """Issue 10's config in small: a tiny BERT through tiers 1–2 with none, LRC and both
+    budgeted penalties under factored damping, as `paper-transformer-small.toml` runs."""
+    from tests._synth import WORDS, write_tiny_encoder
+
+    from _experiments_synth import CODES
+
+    encoder = write_tiny_encoder(tmp_path / "bert", [*WORDS, *CODES])
+    cfg = tiny_config(
+        paths,
+        model={"name": "transformer", "encoder_path": str(encoder), "layers": 1},
+        methods=["none", "lrc", "ewc-budget", "kfac-budget"],
+        budget_grid=[0.01],
+        curvature={"damping": 1e-6, "damping_kind": "factored", "max_examples": 24},
+    )
+    summary = run_experiment(cfg, tmp_path / "run")
+    assert not summary.failed
+    records = [
+        json.loads(line)
+        for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
+    tier2 = {(r["method"], tuple(r["order"])) for r in records if r["tier"] == 2}
+    methods = ("none", "lrc", "ewc-budget", "kfac-budget")
+    assert tier2 == {(m, o) for m in methods for o in (("a", "b"), ("b", "a"))}
+    kfac_state = next((tmp_path / "run" / "cells").glob("consolidate-a-kfac*"))
+    assert json.loads((kfac_state / "done.json").read_text())["message"] is None

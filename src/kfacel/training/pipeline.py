@@ -105,6 +105,13 @@ def new_linker(
         seed: seed of the weights' random initialization.
         **model_config: further ranker settings (e.g. ``hidden``).
     """
+    for key in ("embeddings_from", "encoder_path"):  # the ranker's names for `encoder`
+        if not model_config.get(key):  # absent, or None: no pretrained weights
+            continue
+        given = model_config.pop(key)
+        if encoder and Path(given) != Path(encoder):
+            raise ValueError(f"{key} {given} and encoder {encoder} differ: give one")
+        encoder = given  # the tokenizer comes with the weights
     path = Path(encoder) if encoder is not None else default_encoder_path()
     tokenizer = WordPieceTokenizer(path)
     vocab = build_type_vocab(train) if types else ()
@@ -131,7 +138,7 @@ def new_linker(
         common |= {"encoder_path": str(path), "layers": layers}
     with torch.random.fork_rng(devices=[]):  # the caller's random state is kept
         torch.manual_seed(seed)  # the initialization is part of a seeded run
-        net = build_model(model, **{**common, **model_config})
+        net = build_model(model, **common, **model_config)
     return Linker(net, collator)
 
 
