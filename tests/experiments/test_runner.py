@@ -370,11 +370,13 @@ def _is_zombie(pid: int) -> bool:
 
 
 def test_the_transformer_ranker_runs_the_protocol_with_budgets(paths, tmp_path) -> None:
-    """Issue 10's config in small: a tiny BERT through tiers 1–2 with none, LRC and both
-    budgeted penalties under factored damping, as `paper-transformer-small.toml` runs."""
-    from tests._synth import WORDS, write_tiny_encoder
+    """Issue 10's config in small: a tiny BERT through tiers 1–2.
 
+    None, LRC and both budgeted penalties under factored damping, as
+    `paper-transformer-small.toml` runs them.
+    """
     from _experiments_synth import CODES
+    from tests._synth import WORDS, write_tiny_encoder
 
     encoder = write_tiny_encoder(tmp_path / "bert", [*WORDS, *CODES])
     cfg = tiny_config(

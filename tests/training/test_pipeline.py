@@ -113,8 +113,10 @@ def test_alias_features_solve_a_task_without_string_evidence(task, tmp_path):
 def test_a_checkpoint_named_in_the_model_settings_gives_the_tokenizer_too(
     task, tmp_path
 ) -> None:
-    """`encoder_path` (the experiment config's key) reads tokenizer and weights from
-    one checkpoint; a second, different checkpoint as `encoder` is refused."""
+    """`encoder_path` (the experiment config's key) gives tokenizer and weights.
+
+    A second, different checkpoint given as `encoder` is refused.
+    """
     from tests._synth import write_tiny_encoder
 
     tiny = write_tiny_encoder(tmp_path / "tiny", [*WORDS, *CODES])
@@ -124,5 +126,5 @@ def test_a_checkpoint_named_in_the_model_settings_gives_the_tokenizer_too(
     assert linker.collator.tokenizer.vocab_size == len(
         (tiny / "vocab.txt").read_text().splitlines()
     )
-    with pytest.raises(ValueError, match="encoder_path .* and encoder .* differ"):
+    with pytest.raises(ValueError, match=r"encoder_path .* and encoder .* differ"):
         new_linker("transformer", task.train, encoder=tmp_path, encoder_path=str(tiny))
