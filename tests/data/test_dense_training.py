@@ -107,3 +107,22 @@ def test_fine_tuning_reads_links_only_when_asked(encoder) -> None:
     )
     assert done["training_links"] == 2
     assert done["concepts_with_synonyms"] == 2
+
+
+def test_the_pair_scorers_cross_entropy_is_eq_r2() -> None:
+    """Eq. R2 is the mean CE of `PairScorer`'s logits against each row's partner.
+
+    With two names per concept, partners adjacent (what training and K-FAC use).
+    """
+    from kfacel.data.dense_training import partners
+
+    torch.manual_seed(1)
+    emb = torch.nn.functional.normalize(torch.randn(6, 4), dim=-1)
+    tau = 0.1
+    logits = (emb @ emb.T / tau).masked_fill(torch.eye(6, dtype=torch.bool), -math.inf)
+    ce = torch.nn.functional.cross_entropy(logits, partners(6))
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    assert partners(6).tolist() == [1, 0, 3, 2, 5, 4]
+    assert float(ce) == pytest.approx(
+        float(contrastive_loss(emb, labels, tau)), rel=1e-6
+    )

@@ -80,6 +80,18 @@ def positive_float(text: str) -> float:
     return value
 
 
+def nonnegative_float(text: str) -> float:
+    """A finite float ≥ 0.
+
+    >>> nonnegative_float("0")
+    0.0
+    """
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number ≥ 0, got {text!r}")
+    return value
+
+
 def device(text: str) -> str:
     """A torch device string that names a device this machine has.
 

@@ -6,13 +6,19 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from kfacel.cli import UserError
 from kfacel.cli._args import device, nonnegative_int, positive_int
-from kfacel.consolidation import METHODS, load_state, save_state
-from kfacel.data.tasks import load_task
+from kfacel.consolidation import METHODS, TaskState, load_state, save_state
+from kfacel.data.tasks import RETRIEVER_DIR, Task, load_task
 from kfacel.training.continual import CONSOLIDATION_SPLITS, consolidate_task
 from kfacel.training.pipeline import load_linker
+from kfacel.training.retriever import (
+    DEFAULT_RETRIEVER_STEPS,
+    consolidate_task_retriever,
+    retriever_states,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -53,6 +59,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="K-FAC: uses of a layer within an example (positions, candidates, calls) "
         "as independent (expand, paper) or aggregated per example (reduce)",
     )
+    p.add_argument(
+        "--retriever-steps",
+        type=nonnegative_int,
+        default=DEFAULT_RETRIEVER_STEPS,
+        metavar="N",
+        help="batches the fine-tuned retriever's K-FAC Fisher is estimated on, when "
+        f"the model holds the task's retriever (default {DEFAULT_RETRIEVER_STEPS}; "
+        "0: leave the retriever unconsolidated)",
+    )
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--device", type=device, default="cpu")
@@ -83,7 +98,10 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         progress=sys.stderr.isatty(),
     )
+    retriever = _retriever_state(args, task)
     path = save_state(args.model_dir, state)
+    if isinstance(retriever, TaskState):
+        save_state(Path(args.model_dir) / RETRIEVER_DIR, retriever)
     params = sum(p.numel() * p.element_size() for p in linker.model.parameters())
     summary = {
         "task": task.name,
@@ -97,6 +115,38 @@ def run(args: argparse.Namespace) -> int:
         "param_bytes": params,
         "seconds": round(time.perf_counter() - start, 2),
         "tasks": [*done, task.name],
+        "retriever": (
+            {
+                "examples": retriever.meta["examples_used"],
+                "state_bytes": retriever.nbytes(),
+            }
+            if isinstance(retriever, TaskState)
+            else retriever
+        ),
     }
     print(json.dumps(summary))
     return 0
+
+
+def _retriever_state(args: argparse.Namespace, task: Task) -> TaskState | str:
+    """The model's retriever's state on ``task``, or why there is none (issue 11).
+
+    A model built on a task with a fine-tuned retriever holds it as ``retriever/``;
+    its K-FAC Fisher is estimated on the groups it was trained on, so that the next
+    task's retriever (``prepare --retriever-init``) can be penalized.
+    """
+    checkpoint = Path(args.model_dir) / RETRIEVER_DIR
+    if not checkpoint.is_dir() or task.retriever is None:
+        return "none: the task has no fine-tuned retriever"
+    if not args.retriever_steps:
+        return "not consolidated (--retriever-steps 0)"
+    held = [s.task for s in retriever_states(checkpoint)]
+    if task.name in held:
+        raise UserError(f"{checkpoint} already holds a state for {task.name!r}")
+    try:
+        return consolidate_task_retriever(
+            checkpoint, task, max_steps=args.retriever_steps,
+            progress=sys.stderr.isatty(),
+        )  # fmt: skip
+    except (FileNotFoundError, ValueError) as exc:
+        raise UserError(f"retriever: {exc} (--retriever-steps 0 skips it)") from None

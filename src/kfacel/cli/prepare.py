@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from kfacel.cli import UserError
-from kfacel.cli._args import nonnegative_int, positive_int
+from kfacel.cli._args import nonnegative_float, nonnegative_int, positive_int
 from kfacel.data.benchmark import TASKS, build_public3
 from kfacel.data.candidates import METHODS
 from kfacel.data.dense_training import RetrieverSettings
 from kfacel.data.readers import read_dictionary, read_jsonl_mentions, read_pubtator
 from kfacel.data.records import Mention, SkipReport
 from kfacel.data.tasks import SPLITS, check_task_out, prepare_task, split_by_document
+from kfacel.training.retriever import DEFAULT_RETRIEVER_LAM, retriever_start
 
 
 def register(subparsers: Any) -> None:
@@ -103,15 +104,40 @@ def _retriever_option(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="fine-tune the retriever on the dictionary's synonyms alone",
     )
+    p.add_argument(
+        "--retriever-init",
+        type=Path,
+        metavar="DIR",
+        help="start the retriever's fine-tuning from an earlier task's (a model or "
+        "task directory with retriever/, or a retriever checkpoint); the tasks it "
+        "holds consolidation states of are penalized with KFC",
+    )
+    p.add_argument(
+        "--retriever-lam",
+        type=nonnegative_float,
+        default=DEFAULT_RETRIEVER_LAM,
+        metavar="λ",
+        help=f"KFC strength of --retriever-init's earlier tasks (default "
+        f"{DEFAULT_RETRIEVER_LAM:g}; 0: plain fine-tuning)",
+    )
 
 
 def _retriever(args: argparse.Namespace) -> RetrieverSettings | None:
+    if args.retriever_init is not None and not args.retriever_epochs:
+        raise UserError("--retriever-init needs --retriever-epochs N (N ≥ 1)")
     if not args.retriever_epochs:
         return None
+    start = None
+    if args.retriever_init is not None:
+        try:
+            start = retriever_start(args.retriever_init, lam=args.retriever_lam or None)
+        except (FileNotFoundError, ValueError) as exc:
+            raise UserError(f"--retriever-init: {exc}") from None
     return RetrieverSettings(
         epochs=args.retriever_epochs,
         seed=args.seed,
         mentions=not args.retriever_synonyms_only,
+        start=start,
     )
 
 
@@ -150,8 +176,9 @@ def _check(args: argparse.Namespace, sources: Sequence[Path]) -> None:
     if args.num_candidates < 2:
         raise UserError(f"--num-candidates must be ≥ 2, got {args.num_candidates}")
     _fractions(args.split_by_document)
+    init = [args.retriever_init] if args.retriever_init else []
     check_task_out(
-        args.out, inputs=[*sources, args.dictionary], overwrite=args.overwrite
+        args.out, inputs=[*sources, args.dictionary, *init], overwrite=args.overwrite
     )
 
 
@@ -229,6 +256,11 @@ def _benchmark(args: argparse.Namespace) -> int:
     if not args.data.is_dir():
         raise UserError(f"{args.data}: no such data directory")
     tasks = tuple(args.task) if args.task else TASKS
+    if args.retriever_init is not None:
+        for task in tasks:  # a task's retriever must not start from its own output
+            check_task_out(
+                args.out / task, inputs=[args.retriever_init], overwrite=True
+            )
     for info in build_public3(
         args.data,
         args.out,

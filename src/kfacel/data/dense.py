@@ -35,6 +35,9 @@ from kfacel._progress import with_progress
 MAX_TOKENS = 32
 """Tokens an encoded name or mention is cut to (names are short; mentions too)."""
 _FORMAT = "kfacel-name-index/1"
+RETRIEVER_STATES = "consolidation"
+"""The directory of a retriever checkpoint that holds its consolidation states (as a
+model directory's ``kfacel.consolidation.state_dir`` does)."""
 
 
 def cache_dir() -> Path:
@@ -111,16 +114,7 @@ class SentenceEncoder:
 
     def embed(self, ids: Sequence[Sequence[int]]) -> torch.Tensor:
         """Unit-length mean-pooled embeddings ``[len(ids), dim]`` (differentiable)."""
-        width = max(1, *(len(row) for row in ids))
-        tokens = torch.zeros((len(ids), width), dtype=torch.long)
-        mask = torch.zeros((len(ids), width), dtype=torch.long)
-        for i, row in enumerate(ids):
-            tokens[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-            mask[i, : len(row)] = 1
-        hidden = self._model(input_ids=tokens, attention_mask=mask)[0]
-        m = mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
-        return torch.nn.functional.normalize(pooled, dim=-1)
+        return mean_pooled(self._model, **padded(ids))
 
     @torch.no_grad()
     def encode(
@@ -159,6 +153,27 @@ class SentenceEncoder:
         state = {k: v.contiguous() for k, v in self._model.state_dict().items()}
         save_file(state, str(directory / "model.safetensors"))
         (directory / "tokenizer.json").write_bytes(self._tokenizer_bytes)
+
+
+def padded(ids: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+    """``input_ids`` and ``attention_mask`` ``[len(ids), longest]`` of token id rows."""
+    width = max(1, *(len(row) for row in ids))
+    tokens = torch.zeros((len(ids), width), dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, row in enumerate(ids):
+        tokens[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return {"input_ids": tokens, "attention_mask": mask}
+
+
+def mean_pooled(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """Unit-length means of ``model``'s outputs over each row's real tokens."""
+    hidden = model(input_ids=input_ids, attention_mask=attention_mask)[0]
+    m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+    return torch.nn.functional.normalize(pooled, dim=-1)
 
 
 class NameIndex:

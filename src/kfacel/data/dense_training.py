@@ -27,17 +27,36 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from kfacel._progress import with_progress
-from kfacel.data.dense import SentenceEncoder
+from kfacel.data.dense import SentenceEncoder, mean_pooled, padded
 from kfacel.data.records import Concept
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RetrieverStart:
+    """Where the retriever's fine-tuning starts, and what protects earlier tasks.
+
+    Attributes:
+        checkpoint: a retriever checkpoint (an earlier task's or model's
+            ``retriever/``); its ``consolidation/`` states travel on with the new one.
+        penalty: ``R(θ)`` of the ``PairScorer`` over the retriever, built from those
+            states (``training.retriever.retriever_penalty``); None: plain fine-tuning.
+        record: what ``task.json`` records of the start (path, penalty, λ, tasks).
+    """
+
+    checkpoint: Path
+    penalty: Callable[[torch.nn.Module], torch.Tensor] | None = None
+    record: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -51,6 +70,7 @@ class RetrieverSettings:
         temperature: τ of eq. R2.
         seed: seeds the batches.
         mentions: add the task's training mentions to their gold concept's group.
+        start: start from an earlier retriever, penalized (None: MiniLM as shipped).
     """
 
     epochs: int = 1
@@ -59,10 +79,11 @@ class RetrieverSettings:
     temperature: float = 0.05
     seed: int = 0
     mentions: bool = True
+    start: RetrieverStart | None = None
 
-    def to_json(self) -> dict[str, float | int]:
+    def to_json(self) -> dict[str, Any]:
         """The settings as a JSON object."""
-        return {
+        out: dict[str, Any] = {
             "epochs": self.epochs,
             "batch_concepts": self.batch_concepts,
             "lr": self.lr,
@@ -70,6 +91,12 @@ class RetrieverSettings:
             "seed": self.seed,
             "mentions": self.mentions,
         }
+        if self.start is not None:
+            out["start"] = {
+                "checkpoint": str(self.start.checkpoint),
+                **self.start.record,
+            }
+        return out
 
 
 def synonym_groups(
@@ -105,6 +132,87 @@ def contrastive_loss(
     return (log_all - log_pos).mean()
 
 
+class PairScorer(torch.nn.Module):
+    """Eq. R2 as a classifier: each name's logits over the other names of its batch.
+
+    A batch holds two names of each concept, partners adjacent (rows ``2k`` and
+    ``2k + 1``). ``forward`` gives ``s_ij / τ`` with the diagonal at −∞, so the
+    cross-entropy of row ``i`` with label ``partners(n)[i]`` is eq. R2's term for ``i``
+    (``P(i)`` is the partner alone): R2 is their mean. The retriever is trained
+    through it, and its Fisher is estimated through it (``training.retriever``).
+
+    Args:
+        encoder: the sentence encoder's module (``SentenceEncoder.model``).
+        temperature: τ of eq. R2.
+    """
+
+    def __init__(self, encoder: torch.nn.Module, temperature: float) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.temperature = temperature
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits ``[n, n]`` of the ``n`` names of a batch against each other."""
+        emb = mean_pooled(self.encoder, input_ids, attention_mask)
+        sim = emb @ emb.T / self.temperature
+        self_mask = torch.eye(len(sim), dtype=torch.bool, device=sim.device)
+        return sim.masked_fill(self_mask, float("-inf"))
+
+
+def partners(n: int) -> torch.Tensor:
+    """Each row's partner in a batch of adjacent pairs (rows 1, 0, 3, 2 and so on)."""
+    return torch.arange(n) ^ 1
+
+
+def training_groups(
+    concepts: Sequence[Concept],
+    settings: RetrieverSettings,
+    mentions: Sequence[tuple[str, str]] = (),
+) -> list[tuple[str, ...]]:
+    """The synonym groups ``fine_tune`` aligns: names, and links when ``mentions``.
+
+    Raises:
+        ValueError: when fewer than two concepts have two texts (nothing to align).
+    """
+    groups = synonym_groups(concepts, mentions if settings.mentions else ())
+    if len(groups) < 2:
+        raise ValueError(
+            f"retriever fine-tuning needs concepts with synonyms; {len(groups)} of "
+            f"{len(concepts)} concepts have two names or more (training links "
+            "included)"
+        )
+    return groups
+
+
+def pair_steps(
+    encoder: SentenceEncoder,
+    groups: Sequence[tuple[str, ...]],
+    settings: RetrieverSettings,
+) -> list[list[list[int]]]:
+    """The batches of ``fine_tune``: token ids of two texts per group, seeded.
+
+    One list of token id rows per step, partners adjacent; ``settings`` gives the
+    epochs, concepts per batch and seed.
+    """
+    rng = np.random.default_rng(settings.seed)
+    ids = [encoder.token_ids(g) for g in groups]
+    order = _lookalike_order(groups, rng)
+    b = max(2, settings.batch_concepts)
+    steps = []
+    for _ in range(settings.epochs):
+        for lo in range(0, len(order), b):
+            if len(order[lo : lo + b]) < 2:
+                continue
+            rows = []
+            for g in order[lo : lo + b]:
+                pick = rng.choice(len(ids[g]), 2, replace=False)
+                rows += [ids[g][int(pick[0])], ids[g][int(pick[1])]]
+            steps.append(rows)
+    return steps
+
+
 def fine_tune(
     encoder: SentenceEncoder,
     concepts: Sequence[Concept],
@@ -118,72 +226,66 @@ def fine_tune(
     Args:
         encoder: the sentence encoder, changed in place.
         concepts: the dictionary.
-        settings: epochs, batch, learning rate, temperature, seed, ``mentions``.
+        settings: epochs, batch, learning rate, temperature, seed, ``mentions``;
+            ``settings.start.penalty`` (earlier tasks' consolidation, eq. P1 over the
+            ``PairScorer``) is added to eq. R2 each step. ``encoder`` should hold
+            ``settings.start.checkpoint``'s weights then: the caller loads them.
         mentions: ``(text, concept id)`` training links, used when
             ``settings.mentions``; never dev or test mentions.
         progress: a progress bar.
 
     Returns:
-        What was done: concepts with synonyms, training links used, steps, and the
-        mean loss of the first and last tenth of the steps (the wall time is logged,
-        not returned, so that ``task.json`` stays byte-identical between runs).
+        What was done: concepts with synonyms, training links used, steps, the mean
+        loss (eq. R2 alone) of the first and last tenth of the steps, and with a
+        penalty its mean over the last tenth (the wall time is logged, not returned,
+        so that ``task.json`` stays byte-identical between runs).
 
     Raises:
         ValueError: when fewer than two concepts have two names (nothing to align).
     """
-    links = list(mentions) if settings.mentions else []
-    groups = synonym_groups(concepts, links)
-    if len(groups) < 2:
-        raise ValueError(
-            f"retriever fine-tuning needs concepts with synonyms; {len(groups)} of "
-            f"{len(concepts)} concepts have two names or more (training links "
-            "included)"
-        )
-    rng = np.random.default_rng(settings.seed)
-    ids = [encoder.token_ids(g) for g in groups]
-    order = _lookalike_order(groups, rng)
-    model = encoder.model
-    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr)
-    b = max(2, settings.batch_concepts)
-    steps = [
-        order[lo : lo + b]
-        for _ in range(settings.epochs)
-        for lo in range(0, len(order), b)
-        if len(order[lo : lo + b]) >= 2
-    ]
-    losses = []
+    groups = training_groups(concepts, settings, mentions)
+    steps = pair_steps(encoder, groups, settings)
+    counts = {
+        "concepts_with_synonyms": len(groups),
+        "training_links": len(mentions) if settings.mentions else 0,
+    }
+    scorer = PairScorer(encoder.model, settings.temperature)
+    penalty = settings.start.penalty if settings.start is not None else None
+    opt = torch.optim.AdamW(scorer.parameters(), lr=settings.lr)
+    losses, penalties = [], []
     start = time.perf_counter()
-    model.train()
+    scorer.train()
     try:
-        for batch in with_progress(steps, enabled=progress, desc="align synonyms"):
-            rows, labels = [], []
-            for k, g in enumerate(batch):
-                pick = rng.choice(len(ids[g]), 2, replace=False)
-                rows += [ids[g][int(pick[0])], ids[g][int(pick[1])]]
-                labels += [k, k]
-            loss = contrastive_loss(
-                encoder.embed(rows), torch.tensor(labels), settings.temperature
-            )
+        for rows in with_progress(steps, enabled=progress, desc="align synonyms"):
+            logits = scorer(**padded(rows))
+            loss = torch.nn.functional.cross_entropy(logits, partners(len(rows)))
+            total = loss
+            if penalty is not None:
+                value = penalty(scorer)
+                total = loss + value
+                penalties.append(value.item())
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            total.backward()
+            torch.nn.utils.clip_grad_norm_(scorer.parameters(), 1.0)
             opt.step()
             losses.append(loss.item())
     finally:
-        model.eval()
+        scorer.eval()
         encoder.key = encoder.compute_key()  # the cache must not serve the old weights
     tenth = max(1, len(losses) // 10)
     logger.info(
         "aligned the synonyms of %d concepts in %d steps, %.1f s",
-        len(groups), len(losses), time.perf_counter() - start,
+        counts["concepts_with_synonyms"], len(losses), time.perf_counter() - start,
     )  # fmt: skip
-    return {
-        "concepts_with_synonyms": len(groups),
-        "training_links": len(links),
+    done: dict[str, float | int] = {
+        **counts,
         "steps": len(losses),
         "loss_first": round(float(np.mean(losses[:tenth])), 3),
         "loss_last": round(float(np.mean(losses[-tenth:])), 3),
     }
+    if penalties:
+        done["penalty_last"] = round(float(np.mean(penalties[-tenth:])), 4)
+    return done
 
 
 def _lookalike_order(

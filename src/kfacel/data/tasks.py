@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -43,8 +44,8 @@ from kfacel.data.candidates import (
     dictionary_digest,
     make_candidates,
 )
-from kfacel.data.dense import SentenceEncoder
-from kfacel.data.dense_training import RetrieverSettings, fine_tune
+from kfacel.data.dense import RETRIEVER_STATES, SentenceEncoder
+from kfacel.data.dense_training import RetrieverSettings, fine_tune, training_groups
 from kfacel.data.readers.lines import read_text, text_lines
 from kfacel.data.records import Concept, LinkingExample, Mention, SkipReport
 
@@ -54,6 +55,9 @@ ALIASES_FILE = "aliases.json"
 """The training split's alias table, written for retrieval with the alias channel."""
 RETRIEVER_DIR = "retriever"
 """The fine-tuned dense retriever's checkpoint, when the task was built with one."""
+RETRIEVER_GROUPS_FILE = "retriever_groups.jsonl"
+"""The synonym groups the retriever was fine-tuned on (dictionary names and training
+mentions, one JSON list a line): what ``kfacel consolidate`` reads for its Fisher."""
 TASK_FILES = (
     "train.jsonl",
     "dev.jsonl",
@@ -61,7 +65,27 @@ TASK_FILES = (
     "task.json",
     ALIASES_FILE,
     RETRIEVER_DIR,
+    RETRIEVER_GROUPS_FILE,
 )
+
+
+@dataclass(frozen=True)
+class RetrieverTuning:
+    """A task's fine-tuned retriever: the encoder, its groups, where it started."""
+
+    encoder: SentenceEncoder
+    groups: Sequence[tuple[str, ...]]
+    start: Path | None = None
+    """The checkpoint it started from; its ``consolidation/`` states travel along."""
+
+    def write(self, task_dir: Path) -> None:
+        """``retriever/`` (with the start's states) and the groups file."""
+        self.encoder.save(task_dir / RETRIEVER_DIR)
+        states = self.start / RETRIEVER_STATES if self.start is not None else None
+        if states is not None and states.is_dir():
+            shutil.copytree(states, task_dir / RETRIEVER_DIR / RETRIEVER_STATES)
+        lines = (json.dumps(list(g), ensure_ascii=False) + "\n" for g in self.groups)
+        _write(task_dir / RETRIEVER_GROUPS_FILE, "".join(lines))
 
 
 @dataclass(frozen=True)
@@ -198,7 +222,8 @@ def prepare_task(
     links = _training_links(splits["train"], concepts)
     aliases = AliasTable.from_mentions(links) if retrieval else None
     pairs = [(mention, concept_id) for _, mention, concept_id in links]
-    encoder, tuned = _retriever(method, concepts, retriever, pairs, progress)
+    tuned, done = _retriever(method, concepts, retriever, pairs, progress)
+    encoder = tuned.encoder if tuned is not None else None
     generator = build_generator(
         method, concepts, aliases=aliases, encoder=encoder, progress=progress
     )
@@ -215,7 +240,7 @@ def prepare_task(
         "format": FORMAT,
         "name": name,
         "sources": [str(s) for s in sources],
-        "candidates": candidates | ({"retriever": tuned} if tuned else {}),
+        "candidates": candidates | ({"retriever": done} if done else {}),
         "context_words": context_words,
         "seed": seed,
         "counts": {},
@@ -250,7 +275,7 @@ def prepare_task(
                 generator, asked, num_candidates, [seed, i]
             )
     info["skipped"] = skips.to_json()
-    write_task(out_dir, examples, info, aliases=aliases, retriever=encoder)
+    write_task(out_dir, examples, info, aliases=aliases, retriever=tuned)
     return info
 
 
@@ -272,16 +297,44 @@ def _retriever(
     settings: RetrieverSettings | None,
     links: Sequence[tuple[str, str]],
     progress: bool,
-) -> tuple[SentenceEncoder | None, dict[str, Any] | None]:
-    """The fine-tuned encoder of a dense method and what was done, or (None, None).
+) -> tuple[RetrieverTuning | None, dict[str, Any] | None]:
+    """The fine-tuned retriever of a dense method and what was done, or (None, None).
 
     ``links``: the training split's ``(mention, concept id)`` pairs (never dev/test).
+    The encoder starts from ``settings.start``'s checkpoint when given.
     """
     if settings is None or settings.epochs <= 0 or method not in ("dense", "fused"):
         return None, None
-    encoder = SentenceEncoder()
+    start = settings.start.checkpoint if settings.start is not None else None
+    encoder = SentenceEncoder(start)
     done = fine_tune(encoder, concepts, settings, mentions=links, progress=progress)
-    return encoder, {**settings.to_json(), **done}
+    groups = training_groups(concepts, settings, links)
+    return RetrieverTuning(encoder, groups, start), {**settings.to_json(), **done}
+
+
+def retriever_groups(task: Task) -> list[tuple[str, ...]]:
+    """The synonym groups a task's retriever was fine-tuned on (``prepare_task``).
+
+    Raises:
+        FileNotFoundError: the task was built without a fine-tuned retriever.
+        ValueError: naming the file and line of a malformed group.
+    """
+    path = task.path / RETRIEVER_GROUPS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: missing; the task was built without a fine-tuned retriever "
+            "(kfacel prepare --retriever-epochs)"
+        )
+    groups = []
+    for lineno, raw in text_lines(path):
+        try:
+            group = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{lineno}: not valid JSON: {exc.msg}") from None
+        if not (isinstance(group, list) and len(group) >= 2):
+            raise ValueError(f"{path}:{lineno}: expected a list of two texts or more")
+        groups.append(tuple(str(t) for t in group))
+    return groups
 
 
 def retrieval_text(generator: CandidateGenerator, mention: str, text: str) -> str:
@@ -496,9 +549,12 @@ def write_task(
     info: Mapping[str, Any],
     *,
     aliases: AliasTable | None = None,
-    retriever: SentenceEncoder | None = None,
+    retriever: RetrieverTuning | None = None,
 ) -> Path:
     """Write a task directory at once: the three splits, ``task.json``, the aliases.
+
+    With ``retriever``: its checkpoint as ``retriever/`` (carrying the consolidation
+    states of the checkpoint it started from) and its groups.
 
     The files are written into a hidden temporary sibling directory, which replaces
     ``out_dir`` once complete; it is removed on every error path.
@@ -528,7 +584,7 @@ def write_task(
             links = json.dumps(aliases.to_json(), separators=(",", ":"))
             _write(tmp / ALIASES_FILE, links + "\n")
         if retriever is not None:
-            retriever.save(tmp / RETRIEVER_DIR)
+            retriever.write(tmp)
 
     atomic_dir(out, write)
     return out

@@ -1,0 +1,201 @@
+"""The dense retriever in continual learning: its Fisher at a task's end, its penalty.
+
+The retriever (``data.dense_training``) learns eq. R2 through ``PairScorer``, which
+classifies each name's partner among the other names of its batch; eq. R2 is the mean
+cross-entropy of that classifier. Its Fisher is therefore estimated as the ranker's
+is, by K-FAC of the scorer (eqs. K1–K6) over batches drawn as the task's fine-tuning
+drew them, each name one example whose loss gradient is taken through the whole batch
+(the names of a batch are one another's classes, so an example's gradient also reaches
+the other names' embeddings: the K-FAC factors read it as the gradient at each name's
+own positions, eq. R3). Word, position and type embeddings and every Linear layer of
+the encoder are covered; LayerNorm is left out as the paper leaves it out.
+
+A state is written into the retriever's own checkpoint (``retriever/consolidation/``,
+the layout of ``kfacel.consolidation``), so it travels with the retriever: into the
+model directory (``kfacel train``), then into the next task's retriever
+(``kfacel prepare --retriever-init``), whose fine-tuning it penalizes with KFC (eq. P1,
+factored damping eq. P4).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kfacel.consolidation import (
+    TaskState,
+    build_penalty,
+    estimate_curvature,
+    load_state,
+)
+from kfacel.data.dense import RETRIEVER_STATES, SentenceEncoder, padded
+from kfacel.data.dense_training import (
+    PairScorer,
+    RetrieverSettings,
+    RetrieverStart,
+    pair_steps,
+    partners,
+)
+from kfacel.data.tasks import Task, retriever_groups
+from kfacel.penalties import snapshot
+from kfacel.training.update import DEFAULT_KFAC_DAMPING
+
+DEFAULT_RETRIEVER_LAM = 1e3
+"""λ of the retriever's KFC penalty when none is given (RESULTS.md, issue 11)."""
+DEFAULT_RETRIEVER_STEPS = 32
+"""Batches (of 64 concepts × 2 names) the retriever's Fisher is estimated on."""
+
+
+def consolidate_retriever(
+    encoder: SentenceEncoder,
+    groups: Sequence[tuple[str, ...]],
+    settings: RetrieverSettings,
+    *,
+    task: str,
+    max_steps: int | None = None,
+    progress: bool = False,
+) -> TaskState:
+    """Anchor and K-FAC Fisher of the retriever ``encoder`` on a task's ``groups``.
+
+    Args:
+        encoder: the task's fine-tuned retriever.
+        groups: the synonym groups it was fine-tuned on (``data.tasks.retriever_groups``).
+        settings: its fine-tuning settings (temperature, batch, seed: the batches are
+            one epoch of ``pair_steps``).
+        task: the task's name.
+        max_steps: use at most this many batches (None: the whole epoch).
+        progress: a progress bar.
+    """
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"max_steps must be positive, got {max_steps}")
+    steps = pair_steps(encoder, groups, replace(settings, epochs=1))[:max_steps]
+    scorer = PairScorer(encoder.model, settings.temperature)
+    batches = _PairBatches(steps)
+    curvature = estimate_curvature(
+        "kfac", scorer, batches, fisher="empirical", progress=progress
+    )
+    meta: dict[str, Any] = {
+        "model": "retriever",
+        "examples_used": sum(len(rows) for rows in steps),
+        "steps": len(steps),
+        "temperature": settings.temperature,
+        "batch_concepts": settings.batch_concepts,
+        "seed": settings.seed,
+    }
+    return TaskState(task, "kfac", snapshot(scorer), curvature, meta)
+
+
+def consolidate_task_retriever(
+    checkpoint: Path | str,
+    task: Task,
+    *,
+    max_steps: int | None = DEFAULT_RETRIEVER_STEPS,
+    progress: bool = False,
+) -> TaskState:
+    """The state of the retriever ``checkpoint`` on ``task``, which trained it.
+
+    ``task`` must hold the retriever's fine-tuning (``retriever/`` with the same
+    weights, its settings in ``task.json`` and ``retriever_groups.jsonl``): the
+    Fisher is estimated on the groups and batches the retriever was trained on.
+
+    Raises:
+        ValueError: the task's retriever is not this one, or the task lacks what the
+            estimate reads (named).
+    """
+    path = Path(checkpoint)
+    if task.retriever is None:
+        raise ValueError(f"task {task.path} has no fine-tuned retriever")
+    if _digest(path) != _digest(task.retriever):
+        raise ValueError(
+            f"{path} is not the retriever of task {task.path} ({task.retriever} "
+            "holds other weights)"
+        )
+    recorded = task.info.get("candidates", {}).get("retriever", {})
+    settings = RetrieverSettings(
+        batch_concepts=int(recorded.get("batch_concepts", 64)),
+        temperature=float(recorded.get("temperature", 0.05)),
+        seed=int(recorded.get("seed", 0)),
+    )
+    groups = retriever_groups(task)
+    encoder = SentenceEncoder(path)
+    return consolidate_retriever(
+        encoder, groups, settings, task=task.name, max_steps=max_steps,
+        progress=progress,
+    )  # fmt: skip
+
+
+def _digest(checkpoint: Path) -> str:
+    return hashlib.sha256((checkpoint / "model.safetensors").read_bytes()).hexdigest()
+
+
+def retriever_states(checkpoint: Path | str) -> tuple[TaskState, ...]:
+    """The consolidation states a retriever checkpoint holds, checked against it."""
+    encoder = SentenceEncoder(checkpoint)
+    return load_state(checkpoint, PairScorer(encoder.model, 1.0))
+
+
+def retriever_start(
+    checkpoint: Path | str,
+    *,
+    lam: float | None = DEFAULT_RETRIEVER_LAM,
+    damping: float = DEFAULT_KFAC_DAMPING,
+) -> RetrieverStart:
+    """Start fine-tuning from ``checkpoint``, its earlier tasks penalized by KFC.
+
+    Args:
+        checkpoint: a retriever checkpoint, or a model or task directory holding one
+            as ``retriever/``.
+        lam: λ of every earlier task's term (None: plain fine-tuning, no penalty).
+        damping: factored damping δ of the K-FAC factors (eq. P4).
+
+    Raises:
+        FileNotFoundError: no retriever checkpoint there.
+        ValueError: a penalty is asked for and the checkpoint holds no state (run
+            ``kfacel consolidate``), or a state does not fit the retriever.
+    """
+    path = Path(checkpoint)
+    if (path / "retriever").is_dir():
+        path = path / "retriever"
+    if not (path / "model.safetensors").is_file():
+        raise FileNotFoundError(
+            f"{checkpoint}: no retriever checkpoint (a model or task directory built "
+            "with --retriever-epochs, or its retriever/)"
+        )
+    if lam is None:
+        return RetrieverStart(path, None, {"penalty": "none"})
+    states = retriever_states(path)
+    if not states:
+        raise ValueError(
+            f"{path / RETRIEVER_STATES}: no consolidation state to penalize; run "
+            "`kfacel consolidate MODEL --task TASK` on the task it was trained on, or "
+            "start without a penalty"
+        )
+    penalty = build_penalty(
+        "kfac", states, [lam] * len(states), damping=damping, damping_kind="factored"
+    )
+    record = {
+        "penalty": "kfac",
+        "lam": lam,
+        "damping": damping,
+        "damping_kind": "factored",
+        "tasks": [s.task for s in states],
+    }
+    return RetrieverStart(path, penalty, record)
+
+
+class _PairBatches:
+    """``(inputs, partners)`` of each step, re-iterable, as the estimators expect."""
+
+    def __init__(self, steps: Sequence[list[list[int]]]) -> None:
+        self.steps = steps
+
+    def __iter__(self) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+        return ((padded(rows), partners(len(rows))) for rows in self.steps)
+
+    def __len__(self) -> int:
+        return len(self.steps)
