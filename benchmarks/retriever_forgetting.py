@@ -1,34 +1,47 @@
-"""Issue 11: does fine-tuning the retriever on a new task break retrieval for an old one?
+"""Issue 11: does the retriever's update on a new task break retrieval on an old one?
 
-Task A's retriever (``prepare --retriever-epochs``: MiniLM aligned on A's dictionary
-synonyms and A's training links, saved in A's task directory) is fine-tuned further, as
-a continual update would, on task B's dictionary and B's training links (eq. R2, the
-same settings), with no protection. A's dense recall@k over A's whole dictionary is
-measured on A's test mentions (as written; no abbreviation expansion, the dense channel
-alone) for MiniLM as shipped, for A's retriever, and for A's retriever after B. B's own
-recall is printed beside it. It prints what it measured; nothing is asserted.
+And does KFC on the retriever prevent it? Task A's retriever (``prepare
+--retriever-epochs``: MiniLM aligned on A's dictionary synonyms and A's training links,
+saved in A's task directory) is consolidated (K-FAC of eq. R2's pair classifier on A's
+groups, ``training.retriever``), then fine-tuned on task B
+(CADEC: its MedDRA terms and training links, eq. R2) as ``prepare --retriever-init``
+does: with no penalty, and with KFC at λ ∈ {0.1, 1, 10} × λ*, where λ* = 2 / q and q is
+the unprotected update's displacement in A's Fisher norm, ``(θ_B − θ_A)ᵀ F_A (θ_B − θ_A)``
+(the λ at which the penalty of that displacement equals 1 nat; it reads A's state only,
+never A's data). Dense recall@k over the whole dictionary is measured on A's test
+mentions (as written, the dense channel alone) and on B's. It prints what it measured;
+nothing is asserted.
 
-    python benchmarks/retriever_forgetting.py --old tasks/public3-small-links/ncbi \
-        --data ../shared/data
+    python benchmarks/retriever_forgetting.py --old tasks/public3-small-asread/ncbi \
+        --data ../shared/data --b-epochs 10 --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from kfacel.consolidation import build_penalty, save_state
 from kfacel.data.benchmark import split_cadec
 from kfacel.data.candidates import DenseGenerator
 from kfacel.data.dense import SentenceEncoder
-from kfacel.data.dense_training import RetrieverSettings, fine_tune
+from kfacel.data.dense_training import (
+    PairScorer,
+    RetrieverSettings,
+    fine_tune,
+    training_groups,
+)
 from kfacel.data.readers import cadec_concepts, read_cadec, read_dictionary
 from kfacel.data.records import Concept
-from kfacel.data.tasks import load_task
+from kfacel.data.tasks import RETRIEVER_GROUPS_FILE, load_task, retriever_groups
+from kfacel.training.retriever import consolidate_retriever, retriever_start
 
 KS = (1, 5, 32)
 
@@ -39,42 +52,96 @@ def main() -> None:
         "--old", type=Path, required=True, help="task A, built with a tuned retriever"
     )
     p.add_argument("--data", type=Path, default=Path("../shared/data"))
+    p.add_argument("--b-epochs", type=int, default=10, help="epochs of eq. R2 on B")
+    p.add_argument("--steps", type=int, default=32, help="batches of A's Fisher")
+    p.add_argument("--factors", default="0.1,1,10", help="λ as multiples of λ*")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     medic = read_dictionary(args.data / "ncbi_disease" / "medic_06Jul2012.txt")
-    old = load_task(args.old).test
+    task_a = load_task(args.old)
+    assert task_a.retriever is not None, f"{args.old} has no fine-tuned retriever"
+    recorded = task_a.info["candidates"]["retriever"]
+    settings_a = RetrieverSettings(
+        batch_concepts=recorded["batch_concepts"],
+        temperature=recorded["temperature"],
+        seed=recorded["seed"],
+    )
+    if (task_a.path / RETRIEVER_GROUPS_FILE).is_file():
+        groups_a = retriever_groups(task_a)
+    else:  # a task built before the groups were written: the same groups again
+        links = json.loads((task_a.path / "aliases.json").read_text())["links"]
+        pairs = [(mention, cid) for _, mention, cid in links]
+        groups_a = training_groups(medic, settings_a, pairs)
     mentions = list(read_cadec(args.data / "cadec" / "CADEC.json"))
     train_b, _, test_b = split_cadec(mentions)
     concepts_b = cadec_concepts(mentions)
     links_b = [
         (m.surface, m.concept_ids[0]) for m in train_b if len(m.concept_ids) == 1
     ]
-    test_b_pairs = [
-        (m.surface, m.concept_ids[0]) for m in test_b if len(m.concept_ids) == 1
-    ]
+    test_a = [(q.mention, q.gold) for q in task_a.test]
+    test_b = [(m.surface, m.concept_ids[0]) for m in test_b if len(m.concept_ids) == 1]
 
-    after = SentenceEncoder(args.old / "retriever")
+    work = Path(tempfile.mkdtemp(prefix="retriever-forgetting-"))
+    os.environ["KFACEL_CACHE_DIR"] = str(work / "cache")  # these encoders' names only
+    checkpoint = work / "a"
+    shutil.copytree(task_a.retriever, checkpoint)
     start = time.perf_counter()
-    done = fine_tune(after, concepts_b, RetrieverSettings(epochs=1), mentions=links_b)
+    state = consolidate_retriever(
+        SentenceEncoder(checkpoint), groups_a, settings_a, task=task_a.name,
+        max_steps=args.steps,
+    )  # fmt: skip
+    save_state(checkpoint, state)
     print(
-        f"fine-tuned A's retriever on B (cadec): {done}, {time.perf_counter() - start:.0f} s"
+        f"A ({task_a.name}): {len(groups_a)} groups; K-FAC of the retriever on "
+        f"{state.meta['examples_used']} names in {time.perf_counter() - start:.0f} s, "
+        f"state {state.nbytes() / 2**20:.1f} MiB"
     )
-    encoders = {
-        "MiniLM as shipped": SentenceEncoder(),
-        "A's retriever": SentenceEncoder(args.old / "retriever"),
-        "A's retriever, then B (no protection)": after,
-    }
+    quad = build_penalty("kfac", [state], [2.0])  # (θ − θ_A)ᵀ F_A (θ − θ_A)
+
+    def displacement(encoder: SentenceEncoder) -> float:
+        with torch.no_grad():
+            return float(quad(PairScorer(encoder.model, 1.0)))
+
+    def update(lam: float | None) -> tuple[SentenceEncoder, dict, float]:
+        encoder = SentenceEncoder(checkpoint)
+        how = RetrieverSettings(
+            epochs=args.b_epochs, start=retriever_start(checkpoint, lam=lam)
+        )
+        t = time.perf_counter()
+        done = fine_tune(encoder, concepts_b, how, mentions=links_b)
+        return encoder, done, time.perf_counter() - t
+
+    rows = [
+        ("MiniLM as shipped", SentenceEncoder(), None),
+        (f"A's retriever ({task_a.name})", SentenceEncoder(checkpoint), None),
+    ]
+    free, done, seconds = update(None)
+    q = displacement(free)
+    lam_star = 2.0 / q
     print(
-        f"| encoder | A (ncbi) r@{'/'.join(map(str, KS))} | B (cadec) r@{'/'.join(map(str, KS))} |"
+        f"B, no penalty: {done}, {seconds:.0f} s; displacement q = {q:.3g}, λ* = {lam_star:.3g}"
     )
-    print("|---|---|---|")
-    with tempfile.TemporaryDirectory() as cache:
-        os.environ["KFACEL_CACHE_DIR"] = cache  # name matrices of these encoders only
-        for label, encoder in encoders.items():
-            a = recall(encoder, medic, [(q.mention, q.gold) for q in old])
-            b = recall(encoder, concepts_b, test_b_pairs)
-            print(f"| {label} | {fmt(a)} | {fmt(b)} |")
+    rows.append(("A's, then B: no penalty", free, done))
+    for factor in (float(f) for f in args.factors.split(",")):
+        lam = factor * lam_star
+        held, done, seconds = update(lam)
+        print(f"B, KFC λ = {lam:.3g} ({factor:g} λ*): {done}, {seconds:.0f} s")
+        rows.append((f"A's, then B: KFC λ = {lam:.3g} ({factor:g} λ*)", held, done))
+
+    ks = "/".join(map(str, KS))
+    print(
+        f"| encoder | A ({task_a.name}) r@{ks} | B (cadec) r@{ks} | q | B's loss last |"
+    )
+    print("|---|---|---|---:|---:|")
+    for label, encoder, done in rows:
+        a = recall(encoder, medic, test_a)
+        b = recall(encoder, concepts_b, test_b)
+        loss = f"{done['loss_last']:.3f}" if done else "–"
+        print(
+            f"| {label} | {fmt(a)} | {fmt(b)} | {displacement(encoder):.3g} | {loss} |"
+        )
+    shutil.rmtree(work)
 
 
 def recall(
