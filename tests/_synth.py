@@ -559,3 +559,15 @@ def write_pubtator_corpus(
         ]
         lines.append("")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def write_tsv_dictionary(path: Path, concepts: dict[str, tuple[str, ...]]) -> None:
+    """A TSV dictionary (id, type, name a line) of ``{id: (type, name, …)}``."""
+    path.write_text(
+        "".join(
+            f"{cid}\t{typ}\t{name}\n"
+            for cid, (typ, *names) in concepts.items()
+            for name in names
+        ),
+        encoding="utf-8",
+    )

@@ -7,7 +7,7 @@ accuracy, which ``link`` reproduces on the same queries.
 import json
 
 import pytest
-from tests._synth import write_pubtator_corpus
+from tests._synth import write_pubtator_corpus, write_tsv_dictionary
 
 from kfacel.cli import main
 
@@ -44,14 +44,7 @@ def built(tmp_path_factory):
         seed=0,
         title="Case of a heart attack (HA)",  # defines an abbreviation mentions use
     )
-    dictionary.write_text(
-        "".join(
-            f"{cid}\t{typ}\t{name}\n"
-            for cid, (typ, *names) in CONCEPTS.items()
-            for name in names
-        ),
-        encoding="utf-8",
-    )
+    write_tsv_dictionary(dictionary, CONCEPTS)
     tasks = []
     for name, tune in (("task", "0"), ("again", "0"), ("tuned", "2")):
         out = root / name

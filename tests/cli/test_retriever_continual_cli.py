@@ -10,7 +10,7 @@ import json
 
 import pytest
 import torch
-from tests._synth import write_pubtator_corpus
+from tests._synth import write_pubtator_corpus, write_tsv_dictionary
 
 from kfacel.cli import main
 from kfacel.consolidation import build_penalty
@@ -37,14 +37,7 @@ def _prepare(root, name, concepts, *extra):
     corpus, dictionary = root / f"{name}.txt", root / f"{name}.tsv"
     surfaces = {cid: (typ, list(names[1:])) for cid, (typ, *names) in concepts.items()}
     write_pubtator_corpus(corpus, surfaces, n_docs=30, seed=len(name))
-    dictionary.write_text(
-        "".join(
-            f"{cid}\t{typ}\t{n}\n"
-            for cid, (typ, *names) in concepts.items()
-            for n in names
-        ),
-        encoding="utf-8",
-    )
+    write_tsv_dictionary(dictionary, concepts)
     out = root / name
     args = ["prepare", "pubtator", "--corpus", str(corpus), "--dictionary",
             str(dictionary), "--out", str(out), "--candidates", "fused",
