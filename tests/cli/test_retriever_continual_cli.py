@@ -115,6 +115,11 @@ def test_the_next_retriever_starts_from_a_and_is_held_near_it(chain, capsys) -> 
     _consolidate(root / "model-b", kfc, capsys)
     tasks = [s.task for s in retriever_states(root / "model-b" / "retriever")]
     assert tasks == ["A", "B"]
+    # A's model does not hold B's retriever: refused, naming both, nothing written
+    before = sorted((model_a / "consolidation").iterdir())
+    assert main(["consolidate", str(model_a), "--task", str(kfc)]) != 0
+    assert "is not the retriever of task" in capsys.readouterr().err
+    assert sorted((model_a / "consolidation").iterdir()) == before
 
 
 def test_a_penalty_without_a_consolidated_retriever_is_refused(
