@@ -120,6 +120,12 @@ def test_the_next_retriever_starts_from_a_and_is_held_near_it(chain, capsys) -> 
     assert main(["consolidate", str(model_a), "--task", str(kfc)]) != 0
     assert "is not the retriever of task" in capsys.readouterr().err
     assert sorted((model_a / "consolidation").iterdir()) == before
+    # a task whose retriever did not start from the model's: said, in one line
+    _train(task_a, root / "model-c", "--init", str(root / "model-b"))
+    err = capsys.readouterr().err
+    assert "retrieval for the earlier tasks is not protected" in err
+    _train(kfc, root / "model-d", "--init", str(model_a))  # continues it: silent
+    assert "not protected" not in capsys.readouterr().err
 
 
 def test_a_penalty_without_a_consolidated_retriever_is_refused(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,7 +20,7 @@ from kfacel.cli._args import (
     positive_int,
 )
 from kfacel.consolidation import TaskState, load_state
-from kfacel.data.tasks import Task, load_task
+from kfacel.data.tasks import RETRIEVER_DIR, Task, load_task
 from kfacel.models import read_model_config
 from kfacel.penalties.ewc_kfac import DAMPING_KINDS
 from kfacel.training.pipeline import (
@@ -275,6 +276,26 @@ def _protection(args: argparse.Namespace) -> Protection:
     )
 
 
+def _warn_if_retriever_replaced(init: str, task: Task) -> None:
+    """Say so when the new task's retriever does not continue the model's (issue 11).
+
+    The model links with its last task's retriever; one that did not start from the
+    model's (``prepare --retriever-init``) leaves the earlier tasks' retrieval
+    unprotected.
+    """
+    held = Path(init) / RETRIEVER_DIR
+    start = task.info.get("candidates", {}).get("retriever", {}).get("start")
+    if not held.is_dir() or start is not None:
+        return
+    now = "its fine-tuned retriever" if task.retriever else "MiniLM as shipped"
+    print(
+        f"warning: {init}'s retriever is replaced by task {task.name}'s ({now}), "
+        "which did not start from it: retrieval for the earlier tasks is not "
+        f"protected (prepare the task with --retriever-epochs N --retriever-init {init})",
+        file=sys.stderr,
+    )
+
+
 def _start(
     args: argparse.Namespace, task: Task
 ) -> tuple[Linker, tuple[TaskState, ...]]:
@@ -282,6 +303,7 @@ def _start(
     if args.init:
         linker = load_linker(args.init)
         states = load_state(args.init, linker.model)
+        _warn_if_retriever_replaced(args.init, task)
         if args.penalty != "none" and not states:
             raise UserError(
                 f"--penalty {args.penalty}: {args.init} has no consolidated task "
