@@ -4,11 +4,15 @@ The retriever (``data.dense_training``) learns eq. R2 through ``PairScorer``, wh
 classifies each name's partner among the other names of its batch; eq. R2 is the mean
 cross-entropy of that classifier. Its Fisher is therefore estimated as the ranker's
 is, by K-FAC of the scorer (eqs. K1–K6) over batches drawn as the task's fine-tuning
-drew them, each name one example whose loss gradient is taken through the whole batch
-(the names of a batch are one another's classes, so an example's gradient also reaches
-the other names' embeddings: the K-FAC factors read it as the gradient at each name's
-own positions, eq. R3). Word, position and type embeddings and every Linear layer of
-the encoder are covered; LayerNorm is left out as the paper leaves it out.
+drew them. The names of a batch are one another's classes, so no name's loss depends on
+its own encoding alone; each name ``i`` is one example whose gradient is the batch
+loss's gradient through ``i``'s own encoding (eq. R3)
+
+    F_R ≈ (1/N) Σ_i ∇_{θ|i} L_b ∇_{θ|i} L_bᵀ,    Σ_{i ∈ b} ∇_{θ|i} L_b = ∇_θ L_b,
+
+which is what the K-FAC factors read at name ``i``'s positions (inputs there, output
+gradients of the summed loss there). Word, position and type embeddings and every
+Linear layer of the encoder are covered; LayerNorm is left out as the paper leaves it.
 
 A state is written into the retriever's own checkpoint (``retriever/consolidation/``,
 the layout of ``kfacel.consolidation``), so it travels with the retriever: into the
