@@ -177,7 +177,7 @@ def retriever_start(
         raise ValueError(
             f"{path / RETRIEVER_STATES}: no consolidation state to penalize; run "
             "`kfacel consolidate MODEL --task TASK` on the task it was trained on, or "
-            "start without a penalty"
+            "start without a penalty (--retriever-lam 0)"
         )
     penalty = build_penalty(
         "kfac", states, [lam] * len(states), damping=damping, damping_kind="factored"
