@@ -49,8 +49,10 @@ from kfacel.data.tasks import Task, retriever_groups
 from kfacel.penalties import snapshot
 from kfacel.training.update import DEFAULT_KFAC_DAMPING
 
-DEFAULT_RETRIEVER_LAM = 1e3
-"""λ of the retriever's KFC penalty when none is given (RESULTS.md, issue 11)."""
+DEFAULT_RETRIEVER_LAM = 1e2
+"""λ of the retriever's KFC penalty when none is given: of the order of the λ at which
+the unprotected update's displacement in the old task's Fisher norm costs 1 nat (70.8
+for NCBI → CADEC; RESULTS.md, "The retriever consolidated and penalized")."""
 DEFAULT_RETRIEVER_STEPS = 32
 """Batches (of 64 concepts × 2 names) the retriever's Fisher is estimated on."""
 
