@@ -138,7 +138,7 @@ def new_linker(
         common |= {"encoder_path": str(path), "layers": layers}
     with torch.random.fork_rng(devices=[]):  # the caller's random state is kept
         torch.manual_seed(seed)  # the initialization is part of a seeded run
-        net = build_model(model, **common, **model_config)
+        net = build_model(model, **{**common, **model_config})
     return Linker(net, collator)
 
 
