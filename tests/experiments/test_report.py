@@ -296,3 +296,33 @@ def test_seeds_table_gives_mean_sd_and_interval_computed_by_hand() -> None:
     assert interval == f"[{62.5 - half:.1f}, {62.5 + half:.1f}]"
     assert cost == pytest.approx(1.5)  # (70 − 69 + 72 − 70) / 2
     assert cost_sd == pytest.approx(0.7071, rel=1e-3)
+
+
+def test_cells_finished_since_the_last_stage_are_reported(tmp_path) -> None:
+    """A running run's `metrics.jsonl` lags its cells: the report reads both."""
+    run = tmp_path / "run"
+    config = {
+        "name": "running",
+        "tasks": [{"name": "medm", "path": "medm"}],
+        "methods": ["none"],
+        "seeds": [0],
+    }
+    (run / "cells" / "individual-medm-none-s0").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps(config))
+    (run / "metrics.jsonl").write_text("")  # no stage has ended yet
+    recs = [
+        _rec("individual", 1, ["medm"], "none", None, s, "medm", 61.5)
+        for s in ("dev", "test")
+    ]
+    done = {
+        "id": "individual-medm-none-s0",
+        "kind": "individual",
+        "status": "ok",
+        "records": recs,
+    }
+    (run / "cells" / "individual-medm-none-s0" / "done.json").write_text(
+        json.dumps(done)
+    )
+    write_report(run, figures=False)
+    t2 = _csv(run / "report" / "table2.csv")
+    assert [(r["Dataset"], r["Acc."]) for r in t2] == [("medm", "61.5")]

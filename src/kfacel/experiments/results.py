@@ -115,6 +115,10 @@ class RunResults:
 def read_run(run_dir: str | Path) -> tuple[RunResults, list[dict[str, Any]]]:
     """The run's results and its cells' ``done.json`` records.
 
+    The records are ``metrics.jsonl``'s (rewritten at the end of each stage) and those
+    of cells finished since, so that a running or interrupted run reports every cell
+    finished so far.
+
     Raises:
         FileNotFoundError: ``run_dir`` has no ``config.json`` (not a run directory).
     """
@@ -128,6 +132,13 @@ def read_run(run_dir: str | Path) -> tuple[RunResults, list[dict[str, Any]]]:
     dones = [
         json.loads(p.read_text(encoding="utf-8"))
         for p in sorted((run_dir / "cells").glob("*/done.json"))
+    ]
+    collected = {r.get("cell") for r in records}
+    records += [
+        r
+        for d in dones
+        if d.get("status") == "ok" and d.get("id") not in collected
+        for r in d.get("records", [])
     ]
     return RunResults(config, records), dones
 
