@@ -55,6 +55,7 @@ def main() -> None:
     p.add_argument("--b-epochs", type=int, default=10, help="epochs of eq. R2 on B")
     p.add_argument("--steps", type=int, default=32, help="batches of A's Fisher")
     p.add_argument("--factors", default="0.1,1,10", help="λ as multiples of λ*")
+    p.add_argument("--b-seed", type=int, default=0, help="seeds B's batches")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -106,7 +107,9 @@ def main() -> None:
     def update(lam: float | None) -> tuple[SentenceEncoder, dict, float]:
         encoder = SentenceEncoder(checkpoint)
         how = RetrieverSettings(
-            epochs=args.b_epochs, start=retriever_start(checkpoint, lam=lam)
+            epochs=args.b_epochs,
+            seed=args.b_seed,
+            start=retriever_start(checkpoint, lam=lam),
         )
         t = time.perf_counter()
         done = fine_tune(encoder, concepts_b, how, mentions=links_b)
