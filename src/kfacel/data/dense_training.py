@@ -50,7 +50,7 @@ class RetrieverStart:
         checkpoint: a retriever checkpoint (an earlier task's or model's
             ``retriever/``); its ``consolidation/`` states travel on with the new one.
         penalty: ``R(θ)`` of the ``PairScorer`` over the retriever, built from those
-            states (``training.retriever.retriever_penalty``); None: plain fine-tuning.
+            states (``training.retriever.retriever_start``); None: plain fine-tuning.
         record: what ``task.json`` records of the start (path, penalty, λ, tasks).
     """
 
@@ -119,17 +119,11 @@ def synonym_groups(
     return groups
 
 
-def contrastive_loss(
-    emb: torch.Tensor, labels: torch.Tensor, tau: float
-) -> torch.Tensor:
-    """Eq. R2 over unit rows ``emb [n, d]`` with concept ``labels [n]``."""
+def pair_logits(emb: torch.Tensor, tau: float) -> torch.Tensor:
+    """``s_ij / τ`` of unit rows ``emb [n, d]``, the diagonal at −∞ (eq. R2's softmax)."""
     sim = emb @ emb.T / tau
-    self_mask = torch.eye(len(labels), dtype=torch.bool)
-    sim = sim.masked_fill(self_mask, float("-inf"))
-    positive = (labels[:, None] == labels[None, :]) & ~self_mask
-    log_all = torch.logsumexp(sim, dim=1)
-    log_pos = torch.logsumexp(sim.masked_fill(~positive, float("-inf")), dim=1)
-    return (log_all - log_pos).mean()
+    self_mask = torch.eye(len(sim), dtype=torch.bool, device=sim.device)
+    return sim.masked_fill(self_mask, float("-inf"))
 
 
 class PairScorer(torch.nn.Module):
@@ -156,9 +150,7 @@ class PairScorer(torch.nn.Module):
     ) -> torch.Tensor:
         """Logits ``[n, n]`` of the ``n`` names of a batch against each other."""
         emb = mean_pooled(self.encoder, input_ids, attention_mask)
-        sim = emb @ emb.T / self.temperature
-        self_mask = torch.eye(len(sim), dtype=torch.bool, device=sim.device)
-        return sim.masked_fill(self_mask, float("-inf"))
+        return pair_logits(emb, self.temperature)
 
 
 def partners(n: int) -> torch.Tensor:
