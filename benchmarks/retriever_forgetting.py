@@ -41,7 +41,11 @@ from kfacel.data.dense_training import (
 from kfacel.data.readers import cadec_concepts, read_cadec, read_dictionary
 from kfacel.data.records import Concept
 from kfacel.data.tasks import RETRIEVER_GROUPS_FILE, load_task, retriever_groups
-from kfacel.training.retriever import consolidate_retriever, retriever_start
+from kfacel.training.retriever import (
+    consolidate_retriever,
+    recorded_settings,
+    retriever_start,
+)
 
 KS = (1, 5, 32)
 
@@ -62,12 +66,7 @@ def main() -> None:
     medic = read_dictionary(args.data / "ncbi_disease" / "medic_06Jul2012.txt")
     task_a = load_task(args.old)
     assert task_a.retriever is not None, f"{args.old} has no fine-tuned retriever"
-    recorded = task_a.info["candidates"]["retriever"]
-    settings_a = RetrieverSettings(
-        batch_concepts=recorded["batch_concepts"],
-        temperature=recorded["temperature"],
-        seed=recorded["seed"],
-    )
+    settings_a = recorded_settings(task_a)
     if (task_a.path / RETRIEVER_GROUPS_FILE).is_file():
         groups_a = retriever_groups(task_a)
     else:  # a task built before the groups were written: the same groups again

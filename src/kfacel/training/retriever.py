@@ -121,18 +121,23 @@ def consolidate_task_retriever(
             f"{path} is not the retriever of task {task.path} ({task.retriever} "
             "holds other weights)"
         )
-    recorded = task.info.get("candidates", {}).get("retriever", {})
-    settings = RetrieverSettings(
-        batch_concepts=int(recorded.get("batch_concepts", 64)),
-        temperature=float(recorded.get("temperature", 0.05)),
-        seed=int(recorded.get("seed", 0)),
-    )
     groups = retriever_groups(task)
     encoder = SentenceEncoder(path)
     return consolidate_retriever(
-        encoder, groups, settings, task=task.name, max_steps=max_steps,
-        progress=progress,
+        encoder, groups, recorded_settings(task), task=task.name,
+        max_steps=max_steps, progress=progress,
     )  # fmt: skip
+
+
+def recorded_settings(task: Task) -> RetrieverSettings:
+    """The batching of ``task``'s retriever fine-tuning, as ``task.json`` records it.
+
+    Concepts per batch, temperature and seed (what ``pair_steps`` draws batches by);
+    a key the task lacks keeps ``RetrieverSettings``' default.
+    """
+    recorded = task.info.get("candidates", {}).get("retriever", {})
+    keys = ("batch_concepts", "temperature", "seed")
+    return RetrieverSettings(**{k: recorded[k] for k in keys if k in recorded})
 
 
 def _digest(checkpoint: Path) -> str:
