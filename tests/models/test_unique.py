@@ -46,7 +46,10 @@ def test_dedup_gives_the_same_values_and_gradients(name, tokenizer, one_thread):
     model = no_dropout(name)
     rows = []
     encode = model._encode_name
-    model._encode_name = lambda ids, mask: (rows.append(len(ids)), encode(ids, mask))[1]
+    model._encode_name = lambda ids, mask, *table: (
+        rows.append(len(ids)),
+        encode(ids, mask, *table),
+    )[1]
 
     model.eval()  # gradients in eval mode: the curvature setting, every row encoded
     full, full_grads = logits_and_grads(model, batch)
@@ -141,7 +144,10 @@ def test_evaluation_encodes_each_name_once_across_batches(name, tokenizer, one_t
     model = no_dropout(name).eval()
     rows = []
     encode = model._encode_name
-    model._encode_name = lambda ids, mask: (rows.append(len(ids)), encode(ids, mask))[1]
+    model._encode_name = lambda ids, mask, *table: (
+        rows.append(len(ids)),
+        encode(ids, mask, *table),
+    )[1]
     with torch.no_grad():
         alone = [model(first), model(second)]
         rows.clear()
@@ -177,7 +183,10 @@ def test_mention_contexts_in_length_chunks_equal_one_padded_call(
     model = no_dropout("transformer")
     widths = []
     encode = model._encode_mention
-    model._encode_mention = lambda i, m: (widths.append(i.shape[1]), encode(i, m))[1]
+    model._encode_mention = lambda i, m, *table: (
+        widths.append(i.shape[1]),
+        encode(i, m, *table),
+    )[1]
     model.eval()  # gradients in eval mode: one padded call
     whole, whole_grads = logits_and_grads(model, batch)
     model.train()  # training: chunks of 2 contexts, each cut to its longest
@@ -187,3 +196,32 @@ def test_mention_contexts_in_length_chunks_equal_one_padded_call(
     assert min(widths[1:]) < widths[0]
     torch.testing.assert_close(chunked, whole)
     assert_same_grads(chunked_grads, whole_grads)
+
+
+def test_a_chunked_training_forward_looks_its_words_up_once(
+    tokenizer, one_thread, monkeypatch
+):
+    from kfacel.models import bert
+
+    monkeypatch.setattr(bert, "MENTION_CHUNK", 2)
+    # each encoder call looking its tokens up would write a dense vocabulary-sized
+    # gradient in the backward; the chunked path gathers from one lookup (TokenTable)
+    examples = synthetic_examples(6, seed=2)
+    batch = Collator(tokenizer, max_mention_length=16)(examples)
+    model = no_dropout("transformer")
+    calls = []
+    words = model.encoder.embeddings.word_embeddings
+    words.register_forward_hook(lambda m, i, o: calls.append(tuple(i[0].shape)))
+    model.eval()  # the curvature path: one lookup per encoder call
+    model(batch)
+    assert len(calls) == 2  # the mentions, the names
+    calls.clear()
+    model.train()
+    encoder_calls = []
+    model.encoder.register_forward_hook(lambda m, i, o: encoder_calls.append(1))
+    model(batch)
+    assert len(encoder_calls) == 3 + 1  # mentions in chunks of 2, the names
+    assert len(calls) == 1  # one lookup, of the distinct ids as one flat row
+    assert len(calls[0]) == 1
+    ids = torch.cat([batch.mention_ids.flatten(), batch.candidate_ids.flatten()])
+    assert calls[0][0] == torch.unique(ids).numel()

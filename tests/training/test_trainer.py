@@ -218,6 +218,7 @@ def test_train_task_follows_the_schedule_in_every_group(train_dev):
         ("clip", 0.0),
         ("weight_decay", -0.1),
         ("max_train", -15),
+        ("precision", "float16"),
     ],
 )
 def test_settings_out_of_range_are_refused_naming_the_field(field, value):
@@ -271,3 +272,30 @@ def test_training_on_sampled_candidates_sees_k_a_query_and_evaluates_all(train_d
     assert log.epochs[-1].loss < log.epochs[0].loss
     with pytest.raises(ValueError, match=r"^train_candidates must be"):
         TrainSettings(train_candidates=1)
+
+
+def test_bfloat16_autocast_runs_the_products_in_bfloat16_and_keeps_float32_weights(
+    train_dev,
+):
+    train, dev = train_dev
+    model = tiny_cnn()
+    seen = []
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear | torch.nn.Conv1d):
+            m.register_forward_hook(lambda m, i, o: seen.append((m.training, o.dtype)))
+    log = train_task(
+        model, train, settings(epochs=4, precision="bfloat16"), dev_batches=dev
+    )
+    assert {d for t, d in seen if t} == {torch.bfloat16}  # training steps
+    assert {d for t, d in seen if not t} == {torch.bfloat16}  # dev evaluation
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert log.epochs[-1].loss < log.epochs[0].loss
+    # the same seed in float32 learns to about the same place (within 5% of the
+    # distance the loss travelled)
+    reference = tiny_cnn()
+    ref = train_task(reference, train, settings(epochs=4), dev_batches=dev).epochs
+    travelled = ref[0].loss - ref[-1].loss
+    assert abs(log.epochs[-1].loss - ref[-1].loss) < 0.05 * travelled
+    seen.clear()
+    evaluate(model, dev)  # precision auto on the CPU: float32
+    assert {d for _, d in seen} == {torch.float32}

@@ -10,6 +10,7 @@ from kfacel._io import atomic_write_json
 from kfacel.cli._args import device, positive_int
 from kfacel.data.tasks import load_task
 from kfacel.training.pipeline import evaluate_split, load_linker
+from kfacel.training.precision import PRECISIONS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,6 +22,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", help="write the JSON results here")
     p.add_argument("--device", type=device, default="cpu")
     p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="auto: float16 autocast on CUDA, float32 on the CPU; bfloat16: autocast "
+        "on either (fast on CPUs with bfloat16 matrix units)",
+    )
     p.add_argument(
         "--threads", type=positive_int, help="CPU threads (default: torch's)"
     )
@@ -40,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
             task.split(args.split),
             batch_size=args.batch_size,
             device=args.device,
+            precision=args.precision,
         )
         gen = task.info.get("generator", {}).get(args.split, {})
         results[task.name] = {

@@ -30,6 +30,7 @@ from kfacel.training.pipeline import (
     new_linker,
     save_linker,
 )
+from kfacel.training.precision import PRECISIONS
 from kfacel.training.trainer import OPTIMIZERS, Replay, TrainSettings
 from kfacel.training.update import (
     DEFAULT_BUDGET_RATE,
@@ -109,6 +110,14 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
         metavar="K",
         help="train on the gold and K-1 of each query's other candidates, drawn "
         "anew each step (faster; evaluation ranks all)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="auto: float16 mixed precision on CUDA, float32 on the CPU; bfloat16: "
+        "autocast on either, weights and penalty in float32 (several times faster on "
+        "CPUs with bfloat16 matrix units)",
     )
     p.add_argument("--no-features", action="store_true", help="no string features")
     p.add_argument("--no-types", action="store_true", help="no candidate types")
@@ -242,6 +251,7 @@ def _settings(args: argparse.Namespace) -> TrainSettings:
         max_train=args.max_train,
         train_candidates=args.train_candidates,
         optimizer=args.optimizer,
+        precision=args.precision,
     )
 
 

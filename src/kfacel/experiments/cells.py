@@ -324,6 +324,7 @@ def _settings(
         device=t.device,
         max_train=t.max_train_examples if capped else None,
         train_candidates=t.train_candidates,
+        precision=t.precision,
     )
 
 
@@ -366,6 +367,7 @@ def _evaluate(
                 task.split(split),
                 batch_size=cfg.train.eval_batch_size,
                 device=cfg.train.device,
+                precision=cfg.train.precision,
             )
             records.append(
                 {

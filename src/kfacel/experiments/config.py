@@ -83,6 +83,7 @@ class TrainConfig:
     eval_batch_size: int = 128
     max_train_examples: int | None = None
     train_candidates: int | None = None  # TrainSettings.train_candidates
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"  # training.precision
     device: str = "cpu"
     lrc_gamma: float = 0.5  # LRC: η_ℓ = η_{ℓ+1}·γ from the top layer down
     replay_every: int = 10  # replay: n old batches every m new ones
@@ -178,7 +179,8 @@ class ExperimentConfig:
         try:  # the trainer's own checks (the device is checked where the run starts)
             TrainSettings(t.epochs, t.lr, t.batch_size, t.schedule, t.warmup,
                           max_train=t.max_train_examples,
-                          train_candidates=t.train_candidates)  # fmt: skip
+                          train_candidates=t.train_candidates,
+                          precision=t.precision)  # fmt: skip
         except ValueError as exc:
             raise ConfigError(f"train.{exc}") from None
 

@@ -128,17 +128,23 @@ class BertRanker(nn.Module):
         """Logits ``[N, C]`` of the batch's candidates, invalid ones at ``-inf``."""
         n, c, lc = batch.candidate_ids.shape
         ids, mask = batch.mention_ids, batch.mention_mask
-        if should_dedup(self):  # contexts of similar length together, less padding
-            mention = encode_by_length(ids, mask, self._encode_mention, MENTION_CHUNK)
-        else:
-            mention = self._encode_mention(ids, mask)  # [N, D]
         names_mask = batch.candidate_mask.reshape(n * c, lc)
         names_ids = batch.candidate_ids.reshape(n * c, lc)
-        if should_dedup(self):
+        if should_dedup(self):  # chunks of similar length, each name once
+            table = TokenTable.of(
+                self.encoder.embeddings.word_embeddings, ids, names_ids
+            )
+            mention = encode_by_length(
+                ids, mask, lambda i, m: self._encode_mention(i, m, table), MENTION_CHUNK
+            )
             names = encode_rows(
-                names_ids, names_mask, self._encode_name, should_reuse(self)
+                names_ids,
+                names_mask,
+                lambda i, m: self._encode_name(i, m, table),
+                should_reuse(self),
             )  # [N*C, D]
-        else:
+        else:  # one call each, as the curvature hooks expect
+            mention = self._encode_mention(ids, mask)  # [N, D]
             names = self._encode_name(names_ids, names_mask)  # [N*C, D]
         cands = names.reshape(n, c, -1)  # [N, C, D]
         return self.scorer(
@@ -149,24 +155,62 @@ class BertRanker(nn.Module):
             types=batch.candidate_types,
         )
 
-    def _encode_mention(self, ids: Tensor, mask: Tensor) -> Tensor:
+    def _encode_mention(
+        self, ids: Tensor, mask: Tensor, table: TokenTable | None = None
+    ) -> Tensor:
         """Mention encodings ``[B, D]``: the mean over the marked span in context."""
         span = _mention_span(ids, self.config.start_id, self.config.end_id) & mask
-        return _masked_mean(self._encode(ids, mask), span)
+        return _masked_mean(self._encode(ids, mask, table), span)
 
-    def _encode_name(self, ids: Tensor, mask: Tensor) -> Tensor:
+    def _encode_name(
+        self, ids: Tensor, mask: Tensor, table: TokenTable | None = None
+    ) -> Tensor:
         """Mean-pooled name encodings ``[B, D]``."""
-        return _masked_mean(self._encode(ids, mask), mask)
+        return _masked_mean(self._encode(ids, mask, table), mask)
 
-    def _encode(self, ids: Tensor, mask: Tensor) -> Tensor:
+    def _encode(
+        self, ids: Tensor, mask: Tensor, table: TokenTable | None = None
+    ) -> Tensor:
+        """Last hidden states ``[B, S, D]``; word embeddings from ``table`` if given."""
         # one row of position ids per sequence (a view): the names of N queries are
         # N·C rows, which a batch-shared [1, S] row could not tell apart from N
         positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+        words: dict[str, Tensor] = (
+            {"input_ids": ids} if table is None else {"inputs_embeds": table(ids)}
+        )
         with valid_positions(mask):  # every Linear and Embedding here sees [B, S]
             out = self.encoder(
-                input_ids=ids, attention_mask=mask.long(), position_ids=positions
+                **words, attention_mask=mask.long(), position_ids=positions
             )
         return out.last_hidden_state  # [B, S, D]
+
+
+@dataclass(frozen=True)
+class TokenTable:
+    """The word embeddings of one forward's token ids, looked up in one call.
+
+    A chunked forward calls the encoder once per chunk (``encode_by_length``); were
+    each call to look its tokens up itself, the backward of every call would write a
+    dense gradient of the whole vocabulary (30,522 × 384 for MiniLM) and add it to the
+    others: 16 such writes in a training step of 16 queries, a fifth of the step
+    (RESULTS.md, issue 10). Here the distinct ids are looked up once, and each chunk
+    gathers its rows from them (``index_select``: a deterministic backward into the
+    small table); values and gradients are those of per-call lookups.
+    """
+
+    ids: Tensor  # [V] sorted distinct token ids
+    rows: Tensor  # [V, D] their embeddings
+
+    @classmethod
+    def of(cls, embedding: nn.Embedding, *ids: Tensor) -> TokenTable:
+        """The table of every id in ``ids`` (any shapes)."""
+        distinct = torch.unique(torch.cat([t.reshape(-1) for t in ids]))  # sorted
+        return cls(distinct, embedding(distinct))
+
+    def __call__(self, ids: Tensor) -> Tensor:
+        """Embeddings ``[*ids.shape, D]``, as ``embedding(ids)`` would give them."""
+        where = torch.searchsorted(self.ids, ids.reshape(-1))
+        return self.rows.index_select(0, where).reshape(*ids.shape, -1)
 
 
 def _mention_span(ids: Tensor, start_id: int, end_id: int) -> Tensor:

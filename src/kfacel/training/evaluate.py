@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kfacel.models._unique import reusing_names
+from kfacel.training.precision import autocast
 from kfacel.types import Batch
 
 DEFAULT_KS = (1, 5, 10)
@@ -136,17 +137,21 @@ def metrics_from_ranks(
 
 @torch.no_grad()
 def predict(
-    model: nn.Module, batches: Iterable[Batch], *, device: str | torch.device = "cpu"
+    model: nn.Module,
+    batches: Iterable[Batch],
+    *,
+    device: str | torch.device = "cpu",
+    precision: str = "auto",
 ) -> list[Tensor]:
-    """Logits ``[N, C]`` of each batch on the CPU, in eval mode (mode restored).
+    """Float32 logits ``[N, C]`` of each batch on the CPU, in eval mode (restored).
 
     Each distinct candidate name is encoded once over all the batches
-    (``reusing_names``).
+    (``reusing_names``); the forward runs in ``precision`` (``training.precision``).
     """
     was_training = model.training
     model.eval()
     try:
-        with reusing_names(model):
+        with reusing_names(model), autocast(device, precision):
             return [model(b.to(device)).float().cpu() for b in batches]
     finally:
         model.train(was_training)
@@ -159,13 +164,15 @@ def evaluate(
     device: str | torch.device = "cpu",
     ks: Sequence[int] = DEFAULT_KS,
     retrieved: Sequence[bool] | None = None,
+    precision: str = "auto",
 ) -> Evaluation:
     """Accuracy@1, MRR, recall@k and mean cross-entropy of ``model`` over ``batches``.
 
-    ``retrieved``: per query in batch order, whether the generator retrieved its gold.
+    ``retrieved``: per query in batch order, whether the generator retrieved its gold;
+    ``precision``: the forward's arithmetic (``training.precision``).
     """
     batches = list(batches)
-    logits = predict(model, batches, device=device)
+    logits = predict(model, batches, device=device, precision=precision)
     ranks = [
         gold_ranks(s, b.labels, b.candidate_valid)
         for s, b in zip(logits, batches, strict=True)

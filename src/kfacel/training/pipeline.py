@@ -199,18 +199,22 @@ def evaluate_split(
     *,
     batch_size: int = 128,
     device: str = "cpu",
+    precision: str = "auto",
 ) -> Evaluation:
     """Accuracy@1, MRR and recall@k of ``linker`` on ``examples``.
 
     With the retrieved-gold numbers where every example says whether the generator
-    retrieved its gold (``LinkingExample.retrieved``).
+    retrieved its gold (``LinkingExample.retrieved``); the forward runs in ``precision``
+    (``training.precision``).
     """
     flags = [ex.retrieved for ex in examples]
     retrieved = None if any(f is None for f in flags) else [bool(f) for f in flags]
     model = linker.model.to(device)
     try:
         batches = linker.batches(examples, batch_size)
-        return evaluate(model, batches, device=device, retrieved=retrieved)
+        return evaluate(
+            model, batches, device=device, retrieved=retrieved, precision=precision
+        )
     finally:
         model.to("cpu")
 

@@ -39,6 +39,7 @@ from kfacel._progress import with_progress
 from kfacel.data.collate import sample_candidates
 from kfacel.penalties.base import Penalty
 from kfacel.training.evaluate import evaluate
+from kfacel.training.precision import PRECISIONS, autocast, needs_scaler
 from kfacel.types import Batch
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,9 @@ class TrainSettings:
             step by its gradient's running scale, penalty included; SGD does not.
         weight_decay: AdamW decoupled weight decay (0: pure penalty training).
         seed: dropout masks, batch order and replay order.
-        device: ``cpu`` or ``cuda[:i]`` (float16 mixed precision on CUDA).
+        device: ``cpu`` or ``cuda[:i]``.
+        precision: ``auto`` (float16 mixed precision on CUDA, float32 on the CPU),
+            ``float32`` or ``bfloat16`` (autocast; ``training.precision``).
         max_train: use only the first ``max_train`` training queries (None: all).
         train_candidates: train each step on the gold and ``train_candidates − 1``
             of each query's other candidates, drawn anew (``sample_candidates``);
@@ -89,6 +92,7 @@ class TrainSettings:
     device: str = "cpu"
     max_train: int | None = None
     train_candidates: int | None = None
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         """Raise ``ValueError`` naming the first setting out of its range."""
@@ -119,6 +123,7 @@ class TrainSettings:
             self.train_candidates,
             "at least 2 (the gold and one other)",
         )
+        _require(self.precision in PRECISIONS, "precision", self.precision, PRECISIONS)
         check_device(self.device)
 
     def to_json(self) -> dict[str, Any]:
@@ -282,7 +287,9 @@ def train_task(
             chosen = (sample(batches[i]) for i in steps)
             e = _train_epoch(step, chosen, epoch, replays, replay)
             if dev:
-                accuracy = evaluate(model, dev, device=device).accuracy
+                accuracy = evaluate(
+                    model, dev, device=device, precision=settings.precision
+                ).accuracy
                 e = replace(e, dev_accuracy=accuracy)
             status = getattr(penalty, "status", None)  # a budget's λ_t and rises
             if status is not None:
@@ -315,7 +322,7 @@ class _Step:
     penalty: Penalty | None
     clip: float | None
     clip_task_only: bool
-    amp: bool
+    precision: str
     device: torch.device
     rank: int = 0
     world: int = 1
@@ -351,18 +358,19 @@ class _Step:
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda i: lr_factor(i, total, schedule=s.schedule, warmup=s.warmup)
         )
-        amp = device.type == "cuda"
-        scaler = torch.amp.GradScaler("cuda", enabled=amp)
+        scaler = torch.amp.GradScaler(
+            device.type, enabled=needs_scaler(device, s.precision)
+        )
         return cls(
-            model, net, opt, sched, scaler, penalty, s.clip, s.clip_task_only, amp,
-            device, rank, world,
+            model, net, opt, sched, scaler, penalty, s.clip, s.clip_task_only,
+            s.precision, device, rank, world,
         )  # fmt: skip
 
     def __call__(self, batch: Batch, where: str) -> tuple[float, float, int]:
         """Take the step on this rank's share of ``batch``: (loss, penalty, queries)."""
         batch = _shard(batch, self.rank, self.world).to(self.device, non_blocking=True)
         self.opt.zero_grad(set_to_none=True)
-        loss = _task_loss(self.net, batch, amp=self.amp)
+        loss = _task_loss(self.net, batch, autocast(self.device, self.precision))
         _finite(
             "loss",
             loss.item(),
@@ -382,9 +390,9 @@ class _Step:
         return loss.item(), pen, len(batch)
 
 
-def _task_loss(net: nn.Module, batch: Batch, *, amp: bool) -> torch.Tensor:
-    """Mean cross-entropy of the batch's gold candidates (float16 autocast under amp)."""
-    with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+def _task_loss(net: nn.Module, batch: Batch, cast: torch.autocast) -> torch.Tensor:
+    """Mean cross-entropy of the batch's gold candidates (the forward under ``cast``)."""
+    with cast:
         logits = net(batch)  # [N, C]
     return F.cross_entropy(logits.float(), batch.labels)
 
