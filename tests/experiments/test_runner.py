@@ -397,3 +397,11 @@ def test_the_transformer_ranker_runs_the_protocol_with_budgets(paths, tmp_path) 
     assert tier2 == {(m, o) for m in methods for o in (("a", "b"), ("b", "a"))}
     kfac_state = next((tmp_path / "run" / "cells").glob("consolidate-a-kfac*"))
     assert json.loads((kfac_state / "done.json").read_text())["message"] is None
+
+
+def test_combined_false_leaves_the_combined_cell_out(paths, tmp_path) -> None:
+    torch.set_num_threads(1)
+    cfg = replace(tiny_config(paths, methods=["none"], lam_grid=[10.0]), tiers=(1,))
+    run_experiment(replace(cfg, combined=False), tmp_path / "run")
+    ids = {p.name for p in (tmp_path / "run" / "cells").iterdir()}
+    assert ids == {"individual-a-none-s0", "individual-b-none-s0"}

@@ -135,6 +135,7 @@ class ExperimentConfig:
     pairs: tuple[
         str, ...
     ] = ()  # tier-2 orders "A>B" to run (empty: every ordered pair)
+    combined: bool = True  # tier 1's combined cell (Table 2); never with ``pairs``
     seeds: tuple[int, ...] = (0,)
     output_dir: str = "runs"
 

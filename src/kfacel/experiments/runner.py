@@ -121,7 +121,7 @@ def run_experiment(
     stage = stages.run
     tol = cfg.penalty.new_task_tolerance
     t1 = sweep.plan_tier1(
-        names, seeds, combined=not cfg.pairs
+        names, seeds, combined=cfg.combined and not cfg.pairs
     )  # chosen pairs: no Table 2
     stage("tier1", t1, lambda c: CellDeps())
     chosen2: dict[Any, Any] = {}
