@@ -299,3 +299,31 @@ def test_bfloat16_autocast_runs_the_products_in_bfloat16_and_keeps_float32_weigh
     seen.clear()
     evaluate(model, dev)  # precision auto on the CPU: float32
     assert {d for _, d in seen} == {torch.float32}
+
+
+def test_the_kfc_penalty_gradient_under_bfloat16_is_float32s_to_its_precision(
+    train_dev,
+):
+    import kfacel
+    from kfacel.training.precision import penalty_autocast
+
+    train, _ = train_dev
+    model = tiny_cnn()
+    fisher = kfacel.estimate_kfac(model, [(b, b.labels) for b in train])
+    penalty = kfacel.KFACPenalty(damping=1e-6, damping_kind="factored").add_task(
+        kfacel.snapshot(model), fisher, lam=10.0
+    )
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1e-2 * torch.randn_like(p))
+    grads = {}
+    for precision in ("float32", "bfloat16"):
+        model.zero_grad(set_to_none=True)
+        with penalty_autocast("cpu", precision):
+            value = penalty.add_grad_(model)
+        grads[precision] = {n: p.grad.clone() for n, p in model.named_parameters()}
+        assert all(g.dtype == torch.float32 for g in grads[precision].values())
+        grads[precision]["R"] = value
+    for name, exact in grads["float32"].items():
+        err = (grads["bfloat16"][name] - exact).norm() / exact.norm()
+        assert 0 < err < 2e-2, name  # bfloat16's products, not float32's: differs

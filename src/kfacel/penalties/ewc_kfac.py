@@ -143,11 +143,15 @@ def _embedding_rows_grad_(
     decay, rows of tokens the new task has not used yet never move). Both are skipped.
     """
     assert factors.support is not None
-    weight = params[factors.weight]
-    diff = weight[factors.support] - anchor[factors.weight][factors.support]  # [s, o]
-    moved = diff.ne(0).any(dim=1)
-    rows = factors.support[moved]
-    d = diff[moved].T  # [o, m]
+    weight, start = params[factors.weight], anchor[factors.weight]
+    # which rows moved, read off without a float copy of the whole table (with factored
+    # damping the support is every row of the vocabulary)
+    support = factors.support
+    if len(support) == len(weight):  # every row: no gather
+        rows = torch.nonzero(weight.detach().ne(start).any(dim=1)).flatten()
+    else:
+        rows = support[weight.detach()[support].ne(start[support]).any(dim=1)]
+    d = (weight[rows] - start[rows]).T  # [o, m]
     assert isinstance(factors.A, Tensor)
     g = lam * left(factors.G, d) * factors.A[rows]  # λ G Δ_m diag(A_m)  [o, m]
     if weight.grad is None:

@@ -6,9 +6,12 @@
   float32 on the CPU (what kfacel always did);
 - ``float32``: float32 everywhere;
 - ``bfloat16``: bfloat16 autocast on either device. Matrix products and attention run in
-  bfloat16 while the weights, their gradients, the optimizer's state, the loss and the
-  consolidation penalty stay float32 (``torch.autocast``: master weights in float32), so
-  no gradient scaler is needed (bfloat16 has float32's exponent range). On CPUs with
+  bfloat16 while the weights, their gradients, the optimizer's state and the loss stay
+  float32 (``torch.autocast``: master weights in float32), so no gradient scaler is
+  needed (bfloat16 has float32's exponent range). The consolidation penalty's products
+  (``G Δ A``, eq. P3) run in bfloat16 too (``penalty_autocast``); Δ = θ − θ* is formed in
+  float32 first, so its small values keep bfloat16's relative precision (2⁻⁸), and the
+  gradient is added to the float32 ``.grad``. On CPUs with
   bfloat16 matrix units (Intel AMX, ``amx_bf16``; ``avx512_bf16``) this is several
   times faster than float32 for the transformer's Linear layers; on older CPUs it can be
   slower.
@@ -51,6 +54,17 @@ def autocast(device: torch.device | str, precision: str) -> torch.autocast:
     dtype = autocast_dtype(device, precision)
     kind = torch.device(device).type
     return torch.autocast(kind, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def penalty_autocast(device: torch.device | str, precision: str) -> torch.autocast:
+    """The context the penalty's gradient is computed in: bfloat16 autocast or none.
+
+    Never float16: a Fisher's large entries times Δ can overflow its range, and the
+    penalty's gradient is added after the gradient scaler's unscaling.
+    """
+    dtype = autocast_dtype(device, precision)
+    kind = torch.device(device).type
+    return torch.autocast(kind, dtype=torch.bfloat16, enabled=dtype is torch.bfloat16)
 
 
 def needs_scaler(device: torch.device | str, precision: str) -> bool:

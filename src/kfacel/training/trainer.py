@@ -39,7 +39,12 @@ from kfacel._progress import with_progress
 from kfacel.data.collate import sample_candidates
 from kfacel.penalties.base import Penalty
 from kfacel.training.evaluate import evaluate
-from kfacel.training.precision import PRECISIONS, autocast, needs_scaler
+from kfacel.training.precision import (
+    PRECISIONS,
+    autocast,
+    needs_scaler,
+    penalty_autocast,
+)
 from kfacel.types import Batch
 
 log = logging.getLogger(__name__)
@@ -381,7 +386,10 @@ class _Step:
         self.scaler.unscale_(self.opt)
         if self.clip is not None and self.clip_task_only:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
-        pen = self.penalty.add_grad_(self.model).item() if self.penalty else 0.0
+        pen = 0.0
+        if self.penalty is not None:
+            with penalty_autocast(self.device, self.precision):
+                pen = self.penalty.add_grad_(self.model).item()
         _finite("penalty", pen, where, "lower λ")
         if self.clip is not None and not self.clip_task_only:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)

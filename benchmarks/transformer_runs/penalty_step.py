@@ -1,0 +1,75 @@
+"""The KFC penalty's share of a training step of the transformer ranker (issue 10).
+
+Trains the `kfacel train --model transformer` ranker (first 3 MiniLM layers) with
+``train_task`` on the first queries of a task, plain and with the KFC penalty of one
+earlier task (K-FAC on other queries of the same task, factored damping δ = 1e-6 as
+`kfacel train --penalty kfac` uses), in float32 and in bfloat16 autocast, alternating
+the four runs ``--repeats`` times and keeping each one's best throughput. Prints the
+training queries/s and the penalty step's cost as a ratio to the plain step of the same
+precision; nothing is asserted.
+
+    python benchmarks/transformer_runs/penalty_step.py --task tasks/public3-small/medmentions
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+
+import torch
+
+import kfacel
+from kfacel.data.tasks import load_task
+from kfacel.training.pipeline import new_linker
+from kfacel.training.trainer import TrainSettings, train_task
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--task", default="tasks/public3-small/medmentions")
+    p.add_argument("--queries", type=int, default=192, help="training queries timed")
+    p.add_argument("--fisher-queries", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    task = load_task(args.task)
+    old = task.train[args.queries : args.queries + args.fisher_queries]
+    linker = new_linker("transformer", task.train, seed=0)
+    fisher = kfacel.estimate_kfac(
+        linker.model, [(b, b.labels) for b in linker.batches(old, 32)]
+    )
+    penalty = kfacel.KFACPenalty(damping=1e-6, damping_kind="factored").add_task(
+        kfacel.snapshot(linker.model), fisher, lam=1.0
+    )
+    batches = linker.batches(task.train[: args.queries], args.batch_size)
+    best: dict[tuple[str, bool], float] = {}
+    for _ in range(args.repeats):
+        for precision in ("float32", "bfloat16"):
+            for with_penalty in (False, True):
+                model = copy.deepcopy(linker.model)
+                settings = TrainSettings(epochs=1, lr=2e-4, precision=precision)
+                log = train_task(
+                    model, batches, settings, penalty=penalty if with_penalty else None
+                )
+                key = (precision, with_penalty)
+                best[key] = max(best.get(key, 0.0), log.queries_per_s)
+    print(
+        f"{args.task}: {args.queries} queries, batches of {args.batch_size}, "
+        f"{args.threads} thread(s), best of {args.repeats}"
+    )
+    for precision in ("float32", "bfloat16"):
+        plain, pen = best[(precision, False)], best[(precision, True)]
+        print(
+            f"{precision:<9} plain {plain:6.2f} q/s  with KFC {pen:6.2f} q/s  "
+            f"penalty step = {plain / pen:.3f}x a plain step"
+        )
+    print(
+        f"bfloat16 / float32: plain {best[('bfloat16', False)] / best[('float32', False)]:.2f}x, "
+        f"with KFC {best[('bfloat16', True)] / best[('float32', True)]:.2f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()
