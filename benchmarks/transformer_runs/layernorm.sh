@@ -7,7 +7,7 @@
 set -e
 cd "$(dirname "$0")/../.."
 export OMP_NUM_THREADS=1
-SRC=runs/paper-transformer-small
+SRC=runs/paper-transformer-small-r13
 D=runs/paper-transformer-small-layernorm
 SETS=(--set 'curvature.uncovered="diagonal"' --set 'methods=["none","kfac-budget"]'
       --set 'pairs=["medmentions>cadec","cadec>ncbi"]' --set 'tiers=[1,2]'

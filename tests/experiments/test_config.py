@@ -244,6 +244,7 @@ def test_shipped_configs_load(path: Path) -> None:
         assert cfg.penalty.tier3_factors == (1.0,)
         assert cfg.tiers == (1, 2, 3)
         assert not cfg.combined
+        assert cfg.penalty.budget_rate == 13.0  # one epoch: λ may span e^13
     else:
         assert cfg.lam_grid == (1e1, 1e3, 1e5, 1e7, 1e9)
         assert set(cfg.methods) >= {
