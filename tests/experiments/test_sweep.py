@@ -33,3 +33,14 @@ def test_tolerance_is_measured_from_plain_fine_tuning() -> None:
 def test_without_plain_fine_tuning_the_methods_best_lambda_is_the_reference() -> None:
     records = _trial("kfac", 10.0, 50, 79) + _trial("kfac", 100.0, 60, 77.5)
     assert choose(records, tier=2, tolerance=2.0)[(("a", "b"), "kfac")] == 100.0
+
+
+def test_a_single_budget_is_reported_whatever_its_new_task_cost() -> None:
+    """One ε is the product's default: kept at 3 points below none (its cost shows).
+
+    With two ε the tolerance chooses again, and one that loses B is dropped.
+    """
+    records = _trial("none", None, 40, 80) + _trial("kfac-budget", 0.005, 60, 77)
+    assert choose(records, tier=2, tolerance=2.0)[(("a", "b"), "kfac-budget")] == 0.005
+    records += _trial("kfac-budget", 0.05, 50, 79)
+    assert choose(records, tier=2, tolerance=2.0)[(("a", "b"), "kfac-budget")] == 0.05

@@ -190,7 +190,9 @@ def choose(
     A λ is admissible when its new-task dev accuracy is within ``tolerance`` points of
     plain fine-tuning's (``none``) on the same order, where the run has it (otherwise of
     the method's best λ): a grid whose every λ stops the new task from being learned
-    yields no choice rather than the least bad of them.
+    yields no choice rather than the least bad of them. A budgeted method run at a
+    single ε is the product's default, not a grid to choose from: it is kept whatever its
+    new-task accuracy, which the report's new-task cost then shows.
 
     Args:
         records: ``metrics.jsonl`` records (failed cells have none).
@@ -221,6 +223,9 @@ def choose(
     for key, ts in sorted(trials.items(), key=lambda kv: str(kv[0])):
         if key[1] not in REGULARIZED:
             chosen[key] = None
+            continue
+        if key[1] in BUDGETED and len(ts) == 1:  # nothing to choose among
+            chosen[key] = ts[0].lam
             continue
         try:
             best = select_lambda(
