@@ -11,10 +11,9 @@
   needed (bfloat16 has float32's exponent range). The consolidation penalty's products
   (``G Δ A``, eq. P3) run in bfloat16 too (``penalty_autocast``); Δ = θ − θ* is formed in
   float32 first, so its small values keep bfloat16's relative precision (2⁻⁸), and the
-  gradient is added to the float32 ``.grad``. On CPUs with
-  bfloat16 matrix units (Intel AMX, ``amx_bf16``; ``avx512_bf16``) this is several
-  times faster than float32 for the transformer's Linear layers; on older CPUs it can be
-  slower.
+  gradient is added to the float32 ``.grad``. On CPUs with bfloat16 matrix units
+  (Intel AMX, ``amx_bf16``) this is several times faster than float32 for the
+  transformer's Linear layers; on older CPUs it can be slower.
 
 Curvature (K-FAC, diagonal Fisher) is always estimated in float32: its factors are sums
 of many small outer products.
