@@ -116,8 +116,8 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
         choices=PRECISIONS,
         default="auto",
         help="auto: float16 mixed precision on CUDA, float32 on the CPU; bfloat16: "
-        "autocast on either, weights and penalty in float32 (several times faster on "
-        "CPUs with bfloat16 matrix units)",
+        "autocast on either (the penalty's products too), weights and optimizer in "
+        "float32 (faster on CPUs with bfloat16 matrix units)",
     )
     p.add_argument("--no-features", action="store_true", help="no string features")
     p.add_argument("--no-types", action="store_true", help="no candidate types")

@@ -61,9 +61,8 @@ def penalty_autocast(device: torch.device | str, precision: str) -> torch.autoca
     Never float16: a Fisher's large entries times Δ can overflow its range, and the
     penalty's gradient is added after the gradient scaler's unscaling.
     """
-    dtype = autocast_dtype(device, precision)
-    kind = torch.device(device).type
-    return torch.autocast(kind, dtype=torch.bfloat16, enabled=dtype is torch.bfloat16)
+    bfloat16 = autocast_dtype(device, precision) is torch.bfloat16
+    return autocast(device, precision if bfloat16 else "float32")
 
 
 def needs_scaler(device: torch.device | str, precision: str) -> bool:
