@@ -12,6 +12,10 @@ Conv1d the channel, dimension) and leave the other positions out of the statisti
 True
 >>> matching_mask((1, 2)) is None
 True
+
+The estimators also say how the rows of a layer call must relate to the batch's
+examples (``row_layout``): a model may regroup rows (encode repeated names once, chunk
+rows by length) only as far as the statistics being recorded allow.
 """
 
 from __future__ import annotations
@@ -19,8 +23,72 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from enum import Enum
 
 from torch import Tensor
+
+
+class RowLayout(Enum):
+    """How the rows of a layer call may relate to the examples of the batch.
+
+    ``FREE``: nothing is recorded; a row may stand for several examples (a name
+    repeated across queries encoded once). ``OWN``: every row belongs to one example,
+    but a call may hold any rows in any order (K-FAC's expanded statistics are sums
+    over positions). ``BY_EXAMPLE``: every call holds whole examples along its first
+    dimension, in the batch's order (per-example gradients, K-FAC-reduce).
+    """
+
+    FREE = "free"
+    OWN = "own"
+    BY_EXAMPLE = "by-example"
+
+
+_LAYOUT: ContextVar[RowLayout] = ContextVar("kfacel_row_layout", default=RowLayout.FREE)
+
+
+@contextmanager
+def rows_laid_out(layout: RowLayout) -> Iterator[None]:
+    """Within the block, layer calls follow ``layout`` (set by the estimators)."""
+    token = _LAYOUT.set(layout)
+    try:
+        yield
+    finally:
+        _LAYOUT.reset(token)
+
+
+_REGROUPED: ContextVar[bool] = ContextVar("kfacel_regrouped_rows", default=False)
+
+
+@contextmanager
+def regrouped_rows() -> Iterator[None]:
+    """Mark layer calls whose rows a model regrouped (chunks by length, ``OWN``).
+
+    Each row is still one example's own, but a call's first dimension is no longer
+    the batch's examples; an estimator accepts such calls only under ``OWN``.
+    """
+    token = _REGROUPED.set(True)
+    try:
+        yield
+    finally:
+        _REGROUPED.reset(token)
+
+
+def rows_regrouped() -> bool:
+    """True inside ``regrouped_rows``."""
+    return _REGROUPED.get()
+
+
+def row_layout() -> RowLayout:
+    """The row layout layer calls must follow now (``FREE`` outside any estimator).
+
+    >>> with rows_laid_out(RowLayout.OWN):
+    ...     row_layout()
+    <RowLayout.OWN: 'own'>
+    >>> row_layout()
+    <RowLayout.FREE: 'free'>
+    """
+    return _LAYOUT.get()
+
 
 _MASKS: ContextVar[tuple[Tensor, ...]] = ContextVar(
     "kfacel_valid_positions", default=()

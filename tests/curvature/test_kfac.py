@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kfacel.curvature import _capture, estimate_diagonal, estimate_kfac
+from kfacel.positions import RowLayout, regrouped_rows, row_layout, rows_laid_out
 from kfacel.types import NonFiniteCurvatureError
 from tests._synth import (
     CASES,
@@ -247,6 +248,66 @@ def test_a_first_dimension_that_is_no_batch_dimension_is_refused_with_its_name()
     x = torch.randn(4, 5, 3, dtype=torch.float64)
     with pytest.raises(ValueError, match=r"'pos'.*\(3, 5\)"):
         estimate_kfac(Odd().double(), [(x, torch.tensor([0, 1, 0, 1]))])
+
+
+class Chunked(nn.Module):
+    """A token model that may run its rows in chunks of 3, as ``row_layout`` allows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tok = nn.Linear(3, 4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [N, S, 3]
+        if row_layout() is RowLayout.OWN:
+            with regrouped_rows():
+                h = torch.cat([self.tok(part) for part in x.split(3)])
+        else:
+            h = self.tok(x)
+        return self.head(torch.tanh(h).mean(1))
+
+
+class WholeExamples(nn.Module):
+    """``m`` made to run whole examples in each call (``RowLayout.BY_EXAMPLE``)."""
+
+    def __init__(self, m: nn.Module) -> None:
+        super().__init__()
+        self.m = m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with rows_laid_out(RowLayout.BY_EXAMPLE):
+            return self.m(x)
+
+
+def test_regrouped_rows_give_the_factors_of_whole_examples() -> None:
+    """Under K5 a call may hold any rows, each one example's own: the same sums."""
+    model = Chunked().double()
+    x, y = torch.randn(4, 5, 3, dtype=torch.float64), torch.tensor([0, 1, 1, 0])
+    calls: list[int] = []
+    model.tok.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    chunked = estimate_kfac(model, [(x, y)])
+    assert calls == [3, 1]  # 4 examples in chunks of 3: neither a multiple of 4
+    whole = estimate_kfac(WholeExamples(model), [(x, y)])
+    assert calls[2:] == [4]
+    for name in ("tok", "head"):
+        torch.testing.assert_close(chunked[name].A, whole[f"m.{name}"].A, **TOL64)
+        torch.testing.assert_close(chunked[name].G, whole[f"m.{name}"].G, **TOL64)
+    estimate_kfac(model, [(x, y)], approx="reduce")  # K8 sums per example
+    assert calls[3:] == [4]
+
+
+def test_regrouped_rows_are_refused_where_examples_are_needed() -> None:
+    """Per-example gradients (diagonal Fisher) need whole examples in each call."""
+
+    class Stubborn(Chunked):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            with regrouped_rows():  # ignores row_layout()
+                h = torch.cat([self.tok(part) for part in x.split(3)])
+            return self.head(torch.tanh(h).mean(1))
+
+    x, y = torch.randn(4, 5, 3, dtype=torch.float64), torch.tensor([0, 1, 1, 0])
+    with pytest.raises(ValueError, match=r"'tok'.*regrouped rows"):
+        estimate_diagonal(Stubborn().double(), [(x, y)])
 
 
 def test_layers_reading_one_input_share_its_statistic_once_per_batch(

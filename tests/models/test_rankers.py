@@ -12,7 +12,7 @@ from kfacel.curvature import estimate_diagonal, estimate_kfac
 from kfacel.data.collate import FEATURE_NAMES, Collator, build_type_vocab
 from kfacel.data.tokenize import default_encoder_path
 from kfacel.models import build_model
-from kfacel.positions import matching_mask
+from kfacel.positions import RowLayout, matching_mask, rows_laid_out
 from kfacel.training.evaluate import evaluate
 from kfacel.training.trainer import TrainSettings, train_task
 
@@ -172,3 +172,75 @@ def test_curvature_of_the_transformer_takes_position_ids_as_every_querys(rich_ba
     diag = estimate_diagonal(model, [(batch, batch.labels)])
     used = diag[f"{table}.weight"].abs().sum(1) > 0
     assert used.tolist() == (counts > 0).tolist()
+
+
+class OneCallEach(nn.Module):
+    """The ranker made to encode mentions and names in one call each (BY_EXAMPLE)."""
+
+    def __init__(self, ranker: nn.Module):
+        super().__init__()
+        self.ranker = ranker
+
+    def forward(self, batch):
+        with rows_laid_out(RowLayout.BY_EXAMPLE):
+            return self.ranker(batch)
+
+
+def test_kfac_of_the_transformer_chunked_by_length_equals_one_call_each(
+    tokenizer, monkeypatch
+):
+    """K-FAC's sums over positions (K5) do not depend on how rows are grouped.
+
+    Under ``RowLayout.OWN`` the ranker encodes mentions and names in chunks cut to
+    their own longest row; the factors equal those of one padded call each (float64).
+    """
+    from kfacel.models import bert
+
+    monkeypatch.setattr(bert, "MENTION_CHUNK", 3)  # 7 contexts: a last chunk of one
+    monkeypatch.setattr(bert, "NAME_CHUNK", 8)
+    examples = [  # contexts of 0 to 4 words, names of 1 to 5 words
+        dataclasses.replace(
+            ex,
+            left_context=" ".join(ex.left_context.split()[:i]),
+            candidates=tuple(
+                dataclasses.replace(c, name=" ".join([c.name] * (1 + (i + j) % 5)))
+                for j, c in enumerate(ex.candidates)
+            ),
+        )
+        for i, ex in enumerate(synthetic_examples(7, seed=11))
+    ]
+    types = build_type_vocab(examples)
+    batch = Collator(tokenizer, max_mention_length=32, types=types)(examples)
+    model = tiny(
+        "transformer", num_features=len(FEATURE_NAMES), num_types=len(types)
+    ).double()
+    batch = dataclasses.replace(batch, features=batch.features.double())
+    widths: list[int] = []
+    model.encoder.register_forward_hook(
+        lambda m, args, kwargs, out: widths.append(kwargs["attention_mask"].shape[1]),
+        with_kwargs=True,
+    )
+    chunked = estimate_kfac(model, [(batch, batch.labels)])
+    assert len(widths) == 3 + 5  # 7 mentions in chunks of 3, 35 names in chunks of 8
+    assert min(widths[:3]) < batch.mention_ids.shape[1]  # cut to their own longest
+    assert min(widths[3:]) < batch.candidate_ids.shape[2]
+    widths.clear()
+    whole = estimate_kfac(OneCallEach(model), [(batch, batch.labels)])
+    assert len(widths) == 2  # the mentions, the names
+    assert sorted(chunked.factors) == sorted(
+        name.removeprefix("ranker.") for name in whole.factors
+    )
+    for name, f in chunked.factors.items():
+        torch.testing.assert_close(f.A, whole[f"ranker.{name}"].A)
+        torch.testing.assert_close(f.G, whole[f"ranker.{name}"].G)
+
+
+def test_per_example_curvature_of_the_transformer_keeps_one_call_each(rich_batch):
+    """Diagonal EWC and K-FAC-reduce need the examples along the first dimension."""
+    batch, num_types = rich_batch
+    model = tiny("transformer", num_features=len(FEATURE_NAMES), num_types=num_types)
+    calls: list[int] = []
+    model.encoder.register_forward_hook(lambda m, i, o: calls.append(1))
+    estimate_diagonal(model, [(batch, batch.labels)])
+    estimate_kfac(model, [(batch, batch.labels)], approx="reduce")
+    assert len(calls) == 2 + 2

@@ -19,6 +19,13 @@ between layers or batches. Layers that read the same input with the same mask (q
 keys and values of attention) share only the work: the batch's statistic of that input is
 computed once, kept until the batch ends, and added into each calling layer's own total.
 
+While the hooks are on, ``kfacel.positions.row_layout`` tells the model how it may group
+rows: ``BY_EXAMPLE`` when a record needs per-example gradients or sums (the examples
+along the first dimension of every call), ``OWN`` when every record only sums over
+positions (K5): then a model may chunk its sequences by length rather than pad them all
+to the longest, each row one example's own, and marks those calls (``regrouped_rows``;
+there an input of one row is a chunk of one row, not an input shared by the batch).
+
 An input whose first dimension is 1 while the batch has ``N > 1`` examples (Hugging Face
 passes position ids ``[1, S]`` for the whole batch) is the input of every row of the call
 (K5): the hook expands the input and the layer's output along the first dimension (views,
@@ -47,7 +54,13 @@ from kfacel.curvature.layers import (
     positions_shape,
     statistic_signature,
 )
-from kfacel.positions import active_masks, matching_mask
+from kfacel.positions import (
+    RowLayout,
+    active_masks,
+    matching_mask,
+    rows_laid_out,
+    rows_regrouped,
+)
 
 
 @dataclass
@@ -55,12 +68,15 @@ class Call:
     """One call of a layer in the current forward pass.
 
     Attributes:
+        groups: ``N``, the examples along the call's first dimension, or 1 when its
+            rows may be any (``RowLayout.OWN``).
         rows: ``[N, k, D_in]`` inputs (token ids ``[N, k]`` for an Embedding), kept only
             for per-example gradients.
         mask: ``[N, k]`` bool of real positions, or None when all are real.
         grads: ``[N, k, D_out]`` output gradients of the last backward pass.
     """
 
+    groups: int
     rows: Tensor | None
     mask: Tensor | None
     grads: Tensor | None = None
@@ -146,6 +162,8 @@ class Capture:
     def __init__(self, records: dict[str, LayerRecord], dtype: torch.dtype):
         self.records = records
         self.dtype = dtype
+        grouped = any(r.per_example or r.reduce for r in records.values())
+        self.layout = RowLayout.BY_EXAMPLE if grouped else RowLayout.OWN
         self.examples = 0
         self._n = 0
         self._leaf: Tensor | None = None
@@ -194,16 +212,11 @@ class Capture:
         """The forward hook of one layer."""
 
         def hook(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
-            n = self._n
-            x, output = _expand_batch_shared(rec.kind, module, args[0], output, n)
+            x = args[0]
+            if not rows_regrouped():  # there a row of 1 is a chunk of one row
+                x, output = _expand_batch_shared(rec.kind, module, x, output, self._n)
             shape = positions_shape(rec.kind, module, x)
-            if not shape or shape[0] % n != 0:
-                raise ValueError(
-                    f"layer {rec.name!r} was called on positions {shape}, whose first "
-                    f"dimension is neither 1 (an input shared by the batch) nor a "
-                    f"multiple of the batch's {n} examples; per-example statistics "
-                    "need the examples along the first dimension"
-                )
+            n = self._groups(rec, shape)
             mask = matching_mask(shape)
             if mask is not None and bool(mask.all()):
                 mask = None  # all positions are real
@@ -215,7 +228,7 @@ class Capture:
                 _sum_example_inputs(rec, rows, mask_nk, self.dtype)
             elif rec.factors:
                 self._add_input_stats(rec, args[0], mask, rows, mask_nk)
-            call = Call(rows if rec.per_example else None, mask_nk)
+            call = Call(n, rows if rec.per_example else None, mask_nk)
             rec.calls.append(call)
             tapped: Tensor = _Tap.apply(  # type: ignore[no-untyped-call]
                 output, self._leaf, self._grad_sink(rec, call)
@@ -223,6 +236,31 @@ class Capture:
             return tapped
 
         return hook
+
+    def _groups(self, rec: LayerRecord, shape: tuple[int, ...]) -> int:
+        """How many groups a call's positions form: the batch's examples, or one.
+
+        The first dimension must hold whole examples, except in rows a model marked
+        as regrouped (``kfacel.positions.regrouped_rows``) under ``RowLayout.OWN``
+        (sums over positions, K5), which form one group.
+        """
+        if not shape:
+            raise ValueError(f"layer {rec.name!r} was called on a scalar position")
+        if rows_regrouped():
+            if self.layout is not RowLayout.OWN:
+                raise ValueError(
+                    f"layer {rec.name!r} was called on regrouped rows while "
+                    "per-example statistics are recorded (RowLayout.BY_EXAMPLE)"
+                )
+            return 1
+        if shape[0] % self._n != 0:
+            raise ValueError(
+                f"layer {rec.name!r} was called on positions {shape}, whose first "
+                f"dimension is neither 1 (an input shared by the batch) nor a "
+                f"multiple of the batch's {self._n} examples; per-example statistics "
+                "need the examples along the first dimension"
+            )
+        return self._n
 
     def _add_input_stats(
         self,
@@ -255,13 +293,11 @@ class Capture:
         rec.uses = uses.clone() if rec.uses is None else rec.uses.add_(uses)  # Σ_n R_n
 
     def _grad_sink(self, rec: LayerRecord, call: Call) -> Callable[[Tensor], None]:
-        n = self._n
-
         def sink(grad: Tensor) -> None:
             g = output_rows(rec.kind, rec.module, grad.detach()).to(
                 self.dtype
             )  # [P, o]
-            g = g.reshape(n, -1, g.shape[-1])  # [N, k, o]
+            g = g.reshape(call.groups, -1, g.shape[-1])  # [N, k, o]
             if call.mask is not None:
                 g = g * call.mask.unsqueeze(-1).to(g.dtype)  # padding is no use
             if rec.factors and rec.reduce:
@@ -343,7 +379,8 @@ def capture_layers(
         for rec in records.values()
     ]
     try:
-        yield cap
+        with rows_laid_out(cap.layout):
+            yield cap
     finally:
         for h in handles:
             h.remove()

@@ -5,7 +5,8 @@ One encoder (``transformers.BertModel`` without pooler) reads the mention in its
 (``[CLS] name [SEP]``). The mention is the mean of the encoder's outputs over the marked
 span, a candidate the mean over its tokens (the pooling all-MiniLM-L6-v2 was trained
 with); ``PairScorer`` gives the logits. Names repeated within a batch are encoded once,
-except while curvature is recorded (``_unique.py``). Weights come from a local
+except while curvature is recorded (``_unique.py``); K-FAC's recording still lets the
+ranker chunk its sequences by length (``kfacel.positions.RowLayout.OWN``). Weights come from a local
 checkpoint directory (default: the MiniLM package's), read from ``model.safetensors``;
 nothing is downloaded.
 
@@ -34,10 +35,16 @@ from kfacel.models._unique import (
     should_reuse,
 )
 from kfacel.models.scoring import PairScorer
-from kfacel.positions import valid_positions
+from kfacel.positions import (
+    RowLayout,
+    regrouped_rows,
+    row_layout,
+    valid_positions,
+)
 from kfacel.types import Batch
 
 MENTION_CHUNK = 8  # contexts a call in training and evaluation (see encode_by_length)
+NAME_CHUNK = 64  # names a call while K-FAC records (training: _unique's default)
 
 
 @dataclass(frozen=True)
@@ -130,7 +137,8 @@ class BertRanker(nn.Module):
         ids, mask = batch.mention_ids, batch.mention_mask
         names_mask = batch.candidate_mask.reshape(n * c, lc)
         names_ids = batch.candidate_ids.reshape(n * c, lc)
-        if should_dedup(self):  # chunks of similar length, each name once
+        layout = row_layout()
+        if layout is RowLayout.FREE and should_dedup(self):  # each name once
             table = TokenTable.of(
                 self.encoder.embeddings.word_embeddings, ids, names_ids
             )
@@ -143,7 +151,15 @@ class BertRanker(nn.Module):
                 lambda i, m: self._encode_name(i, m, table),
                 should_reuse(self),
             )  # [N*C, D]
-        else:  # one call each, as the curvature hooks expect
+        elif layout is RowLayout.OWN:  # K-FAC: every row its own, chunks by length
+            with regrouped_rows():
+                mention = encode_by_length(
+                    ids, mask, self._encode_mention, MENTION_CHUNK
+                )
+                names = encode_by_length(
+                    names_ids, names_mask, self._encode_name, NAME_CHUNK
+                )
+        else:  # one call each: whole examples along the first dimension
             mention = self._encode_mention(ids, mask)  # [N, D]
             names = self._encode_name(names_ids, names_mask)  # [N*C, D]
         cands = names.reshape(n, c, -1)  # [N, C, D]
