@@ -358,7 +358,14 @@ class _Step:
                 groups, lr=s.lr, momentum=0.9, weight_decay=s.weight_decay
             )
         else:
-            opt = torch.optim.AdamW(groups, lr=s.lr, weight_decay=s.weight_decay)
+            # fused: one kernel over all parameters; the default per-tensor loop took
+            # 178 of a 500 ms step of the transformer ranker on one CPU thread
+            opt = torch.optim.AdamW(
+                groups,
+                lr=s.lr,
+                weight_decay=s.weight_decay,
+                fused=device.type in ("cpu", "cuda"),
+            )
         total = s.epochs * steps_per_epoch
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda i: lr_factor(i, total, schedule=s.schedule, warmup=s.warmup)
