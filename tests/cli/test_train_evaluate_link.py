@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from tests._synth import write_pubtator_corpus
 
 from kfacel.cli import main
@@ -85,6 +86,19 @@ def test_prepare_train_evaluate_link(task_dir, tmp_path, capsys, model):
     assert len(ids) == len(set(ids)) == 4
     scores = [c["score"] for c in linked["concepts"]]
     assert scores == sorted(scores, reverse=True)
+    assert main(
+        ["link", str(model_dir), "--dictionary", str(dictionary), "--text",
+         "the patient had a heart attack yesterday", "--mention", "heart attack",
+         "--threads", "1", "--precision", "bfloat16"]
+    ) == 0  # fmt: skip
+    low = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["concepts"]
+    by_id = {c["id"]: c["score"] for c in low}
+    assert set(by_id) == set(ids)  # the same candidates, scored in bfloat16:
+    full = [c["score"] for c in linked["concepts"]]
+    assert [by_id[i] for i in ids] != full  # not float32's scores,
+    torch.testing.assert_close(  # but within bfloat16's precision of them
+        torch.tensor([by_id[i] for i in ids]), torch.tensor(full), atol=0.1, rtol=0.02
+    )
 
 
 def test_train_refuses_a_warmup_or_dropout_outside_0_1(task_dir, tmp_path, capsys):

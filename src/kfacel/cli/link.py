@@ -21,6 +21,7 @@ from kfacel.data.readers import read_dictionary
 from kfacel.data.tasks import ranker_reads_retrieval_text
 from kfacel.training.linking import MentionQuery, link, read_queries
 from kfacel.training.pipeline import RETRIEVAL_FILE, Linker, load_linker
+from kfacel.training.precision import PRECISIONS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,6 +36,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--top", type=positive_int, default=5, help="concepts to print per mention"
+    )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="the ranker's arithmetic: auto (float32 on the CPU) or bfloat16 autocast "
+        "(fast on CPUs with bfloat16 matrix units)",
     )
     p.add_argument(
         "--threads", type=positive_int, help="CPU threads (default: torch's)"
@@ -59,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         context_words=int(task.get("context_words", 10)),
         synonyms=bool(cands.get("synonyms", False)),  # older tasks: preferred names
         as_retrieved=ranker_reads_retrieval_text(cands),  # older tasks: as written
+        precision=args.precision,
     )
     for q, ranked in zip(queries, results, strict=True):
         top = [
