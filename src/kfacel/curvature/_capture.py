@@ -68,8 +68,8 @@ class Call:
     """One call of a layer in the current forward pass.
 
     Attributes:
-        groups: ``N``, the examples along the call's first dimension, or 1 when its
-            rows may be any (``RowLayout.OWN``).
+        groups: ``N``, the examples along the call's first dimension, or 1 for rows a
+            model regrouped (``regrouped_rows``, only under ``RowLayout.OWN``).
         rows: ``[N, k, D_in]`` inputs (token ids ``[N, k]`` for an Embedding), kept only
             for per-example gradients.
         mask: ``[N, k]`` bool of real positions, or None when all are real.

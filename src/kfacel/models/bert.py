@@ -6,9 +6,9 @@ One encoder (``transformers.BertModel`` without pooler) reads the mention in its
 span, a candidate the mean over its tokens (the pooling all-MiniLM-L6-v2 was trained
 with); ``PairScorer`` gives the logits. Names repeated within a batch are encoded once,
 except while curvature is recorded (``_unique.py``); K-FAC's recording still lets the
-ranker chunk its sequences by length (``kfacel.positions.RowLayout.OWN``). Weights come from a local
-checkpoint directory (default: the MiniLM package's), read from ``model.safetensors``;
-nothing is downloaded.
+ranker chunk its sequences by length (``kfacel.positions.RowLayout.OWN``). Weights come
+from a local checkpoint directory (default: the MiniLM package's), read from
+``model.safetensors``; nothing is downloaded.
 
 Parameters and K-FAC coverage: every Linear of the encoder (query, key, value, attention
 output, intermediate, output) and of the scorer, and the word, position and token-type
