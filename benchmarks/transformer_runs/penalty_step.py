@@ -3,12 +3,13 @@
 Trains the `kfacel train --model transformer` ranker (first 3 MiniLM layers) with
 ``train_task`` on the first queries of a task, plain and with the KFC penalty of one
 earlier task (K-FAC on other queries of the same task, factored damping δ = 1e-6 as
-`kfacel train --penalty kfac` uses), in float32 and in bfloat16 autocast, alternating
-the four runs ``--repeats`` times and keeping each one's best throughput. Prints the
-training queries/s and the penalty step's cost as a ratio to the plain step of the same
-precision; nothing is asserted.
+`kfacel train --penalty kfac` uses), its factors whole or, with ``--ranks K ...``, also
+kept at rank K (eq. K10, as `kfacel consolidate --factor-rank K` keeps them), in float32
+and in bfloat16 autocast, alternating the runs ``--repeats`` times and keeping each one's
+best throughput. Prints the training queries/s and each penalty step's cost as a ratio
+to the plain step of the same precision; nothing is asserted.
 
-    python benchmarks/transformer_runs/penalty_step.py --task tasks/public3-small/medmentions
+    python benchmarks/transformer_runs/penalty_step.py --ranks 64 128
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--ranks", type=int, nargs="*", default=[], help="factor ranks")
+    p.add_argument("--precisions", nargs="+", default=["float32", "bfloat16"])
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     task = load_task(args.task)
@@ -40,35 +43,35 @@ def main() -> None:
     fisher = kfacel.estimate_kfac(
         linker.model, [(b, b.labels) for b in linker.batches(old, 32)]
     )
-    penalty = kfacel.KFACPenalty(damping=1e-6, damping_kind="factored").add_task(
-        kfacel.snapshot(linker.model), fisher, lam=1.0
-    )
+    anchor = kfacel.snapshot(linker.model)
+    penalties = {"plain": None} | {
+        label: kfacel.KFACPenalty(damping=1e-6, damping_kind="factored").add_task(
+            anchor, f, lam=1.0
+        )
+        for label, f in [("whole factors", fisher)]
+        + [(f"rank {k}", kfacel.compress_factors(fisher, k)) for k in args.ranks]
+    }
     batches = linker.batches(task.train[: args.queries], args.batch_size)
-    best: dict[tuple[str, bool], float] = {}
+    best: dict[tuple[str, str], float] = {}
     for _ in range(args.repeats):
-        for precision in ("float32", "bfloat16"):
-            for with_penalty in (False, True):
-                model = copy.deepcopy(linker.model)
+        for precision in args.precisions:
+            for label, penalty in penalties.items():
                 settings = TrainSettings(epochs=1, lr=2e-4, precision=precision)
                 log = train_task(
-                    model, batches, settings, penalty=penalty if with_penalty else None
+                    copy.deepcopy(linker.model), batches, settings, penalty=penalty
                 )
-                key = (precision, with_penalty)
+                key = (precision, label)
                 best[key] = max(best.get(key, 0.0), log.queries_per_s)
     print(
         f"{args.task}: {args.queries} queries, batches of {args.batch_size}, "
         f"{args.threads} thread(s), best of {args.repeats}"
     )
-    for precision in ("float32", "bfloat16"):
-        plain, pen = best[(precision, False)], best[(precision, True)]
-        print(
-            f"{precision:<9} plain {plain:6.2f} q/s  with KFC {pen:6.2f} q/s  "
-            f"penalty step = {plain / pen:.3f}x a plain step"
-        )
-    print(
-        f"bfloat16 / float32: plain {best[('bfloat16', False)] / best[('float32', False)]:.2f}x, "
-        f"with KFC {best[('bfloat16', True)] / best[('float32', True)]:.2f}x"
-    )
+    for precision in args.precisions:
+        plain = best[(precision, "plain")]
+        print(f"{precision:<9} plain {plain:6.2f} q/s")
+        for label in list(penalties)[1:]:
+            q = best[(precision, label)]
+            print(f"  KFC, {label:<14} {q:6.2f} q/s: {plain / q:.3f}x a plain step")
 
 
 if __name__ == "__main__":

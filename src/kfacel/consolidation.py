@@ -54,6 +54,8 @@ METHODS = tuple(m.value for m in ConsolidationMethod)
 Curvature = KFACFisher | DiagonalFisher | None
 SHARED_FACTORS = "shared_factors"
 """Metadata key: factor key to the key of an equal factor stored in its place."""
+FACTOR_RANK = "factor_rank"
+"""Key of a state's ``meta``: the rank its large Kronecker factors are kept at (K10)."""
 
 
 @dataclass(frozen=True)

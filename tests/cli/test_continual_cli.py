@@ -313,3 +313,43 @@ def test_budget_bayes_and_tolerance_choose_lambda_without_old_data(
     with pytest.raises(SystemExit, match="2"):  # argparse refuses it while parsing
         main([*base, "--lam", "inf", "--out", str(tmp_path / "x")])
     assert "argument --lam: must be a finite number" in capsys.readouterr().err
+
+
+def test_factor_rank_keeps_large_factors_low_rank_under_the_default_penalty(
+    tasks, tmp_path, capsys
+) -> None:
+    """`consolidate --factor-rank K` (K10) stores smaller factors.
+
+    The default KFC penalty (factored damping) trains with them.
+    """
+    import shutil
+
+    from kfacel.curvature.factors import LowRankFactor
+
+    whole, low, v2 = tmp_path / "whole", tmp_path / "low", tmp_path / "v2"
+    a = str(tasks / "A")
+    assert main(["train", "--task", a, "--out", str(whole), *CNN, "--epochs", "1"]) == 0
+    shutil.copytree(whole, low)
+    assert main(["consolidate", str(whole), "--task", a]) == 0
+    whole_bytes = json.loads(capsys.readouterr().out.splitlines()[-1])["state_bytes"]
+    assert main(["consolidate", str(low), "--task", a, "--factor-rank", "4"]) == 0
+    low_bytes = json.loads(capsys.readouterr().out.splitlines()[-1])["state_bytes"]
+    assert low_bytes < whole_bytes
+    (state,) = load_state(low)
+    assert state.meta["factor_rank"] == 4
+    ranks = {
+        f.G.rank for f in state.curvature.values() if isinstance(f.G, LowRankFactor)
+    }
+    assert ranks == {4}
+    code = main(
+        ["train", "--task", str(tasks / "B"), "--init", str(low), "--penalty", "kfac",
+         "--lam", "10", "--out", str(v2), "--epochs", "1"]
+    )  # fmt: skip
+    assert code == 0
+    config = json.loads((v2 / "config.json").read_text())["continual"]
+    assert config["damping_kind"] == "factored"
+    assert json.loads((v2 / "train_log.json").read_text())["epochs"][0]["penalty"] > 0
+    code = main(["consolidate", str(whole), "--task", str(tasks / "B"), "--method",
+                 "ewc", "--factor-rank", "4"])  # fmt: skip
+    assert code == 2
+    assert "--factor-rank needs --method kfac" in capsys.readouterr().err

@@ -283,6 +283,7 @@ def test_fine_grid_config_differs_from_paper_cnn_small_in_grid_and_methods() -> 
         ("train", {"lr": -1.0}, r"train\.lr must be"),
         ("train", {"max_train_examples": -15}, r"train\.max_train must be"),
         ("train", {"precision": "float16"}, r"train\.precision"),
+        ("curvature", {"factor_rank": 0}, r"curvature\.factor_rank: must be >= 1"),
     ],
 )
 def test_values_the_run_cannot_use_are_refused_when_loading(key, value, match) -> None:

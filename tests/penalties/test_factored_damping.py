@@ -7,7 +7,12 @@ import torch
 
 from kfacel.consolidation import build_penalty
 from kfacel.curvature import estimate_kfac
-from kfacel.curvature.factors import compress_factors, factored_damping
+from kfacel.curvature.factors import (
+    LowRankFactor,
+    compress_factors,
+    dense,
+    factored_damping,
+)
 from kfacel.penalties import KFACPenalty, snapshot
 from kfacel.training.update import Protection
 from tests._synth import TinyRanker
@@ -101,10 +106,30 @@ def test_zero_damping_leaves_the_factors_as_they_are() -> None:
         assert torch.equal(same[name].G, f.G)
 
 
-def test_factored_damping_is_refused_where_there_are_no_whole_factors() -> None:
+@pytest.mark.parametrize("rank", [1, 2, 64])
+def test_low_rank_factors_are_damped_as_the_dense_matrices_they_stand_for(rank) -> None:
+    """(P4) on a compressed block equals (P4) on ``dense(A)``, ``dense(G)`` (K10).
+
+    At a rank above every factor's size the block is the whole one, damped alike.
+    """
     model, fisher = _fisher()
-    with pytest.raises(ValueError, match="whole factors"):
-        factored_damping(compress_factors(fisher, 1), DELTA)
+    low = compress_factors(fisher, rank)
+    assert (rank < 64) == any(isinstance(f.G, LowRankFactor) for f in low.values())
+    damped = factored_damping(low, DELTA)
+    for name, f in low.items():
+        expected = _dense_damped(dense(f.A), dense(f.G), DELTA)
+        torch.testing.assert_close(damped[name].to_dense(), expected, **TOL64)
+        if rank == 64:
+            whole = fisher[name].damped(DELTA).to_dense()
+            torch.testing.assert_close(damped[name].to_dense(), whole, **TOL64)
+    pen = KFACPenalty(damping=DELTA, damping_kind="factored").add_task(
+        snapshot(model), low, lam=1.0
+    )  # accepted where it was refused
+    assert float(pen(model).detach()) == 0.0
+
+
+def test_factored_damping_is_refused_where_it_does_not_apply() -> None:
+    model, fisher = _fisher()
     with pytest.raises(ValueError, match="needs penalty kfac, not 'ewc'"):
         Protection(penalty="ewc", damping=DELTA, damping_kind="factored")
     with pytest.raises(ValueError, match="damping_kind must be one of"):

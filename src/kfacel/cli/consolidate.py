@@ -60,6 +60,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "as independent (expand, paper) or aggregated per example (reduce)",
     )
     p.add_argument(
+        "--factor-rank",
+        type=positive_int,
+        metavar="K",
+        help="K-FAC: keep each Kronecker factor larger than K at its top K eigenpairs "
+        "and the mean of the rest (eq. K10): a smaller state and a cheaper penalty "
+        "step; default: whole factors",
+    )
+    p.add_argument(
         "--retriever-steps",
         type=nonnegative_int,
         default=DEFAULT_RETRIEVER_STEPS,
@@ -83,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(
             f"{args.model_dir} already holds a consolidation state for {task.name!r}"
         )
+    if args.factor_rank is not None and args.method != "kfac":
+        raise UserError(f"--factor-rank needs --method kfac, not {args.method!r}")
     start = time.perf_counter()
     state = consolidate_task(
         linker,
@@ -94,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         uncovered=args.uncovered,
         approx=args.approx,
         split=args.split,
+        factor_rank=args.factor_rank,
         seed=args.seed,
         device=args.device,
         progress=sys.stderr.isatty(),

@@ -78,6 +78,15 @@ class LowRankFactor:
         eye = torch.eye(self.U.shape[0], dtype=self.U.dtype, device=self.U.device)
         return self.left(eye)
 
+    def trace(self) -> float:
+        """``Σ s + σ (p − k)``, without the dense matrix."""
+        p, k = self.U.shape
+        return float(self.s.sum()) + self._sigma * (p - k)
+
+    def plus_identity(self, gamma: float) -> LowRankFactor:
+        """``M + γ I``: every eigenvalue, kept or not, shifted by γ (K10, P4)."""
+        return LowRankFactor(self.U, self.s + gamma, self.sigma + gamma)
+
     def to(self, device: torch.device | str) -> LowRankFactor:
         """The same factor with its tensors on ``device``."""
         return LowRankFactor(
@@ -107,8 +116,18 @@ def dense(m: Factor) -> Tensor:
 
 def trace(m: Factor) -> float:
     """A factor's trace (an Embedding's vector A is its diagonal)."""
-    d = dense(m)
-    return float(d.sum() if d.ndim == 1 else torch.trace(d))
+    if isinstance(m, LowRankFactor):
+        return m.trace()
+    return float(m.sum() if m.ndim == 1 else torch.trace(m))
+
+
+def plus_identity(m: Factor, gamma: float) -> Factor:
+    """``M + γ I`` for a dense, diagonal (Embedding, K6) or low-rank factor."""
+    if isinstance(m, LowRankFactor):
+        return m.plus_identity(gamma)
+    if m.ndim == 1:
+        return m + gamma
+    return m + gamma * torch.eye(m.shape[0], dtype=m.dtype, device=m.device)
 
 
 @dataclass(frozen=True)
@@ -228,30 +247,26 @@ class KroneckerFactors:
         used (A) and the outputs it was sensitive to (G), even where the product ``G ⊗ A``
         is flat. An Embedding's rows the old task never saw get ``γ_A`` too.
 
+        A low-rank factor (K10) is damped in its eigenvalues, kept and not: ``s + γ``,
+        ``σ + γ``; its trace ``Σ s + σ (p − k)`` is the whole factor's, so π is too.
+
         Raises:
-            ValueError: ``delta`` < 0, or a low-rank factor (damp before compressing).
+            ValueError: ``delta`` < 0.
         """
         if delta < 0:
             raise ValueError(f"damping must be >= 0, got {delta}")
-        if isinstance(self.A, LowRankFactor) or isinstance(self.G, LowRankFactor):
-            raise ValueError(
-                f"{self.weight}: factored damping needs whole factors, not low-rank "
-                "ones (damp uniformly: damping_kind='uniform', --damping-kind uniform)"
-            )
         if delta == 0:
             return self
         mean_a = trace(self.A) / self.A.shape[0]
         mean_g = trace(self.G) / self.G.shape[0]
         pi = (mean_a / mean_g) ** 0.5 if mean_a > 0 and mean_g > 0 else 1.0
         gamma_a, gamma_g = pi * delta**0.5, delta**0.5 / pi
-        eye_g = torch.eye(self.G.shape[0], dtype=self.G.dtype, device=self.G.device)
-        if self.A.ndim == 1:
-            A = self.A + gamma_a
-        else:
-            A = self.A + gamma_a * torch.eye(
-                self.A.shape[0], dtype=self.A.dtype, device=self.A.device
-            )
-        return replace(self, A=A, G=self.G + gamma_g * eye_g, support=None)
+        return replace(
+            self,
+            A=plus_identity(self.A, gamma_a),
+            G=plus_identity(self.G, gamma_g),
+            support=None,
+        )
 
 
 @dataclass(frozen=True)
@@ -314,7 +329,7 @@ def factored_damping(fisher: KFACFisher, delta: float) -> KFACFisher:
     """``fisher`` with every block damped by (P4) and ``δ`` added to its diagonal part.
 
     Raises:
-        ValueError: ``delta`` < 0, or a low-rank factor.
+        ValueError: ``delta`` < 0.
     """
     if delta < 0:
         raise ValueError(f"damping must be >= 0, got {delta}")

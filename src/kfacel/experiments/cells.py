@@ -349,6 +349,7 @@ def _state(
         uncovered=c.uncovered.value,
         approx=c.approx,
         split=c.split,
+        factor_rank=c.factor_rank if method == "kfac" else None,
         seed=seed,
         device=cfg.train.device,
     )

@@ -105,6 +105,13 @@ class CurvatureConfig:
     damping_kind: Literal["uniform", "factored"] = "uniform"  # δ I, or (P4) on factors
     approx: KFACApprox = KFACApprox.EXPAND
     split: Literal["train", "dev"] = "train"  # the queries the Fisher is estimated on
+    factor_rank: int | None = None  # K-FAC factors kept at this rank (K10); None: whole
+
+    def __post_init__(self) -> None:
+        if self.factor_rank is not None and self.factor_rank < 1:
+            raise ConfigError(
+                f"curvature.factor_rank: must be >= 1, got {self.factor_rank}"
+            )
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from kfacel.consolidation import (
+    FACTOR_RANK,
     METHODS,
     TaskState,
     curvature_to,
@@ -38,9 +39,6 @@ __all__ = ["FACTOR_RANK", "LOSS_TERMS", "consolidate", "load_states", "save_stat
 
 LOSS_TERMS = "loss_terms"
 """Key of a state's ``meta``: the labelled terms (labels other than -100) seen (K9)."""
-
-FACTOR_RANK = "factor_rank"
-"""Key of a state's ``meta``: the rank its large Kronecker factors are kept at (K10)."""
 
 
 def consolidate(

@@ -18,8 +18,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from kfacel.consolidation import TaskState, curvature_to, estimate_curvature
-from kfacel.curvature import KFACApprox
+from kfacel.consolidation import (
+    FACTOR_RANK,
+    TaskState,
+    curvature_to,
+    estimate_curvature,
+)
+from kfacel.curvature import KFACApprox, KFACFisher, compress_factors
 from kfacel.data.records import LinkingExample
 from kfacel.data.tasks import Task
 from kfacel.penalties import snapshot
@@ -45,6 +50,7 @@ def consolidate_task(
     uncovered: str = "ignore",
     approx: KFACApprox | str = KFACApprox.EXPAND,
     split: str = "train",
+    factor_rank: int | None = None,
     seed: int = 0,
     device: str = "cpu",
     progress: bool = False,
@@ -64,6 +70,9 @@ def consolidate_task(
         split: the queries the Fisher is estimated on: ``train`` (the paper's eq. 3;
             already fit, so their gradients are small) or ``dev`` (held out, read
             while the task is still at hand).
+        factor_rank: K-FAC only: keep each Kronecker factor larger than this at its
+            top eigenpairs and the mean of the rest (K10): a smaller state and a
+            cheaper penalty step (``G Δ A`` in ``O(o·i·k)``); None keeps them whole.
         seed: subset choice and ``sampled`` labels.
         device: where to compute.
         progress: progress bar.
@@ -72,6 +81,11 @@ def consolidate_task(
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if max_examples is not None and max_examples < 1:
         raise ValueError(f"max_examples must be positive, got {max_examples}")
+    if factor_rank is not None and (method != "kfac" or factor_rank < 1):
+        raise ValueError(
+            f"factor_rank needs method 'kfac' and a rank >= 1, got {method!r} and "
+            f"{factor_rank}"
+        )
     if split not in CONSOLIDATION_SPLITS:
         raise ValueError(f"split must be one of {CONSOLIDATION_SPLITS}, got {split!r}")
     examples = _subset(task.split(split), max_examples, seed)
@@ -97,6 +111,9 @@ def consolidate_task(
     finally:
         model.to("cpu")
     curvature = curvature_to(curvature, "cpu")
+    if isinstance(curvature, KFACFisher) and factor_rank is not None:
+        curvature = compress_factors(curvature, factor_rank)
+        meta[FACTOR_RANK] = factor_rank
     return TaskState(task.name, method, anchor, curvature, meta)
 
 
