@@ -23,7 +23,7 @@ from kfacel.curvature.factors import (
     KFACFisher,
     KroneckerFactors,
     factored_damping,
-    left,
+    right,
 )
 from kfacel.curvature.layers import LayerKind
 from kfacel.penalties._terms import add_grad, check_anchor, zero_like_model
@@ -151,10 +151,12 @@ def _embedding_rows_grad_(
         rows = torch.nonzero(weight.detach().ne(start).any(dim=1)).flatten()
     else:
         rows = support[weight.detach()[support].ne(start[support]).any(dim=1)]
-    d = (weight[rows] - start[rows]).T  # [o, m]
+    # rows [m, o], as the table stores them: ((G Δ_m) diag(A_m))ᵀ = diag(A_m) Δ_mᵀ G
+    # (G symmetric); transposed [o, m] operands made the element-wise products strided
+    d = weight[rows] - start[rows]  # [m, o]
     assert isinstance(factors.A, Tensor)
-    g = lam * left(factors.G, d) * factors.A[rows]  # λ G Δ_m diag(A_m)  [o, m]
+    g = right(d, factors.G).mul_(factors.A[rows, None] * lam)  # λ A_m Δ_m G  [m, o]
     if weight.grad is None:
         weight.grad = torch.zeros_like(weight)
-    weight.grad.index_add_(0, rows, g.T.to(weight.grad.dtype))
+    weight.grad.index_add_(0, rows, g.to(weight.grad.dtype))
     return 0.5 * (g * d).sum()
