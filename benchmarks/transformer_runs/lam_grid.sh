@@ -9,17 +9,10 @@
 # (configs/paper-transformer-small.toml): its tier-1 models, consolidations and plain
 # fine-tuning cells are copied, so only the 24 grid cells run. Resumable;
 # `kfacel report runs/paper-transformer-small-lam-ewc` (and -lam-kfac).
-set -e
-cd "$(dirname "$0")/../.."
-export OMP_NUM_THREADS=1
-SRC=runs/paper-transformer-small-r13
+source "$(dirname "$0")/_variant.sh"
 grid() {  # method, λ list
-  local D=runs/paper-transformer-small-lam-$1
-  local SETS=(--set "methods=[\"none\",\"$1\"]" --set "lam_grid=$2" --set 'tiers=[1,2]'
-              --set "name=\"paper-transformer-small-lam-$1\"" --set "output_dir=\"$D\"")
-  [ -d $D ] || .venv/bin/python benchmarks/fork_run.py $SRC $D configs/paper-transformer-small.toml \
-      --states --copy 'tier2-*-none-*' "${SETS[@]}"
-  .venv/bin/kfacel experiment configs/paper-transformer-small.toml --out $D "${SETS[@]}" --jobs "${JOBS:-2}"
+  variant "lam-$1" "${JOBS:-2}" --states --copy 'tier2-*-none-*' -- \
+      --set "methods=[\"none\",\"$1\"]" --set "lam_grid=$2" --set 'tiers=[1,2]'
 }
 grid ewc "[100.0,1000.0]"
 grid kfac "[10.0,100.0]"
