@@ -46,6 +46,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from kfacel.curvature._gram import add_upper_gram_, upper_gram
 from kfacel.curvature.layers import (
     LayerKind,
     input_rows,
@@ -96,10 +97,10 @@ class LayerRecord:
     per_example: bool
     reduce: bool = False  # K-FAC-reduce (K8): uses aggregated per example
     aa: Tensor | None = (
-        None  # [Σ a aᵀ, Σ a; ·, ·] [i(+1), i(+1)] (Embedding: counts [V])
+        None  # [Σ a aᵀ, Σ a; ·, ·] upper triangle, [i(+1), i(+1)] (Embedding: counts [V])
     )
     uses: Tensor | None = None  # Σ_n R_n (reduce: N_A)
-    gg: Tensor | None = None  # Σ g gᵀ  [o, o] (reduce: Σ ĝ ĝᵀ)
+    gg: Tensor | None = None  # Σ g gᵀ  [o, o] (reduce: Σ ĝ ĝᵀ), upper triangle
     calls: list[Call] = field(default_factory=list)
     a_sum: Tensor | None = None  # reduce, this batch: Σ_u a_{n,u}  [N, i]
     a_count: Tensor | None = None  # reduce, this batch: U_n  [N]
@@ -307,10 +308,10 @@ class Capture:
                 flat = g.reshape(-1, g.shape[-1])
                 if call.mask is not None:
                     flat = flat[call.mask.reshape(-1)]  # real positions only
-                if rec.gg is None:
-                    rec.gg = flat.T @ flat  # Σ g gᵀ  [o, o], eq. (K5)
+                if rec.gg is None:  # Σ g gᵀ  [o, o], eq. (K5), upper triangle
+                    rec.gg = upper_gram(flat)
                 else:
-                    rec.gg.addmm_(flat.T, flat)
+                    add_upper_gram_(rec.gg, flat)
             if rec.per_example:
                 call.grads = g
 
@@ -361,10 +362,10 @@ def _add_example_grads(rec: LayerRecord) -> None:
     if rec.g_sum is None:
         return
     g = rec.g_sum  # [N, o]
-    if rec.gg is None:
-        rec.gg = g.T @ g  # Σ_n ĝ_n ĝ_nᵀ  [o, o]
+    if rec.gg is None:  # Σ_n ĝ_n ĝ_nᵀ  [o, o], upper triangle
+        rec.gg = upper_gram(g)
     else:
-        rec.gg.addmm_(g.T, g)
+        add_upper_gram_(rec.gg, g)
     rec.g_sum = None
 
 

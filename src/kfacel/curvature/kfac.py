@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from kfacel.curvature._capture import LayerRecord
+from kfacel.curvature._gram import mirror_upper_
 from kfacel.curvature._loop import run_batches
 from kfacel.curvature._per_example import finish_diagonal
 from kfacel.curvature._select import (
@@ -158,8 +159,8 @@ def _finish(
     factors: dict[str, KroneckerFactors] = {}
     for rec in kron:  # every record owns its sums: each is finished once, in place
         assert rec.aa is not None and rec.uses is not None and rec.gg is not None
-        A = _symmetrize_(_finish_input_factor(rec))
-        G = _symmetrize_(rec.gg.div_(n))  # eqs. (K5), (K8), in place
+        A = mirror_upper_(_finish_input_factor(rec))
+        G = mirror_upper_(rec.gg.div_(n))  # eqs. (K5), (K8), in place
         for what, t in (("A", A), ("G", G)):
             if not bool(torch.isfinite(t.sum())):  # NaN and inf survive a sum
                 raise NonFiniteCurvatureError(
@@ -187,17 +188,6 @@ def _finish_input_factor(rec: LayerRecord) -> Tensor:
     if uses > 0:
         rec.aa.div_(uses)
     return rec.aa
-
-
-def _symmetrize_(t: Tensor) -> Tensor:
-    """``t ← (t + tᵀ)/2`` in place for a matrix (a vector is returned as it is).
-
-    Sums of outer products through BLAS need not be bitwise symmetric; the state on
-    disk keeps one triangle, so the factor must be exactly symmetric to round-trip.
-    """
-    if t.ndim == 2:
-        t.copy_(0.5 * (t + t.T))
-    return t
 
 
 def _zeros_if_unseen(

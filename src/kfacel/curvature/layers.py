@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kfacel.curvature._gram import add_upper_gram_
+
 
 class LayerKind(StrEnum):
     """Module types with Kronecker factors (K1) or a per-example diagonal (K7)."""
@@ -114,9 +116,10 @@ def input_statistic(
         dtype: dtype of the statistic.
 
     Returns:
-        Embedding: token counts ``[V]``. Otherwise ``[i, i]`` holding ``Σ a aᵀ``, and
+        Embedding: token counts ``[V]``. Otherwise ``[i, i]`` holding ``Σ a aᵀ`` on and
+        above the diagonal (below it: partial sums, :mod:`kfacel.curvature._gram`), and
         with a bias ``[i + 1, i + 1]`` whose last column holds ``Σ a`` above the diagonal
-        (the last row and corner are filled when the factor is finished).
+        (the lower triangle, last row and corner are filled when the factor is finished).
 
     >>> import torch
     >>> rows = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
@@ -133,7 +136,7 @@ def input_statistic(
     i = a.shape[1]
     size = i + 1 if has_bias(module) else i
     stat = a.new_zeros(size, size)
-    stat[:i, :i].addmm_(a.T, a)  # Σ_r a aᵀ, eq. (K5), no [i, i] temporary
+    add_upper_gram_(stat[:i, :i], a)  # Σ_r a aᵀ, eq. (K5), no [i, i] temporary
     if size > i:
         stat[:i, i] = a.sum(0)  # Σ a (mirrored into the last row when finished)
     return stat
