@@ -112,7 +112,9 @@ class KFACPenalty:
                     if factors.kind is LayerKind.EMBEDDING and not delta:
                         total += _embedding_rows_grad_(factors, params, anchor, lam)
                         continue
-                    d = factors.folded(params) - factors.folded(anchor)  # [o, i]
+                    d = factors.folded(  # one fold of the difference  [o, i]
+                        {n: params[n] - anchor[n] for n in factors.param_names()}
+                    )
                     g = factors.apply(d)  # G d A, eq. (P3)
                     if delta:
                         g = g + delta * d
