@@ -88,11 +88,21 @@ def main() -> None:
         print("\nno order has every method finished")
         return
     print(f"\nover the {len(complete)} orders every method finished:\n")
-    print("| method (chosen λ) | forgetting reduction, mean | new-task cost, mean |")
+    print("| method (λ) | forgetting reduction, mean | new-task cost, mean |")
     print("|---|---:|---:|")
     for m in methods:
         fr = forgetting_reduction(kept[m], kept["none"])
-        print(f"| {m} | {fr.percent:.1f}% | {sum(cost[m]) / len(cost[m]):.2f} |")
+        name = f"{m} at the λ chosen on dev" if m in several else m
+        print(f"| {name} | {fr.percent:.1f}% | {sum(cost[m]) / len(cost[m]):.2f} |")
+    for m, lam in [g for g in grid if g[0] in several]:  # each fixed λ, for the curve
+        got = [r.delta(r.accuracy("tier2", o, m, lam, o[0]), o[0]) for o in complete]
+        paid = [
+            r.accuracy("tier2", o, "none", None, o[1])
+            - r.accuracy("tier2", o, m, lam, o[1])
+            for o in complete
+        ]
+        fr = forgetting_reduction(got, kept["none"])
+        print(f"| {m} at {lam:g} | {fr.percent:.1f}% | {sum(paid) / len(paid):.2f} |")
     print("\nhead to head on task A (orders where the first keeps more):")
     for x, y in itertools.permutations(methods, 2):
         wins = sum(px > py for px, py in zip(kept[x], kept[y], strict=True))
