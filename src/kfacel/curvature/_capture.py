@@ -299,15 +299,15 @@ class Capture:
                 self.dtype
             )  # [P, o]
             g = g.reshape(call.groups, -1, g.shape[-1])  # [N, k, o]
-            if call.mask is not None:
+            if call.mask is not None and (rec.reduce or rec.per_example):
                 g = g * call.mask.unsqueeze(-1).to(g.dtype)  # padding is no use
             if rec.factors and rec.reduce:
                 g_n = g.sum(1)  # ĝ_n = Σ_u g_{n,u}  [N, o], eq. (K8)
                 rec.g_sum = g_n if rec.g_sum is None else rec.g_sum.add_(g_n)
             elif rec.factors:
                 flat = g.reshape(-1, g.shape[-1])
-                if call.mask is not None:
-                    flat = flat[call.mask.reshape(-1)]  # real positions only
+                if call.mask is not None:  # real positions only (no zeroing needed)
+                    flat = flat[call.mask.reshape(-1)]
                 if rec.gg is None:  # Σ g gᵀ  [o, o], eq. (K5), upper triangle
                     rec.gg = upper_gram(flat)
                 else:
