@@ -44,7 +44,6 @@ def main() -> None:
     p.add_argument("runs", nargs="+", type=Path)
     args = p.parse_args()
     r = merged(args.runs)
-    orders = sorted({order for order, _ in r.chosen[2]})
     methods = [m for m in r.methods if m != "none"]
     grid = sorted(
         {
@@ -55,18 +54,43 @@ def main() -> None:
         key=lambda ml: (methods.index(ml[0]), ml[1]),
     )
     several = [m for m in methods if sum(g[0] == m for g in grid) > 1]
+    complete = accuracy_table(r, methods, grid, several)
+    if not complete:
+        print("\nno order has every method finished")
+        return
+    print(f"\nover the {len(complete)} orders every method finished:\n")
+    print("| method (λ) | forgetting reduction, mean | new-task cost, mean |")
+    print("|---|---:|---:|")
+    chosen = {m: [r.chosen[2][(o, m)] for o in complete] for m in methods}
+    none = kept_and_paid(r, complete, "none", [None] * len(complete))[0]
+    kept: dict[str, list[float]] = {}
+    for m in methods:
+        kept[m], paid = kept_and_paid(r, complete, m, chosen[m])
+        name = f"{m} at the λ chosen on dev" if m in several else m
+        summary_row(name, kept[m], none, paid)
+    for m, lam in [g for g in grid if g[0] in several]:  # each fixed λ, for the curve
+        got, paid = kept_and_paid(r, complete, m, [lam] * len(complete))
+        summary_row(f"{m} at {lam:g}", got, none, paid)
+    print("\nhead to head on task A (orders where the first keeps more):")
+    for x, y in itertools.permutations(methods, 2):
+        wins = sum(px > py for px, py in zip(kept[x], kept[y], strict=True))
+        ties = sum(px == py for px, py in zip(kept[x], kept[y], strict=True))
+        print(f"- {x} over {y}: {wins} of {len(complete)} ({ties} tied)")
+
+
+def accuracy_table(
+    r: RunResults, methods: list[str], grid: list[tuple[str, Any]], several: list[str]
+) -> list[tuple[str, ...]]:
+    """Print task A's test accuracy per order; return the orders every method finished."""
     print("tier 2, task A test accuracy % (the λ chosen on dev in parentheses)\n")
     head = ["order", "none", *[f"{m} {lam:g}" for m, lam in grid]]
     head += [f"{m} chosen" for m in several]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
-    kept: dict[str, list[float]] = {m: [] for m in ["none", *methods]}
-    cost: dict[str, list[float]] = {m: [] for m in methods}
     complete = []
-    for order in orders:
-        a, b = order
-        none_a = r.accuracy("tier2", order, "none", None, a)
-        cells = [f"{none_a:.2f}"]
+    for order in sorted({order for order, _ in r.chosen[2]}):
+        a = order[0]
+        cells = [f"{r.accuracy('tier2', order, 'none', None, a):.2f}"]
         cells += [f"{r.accuracy('tier2', order, m, lam, a):.2f}" for m, lam in grid]
         lams = {m: r.chosen[2].get((order, m)) for m in methods}
         cells += [
@@ -75,39 +99,30 @@ def main() -> None:
             else f"{r.accuracy('tier2', order, m, lams[m], a):.2f} ({lams[m]:g})"
             for m in several
         ]
-        print(f"| {a} → {b} | " + " | ".join(cells) + " |")
-        if any(lam is None for lam in lams.values()):
-            continue  # a method not finished on this order: left out of the summaries
-        complete.append(order)
-        none_b = r.accuracy("tier2", order, "none", None, b)
-        kept["none"].append(r.delta(none_a, a))
-        for m, lam in lams.items():
-            kept[m].append(r.delta(r.accuracy("tier2", order, m, lam, a), a))
-            cost[m].append(none_b - r.accuracy("tier2", order, m, lam, b))
-    if not complete:
-        print("\nno order has every method finished")
-        return
-    print(f"\nover the {len(complete)} orders every method finished:\n")
-    print("| method (λ) | forgetting reduction, mean | new-task cost, mean |")
-    print("|---|---:|---:|")
-    for m in methods:
-        fr = forgetting_reduction(kept[m], kept["none"])
-        name = f"{m} at the λ chosen on dev" if m in several else m
-        print(f"| {name} | {fr.percent:.1f}% | {sum(cost[m]) / len(cost[m]):.2f} |")
-    for m, lam in [g for g in grid if g[0] in several]:  # each fixed λ, for the curve
-        got = [r.delta(r.accuracy("tier2", o, m, lam, o[0]), o[0]) for o in complete]
-        paid = [
-            r.accuracy("tier2", o, "none", None, o[1])
-            - r.accuracy("tier2", o, m, lam, o[1])
-            for o in complete
-        ]
-        fr = forgetting_reduction(got, kept["none"])
-        print(f"| {m} at {lam:g} | {fr.percent:.1f}% | {sum(paid) / len(paid):.2f} |")
-    print("\nhead to head on task A (orders where the first keeps more):")
-    for x, y in itertools.permutations(methods, 2):
-        wins = sum(px > py for px, py in zip(kept[x], kept[y], strict=True))
-        ties = sum(px == py for px, py in zip(kept[x], kept[y], strict=True))
-        print(f"- {x} over {y}: {wins} of {len(complete)} ({ties} tied)")
+        print(f"| {' → '.join(order)} | " + " | ".join(cells) + " |")
+        if all(lam is not None for lam in lams.values()):
+            complete.append(order)  # the others are left out of the summaries
+    return complete
+
+
+def kept_and_paid(
+    r: RunResults, orders: list[tuple[str, ...]], method: str, lams: list[Any]
+) -> tuple[list[float], list[float]]:
+    """Per order: Perc Δ of task A, and none's task-B test accuracy minus the method's."""
+    kept, paid = [], []
+    for (a, b), lam in zip(orders, lams, strict=True):
+        kept.append(r.delta(r.accuracy("tier2", (a, b), method, lam, a), a))
+        none_b = r.accuracy("tier2", (a, b), "none", None, b)
+        paid.append(none_b - r.accuracy("tier2", (a, b), method, lam, b))
+    return kept, paid
+
+
+def summary_row(
+    name: str, kept: list[float], none: list[float], paid: list[float]
+) -> None:
+    """One row: the mean forgetting reduction against none and the mean new-task cost."""
+    fr = forgetting_reduction(kept, none)
+    print(f"| {name} | {fr.percent:.1f}% | {sum(paid) / len(paid):.2f} |")
 
 
 if __name__ == "__main__":
