@@ -93,7 +93,7 @@ class KFACPenalty:
         for anchor, fisher, lam in self.terms:
             check_anchor(anchor, params, fisher.param_names())
             for factors in fisher.values():
-                d = factors.folded(params) - factors.folded(anchor)  # [o, i]
+                d = _folded_delta(factors, params, anchor)  # [o, i]
                 term = factors.quadratic_form(d)  # vec(d)ᵀ (G ⊗ A) vec(d), eq. (P2)
                 total = total + lam * (term + self._uniform * d.pow(2).sum())
             for name, f in fisher.diagonal.items():
@@ -112,9 +112,7 @@ class KFACPenalty:
                     if factors.kind is LayerKind.EMBEDDING and not delta:
                         total += _embedding_rows_grad_(factors, params, anchor, lam)
                         continue
-                    d = factors.folded(  # one fold of the difference  [o, i]
-                        {n: params[n] - anchor[n] for n in factors.param_names()}
-                    )
+                    d = _folded_delta(factors, params, anchor)  # [o, i]
                     g = factors.apply(d)  # G d A, eq. (P3)
                     if delta:
                         g = g + delta * d
@@ -129,6 +127,13 @@ class KFACPenalty:
                     add_grad(params[name], g)
                     total += 0.5 * (g * d).sum()
         return total
+
+
+def _folded_delta(
+    factors: KroneckerFactors, params: Mapping[str, Tensor], anchor: ParamDict
+) -> Tensor:
+    """``Δ = [W − W₀ | b − b₀]`` of one layer, eq. (K1): one fold of the difference."""
+    return factors.folded({n: params[n] - anchor[n] for n in factors.param_names()})
 
 
 def _embedding_rows_grad_(
