@@ -322,3 +322,14 @@ def test_a_damaged_shared_factor_is_named_by_its_key_on_disk(tmp_path) -> None:
     _tamper(path, "kfac/q/A", lambda t: -t)
     with pytest.raises(ValueError, match=r"tensor 'kfac/q/A' is not positive"):
         load_state(tmp_path, model)
+
+
+def test_states_beyond_99_are_loaded_in_numeric_order(tmp_path) -> None:
+    """120 saved states load back as 120, in save order (``100-`` after ``99-``)."""
+    anchor = {"w": torch.zeros(1)}
+    for i in range(120):
+        save_state(tmp_path, TaskState(f"t{i}", "l2", anchor, None))
+    names = sorted(p.name for p in state_dir(tmp_path).glob("*.json"))
+    assert "100-t100.json" in names
+    assert "119-t119.json" in names
+    assert [s.task for s in load_state(tmp_path)] == [f"t{i}" for i in range(120)]

@@ -34,6 +34,7 @@ def read_tensors(path: str | Path, names: list[str]) -> dict[str, Tensor]:
 
     Raises:
         FileNotFoundError: when the directory has no ``model.safetensors``.
+        ValueError: naming the file and the tensor when one holds NaN or ±inf.
     """
     file = Path(path) / "model.safetensors"
     if not file.is_file():
@@ -46,4 +47,9 @@ def read_tensors(path: str | Path, names: list[str]) -> dict[str, Tensor]:
                 if prefix + name in keys:
                     out[name] = f.get_tensor(prefix + name)
                     break
+            t = out.get(name)
+            if t is not None and t.is_floating_point() and not t.isfinite().all():
+                raise ValueError(
+                    f"{file}: tensor {name!r} holds NaN or infinite values"
+                )
     return out

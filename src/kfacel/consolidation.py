@@ -2,7 +2,8 @@
 
 A model directory holds ``consolidation/NN-<task>.safetensors`` (tensors) and
 ``consolidation/NN-<task>.json`` (method, Fisher kind, K-FAC approximation, example
-count, task name, coverage) per finished task, in order; a state without ``approx``
+count, task name, coverage) per finished task, in the numeric order of ``NN`` (two
+digits or more: ``100-…`` follows ``99-…``); a state without ``approx``
 predates K-FAC-reduce and is ``expand``. Kronecker factors are symmetric and stored as
 their upper triangle, or, kept low-rank (K10, ``compress_factors``), as ``<key>.U``,
 ``.s`` and ``.sigma``; equal factors (layers that read the same input) are stored once,
@@ -399,11 +400,19 @@ def _unpack(v: Tensor) -> Tensor:
 
 
 def _stems(directory: Path) -> list[str]:
+    """The states' file stems ``N-<task>``, in the order of ``N`` (a number, not text).
+
+    ``N`` has two digits or more: ``09-a`` comes before ``10-b`` and ``99-c`` before
+    ``100-d``.
+    """
     if not directory.is_dir():
         return []
-    return sorted(
-        p.stem for p in directory.glob("*.json") if re.match(r"\d\d-", p.name)
+    numbered = (
+        (int(m.group(1)), p.stem)
+        for p in directory.glob("*.json")
+        if (m := re.match(r"(\d{2,})-", p.name))
     )
+    return [stem for _, stem in sorted(numbered)]
 
 
 def _slug(name: str) -> str:

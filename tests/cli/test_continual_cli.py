@@ -9,7 +9,7 @@ from tests.training.test_continual import TASK_A, TASK_B, code_task
 
 from kfacel.cli import main
 from kfacel.consolidation import load_state
-from kfacel.data.tasks import write_task
+from kfacel.data.tasks import Task, write_task
 from kfacel.training.update import DEFAULT_BUDGET, DEFAULT_KFAC_DAMPING
 
 CNN = [
@@ -153,6 +153,12 @@ def test_replay_and_misuse_get_clear_errors(tasks, tmp_path, capsys) -> None:
         == 0
     )
     capsys.readouterr()
+    # a task the model was not trained on (a typo in --task): refused, nothing written
+    assert main(["consolidate", str(v1), "--task", str(tasks / "B")]) == 2
+    err = capsys.readouterr().err
+    assert "last trained on 'A', not on task 'B'" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (v1 / "consolidation").exists()
     # a penalty without a consolidated task
     assert (
         main(
@@ -353,3 +359,21 @@ def test_factor_rank_keeps_large_factors_low_rank_under_the_default_penalty(
                  "ewc", "--factor-rank", "4"])  # fmt: skip
     assert code == 2
     assert "--factor-rank needs --method kfac" in capsys.readouterr().err
+
+
+def test_consolidate_checks_the_history_when_the_last_task_is_not_recorded() -> None:
+    """A model that records only its history: a task in it passes, another does not."""
+    from pathlib import Path
+
+    from kfacel.cli import UserError
+    from kfacel.cli.consolidate import _check_trained_on
+
+    task = Task("C", Path("C"), [], [], [])
+    _check_trained_on({}, task, "m")  # nothing recorded: nothing to check
+    _check_trained_on({"history": ["A", "C"]}, task, "m")
+    with pytest.raises(
+        UserError, match=r"m was trained on \['A', 'B'\], not on task 'C'"
+    ):
+        _check_trained_on({"history": ["A", "B"]}, task, "m")
+    with pytest.raises(UserError, match="last trained on 'B'"):
+        _check_trained_on({"task": {"name": "B"}, "history": ["C", "B"]}, task, "m")

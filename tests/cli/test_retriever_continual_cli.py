@@ -81,7 +81,8 @@ def test_the_retriever_is_consolidated_with_the_ranker(chain, capsys) -> None:
 
 
 def test_the_next_retriever_starts_from_a_and_is_held_near_it(chain, capsys) -> None:
-    from kfacel.training.retriever import retriever_states
+    from kfacel.data.tasks import load_task
+    from kfacel.training.retriever import consolidate_task_retriever, retriever_states
 
     root, task_a = chain
     model_a = root / "model-a"
@@ -115,11 +116,14 @@ def test_the_next_retriever_starts_from_a_and_is_held_near_it(chain, capsys) -> 
     _consolidate(root / "model-b", kfc, capsys)
     tasks = [s.task for s in retriever_states(root / "model-b" / "retriever")]
     assert tasks == ["A", "B"]
-    # A's model does not hold B's retriever: refused, naming both, nothing written
+    # A's model was not trained on B: refused, naming both, nothing written
     before = sorted((model_a / "consolidation").iterdir())
     assert main(["consolidate", str(model_a), "--task", str(kfc)]) != 0
-    assert "is not the retriever of task" in capsys.readouterr().err
+    assert "last trained on 'A', not on task 'B'" in capsys.readouterr().err
     assert sorted((model_a / "consolidation").iterdir()) == before
+    # nor does it hold B's retriever
+    with pytest.raises(ValueError, match="is not the retriever of task"):
+        consolidate_task_retriever(model_a / "retriever", load_task(kfc))
     # a task whose retriever did not start from the model's: said, in one line
     _train(task_a, root / "model-c", "--init", str(root / "model-b"))
     err = capsys.readouterr().err

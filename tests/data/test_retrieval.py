@@ -122,6 +122,30 @@ def test_name_index_is_cached_and_a_damaged_entry_rebuilt(dense, monkeypatch) ->
     np.testing.assert_allclose(norms, 1.0, atol=1e-5)
 
 
+def test_a_cache_entry_with_one_flipped_byte_is_rebuilt_saying_so(
+    dense, caplog, tmp_path
+) -> None:
+    """One byte of the cached embeddings flipped: not read back, rebuilt, one line."""
+    from kfacel.data.dense import NameIndex
+
+    encoder = dense.index.encoder
+    names = ["delta", "epsilon zeta"]
+    first = NameIndex.build(encoder, names, cache=tmp_path)
+    (entry,) = tmp_path.glob("names-*.safetensors")
+    blob = bytearray(entry.read_bytes())
+    blob[-1] ^= 0x40  # the last embedding's last float: still a finite number
+    entry.write_bytes(bytes(blob))
+    with caplog.at_level("WARNING", logger="kfacel.data.dense"):
+        rebuilt = NameIndex.build(encoder, names, cache=tmp_path)
+    np.testing.assert_allclose(rebuilt.matrix, first.matrix, atol=1e-6)
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert f"{entry} does not match its digest (damaged); rebuilding it" in line
+    again = NameIndex.build(
+        encoder, names, cache=tmp_path
+    )  # the rebuilt entry is trusted again
+    np.testing.assert_array_equal(again.matrix, rebuilt.matrix)
+
+
 def test_fused_search_is_deterministic_and_handles_odd_strings(dense) -> None:
     fused = FusedGenerator(
         [*CONCEPTS, Concept("C6", ("!!!",))],

@@ -6,10 +6,16 @@ import json
 from pathlib import Path
 
 import pytest
-from _experiments_synth import tiny_config
+from _experiments_synth import tiny_config, write_tasks
 
 from kfacel.experiments.config import ConfigError
-from kfacel.experiments.rundir import open_run_dir, record_stage
+from kfacel.experiments.rundir import (
+    TASKS_FILE,
+    check_tasks,
+    open_run_dir,
+    record_stage,
+    record_tasks,
+)
 
 PATHS = {"a": Path("tasks/a"), "b": Path("tasks/b")}  # never read here
 
@@ -76,3 +82,22 @@ def test_stages_are_recorded_in_the_latest_session_only(tmp_path) -> None:
     first, second = _read(run / "env.json")["sessions"]
     assert first["stages"] == [{"stage": "tier 1", "seconds": 12.3, "cells_run": 3}]
     assert second["stages"] == [{"stage": "tier 2", "seconds": 5.0, "cells_run": 0}]
+
+
+def test_a_task_changed_since_the_run_started_is_refused_naming_it(tmp_path) -> None:
+    """The fingerprints recorded at the start against a task re-prepared since."""
+    paths = write_tasks(tmp_path / "tasks")
+    run, cfg = tmp_path / "run", tiny_config(paths)
+    fingerprints = check_tasks(run, cfg)  # a new run: nothing to compare
+    open_run_dir(run, cfg, jobs=1)
+    record_tasks(run, fingerprints)
+    recorded = _read(run / TASKS_FILE)
+    assert set(recorded) == {"a", "b"}
+    assert set(recorded["b"]) == {"task.json", "train.jsonl", "dev.jsonl", "test.jsonl"}
+    assert check_tasks(run, cfg) == recorded  # unchanged: resumes
+    (paths["b"] / "test.jsonl").write_bytes(b"")  # re-prepared: another test split
+    with pytest.raises(ConfigError, match=r"task 'b' .* \(test.jsonl differ\)"):
+        check_tasks(run, cfg)
+    (paths["a"] / "task.json").unlink()
+    with pytest.raises(ConfigError, match=r"task 'a' .* \(task.json differ\)"):
+        check_tasks(run, cfg)

@@ -8,8 +8,9 @@ from dataclasses import replace
 
 import pytest
 import torch
-from _experiments_synth import tiny_config, write_tasks
+from _experiments_synth import code_examples, tiny_config, write_tasks
 
+from kfacel.data.tasks import SPLITS, write_task
 from kfacel.experiments import cells as cells_mod
 from kfacel.experiments.config import ConfigError, apply_overrides, load_config
 from kfacel.experiments.report import write_report
@@ -181,6 +182,21 @@ def test_interrupted_cell_is_redone(paths, tmp_path) -> None:
     assert summary.ran == ["individual-b-none-s0"]
     assert not (cell / "half-written").exists()
     assert (cell / "done.json").is_file()
+
+
+def test_a_task_re_prepared_since_the_run_started_is_refused_untouched(
+    tmp_path,
+) -> None:
+    paths = write_tasks(tmp_path / "tasks")
+    cfg = tiny_config(paths, tiers=[1], methods=["none"], combined=False)
+    out = tmp_path / "run"
+    run_experiment(cfg, out)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    splits = {s: code_examples("b", range(8, 16), 16, 99) for s in SPLITS}
+    write_task(paths["b"], splits, {"name": "b", "seed": 99})  # a new seed
+    with pytest.raises(ConfigError, match=r"task 'b'.*changed since the run started"):
+        run_experiment(cfg, out)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
 def test_other_config_in_run_dir_is_refused_untouched(finished_run) -> None:

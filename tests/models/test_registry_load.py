@@ -89,3 +89,30 @@ def test_failed_rename_restores_the_old_model_and_leaves_no_stray(
     monkeypatch.undo()
     assert (saved / "model.safetensors").read_bytes() == before
     assert sorted(p.name for p in saved.parent.iterdir()) == ["m"]
+
+
+def test_a_nan_weight_is_refused_naming_file_and_tensor(saved) -> None:
+    """A NaN written into a saved tensor: refused, naming the file and the tensor."""
+    from safetensors.torch import load_file, save_file
+
+    weights = saved / "model.safetensors"
+    state = load_file(str(weights))
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name].view(-1)[0] = float("nan")
+    save_file(state, str(weights))
+    with pytest.raises(ValueError, match=rf"model\.safetensors: tensor '{name}' holds"):
+        load_model(saved)
+
+
+def test_a_flipped_bit_that_stays_finite_is_refused_by_the_digest(saved) -> None:
+    """One exponent bit flipped in the last weight: still finite, yet refused."""
+    import torch
+    from safetensors.torch import load_file
+
+    weights = saved / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01  # the float32's sign/exponent byte: a finite, scaled value
+    weights.write_bytes(bytes(data))
+    assert all(torch.isfinite(t).all() for t in load_file(str(weights)).values())
+    with pytest.raises(ValueError, match=r"model\.safetensors: its SHA-256 differs"):
+        load_model(saved)

@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from kfacel.cli import UserError
 from kfacel.cli._args import device, nonnegative_int, positive_int
@@ -93,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.factor_rank is not None and args.method != "kfac":
         raise UserError(f"--factor-rank needs --method kfac, not {args.method!r}")
+    _check_trained_on(linker.meta, task, args.model_dir)
     start = time.perf_counter()
     state = consolidate_task(
         linker,
@@ -137,6 +139,29 @@ def run(args: argparse.Namespace) -> int:
     }
     print(json.dumps(summary))
     return 0
+
+
+def _check_trained_on(meta: dict[str, Any], task: Task, model_dir: str) -> None:
+    """Refuse a task other than the one the model was last trained on.
+
+    The state's anchor is the model's weights as they are, so only the task they were
+    last fit to can be consolidated: ``train`` on it, then ``consolidate`` it. A model
+    that does not record its last task is checked against its ``history``.
+
+    Raises:
+        UserError: naming the model, the task and the task the model last learned.
+    """
+    trained_on = meta.get("task")
+    last = trained_on.get("name") if isinstance(trained_on, dict) else None
+    history = meta.get("history", [])
+    if last is None and (not history or task.name in history):
+        return
+    if task.name != last:
+        trained = f"last trained on {last!r}" if last else f"trained on {history}"
+        raise UserError(
+            f"{model_dir} was {trained}, not on task {task.name!r} ({task.path}): "
+            "consolidate a task with the model trained on it"
+        )
 
 
 def _retriever_state(args: argparse.Namespace, task: Task) -> TaskState | str:

@@ -185,15 +185,20 @@ class CandidateGenerator:
     def search(
         self, mentions: Sequence[str], k: int
     ) -> list[list[tuple[Candidate, float]]]:
-        """The ``k`` best concepts of each mention, best first.
+        """The ``k`` best concepts of each mention with a positive score, best first.
+
+        A concept scoring 0 shares nothing with the mention (no character 3-gram, no
+        word, no alias link), so ranking it would be arbitrary: a mention gets fewer
+        than ``k`` concepts when fewer have evidence, and none when none has.
 
         Args:
             mentions: mention strings.
-            k: how many concepts per mention (at most the dictionary's size).
+            k: how many concepts per mention at most (capped at the dictionary's size).
 
         Returns:
             For each mention, ``(candidate, score)`` pairs, best first, ties in
-            dictionary order; each candidate carries its name closest to the mention.
+            dictionary order, every score positive (an empty list: no candidate);
+            each candidate carries its name closest to the mention.
         """
         out: list[list[tuple[Candidate, float]]] = []
         for scores, by_name, rows in self._batches(mentions):
@@ -201,6 +206,7 @@ class CandidateGenerator:
                 [
                     (self.candidate(int(j), names, r + 1), float(row[j]))
                     for r, j in enumerate(top)
+                    if row[j] > 0  # best first: the positive scores lead
                 ]
                 for row, names, top in zip(
                     scores, by_name, top_k(scores, k), strict=True

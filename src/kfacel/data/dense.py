@@ -14,13 +14,17 @@ Embedding every name is the slow part (minutes for 76k names on two cores), so t
 matrix is cached on disk under a key of the encoder's bytes and the names' text
 (``NameIndex.build``): a second ``prepare`` or ``link`` over the same dictionary and
 encoder reads it back. The cache lives in ``$KFACEL_CACHE_DIR`` (default
-``~/.cache/kfacel``), one safetensors file per key; nothing else there is touched.
+``~/.cache/kfacel``), one safetensors file per key; nothing else there is touched. An
+entry records the SHA-256 of its embeddings; one that cannot be read, was written for
+other names or has lost or fails its digest (a flipped byte) is rebuilt, with one
+warning that says so.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +35,8 @@ import torch
 from kfacel._checkpoint import read_tensors
 from kfacel._io import atomic_write
 from kfacel._progress import with_progress
+
+logger = logging.getLogger(__name__)
 
 MAX_TOKENS = 32
 """Tokens an encoded name or mention is cut to (names are short; mentions too)."""
@@ -205,7 +211,7 @@ class NameIndex:
             cache: the cache directory (default :func:`cache_dir`).
             progress: a progress bar while names are encoded.
         """
-        from safetensors.numpy import load, save
+        from safetensors.numpy import save
 
         digest = hashlib.sha256(encoder.key.encode())
         for name in names:
@@ -213,15 +219,12 @@ class NameIndex:
         key = digest.hexdigest()
         file = (cache or cache_dir()) / f"names-{key[:32]}.safetensors"
         if file.is_file():
-            try:
-                tensors = load(file.read_bytes())
-                matrix = tensors["embeddings"]
-                if matrix.shape == (len(names), encoder.dim):
-                    return cls(encoder, matrix)
-            except Exception:  # a damaged cache entry is rebuilt, never trusted
-                pass
+            cached = _read_cached(file, key, (len(names), encoder.dim))
+            if cached is not None:
+                return cls(encoder, cached)
         matrix = encoder.encode(names, progress=progress, desc="embed names")
         meta = {"format": _FORMAT, "key": key, "names": str(len(names))}
+        meta["sha256"] = hashlib.sha256(matrix.tobytes()).hexdigest()
         file.parent.mkdir(parents=True, exist_ok=True)
         blob = save({"embeddings": matrix}, metadata=meta)
 
@@ -239,3 +242,33 @@ class NameIndex:
     def scores(self, queries: np.ndarray) -> np.ndarray:
         """Cosine similarities ``[b, names]`` of query embeddings ``[b, dim]``."""
         return queries @ self.matrix.T
+
+
+def _read_cached(file: Path, key: str, shape: tuple[int, int]) -> np.ndarray | None:
+    """The name matrix a cache entry holds, or None, with a warning, to rebuild it.
+
+    The entry must be readable, of this format, ``key`` and ``shape``, and its
+    embeddings' SHA-256 must equal the one it records.
+    """
+    from safetensors.numpy import load
+
+    try:
+        blob = file.read_bytes()
+        size = int.from_bytes(blob[:8], "little")
+        meta = json.loads(blob[8 : 8 + size]).get("__metadata__") or {}
+        matrix = load(blob)["embeddings"]
+    except Exception as exc:  # any damage: rebuilt, never trusted
+        problem = f"cannot be read ({type(exc).__name__})"
+    else:
+        if meta.get("format") != _FORMAT or meta.get("key") != key:
+            problem = "was written for other names or another encoder"
+        elif matrix.shape != shape:
+            problem = f"holds {matrix.shape}, not {shape}"
+        elif "sha256" not in meta:
+            problem = "records no digest (an older kfacel wrote it)"
+        elif hashlib.sha256(matrix.tobytes()).hexdigest() != meta["sha256"]:
+            problem = "does not match its digest (damaged)"
+        else:
+            return matrix
+    logger.warning("dense cache entry %s %s; rebuilding it", file, problem)
+    return None

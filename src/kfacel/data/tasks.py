@@ -22,6 +22,7 @@ right of its last span, within its document text.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -614,6 +615,26 @@ def read_split(path: Path) -> list[LinkingExample]:
             raise ValueError(f"{path}:{lineno}: {exc}") from None
     if not out:
         raise ValueError(f"{path}: the split has no query")
+    return out
+
+
+FINGERPRINTED = ("task.json", *(f"{split}.jsonl" for split in SPLITS))
+"""The files that define a task's queries: what :func:`task_fingerprint` hashes."""
+
+
+def task_fingerprint(task_dir: Path | str) -> dict[str, str]:
+    """SHA-256 of each file of ``FINGERPRINTED`` in ``task_dir`` (hex, by file name).
+
+    The files are read in blocks, never whole; one that is absent (a hand-made task
+    without ``task.json``) is left out, so comparing two fingerprints names the files
+    that were changed, added or removed.
+    """
+    out = {}
+    for name in FINGERPRINTED:
+        file = Path(task_dir) / name
+        if file.is_file():
+            with file.open("rb") as fh:
+                out[name] = hashlib.file_digest(fh, "sha256").hexdigest()
     return out
 
 

@@ -4,7 +4,11 @@
 config (keys in ``NOT_COMPARED`` may change between invocations), and appends the
 invocation's ``environment`` (package versions, git commit, device, seeds, jobs, tiers,
 start time) to ``env.json``: what makes a run reproducible. ``record_stage`` adds each
-stage's wall time to that entry as the stage finishes.
+stage's wall time to that entry as the stage finishes. ``check_tasks`` and
+``record_tasks`` keep each task's fingerprint (``task.json`` and the splits' SHA-256,
+``data.tasks.task_fingerprint``) in ``tasks.json`` when the run starts, and refuse to
+resume once a task has changed: its finished cells were trained and tested on other
+queries.
 """
 
 from __future__ import annotations
@@ -20,10 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from kfacel._io import atomic_write_json
+from kfacel.data.tasks import task_fingerprint
 from kfacel.experiments.config import ConfigError, ExperimentConfig
 
 PACKAGES = ("kfacel", "torch", "numpy", "safetensors", "transformers", "matplotlib")
 NOT_COMPARED = ("tiers", "output_dir")  # may change between invocations of one run
+TASKS_FILE = "tasks.json"
+"""Each task's fingerprint as the run started: file name to SHA-256, by task name."""
 RETIRED: dict[str, tuple[str, ...]] = {"curvature": ("method",), "penalty": ("lam",)}
 """Keys that older configs wrote but no part of a run ever read: dropped on resume."""
 
@@ -108,3 +115,46 @@ def record_stage(run_dir: Path, stage: str, seconds: float, cells_run: int) -> N
         {"stage": stage, "seconds": round(seconds, 1), "cells_run": cells_run}
     )
     atomic_write_json(env_path, env, sort_keys=True)
+
+
+def check_tasks(run_dir: Path, cfg: ExperimentConfig) -> dict[str, dict[str, str]]:
+    """Each config task's fingerprint, refused when it differs from the run's record.
+
+    Reads only: a new run (or one started before fingerprints were kept) has no
+    record to compare with; :func:`record_tasks` writes it.
+
+    Raises:
+        ConfigError: the record is unreadable, or a task's files changed since the
+            run started (named, with the files that differ).
+    """
+    now = {t.name: task_fingerprint(t.path) for t in cfg.tasks}
+    path = run_dir / TASKS_FILE
+    if not path.is_file():
+        return now
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(recorded, dict):
+            raise ValueError("expected a JSON object")
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"{path}: cannot read the tasks' fingerprints ({exc})"
+        ) from None
+    for spec in cfg.tasks:
+        old, new = recorded.get(spec.name), now[spec.name]
+        if not isinstance(old, dict):
+            continue  # not in the record: the config check compares the task list
+        changed = sorted(f for f in old.keys() | new.keys() if old.get(f) != new.get(f))
+        if changed:
+            raise ConfigError(
+                f"{run_dir}: task {spec.name!r} ({spec.path}) changed since the run "
+                f"started ({', '.join(changed)} differ); its finished cells used the "
+                "old queries: restore the task, or choose another --out"
+            )
+    return now
+
+
+def record_tasks(run_dir: Path, fingerprints: dict[str, dict[str, str]]) -> None:
+    """Write the tasks' fingerprints (:func:`check_tasks`) unless the run holds them."""
+    path = run_dir / TASKS_FILE
+    if not path.is_file():
+        atomic_write_json(path, fingerprints, sort_keys=True)

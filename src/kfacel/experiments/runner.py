@@ -9,6 +9,8 @@ planned from it (``tier3_lambda_grid``, appendix A).
 The run directory::
 
     config.json      the resolved config (a resumed run must match it)
+    tasks.json       each task's fingerprint (``task.json`` and splits' SHA-256) as
+                     the run started; a resumed run refuses a changed task
     env.json         one entry per invocation: package versions, git commit, device,
                      seeds, jobs, tiers, start time, wall time of each stage
     metrics.jsonl    one record per evaluation (fields: ``cells.py``), rebuilt from
@@ -56,7 +58,12 @@ from kfacel.experiments.cells import (
     tasks_of,
 )
 from kfacel.experiments.config import ConfigError, ExperimentConfig
-from kfacel.experiments.rundir import open_run_dir, record_stage
+from kfacel.experiments.rundir import (
+    check_tasks,
+    open_run_dir,
+    record_stage,
+    record_tasks,
+)
 from kfacel.experiments.sweep import REGULARIZED, Cell, CellKind
 from kfacel.training.trainer import check_device
 
@@ -104,13 +111,16 @@ def run_experiment(
 
     Raises:
         ConfigError: the tasks cannot be read, or ``out`` holds something else
-            (another config, or files that are no run); nothing is written then.
+            (another config, files that are no run, or a run whose tasks have
+            changed since); nothing is written then.
     """
     if jobs < 1:
         raise ConfigError(f"jobs must be positive, got {jobs}")
     run_dir = Path(out if out is not None else cfg.output_dir)
     _check_before_writing(cfg)
+    fingerprints = check_tasks(run_dir, cfg)  # a resumed run's tasks are unchanged
     open_run_dir(run_dir, cfg, jobs)
+    record_tasks(run_dir, fingerprints)
     names = [t.name for t in cfg.tasks]
     methods = [m.value for m in cfg.methods]
     seeds = list(cfg.seeds)

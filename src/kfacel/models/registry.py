@@ -9,11 +9,14 @@ interrupted save leaves the old one intact; the temporary directory, and the old
 moved aside while the new one takes its place, are removed on every error path.
 Loading refuses, naming the file, a ``config.json`` that is not a JSON object with a
 known ``model`` and a ``config`` object of its settings, and a ``model.safetensors``
-that safetensors cannot read (truncated) or whose tensors do not fit the model.
+that safetensors cannot read (truncated), that holds NaN or ±inf (naming the tensor),
+whose SHA-256 differs from the one ``config.json`` recorded at save (``weights_sha256``:
+a flipped bit that leaves every number finite), or whose tensors do not fit the model.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -21,9 +24,10 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, cast
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torch import nn
+from torch import Tensor, nn
 
 from kfacel._io import atomic_dir, umask_mode
 from kfacel.models.bert import BertRanker, BertRankerConfig
@@ -37,6 +41,8 @@ MODELS: dict[str, tuple[type[Any], type[Any]]] = {
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+WEIGHTS_DIGEST = "weights_sha256"
+"""Key of ``config.json``: the SHA-256 of ``model.safetensors`` as it was saved."""
 
 
 def model_name(model: nn.Module) -> str:
@@ -93,6 +99,7 @@ def save_model(
         }
         save_file(state, str(tmp / WEIGHTS_FILE))
         os.chmod(tmp / WEIGHTS_FILE, umask_mode())  # safetensors writes 0600
+        meta[WEIGHTS_DIGEST] = file_sha256(tmp / WEIGHTS_FILE)
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", "utf-8")
         if write_files is not None:
             write_files(tmp)
@@ -127,7 +134,8 @@ def load_model(directory: str | Path) -> nn.Module:
 
     Raises:
         FileNotFoundError: when a file is missing.
-        ValueError: when the weights do not match the configuration.
+        ValueError: when the weights are not those saved (digest), hold a non-finite
+            value or do not match the configuration.
     """
     meta = read_model_config(directory)
     file = Path(directory) / CONFIG_FILE
@@ -152,6 +160,8 @@ def load_model(directory: str | Path) -> nn.Module:
         raise ValueError(
             f"{weights}: not a readable safetensors file ({exc})"
         ) from None
+    _check_finite(state, weights)
+    _check_digest(weights, meta.get(WEIGHTS_DIGEST), file)
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shapes that differ from the configuration
@@ -163,3 +173,30 @@ def load_model(directory: str | Path) -> nn.Module:
             f"{weights}: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
         )
     return model.eval()
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file (hex), read in blocks."""
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _check_digest(weights: Path, recorded: Any, config: Path) -> None:
+    """Refuse weights whose SHA-256 differs from the one saved beside them.
+
+    A model saved before digests were recorded (no ``weights_sha256``) is not checked.
+    """
+    if recorded is None:
+        return
+    if file_sha256(weights) != recorded:
+        raise ValueError(
+            f"{weights}: its SHA-256 differs from the {WEIGHTS_DIGEST} {config} "
+            "recorded at save: the file was changed or damaged since"
+        )
+
+
+def _check_finite(state: dict[str, Tensor], weights: Path) -> None:
+    """Refuse a floating-point tensor holding NaN or ±inf, naming it."""
+    for name, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{weights}: tensor {name!r} holds NaN or infinite values")
