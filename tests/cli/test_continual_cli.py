@@ -275,7 +275,12 @@ def test_budget_bayes_and_tolerance_choose_lambda_without_old_data(
     assert config["continual"]["budget"] == {"A": 1e-7}
     assert config["continual"]["lam_final"]["A"] == status["lam"]
 
+    capsys.readouterr()
     assert main([*base, "--out", str(tmp_path / "default")]) == 0  # no strength given
+    assert (  # the rule in effect, said before training
+        "kfacel train: protecting 1 task (A) with kfac, budget ε=0.005 nats, "
+        "rate 1.3/epoch, damping factored δ=1e-06\n"
+    ) in capsys.readouterr().err
     config = json.loads((tmp_path / "default" / "config.json").read_text())
     assert config["continual"]["budget"] == {"A": DEFAULT_BUDGET}
     assert config["continual"]["damping"] == DEFAULT_KFAC_DAMPING  # and the default δ
@@ -287,6 +292,13 @@ def test_budget_bayes_and_tolerance_choose_lambda_without_old_data(
     config = json.loads((damped / "config.json").read_text())
     assert config["continual"]["damping_kind"] == "uniform"  # what the user gave
     assert config["continual"]["damping"] == 1e-3
+
+    unprotected = [*base, "--penalty", "none", "--out", str(tmp_path / "plain")]
+    assert main(unprotected) == 0
+    assert (
+        f"kfacel train: warning: {v1} holds 1 consolidation state but --penalty is "
+        "none: training is unprotected; pass --penalty kfac to protect them\n"
+    ) in capsys.readouterr().err
 
     assert main([*base, "--lam", "bayes", "--out", str(tmp_path / "bayes")]) == 0
     config = json.loads((tmp_path / "bayes" / "config.json").read_text())
@@ -305,6 +317,10 @@ def test_budget_bayes_and_tolerance_choose_lambda_without_old_data(
         (["--budget", "Z=0.1"], "budget given for ['Z']"),
         (["--budget", "0.1", "--lam", "1"], "one of λ, bayes or a budget"),
         (["--tolerance", "1", "--lam", "1"], "--tolerance chooses λ itself"),
+        (
+            ["--tolerance", "1", "--penalty", "none"],
+            "error: --tolerance needs --penalty ewc/kfac/l2: with --penalty none",
+        ),
         (["--lam", "1e300"], "--lam must be a λ in [0, 1e+15]"),
     ):
         assert main([*base, *bad, "--out", str(tmp_path / "x")]) == 2
