@@ -200,6 +200,27 @@ def test_a_nan_loss_stops_with_a_clear_error(train_dev):
         train_task(NaNModel(), train_dev[0], settings())
 
 
+class InfPenalty(CountingPenalty):
+    """Finite for ``finite`` steps, then infinite."""
+
+    def __init__(self, finite: int) -> None:
+        super().__init__(0.0)
+        self.finite = finite
+
+    def add_grad_(self, model):
+        value = super().add_grad_(model)
+        return value + (float("inf") if self.calls > self.finite else 0.0)
+
+
+def test_an_infinite_penalty_before_any_step_is_not_blamed_on_lambda(train_dev):
+    with pytest.raises(
+        FloatingPointError, match="batch 1: it is so before any step, at the weights"
+    ):
+        train_task(tiny_cnn(), train_dev[0], settings(), penalty=InfPenalty(0))
+    with pytest.raises(FloatingPointError, match=r"inf at epoch 1, batch 3: lower λ$"):
+        train_task(tiny_cnn(), train_dev[0], settings(), penalty=InfPenalty(2))
+
+
 def test_parameter_groups_set_their_own_learning_rate(train_dev):
     model = tiny_cnn()
     frozen = {k: v.clone() for k, v in model.scorer.state_dict().items()}

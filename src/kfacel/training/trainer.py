@@ -334,6 +334,7 @@ class _Step:
     device: torch.device
     rank: int = 0
     world: int = 1
+    taken: int = 0  # steps taken so far
 
     @classmethod
     def build(
@@ -406,7 +407,7 @@ class _Step:
         if self.penalty is not None:
             with penalty_autocast(self.device, self.precision):
                 pen = self.penalty.add_grad_(self.model).item()
-        _finite("penalty", pen, where, "lower λ")
+        _finite("penalty", pen, where, "lower λ" if self.taken else _AT_THE_START)
         if self.clip is not None and not self.clip_task_only:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
         scale = self.scaler.get_scale()
@@ -416,7 +417,14 @@ class _Step:
         after = getattr(self.penalty, "after_task_step", None)
         if applied and not replay and after is not None:
             after()
+        self.taken += 1
         return loss.item(), pen, len(batch)
+
+
+_AT_THE_START = (
+    "it is so before any step, at the weights training starts from: a consolidation "
+    "state holds a value out of range (damaged), or λ is too large"
+)
 
 
 def _task_loss(net: nn.Module, batch: Batch, cast: torch.autocast) -> torch.Tensor:
