@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from tests.training.test_continual import TASK_A, TASK_B, code_task
 
 from kfacel.cli import main
@@ -369,3 +370,28 @@ def test_factor_rank_keeps_large_factors_low_rank_under_the_default_penalty(
                  "ewc", "--factor-rank", "4"])  # fmt: skip
     assert code == 2
     assert "--factor-rank needs --method kfac" in capsys.readouterr().err
+
+
+def test_a_bit_flipped_anchor_is_named_as_damaged_not_blamed_on_lambda(
+    tasks, tmp_path, capsys
+) -> None:
+    from safetensors.torch import load_file, save_file
+
+    v1 = tmp_path / "v1"
+    a, b = str(tasks / "A"), str(tasks / "B")
+    assert main(["train", "--task", a, "--out", str(v1), *CNN, "--epochs", "1"]) == 0
+    assert main(["consolidate", str(v1), "--task", a, "--method", "kfac"]) == 0
+    (path,) = (v1 / "consolidation").glob("*.safetensors")
+    tensors = load_file(str(path))
+    name = next(k for k in sorted(tensors) if k.startswith("anchor/"))
+    flipped = tensors[name].clone()
+    flipped.view(torch.int32).view(-1)[0] ^= 1 << 30  # one exponent bit: finite
+    save_file({**tensors, name: flipped}, str(path))
+    capsys.readouterr()
+    args = ["train", "--task", b, "--init", str(v1), "--penalty", "kfac"]
+    assert main([*args, "--out", str(tmp_path / "v2")]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: tensor '{name}' is damaged" in err
+    assert "lower λ" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "v2").exists()
