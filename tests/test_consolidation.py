@@ -162,6 +162,13 @@ def _negate_top(t):
     return torch.cat([-t[:1] * 1e3, t[1:]])  # packed triangle: entry (0, 0)
 
 
+def _flip_exponent(t):
+    """The top exponent bit of entry 0 set, as a bit flip does: finite, 2¹²⁸ times."""
+    out = t.float().clone()
+    out.view(torch.int32).view(-1)[0] |= 1 << 30
+    return out.to(t.dtype)
+
+
 @pytest.mark.parametrize(
     ("which", "name", "change", "message"),
     [
@@ -173,6 +180,7 @@ def _negate_top(t):
         (0, "diag/norm.weight", lambda t: -t - 1, "negative entry"),
         (1, "diag/head.weight", lambda t: t - 2 * t.max(), "negative entry"),
         (0, "anchor/head.bias", lambda t: t.to(torch.int64), "wrong dtype"),
+        (1, "anchor/enc.weight", _flip_exponent, "is damaged: .*penalty is inf"),
         (1, "diag/enc.bias", lambda t: t.to(torch.float16), "wrong dtype"),
     ],
 )

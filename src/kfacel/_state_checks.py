@@ -11,6 +11,7 @@ Embedding input factor with a negative entry. A factor stored once for several l
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -115,3 +116,28 @@ def _check_psd(m: Tensor, where: str) -> None:
             f"{where} is not positive semi-definite (smallest eigenvalue {low:.3g}, "
             f"largest magnitude {top:.3g})"
         )
+
+
+def check_anchor(
+    anchor: Mapping[str, Tensor], params: Mapping[str, Tensor], path: Path
+) -> None:
+    """Refuse an anchor tensor whose penalty overflows at the model's own weights.
+
+    A finite value can still be out of any trained weight's range (a flipped exponent
+    bit turns 0.01 into 1e36): ``½‖θ − θ*‖²`` in float32, the arithmetic of training,
+    is then infinite at the weights training starts from, and so is the penalty (P1).
+    ``params`` are the model's parameters by name; names it lacks are skipped.
+    """
+    for name, a in anchor.items():
+        p = params.get(name)
+        if p is None:
+            continue
+        d = p.detach().to(a.device, torch.float32) - a.to(torch.float32)
+        half = 0.5 * float(d.square().sum())
+        if not math.isfinite(half):
+            top = float(a.abs().max())
+            raise ValueError(
+                f"{path}: tensor 'anchor/{name}' is damaged: it holds a value out of "
+                f"any weight's range (|θ*| up to {top:.3g}), so the penalty is {half} "
+                "at the model's weights; restore the file or consolidate the task again"
+            )

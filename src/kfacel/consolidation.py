@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from kfacel._io import atomic_write, atomic_write_text
-from kfacel._state_checks import check_curvature, check_tensors
+from kfacel._state_checks import check_anchor, check_curvature, check_tensors
 from kfacel.curvature.diagonal import estimate_diagonal
 from kfacel.curvature.factors import (
     DiagonalFisher,
@@ -154,8 +154,9 @@ def load_state(
 
     Raises:
         ValueError: a file is malformed or unreadable, a tensor has a wrong dtype, a
-            non-finite value or negative curvature (named), or names or shapes differ
-            from the model (listed).
+            non-finite value or negative curvature (named), names or shapes differ
+            from the model (listed), or an anchor is damaged: its penalty overflows
+            at the model's weights (``check_anchor``).
     """
     out = state_dir(model_dir)
     states = []
@@ -174,6 +175,7 @@ def load_state(
         check_curvature(state.curvature, meta.get(SHARED_FACTORS, {}), tensor_path)
         if model is not None:
             check_state(state, model, where=str(meta_path))
+            check_anchor(state.anchor, dict(model.named_parameters()), tensor_path)
         states.append(state)
     return tuple(states)
 

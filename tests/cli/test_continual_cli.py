@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from tests.training.test_continual import TASK_A, TASK_B, code_task
 
 from kfacel.cli import main
@@ -281,7 +282,12 @@ def test_budget_bayes_and_tolerance_choose_lambda_without_old_data(
     assert config["continual"]["budget"] == {"A": 1e-7}
     assert config["continual"]["lam_final"]["A"] == status["lam"]
 
+    capsys.readouterr()
     assert main([*base, "--out", str(tmp_path / "default")]) == 0  # no strength given
+    assert (  # the rule in effect, said before training
+        "kfacel train: protecting 1 task (A) with kfac, budget ε=0.005 nats, "
+        "rate 1.3/epoch, damping factored δ=1e-06\n"
+    ) in capsys.readouterr().err
     config = json.loads((tmp_path / "default" / "config.json").read_text())
     assert config["continual"]["budget"] == {"A": DEFAULT_BUDGET}
     assert config["continual"]["damping"] == DEFAULT_KFAC_DAMPING  # and the default δ
@@ -293,6 +299,13 @@ def test_budget_bayes_and_tolerance_choose_lambda_without_old_data(
     config = json.loads((damped / "config.json").read_text())
     assert config["continual"]["damping_kind"] == "uniform"  # what the user gave
     assert config["continual"]["damping"] == 1e-3
+
+    unprotected = [*base, "--penalty", "none", "--out", str(tmp_path / "plain")]
+    assert main(unprotected) == 0
+    assert (
+        f"kfacel train: warning: {v1} holds 1 consolidation state but --penalty is "
+        "none: training is unprotected; pass --penalty kfac to protect them\n"
+    ) in capsys.readouterr().err
 
     assert main([*base, "--lam", "bayes", "--out", str(tmp_path / "bayes")]) == 0
     config = json.loads((tmp_path / "bayes" / "config.json").read_text())
@@ -311,6 +324,10 @@ def test_budget_bayes_and_tolerance_choose_lambda_without_old_data(
         (["--budget", "Z=0.1"], "budget given for ['Z']"),
         (["--budget", "0.1", "--lam", "1"], "one of λ, bayes or a budget"),
         (["--tolerance", "1", "--lam", "1"], "--tolerance chooses λ itself"),
+        (
+            ["--tolerance", "1", "--penalty", "none"],
+            "error: --tolerance needs --penalty ewc/kfac/l2: with --penalty none",
+        ),
         (["--lam", "1e300"], "--lam must be a λ in [0, 1e+15]"),
     ):
         assert main([*base, *bad, "--out", str(tmp_path / "x")]) == 2
@@ -377,3 +394,28 @@ def test_consolidate_checks_the_history_when_the_last_task_is_not_recorded() -> 
         _check_trained_on({"history": ["A", "B"]}, task, "m")
     with pytest.raises(UserError, match="last trained on 'B'"):
         _check_trained_on({"task": {"name": "B"}, "history": ["C", "B"]}, task, "m")
+
+
+def test_a_bit_flipped_anchor_is_named_as_damaged_not_blamed_on_lambda(
+    tasks, tmp_path, capsys
+) -> None:
+    from safetensors.torch import load_file, save_file
+
+    v1 = tmp_path / "v1"
+    a, b = str(tasks / "A"), str(tasks / "B")
+    assert main(["train", "--task", a, "--out", str(v1), *CNN, "--epochs", "1"]) == 0
+    assert main(["consolidate", str(v1), "--task", a, "--method", "kfac"]) == 0
+    (path,) = (v1 / "consolidation").glob("*.safetensors")
+    tensors = load_file(str(path))
+    name = next(k for k in sorted(tensors) if k.startswith("anchor/"))
+    flipped = tensors[name].clone()
+    flipped.view(torch.int32).view(-1)[0] ^= 1 << 30  # one exponent bit: finite
+    save_file({**tensors, name: flipped}, str(path))
+    capsys.readouterr()
+    args = ["train", "--task", b, "--init", str(v1), "--penalty", "kfac"]
+    assert main([*args, "--out", str(tmp_path / "v2")]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: tensor '{name}' is damaged" in err
+    assert "lower λ" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "v2").exists()

@@ -242,6 +242,40 @@ def test_small_forgetting_is_flagged(tmp_path) -> None:
     assert float(row["Forgetting reduction (%)"]) == pytest.approx((50 + 97.5) / 2)
 
 
+def test_a_method_left_out_of_every_table_is_named_with_the_reason(tmp_path) -> None:
+    """KFC's every λ costs B more than 2 points of none's dev accuracy: no row."""
+    run = tmp_path / "run"
+    run.mkdir()
+    config = {
+        "name": "x",
+        "tasks": [{"name": "a", "path": "a"}, {"name": "b", "path": "b"}],
+        "methods": ["none", "kfac"],
+        "seeds": [0],
+        "tiers": [1, 2],
+        "pairs": ["a>b"],
+    }
+    (run / "config.json").write_text(json.dumps(config))
+    recs = [
+        _rec("individual", 1, [t], "none", None, s, t, 80.0)
+        for t in "ab"
+        for s in ("dev", "test")
+    ]
+    for method, lam, new in (("none", None, 80.0), ("kfac", 1e3, 70.0)):
+        recs += [
+            _rec("tier2", 2, "ab", method, lam, s, t, 60.0 if t == "a" else new)
+            for t in "ab"
+            for s in ("dev", "test")
+        ]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    write_report(run, figures=False)
+    assert {r["Method"] for r in _csv(run / "report" / "table3.csv")} == {"none"}
+    text = (run / "report" / "report.md").read_text(encoding="utf-8")
+    assert (
+        "## Left out\n\n- tier 2 a→b kfac: new-task dev accuracy more than 2 points "
+        "below plain fine-tuning's 80.00 at every λ (best 70.00, λ 1e+03)\n"
+    ) in text
+
+
 def test_new_task_cost_and_head_to_head_are_the_papers(report) -> None:
     """The paper's CNN Table 3 gives the new-task cost and KFC's wins over EWC.
 

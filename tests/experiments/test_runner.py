@@ -130,6 +130,13 @@ def test_non_finite_fisher_fails_its_consolidation_and_dependents_only(
     assert "G factor is not finite" in failed["consolidate-a-kfac-s0"]
     assert "consolidate-a-kfac-s0 did not finish" in failed["tier2-a-b-kfac-10-s0"]
     assert {"tier2-a-b-none-s0", "tier2-b-a-kfac-10-s0"} <= set(summary.ran)
+    # what the tables lack is named, with why, in the summary, selection.json, report
+    line = "tier 2 a→b kfac: no finished cell (failed, or not run yet)"
+    assert summary.left_out == [line]
+    selection = json.loads((tmp_path / "run" / "selection.json").read_text())
+    assert selection["left_out"] == [line]
+    write_report(tmp_path / "run", figures=False)
+    assert f"- {line}\n" in (tmp_path / "run" / "report" / "report.md").read_text()
 
 
 def test_curvature_approx_reaches_consolidate_task(paths, monkeypatch) -> None:

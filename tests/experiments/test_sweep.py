@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kfacel.experiments.sweep import choose
+from kfacel.experiments.sweep import choose, left_out
 
 
 def _trial(method, lam, old, new, order=("a", "b")):
@@ -44,3 +44,16 @@ def test_a_single_budget_is_reported_whatever_its_new_task_cost() -> None:
     assert choose(records, tier=2, tolerance=2.0)[(("a", "b"), "kfac-budget")] == 0.005
     records += _trial("kfac-budget", 0.05, 50, 79)
     assert choose(records, tier=2, tolerance=2.0)[(("a", "b"), "kfac-budget")] == 0.05
+
+
+def test_what_choose_leaves_out_is_named_with_the_reason() -> None:
+    """L2 never learns B (≤ 40 against none's 80); EWC was planned but never finished."""
+    records = _trial("none", None, 40, 80) + _trial("kfac", 10.0, 50, 79)
+    records += _trial("l2", 10.0, 79, 40) + _trial("l2", 1000.0, 80, 35)
+    planned = [(("a", "b"), m) for m in ("none", "kfac", "l2", "ewc")]
+    assert left_out(records, tier=2, tolerance=2.0, planned=planned) == [
+        "tier 2 a→b ewc: no finished cell (failed, or not run yet)",
+        "tier 2 a→b l2: new-task dev accuracy more than 2 points below plain "
+        "fine-tuning's 80.00 at every λ (best 40.00, λ 10)",
+    ]
+    assert left_out(records, tier=3, tolerance=2.0) == []  # no tier-3 records

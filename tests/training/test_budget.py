@@ -64,6 +64,7 @@ def test_dual_ascent_meets_the_budget_with_equality_at_the_analytic_multiplier()
         penalty.add_grad_(model)
         with torch.no_grad():
             model.weight -= 0.05 * model.weight.grad
+        penalty.after_task_step()
     lam_star = analytic_multiplier(eps)
     assert penalty.lams[0] == pytest.approx(lam_star, rel=1e-3)
     assert penalty.rises[0] == pytest.approx(eps, rel=1e-3)
@@ -79,7 +80,20 @@ def test_a_slack_budget_drives_lambda_to_zero():
     for _ in range(2000):
         model.weight.grad = torch.zeros_like(model.weight)
         penalty.add_grad_(model)
+        penalty.after_task_step()
     assert penalty.lams == [0.0]
+
+
+def test_the_gradient_leaves_lambda_and_only_the_dual_step_moves_it():
+    # the trainer calls after_task_step only after applied steps on the new task
+    model = toy_model(B)  # q = 5.125 > ε: violated
+    penalty = budget_penalty("ewc", [toy_state()], [1.0], rate=0.1)
+    for _ in range(3):  # replay steps, or steps a gradient scaler skipped
+        model.weight.grad = torch.zeros_like(model.weight)
+        penalty.add_grad_(model)
+    assert penalty.lams == [0.0]
+    penalty.after_task_step()
+    assert penalty.lams == [pytest.approx(0.1)]  # λ + rate·(λ + floor)·1
 
 
 def test_the_penalty_gradient_is_lambda_times_the_unit_gradient():

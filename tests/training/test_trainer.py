@@ -149,6 +149,44 @@ def test_replay_takes_n_old_steps_after_every_m_new_ones(train_dev):
         Replay(old, every=0)
 
 
+class StepCountingPenalty(CountingPenalty):
+    """Also counts ``after_task_step``: the calls a budget takes its dual step on."""
+
+    def __init__(self) -> None:
+        super().__init__(0.0)
+        self.after = 0
+
+    def after_task_step(self) -> None:
+        self.after += 1
+
+
+class InfGradModel(CountingModel):
+    """Finite logits whose gradient is infinite on the batches in ``bad``."""
+
+    def __init__(self, bad: set) -> None:
+        super().__init__()
+        self.bad = bad
+
+    def forward(self, batch):
+        logits = super().forward(batch)
+        if _key(batch) in self.bad and logits.requires_grad:
+            logits.register_hook(lambda g: g * float("inf"))
+        return logits
+
+
+def test_the_dual_step_follows_only_applied_steps_on_the_task(train_dev, monkeypatch):
+    # a float16-style gradient scaler on the CPU skips the steps with infinite
+    # gradients; replay steps are never the task's
+    monkeypatch.setattr("kfacel.training.trainer.needs_scaler", lambda *a: True)
+    train, old = train_dev[0][:6], batches(12, 5, 4)
+    model = InfGradModel({_key(train[1]), _key(train[4])})
+    penalty = StepCountingPenalty()
+    replay = Replay(old, every=2, n=3)
+    train_task(model, train, settings(), penalty=penalty, replay=replay)
+    assert penalty.calls == 6 + (6 // 2) * 3  # the gradient on every step
+    assert penalty.after == 6 - 2  # the dual step on the applied task steps only
+
+
 def test_a_nan_loss_stops_with_a_clear_error(train_dev):
     class NaNModel(torch.nn.Module):
         def __init__(self) -> None:
@@ -160,6 +198,27 @@ def test_a_nan_loss_stops_with_a_clear_error(train_dev):
 
     with pytest.raises(FloatingPointError, match="loss is nan at epoch 1, batch 1"):
         train_task(NaNModel(), train_dev[0], settings())
+
+
+class InfPenalty(CountingPenalty):
+    """Finite for ``finite`` steps, then infinite."""
+
+    def __init__(self, finite: int) -> None:
+        super().__init__(0.0)
+        self.finite = finite
+
+    def add_grad_(self, model):
+        value = super().add_grad_(model)
+        return value + (float("inf") if self.calls > self.finite else 0.0)
+
+
+def test_an_infinite_penalty_before_any_step_is_not_blamed_on_lambda(train_dev):
+    with pytest.raises(
+        FloatingPointError, match="batch 1: it is so before any step, at the weights"
+    ):
+        train_task(tiny_cnn(), train_dev[0], settings(), penalty=InfPenalty(0))
+    with pytest.raises(FloatingPointError, match=r"inf at epoch 1, batch 3: lower λ$"):
+        train_task(tiny_cnn(), train_dev[0], settings(), penalty=InfPenalty(2))
 
 
 def test_parameter_groups_set_their_own_learning_rate(train_dev):

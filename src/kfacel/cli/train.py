@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -216,6 +217,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     task = load_task(args.task)
     linker, states = _start(args, task)
+    _say_protection(args, protection, states)
     tty = sys.stderr.isatty()  # progress bars only for a person watching
     if args.tolerance is None:
         log = update_linker(linker, task, states, settings, protection, progress=tty)
@@ -265,6 +267,11 @@ def _protection(args: argparse.Namespace) -> Protection:
         args.lam is not None or args.lam_per_task or args.budget is not None
     ):
         raise UserError("--tolerance chooses λ itself: drop --lam and --budget")
+    if args.tolerance is not None and args.penalty == "none":
+        raise UserError(
+            "--tolerance needs --penalty ewc/kfac/l2: with --penalty none there is "
+            "no strength to search"
+        )
     budget, budget_per_task = None, {}
     if args.budget is not None:
         try:
@@ -284,6 +291,28 @@ def _protection(args: argparse.Namespace) -> Protection:
         lrc=args.lrc,
         replay=replay,
     )
+
+
+def _say_protection(
+    args: argparse.Namespace, protection: Protection, states: Sequence[TaskState]
+) -> None:
+    """One line on stderr: the strength rule in effect, or that nothing is protected."""
+    if not args.init:
+        return  # a new model: nothing to protect
+    if states and protection.penalty == "none":
+        method = states[-1].method
+        how = f"--penalty {method}" + (" --lam λ" if method == "l2" else "")
+        n = len(states)
+        print(
+            f"kfacel train: warning: {args.init} holds {n} consolidation "
+            f"state{'s' * (n != 1)} but --penalty is none: training is unprotected; "
+            f"pass {how} to protect them",
+            file=sys.stderr,
+        )
+        return
+    names = [s.task for s in states]
+    line = protection.describe(names, tolerance=args.tolerance)
+    print(f"kfacel train: {line}", file=sys.stderr)
 
 
 def _warn_if_retriever_replaced(init: str, task: Task) -> None:

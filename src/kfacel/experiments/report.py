@@ -2,9 +2,9 @@
 
 ``write_report(run_dir)`` reads ``config.json``, ``metrics.jsonl`` and the cells'
 ``done.json`` files (``results.read_run``) and writes ``run_dir/report/``: ``report.md``
-with every table of ``tables.build_tables``, one CSV per table, the failed cells with
-their messages, the wall time of each kind of cell and of each stage (``env.json``); and
-PNG figures:
+with every table of ``tables.build_tables``, one CSV per table, each (order, method)
+left out of the tables and why (``left_out``), the failed cells with their messages,
+the wall time of each kind of cell and of each stage (``env.json``); and PNG figures:
 ``lambda_tradeoff.png`` (old- vs new-task dev accuracy per λ, one panel per permutation,
 one line per method), one accuracy matrix per order and method, and, where the cells
 recorded the penalty's prediction, ``calibration.png`` (predicted against measured rise
@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from itertools import permutations
 from pathlib import Path
 
 from kfacel._io import atomic_write_text
+from kfacel.experiments import sweep
 from kfacel.experiments.figures import (
     plot_accuracy_matrix,
     plot_calibration,
@@ -68,7 +70,9 @@ def write_report(
         "",
     ]
     lines += [t.markdown() for t in tables]
-    lines += ["## Failed cells", ""]
+    lines += ["## Left out", ""]
+    lines += [f"- {x}" for x in left_out(results)] or ["Nothing was left out."]
+    lines += ["", "## Failed cells", ""]
     lines += [f"- {d['id']}: {d.get('message')}" for d in failed] or ["None failed."]
     lines += ["", "## Wall time per kind of cell (s, summed over cells)", ""]
     lines += [f"- {k}: {v:.1f}" for k, v in sorted(seconds.items())]
@@ -82,6 +86,34 @@ def write_report(
     lines += [f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in pngs]
     written.append(_write(out / "report.md", "\n".join(lines) + "\n"))
     return written
+
+
+def left_out(r: RunResults) -> list[str]:
+    """Each (order, method) the run plans that has no row in the tables, and why.
+
+    The same lines as ``selection.json``'s ``left_out`` (``sweep.left_out`` and
+    ``sweep.plan_tier3``), from the records finished so far.
+    """
+    cfg, tiers = r.config, set(r.config.get("tiers", (1, 2, 3)))
+    p = cfg.get("penalty", {})
+    tol = float(p.get("new_task_tolerance", 2.0))
+    pairs = [tuple(x.split(">", 1)) for x in cfg.get("pairs", ())]
+    lines: list[str] = []
+    if tiers & {2, 3}:
+        orders = pairs or list(permutations(r.tasks, 2))
+        planned = [(o, m) for o in orders for m in r.methods]
+        lines += sweep.left_out(r.records, tier=2, tolerance=tol, planned=planned)
+    if 3 in tiers:
+        cells, skipped = sweep.plan_tier3(
+            r.tasks, r.methods, cfg.get("seeds", [0]), r.chosen[2],
+            factors=p.get("tier3_factors", (0.01, 1.0, 100.0)),
+            mean=p.get("tier3_mean", "geometric"),
+            search_first=p.get("tier3_search_first", False),
+        )  # fmt: skip
+        planned = [(c.order, c.method) for c in cells]
+        lines += skipped
+        lines += sweep.left_out(r.records, tier=3, tolerance=tol, planned=planned)
+    return lines
 
 
 def _stage_lines(env_path: Path) -> list[str]:

@@ -16,7 +16,7 @@ The run directory::
     metrics.jsonl    one record per evaluation (fields: ``cells.py``), rebuilt from
                      the cells after every stage
     selection.json   λ chosen per (order, method) in tiers 2 and 3, failed cells,
-                     tier-3 plans left out and why
+                     what was left out of a choice or of tier 3's plan, and why
     cells/<id>/      per cell: done.json (status, seconds, records); model/ for
                      tier-1 models (shared by every cell starting from them) and for
                      the chosen tier-2 models (the starts of tier 3); consolidation/
@@ -79,7 +79,8 @@ class RunSummary:
         ran: ids of cells run now.
         skipped: ids of cells finished before (resume).
         failed: ``(id, message)`` of failed cells (now or before).
-        left_out: tier-3 plans left out, with the reason.
+        left_out: (order, method) pairs left out of a tier's λ choice or of tier
+            3's plan, with the reason (``sweep.left_out``, ``sweep.plan_tier3``).
         seconds: wall time of each stage.
     """
 
@@ -150,20 +151,37 @@ def run_experiment(
             lambda c: _deps(run_dir, c, {}, keep=3 in tiers),
             lambda: _prune_finished_groups(run_dir, t2, tol),  # bounds the disk used
         )
-        chosen2 = sweep.choose(load_records(run_dir), tier=2, tolerance=tol)
+        chosen2 = _choose(run_dir, 2, t2, tol, stages.summary)
     if 3 in tiers:
         resume = sweep.plan_resume(chosen2, seeds)
         stage("resume", resume, lambda c: _deps(run_dir, c, chosen2, keep=True))
         _prune(run_dir, t2, chosen2)
         p = cfg.penalty
-        t3, stages.summary.left_out = sweep.plan_tier3(
+        t3, skipped = sweep.plan_tier3(
             names, methods, seeds, chosen2, factors=p.tier3_factors,
             mean=p.tier3_mean, search_first=p.tier3_search_first,
         )  # fmt: skip
+        stages.summary.left_out += skipped
         stage("tier3", t3, lambda c: _deps(run_dir, c, chosen2, keep=False))
-        chosen3 = sweep.choose(load_records(run_dir), tier=3, tolerance=tol)
+        chosen3 = _choose(run_dir, 3, t3, tol, stages.summary)
     _write_selection(run_dir, chosen2, chosen3, stages.summary)
     return stages.summary
+
+
+def _choose(
+    run_dir: Path,
+    tier: int,
+    cells: Sequence[Cell],
+    tolerance: float,
+    summary: RunSummary,
+) -> dict[Any, Any]:
+    """λ chosen on dev among ``tier``'s ``cells``; what is left out goes to ``summary``."""
+    records = load_records(run_dir)
+    planned = {(c.order, c.method) for c in cells}
+    summary.left_out += sweep.left_out(
+        records, tier=tier, tolerance=tolerance, planned=planned
+    )
+    return sweep.choose(records, tier=tier, tolerance=tolerance)
 
 
 def load_records(run_dir: str | Path) -> list[dict[str, Any]]:

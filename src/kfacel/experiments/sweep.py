@@ -201,8 +201,86 @@ def choose(
 
     Returns:
         ``{(order, method): λ}``; methods without λ map to None; an (order, method)
-        whose every λ failed, or none kept the new task, is left out.
+        whose every λ failed, or none kept the new task, is left out (``left_out``
+        says which and why).
     """
+    return _choices(records, tier, tolerance)[0]
+
+
+def left_out(
+    records: Iterable[Mapping[str, Any]],
+    *,
+    tier: int,
+    tolerance: float,
+    planned: Iterable[tuple[tuple[str, ...], str]] = (),
+) -> list[str]:
+    """One line per (order, method) of ``tier`` that ``choose`` leaves out, and why.
+
+    Those of the records whose every λ costs the new task more than ``tolerance``
+    points of plain fine-tuning's dev accuracy, and those of ``planned`` with no
+    finished cell (failed, or not run yet).
+    """
+    records = list(records)
+    chosen, reasons = _choices(records, tier, tolerance)
+    for key in planned:
+        if key not in chosen and key not in reasons:
+            reasons[key] = "no finished cell (failed, or not run yet)"
+    return [
+        f"tier {tier} {'→'.join(order)} {method}: {why}"
+        for (order, method), why in sorted(reasons.items(), key=lambda kv: str(kv[0]))
+    ]
+
+
+def _choices(
+    records: Iterable[Mapping[str, Any]], tier: int, tolerance: float
+) -> tuple[
+    dict[tuple[tuple[str, ...], str], Lam], dict[tuple[tuple[str, ...], str], str]
+]:
+    """``choose``'s λ per (order, method), and why each other one with records has none."""
+    trials = _trials(records, tier)
+    plain = {o: ts[0].new_acc for (o, m), ts in trials.items() if m == "none"}
+    chosen: dict[tuple[tuple[str, ...], str], Lam] = {}
+    reasons: dict[tuple[tuple[str, ...], str], str] = {}
+    for key, ts in sorted(trials.items(), key=lambda kv: str(kv[0])):
+        if key[1] not in REGULARIZED:
+            chosen[key] = None
+            continue
+        if key[1] in BUDGETED and len(ts) == 1:  # nothing to choose among
+            chosen[key] = ts[0].lam
+            continue
+        ref = plain.get(key[0])
+        try:
+            best = select_lambda(
+                ts, new_task_tolerance=tolerance, reference_new_acc=ref
+            )
+        except ValueError as exc:
+            reasons[key] = _why_no_choice(ts, ref, tolerance, exc)
+            continue
+        chosen[key] = best.lam
+    return chosen, reasons
+
+
+def _why_no_choice(
+    trials: Sequence[LambdaTrial],
+    reference: float | None,
+    tolerance: float,
+    exc: ValueError,
+) -> str:
+    """Why ``select_lambda`` refused every trial (``exc``), in the report's words."""
+    if reference is None:
+        return str(exc)
+    top = max(trials, key=lambda t: t.new_acc)
+    return (
+        f"new-task dev accuracy more than {tolerance:g} points below plain "
+        f"fine-tuning's {reference:.2f} at every λ (best {top.new_acc:.2f}, "
+        f"λ {_lam_text(top.lam)})"
+    )
+
+
+def _trials(
+    records: Iterable[Mapping[str, Any]], tier: int
+) -> dict[tuple[tuple[str, ...], str], list[LambdaTrial]]:
+    """Dev accuracies per (order, method) and λ of ``tier``, seeds averaged."""
     dev: dict[tuple[tuple[str, ...], str, Any], dict[str, list[float]]] = defaultdict(
         lambda: defaultdict(list)
     )
@@ -218,23 +296,17 @@ def choose(
         mean = {t: sum(v) / len(v) for t, v in by_task.items()}
         old = sum(mean[t] for t in order[:-1]) / (len(order) - 1)
         trials[(order, method)].append(LambdaTrial(lam, old, mean[order[-1]]))
-    plain = {o: ts[0].new_acc for (o, m), ts in trials.items() if m == "none"}
-    chosen: dict[tuple[tuple[str, ...], str], Lam] = {}
-    for key, ts in sorted(trials.items(), key=lambda kv: str(kv[0])):
-        if key[1] not in REGULARIZED:
-            chosen[key] = None
-            continue
-        if key[1] in BUDGETED and len(ts) == 1:  # nothing to choose among
-            chosen[key] = ts[0].lam
-            continue
-        try:
-            best = select_lambda(
-                ts, new_task_tolerance=tolerance, reference_new_acc=plain.get(key[0])
-            )
-        except ValueError:
-            continue
-        chosen[key] = best.lam
-    return chosen
+    return trials
+
+
+def _lam_text(lam: Lam) -> str:
+    """λ as text, one value per prior task joined by ``/``.
+
+    >>> _lam_text(1000.0), _lam_text((10.0, 0.1))
+    ('1e+03', '10/0.1')
+    """
+    lams = lam if isinstance(lam, tuple) else (lam,)
+    return "/".join(f"{float(x):.3g}" for x in lams if x is not None) or "–"
 
 
 def plan_resume(

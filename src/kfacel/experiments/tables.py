@@ -55,7 +55,11 @@ class Table:
         lines.append("|" + "---|" * len(self.header))
         lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in self.rows]
         if not self.rows:
-            lines += ["", "No rows in this run (they need tier 2 or a later tier)."]
+            lines += [
+                "",
+                "No rows in this run: they need tier 2 or a later tier, and a method "
+                "with a λ chosen (see “Left out”).",
+            ]
         return "\n".join(lines) + "\n"
 
     def csv(self) -> str:

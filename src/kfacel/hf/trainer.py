@@ -184,10 +184,16 @@ class KFCTrainer(Trainer):
         self._kfc_hooked = raw
 
     def _add_penalty_grad(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        """``.grad += ∂R/∂θ`` once per optimizer step, eq. (P3)."""
+        """``.grad += ∂R/∂θ`` once per optimizer step, eq. (P3).
+
+        A budget's dual step goes with it: the hook runs only on steps taken (a
+        gradient scaler that skips a step skips ``optimizer.step`` and its hooks).
+        """
         value = 0.0
         for penalty, _ in self.kfc_penalties:
             value += float(penalty.add_grad_(self.kfc_model))
+            if isinstance(penalty, BudgetPenalty):
+                penalty.after_task_step()
         self._kfc_sum += value
         self._kfc_steps += 1
 

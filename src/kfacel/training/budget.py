@@ -9,7 +9,8 @@ consolidated task while it minimizes the new task's loss: the Lagrangian
     L(θ, λ) = loss_new(θ) + Σ_t λ_t (q_t(θ) − ε_t),  λ_t ≥ 0,
 
 is minimized in θ by the optimizer and maximized in λ by projected dual ascent, one dual
-step per optimizer step (``dual_step``). λ_t grows while its constraint is violated and
+step per optimizer step on the new task that was applied (``dual_step``; not on replay
+steps, nor on steps a gradient scaler skipped). λ_t grows while its constraint is violated and
 shrinks toward 0 (never below) while it is slack; at a fixed point either ``q_t = ε_t``
 or ``λ_t = 0``, the KKT conditions of the constrained problem.
 
@@ -119,7 +120,9 @@ class BudgetPenalty:
     """The Lagrangian term ``Σ_t λ_t q_t(θ)`` with λ_t updated by dual ascent.
 
     It has the ``Penalty`` protocol, so the trainer adds it like any penalty: each
-    ``add_grad_`` adds ``Σ_t λ_t ∇q_t`` and then takes one dual step per task.
+    ``add_grad_`` adds ``Σ_t λ_t ∇q_t`` and records ``q_t``; ``after_task_step`` then
+    takes one dual step per task. The trainer calls it only after an optimizer step on
+    the new task that was applied, the steps ``rate`` is spread over (``step_rate``).
 
     Attributes:
         units: one penalty per consolidated task with λ = 1 (its value is ``q_t``).
@@ -162,7 +165,7 @@ class BudgetPenalty:
         return torch.stack(terms).sum()
 
     def add_grad_(self, model: nn.Module) -> Tensor:
-        """Add ``Σ_t λ_t ∇q_t`` to ``.grad``, then one dual step per task; ``Σ λ_t q_t``."""
+        """Add ``Σ_t λ_t ∇q_t`` to ``.grad`` and record each ``q_t``; ``Σ λ_t q_t``."""
         params = [p for p in model.parameters() if p.requires_grad]
         total = params[0].new_zeros(())
         for t, unit in enumerate(self.units):
@@ -176,10 +179,18 @@ class BudgetPenalty:
                         )
             total += lam * rise
             self.rises[t] = float(rise)
-            self.lams[t] = dual_step(
-                lam, self.rises[t], self.budgets[t], rate=self.rate, floor=self.floor
-            )
         return total
+
+    def after_task_step(self) -> None:
+        """One dual step per task on the ``q_t`` of the last ``add_grad_``.
+
+        Call it once after each optimizer step on the new task that was applied.
+        """
+        for t, (rise, eps) in enumerate(zip(self.rises, self.budgets, strict=True)):
+            if math.isfinite(rise):
+                self.lams[t] = dual_step(
+                    self.lams[t], rise, eps, rate=self.rate, floor=self.floor
+                )
 
     def status(self) -> dict[str, Any]:
         """Per task: λ_t and the predicted rise q_t of the last step, and ε_t."""

@@ -3,8 +3,11 @@
 ``train_task`` minimizes ``mean_n CE(logits_n, gold_n) + R(θ)``. One step reads top to
 bottom (``_Step.__call__``): task loss → backward → the penalty's closed-form gradient
 (``penalty.add_grad_``, after unscaling under mixed precision) → clipping → AdamW, so
-``R`` enters as it is. After every epoch the dev set is evaluated; the best epoch's
-weights are restored at the end (``_BestEpoch``).
+``R`` enters as it is. A penalty with an ``after_task_step()`` method (a forgetting
+budget's dual step, ``training.budget``) has it called after every step on the task's
+own batches that the optimizer applied: not after replay steps, nor after steps the
+gradient scaler skipped for infinite or NaN gradients. After every epoch the dev set is
+evaluated; the best epoch's weights are restored at the end (``_BestEpoch``).
 
 Learning rate: constant, or ``linear`` (the usual schedule for fine-tuning pretrained
 encoders, Devlin et al. 2019): a linear warm-up from 0 over the first ``warmup`` share of
@@ -331,6 +334,7 @@ class _Step:
     device: torch.device
     rank: int = 0
     world: int = 1
+    taken: int = 0  # steps taken so far
 
     @classmethod
     def build(
@@ -378,8 +382,14 @@ class _Step:
             s.precision, device, rank, world,
         )  # fmt: skip
 
-    def __call__(self, batch: Batch, where: str) -> tuple[float, float, int]:
-        """Take the step on this rank's share of ``batch``: (loss, penalty, queries)."""
+    def __call__(
+        self, batch: Batch, where: str, *, replay: bool = False
+    ) -> tuple[float, float, int]:
+        """Take the step on this rank's share of ``batch``: (loss, penalty, queries).
+
+        After a step on the task's own batch (not ``replay``) that was applied, the
+        penalty's ``after_task_step`` runs where it has one (module doc).
+        """
         batch = _shard(batch, self.rank, self.world).to(self.device, non_blocking=True)
         self.opt.zero_grad(set_to_none=True)
         loss = _task_loss(self.net, batch, autocast(self.device, self.precision))
@@ -397,12 +407,24 @@ class _Step:
         if self.penalty is not None:
             with penalty_autocast(self.device, self.precision):
                 pen = self.penalty.add_grad_(self.model).item()
-        _finite("penalty", pen, where, "lower λ")
+        _finite("penalty", pen, where, "lower λ" if self.taken else _AT_THE_START)
         if self.clip is not None and not self.clip_task_only:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+        scale = self.scaler.get_scale()
         self.scaler.step(self.opt)
         self.scaler.update()
+        applied = self.scaler.get_scale() >= scale  # a skipped step lowers the scale
+        after = getattr(self.penalty, "after_task_step", None)
+        if applied and not replay and after is not None:
+            after()
+        self.taken += 1
         return loss.item(), pen, len(batch)
+
+
+_AT_THE_START = (
+    "it is so before any step, at the weights training starts from: a consolidation "
+    "state holds a value out of range (damaged), or λ is too large"
+)
 
 
 def _task_loss(net: nn.Module, batch: Batch, cast: torch.autocast) -> torch.Tensor:
@@ -428,7 +450,8 @@ def _train_epoch(
         sums = [sums[0] + loss * n, sums[1] + pen * n, sums[2] + n]
         if replays is not None and replay is not None and i % replay.every == 0:
             for _ in range(replay.n):
-                step(next(replays), f"epoch {epoch}, replay after batch {i}")
+                where = f"epoch {epoch}, replay after batch {i}"
+                step(next(replays), where, replay=True)
         lr = step.opt.param_groups[0]["lr"]
         step.sched.step()
     seconds = time.perf_counter() - start

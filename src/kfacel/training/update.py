@@ -215,6 +215,50 @@ class Protection:
             damping_kind=kind,
         )
 
+    def describe(self, tasks: Sequence[str], *, tolerance: float | None = None) -> str:
+        """The strength rule in effect, in one line (``kfacel train`` prints it).
+
+        ``tolerance``: λ is searched by ``update_within_tolerance`` instead.
+
+        >>> Protection(penalty="kfac").describe(["A", "B"])[:44]
+        'protecting 2 tasks (A, B) with kfac, budget '
+        >>> Protection(penalty="l2", lam=10.0).describe(["A", "B"])
+        'protecting 2 tasks (A, B) with l2, λ=10'
+        """
+        if self.penalty == "none":
+            line = "no penalty: plain fine-tuning"
+        else:
+            n = len(tasks)
+            line = f"protecting {n} task{'s' * (n != 1)} ({', '.join(tasks)}) with "
+            line += f"{self.penalty}, {self._strength(tasks, tolerance)}"
+            delta, kind = self.curvature_damping
+            if self.penalty == PenaltyKind.KFAC.value:
+                line += f", damping {kind} δ={delta:g}"
+            elif self.penalty == PenaltyKind.EWC.value:
+                line += f", damping δ={delta:g}"
+        if self.lrc is not None:
+            line += f", LRC γ={self.lrc:g}"
+        if self.replay is not None:
+            r = self.replay
+            line += f", replay of {len(r.items)} queries ({r.n} after every {r.every})"
+        return line
+
+    def _strength(self, tasks: Sequence[str], tolerance: float | None) -> str:
+        """λ, Bayes' rule or the budget of ``describe``."""
+        if tolerance is not None:
+            lo, hi = min(TOLERANCE_GRID), max(TOLERANCE_GRID)
+            return (
+                f"the largest λ of {lo:g}…{hi:g} within {tolerance:g} points of plain "
+                "fine-tuning's new-task dev accuracy"
+            )
+        if self.bayes:
+            return "λ_t = N_t / N_new (bayes)"
+        budgets = self.budgets(tasks)
+        if budgets is not None:
+            rate = f"rate {self.budget_rate:g}/epoch"
+            return f"budget {_values('ε', tasks, budgets)} nats, {rate}"
+        return _values("λ", tasks, self.lams(tasks))
+
     def to_json(self, tasks: Sequence[str]) -> dict[str, Any]:
         """What a model directory records as ``continual``."""
         fixed = not self.bayes and self.budgets(tasks) is None
@@ -230,6 +274,19 @@ class Protection:
             "lrc": self.lrc,
             "replay_queries": len(self.replay.items) if self.replay else 0,
         }
+
+
+def _values(name: str, tasks: Sequence[str], values: Sequence[float]) -> str:
+    """``name`` with its one value, or with one value per task.
+
+    >>> _values("λ", ["A", "B"], [1.0, 1.0]), _values("λ", ["A", "B"], [1.0, 2.0])
+    ('λ=1', 'λ A=1, B=2')
+    """
+    if len(set(values)) <= 1:
+        return f"{name}={values[0]:g}" if values else name
+    return f"{name} " + ", ".join(
+        f"{t}={v:g}" for t, v in zip(tasks, values, strict=True)
+    )
 
 
 def update_linker(
@@ -331,15 +388,25 @@ def update_within_tolerance(
     """The strongest protection that costs at most ``tolerance`` points of new-task dev.
 
     Trains plain fine-tuning (the reference the user can measure: the new task's dev
-    accuracy), then ``protection`` at each λ of ``grid`` from the weakest, and keeps the
-    largest λ whose new-task dev accuracy is within ``tolerance`` points of the
-    reference; the search stops at the first λ beyond it. Reads only the new task.
+    accuracy; no penalty, no LRC, no replay), then ``protection`` (with its LRC and
+    replay) at each λ of ``grid`` from the weakest, and keeps the largest λ whose
+    new-task dev accuracy is within ``tolerance`` points of the reference; the search
+    stops at the first λ beyond it. Reads only the new task.
 
     Returns:
         The trained linker (a copy; ``linker`` is left as it was), its log, the search.
+
+    Raises:
+        ValueError: a negative or non-finite ``tolerance``, or ``protection`` without a
+            penalty (no strength to search).
     """
     if not (math.isfinite(tolerance) and tolerance >= 0):
         raise ValueError(f"tolerance must be a number of points ≥ 0, got {tolerance}")
+    if protection.penalty == "none":
+        raise ValueError(
+            "tolerance needs a penalty (ewc, kfac or l2): with penalty 'none' there "
+            "is no strength to search"
+        )
 
     def strength(penalty: str, lam: float | None) -> Protection:
         # plain fine-tuning has no curvature to damp: its δ falls back to none's
@@ -351,7 +418,7 @@ def update_within_tolerance(
             budget=None, budget_per_task={}, damping=delta, damping_kind=kind,
         )  # fmt: skip
 
-    plain = strength("none", None)
+    plain = replace(strength("none", None), lrc=None, replay=None)
     best = copy.deepcopy(linker)
     best_log = update_linker(best, task, (), settings, plain, progress=progress)
     reference = 100.0 * best_log.best_dev_accuracy

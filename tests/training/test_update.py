@@ -1,0 +1,102 @@
+"""update_within_tolerance and Protection: what each training is given, and what is said."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from kfacel.consolidation import TaskState
+from kfacel.curvature.factors import DiagonalFisher
+from kfacel.training import update
+from kfacel.training.trainer import Replay, TrainLog
+from kfacel.training.update import Protection, update_within_tolerance
+from kfacel.types import FisherKind
+
+
+def _state(task: str = "A") -> TaskState:
+    anchor = {"w": torch.zeros(2)}
+    fisher = DiagonalFisher({"w": torch.ones(2)}, FisherKind.EMPIRICAL, 4)
+    return TaskState(task, "ewc", anchor, fisher, {})
+
+
+@pytest.fixture
+def trainings(monkeypatch):
+    """Record each training's (protection, states) instead of training."""
+    seen: list[tuple[Protection, tuple]] = []
+
+    def fake_update(linker, task, states, settings, protection, *, progress=False):
+        seen.append((protection, tuple(states)))
+        linker.meta["continual"] = {}
+        accuracy = 0.9 if protection.penalty == "none" else 0.89  # 1 point below
+        return TrainLog(best_dev_accuracy=accuracy)
+
+    monkeypatch.setattr(update, "update_linker", fake_update)
+    return seen
+
+
+def test_the_tolerance_reference_is_plain_fine_tuning_without_lrc_or_replay(
+    trainings,
+):
+    replay = Replay(["old query"], every=2, n=1)
+    given = Protection(penalty="kfac", lrc=0.5, replay=replay)
+    linker = SimpleNamespace(meta={})
+    states = (_state(),)
+    _, _, search = update_within_tolerance(
+        linker, None, states, None, given, tolerance=2.0, grid=(1.0, 10.0)
+    )
+    (plain, plain_states), *searched = trainings
+    assert (plain.penalty, plain.lrc, plain.replay, plain_states) == (
+        "none",
+        None,
+        None,
+        (),
+    )
+    assert [p.lam for p, _ in searched] == [1.0, 10.0]
+    for p, s in searched:  # the protection searched keeps what the user asked for
+        assert (p.penalty, p.lrc, p.replay, p.budget, s) == (
+            "kfac",
+            0.5,
+            replay,
+            None,
+            states,
+        )
+    assert search.chosen == 10.0
+
+
+def test_a_tolerance_without_a_penalty_is_refused_before_training(trainings):
+    with pytest.raises(ValueError, match="no strength to search"):
+        update_within_tolerance(
+            SimpleNamespace(meta={}), None, (_state(),), None, Protection(),
+            tolerance=2.0,
+        )  # fmt: skip
+    assert trainings == []
+
+
+@pytest.mark.parametrize(
+    ("given", "tolerance", "line"),
+    [
+        (
+            {"penalty": "ewc", "budget_rate": 13.0},
+            None,
+            "protecting 2 tasks (A, B) with ewc, budget ε=0.005 nats, "
+            "rate 13/epoch, damping δ=0",
+        ),
+        (
+            {"penalty": "kfac", "lam_per_task": {"A": 10.0, "B": 100.0}, "lrc": 0.5},
+            None,
+            "protecting 2 tasks (A, B) with kfac, λ A=10, B=100, damping factored "
+            "δ=1e-06, LRC γ=0.5",
+        ),
+        (
+            {"penalty": "l2"},
+            2.0,
+            "protecting 2 tasks (A, B) with l2, the largest λ of 1…10000 within 2 "
+            "points of plain fine-tuning's new-task dev accuracy",
+        ),
+        ({}, None, "no penalty: plain fine-tuning"),
+    ],
+)
+def test_the_strength_rule_in_effect_is_described_in_one_line(given, tolerance, line):
+    assert Protection(**given).describe(["A", "B"], tolerance=tolerance) == line
