@@ -14,13 +14,16 @@ Embedding every name is the slow part (minutes for 76k names on two cores), so t
 matrix is cached on disk under a key of the encoder's bytes and the names' text
 (``NameIndex.build``): a second ``prepare`` or ``link`` over the same dictionary and
 encoder reads it back. The cache lives in ``$KFACEL_CACHE_DIR`` (default
-``~/.cache/kfacel``), one safetensors file per key; nothing else there is touched.
+``~/.cache/kfacel``), one safetensors file per key; nothing else there is touched. A
+cache directory that cannot be written is reported in one warning line before the names
+are encoded, and the index is built without caching.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +34,8 @@ import torch
 from kfacel._checkpoint import read_tensors
 from kfacel._io import atomic_write
 from kfacel._progress import with_progress
+
+logger = logging.getLogger(__name__)
 
 MAX_TOKENS = 32
 """Tokens an encoded name or mention is cut to (names are short; mentions too)."""
@@ -44,6 +49,15 @@ def cache_dir() -> Path:
     """Where name matrices are cached: ``$KFACEL_CACHE_DIR`` or ``~/.cache/kfacel``."""
     env = os.environ.get("KFACEL_CACHE_DIR")
     return Path(env) if env else Path.home() / ".cache" / "kfacel"
+
+
+def _unwritable(directory: Path) -> str | None:
+    """Why files cannot be written to ``directory`` (created if absent), or None."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None if os.access(directory, os.W_OK | os.X_OK) else "permission denied"
 
 
 class SentenceEncoder:
@@ -211,7 +225,8 @@ class NameIndex:
         for name in names:
             digest.update(name.encode("utf-8") + b"\x00")
         key = digest.hexdigest()
-        file = (cache or cache_dir()) / f"names-{key[:32]}.safetensors"
+        directory = cache or cache_dir()
+        file = directory / f"names-{key[:32]}.safetensors"
         if file.is_file():
             try:
                 tensors = load(file.read_bytes())
@@ -220,15 +235,27 @@ class NameIndex:
                     return cls(encoder, matrix)
             except Exception:  # a damaged cache entry is rebuilt, never trusted
                 pass
+        reason = _unwritable(directory)  # said before the minutes of encoding
+        if reason:
+            logger.warning(
+                "name-matrix cache %s cannot be written (%s): the names are encoded "
+                "without caching; set $KFACEL_CACHE_DIR to a writable directory",
+                directory,
+                reason,
+            )
         matrix = encoder.encode(names, progress=progress, desc="embed names")
+        if reason:
+            return cls(encoder, matrix)
         meta = {"format": _FORMAT, "key": key, "names": str(len(names))}
-        file.parent.mkdir(parents=True, exist_ok=True)
         blob = save({"embeddings": matrix}, metadata=meta)
 
         def write(tmp: Path) -> None:
             tmp.write_bytes(blob)
 
-        atomic_write(file, write)
+        try:
+            atomic_write(file, write)
+        except OSError as exc:  # a full disk: the matrix is right, only not kept
+            logger.warning("name-matrix cache not written: %s", exc)
         return cls(encoder, matrix)
 
     @staticmethod
