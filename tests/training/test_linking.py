@@ -6,7 +6,7 @@ import torch
 from kfacel.data.candidates import build_generator
 from kfacel.data.records import Candidate, Concept, LinkingExample
 from kfacel.training.evaluate import predict
-from kfacel.training.linking import MentionQuery, link
+from kfacel.training.linking import MentionQuery, link, read_queries, read_query_lines
 from kfacel.training.pipeline import new_linker
 
 CONCEPTS = [
@@ -76,3 +76,44 @@ def test_the_ranker_reads_an_abbreviation_as_retrieval_did(
     (logits,) = predict(linker.model, linker.batches([example], 8))
     want = dict(zip([c.id for c in cands], logits[0].tolist(), strict=True))
     assert {r.id: r.score for r in ranked} == pytest.approx(want)
+
+
+def test_a_query_without_candidates_gets_an_empty_ranking(linker) -> None:
+    """The generator finds nothing for one query: [] for it, the others as alone."""
+    gen = build_generator("tfidf", CONCEPTS)
+    real = gen.search
+    gen.search = lambda texts, k: [[] if t == "terriers" else h  # type: ignore[method-assign]
+                                   for t, h in zip(texts, real(texts, k), strict=True)]  # fmt: skip
+    first, second = (
+        MentionQuery(TEXT, "copper toxicosis"),
+        MentionQuery(TEXT, "terriers"),
+    )
+    kw = {"num_candidates": 3, "context_words": 3}
+    both = link(linker, gen, [second, first, second], **kw)
+    alone = link(linker, gen, [first], **kw)
+    assert both[0] == both[2] == []
+    assert both[1] == alone[0]
+    assert link(linker, gen, [second], **kw) == [[]]
+
+
+def test_read_query_lines_keeps_each_bad_line_and_its_reason(tmp_path) -> None:
+    """Line numbers count blank lines; read_queries stops at the first bad one."""
+    path = tmp_path / "q.jsonl"
+    path.write_text(
+        '{"text": "a fever", "mention": "fever"}\n\n[1]\n'
+        '{"text": "a fever", "mention": "cough"}\n'
+        '{"text": "x\\udc80", "mention": "x"}\n',
+        encoding="utf-8",
+    )
+    lines = read_query_lines(path)
+    assert [(e.line, e.query is None) for e in lines] == [
+        (1, False), (3, True), (4, True), (5, True)
+    ]  # fmt: skip
+    assert lines[0].query == MentionQuery("a fever", "fever")
+    assert [e.error for e in lines[1:]] == [
+        "expected a JSON object",
+        "mention 'cough' is not in the text",
+        "'text' is not valid text: lone surrogate U+DC80 at position 1",
+    ]
+    with pytest.raises(ValueError, match=r"q\.jsonl:3: expected a JSON object$"):
+        read_queries(path)
