@@ -159,7 +159,7 @@ def test_link_records_carry_the_input_line_and_the_mentions_offsets(
     out = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     heads = [(r["line"], r["mention"], r["start"], r["end"]) for r in out]
     assert heads == [(1, "aspirin", 13, 20), (3, "lung cancer", 8, 19)]
-    assert all(len(r["concepts"]) == 4 for r in out)
+    assert all(0 < len(r["concepts"]) <= 4 for r in out)
 
 
 def test_link_on_error_skip_writes_an_error_record_per_bad_line(
@@ -222,7 +222,7 @@ def test_link_names_the_line_whose_mention_finds_no_candidate(
     assert _link_input(model_dir, task_dir[1], lines, "--on-error", "skip") == 0
     out = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert out[1] == {"line": 2, "error": "no candidate found for 'morphine'"}
-    assert len(out[0]["concepts"]) == 4
+    assert 0 < len(out[0]["concepts"]) <= 4
 
 
 def test_link_says_when_the_dictionary_cannot_be_checked(
@@ -246,3 +246,13 @@ def test_link_says_when_the_dictionary_cannot_be_checked(
     assert err[0].startswith(f"warning: {old} records no digest of the dictionary")
     assert "is not checked" in err[0]
     assert json.loads(captured.out)["mention"] == "aspirin"
+
+
+def test_link_help_documents_the_input_and_output_records(capsys) -> None:
+    """`link --help` names every field of an input line and of an output record."""
+    with pytest.raises(SystemExit):
+        main(["link", "--help"])
+    text = capsys.readouterr().out
+    for field in ('"text"', '"mention"', '"start"', '"end"', '"line"', '"error"',
+                  '"concepts"', "--on-error"):  # fmt: skip
+        assert field in text

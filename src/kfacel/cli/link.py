@@ -42,7 +42,10 @@ output: one JSON object a line, in input order
   "line": the 1-based line of --input (absent for --text/--mention); "start"/"end":
   the mention's character offsets in its text; "synonym": the name the ranker read,
   when it is not the preferred name; concepts best first.
-  With --on-error skip, a bad line gives {"line": 3, "error": "..."} instead.
+  A bad line (not such an object, a mention not in its text, a lone surrogate, no
+  candidate found) stops the run with an error naming file and line; with --on-error
+  skip it gives {"line": 3, "error": "..."} instead. A file that is not UTF-8 is
+  refused whole.
 """
 
 
