@@ -117,3 +117,24 @@ def test_read_query_lines_keeps_each_bad_line_and_its_reason(tmp_path) -> None:
     ]
     with pytest.raises(ValueError, match=r"q\.jsonl:3: expected a JSON object$"):
         read_queries(path)
+
+
+@pytest.mark.parametrize("batch_size", [1, 8])
+def test_queries_with_fewer_candidates_are_ranked_as_alone(linker, batch_size) -> None:
+    """Candidate lists of 3 and 2 in one call (padded, or batches of two widths)."""
+    gen = build_generator("tfidf", CONCEPTS)
+    real = gen.search
+    same = real(["copper toxicosis"], 3)[0]  # three hits under any generator rule
+    gen.search = lambda texts, k: [same[: 2 if t == "terriers" else 3]  # type: ignore[method-assign]
+                                   for t in texts]  # fmt: skip
+    first, second = (
+        MentionQuery(TEXT, "copper toxicosis"),
+        MentionQuery(TEXT, "terriers"),
+    )
+    kw = {"num_candidates": 3, "context_words": 3}
+    both = link(linker, gen, [first, second], batch_size=batch_size, **kw)
+    assert [len(r) for r in both] == [3, 2]
+    for query, got in zip([first, second], both, strict=True):
+        (alone,) = link(linker, gen, [query], **kw)
+        assert [r.id for r in got] == [r.id for r in alone]
+        assert [r.score for r in got] == pytest.approx([r.score for r in alone])

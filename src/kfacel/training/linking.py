@@ -18,8 +18,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch
-
 from kfacel.data.candidates import CandidateGenerator
 from kfacel.data.readers import text_lines
 from kfacel.data.records import LinkingExample, has_letter_or_digit
@@ -214,11 +212,9 @@ def link(
             cands = tuple(c if synonyms else replace(c, synonym=None) for c, _ in hits)
             read = text if as_retrieved else q.mention
             examples.append(LinkingExample(read, left, right, cands, cands[0].id))
-    rows: list[list[float]] = []
-    if examples:
-        batches = linker.batches(examples, batch_size)
-        logits = torch.cat(predict(linker.model, batches, precision=precision))
-        rows = logits.float().tolist()
+    batches = linker.batches(examples, batch_size) if examples else []
+    logits = predict(linker.model, batches, precision=precision)  # [N_b, C_b] each
+    rows = [row for part in logits for row in part.tolist()]  # C_b: the batch's widest
     scored = iter(zip(rows, examples, strict=True))
     out: list[list[Ranked]] = []
     for hits in found:
@@ -226,6 +222,7 @@ def link(
             out.append([])
             continue
         row, ex = next(scored)
+        row = row[: len(hits)]  # the rest pads to the batch's widest candidate list
         ranked = [
             Ranked(c.id, c.name, s, g, c.synonym)
             for c, s, (_, g) in zip(ex.candidates, row, hits, strict=True)
