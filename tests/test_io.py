@@ -41,3 +41,36 @@ def test_error_leaves_old_file_and_no_temporary(tmp_path: Path, error: type) -> 
         atomic_write(path, fail)
     assert path.read_text(encoding="utf-8") == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork and setrlimit")
+def test_a_file_size_limit_is_an_os_error_naming_the_file(tmp_path: Path) -> None:
+    """`ulimit -f` in a fork: safetensors' error as an OSError naming the file."""
+    import resource
+    import signal
+
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "big.safetensors"
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: limit, write, report the error text, exit
+        os.close(read)
+        message = "no error"
+        try:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+            tensors = {"x": np.zeros(4096, dtype=np.float32)}
+            atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
+        except BaseException as exc:
+            message = f"{type(exc).__name__}: {exc}"
+        os.write(write, message.encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as fh:
+        message = fh.read().decode()
+    os.waitpid(pid, 0)
+    assert message.startswith(f"OSError: could not write {path}: ")
+    assert "File too large" in message
+    assert list(tmp_path.iterdir()) == []

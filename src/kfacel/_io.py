@@ -2,7 +2,8 @@
 
 A file appears whole or not at all: the content goes to a hidden temporary sibling
 (``.NAME.XXXX``) in the same directory, which is renamed over ``path`` once complete and
-removed on every error path (KeyboardInterrupt included). The file gets the permissions
+removed on every error path (KeyboardInterrupt included); a failed safetensors write is
+re-raised as an ``OSError`` naming the file. The file gets the permissions
 a plain ``open(path, "w")`` would give (``0o666`` less the umask), not ``mkstemp``'s 0600.
 """
 
@@ -14,7 +15,9 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+
+from safetensors import SafetensorError
 
 
 def umask_mode(base: int = 0o666) -> int:
@@ -47,9 +50,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         write(tmp)
         os.chmod(tmp, umask_mode())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        raise
+        _raise_naming(path, exc)
     return path
 
 
@@ -92,10 +95,21 @@ def atomic_dir(directory: str | Path, write: Callable[[Path], None]) -> Path:
         os.chmod(tmp, umask_mode(0o777))
         write(tmp)
         _swap_in(tmp, directory)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        _raise_naming(directory, exc)
     return directory
+
+
+def _raise_naming(path: Path, exc: BaseException) -> NoReturn:
+    """Re-raise ``exc``; a failed safetensors write as an ``OSError`` naming ``path``.
+
+    safetensors reports a full disk or a file-size limit as its own ``SafetensorError``
+    (not an ``OSError``) without the file's name.
+    """
+    if isinstance(exc, SafetensorError):
+        raise OSError(f"could not write {path}: {exc}") from exc
+    raise exc
 
 
 def _swap_in(tmp: Path, directory: Path) -> None:

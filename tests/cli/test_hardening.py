@@ -8,6 +8,7 @@ stderr are compared with what the issue asks.
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -247,3 +248,126 @@ def test_an_os_error_is_one_line_not_a_traceback(tmp_path: Path, capsys) -> None
     err = capsys.readouterr().err
     assert err.startswith("kfacel link: error: ")
     assert len(err.strip().splitlines()) == 1
+
+
+# --- link inputs, tensor writes and the name-matrix cache ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("option", "text", "mention"),
+    [("--mention", "a fever", "f\udcffever"), ("--text", "a\udcff fever", "fever")],
+)  # fmt: skip
+def test_link_names_an_option_with_a_lone_surrogate(
+    tmp_path: Path, capsys, option: str, text: str, mention: str
+) -> None:
+    """Undecodable argv bytes arrive as lone surrogates: one line naming the option."""
+    code = main(["link", str(tmp_path), "--dictionary", "d.tsv", "--text", text,
+                 "--mention", mention])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(
+        f"error: {option} is not valid text: lone surrogate U+DCFF at position 1"
+    )
+    assert len(err.splitlines()) == 1
+
+
+def test_link_input_with_a_lone_surrogate_names_file_and_line(
+    tmp_path: Path, capsys
+) -> None:
+    r"""A `\ud800` JSON escape in line 1: file:1 and the field, not a TypeError."""
+    inp = tmp_path / "q.jsonl"
+    inp.write_text('{"text": "a fever", "mention": "fe\\ud800ver"}\n', encoding="utf-8")
+    code = main(["link", str(tmp_path), "--dictionary", "d.tsv", "--input", str(inp)])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("q.jsonl:1: 'mention' is not valid text: lone surrogate "
+                        "U+D800 at position 2")  # fmt: skip
+
+
+@pytest.mark.parametrize("option", ["--text", "--mention"])
+def test_link_refuses_text_or_mention_beside_input(
+    tmp_path: Path, capsys, option: str
+) -> None:
+    """`--input` with `--text` or `--mention`: refused, not one of them ignored."""
+    inp = tmp_path / "q.jsonl"
+    inp.write_text('{"text": "a fever", "mention": "fever"}\n', encoding="utf-8")
+    code = main(["link", str(tmp_path), "--dictionary", "d.tsv", "--input", str(inp),
+                 option, "fever"])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"give --input or --text and --mention, not {option} too")
+
+
+def test_a_failed_tensor_write_is_one_line_naming_the_model(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """The safetensors error of a full disk: one line, exit 1, no temporary left."""
+    from safetensors import SafetensorError
+
+    inp, dic = _mentions(tmp_path / "m.jsonl"), _dictionary(tmp_path / "d.tsv")
+    assert _prepare(inp, dic, tmp_path / "t") == 0
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left")
+
+    monkeypatch.setattr("kfacel.models.registry.save_file", full)
+    code = main(["train", "--task", str(tmp_path / "t"), "--out",
+                 str(tmp_path / "model"), "--epochs", "1", "--hidden", "8"])  # fmt: skip
+    assert code == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"kfacel train: error: could not write {tmp_path / 'model'}: Error while "
+        "serializing: I/O error: No space left"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.tsv", "m.jsonl", "t"]
+
+
+class _Encoder:
+    """A stand-in sentence encoder: one-hot rows, and a log of what it did when."""
+
+    key, dim = "stub", 2
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def encode(self, names, **kwargs):
+        self.log.append("encode")
+        return np.eye(len(names), self.dim, dtype=np.float32)
+
+
+def test_unwritable_name_cache_is_said_before_encoding(
+    tmp_path: Path, caplog, monkeypatch
+) -> None:
+    """A cache directory under a file: one warning first, then the names, no cache."""
+    from kfacel.data import dense
+
+    log: list[str] = []
+    blocker = tmp_path / "file"
+    blocker.write_text("x", encoding="utf-8")
+    monkeypatch.setenv("KFACEL_CACHE_DIR", str(blocker / "cache"))
+    monkeypatch.setattr(dense.logger, "warning", lambda *a: log.append(a[0] % a[1:]))
+    index = dense.NameIndex.build(_Encoder(log), ["alpha", "beta"])  # type: ignore[arg-type]
+    assert log[1] == "encode"
+    assert log[0].startswith(f"name-matrix cache {blocker / 'cache'} cannot be written")
+    assert "$KFACEL_CACHE_DIR" in log[0]
+    assert len(log) == 2
+    np.testing.assert_array_equal(index.matrix, np.eye(2, dtype=np.float32))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_a_failed_cache_write_keeps_the_encoded_names(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A full disk when the matrix is written: a warning, and the index is returned."""
+    from kfacel.data import dense
+
+    def full(path, write):
+        raise OSError(28, "No space left on device", str(path))
+
+    log: list[str] = []
+    monkeypatch.setattr(dense, "atomic_write", full)
+    monkeypatch.setattr(dense.logger, "warning", lambda *a: log.append(a[0] % a[1:]))
+    index = dense.NameIndex.build(_Encoder(log), ["alpha"], cache=tmp_path)  # type: ignore[arg-type]
+    assert log[0] == "encode"
+    assert log[1].startswith("name-matrix cache not written: [Errno 28] No space left")
+    assert index.matrix.shape == (1, 2)

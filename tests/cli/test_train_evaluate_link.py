@@ -1,6 +1,7 @@
 """CLI round trip on a tiny corpus made here: prepare → train → evaluate → link."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -124,3 +125,134 @@ def test_link_refuses_a_mention_that_is_not_in_the_text(tmp_path, capsys):
     )  # fmt: skip
     assert code == 2
     assert "not in the text" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def model_dir(task_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("linker") / "model"
+    assert main(
+        ["train", "--task", str(task_dir[0]), "--out", str(out), "--epochs", "1",
+         "--hidden", "16", "--max-length", "24"]
+    ) == 0  # fmt: skip
+    return out
+
+
+def _link_input(model_dir, dictionary, lines, *extra):
+    inp = model_dir.parent / "q.jsonl"
+    inp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return main(["link", str(model_dir), "--dictionary", str(dictionary),
+                 "--input", str(inp), "--threads", "1", *extra])  # fmt: skip
+
+
+def test_link_records_carry_the_input_line_and_the_mentions_offsets(
+    task_dir, model_dir, capsys
+) -> None:
+    """Each output line: 1-based input line (blank lines counted), start and end."""
+    text = "aspirin then aspirin again"
+    lines = [
+        json.dumps({"text": text, "mention": "aspirin", "start": 13}),
+        "",
+        json.dumps({"text": "she has lung cancer", "mention": "lung cancer"}),
+    ]
+    capsys.readouterr()
+    assert _link_input(model_dir, task_dir[1], lines) == 0
+    out = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    heads = [(r["line"], r["mention"], r["start"], r["end"]) for r in out]
+    assert heads == [(1, "aspirin", 13, 20), (3, "lung cancer", 8, 19)]
+    assert all(0 < len(r["concepts"]) <= 4 for r in out)
+
+
+def test_link_on_error_skip_writes_an_error_record_per_bad_line(
+    task_dir, model_dir, capsys
+) -> None:
+    """Bad JSON, a missing mention, a lone surrogate: skipped with a record each."""
+    good = json.dumps({"text": "a heart attack", "mention": "heart attack"})
+    lines = [
+        good,
+        "{not json",
+        json.dumps({"text": "no such words", "mention": "insulin"}),
+        '{"text": "a \\ud800 heparin", "mention": "heparin"}',
+        good,
+    ]
+    capsys.readouterr()
+    assert _link_input(model_dir, task_dir[1], lines) == 2  # stop is the default
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "q.jsonl:2: Expecting property name" in captured.err
+    assert len(captured.err.strip().splitlines()) == 1
+
+    assert _link_input(model_dir, task_dir[1], lines, "--on-error", "skip") == 0
+    captured = capsys.readouterr()
+    out = [json.loads(x) for x in captured.out.splitlines()]
+    assert [r["line"] for r in out] == [1, 2, 3, 4, 5]
+    assert [set(r) for r in out[1:4]] == [{"line", "error"}] * 3
+    assert "not in the text" in out[2]["error"]
+    assert (
+        out[3]["error"]
+        == "'text' is not valid text: lone surrogate U+D800 at position 2"
+    )
+    assert out[0]["concepts"] == out[4]["concepts"]
+    assert captured.err.strip() == (
+        f"warning: 3 of 5 lines of {model_dir.parent / 'q.jsonl'} skipped "
+        '(their {"line", "error"} records are in the output)'
+    )
+
+
+def test_link_names_the_line_whose_mention_finds_no_candidate(
+    task_dir, model_dir, capsys, monkeypatch
+) -> None:
+    """A query the generator finds nothing for: file:line, or an error record."""
+    from kfacel.data.candidates import TfidfGenerator
+
+    real = TfidfGenerator.search
+
+    def search(self, mentions, k):
+        hits = real(self, mentions, k)
+        return [
+            [] if m == "morphine" else h for m, h in zip(mentions, hits, strict=True)
+        ]
+
+    monkeypatch.setattr(TfidfGenerator, "search", search)
+    lines = [json.dumps({"text": f"gave {m}", "mention": m})
+             for m in ("insulin", "morphine")]  # fmt: skip
+    capsys.readouterr()
+    assert _link_input(model_dir, task_dir[1], lines) == 2
+    err = capsys.readouterr().err
+    assert "q.jsonl:2: no candidate found for 'morphine'" in err
+    assert _link_input(model_dir, task_dir[1], lines, "--on-error", "skip") == 0
+    out = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert out[1] == {"line": 2, "error": "no candidate found for 'morphine'"}
+    assert 0 < len(out[0]["concepts"]) <= 4
+
+
+def test_link_says_when_the_dictionary_cannot_be_checked(
+    task_dir, model_dir, tmp_path, capsys
+) -> None:
+    """A model whose task recorded no dictionary digest: one warning line, then links."""
+    args = ["--dictionary", str(task_dir[1]), "--text", "an aspirin",
+            "--mention", "aspirin", "--threads", "1"]  # fmt: skip
+    capsys.readouterr()
+    assert main(["link", str(model_dir), *args]) == 0
+    assert capsys.readouterr().err == ""  # checked: nothing to say
+    old = tmp_path / "old-model"
+    shutil.copytree(model_dir, old)
+    config = json.loads((old / "config.json").read_text())
+    del config["task"]["candidates"]["dictionary_sha256"]
+    (old / "config.json").write_text(json.dumps(config))
+    assert main(["link", str(old), *args]) == 0
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith(f"warning: {old} records no digest of the dictionary")
+    assert "is not checked" in err[0]
+    assert json.loads(captured.out)["mention"] == "aspirin"
+
+
+def test_link_help_documents_the_input_and_output_records(capsys) -> None:
+    """`link --help` names every field of an input line and of an output record."""
+    with pytest.raises(SystemExit):
+        main(["link", "--help"])
+    text = capsys.readouterr().out
+    for field in ('"text"', '"mention"', '"start"', '"end"', '"line"', '"error"',
+                  '"concepts"', "--on-error"):  # fmt: skip
+        assert field in text

@@ -6,7 +6,7 @@ import torch
 from kfacel.data.candidates import build_generator
 from kfacel.data.records import Candidate, Concept, LinkingExample
 from kfacel.training.evaluate import predict
-from kfacel.training.linking import MentionQuery, link
+from kfacel.training.linking import MentionQuery, link, read_queries, read_query_lines
 from kfacel.training.pipeline import new_linker
 
 CONCEPTS = [
@@ -76,3 +76,65 @@ def test_the_ranker_reads_an_abbreviation_as_retrieval_did(
     (logits,) = predict(linker.model, linker.batches([example], 8))
     want = dict(zip([c.id for c in cands], logits[0].tolist(), strict=True))
     assert {r.id: r.score for r in ranked} == pytest.approx(want)
+
+
+def test_a_query_without_candidates_gets_an_empty_ranking(linker) -> None:
+    """The generator finds nothing for one query: [] for it, the others as alone."""
+    gen = build_generator("tfidf", CONCEPTS)
+    real = gen.search
+    gen.search = lambda texts, k: [[] if t == "terriers" else h  # type: ignore[method-assign]
+                                   for t, h in zip(texts, real(texts, k), strict=True)]  # fmt: skip
+    first, second = (
+        MentionQuery(TEXT, "copper toxicosis"),
+        MentionQuery(TEXT, "terriers"),
+    )
+    kw = {"num_candidates": 3, "context_words": 3}
+    both = link(linker, gen, [second, first, second], **kw)
+    alone = link(linker, gen, [first], **kw)
+    assert both[0] == both[2] == []
+    assert both[1] == alone[0]
+    assert link(linker, gen, [second], **kw) == [[]]
+
+
+def test_read_query_lines_keeps_each_bad_line_and_its_reason(tmp_path) -> None:
+    """Line numbers count blank lines; read_queries stops at the first bad one."""
+    path = tmp_path / "q.jsonl"
+    path.write_text(
+        '{"text": "a fever", "mention": "fever"}\n\n[1]\n'
+        '{"text": "a fever", "mention": "cough"}\n'
+        '{"text": "x\\udc80", "mention": "x"}\n',
+        encoding="utf-8",
+    )
+    lines = read_query_lines(path)
+    assert [(e.line, e.query is None) for e in lines] == [
+        (1, False), (3, True), (4, True), (5, True)
+    ]  # fmt: skip
+    assert lines[0].query == MentionQuery("a fever", "fever")
+    assert [e.error for e in lines[1:]] == [
+        "expected a JSON object",
+        "mention 'cough' is not in the text",
+        "'text' is not valid text: lone surrogate U+DC80 at position 1",
+    ]
+    with pytest.raises(ValueError, match=r"q\.jsonl:3: expected a JSON object$"):
+        read_queries(path)
+
+
+@pytest.mark.parametrize("batch_size", [1, 8])
+def test_queries_with_fewer_candidates_are_ranked_as_alone(linker, batch_size) -> None:
+    """Candidate lists of 3 and 2 in one call (padded, or batches of two widths)."""
+    gen = build_generator("tfidf", CONCEPTS)
+    real = gen.search
+    same = real(["copper toxicosis"], 3)[0]  # three hits under any generator rule
+    gen.search = lambda texts, k: [same[: 2 if t == "terriers" else 3]  # type: ignore[method-assign]
+                                   for t in texts]  # fmt: skip
+    first, second = (
+        MentionQuery(TEXT, "copper toxicosis"),
+        MentionQuery(TEXT, "terriers"),
+    )
+    kw = {"num_candidates": 3, "context_words": 3}
+    both = link(linker, gen, [first, second], batch_size=batch_size, **kw)
+    assert [len(r) for r in both] == [3, 2]
+    for query, got in zip([first, second], both, strict=True):
+        (alone,) = link(linker, gen, [query], **kw)
+        assert [r.id for r in got] == [r.id for r in alone]
+        assert [r.score for r in got] == pytest.approx([r.score for r in alone])

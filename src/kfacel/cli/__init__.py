@@ -14,13 +14,16 @@ import pkgutil
 import sys
 from collections.abc import Sequence
 
+from safetensors import SafetensorError
+
 
 class UserError(Exception):
     """A problem with the user's input: printed as one line, exit code 2.
 
     ``main`` prints ``ValueError`` and ``FileNotFoundError`` the same way, other
-    ``OSError`` as one line with exit code 1, and Ctrl-C as ``kfacel: interrupted``
-    with exit code 130.
+    ``OSError`` and safetensors' own ``SafetensorError`` (a failed tensor write) as
+    one line with exit code 1, and Ctrl-C as ``kfacel: interrupted`` with exit code
+    130.
     """
 
 
@@ -62,4 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except OSError as exc:  # permissions, a full disk: the OS names the path
         print(f"kfacel {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except SafetensorError as exc:  # writes name their file (_io); this is the rest
+        print(f"kfacel {args.command}: error: safetensors: {exc}", file=sys.stderr)
         return 1

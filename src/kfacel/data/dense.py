@@ -17,7 +17,8 @@ encoder reads it back. The cache lives in ``$KFACEL_CACHE_DIR`` (default
 ``~/.cache/kfacel``), one safetensors file per key; nothing else there is touched. An
 entry records the SHA-256 of its embeddings; one that cannot be read, was written for
 other names or has lost or fails its digest (a flipped byte) is rebuilt, with one
-warning that says so.
+warning that says so. A cache directory that cannot be written is reported in one
+warning line before the names are encoded, and the index is built without caching.
 """
 
 from __future__ import annotations
@@ -50,6 +51,15 @@ def cache_dir() -> Path:
     """Where name matrices are cached: ``$KFACEL_CACHE_DIR`` or ``~/.cache/kfacel``."""
     env = os.environ.get("KFACEL_CACHE_DIR")
     return Path(env) if env else Path.home() / ".cache" / "kfacel"
+
+
+def _unwritable(directory: Path) -> str | None:
+    """Why files cannot be written to ``directory`` (created if absent), or None."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None if os.access(directory, os.W_OK | os.X_OK) else "permission denied"
 
 
 class SentenceEncoder:
@@ -217,21 +227,34 @@ class NameIndex:
         for name in names:
             digest.update(name.encode("utf-8") + b"\x00")
         key = digest.hexdigest()
-        file = (cache or cache_dir()) / f"names-{key[:32]}.safetensors"
+        directory = cache or cache_dir()
+        file = directory / f"names-{key[:32]}.safetensors"
         if file.is_file():
             cached = _read_cached(file, key, (len(names), encoder.dim))
             if cached is not None:
                 return cls(encoder, cached)
+        reason = _unwritable(directory)  # said before the minutes of encoding
+        if reason:
+            logger.warning(
+                "name-matrix cache %s cannot be written (%s): the names are encoded "
+                "without caching; set $KFACEL_CACHE_DIR to a writable directory",
+                directory,
+                reason,
+            )
         matrix = encoder.encode(names, progress=progress, desc="embed names")
+        if reason:
+            return cls(encoder, matrix)
         meta = {"format": _FORMAT, "key": key, "names": str(len(names))}
         meta["sha256"] = hashlib.sha256(matrix.tobytes()).hexdigest()
-        file.parent.mkdir(parents=True, exist_ok=True)
         blob = save({"embeddings": matrix}, metadata=meta)
 
         def write(tmp: Path) -> None:
             tmp.write_bytes(blob)
 
-        atomic_write(file, write)
+        try:
+            atomic_write(file, write)
+        except OSError as exc:  # a full disk: the matrix is right, only not kept
+            logger.warning("name-matrix cache not written: %s", exc)
         return cls(encoder, matrix)
 
     @staticmethod

@@ -5,6 +5,10 @@ the C concepts whose names are closest to the mention, each with its closest syn
 when the task was built that way; the ranker scores them in the mention's context. No
 gold is needed: the queries carry a placeholder gold (the first candidate) that nothing
 reads.
+
+A query file is JSONL, one ``{"text", "mention"[, "start"]}`` object a line;
+``read_query_lines`` reads every line, keeping each bad line's reason, so that a caller
+can either stop at the first or report each and go on.
 """
 
 from __future__ import annotations
@@ -13,8 +17,6 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-
-import torch
 
 from kfacel.data.candidates import CandidateGenerator
 from kfacel.data.readers import text_lines
@@ -26,11 +28,13 @@ from kfacel.training.pipeline import Linker
 
 @dataclass(frozen=True)
 class MentionQuery:
-    """A mention to link: its text and where it sits in its document text.
+    r"""A mention to link: its text and where it sits in its document text.
 
     Raises:
         ValueError: when ``text`` is not a string, ``mention`` not a string with a
-            letter or digit, or ``start`` not a non-negative integer (or None).
+            letter or digit, either holds a lone surrogate (text that has no UTF-8,
+            from a ``\ud800`` JSON escape or undecodable command-line bytes), or
+            ``start`` is not a non-negative integer (or None).
     """
 
     text: str
@@ -43,6 +47,10 @@ class MentionQuery:
             raise ValueError(f"'text' must be a string, got {self.text!r}")
         if not isinstance(self.mention, str) or not self.mention.strip():
             raise ValueError(f"'mention' must be non-blank text, got {self.mention!r}")
+        for name, value in (("text", self.text), ("mention", self.mention)):
+            problem = lone_surrogate(value)
+            if problem:
+                raise ValueError(f"'{name}' is not valid text: {problem}")
         if not has_letter_or_digit(self.mention):  # as dictionary names
             raise ValueError(
                 f"'mention' {self.mention!r} has no letter or digit: nothing to link"
@@ -65,35 +73,85 @@ class MentionQuery:
         return start, start + len(self.mention)
 
 
-def read_queries(path: Path | str) -> list[MentionQuery]:
-    """The mentions of a JSONL file, one ``{"text", "mention"[, "start"]}`` a line.
+def lone_surrogate(text: str) -> str | None:
+    r"""Where ``text`` holds a lone surrogate (a character with no UTF-8), or None.
 
-    Blank lines are skipped; a UTF-8 BOM is read as one.
+    >>> lone_surrogate("abc\udcff")
+    'lone surrogate U+DCFF at position 3'
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"lone surrogate U+{ord(text[exc.start]):04X} at position {exc.start}"
+    return None
+
+
+@dataclass(frozen=True)
+class QueryLine:
+    """A non-blank line of a query file: its number, and its query or why it has none.
+
+    ``line`` is None for a query that came from no file (the command line).
+    """
+
+    line: int | None
+    query: MentionQuery | None
+    error: str | None = None
+
+
+def read_query_lines(path: Path | str) -> list[QueryLine]:
+    """Every non-blank line of a JSONL query file, a bad one with its reason.
+
+    Each line is one ``{"text", "mention"[, "start"]}`` object; ``start`` is the
+    mention's character offset in ``text`` (default: its first occurrence). Blank
+    lines are skipped; a UTF-8 BOM is read as one.
+
+    Returns:
+        One ``QueryLine`` per non-blank line, in file order; a line that is not such
+        an object, whose values have the wrong type (a null or blank mention,
+        ``"start": "10"``, a NaN text, a lone surrogate), or whose mention is not in
+        its text has no query and says why in ``error``.
 
     Raises:
-        ValueError: naming file and line of a line that is not such an object, whose
-            values have the wrong type (a null or blank mention, ``"start": "10"``, a
-            NaN text), or whose mention is not in its text; or when there is none.
+        ValueError: naming the file when it has no non-blank line, or file, line and
+            offset of bytes that are not UTF-8.
     """
     path = Path(path)
     out = []
     for lineno, line in text_lines(path):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-            if not isinstance(obj, dict):
-                raise ValueError("expected a JSON object")
-            missing = [k for k in ("text", "mention") if k not in obj]
-            if missing:
-                raise ValueError(f"missing field {missing[0]!r}")
-            query = MentionQuery(obj["text"], obj["mention"], obj.get("start"))
-            query.span()
-        except ValueError as exc:  # JSONDecodeError is a ValueError
-            raise ValueError(f"{path}:{lineno}: {exc}") from None
-        out.append(query)
+        if line.strip():
+            try:
+                out.append(QueryLine(lineno, _parse_query(line)))
+            except ValueError as exc:  # JSONDecodeError is a ValueError
+                out.append(QueryLine(lineno, None, str(exc)))
     if not out:
         raise ValueError(f"{path}: no mention to link")
+    return out
+
+
+def _parse_query(line: str) -> MentionQuery:
+    obj = json.loads(line)
+    if not isinstance(obj, dict):
+        raise ValueError("expected a JSON object")
+    missing = [k for k in ("text", "mention") if k not in obj]
+    if missing:
+        raise ValueError(f"missing field {missing[0]!r}")
+    query = MentionQuery(obj["text"], obj["mention"], obj.get("start"))
+    query.span()
+    return query
+
+
+def read_queries(path: Path | str) -> list[MentionQuery]:
+    """The mentions of a JSONL query file (see ``read_query_lines``), all valid.
+
+    Raises:
+        ValueError: naming file and line of the first bad line, or as
+            ``read_query_lines``.
+    """
+    out = []
+    for entry in read_query_lines(path):
+        if entry.query is None:
+            raise ValueError(f"{path}:{entry.line}: {entry.error}")
+        out.append(entry.query)
     return out
 
 
@@ -142,22 +200,29 @@ def link(
             autocast is faster on CPUs with bfloat16 matrix units).
 
     Returns:
-        One list of ``Ranked`` per query, highest score first.
+        One list of ``Ranked`` per query, highest score first; an empty list for a
+        query the generator finds no candidate for (the others are still ranked).
     """
     texts = [retrieval_text(generator, q.mention, q.text) for q in queries]
     found = generator.search(texts, num_candidates)
     examples = []
     for q, text, hits in zip(queries, texts, found, strict=True):
+        if hits:
+            left, right = context(q.text, [q.span()], context_words)
+            cands = tuple(c if synonyms else replace(c, synonym=None) for c, _ in hits)
+            read = text if as_retrieved else q.mention
+            examples.append(LinkingExample(read, left, right, cands, cands[0].id))
+    batches = linker.batches(examples, batch_size) if examples else []
+    logits = predict(linker.model, batches, precision=precision)  # [N_b, C_b] each
+    rows = [row for part in logits for row in part.tolist()]  # C_b: the batch's widest
+    scored = iter(zip(rows, examples, strict=True))
+    out: list[list[Ranked]] = []
+    for hits in found:
         if not hits:
-            raise ValueError(f"no candidate found for {q.mention!r}")
-        left, right = context(q.text, [q.span()], context_words)
-        cands = tuple(c if synonyms else replace(c, synonym=None) for c, _ in hits)
-        read = text if as_retrieved else q.mention
-        examples.append(LinkingExample(read, left, right, cands, cands[0].id))
-    batches = linker.batches(examples, batch_size)
-    logits = torch.cat(predict(linker.model, batches, precision=precision)).float()
-    out = []
-    for row, hits, ex in zip(logits.tolist(), found, examples, strict=True):
+            out.append([])
+            continue
+        row, ex = next(scored)
+        row = row[: len(hits)]  # the rest pads to the batch's widest candidate list
         ranked = [
             Ranked(c.id, c.name, s, g, c.synonym)
             for c, s, (_, g) in zip(ex.candidates, row, hits, strict=True)
