@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from kfacel._io import atomic_write_json, atomic_write_text
+from kfacel._lock import write_lock
 from kfacel.experiments import sweep
 from kfacel.experiments.cells import (
     DONE,
@@ -105,12 +106,24 @@ def run_experiment(
     Raises:
         ConfigError: the tasks cannot be read, or ``out`` holds something else
             (another config, or files that are no run); nothing is written then.
+        ValueError: another process is writing ``out`` (its write lock is held).
     """
     if jobs < 1:
         raise ConfigError(f"jobs must be positive, got {jobs}")
     run_dir = Path(out if out is not None else cfg.output_dir)
     _check_before_writing(cfg)
-    open_run_dir(run_dir, cfg, jobs)
+    with write_lock(run_dir, "experiment"):  # one invocation writes a run at a time
+        open_run_dir(run_dir, cfg, jobs)
+        return _run_tiers(cfg, run_dir, jobs, log)
+
+
+def _run_tiers(
+    cfg: ExperimentConfig,
+    run_dir: Path,
+    jobs: int,
+    log: Callable[[str], None] | None,
+) -> RunSummary:
+    """The stages of ``cfg``'s tiers in an opened run directory (``run_experiment``)."""
     names = [t.name for t in cfg.tasks]
     methods = [m.value for m in cfg.methods]
     seeds = list(cfg.seeds)
