@@ -6,12 +6,14 @@ stderr are compared with what the issue asks.
 """
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from kfacel._lock import write_lock
 from kfacel.cli import main
 from kfacel.data.tasks import load_task
 
@@ -371,3 +373,75 @@ def test_a_failed_cache_write_keeps_the_encoded_names(
     assert log[0] == "encode"
     assert log[1].startswith("name-matrix cache not written: [Errno 28] No space left")
     assert index.matrix.shape == (1, 2)
+
+
+# --- outputs kfacel did not write, and a second writer ----------------------------------
+
+
+def _not_reached(*args, **kwargs):
+    raise AssertionError("the output should have been refused before any work")
+
+
+def test_report_and_quickstart_refuse_a_directory_they_did_not_write(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """`report --out` / `quickstart --out` onto the user's directory: refused first."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.md").write_text("my notes\n", encoding="utf-8")
+    (mine / "results.json").write_text("{}\n", encoding="utf-8")
+    before = _snapshot(tmp_path)
+    monkeypatch.setattr("kfacel.cli.report.write_report", _not_reached)
+    monkeypatch.setattr("kfacel.cli.quickstart.demo_tasks", _not_reached)
+    run = tmp_path / "run"
+    assert main(["report", str(run), "--out", str(mine), "--overwrite"]) == 2
+    assert main(["report", str(run), "--out", str(run / "cells" / "x")]) == 2
+    assert main(["quickstart", "--out", str(mine), "--overwrite"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert "is not a kfacel report directory" in err[0]
+    assert "overlaps RUN_DIR" in err[1]
+    assert "is not a kfacel quickstart report directory" in err[2]
+    assert len(err) == 3
+    assert _snapshot(tmp_path) == before
+
+
+def test_figures_refuse_to_replace_a_file_that_is_no_figure(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """`figures --out D` where D holds a text file of a figure's name: refused first."""
+    (tmp_path / "figure2_fisher.png").write_text("mine", encoding="utf-8")
+    monkeypatch.setattr("kfacel.cli.figures.plot_toy_gaussians", _not_reached)
+    assert main(["figures", "--out", str(tmp_path), "--overwrite"]) == 2
+    assert "is not a kfacel figure" in capsys.readouterr().err
+    assert (tmp_path / "figure2_fisher.png").read_text(encoding="utf-8") == "mine"
+
+
+def test_a_second_writer_of_a_model_or_task_is_refused(tmp_path: Path, capsys) -> None:
+    """`consolidate` / `prepare` while another kfacel process writes there: one line."""
+    model, task = tmp_path / "model", tmp_path / "task"
+    inp, dic = _mentions(tmp_path / "m.jsonl"), _dictionary(tmp_path / "d.tsv")
+    with write_lock(model, "train"), write_lock(task, "prepare"):
+        assert main(["consolidate", str(model), "--task", str(task)]) == 2
+        assert _prepare(inp, dic, task) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert f"{model} is being written by kfacel train, pid {os.getpid()}" in err[0]
+    assert f"{task} is being written by kfacel prepare" in err[1]
+    assert len(err) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.tsv", "m.jsonl"]
+
+
+def test_experiment_refuses_a_run_directory_inside_a_task(
+    tmp_path: Path, capsys
+) -> None:
+    """`experiment --out TASK/run`: refused before anything is read or written."""
+    config = tmp_path / "c.toml"
+    tasks = "".join(
+        f'[[tasks]]\nname = "{t}"\npath = "{tmp_path / t}"\n' for t in "abc"
+    )
+    config.write_text(f'name = "c"\n{tasks}', encoding="utf-8")
+    for out in (tmp_path / "a" / "run", tmp_path):
+        assert main(["experiment", str(config), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert "overlaps task" in err[0]
+    assert "overlaps CONFIG" in err[1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml"]

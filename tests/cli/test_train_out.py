@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 from pathlib import Path
 
@@ -16,7 +17,9 @@ import pytest
 from tests.training.test_continual import TASK_A, TASK_B, code_task
 
 from kfacel import _io
+from kfacel._lock import write_lock
 from kfacel.cli import main
+from kfacel.cli import train as train_cli
 from kfacel.consolidation import load_state
 from kfacel.data.tasks import write_task
 
@@ -104,15 +107,15 @@ def test_states_are_in_place_before_the_model_directory_appears(work, monkeypatc
     seen: list[list[str]] = []
     real = _io._swap_in
 
-    def spy(tmp: Path, directory: Path) -> None:
+    def spy(tmp: Path, directory: Path, replace) -> None:
         seen.append(sorted(p.name for p in (tmp / "consolidation").iterdir()))
-        real(tmp, directory)
+        real(tmp, directory, replace)
 
     monkeypatch.setattr(_io, "_swap_in", spy)
     assert train_b(work, str(work / "v2")) == 0
     assert seen == [["00-A.json", "00-A.safetensors"]]
 
-    def killed(tmp: Path, directory: Path) -> None:
+    def killed(tmp: Path, directory: Path, replace) -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(_io, "_swap_in", killed)
@@ -139,3 +142,93 @@ def test_random_placements_never_touch_files_kfacel_did_not_create(work, capsys)
             assert {k for k in after if k not in before} <= {
                 k for k in after if k.startswith(out.rstrip("/") + "/")
             }
+
+
+def hf_checkpoint(path: Path) -> Path:
+    """A Hugging Face sentence-transformers checkpoint's layout (config and weights too)."""
+    (path / "1_Pooling").mkdir(parents=True)
+    (path / "1_Pooling" / "config.json").write_text(
+        '{"pooling_mode_mean_tokens": true}'
+    )
+    (path / "config.json").write_text(
+        json.dumps({"architectures": ["BertModel"], "model_type": "bert"})
+    )
+    (path / "model.safetensors").write_bytes(b"not kfacel's weights")
+    (path / "README.md").write_text("# a checkpoint\n")
+    return path
+
+
+def test_a_hugging_face_checkpoint_is_never_replaced(work, capsys):
+    hf = hf_checkpoint(work / "hf")
+    before = snapshot(work)
+    assert train_b(work, str(hf), "--overwrite") == 2
+    err = capsys.readouterr().err
+    assert "not a kfacel model directory" in err
+    assert err.count("\n") == 1
+    assert snapshot(work) == before
+
+
+def test_an_out_that_is_the_encoder_is_refused(work, capsys):
+    hf = hf_checkpoint(work / "hf")
+    before = snapshot(work)
+    args = ["train", "--task", str(work / "A"), *CNN, *FAST, "--overwrite"]
+    assert main([*args, "--encoder", str(hf), "--out", str(hf)]) == 2
+    assert f"overlaps --encoder {hf}" in capsys.readouterr().err
+    assert main([*args, "--encoder", str(hf), "--out", str(hf / "sub")]) == 2
+    assert snapshot(work) == before
+
+
+def test_an_older_kfacel_model_directory_still_counts_as_kfacels(work):
+    config = work / "v1" / "config.json"
+    meta = json.loads(config.read_text())
+    assert meta.pop("format") == "kfacel-model/1"
+    config.write_text(json.dumps(meta))  # as versions before the mark wrote it
+    assert train_b(work, str(work / "v2")) == 0
+    assert train_b(work, str(work / "v1b"), "--seed", "1") == 0
+    (work / "v1b" / "config.json").write_text(json.dumps(meta))
+    assert train_b(work, str(work / "v1b"), "--overwrite") == 0
+
+
+def test_a_directory_that_appears_during_training_is_kept(work, capsys, monkeypatch):
+    out = work / "v2"
+    real = train_cli.update_linker
+
+    def train_while_someone_writes_out(*args, **kwargs):
+        log = real(*args, **kwargs)
+        out.mkdir()
+        (out / "theirs.txt").write_text("theirs")
+        return log
+
+    monkeypatch.setattr(train_cli, "update_linker", train_while_someone_writes_out)
+    assert train_b(work, str(out)) == 2
+    err = capsys.readouterr().err
+    assert "appeared or changed while kfacel was writing it" in err
+    assert err.count("\n") == 1
+    assert sorted(p.name for p in out.iterdir()) == ["theirs.txt"]
+    assert not [p for p in work.iterdir() if p.name.startswith(".")]
+
+
+def test_a_second_train_into_the_same_out_is_refused(work, capsys):
+    out = work / "v2"
+    with write_lock(out, "train"):  # the first run, still training
+        assert train_b(work, str(out)) == 2
+    err = capsys.readouterr().err
+    assert f"{out} is being written by kfacel train, pid {os.getpid()}" in err
+    assert err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_evaluate_output_never_replaces_what_kfacel_did_not_write(work, capsys):
+    v1, task = str(work / "v1"), str(work / "A")
+    before = snapshot(work)
+    for output in (work / "v1" / "model.safetensors", work / "file.txt"):
+        assert main(["evaluate", v1, "--task", task, "--output", str(output)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert "overlaps MODEL_DIR" in err[0]
+    assert "not a kfacel evaluation file" in err[1]
+    assert snapshot(work) == before
+    out = str(work / "eval.json")
+    assert main(["evaluate", v1, "--task", task, "--output", out]) == 0
+    assert main(["evaluate", v1, "--task", task, "--output", out]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert main(["evaluate", v1, "--task", task, "--output", out, "--overwrite"]) == 0

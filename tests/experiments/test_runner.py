@@ -10,6 +10,7 @@ import pytest
 import torch
 from _experiments_synth import code_examples, tiny_config, write_tasks
 
+from kfacel._lock import write_lock
 from kfacel.data.tasks import SPLITS, write_task
 from kfacel.experiments import cells as cells_mod
 from kfacel.experiments.config import ConfigError, apply_overrides, load_config
@@ -220,6 +221,16 @@ def test_unreadable_task_fails_before_writing(paths, tmp_path) -> None:
     with pytest.raises(ConfigError, match="missing"):
         run_experiment(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_second_invocation_on_one_run_directory_is_refused(paths, tmp_path) -> None:
+    run = tmp_path / "run"
+    with (
+        write_lock(run, "experiment"),
+        pytest.raises(ValueError, match="being written"),
+    ):
+        run_experiment(tiny_config(paths), run)
+    assert not run.exists()
 
 
 def test_three_tasks_through_tier3_keep_only_chosen_models(tmp_path) -> None:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kfacel._lock import write_lock
 from kfacel.cli import UserError
 from kfacel.cli._args import device, nonnegative_int, positive_int
 from kfacel.consolidation import METHODS, TaskState, load_state, save_state
@@ -84,6 +85,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Estimate the curvature and append the state, holding the model's write lock."""
+    with write_lock(args.model_dir, "consolidate"):
+        return _consolidate(args)
+
+
+def _consolidate(args: argparse.Namespace) -> int:
     """Estimate the curvature and append the state; prints a JSON summary."""
     linker = load_linker(args.model_dir)
     task = load_task(args.task)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 import torch
 
-from kfacel._io import atomic_write_json
+from kfacel._io import atomic_write_json, check_output_file
 from kfacel.cli._args import device, positive_int
 from kfacel.data.tasks import load_task
 from kfacel.training.pipeline import evaluate_split, load_linker
@@ -20,6 +22,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--task", action="append", required=True, help="task directory")
     p.add_argument("--split", default="test", choices=("train", "dev", "test"))
     p.add_argument("--output", help="write the JSON results here")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --output when it is an existing kfacel evaluation file",
+    )
     p.add_argument("--device", type=device, default="cpu")
     p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument(
@@ -37,6 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print a table and write ``{task: {accuracy, mrr, recall@k, n, …}}``."""
+    if args.output:  # before any work
+        _check_output(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     linker = load_linker(args.model_dir)
@@ -75,3 +84,30 @@ def run(args: argparse.Namespace) -> int:
     if args.output:
         atomic_write_json(args.output, results)
     return 0
+
+
+def _check_output(args: argparse.Namespace) -> None:
+    """Refuse an ``--output`` that is an input or a file this command did not write."""
+    check_output_file(
+        args.output,
+        inputs={"MODEL_DIR": [args.model_dir], "--task": args.task},
+        own=_is_evaluation,
+        what="evaluation file",
+        overwrite=args.overwrite,
+    )
+
+
+def _is_evaluation(path: Path) -> bool:
+    """Whether ``path`` holds results this command wrote: ``{task: {accuracy, n, …}}``."""
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(results, dict)
+        and bool(results)
+        and all(
+            isinstance(r, dict) and {"accuracy", "n"} <= r.keys()
+            for r in results.values()
+        )
+    )

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import replace
+from pathlib import Path
 
+from kfacel._io import check_inputs_apart
 from kfacel.cli import UserError
-from kfacel.experiments.config import ConfigError, load_config
+from kfacel.experiments.config import ConfigError, ExperimentConfig, load_config
 from kfacel.experiments.runner import run_experiment
 
 
@@ -51,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from exc
     if args.jobs < 1:
         raise UserError("--jobs must be positive")
+    _check_out(args, cfg)
     start = time.perf_counter()
     try:
         summary = run_experiment(
@@ -72,3 +75,10 @@ def run(args: argparse.Namespace) -> int:
     for line in summary.left_out:
         print(f"left out: {line}")
     return 1 if summary.failed else 0
+
+
+def _check_out(args: argparse.Namespace, cfg: ExperimentConfig) -> None:
+    """Refuse a run directory that is, holds or lies in the config or a task."""
+    out = args.out if args.out is not None else cfg.output_dir
+    inputs = {"CONFIG": [args.config], "task": [t.path for t in cfg.tasks]}
+    check_inputs_apart(Path(out).resolve(), out, inputs, "--out")

@@ -17,17 +17,18 @@ directory is replaced only with ``--overwrite``.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from kfacel._lock import write_lock
 from kfacel.cli import UserError
 from kfacel.cli._args import nonnegative_float, nonnegative_int, positive_int
 from kfacel.data.benchmark import TASKS, build_public3
 from kfacel.data.candidates import METHODS
 from kfacel.data.dense_training import RetrieverSettings
 from kfacel.data.readers import read_dictionary, read_jsonl_mentions, read_pubtator
-from kfacel.data.records import Mention, SkipReport
+from kfacel.data.records import Concept, Mention, SkipReport
 from kfacel.data.tasks import SPLITS, check_task_out, prepare_task, split_by_document
 from kfacel.training.retriever import DEFAULT_RETRIEVER_LAM, retriever_start
 
@@ -186,7 +187,7 @@ def _build(
     args: argparse.Namespace,
     splits: dict[str, list[Mention]],
     skips: SkipReport,
-    sources: Iterable[Path],
+    sources: Sequence[Path],
 ) -> int:
     concepts = read_dictionary(args.dictionary, skips=skips)
     if len(concepts) < 2:
@@ -194,7 +195,22 @@ def _build(
             f"{args.dictionary}: {len(concepts)} usable concept; candidate ranking "
             "needs a dictionary of at least 2 concepts"
         )
-    info = prepare_task(
+    with write_lock(args.out, "prepare"):
+        _check(args, sources)  # again: another writer may have finished meanwhile
+        info = _prepare(args, splits, skips, sources, concepts)
+    print(report(info))
+    return 0
+
+
+def _prepare(
+    args: argparse.Namespace,
+    splits: dict[str, list[Mention]],
+    skips: SkipReport,
+    sources: Sequence[Path],
+    concepts: list[Concept],
+) -> dict[str, Any]:
+    """``prepare_task`` with the options of ``args``; returns the task's info."""
+    return prepare_task(
         args.out,
         name=args.name or args.out.resolve().name,
         splits=splits,
@@ -209,8 +225,6 @@ def _build(
         progress=True,
         retriever=_retriever(args),
     )
-    print(report(info))
-    return 0
 
 
 def _split(
@@ -256,6 +270,12 @@ def _benchmark(args: argparse.Namespace) -> int:
     if not args.data.is_dir():
         raise UserError(f"{args.data}: no such data directory")
     tasks = tuple(args.task) if args.task else TASKS
+    with write_lock(args.out, "prepare benchmark"):
+        return _build_benchmark(args, tasks)
+
+
+def _build_benchmark(args: argparse.Namespace, tasks: tuple[str, ...]) -> int:
+    """Build the benchmark's tasks into ``--out`` and print their reports."""
     if args.retriever_init is not None:
         for task in tasks:  # a task's retriever must not start from its own output
             check_task_out(

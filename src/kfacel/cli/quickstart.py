@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import torch
 
+from kfacel._io import check_output_dir
 from kfacel.cli._args import finite_float
 from kfacel.experiments.quickstart import (
+    QuickstartResult,
     demo_tasks,
     format_table,
     run_quickstart,
@@ -25,6 +29,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="demo: three tasks in a row with no penalty, EWC and KFC (a few minutes on CPU)",
     )
     p.add_argument("--out", default="quickstart-output", help="report directory")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the report in --out when it is an earlier quickstart's",
+    )
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument(
         "--lam-ewc", type=finite_float, help="a fixed λ (default: the default budget)"
@@ -39,6 +48,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run, print the table and write the report."""
+    check_output_dir(  # before the minutes of training
+        args.out,
+        inputs={},
+        own=is_quickstart_dir,
+        what="quickstart report directory",
+        overwrite=args.overwrite,
+    )
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -61,3 +77,25 @@ def run(args: argparse.Namespace) -> int:
     written = write_report(result, Path(args.out))
     print(f"\nreport: {written[-1]}  ({time.perf_counter() - start:.0f} s)")
     return 0
+
+
+def is_quickstart_dir(directory: Path) -> bool:
+    """Whether ``directory`` holds a quickstart report and nothing else.
+
+    Its ``results.json`` has the fields of ``QuickstartResult``, and every entry is a
+    JSON, Markdown, CSV or PNG file.
+    """
+    try:
+        results = json.loads((directory / "results.json").read_text(encoding="utf-8"))
+        entries = list(directory.iterdir())
+    except (OSError, ValueError):
+        return False
+    names = {f.name for f in fields(QuickstartResult)}
+    return (
+        isinstance(results, dict)
+        and names <= results.keys()
+        and all(
+            p.is_file() and p.suffix in (".json", ".md", ".csv", ".png")
+            for p in entries
+        )
+    )

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from kfacel._io import check_output_dir
+from kfacel._lock import write_lock
 from kfacel.cli import UserError
 from kfacel.cli._args import (
     device,
@@ -22,17 +23,16 @@ from kfacel.cli._args import (
 )
 from kfacel.consolidation import TaskState, load_state
 from kfacel.data.tasks import RETRIEVER_DIR, Task, load_task
-from kfacel.models import read_model_config
+from kfacel.models import is_model_dir, read_model_config
 from kfacel.penalties.ewc_kfac import DAMPING_KINDS
 from kfacel.training.pipeline import (
     Linker,
-    is_model_dir,
     load_linker,
     new_linker,
     save_linker,
 )
 from kfacel.training.precision import PRECISIONS
-from kfacel.training.trainer import OPTIMIZERS, Replay, TrainSettings
+from kfacel.training.trainer import OPTIMIZERS, Replay, TrainLog, TrainSettings
 from kfacel.training.update import (
     DEFAULT_BUDGET_RATE,
     DEFAULT_KFAC_DAMPING,
@@ -205,17 +205,31 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:  # "field must be ...": name the option instead
         field, _, rest = str(exc).partition(" ")
         raise UserError(f"--{field.replace('_', '-')} {rest}") from None
-    out = check_output_dir(
-        args.out,
-        inputs={"--init": [args.init] if args.init else [], "--task": [args.task]}
-        | {"--replay": args.replay},
-        own=is_model_dir,
-        what="model directory",
-        overwrite=args.overwrite,
+    out = _check_out(args)  # before any work
+    with write_lock(out, "train"):  # held from the check to the save
+        _check_out(args)  # again: another writer may have finished meanwhile
+        replace = is_model_dir if is_model_dir(out) else None  # only with --overwrite
+        task = load_task(args.task)
+        linker, log, states = _train(args, task, settings, protection)
+        # the states go with the model: the next update reads no old data
+        save_linker(linker, out, log=log, states=states, replace=replace)
+    summary = {k: v for k, v in log.to_json().items() if k != "epochs"}
+    history = linker.meta["history"]
+    print(
+        json.dumps({"task": task.name, "out": args.out, "history": history} | summary)
     )
+    return 0
+
+
+def _train(
+    args: argparse.Namespace,
+    task: Task,
+    settings: TrainSettings,
+    protection: Protection,
+) -> tuple[Linker, TrainLog, tuple[TaskState, ...]]:
+    """The linker trained on ``task`` as the options say, its log and the states kept."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    task = load_task(args.task)
     linker, states = _start(args, task)
     _say_protection(args, protection, states)
     tty = sys.stderr.isatty()  # progress bars only for a person watching
@@ -227,15 +241,23 @@ def run(args: argparse.Namespace) -> int:
             tolerance=args.tolerance, progress=tty,
         )  # fmt: skip
     linker.meta["continual"] |= {"init": args.init, "replay": args.replay}
-    save_linker(
-        linker, out, log=log, states=states
-    )  # the next update reads no old data
-    summary = {k: v for k, v in log.to_json().items() if k != "epochs"}
-    history = linker.meta["history"]
-    print(
-        json.dumps({"task": task.name, "out": args.out, "history": history} | summary)
+    return linker, log, states
+
+
+def _check_out(args: argparse.Namespace) -> Path:
+    """``--out`` resolved, refused when writing it could lose what is not kfacel's."""
+    return check_output_dir(
+        args.out,
+        inputs={
+            "--init": [args.init] if args.init else [],
+            "--task": [args.task],
+            "--replay": args.replay,
+            "--encoder": [args.encoder] if args.encoder else [],
+        },
+        own=is_model_dir,
+        what="model directory",
+        overwrite=args.overwrite,
     )
-    return 0
 
 
 def _settings(args: argparse.Namespace) -> TrainSettings:

@@ -587,7 +587,7 @@ def write_task(
         if retriever is not None:
             retriever.write(tmp)
 
-    atomic_dir(out, write)
+    atomic_dir(out, write, replace=is_task_dir)  # checked again at the rename
     return out
 
 

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from kfacel._io import atomic_write_json, atomic_write_text
+from kfacel._lock import write_lock
 from kfacel.experiments import sweep
 from kfacel.experiments.cells import (
     DONE,
@@ -114,14 +115,26 @@ def run_experiment(
         ConfigError: the tasks cannot be read, or ``out`` holds something else
             (another config, files that are no run, or a run whose tasks have
             changed since); nothing is written then.
+        ValueError: another process is writing ``out`` (its write lock is held).
     """
     if jobs < 1:
         raise ConfigError(f"jobs must be positive, got {jobs}")
     run_dir = Path(out if out is not None else cfg.output_dir)
     _check_before_writing(cfg)
-    fingerprints = check_tasks(run_dir, cfg)  # a resumed run's tasks are unchanged
-    open_run_dir(run_dir, cfg, jobs)
-    record_tasks(run_dir, fingerprints)
+    with write_lock(run_dir, "experiment"):  # one invocation writes a run at a time
+        fingerprints = check_tasks(run_dir, cfg)  # a resumed run's tasks are unchanged
+        open_run_dir(run_dir, cfg, jobs)
+        record_tasks(run_dir, fingerprints)
+        return _run_tiers(cfg, run_dir, jobs, log)
+
+
+def _run_tiers(
+    cfg: ExperimentConfig,
+    run_dir: Path,
+    jobs: int,
+    log: Callable[[str], None] | None,
+) -> RunSummary:
+    """The stages of ``cfg``'s tiers in an opened run directory (``run_experiment``)."""
     names = [t.name for t in cfg.tasks]
     methods = [m.value for m in cfg.methods]
     seeds = list(cfg.seeds)

@@ -5,6 +5,7 @@ from kfacel.models.cnn import CNNConfig, CNNRanker
 from kfacel.models.registry import (
     MODELS,
     build_model,
+    is_model_dir,
     load_model,
     read_model_config,
     save_model,
@@ -19,6 +20,7 @@ __all__ = [
     "CNNRanker",
     "PairScorer",
     "build_model",
+    "is_model_dir",
     "load_model",
     "read_model_config",
     "save_model",

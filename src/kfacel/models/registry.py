@@ -1,12 +1,15 @@
 """Model names to classes, and model directories on disk.
 
 A model directory holds ``model.safetensors`` (the state dict), ``config.json``
-(``{"model": name, "config": {...}, ...}`` plus whatever the caller adds, such as the
-collator settings and the task it was trained on) and the tokenizer files the caller
-copies in. It is written to a temporary sibling directory (with the user's umask, not
-``mkdtemp``'s 0700) and renamed into place, so a reader never sees half a model and an
-interrupted save leaves the old one intact; the temporary directory, and the old one
-moved aside while the new one takes its place, are removed on every error path.
+(``{"format": "kfacel-model/1", "model": name, "config": {...}, ...}`` plus whatever the
+caller adds, such as the collator settings and the task it was trained on) and the
+tokenizer files the caller copies in. ``is_model_dir`` tells kfacel's model directories
+(``format``, or an older one's registered ``model`` with its settings) from any other
+checkpoint, such as a Hugging Face one, which kfacel never replaces. It is written to a
+temporary sibling directory (with the user's umask, not ``mkdtemp``'s 0700) and renamed
+into place, so a reader never sees half a model and an interrupted save leaves the old
+one intact; an existing directory is replaced only when the caller's ``replace`` accepts
+it right before the rename (``_io.atomic_dir``).
 Loading refuses, naming the file, a ``config.json`` that is not a JSON object with a
 known ``model`` and a ``config`` object of its settings, and a ``model.safetensors``
 that safetensors cannot read (truncated), that holds NaN or ±inf (naming the tensor),
@@ -43,6 +46,8 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 WEIGHTS_DIGEST = "weights_sha256"
 """Key of ``config.json``: the SHA-256 of ``model.safetensors`` as it was saved."""
+MODEL_FORMAT = "kfacel-model/1"
+"""The ``format`` of a model directory's ``config.json``: the mark of kfacel's own."""
 
 
 def model_name(model: nn.Module) -> str:
@@ -69,14 +74,43 @@ def build_model(name: str, **config: Any) -> nn.Module:
     return model_cls.create(config_cls(**config))
 
 
+def is_model_dir(directory: str | Path) -> bool:
+    """Whether ``directory`` is a model directory kfacel wrote.
+
+    Its weights file is there and its ``config.json`` carries ``MODEL_FORMAT``, or
+    (written before the mark) names a registered model with an object of that model's
+    settings and none of a Hugging Face configuration's keys. A Hugging Face
+    checkpoint, which also holds ``config.json`` and ``model.safetensors``, never counts.
+    """
+    if not (Path(directory) / WEIGHTS_FILE).is_file():
+        return False
+    try:
+        meta = read_model_config(directory)
+    except (OSError, ValueError):
+        return False
+    if meta.get("format") == MODEL_FORMAT:
+        return True
+    name, settings = meta.get("model"), meta.get("config")
+    if "format" in meta or not isinstance(name, str) or name not in MODELS:
+        return False
+    known = {f.name for f in fields(MODELS[name][0])}
+    hf_keys = {"architectures", "model_type", "transformers_version"}
+    return (
+        isinstance(settings, dict)
+        and set(settings) <= known
+        and not hf_keys & meta.keys()
+    )
+
+
 def save_model(
     model: nn.Module,
     directory: str | Path,
     *,
     extra: dict[str, Any] | None = None,
     write_files: Callable[[Path], None] | None = None,
+    replace: Callable[[Path], bool] | None = is_model_dir,
 ) -> Path:
-    """Write ``model`` to ``directory`` atomically, replacing what is there.
+    """Write ``model`` to ``directory`` atomically.
 
     Args:
         model: a registered ranker (unwrapped from DDP).
@@ -84,14 +118,25 @@ def save_model(
         extra: more top-level keys of ``config.json`` (e.g. collator settings).
         write_files: called with the temporary directory to add files (tokenizer,
             training log) before it is renamed into place.
+        replace: whether an existing non-empty ``directory`` may be replaced, checked
+            right before the rename (default: when it is a kfacel model directory);
+            None: it may not.
 
     Returns:
         The directory.
+
+    Raises:
+        ValueError: when ``directory`` holds something ``replace`` does not accept.
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     config = cast(Any, model).config  # every ranker carries its frozen config dataclass
-    meta = {"model": model_name(model), "config": asdict(config), **(extra or {})}
+    meta = {
+        "format": MODEL_FORMAT,
+        "model": model_name(model),
+        "config": asdict(config),
+        **{k: v for k, v in (extra or {}).items() if k != "format"},
+    }
 
     def write(tmp: Path) -> None:
         state = {
@@ -104,7 +149,7 @@ def save_model(
         if write_files is not None:
             write_files(tmp)
 
-    atomic_dir(directory, write)
+    atomic_dir(directory, write, replace=replace)
     return directory
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,13 @@ from kfacel.data.collate import Collator, build_type_vocab, make_batches
 from kfacel.data.records import LinkingExample
 from kfacel.data.tasks import RETRIEVER_DIR, Task
 from kfacel.data.tokenize import WordPieceTokenizer, default_encoder_path
-from kfacel.models import build_model, load_model, read_model_config, save_model
-from kfacel.models.registry import CONFIG_FILE, WEIGHTS_FILE
+from kfacel.models import (
+    build_model,
+    is_model_dir,
+    load_model,
+    read_model_config,
+    save_model,
+)
 from kfacel.penalties.base import Penalty
 from kfacel.training.evaluate import Evaluation, evaluate
 from kfacel.training.trainer import Replay, TrainLog, TrainSettings, train_task
@@ -225,12 +230,15 @@ def save_linker(
     *,
     log: TrainLog | None = None,
     states: Sequence[TaskState] = (),
+    replace: Callable[[Path], bool] | None = is_model_dir,
 ) -> Path:
     """Write the model directory atomically: weights, config, tokenizer, log, states.
 
     Everything, the consolidation ``states`` carried forward included, is assembled in
     a temporary directory that is renamed into place once: the directory appears whole
-    or not at all.
+    or not at all. An existing non-empty ``directory`` is replaced only when
+    ``replace`` accepts it right before the rename (default: a kfacel model
+    directory; None: none).
     """
     c = linker.collator
     extra = {
@@ -261,12 +269,9 @@ def save_linker(
         for state in states:
             save_state(tmp, state)
 
-    return save_model(linker.model, directory, extra=extra, write_files=write_files)
-
-
-def is_model_dir(directory: Path) -> bool:
-    """Whether ``directory`` holds a kfacel model (its config and weights files)."""
-    return (directory / CONFIG_FILE).is_file() and (directory / WEIGHTS_FILE).is_file()
+    return save_model(
+        linker.model, directory, extra=extra, write_files=write_files, replace=replace
+    )
 
 
 def load_linker(directory: str | Path) -> Linker:
@@ -289,7 +294,8 @@ def load_linker(directory: str | Path) -> Linker:
             f"{directory}: the model takes {wanted} features but the collator makes "
             f"{len(collator.feature_names)} (is {ALIASES_FILE} missing?)"
         )
-    extra = {k: v for k, v in meta.items() if k not in ("model", "config", "collate")}
+    own_keys = ("format", "model", "config", "collate")
+    extra = {k: v for k, v in meta.items() if k not in own_keys}
     tuned = Path(directory) / RETRIEVER_DIR
     return Linker(
         model,
