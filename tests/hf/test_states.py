@@ -146,3 +146,5 @@ def test_a_smaller_models_state_warns_and_strict_refuses_naming_the_layers(tmp_p
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         hf.load_states(tmp_path, small, strict=True)  # covered: no word
+    with pytest.warns(UserWarning, match="no consolidation state to penalize with"):
+        assert hf.load_states(tmp_path / "elsewhere", small) == []
