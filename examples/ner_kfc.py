@@ -179,12 +179,17 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     torch.manual_seed(args.seed)
     path = default_encoder_path()
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     names = {task: labels_of(task, args.heads) for task in TAGS}
     config = AutoConfig.from_pretrained(
-        path, num_hidden_layers=3, num_labels=len(names["NCBI"])
+        path,
+        num_hidden_layers=3,
+        num_labels=len(names["NCBI"]),
+        trust_remote_code=False,  # never run code from a model directory
     )
-    model = AutoModelForTokenClassification.from_pretrained(path, config=config)
+    model = AutoModelForTokenClassification.from_pretrained(
+        path, config=config, trust_remote_code=False
+    )
     collator = DataCollatorForTokenClassification(tokenizer)
     tasks = load_tasks(args.data, tokenizer, args)
     (a_train, a_test), (b_train, b_test) = tasks["NCBI"], tasks["CADEC"]

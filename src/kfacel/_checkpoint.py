@@ -19,11 +19,31 @@ def read_config(path: str | Path) -> dict:
 
     Raises:
         FileNotFoundError: naming the missing file.
+        ValueError: naming the file when it is not a JSON object with ``vocab_size``
+            and ``hidden_size``, or when it is a kfacel model directory's (a trained
+            ranker, not an encoder).
     """
     file = Path(path) / "config.json"
     if not file.is_file():
         raise FileNotFoundError(f"{file} does not exist (need a local checkpoint)")
-    return json.loads(file.read_text(encoding="utf-8"))
+    try:
+        config = json.loads(file.read_text(encoding="utf-8-sig"))
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError, JSONDecodeError
+        raise ValueError(f"{file}: not a readable JSON file ({exc})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{file}: not an encoder configuration (not a JSON object)")
+    if "model" in config and "config" in config:
+        raise ValueError(
+            f"{path} is a kfacel model directory, not an encoder checkpoint: "
+            f"continue from it with --init {path}, and give --encoder the "
+            "checkpoint it was built from (or leave it out)"
+        )
+    missing = [k for k in ("vocab_size", "hidden_size") if k not in config]
+    if missing:
+        raise ValueError(
+            f"{file}: not an encoder configuration (no {' or '.join(missing)})"
+        )
+    return config
 
 
 def read_tensors(path: str | Path, names: list[str]) -> dict[str, Tensor]:

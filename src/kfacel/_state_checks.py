@@ -3,17 +3,23 @@
 ``load_state`` refuses, naming the state file and the tensor: a tensor that is not
 floating point (curvature: float32 or float64) or holds NaN or ±inf; a Kronecker factor
 that is not positive semi-definite beyond rounding (an eigenvalue below
-``-tol · max|eig|``, ``tol = max(1e-6, n · eps)``); a low-rank factor (K10) with a
+``-tol · max|eig|``, :func:`psd_tolerance`); a low-rank factor (K10) with a
 negative value or columns of ``U`` that are not orthonormal; a diagonal curvature or
 Embedding input factor with a negative entry. A factor stored once for several layers
 (``shared_factors``) is checked once and named by its key on disk.
+
+The writer stores what this check accepts: :func:`psd_projected` clamps a factor that
+rounding left a little below the PSD cone (a softmax head's ``G`` is singular by
+construction, so a sum in float32 tips its zero eigenvalue either way).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -21,7 +27,74 @@ from torch import Tensor
 from kfacel.curvature.factors import DiagonalFisher, KFACFisher, LowRankFactor
 
 PSD_RTOL = 1e-6
-"""Least relative tolerance of the PSD check (raised to ``n · eps`` of the dtype)."""
+"""Least relative tolerance of the PSD check (see :func:`psd_tolerance`)."""
+PSD_ULPS = 64
+"""Rounding units per row that the PSD check allows (see :func:`psd_tolerance`)."""
+
+
+def psd_tolerance(m: Tensor) -> float:
+    """Relative tolerance of the PSD check of ``m: [n, n]``: ``max(1e-6, 64 · n · eps)``.
+
+    A factor is a sum of K outer products; summed in floating point each entry is off by
+    at most ``γ_K · Σ_k |x_ki| |x_kj| ≤ γ_K · sqrt(m_ii m_jj)`` (Higham 2002, *Accuracy
+    and Stability of Numerical Algorithms*, eq. 3.5), so by Weyl's inequality every
+    eigenvalue moves by at most ``γ_K · tr(m) ≤ γ_K · n · max|eig|`` with
+    ``γ_K ≈ K · eps``. Blocked sums keep the effective K small; ``PSD_ULPS = 64`` stands
+    for it. An eigenvalue below ``-tolerance · max|eig|`` is not rounding: the factor
+    is damaged.
+    """
+    return max(PSD_RTOL, PSD_ULPS * m.shape[0] * torch.finfo(m.dtype).eps)
+
+
+def psd_projected(m: Tensor, where: str) -> Tensor:
+    """``m`` as the loader reads it (its upper triangle mirrored), onto the PSD cone.
+
+    A matrix that passes the PSD check is returned symmetric and otherwise unchanged;
+    one a rounding error below the cone gets its negative eigenvalues clamped at 0
+    (``V max(Λ, 0) Vᵀ``, the nearest PSD matrix in the Frobenius norm: Higham 1988,
+    *Linear Algebra Appl.* 103), computed in float64 and stored in ``m``'s dtype.
+
+    Raises:
+        ValueError: ``m`` is below the cone beyond rounding (named by ``where``).
+    """
+    sym = m.triu() + m.triu(1).T  # [n, n], exactly symmetric
+    if _passes_fast(sym):
+        return sym
+    _check_psd(sym, where)  # refuses beyond rounding
+    w, V = torch.linalg.eigh(sym.double())
+    out = (V * w.clamp_min(0.0)) @ V.T  # V max(Λ, 0) Vᵀ
+    out = out.triu() + out.triu(1).T
+    return out.to(m.dtype)
+
+
+def psd_curvature(
+    curvature: KFACFisher | DiagonalFisher | None, where: str
+) -> KFACFisher | DiagonalFisher | None:
+    """``curvature`` with every whole Kronecker factor passed through :func:`psd_projected`.
+
+    Vectors and low-rank factors (K10) stay as they are; a factor shared by layers is
+    projected once and stays shared.
+
+    Raises:
+        ValueError: a factor below the PSD cone beyond rounding, named by ``where``
+            and its key.
+    """
+    if not isinstance(curvature, KFACFisher):
+        return curvature
+    done: dict[int, Any] = {}
+
+    def project(m: Any, key: str) -> Any:
+        if isinstance(m, Tensor) and m.ndim == 2 and id(m) not in done:
+            done[id(m)] = psd_projected(m, f"{where}: factor '{key}'")
+        return done.get(id(m), m)
+
+    factors = {
+        name: replace(
+            f, A=project(f.A, f"kfac/{name}/A"), G=project(f.G, f"kfac/{name}/G")
+        )
+        for name, f in curvature.items()
+    }
+    return replace(curvature, factors=factors)
 
 
 def check_tensors(tensors: Mapping[str, Tensor], path: Path) -> None:
@@ -93,25 +166,32 @@ def _check_low_rank(m: LowRankFactor, where: str) -> None:
         )
 
 
-def _check_psd(m: Tensor, where: str) -> None:
-    """Refuse a symmetric ``m`` whose smallest eigenvalue is below ``-tol·max|eig|``.
+def _passes_fast(m: Tensor) -> bool:
+    """Whether a Cholesky factorization of ``m + tol·max|diag|·I`` succeeds.
 
-    A Cholesky factorization of ``m + tol·max|diag|·I`` (max|diag| ≤ max|eig|) passes
-    for every matrix that passes the test; only when it fails are the eigenvalues
-    computed, to decide and to report.
+    max|diag| ≤ max|eig|, so every symmetric ``m`` that passes this passes the PSD
+    check; one that fails it needs its eigenvalues to decide.
     """
     n = m.shape[0]
     if n == 0:
-        return
-    tol = max(PSD_RTOL, n * torch.finfo(m.dtype).eps)
+        return True
     m64 = m.double()
-    shift = tol * float(m64.diagonal().abs().max())
+    shift = psd_tolerance(m) * float(m64.diagonal().abs().max())
     eye = torch.eye(n, dtype=torch.float64, device=m.device)
-    if int(torch.linalg.cholesky_ex(m64 + shift * eye).info) == 0:
+    return int(torch.linalg.cholesky_ex(m64 + shift * eye).info) == 0
+
+
+def _check_psd(m: Tensor, where: str) -> None:
+    """Refuse a symmetric ``m`` whose smallest eigenvalue is below ``-tol·max|eig|``.
+
+    ``tol`` is :func:`psd_tolerance`; the eigenvalues are computed only when the
+    Cholesky test of :func:`_passes_fast` fails, to decide and to report.
+    """
+    if _passes_fast(m):
         return
-    eig = torch.linalg.eigvalsh(m64)
+    eig = torch.linalg.eigvalsh(m.double())
     low, top = float(eig[0]), float(eig.abs().max())
-    if low < -tol * top:
+    if low < -psd_tolerance(m) * top:
         raise ValueError(
             f"{where} is not positive semi-definite (smallest eigenvalue {low:.3g}, "
             f"largest magnitude {top:.3g})"

@@ -29,7 +29,12 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from kfacel._io import atomic_write, atomic_write_text
-from kfacel._state_checks import check_anchor, check_curvature, check_tensors
+from kfacel._state_checks import (
+    check_anchor,
+    check_curvature,
+    check_tensors,
+    psd_curvature,
+)
 from kfacel.curvature.diagonal import estimate_diagonal
 from kfacel.curvature.factors import (
     DiagonalFisher,
@@ -133,6 +138,8 @@ def save_state(model_dir: Path | str, state: TaskState) -> Path:
     """Append ``state`` as the next finished task of ``model_dir``; returns its JSON path."""
     if state.method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {state.method!r}")
+    curvature = psd_curvature(state.curvature, f"task {state.task!r}")  # what loads
+    state = replace(state, curvature=curvature)
     out = state_dir(model_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{len(_stems(out)):02d}-{_slug(state.task)}"

@@ -264,3 +264,34 @@ def test_a_budget_trains_on_a_dataset_without_a_length(tmp_path):
     trainer.train()
     ((penalty, _),) = trainer.kfc_penalties
     assert penalty.rate == pytest.approx(0.3 / 3)
+
+
+def test_states_may_be_a_model_directory_and_anything_else_is_refused(tmp_path):
+    model = _classifier()
+    state = kfc_state(model)
+    hf.save_states(tmp_path / "m", [state])
+    trainer = hf.KFCTrainer(
+        model=model, args=_args(tmp_path, 8, 1), states=str(tmp_path / "m"), lam=1.0
+    )
+    assert [s.task for s in trainer.kfc_states] == ["X"]
+    with pytest.raises(ValueError, match="empty holds no consolidation states"):
+        hf.KFCTrainer(
+            model=model, args=_args(tmp_path, 8, 1), states=tmp_path / "empty"
+        )
+    with pytest.raises(
+        ValueError, match="a sequence of TaskState or a model directory"
+    ):
+        hf.KFCTrainer(model=model, args=_args(tmp_path, 8, 1), states=state)
+
+
+def test_a_state_that_leaves_trainable_layers_uncovered_is_named(tmp_path):
+    """Layer 2 of a 3-layer model trains unpenalized: a warning, or refused if strict."""
+    torch.manual_seed(0)
+    small = transformers.BertForSequenceClassification(bert_config())
+    big = transformers.BertForSequenceClassification(bert_config(num_hidden_layers=3))
+    state = kfc_state(small)
+    args = _args(tmp_path, 8, 1)
+    with pytest.warns(UserWarning, match=r"KFCTrainer: .* bert\.encoder\.layer\.2\."):
+        hf.KFCTrainer(model=big, args=args, states=[state], lam=1.0)
+    with pytest.raises(ValueError, match=r"layers bert\.encoder\.layer\.2\."):
+        hf.KFCTrainer(model=big, args=args, states=[state], lam=1.0, strict=True)

@@ -140,6 +140,19 @@ def test_unknown_model_or_setting_is_refused():
         build_model("cnn", hiden=3)
 
 
+@pytest.mark.parametrize("name", ["cnn", "transformer"])
+def test_a_kfacel_model_directory_as_encoder_is_refused_in_one_line(tmp_path, name):
+    """Its config.json describes a ranker, not an encoder: say so and what to pass."""
+    from kfacel.models.registry import save_model
+
+    saved = save_model(tiny("cnn"), tmp_path / "model")
+    key = {"cnn": "embeddings_from", "transformer": "encoder_path"}[name]
+    with pytest.raises(
+        ValueError, match=r"model is a kfacel model directory, not an encoder .* --init"
+    ):
+        build_model(name, **{key: str(saved)})
+
+
 @pytest.mark.parametrize(("name", "lr"), [("cnn", 3e-3), ("transformer", 1e-3)])
 def test_tiny_random_ranker_learns_a_synthetic_task(
     name, lr, synthetic_batches, one_thread

@@ -8,12 +8,16 @@ the mention is kept (cut to half the budget at most) and the context is cut away
 from the far ends.
 
 The tokenizer is the fast (Rust) tokenizer of a local model directory: its
-``tokenizer.json`` when present, otherwise ``transformers.AutoTokenizer`` with
-``local_files_only=True``. The default directory is that of the MiniLM weights package.
+``tokenizer.json`` when present, otherwise ``transformers.AutoTokenizer`` over its
+``vocab.txt`` with ``local_files_only=True`` and ``trust_remote_code=False``; a
+directory whose configuration names its own code (``auto_map``) is refused first, so
+nothing is imported from it and nothing asks. The default directory is that of the
+MiniLM weights package.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,8 +55,13 @@ class WordPieceTokenizer:
     """A fast WordPiece tokenizer that marks the mention in its context.
 
     Args:
-        path: a directory with ``tokenizer.json`` (or files ``AutoTokenizer`` reads);
-            None for the MiniLM package's directory.
+        path: a directory with ``tokenizer.json`` (or ``vocab.txt`` and the files
+            ``AutoTokenizer`` reads beside it); None for the MiniLM package's directory.
+
+    Raises:
+        FileNotFoundError: no such directory, or no tokenizer file in it (named).
+        ValueError: a damaged tokenizer file (named), a directory that names its own
+            code (``auto_map``), or a vocabulary without the special tokens.
     """
 
     def __init__(self, path: str | Path | None = None) -> None:
@@ -65,6 +74,7 @@ class WordPieceTokenizer:
         self.pad_id = vocab.get("[PAD]", 0)
         self.cls_id = _require(vocab, "[CLS]", self.path)
         self.sep_id = _require(vocab, "[SEP]", self.path)
+        _require_unknown(self._tok, self.path)
         for start, end in _MARKER_CANDIDATES:
             if start in vocab and end in vocab:
                 self.start_id, self.end_id = vocab[start], vocab[end]
@@ -142,19 +152,94 @@ class WordPieceTokenizer:
 
 
 def _load(path: Path) -> Tokenizer:
-    if (path / "tokenizer.json").is_file():
-        return Tokenizer.from_file(str(path / "tokenizer.json"))
+    """The fast tokenizer of ``path``: its ``tokenizer.json``, else built from ``vocab.txt``.
+
+    Raises:
+        FileNotFoundError: no such directory, or neither file in it.
+        ValueError: a damaged file (named), or a directory that names its own code
+            (``auto_map``), which kfacel never runs.
+    """
     if not path.is_dir():
         raise FileNotFoundError(f"tokenizer directory {path} does not exist")
+    file = path / "tokenizer.json"
+    if file.is_file():
+        try:
+            return Tokenizer.from_file(str(file))
+        except Exception as exc:  # the Rust library raises a bare Exception
+            raise ValueError(
+                f"{file}: damaged tokenizer file ({_first_line(exc)})"
+            ) from None
+    vocab = path / "vocab.txt"
+    if not vocab.is_file():
+        raise FileNotFoundError(
+            f"{path}: no tokenizer.json or vocab.txt (a WordPiece tokenizer's files)"
+        )
+    _refuse_custom_code(path)
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, use_fast=True)
+    try:
+        tok = AutoTokenizer.from_pretrained(
+            str(path), local_files_only=True, use_fast=True, trust_remote_code=False
+        )
+    except Exception as exc:  # any failure of damaged files: one line
+        raise ValueError(
+            f"{vocab}: damaged tokenizer files ({_first_line(exc)})"
+        ) from None
     if not getattr(tok, "is_fast", False):
         raise ValueError(f"{path}: no fast tokenizer available")
     return tok.backend_tokenizer
 
 
+_CODE_CONFIGS = ("tokenizer_config.json", "config.json")
+"""Files whose ``auto_map`` would make ``transformers`` import code from the directory."""
+
+
+def _refuse_custom_code(path: Path) -> None:
+    """Refuse a model directory whose configuration names its own code (``auto_map``).
+
+    ``transformers`` would import the ``.py`` files it names (asking first on a
+    terminal); kfacel never runs code from a model directory, so it asks nothing.
+
+    Raises:
+        ValueError: a config with ``auto_map``, or one that is not a JSON object.
+    """
+    for name in _CODE_CONFIGS:
+        file = path / name
+        if not file.is_file():
+            continue
+        try:
+            config = json.loads(file.read_text(encoding="utf-8-sig"))
+        except (OSError, ValueError) as exc:  # UnicodeDecodeError, JSONDecodeError
+            raise ValueError(f"{file}: damaged ({_first_line(exc)})") from None
+        if not isinstance(config, dict):
+            raise ValueError(f"{file}: damaged (not a JSON object)")
+        if "auto_map" in config:
+            raise ValueError(
+                f"{file}: names custom code (auto_map {config['auto_map']!r}); "
+                "kfacel never runs code from a model directory"
+            )
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _require_unknown(tok: Tokenizer, path: Path) -> None:
+    """Refuse a WordPiece vocabulary without its unknown token (cut short).
+
+    ``AutoTokenizer`` adds the special tokens it lacks as added tokens, so they are
+    looked up in the model's own vocabulary: WordPiece cannot encode without it.
+    """
+    unk = getattr(tok.model, "unk_token", None)
+    if isinstance(unk, str):
+        _require(tok.get_vocab(with_added_tokens=False), unk, path)
+
+
 def _require(vocab: dict[str, int], token: str, path: Path) -> int:
     if token not in vocab:
-        raise ValueError(f"{path}: vocabulary has no {token} token")
+        raise ValueError(
+            f"{path}: vocabulary has no {token} token (damaged or cut short?)"
+        )
     return vocab[token]

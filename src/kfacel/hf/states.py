@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,17 @@ from kfacel.curvature.targets import IGNORE
 from kfacel.penalties import snapshot
 from kfacel.training.budget import TASK_EXAMPLES
 
-__all__ = ["FACTOR_RANK", "LOSS_TERMS", "consolidate", "load_states", "save_states"]
+__all__ = [
+    "FACTOR_RANK",
+    "LOSS_TERMS",
+    "check_coverage",
+    "consolidate",
+    "load_states",
+    "save_states",
+]
 
+LABEL_COLUMNS = frozenset({"labels", "label", "label_ids"})
+"""Row keys kept as labels whatever ``forward`` names (as ``transformers.Trainer``)."""
 LOSS_TERMS = "loss_terms"
 """Key of a state's ``meta``: the labelled terms (labels other than -100) seen (K9)."""
 
@@ -73,8 +83,9 @@ def consolidate(
         uncovered: K-FAC only: ``diagonal`` gives LayerNorms a diagonal Fisher (the
             default: an ignored LayerNorm is a free route for the new task); ``ignore``.
         approx: K-FAC only: ``expand`` (K5) or ``reduce`` (K8).
-        columns: row keys passed to the model (default: the arguments its ``forward``
-            names, plus ``labels``; other keys, e.g. raw strings, are dropped).
+        columns: row keys passed to the collator (default: as ``transformers.Trainer``
+            keeps them, the arguments ``forward`` names and the label columns; other
+            keys, e.g. a raw ``text`` column, are dropped).
         seed: randomness of ``sampled``.
         progress: show a progress bar.
         factor_rank: K-FAC only: keep each Kronecker factor larger than this many rows
@@ -168,8 +179,7 @@ class _LabelledBatches:
             rows = itertools.islice(rows, self.limit)
         it = iter(rows)
         while chunk := list(itertools.islice(it, self.batch_size)):
-            if self.keep is not None:
-                chunk = [{k: v for k, v in r.items() if k in self.keep} for r in chunk]
+            chunk = [_model_columns(r, self.keep) for r in chunk]
             batch = dict(self.collate(chunk))
             labels = batch.pop("labels", None)
             if not isinstance(labels, Tensor):
@@ -190,13 +200,32 @@ def _rows(dataset: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
 
 
 def _forward_names(model: nn.Module) -> set[str] | None:
-    """Keyword arguments the model's ``forward`` names (PEFT: its base model's)."""
+    """Row keys passed to the model, as ``transformers.Trainer`` keeps them.
+
+    The arguments its ``forward`` names (PEFT: its base model's) plus the label columns;
+    a ``**kwargs`` catch-all adds nothing (a stock model's takes attention options, not
+    columns). None for a ``forward`` that names none: then only text columns are dropped.
+    """
     get_base = getattr(model, "get_base_model", None)
     base: Any = get_base() if callable(get_base) else model
     params = inspect.signature(base.forward).parameters.values()
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return None  # takes anything: keep every column
-    return {p.name for p in params} | {"labels"}
+    variadic = (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+    named = {p.name for p in params if p.kind not in variadic}
+    return named | LABEL_COLUMNS if named else None
+
+
+def _model_columns(row: dict[str, Any], keep: set[str] | None) -> dict[str, Any]:
+    """The keys of ``row`` in ``keep``; with ``keep`` None, those that hold no text."""
+    if keep is not None:
+        return {k: v for k, v in row.items() if k in keep}
+    return {k: v for k, v in row.items() if not _is_text(v)}
+
+
+def _is_text(value: Any) -> bool:
+    """A string, or a list of them (a column no collator turns into a tensor)."""
+    while isinstance(value, list | tuple) and value:
+        value = value[0]
+    return isinstance(value, str | bytes)
 
 
 def save_states(directory: Path | str, states: Sequence[TaskState]) -> Path:
@@ -217,11 +246,53 @@ def save_states(directory: Path | str, states: Sequence[TaskState]) -> Path:
     return out
 
 
-def load_states(directory: Path | str, model: nn.Module) -> list[TaskState]:
+def load_states(
+    directory: Path | str, model: nn.Module, *, strict: bool = False
+) -> list[TaskState]:
     """The states of ``directory``, each checked against ``model`` (names, shapes, values).
+
+    Args:
+        directory: a model directory with ``consolidation/`` (:func:`save_states`).
+        model: the model the states will penalize.
+        strict: refuse, instead of warning about, trainable layers of ``model`` that no
+            state covers (a state of a smaller model, e.g. fewer layers).
 
     Raises:
         ValueError: a state file is malformed, holds non-finite or negative curvature,
-            or does not match the model (named).
+            or does not match the model (named); with ``strict``, no state at all or
+            a trainable layer no state covers (named).
     """
-    return list(load_state(directory, model))
+    states = list(load_state(directory, model))
+    check_coverage(states, model, where=str(directory), strict=strict)
+    return states
+
+
+def check_coverage(
+    states: Sequence[TaskState], model: nn.Module, *, where: str, strict: bool
+) -> None:
+    """Warn about (``strict``: refuse) trainable layers that no state anchors.
+
+    Such a layer trains unpenalized: the states were taken of another model, e.g.
+    one with fewer layers, or before more parameters were made trainable.
+
+    Raises:
+        ValueError: with ``strict``, no state or an uncovered layer (named).
+    """
+    covered = {name for state in states for name in state.anchor}
+    missing = [
+        n for n, p in model.named_parameters() if p.requires_grad and n not in covered
+    ]
+    if states and not missing:
+        return
+    if not states:
+        message = f"{where}: no consolidation state to penalize with"
+    else:
+        layers = list(dict.fromkeys(n.rsplit(".", 1)[0] for n in missing))
+        more = f" and {len(layers) - 5} more" if len(layers) > 5 else ""
+        message = (
+            f"{where}: no consolidation state covers the trainable layers "
+            f"{', '.join(layers[:5])}{more}; they train without a penalty"
+        )
+    if strict:
+        raise ValueError(message)
+    warnings.warn(message, stacklevel=3)

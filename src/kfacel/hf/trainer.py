@@ -12,14 +12,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from os import PathLike
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from transformers import Trainer
 
-from kfacel.consolidation import TaskState, build_penalty, check_state, curvature_to
-from kfacel.hf.states import LOSS_TERMS
+from kfacel.consolidation import (
+    TaskState,
+    build_penalty,
+    check_state,
+    curvature_to,
+    load_state,
+)
+from kfacel.hf.states import LOSS_TERMS, check_coverage
 from kfacel.penalties import Penalty
 from kfacel.training.budget import (
     DEFAULT_BUDGET,
@@ -54,8 +62,10 @@ class KFCTrainer(Trainer):
     Trainer.
 
     Args:
-        states: consolidated tasks (:func:`consolidate` or :func:`load_states`); each
-            uses its own method (``kfac``, ``ewc`` or ``l2``).
+        states: consolidated tasks (:func:`consolidate` or :func:`load_states`), or a
+            model directory to load them from (:func:`save_states`); each uses its own
+            method (``kfac``, ``ewc`` or ``l2``). Trainable layers that no state covers
+            are named in a warning.
         lam: λ for every state, or one per state (fixed strengths).
         budget: a forgetting budget ε for every state or one per state, in nats per
             loss term (the unit of the Trainer's loss: a labelled token of a token
@@ -69,22 +79,26 @@ class KFCTrainer(Trainer):
         budget_rate: the dual step of a budget **per epoch** (λ_t changes by at most this
             share over one epoch, spread over its optimizer steps), as in ``kfacel
             train --budget-rate``; so the λ ramp does not depend on the dataset's size.
+        strict: refuse trainable layers that no state covers instead of warning.
         **kwargs: passed to ``transformers.Trainer``.
 
     Raises:
         ValueError: both ``lam`` and ``budget``, a budget (given or default) for an
             ``l2`` state, a ``budget_rate`` outside (0, 100], a count of λ or ε that
-            differs from the states, or a state that does not match the model.
+            differs from the states, a state that does not match the model, a
+            directory without states, ``states`` of another type, or (``strict``) a
+            trainable layer no state covers.
     """
 
     def __init__(
         self,
         *args: Any,
-        states: Sequence[TaskState] = (),
+        states: Sequence[TaskState] | str | PathLike[str] = (),
         lam: float | Sequence[float] | None = None,
         budget: float | Sequence[float] | None = None,
         damping: float = 0.0,
         budget_rate: float = DEFAULT_BUDGET_RATE,
+        strict: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -92,8 +106,11 @@ class KFCTrainer(Trainer):
             raise ValueError("KFCTrainer needs model=")
         self.kfc_model: nn.Module = self.model
         device = next(self.kfc_model.parameters()).device
+        states = _given_states(states, self.kfc_model)
         for state in states:
             check_state(state, self.kfc_model, where=f"KFCTrainer state {state.task!r}")
+        if states:
+            check_coverage(states, self.kfc_model, where="KFCTrainer", strict=strict)
         self.kfc_states = tuple(_state_to(s, device) for s in states)
         if states and lam is None and budget is None:
             if any(s.method == "l2" for s in states):
@@ -196,6 +213,32 @@ class KFCTrainer(Trainer):
                 penalty.after_task_step()
         self._kfc_sum += value
         self._kfc_steps += 1
+
+
+def _given_states(
+    states: Sequence[TaskState] | str | PathLike[str], model: nn.Module
+) -> tuple[TaskState, ...]:
+    """``states`` as given, or those saved in the directory ``states`` names.
+
+    Raises:
+        ValueError: a directory without states, or anything but states or a path.
+    """
+    if isinstance(states, str | PathLike):
+        found = load_state(Path(states), model)
+        if not found:
+            raise ValueError(
+                f"KFCTrainer: {states} holds no consolidation states "
+                "(write them with kfacel.hf.save_states)"
+            )
+        return found
+    if not isinstance(states, Sequence) or not all(
+        isinstance(s, TaskState) for s in states
+    ):
+        raise ValueError(
+            "KFCTrainer: states= takes a sequence of TaskState or a model directory, "
+            f"got {type(states).__name__}"
+        )
+    return tuple(s for s in states if isinstance(s, TaskState))
 
 
 def _penalties(
