@@ -405,6 +405,35 @@ def test_report_and_quickstart_refuse_a_directory_they_did_not_write(
     assert _snapshot(tmp_path) == before
 
 
+class _Reached(Exception):
+    """Raised where the work would start: the output checks passed."""
+
+
+def _reached(*args, **kwargs):
+    raise _Reached
+
+
+def test_quickstart_replaces_its_own_default_report_and_nothing_else(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """No --out: an earlier quickstart's report is replaced, a user's directory is not."""
+    from dataclasses import fields
+
+    from kfacel.experiments.quickstart import QuickstartResult
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("kfacel.cli.quickstart.demo_tasks", _reached)
+    default = tmp_path / "quickstart-output"
+    default.mkdir()
+    earlier = {f.name: None for f in fields(QuickstartResult)}
+    (default / "results.json").write_text(json.dumps(earlier), encoding="utf-8")
+    with pytest.raises(_Reached):  # the check let the re-run through
+        main(["quickstart"])
+    (default / "notes.txt").write_text("mine\n", encoding="utf-8")
+    assert main(["quickstart"]) == 2
+    assert (default / "notes.txt").read_text(encoding="utf-8") == "mine\n"
+
+
 def test_figures_refuse_to_replace_a_file_that_is_no_figure(
     tmp_path: Path, capsys, monkeypatch
 ) -> None:

@@ -116,3 +116,18 @@ def test_a_flipped_bit_that_stays_finite_is_refused_by_the_digest(saved) -> None
     assert all(torch.isfinite(t).all() for t in load_file(str(weights)).values())
     with pytest.raises(ValueError, match=r"model\.safetensors: its SHA-256 differs"):
         load_model(saved)
+
+
+def test_a_model_left_aside_by_a_killed_writer_is_put_back_on_load(saved) -> None:
+    """A kill -9 between the swap's two renames: the next load finds the model again."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", ""])
+    child.wait()  # a pid that no longer runs
+    aside = saved.with_name(f".{saved.name}.old-{child.pid}")
+    saved.rename(aside)
+    model = load_model(saved)
+    assert model is not None
+    assert saved.is_dir()
+    assert not aside.exists()

@@ -21,6 +21,9 @@ from kfacel.experiments.quickstart import (
     write_report,
 )
 
+DEFAULT_OUT = "quickstart-output"
+"""Where the quickstart writes its report when no ``--out`` is named."""
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``quickstart`` subcommand."""
@@ -28,11 +31,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "quickstart",
         help="demo: three tasks in a row with no penalty, EWC and KFC (a few minutes on CPU)",
     )
-    p.add_argument("--out", default="quickstart-output", help="report directory")
+    p.add_argument(
+        "--out",
+        help=f"report directory (default {DEFAULT_OUT}, where each run replaces the "
+        "last quickstart's report; a directory that is not one is never replaced)",
+    )
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace the report in --out when it is an earlier quickstart's",
+        help="replace the report in a --out you name when it is an earlier quickstart's",
     )
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument(
@@ -48,12 +55,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run, print the table and write the report."""
+    out = Path(args.out or DEFAULT_OUT)
     check_output_dir(  # before the minutes of training
-        args.out,
+        out,
         inputs={},
         own=is_quickstart_dir,
         what="quickstart report directory",
-        overwrite=args.overwrite,
+        overwrite=args.overwrite or args.out is None,  # the demo's own place
     )
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -74,7 +82,14 @@ def run(args: argparse.Namespace) -> int:
     )
     print()
     print(format_table(result))
-    written = write_report(result, Path(args.out))
+    check_output_dir(  # again: something may have appeared there meanwhile
+        out,
+        inputs={},
+        own=is_quickstart_dir,
+        what="quickstart report directory",
+        overwrite=args.overwrite or args.out is None,
+    )
+    written = write_report(result, out)
     print(f"\nreport: {written[-1]}  ({time.perf_counter() - start:.0f} s)")
     return 0
 

@@ -32,7 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from kfacel._io import atomic_dir, umask_mode
+from kfacel._io import atomic_dir, recover, umask_mode
 from kfacel.models.bert import BertRanker, BertRankerConfig
 from kfacel.models.cnn import CNNConfig, CNNRanker
 
@@ -156,11 +156,16 @@ def save_model(
 def read_model_config(directory: str | Path) -> dict[str, Any]:
     """The ``config.json`` of a model directory.
 
+    A model directory that a killed writer left moved aside (``.NAME.old-PID``) is put
+    back first (``kfacel._io.recover``).
+
     Raises:
         FileNotFoundError: naming the missing file.
         ValueError: naming the file when it is not UTF-8 JSON holding an object.
     """
     file = Path(directory) / CONFIG_FILE
+    if not file.is_file():
+        recover(directory)  # a writer killed mid-swap left the model moved aside
     if not file.is_file():
         raise FileNotFoundError(f"{file} does not exist: not a model directory")
     try:
