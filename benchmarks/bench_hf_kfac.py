@@ -8,7 +8,7 @@ minima over ``--repeats`` runs in one process:
 - one training step: forward, backward, AdamW (weight decay 0, the Trainer's default);
 - ``kfacel.estimate_kfac`` per batch, every trainable layer (Linear and Embedding
   factors, LayerNorm diagonals: ``kfacel.hf.consolidate``'s default), as a ratio to
-  the step (issue 12's target: ≤ 1.3×);
+  the step (the target: ≤ 1.3×);
 - on the layers both libraries cover (the 19 Linear layers; embeddings and LayerNorms
   frozen): ``estimate_kfac`` against curvlinops' ``KFACLinearOperator``
   (``compute_kronecker_factors``, empirical Fisher, expand) on the same batches

@@ -13,7 +13,7 @@ encoder (hidden 384, 32 tokens, vocabulary 30,522, classifier on the first token
   recorded as ``fails: <error>`` in place of its time;
 - the CNN ranker of `kfacel train` on the demo task mm-demo (K-FAC with its padding masks;
   no peer: curvlinops knows neither Conv1d nor masks, ASDL no masks), and its transformer
-  ranker (`--models tranker`: first 3 MiniLM layers, 22M parameters; issue 10's ratios);
+  ranker (`--models tranker`: first 3 MiniLM layers, 22M parameters);
 - a training step with the KFC penalty of one prior task (closed-form gradient) vs a plain
   step, and the consolidation state's bytes vs the model's parameter bytes.
 
@@ -164,7 +164,7 @@ def setup(name: str, small: bool, n: int, batch: int) -> tuple[nn.Module, list]:
         task = demo_tasks()[0]
         if name == "ranker":
             linker = new_linker("cnn", task.train, hidden=64 if small else 256, seed=0)
-        else:  # the transformer ranker of `kfacel train` (3 MiniLM layers; issue 10)
+        else:  # the transformer ranker of `kfacel train` (3 MiniLM layers)
             linker = new_linker("transformer", task.train, layers=3, seed=0)
         model = linker.model
         data = [(b, b.labels) for b in linker.batches(task.train[:n], batch)]

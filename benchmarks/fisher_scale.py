@@ -1,6 +1,6 @@
 """How large is a first task's Fisher: a benchmark run's consolidation against the demo's.
 
-Issue 9: one fixed λ keeps much of PUBLIC-3-small's forgetting and collapses on the
+One fixed λ keeps much of PUBLIC-3-small's forgetting and collapses on the
 quickstart's demo. Is the demo's Fisher larger? Per layer, the trace of the K-FAC block
 (``tr(A)·tr(G)``) and of the diagonal empirical Fisher (the exact trace of the Fisher
 block: the sum of its diagonal), for the K-FAC and EWC states of a run's consolidation

@@ -1,4 +1,4 @@
-"""Issue 9's λ-free summary of forgetting runs: trade-off curves, seeds and calibration.
+"""The λ-free summary of forgetting runs: trade-off curves, seeds and calibration.
 
 For every tier-2 pair A → B, seed and method with a strength grid (λ, or ε for the
 budgeted methods), the curve runs from plain fine-tuning (strength 0) through the grid

@@ -1,6 +1,6 @@
 """Start a run directory for a one-factor variant from the finished cells of another.
 
-A factor of issue 9 that changes only how the new task is trained (optimizer, clipping,
+A factor of the forgetting study that changes only how the new task is trained (optimizer, clipping,
 learning rate, λ or budget grid) leaves the tier-1 models and, unless the curvature
 settings change, the consolidation states as they were: those cells are copied instead
 of retrained, and the new run's ``env.json`` says which cells were copied from where.

@@ -1,4 +1,4 @@
-"""Where a training step of the transformer ranker spends its time (issue 10).
+"""Where a training step of the transformer ranker spends its time.
 
 Builds the `kfacel train --model transformer` ranker (first 3 MiniLM layers) on the first
 queries of a task, runs a few AdamW steps and times each part of the step with wall

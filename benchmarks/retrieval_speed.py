@@ -1,4 +1,4 @@
-"""Time and memory of retrieval over a whole dictionary, and `link`'s throughput (issue 11).
+"""Time and memory of retrieval over a whole dictionary, and `link`'s throughput.
 
 One dictionary per run (peak memory is the process's own):
 

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Issue 9 factor: factored Tikhonov damping (eq. P4) of the K-FAC penalty, δ ∈ {1e-6, 1e-5}
+# Forgetting factor: factored Tikhonov damping (eq. P4) of the K-FAC penalty, δ ∈ {1e-6, 1e-5}
 # (the mid layers' blocks have mean eigenvalues 1e-5 to 7e-5), λ ∈ {10, 30, 100}, the wider
 # CNN, the two diagnosis pairs, seed 0. Tier-1 models, K-FAC states (damping is applied at
 # penalty time) and plain fine-tuning copied from runs/forgetting-wide.

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Issue 9 factor: the K-FAC estimated on the old task's held-out dev queries (curvature.split = dev)
+# Forgetting factor: the K-FAC estimated on the old task's held-out dev queries (curvature.split = dev)
 # against the training queries, the wider CNN, the two diagnosis pairs × 3 seeds, λ ∈ {10, 30, 100}.
 # Tier-1 models and plain fine-tuning copied from runs/forgetting-wide; states re-estimated.
 cd "$(dirname "$0")/../.."

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Issue 10's tier-1 combined cell (the paper's Table 2): one transformer trained on the
+# The transformer protocol's tier-1 combined cell (the paper's Table 2): one transformer trained on the
 # three PUBLIC-3-small tasks together, one epoch, beside the individual models of
 # runs/paper-transformer-small-r13 (copied). One cell, one worker; resumable;
 # `kfacel report runs/paper-transformer-small-combined`.

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Issue 10's low-rank factors: the transformer protocol's KFC (default budget) with every
+# Low-rank factors: the transformer protocol's KFC (default budget) with every
 # Kronecker factor kept at rank 64 (`curvature.factor_rank = 64`, eq. K10; the penalty
 # step's cheaper setting) against whole factors, on the six tier-2 orders. Both arms run
 # here with the same code (the main run's KFC cells are older: the trainer's fused AdamW

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Issue 10's λ grid beside the budget: diagonal EWC at fixed λ ∈ {100, 1000} and KFC at
+# The λ grid beside the budget: diagonal EWC at fixed λ ∈ {100, 1000} and KFC at
 # λ ∈ {10, 100} on the six tier-2 orders of the transformer protocol, λ chosen per order
 # by the paper's rule (best old-task dev accuracy within the config's new-task
 # tolerance). Each method's grid sits where its penalty is comparable to the task loss:

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Issue 10's LayerNorm comparison: the transformer protocol's KFC (default budget) with the
+# The LayerNorm comparison: the transformer protocol's KFC (default budget) with the
 # layer norms given a diagonal Fisher (`uncovered = "diagonal"`) against the paper's
 # `ignore`, on two permutations. Reads the finished cells of runs/paper-transformer-small-r13
 # (configs/paper-transformer-small.toml): its tier-1 models and its plain fine-tuning

@@ -1,4 +1,4 @@
-"""The KFC penalty's share of a training step of the transformer ranker (issue 10).
+"""The KFC penalty's share of a training step of the transformer ranker.
 
 Trains the `kfacel train --model transformer` ranker (first 3 MiniLM layers) with
 ``train_task`` on the first queries of a task, plain and with the KFC penalty of one

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Issue 10's reference methods at tier 2: LRC (no old data) and replay (the old-data
+# The reference methods at tier 2: LRC (no old data) and replay (the old-data
 # reference) on the six orders of the transformer protocol. Reads the finished cells of
 # runs/paper-transformer-small-r13 (configs/paper-transformer-small.toml): its tier-1 models
 # and its plain fine-tuning cells are copied, so only the 12 LRC and replay cells run.

@@ -1,7 +1,7 @@
 #!/bin/bash
-# Issue 10's speed target, end to end: the same `kfacel train` and `kfacel evaluate`
-# commands on the transformer ranker at the commit the issue was filed against
-# (ee428ab, "today") and at HEAD in float32 and in bfloat16 autocast, one after the
+# The transformer ranker's speed target, end to end: the same `kfacel train` and `kfacel evaluate`
+# commands on the transformer ranker at the baseline commit
+# (ee428ab) and at HEAD in float32 and in bfloat16 autocast, one after the
 # other in one run (ratios, not absolute times, are the result). Prints training
 # queries/s (the trainer's own wall-clock count, dev evaluation excluded), the CPU
 # seconds (user + system) of the whole train command (480 queries, then the 2,000 dev
