@@ -21,9 +21,10 @@ from torch import nn
 from kfacel.curvature import KFACApprox, estimate_kfac
 from kfacel.data.records import Candidate, LinkingExample
 from kfacel.data.tasks import Task
+from kfacel.linking.linker import new_linker
 from kfacel.penalties import KFACPenalty, snapshot
 from kfacel.training.continual import consolidate_task, discriminative_lr_groups
-from kfacel.training.pipeline import fit_task, new_linker
+from kfacel.training.fit import fit_task
 from kfacel.training.trainer import TrainSettings
 
 CODES = [

@@ -41,16 +41,11 @@ from kfacel.experiments.sweep import (
     CellKind,
     state_method,
 )
+from kfacel.linking.evaluate import evaluate_split
+from kfacel.linking.linker import Linker, load_linker, new_linker, save_linker
 from kfacel.training.budget import predicted_rise
 from kfacel.training.continual import consolidate_task
-from kfacel.training.pipeline import (
-    Linker,
-    evaluate_split,
-    fit_task,
-    load_linker,
-    new_linker,
-    save_linker,
-)
+from kfacel.training.fit import fit_task
 from kfacel.training.trainer import Replay, TrainSettings
 from kfacel.training.update import Protection, update_linker
 

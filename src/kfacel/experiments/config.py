@@ -83,7 +83,7 @@ class TrainConfig:
     eval_batch_size: int = 128
     max_train_examples: int | None = None
     train_candidates: int | None = None  # TrainSettings.train_candidates
-    precision: Literal["auto", "float32", "bfloat16"] = "auto"  # training.precision
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"  # models.precision
     device: str = "cpu"
     lrc_gamma: float = 0.5  # LRC: η_ℓ = η_{ℓ+1}·γ from the top layer down
     replay_every: int = 10  # replay: n old batches every m new ones
