@@ -361,7 +361,7 @@ def test_a_worker_exits_when_its_runner_is_killed(tmp_path) -> None:
 
     worker = (
         "import os, time\n"
-        "from kfacel.experiments.cells import exit_with_parent\n"
+        "from kfacel.experiments.run_cell import exit_with_parent\n"
         "import threading\n"
         "threading.Thread(target=exit_with_parent, args=(os.getppid(), 0.05),"
         " daemon=True).start()\n"

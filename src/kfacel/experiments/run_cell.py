@@ -1,4 +1,8 @@
-"""One cell of a run: load, train or consolidate, evaluate, write its directory.
+"""Run one cell of an experiment: load, train or consolidate, evaluate, write its directory.
+
+A cell is the unit of work a run is made of (``sweep.Cell``, planned by ``sweep.py`` and
+scheduled by ``runner.py``): one model trained alone or on the combined tasks,
+consolidated, or updated on the next task of one order, with one method, λ and seed.
 
 ``run_cell`` is the one entry point; it runs in the runner's process (``--jobs 1``)
 or in a spawned worker, and takes and returns plain JSON values only. A cell writes into
