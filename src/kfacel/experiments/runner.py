@@ -49,6 +49,7 @@ from typing import Any
 from kfacel._io import atomic_write_json, atomic_write_text
 from kfacel._lock import write_lock
 from kfacel.experiments import sweep
+from kfacel.experiments.config import ConfigError, ExperimentConfig
 from kfacel.experiments.run_cell import (
     DONE,
     MODEL,
@@ -58,7 +59,6 @@ from kfacel.experiments.run_cell import (
     run_cell,
     tasks_of,
 )
-from kfacel.experiments.config import ConfigError, ExperimentConfig
 from kfacel.experiments.rundir import (
     check_tasks,
     open_run_dir,
