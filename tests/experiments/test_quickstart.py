@@ -21,7 +21,7 @@ def test_runs_the_methods_and_writes_the_report(tmp_path, monkeypatch) -> None:
     torch.set_num_threads(1)
     from pathlib import Path
 
-    from tests.training.test_continual import TASK_A, TASK_B, code_task
+    from tests._synth import TASK_A, TASK_B, code_task
 
     from kfacel.data.tasks import Task
 
