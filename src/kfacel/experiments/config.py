@@ -1,4 +1,4 @@
-"""Experiment configuration: frozen dataclasses loaded from TOML (STYLE.md §7).
+"""Experiment configuration: frozen dataclasses loaded from TOML (docs/contributing.md §2).
 
 A config file has top-level keys ``name``, ``methods``, ``lam_grid``, ``tiers``,
 ``seeds``, ``output_dir``, an array of ``[[tasks]]`` tables (``name``, ``path``) and the

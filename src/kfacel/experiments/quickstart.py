@@ -5,7 +5,7 @@ The model trained on the first task is then updated on the second and third task
 each method at a fixed λ, consolidating every finished task, and evaluated on every task
 seen so far after each step. The result is an accuracy matrix per method, Perc Δ of each
 task after the last step, and the forgetting reduction of each method against plain
-fine-tuning (DESIGN.md §5, here averaged over the earlier tasks of the one order).
+fine-tuning (docs/design.md §6, here averaged over the earlier tasks of the one order).
 """
 
 from __future__ import annotations
