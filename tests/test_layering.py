@@ -1,4 +1,4 @@
-"""Imports point one way (docs/contributing.md): each part imports only the layers below."""
+"""Imports point one way (docs/contributing.md §1): each part imports only the layers below."""
 
 import ast
 from pathlib import Path
