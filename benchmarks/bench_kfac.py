@@ -158,8 +158,8 @@ def setup(name: str, small: bool, n: int, batch: int) -> tuple[nn.Module, list]:
             for _ in range(n // batch)
         ]
     elif name in ("ranker", "tranker"):
-        from kfacel.experiments.quickstart import demo_tasks
-        from kfacel.training.pipeline import new_linker
+        from kfacel.demo import demo_tasks
+        from kfacel.linking.linker import new_linker
 
         task = demo_tasks()[0]
         if name == "ranker":

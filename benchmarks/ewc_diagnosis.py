@@ -23,8 +23,10 @@ import functools
 import torch
 
 from kfacel.consolidation import build_penalty
-from kfacel.experiments.quickstart import demo_tasks
-from kfacel.training import pipeline
+from kfacel.demo import demo_tasks
+from kfacel.linking.evaluate import evaluate_split
+from kfacel.linking.linker import new_linker
+from kfacel.training import fit
 from kfacel.training.continual import consolidate_task
 
 SETTINGS = {"epochs": 3, "lr": 1e-3, "batch_size": 32, "seed": 0}  # the quickstart's
@@ -39,31 +41,31 @@ def main() -> None:
     lams = [float(x) for x in args.lams.split(",")]
     old, new = demo_tasks()[:2]
 
-    base = pipeline.new_linker("cnn", old.train, hidden=128, seed=0)
-    pipeline.fit_task(base, old, **SETTINGS)
+    base = new_linker("cnn", old.train, hidden=128, seed=0)
+    fit.fit_task(base, old, **SETTINGS)
     anchor = {n: p.detach().clone() for n, p in base.model.named_parameters()}
     ewc_state = consolidate_task(base, old, method="ewc")
     kfac_state = consolidate_task(base, old, method="kfac")
     fisher = ewc_state.curvature.diagonal
     mass = {n: float(f.sum()) for n, f in fisher.items()}
     total = sum(mass.values())
-    acc_old = pipeline.evaluate_split(base, old.test).accuracy
+    acc_old = evaluate_split(base, old.test).accuracy
     print(f"{old.name} alone: test accuracy {acc_old:.3f}")
 
     runs = [("none", 0.0, 1.0)]
     for lam in lams:
         runs += [("ewc", lam, 1.0), ("ewc", lam, None), ("kfac", lam, 1.0)]
-    train_task = pipeline.train_task
+    train_task = fit.train_task
     moved: dict[str, dict[str, float]] = {}
     try:
         for method, lam, clip in runs:
-            pipeline.train_task = functools.partial(train_task, clip=clip)
+            fit.train_task = functools.partial(train_task, clip=clip)
             linker = copy.deepcopy(base)
             states = {"ewc": [ewc_state], "kfac": [kfac_state]}.get(method, [])
             penalty = build_penalty(method, states, [lam] * len(states))
-            pipeline.fit_task(linker, new, penalty=penalty, **SETTINGS)
-            a_old = pipeline.evaluate_split(linker, old.test).accuracy
-            a_new = pipeline.evaluate_split(linker, new.test).accuracy
+            fit.fit_task(linker, new, penalty=penalty, **SETTINGS)
+            a_old = evaluate_split(linker, old.test).accuracy
+            a_new = evaluate_split(linker, new.test).accuracy
             label = method if method == "none" else f"{method} {lam:g}"
             label += "" if clip else " no clip"
             print(f"{label:18s} {old.name} {a_old:.3f}  {new.name} {a_new:.3f}")
@@ -72,7 +74,7 @@ def main() -> None:
                 for n, p in linker.model.named_parameters()
             }
     finally:
-        pipeline.train_task = train_task
+        fit.train_task = train_task
 
     labels = list(moved)
     print("\n|Δθ| per layer (Frobenius norm from the anchor) and Fisher mass share")

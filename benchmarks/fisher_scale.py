@@ -17,9 +17,10 @@ from pathlib import Path
 
 from kfacel.consolidation import TaskState, load_state
 from kfacel.curvature.factors import trace
-from kfacel.experiments.quickstart import demo_tasks
+from kfacel.demo import demo_tasks
+from kfacel.linking.linker import new_linker
 from kfacel.training.continual import consolidate_task
-from kfacel.training.pipeline import fit_task, new_linker
+from kfacel.training.fit import fit_task
 from kfacel.training.trainer import TrainSettings
 
 

@@ -36,7 +36,6 @@ median ratio predicted / measured.
 from __future__ import annotations
 
 import argparse
-import json
 from collections import defaultdict
 from itertools import pairwise
 from pathlib import Path
@@ -44,28 +43,9 @@ from statistics import mean, median
 from typing import Any
 
 from kfacel.experiments.metrics import mean_interval, spearman
-from kfacel.experiments.results import calibration_points
+from kfacel.experiments.results import calibration_points, cell_record, finished_cells
 
 COST = 1.0  # points of new-task accuracy the summary allows
-
-
-def load(run_dir: Path) -> list[dict[str, Any]]:
-    """Every finished cell's ``done.json``."""
-    out = []
-    for done in sorted((run_dir / "cells").glob("*/done.json")):
-        d = json.loads(done.read_text(encoding="utf-8"))
-        if d.get("status") == "ok":
-            out.append(d)
-    return out
-
-
-def test_record(d: dict[str, Any], task: str) -> dict[str, Any]:
-    """The cell's test record of ``task``."""
-    return _record(d, task, "test")
-
-
-def _record(d: dict[str, Any], task: str, split: str) -> dict[str, Any]:
-    return next(r for r in d["records"] if r["task"] == task and r["split"] == split)
 
 
 def kept_at_cost(points: list[tuple[float, float]], none_new: float) -> float:
@@ -92,7 +72,7 @@ def summarize(
 ) -> None:
     individual = {  # (task, seed) -> the task's test and dev records
         (d["order"][0], d["seed"]): {
-            split: _record(d, d["order"][0], split) for split in ("test", "dev")
+            split: cell_record(d, d["order"][0], split) for split in ("test", "dev")
         }
         for d in cells
         if d["kind"] == "individual"
@@ -105,7 +85,7 @@ def summarize(
         if d["kind"] != "tier2":
             continue
         a, b = d["order"]
-        old, new = test_record(d, a), test_record(d, b)
+        old, new = cell_record(d, a), cell_record(d, b)
         if d["method"] == "none":
             none[(a, b, d["seed"])] = {"old": old, "new": new, "cell": d}
             continue
@@ -258,7 +238,7 @@ def _order(rule: str) -> tuple[int, float]:
 
 
 def _acc(d: dict[str, Any], task: str, split: str) -> float:
-    return float(_record(d, task, split)["accuracy"])
+    return float(cell_record(d, task, split)["accuracy"])
 
 
 def _fmt(vals: list[float]) -> str:
@@ -282,7 +262,7 @@ def main() -> None:
         pairs = {tuple(p.split(">")) for p in args.pairs.split(",")}
     for run in args.runs:
         print(f"# {run}\n")
-        summarize(load(run), args.score, pairs, args.tolerance)
+        summarize(finished_cells(run), args.score, pairs, args.tolerance)
 
 
 if __name__ == "__main__":

@@ -59,8 +59,9 @@ def toy_setup(n: int) -> tuple[nn.Module, list[tuple[Any, Tensor]], list[Any]]:
 
 def cnn_setup(n: int) -> tuple[nn.Module, list[tuple[Any, Tensor]], list[Any]]:
     """The CNN ranker trained one epoch on mm-demo, its batches and single queries."""
-    from kfacel.experiments.quickstart import demo_tasks
-    from kfacel.training.pipeline import fit_task, new_linker
+    from kfacel.demo import demo_tasks
+    from kfacel.linking.linker import new_linker
+    from kfacel.training.fit import fit_task
     from kfacel.training.trainer import TrainSettings
 
     task = demo_tasks()[0]

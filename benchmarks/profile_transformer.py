@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from kfacel.data.tasks import load_task
-from kfacel.training.evaluate import predict
-from kfacel.training.pipeline import new_linker
+from kfacel.linking.evaluate import predict
+from kfacel.linking.linker import new_linker
 
 
 def main() -> None:

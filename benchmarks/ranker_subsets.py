@@ -30,8 +30,8 @@ import torch
 from kfacel.data.candidates import build_generator
 from kfacel.data.readers import cadec_concepts, read_cadec, read_dictionary
 from kfacel.data.tasks import load_task
-from kfacel.training.evaluate import predict
-from kfacel.training.pipeline import load_linker
+from kfacel.linking.evaluate import predict
+from kfacel.linking.linker import load_linker
 
 
 def _concepts(data: Path, name: str) -> list:

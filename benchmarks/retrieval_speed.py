@@ -5,7 +5,7 @@ One dictionary per run (peak memory is the process's own):
 1. the dense name index built cold (a fresh cache directory): wall time, names/s;
 2. the same index read back from the cache: wall time;
 3. fused retrieval (alias table, TF-IDF, dense) of the mentions of a task split, top C;
-4. with ``--model``, the linker end to end (`kfacel.training.linking.link`, what `kfacel
+4. with ``--model``, the linker end to end (`kfacel.linking.link.link`, what `kfacel
    link` runs after loading): mentions/s and accuracy over the same mentions, each in its
    whole document with ``--documents`` (the split's PubTator corpus; as `prepare` read
    it, so abbreviations defined anywhere in it are found), else in its context window.
@@ -33,7 +33,7 @@ from kfacel.data.dense import NameIndex, SentenceEncoder
 from kfacel.data.readers import read_dictionary
 from kfacel.data.records import LinkingExample
 from kfacel.data.tasks import context, load_task
-from kfacel.training.linking import MentionQuery
+from kfacel.linking.link import MentionQuery
 
 
 def main() -> None:
@@ -88,8 +88,8 @@ def main() -> None:
     }
 
     if args.model:
-        from kfacel.training.linking import link
-        from kfacel.training.pipeline import load_linker
+        from kfacel.linking.link import link
+        from kfacel.linking.linker import load_linker
 
         linker = load_linker(args.model)
         info = linker.meta["task"]

@@ -19,17 +19,17 @@ import argparse
 from collections import defaultdict
 from pathlib import Path
 
-from forgetting_curves import load, test_record
 from kfacel.experiments.metrics import forgetting_reduction, mean_interval, perc_delta
+from kfacel.experiments.results import cell_record, finished_cells
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", type=Path)
     args = p.parse_args()
-    cells = [d for run in args.runs for d in load(run)]
+    cells = [d for run in args.runs for d in finished_cells(run)]
     individual = {
-        (d["order"][0], d["seed"]): test_record(d, d["order"][0])["accuracy"]
+        (d["order"][0], d["seed"]): cell_record(d, d["order"][0])["accuracy"]
         for d in cells
         if d["kind"] == "individual"
     }
@@ -47,9 +47,9 @@ def main() -> None:
         last = order[-1]
         runs[method].append(
             (
-                perc_delta(test_record(d, order[0])["accuracy"], ind),
-                perc_delta(test_record(none, order[0])["accuracy"], ind),
-                test_record(none, last)["accuracy"] - test_record(d, last)["accuracy"],
+                perc_delta(cell_record(d, order[0])["accuracy"], ind),
+                perc_delta(cell_record(none, order[0])["accuracy"], ind),
+                cell_record(none, last)["accuracy"] - cell_record(d, last)["accuracy"],
             )
         )
     kept: dict[str, list[float]] = {}

@@ -1,4 +1,4 @@
-"""Shared synthetic models, batches and tasks of the tests, built once (STYLE.md §10, §13).
+"""Shared synthetic models, batches and tasks of the tests, built once (docs/contributing.md).
 
 Curvature cases follow curvlinops' ``test/cases.py``: a table of tiny float64 models,
 each with a batch maker that can pad, so every estimator test runs models × Fisher kinds
@@ -11,6 +11,8 @@ from __future__ import annotations
 import itertools
 import json
 import random
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -494,6 +496,59 @@ def code_examples(name: str, words: range, n: int, seed: int) -> list[LinkingExa
     return out
 
 
+CODE_WORDS = [
+    "alpha",
+    "bravo",
+    "charlie",
+    "delta",
+    "echo",
+    "foxtrot",
+    "golf",
+    "hotel",
+    "india",
+    "juliet",
+    "kilo",
+    "lima",
+    "mike",
+    "november",
+    "oscar",
+    "papa",
+    "quebec",
+    "romeo",
+    "sierra",
+    "tango",
+    "uniform",
+    "victor",
+    "whiskey",
+    "xray",
+    "yankee",
+    "zulu",
+]
+"""Concept names of ``code_task``, one per word of ``WORDS``."""
+
+
+def code_task(name: str, words: range, n: int, seed: int) -> list[LinkingExample]:
+    """Mention ``WORDS[w]`` links to the concept named ``CODE_WORDS[w]``: no string overlap.
+
+    Two tasks over disjoint word ranges need different associations learned through
+    the same encoders and scorer: plain fine-tuning on the second overwrites the first.
+    """
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        w = rng.choice(words)
+        pool = [w, *rng.sample([x for x in words if x != w], 4)]
+        rng.shuffle(pool)
+        cands = tuple(Candidate(f"C{x}", CODE_WORDS[x]) for x in pool)
+        left = " ".join(rng.choices(WORDS, k=3))
+        out.append(LinkingExample(WORDS[w], left, "", cands, f"C{w}", f"{name}{i}"))
+    return out
+
+
+TASK_A, TASK_B = range(0, 13), range(13, 26)
+"""Disjoint word ranges of two ``code_task`` tasks: fine-tuning on B forgets A."""
+
+
 def write_code_tasks(root: Path, sizes: tuple[int, int, int] = (32, 16, 16)) -> Path:
     """Task directories ``root/A`` and ``root/B`` over disjoint halves of ``WORDS``."""
     from kfacel.data.tasks import write_task
@@ -571,3 +626,13 @@ def write_tsv_dictionary(path: Path, concepts: dict[str, tuple[str, ...]]) -> No
         ),
         encoding="utf-8",
     )
+
+
+# ------------------------------------------------------------------------ processes
+
+
+def dead_pid() -> int:
+    """The PID of a process that has exited (and been reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", ""])
+    child.wait()
+    return child.pid

@@ -20,7 +20,7 @@ from kfacel import (
 )
 from kfacel.consolidation import state_dir
 from kfacel.curvature import KFACApprox
-from tests.curvature.test_diagonal import TinyRanker
+from tests._synth import TinyRanker
 
 
 def _data():

@@ -7,8 +7,6 @@ meanwhile is never replaced; a killed writer's leftovers are cleaned or put back
 import logging
 import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +19,7 @@ from kfacel._io import (
     check_output_file,
     recover,
 )
+from tests._synth import dead_pid
 
 
 def test_file_gets_the_mode_open_would_give(tmp_path: Path) -> None:
@@ -88,13 +87,6 @@ def test_a_file_size_limit_is_an_os_error_naming_the_file(tmp_path: Path) -> Non
     assert message.startswith(f"OSError: could not write {path}: ")
     assert "File too large" in message
     assert list(tmp_path.iterdir()) == []
-
-
-def dead_pid() -> int:
-    """The PID of a process that has exited (and been reaped)."""
-    child = subprocess.Popen([sys.executable, "-c", ""])
-    child.wait()
-    return child.pid
 
 
 def fill(tmp: Path) -> None:

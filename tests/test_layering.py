@@ -1,4 +1,4 @@
-"""Imports point one way (STYLE.md §2): each subpackage imports only the layers below it."""
+"""Imports point one way (docs/contributing.md §1): each part imports only the layers below."""
 
 import ast
 from pathlib import Path
@@ -21,6 +21,17 @@ ALLOWED: dict[str, set[str]] = {
     "consolidation": {"types", "curvature", "penalties", "_io", "_state_checks"},
     "models": {"types", "positions", "_io", "_checkpoint"},
     "data": {"types", "_progress", "_io", "_checkpoint"},
+    "demo": {"data"},
+    "linking": {
+        "types",
+        "positions",
+        "_progress",
+        "_io",
+        "_checkpoint",
+        "consolidation",
+        "models",
+        "data",
+    },
     "training": {
         "types",
         "positions",
@@ -32,6 +43,7 @@ ALLOWED: dict[str, set[str]] = {
         "consolidation",
         "models",
         "data",
+        "linking",
     },
     "experiments": {
         "types",
@@ -45,6 +57,7 @@ ALLOWED: dict[str, set[str]] = {
         "consolidation",
         "models",
         "data",
+        "linking",
         "training",
     },
     "hf": {
@@ -70,6 +83,7 @@ ALLOWED: dict[str, set[str]] = {
         "consolidation",
         "models",
         "data",
+        "linking",
         "training",
         "experiments",
         "demo",

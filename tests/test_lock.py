@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from kfacel._lock import lock_file, write_lock
-from tests.test_io import dead_pid
+from tests._synth import dead_pid
 
 
 def test_a_second_writer_is_refused_naming_the_holder(tmp_path) -> None:

@@ -21,7 +21,7 @@ import torch
 
 import kfacel
 from kfacel.data.tasks import load_task
-from kfacel.training.pipeline import new_linker
+from kfacel.linking.linker import new_linker
 from kfacel.training.trainer import TrainSettings, train_task
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from tests.training.test_continual import TASK_A, TASK_B, code_task
+from tests._synth import TASK_A, TASK_B, code_task
 
 from kfacel.cli import main
 from kfacel.consolidation import load_state

@@ -186,7 +186,7 @@ def test_link_refuses_another_dictionary(built, tmp_path, capsys) -> None:
 
 
 def test_each_tasks_alias_table_is_carried_forward_once(built, tmp_path) -> None:
-    from kfacel.training.pipeline import load_linker
+    from kfacel.linking.linker import load_linker
 
     _, (task, again, _), _ = built
     first, second, third = (tmp_path / n for n in ("v1", "v2", "v3"))

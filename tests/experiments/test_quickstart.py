@@ -1,4 +1,4 @@
-"""The quickstart runner on two tiny synthetic tasks, and the demo tasks it ships."""
+"""The quickstart runner on two tiny synthetic tasks."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import torch
 
 from kfacel.experiments.quickstart import (
     QuickstartResult,
-    demo_tasks,
     format_table,
     run_quickstart,
     write_report,
@@ -18,21 +17,11 @@ from kfacel.experiments.quickstart import (
 from kfacel.training.update import DEFAULT_BUDGET, DEFAULT_KFAC_DAMPING
 
 
-def test_demo_tasks_ship_with_the_package() -> None:
-    tasks = demo_tasks()
-    assert [t.name for t in tasks] == ["mm-demo", "psytar-demo", "ncbi-demo"]
-    for t in tasks:
-        assert len(t.train) == 600
-        assert len(t.dev) == 150
-        assert len(t.test) == 250
-        assert all(len(ex.candidates) == 8 for ex in t.test)
-
-
 def test_runs_the_methods_and_writes_the_report(tmp_path, monkeypatch) -> None:
     torch.set_num_threads(1)
     from pathlib import Path
 
-    from tests.training.test_continual import TASK_A, TASK_B, code_task
+    from tests._synth import TASK_A, TASK_B, code_task
 
     from kfacel.data.tasks import Task
 
@@ -88,7 +77,7 @@ def test_runs_the_methods_and_writes_the_report(tmp_path, monkeypatch) -> None:
 
 
 def _tiny_linker(model, train, **kwargs):
-    from kfacel.training.pipeline import new_linker
+    from kfacel.linking.linker import new_linker
 
     return new_linker(
         model,

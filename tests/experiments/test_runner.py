@@ -12,7 +12,7 @@ from _experiments_synth import code_examples, tiny_config, write_tasks
 
 from kfacel._lock import write_lock
 from kfacel.data.tasks import SPLITS, write_task
-from kfacel.experiments import cells as cells_mod
+from kfacel.experiments import run_cell as cells_mod
 from kfacel.experiments.config import ConfigError, apply_overrides, load_config
 from kfacel.experiments.report import write_report
 from kfacel.experiments.runner import run_experiment
@@ -361,7 +361,7 @@ def test_a_worker_exits_when_its_runner_is_killed(tmp_path) -> None:
 
     worker = (
         "import os, time\n"
-        "from kfacel.experiments.cells import exit_with_parent\n"
+        "from kfacel.experiments.run_cell import exit_with_parent\n"
         "import threading\n"
         "threading.Thread(target=exit_with_parent, args=(os.getppid(), 0.05),"
         " daemon=True).start()\n"

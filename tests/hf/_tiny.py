@@ -1,4 +1,4 @@
-"""Tiny random Hugging Face models and token datasets for the ``kfacel.hf`` tests."""
+"""Tiny random Hugging Face models, token datasets and trainer settings (kfacel.hf tests)."""
 
 from __future__ import annotations
 
@@ -69,3 +69,53 @@ def pad_collator(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     batch = {k: torch.tensor(v) for k, v in out.items()}
     batch["labels"] = torch.tensor(labels)
     return batch
+
+
+LR = 0.5
+"""The learning rate of ``training_args``: one SGD step moves the weights visibly."""
+
+
+def training_args(out_dir: Any, batch: int, accumulation: int, steps: int = 1) -> Any:
+    """``TrainingArguments`` of a deterministic CPU run: SGD at ``LR``, no clipping."""
+    import transformers
+
+    return transformers.TrainingArguments(
+        output_dir=str(out_dir),
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        max_steps=steps,
+        learning_rate=LR,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        max_grad_norm=0.0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+    )
+
+
+def classifier(seed: int = 0) -> Any:
+    """A tiny random ``BertForSequenceClassification`` (``bert_config``)."""
+    import transformers
+
+    torch.manual_seed(seed)
+    return transformers.BertForSequenceClassification(bert_config())
+
+
+def perturbed_state(rows: Any) -> tuple[Any, Any]:
+    """A model, and a K-FAC state of a copy of it taken before a perturbation."""
+    from kfacel import hf
+
+    model = classifier()
+    state = hf.consolidate(
+        model, rows, data_collator=pad_collator, task="A", batch_size=4
+    )
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(1)
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return model, state

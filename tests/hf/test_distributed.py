@@ -29,16 +29,20 @@ def _free_port() -> int:
 
 
 def _penalty_update(out_dir: str, per_device: int) -> dict[str, torch.Tensor]:
-    from tests.hf._tiny import pad_collator, sequence_rows
-    from tests.hf.test_trainer import _args, _perturbed_state
+    from tests.hf._tiny import (
+        pad_collator,
+        perturbed_state,
+        sequence_rows,
+        training_args,
+    )
 
     rows = sequence_rows(8, seed=0)
-    model, state = _perturbed_state(rows)
+    model, state = perturbed_state(rows)
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
     after = {}
     for states in ([state], []):
         model.load_state_dict(start)
-        args = _args(out_dir, per_device, 1)
+        args = training_args(out_dir, per_device, 1)
         args.ddp_backend = "gloo"
         trainer = hf.KFCTrainer(
             model=model,

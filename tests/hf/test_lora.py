@@ -10,8 +10,12 @@ transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 hf = pytest.importorskip("kfacel.hf")
 
-from tests.hf._tiny import bert_config, pad_collator, sequence_rows  # noqa: E402
-from tests.hf.test_trainer import _args  # noqa: E402
+from tests.hf._tiny import (  # noqa: E402
+    bert_config,
+    pad_collator,
+    sequence_rows,
+    training_args,
+)
 
 pytestmark = pytest.mark.hf
 
@@ -42,7 +46,7 @@ def test_lora_state_covers_only_the_adapters_and_training_moves_only_them(tmp_pa
     }
     trainer = hf.KFCTrainer(
         model=model,
-        args=_args(tmp_path, 8, 1, steps=2),
+        args=training_args(tmp_path, 8, 1, steps=2),
         train_dataset=sequence_rows(8, seed=1, offset=19),
         data_collator=pad_collator,
         states=[state],

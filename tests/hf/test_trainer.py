@@ -19,55 +19,24 @@ pytest.importorskip("accelerate")
 transformers = pytest.importorskip("transformers")
 hf = pytest.importorskip("kfacel.hf")
 
-from tests.hf._tiny import bert_config, pad_collator, sequence_rows, token_rows  # noqa: E402
+from tests.hf._tiny import (  # noqa: E402
+    LR,
+    bert_config,
+    classifier,
+    pad_collator,
+    perturbed_state,
+    sequence_rows,
+    token_rows,
+    training_args,
+)
 
 pytestmark = pytest.mark.hf
-
-LR = 0.5
-
-
-def _args(tmp_path, batch: int, accumulation: int, steps: int = 1):
-    return transformers.TrainingArguments(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=batch,
-        gradient_accumulation_steps=accumulation,
-        max_steps=steps,
-        learning_rate=LR,
-        optim="sgd",
-        lr_scheduler_type="constant",
-        weight_decay=0.0,
-        max_grad_norm=0.0,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        seed=0,
-        disable_tqdm=True,
-    )
-
-
-def _classifier(seed: int = 0):
-    torch.manual_seed(seed)
-    return transformers.BertForSequenceClassification(bert_config())
-
-
-def _perturbed_state(rows):
-    """A model, and a K-FAC state of a copy of it taken before a perturbation."""
-    model = _classifier()
-    state = hf.consolidate(
-        model, rows, data_collator=pad_collator, task="A", batch_size=4
-    )
-    with torch.no_grad():
-        g = torch.Generator().manual_seed(1)
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    return model, state
 
 
 def _one_step(tmp_path, model, rows, accumulation, states, lam=10.0):
     trainer = hf.KFCTrainer(
         model=model,
-        args=_args(tmp_path, 8 // accumulation, accumulation),
+        args=training_args(tmp_path, 8 // accumulation, accumulation),
         train_dataset=rows,
         data_collator=pad_collator,
         states=states,
@@ -82,7 +51,7 @@ def _one_step(tmp_path, model, rows, accumulation, states, lam=10.0):
 @pytest.mark.parametrize("accumulation", [1, 4])
 def test_one_step_adds_minus_lr_times_the_penalty_gradient(tmp_path, accumulation):
     rows = sequence_rows(8, seed=0)
-    model, state = _perturbed_state(rows)
+    model, state = perturbed_state(rows)
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
     penalty = build_penalty("kfac", [state], [10.0])
     value = penalty(model)
@@ -105,13 +74,13 @@ def test_one_step_adds_minus_lr_times_the_penalty_gradient(tmp_path, accumulatio
 
 def test_no_states_is_a_plain_trainer(tmp_path):
     rows = sequence_rows(8, seed=0)
-    model = _classifier()
+    model = classifier()
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
     _, kfc = _one_step(tmp_path, model, rows, 1, [])
     model.load_state_dict(start)
     trainer = transformers.Trainer(
         model=model,
-        args=_args(tmp_path, 8, 1),
+        args=training_args(tmp_path, 8, 1),
         train_dataset=rows,
         data_collator=pad_collator,
     )
@@ -121,7 +90,7 @@ def test_no_states_is_a_plain_trainer(tmp_path):
     with pytest.raises(ValueError, match="lam= or budget=, not both"):
         hf.KFCTrainer(
             model=model,
-            args=_args(tmp_path, 8, 1),
+            args=training_args(tmp_path, 8, 1),
             states=[kfc_state(model)],
             lam=1.0,
             budget=0.1,
@@ -130,11 +99,11 @@ def test_no_states_is_a_plain_trainer(tmp_path):
 
 def test_no_strength_is_the_default_budget_with_a_per_epoch_dual_step(tmp_path):
     """As ``kfacel train --penalty kfac``: ε = DEFAULT_BUDGET, λ moves ≤ rate an epoch."""
-    model = _classifier()
+    model = classifier()
     state = kfc_state(model)
     trainer = hf.KFCTrainer(
         model=model,
-        args=_args(tmp_path, 4, 1, steps=4),
+        args=training_args(tmp_path, 4, 1, steps=4),
         train_dataset=sequence_rows(16, seed=1, offset=19),
         data_collator=pad_collator,
         states=[state],
@@ -161,7 +130,7 @@ def kfc_state(model):
 def test_stock_classifiers_consolidate_and_train_with_a_budget(tmp_path, head):
     """A: consolidate (K-FAC, LayerNorm diagonal); B: train under a forgetting budget."""
     if head == "sequence":
-        model, rows_of = _classifier(), sequence_rows
+        model, rows_of = classifier(), sequence_rows
     else:
         torch.manual_seed(0)
         model = transformers.BertForTokenClassification(bert_config())
@@ -173,7 +142,7 @@ def test_stock_classifiers_consolidate_and_train_with_a_budget(tmp_path, head):
     assert state.meta["task_examples"] == 16
     trainer = hf.KFCTrainer(
         model=model,
-        args=_args(tmp_path, 8, 1, steps=4),
+        args=training_args(tmp_path, 8, 1, steps=4),
         train_dataset=task_b,
         data_collator=pad_collator,
         states=[state],
@@ -187,7 +156,7 @@ def test_stock_classifiers_consolidate_and_train_with_a_budget(tmp_path, head):
 
 
 def test_states_round_trip_beside_save_pretrained(tmp_path):
-    model = _classifier()
+    model = classifier()
     state = kfc_state(model)
     model.save_pretrained(tmp_path)
     hf.save_states(tmp_path, [state])
@@ -213,7 +182,7 @@ def test_a_token_task_budget_is_per_labelled_token(tmp_path):
     assert terms > 2 * examples  # several labelled tokens a row
     trainer = hf.KFCTrainer(
         model=model,
-        args=_args(tmp_path, 4, 1, steps=2),
+        args=training_args(tmp_path, 4, 1, steps=2),
         train_dataset=token_rows(8, seed=1, offset=19),
         data_collator=pad_collator,
         states=[state],
@@ -227,7 +196,7 @@ def test_a_token_task_budget_is_per_labelled_token(tmp_path):
 
 
 def test_l2_states_need_a_lambda_and_a_budget_rate_must_be_positive(tmp_path):
-    model = _classifier()
+    model = classifier()
     l2 = hf.consolidate(
         model,
         sequence_rows(4, seed=3),
@@ -236,10 +205,10 @@ def test_l2_states_need_a_lambda_and_a_budget_rate_must_be_positive(tmp_path):
         method="l2",
     )
     with pytest.raises(ValueError, match="l2 states have no curvature; give lam="):
-        hf.KFCTrainer(model=model, args=_args(tmp_path, 8, 1), states=[l2])
+        hf.KFCTrainer(model=model, args=training_args(tmp_path, 8, 1), states=[l2])
     with pytest.raises(ValueError, match=r"budget_rate must be in \(0, 100\]"):
         hf.KFCTrainer(
-            model=model, args=_args(tmp_path, 8, 1), states=[kfc_state(model)],
+            model=model, args=training_args(tmp_path, 8, 1), states=[kfc_state(model)],
             budget_rate=0.0,
         )  # fmt: skip
 
@@ -252,10 +221,10 @@ def test_a_budget_trains_on_a_dataset_without_a_length(tmp_path):
         def __iter__(self):
             return iter(rows)
 
-    model = _classifier()
+    model = classifier()
     trainer = hf.KFCTrainer(
         model=model,
-        args=_args(tmp_path, 4, 1, steps=3),
+        args=training_args(tmp_path, 4, 1, steps=3),
         train_dataset=Stream(),
         data_collator=pad_collator,
         states=[kfc_state(model)],
@@ -267,21 +236,24 @@ def test_a_budget_trains_on_a_dataset_without_a_length(tmp_path):
 
 
 def test_states_may_be_a_model_directory_and_anything_else_is_refused(tmp_path):
-    model = _classifier()
+    model = classifier()
     state = kfc_state(model)
     hf.save_states(tmp_path / "m", [state])
     trainer = hf.KFCTrainer(
-        model=model, args=_args(tmp_path, 8, 1), states=str(tmp_path / "m"), lam=1.0
+        model=model,
+        args=training_args(tmp_path, 8, 1),
+        states=str(tmp_path / "m"),
+        lam=1.0,
     )
     assert [s.task for s in trainer.kfc_states] == ["X"]
     with pytest.raises(ValueError, match="empty holds no consolidation states"):
         hf.KFCTrainer(
-            model=model, args=_args(tmp_path, 8, 1), states=tmp_path / "empty"
+            model=model, args=training_args(tmp_path, 8, 1), states=tmp_path / "empty"
         )
     with pytest.raises(
         ValueError, match="a sequence of TaskState or a model directory"
     ):
-        hf.KFCTrainer(model=model, args=_args(tmp_path, 8, 1), states=state)
+        hf.KFCTrainer(model=model, args=training_args(tmp_path, 8, 1), states=state)
 
 
 def test_a_state_that_leaves_trainable_layers_uncovered_is_named(tmp_path):
@@ -290,7 +262,7 @@ def test_a_state_that_leaves_trainable_layers_uncovered_is_named(tmp_path):
     small = transformers.BertForSequenceClassification(bert_config())
     big = transformers.BertForSequenceClassification(bert_config(num_hidden_layers=3))
     state = kfc_state(small)
-    args = _args(tmp_path, 8, 1)
+    args = training_args(tmp_path, 8, 1)
     with pytest.warns(UserWarning, match=r"KFCTrainer: .* bert\.encoder\.layer\.2\."):
         hf.KFCTrainer(model=big, args=args, states=[state], lam=1.0)
     with pytest.raises(ValueError, match=r"layers bert\.encoder\.layer\.2\."):

@@ -11,9 +11,9 @@ from kfacel._checkpoint import read_tensors
 from kfacel.curvature import estimate_diagonal, estimate_kfac
 from kfacel.data.collate import FEATURE_NAMES, Collator, build_type_vocab
 from kfacel.data.tokenize import default_encoder_path
+from kfacel.linking.evaluate import evaluate
 from kfacel.models import build_model
 from kfacel.positions import RowLayout, matching_mask, rows_laid_out
-from kfacel.training.evaluate import evaluate
 from kfacel.training.trainer import TrainSettings, train_task
 
 

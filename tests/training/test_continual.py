@@ -9,69 +9,21 @@ dev. The ranker tests below check ``consolidate_task`` and the LRC groups.
 from __future__ import annotations
 
 import copy
-import random
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from tests._synth import WORDS
+from tests._synth import TASK_A, code_task
 from torch import nn
 
 from kfacel.curvature import KFACApprox, estimate_kfac
-from kfacel.data.records import Candidate, LinkingExample
 from kfacel.data.tasks import Task
+from kfacel.linking.linker import new_linker
 from kfacel.penalties import KFACPenalty, snapshot
 from kfacel.training.continual import consolidate_task, discriminative_lr_groups
-from kfacel.training.pipeline import fit_task, new_linker
+from kfacel.training.fit import fit_task
 from kfacel.training.trainer import TrainSettings
-
-CODES = [
-    "alpha",
-    "bravo",
-    "charlie",
-    "delta",
-    "echo",
-    "foxtrot",
-    "golf",
-    "hotel",
-    "india",
-    "juliet",
-    "kilo",
-    "lima",
-    "mike",
-    "november",
-    "oscar",
-    "papa",
-    "quebec",
-    "romeo",
-    "sierra",
-    "tango",
-    "uniform",
-    "victor",
-    "whiskey",
-    "xray",
-    "yankee",
-    "zulu",
-]
-
-
-def code_task(name: str, words: range, n: int, seed: int) -> list[LinkingExample]:
-    """Mention ``WORDS[w]`` links to the concept named ``CODES[w]``: no string overlap.
-
-    Two tasks over disjoint word ranges need different associations learned through
-    the same encoders and scorer: plain fine-tuning on the second overwrites the first.
-    """
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        w = rng.choice(words)
-        pool = [w, *rng.sample([x for x in words if x != w], 4)]
-        rng.shuffle(pool)
-        cands = tuple(Candidate(f"C{x}", CODES[x]) for x in pool)
-        left = " ".join(rng.choices(WORDS, k=3))
-        out.append(LinkingExample(WORDS[w], left, "", cands, f"C{w}", f"{name}{i}"))
-    return out
 
 
 def make_task(name: str, words: range, seed: int) -> Task:
@@ -83,9 +35,6 @@ def make_task(name: str, words: range, seed: int) -> Task:
         code_task(name, words, 96, seed + 2),
         {},
     )
-
-
-TASK_A, TASK_B = range(0, 13), range(13, 26)
 
 
 def _region_task(

@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 from _training_synth import batches, tiny_cnn
 from safetensors.torch import load_file
 
-from kfacel.training.evaluate import evaluate
+from kfacel.linking.evaluate import evaluate
 from kfacel.training.trainer import Replay, TrainSettings, lr_factor, train_task
 
 
@@ -364,7 +364,7 @@ def test_the_kfc_penalty_gradient_under_bfloat16_is_float32s_to_its_precision(
     train_dev,
 ):
     import kfacel
-    from kfacel.training.precision import penalty_autocast
+    from kfacel.models.precision import penalty_autocast
 
     train, _ = train_dev
     model = tiny_cnn()

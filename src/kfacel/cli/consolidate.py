@@ -14,8 +14,8 @@ from kfacel.cli import UserError
 from kfacel.cli._args import device, nonnegative_int, positive_int
 from kfacel.consolidation import METHODS, TaskState, load_state, save_state
 from kfacel.data.tasks import RETRIEVER_DIR, Task, load_task
+from kfacel.linking.linker import load_linker
 from kfacel.training.continual import CONSOLIDATION_SPLITS, consolidate_task
-from kfacel.training.pipeline import load_linker
 from kfacel.training.retriever import (
     DEFAULT_RETRIEVER_STEPS,
     consolidate_task_retriever,

@@ -11,8 +11,9 @@ import torch
 from kfacel._io import atomic_write_json, check_output_file
 from kfacel.cli._args import device, positive_int
 from kfacel.data.tasks import load_task
-from kfacel.training.pipeline import evaluate_split, load_linker
-from kfacel.training.precision import PRECISIONS
+from kfacel.linking.evaluate import evaluate_split
+from kfacel.linking.linker import load_linker
+from kfacel.models.precision import PRECISIONS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -48,6 +49,15 @@ def run(args: argparse.Namespace) -> int:
         _check_output(args)
     if args.threads:
         torch.set_num_threads(args.threads)
+    results = _evaluate_tasks(args)
+    _print_table(results)
+    if args.output:
+        atomic_write_json(args.output, results)
+    return 0
+
+
+def _evaluate_tasks(args: argparse.Namespace) -> dict[str, dict]:
+    """Each ``--task``'s metrics on ``--split``, with its generator's accuracy@1."""
     linker = load_linker(args.model_dir)
     results: dict[str, dict] = {}
     for task_dir in args.task:
@@ -64,6 +74,11 @@ def run(args: argparse.Namespace) -> int:
             **ev.to_json(),
             "generator_accuracy": gen.get("accuracy@1"),
         }
+    return results
+
+
+def _print_table(results: dict[str, dict]) -> None:
+    """One line per task, then what the retrieved-gold columns mean."""
     nan = float("nan")
     print(
         f"{'task':<20} {'n':>7} {'acc@1':>7} {'mrr':>7} {'r@5':>7} {'gen@1':>7} "
@@ -81,9 +96,6 @@ def run(args: argparse.Namespace) -> int:
         "had it inserted); acc@1|r: accuracy@1 on those; e2e@1: retrieved and ranked "
         "first, over all queries (what `kfacel link` would score)"
     )
-    if args.output:
-        atomic_write_json(args.output, results)
-    return 0
 
 
 def _check_output(args: argparse.Namespace) -> None:

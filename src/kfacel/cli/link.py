@@ -20,7 +20,7 @@ from kfacel.data.candidates import (
 from kfacel.data.dense import SentenceEncoder
 from kfacel.data.readers import read_dictionary
 from kfacel.data.tasks import ranker_reads_retrieval_text
-from kfacel.training.linking import (
+from kfacel.linking.link import (
     MentionQuery,
     QueryLine,
     Ranked,
@@ -28,8 +28,8 @@ from kfacel.training.linking import (
     lone_surrogate,
     read_query_lines,
 )
-from kfacel.training.pipeline import RETRIEVAL_FILE, Linker, load_linker
-from kfacel.training.precision import PRECISIONS
+from kfacel.linking.linker import RETRIEVAL_FILE, Linker, load_linker
+from kfacel.models.precision import PRECISIONS
 
 SCHEMA = """\
 input (--input F.jsonl): one JSON object a line, blank lines skipped

@@ -13,9 +13,9 @@ import torch
 
 from kfacel._io import check_output_dir
 from kfacel.cli._args import finite_float
+from kfacel.demo import demo_tasks
 from kfacel.experiments.quickstart import (
     QuickstartResult,
-    demo_tasks,
     format_table,
     run_quickstart,
     write_report,

@@ -23,15 +23,10 @@ from kfacel.cli._args import (
 )
 from kfacel.consolidation import TaskState, load_state
 from kfacel.data.tasks import RETRIEVER_DIR, Task, load_task
+from kfacel.linking.linker import Linker, load_linker, new_linker, save_linker
 from kfacel.models import is_model_dir, read_model_config
+from kfacel.models.precision import PRECISIONS
 from kfacel.penalties.ewc_kfac import DAMPING_KINDS
-from kfacel.training.pipeline import (
-    Linker,
-    load_linker,
-    new_linker,
-    save_linker,
-)
-from kfacel.training.precision import PRECISIONS
 from kfacel.training.trainer import OPTIMIZERS, Replay, TrainLog, TrainSettings
 from kfacel.training.update import (
     DEFAULT_BUDGET_RATE,

@@ -1,4 +1,4 @@
-"""Experiment configuration: frozen dataclasses loaded from TOML (STYLE.md §7).
+"""Experiment configuration: frozen dataclasses loaded from TOML (docs/contributing.md §2).
 
 A config file has top-level keys ``name``, ``methods``, ``lam_grid``, ``tiers``,
 ``seeds``, ``output_dir``, an array of ``[[tasks]]`` tables (``name``, ``path``) and the
@@ -83,7 +83,7 @@ class TrainConfig:
     eval_batch_size: int = 128
     max_train_examples: int | None = None
     train_candidates: int | None = None  # TrainSettings.train_candidates
-    precision: Literal["auto", "float32", "bfloat16"] = "auto"  # training.precision
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"  # models.precision
     device: str = "cpu"
     lrc_gamma: float = 0.5  # LRC: η_ℓ = η_{ℓ+1}·γ from the top layer down
     replay_every: int = 10  # replay: n old batches every m new ones

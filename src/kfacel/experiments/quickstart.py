@@ -5,7 +5,7 @@ The model trained on the first task is then updated on the second and third task
 each method at a fixed λ, consolidating every finished task, and evaluated on every task
 seen so far after each step. The result is an accuracy matrix per method, Perc Δ of each
 task after the last step, and the forgetting reduction of each method against plain
-fine-tuning (DESIGN.md §5, here averaged over the earlier tasks of the one order).
+fine-tuning (docs/design.md §6, here averaged over the earlier tasks of the one order).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import time
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +23,14 @@ import numpy as np
 
 from kfacel._io import atomic_write_json, atomic_write_text
 from kfacel.consolidation import TaskState
-from kfacel.data.tasks import Task, load_task
+from kfacel.data.tasks import Task
 from kfacel.experiments.metrics import forgetting_reduction, perc_delta
+from kfacel.linking.evaluate import evaluate_split
+from kfacel.linking.linker import Linker, new_linker
 from kfacel.training.continual import consolidate_task
-from kfacel.training.pipeline import Linker, evaluate_split, fit_task, new_linker
+from kfacel.training.fit import fit_task
 from kfacel.training.trainer import TrainSettings
 from kfacel.training.update import Protection, update_linker
-
-DEMO_TASKS = ("mm-demo", "psytar-demo", "ncbi-demo")
 
 
 @dataclass(frozen=True)
@@ -52,12 +51,6 @@ class QuickstartResult:
         str, ...
     ] = ()  # earlier tasks plain fine-tuning did not forget
     seconds: dict[str, float] = field(default_factory=dict)
-
-
-def demo_tasks() -> list[Task]:
-    """The demo tasks shipped inside the package, in the quickstart's order."""
-    root = resources.files("kfacel") / "demo"
-    return [load_task(Path(str(root / name))) for name in DEMO_TASKS]
 
 
 def run_quickstart(

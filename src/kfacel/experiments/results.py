@@ -2,7 +2,9 @@
 
 ``read_run(run_dir)`` returns the run's ``RunResults`` (test and dev accuracies of every
 cell, seeds averaged, with the λ chosen on dev per tier: ``sweep.choose``) and the
-cells' ``done.json`` records (status, message, seconds). Nothing here trains or writes.
+cells' ``done.json`` records (status, message, seconds); ``finished_cells`` and
+``cell_record`` read a run's finished cells one by one, for summaries over every cell
+rather than the chosen λ. Nothing here trains or writes.
 """
 
 from __future__ import annotations
@@ -141,6 +143,29 @@ def read_run(run_dir: str | Path) -> tuple[RunResults, list[dict[str, Any]]]:
         for r in d.get("records", [])
     ]
     return RunResults(config, records), dones
+
+
+def finished_cells(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The ``done.json`` record of every cell of ``run_dir`` that finished ``ok``.
+
+    In cell-id order; a cell that failed, or was interrupted before writing its
+    ``done.json``, is not among them.
+    """
+    out = []
+    for done in sorted((Path(run_dir) / "cells").glob("*/done.json")):
+        d = json.loads(done.read_text(encoding="utf-8"))
+        if d.get("status") == "ok":
+            out.append(d)
+    return out
+
+
+def cell_record(done: dict[str, Any], task: str, split: str = "test") -> dict[str, Any]:
+    """The evaluation record of ``task`` on ``split`` in a cell's ``done.json``.
+
+    Raises:
+        StopIteration: the cell did not evaluate ``task`` on ``split``.
+    """
+    return next(r for r in done["records"] if r["task"] == task and r["split"] == split)
 
 
 def calibration_points(

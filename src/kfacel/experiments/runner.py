@@ -13,7 +13,7 @@ The run directory::
                      the run started; a resumed run refuses a changed task
     env.json         one entry per invocation: package versions, git commit, device,
                      seeds, jobs, tiers, start time, wall time of each stage
-    metrics.jsonl    one record per evaluation (fields: ``cells.py``), rebuilt from
+    metrics.jsonl    one record per evaluation (fields: ``run_cell.py``), rebuilt from
                      the cells after every stage
     selection.json   λ chosen per (order, method) in tiers 2 and 3, failed cells,
                      what was left out of a choice or of tier 3's plan, and why
@@ -49,7 +49,8 @@ from typing import Any
 from kfacel._io import atomic_write_json, atomic_write_text
 from kfacel._lock import write_lock
 from kfacel.experiments import sweep
-from kfacel.experiments.cells import (
+from kfacel.experiments.config import ConfigError, ExperimentConfig
+from kfacel.experiments.run_cell import (
     DONE,
     MODEL,
     CellDeps,
@@ -58,7 +59,6 @@ from kfacel.experiments.cells import (
     run_cell,
     tasks_of,
 )
-from kfacel.experiments.config import ConfigError, ExperimentConfig
 from kfacel.experiments.rundir import (
     check_tasks,
     open_run_dir,

@@ -5,7 +5,7 @@ One encoder (``transformers.BertModel`` without pooler) reads the mention in its
 (``[CLS] name [SEP]``). The mention is the mean of the encoder's outputs over the marked
 span, a candidate the mean over its tokens (the pooling all-MiniLM-L6-v2 was trained
 with); ``PairScorer`` gives the logits. Names repeated within a batch are encoded once,
-except while curvature is recorded (``_unique.py``); K-FAC's recording still lets the
+except while curvature is recorded (``distinct_names.py``); K-FAC's recording still lets the
 ranker chunk its sequences by length (``kfacel.positions.RowLayout.OWN``). Weights come
 from a local checkpoint directory (default: the MiniLM package's), read from
 ``model.safetensors``; nothing is downloaded.
@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from transformers import BertConfig, BertModel
 
 from kfacel._checkpoint import read_config, read_tensors
-from kfacel.models._unique import (
+from kfacel.models.distinct_names import (
     NameCache,
     encode_by_length,
     encode_rows,
@@ -44,7 +44,7 @@ from kfacel.positions import (
 from kfacel.types import Batch
 
 MENTION_CHUNK = 8  # contexts a call in training and evaluation (see encode_by_length)
-NAME_CHUNK = 64  # names a call while K-FAC records (training: _unique's default)
+NAME_CHUNK = 64  # names a call while K-FAC records (training: distinct_names' default)
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ class BertRanker(nn.Module):
         enc_cfg = BertConfig(**config.encoder_config)
         enc_cfg.num_hidden_layers = config.layers
         self.encoder = BertModel(enc_cfg, add_pooling_layer=False)
-        self.name_cache: NameCache | None = None  # see _unique.reusing_names
+        self.name_cache: NameCache | None = None  # see distinct_names.reusing_names
         self.scorer = PairScorer(
             enc_cfg.hidden_size,
             num_features=config.num_features,

@@ -6,7 +6,7 @@ local BERT-family checkpoint (the MiniLM package's by default) when one is given
 Conv1d encodes the context and another the names; the context encoding is max-pooled
 twice, over the whole sequence and over the marked mention span, and projected; the name
 encoding is max-pooled. ``PairScorer`` turns the pair into a logit. Names repeated
-within a batch are encoded once, except while curvature is recorded (``_unique.py``).
+within a batch are encoded once, except while curvature is recorded (``distinct_names.py``).
 
 With ``freeze_embeddings`` (the default when copying) the copied table is a fixed buffer
 and a Linear ``embed_proj`` maps it to ``embed_dim``.
@@ -27,7 +27,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kfacel._checkpoint import read_config, read_tensors
-from kfacel.models._unique import NameCache, encode_rows, should_dedup, should_reuse
+from kfacel.models.distinct_names import (
+    NameCache,
+    encode_rows,
+    should_dedup,
+    should_reuse,
+)
 from kfacel.models.scoring import PairScorer
 from kfacel.positions import valid_positions
 from kfacel.types import Batch
@@ -101,7 +106,7 @@ class CNNRanker(nn.Module):
         self.name_conv = nn.Conv1d(c.embed_dim, c.hidden, c.kernel, padding=pad)
         self.mention_proj = nn.Linear(2 * c.hidden, c.hidden)
         self.dropout = nn.Dropout(c.dropout)
-        self.name_cache: NameCache | None = None  # see _unique.reusing_names
+        self.name_cache: NameCache | None = None  # see distinct_names.reusing_names
         self.scorer = PairScorer(
             c.hidden,
             num_features=c.num_features,

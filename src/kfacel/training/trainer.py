@@ -40,14 +40,14 @@ from torch import nn
 
 from kfacel._progress import with_progress
 from kfacel.data.collate import sample_candidates
-from kfacel.penalties.base import Penalty
-from kfacel.training.evaluate import evaluate
-from kfacel.training.precision import (
+from kfacel.linking.evaluate import evaluate
+from kfacel.models.precision import (
     PRECISIONS,
     autocast,
     needs_scaler,
     penalty_autocast,
 )
+from kfacel.penalties.base import Penalty
 from kfacel.types import Batch
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class TrainSettings:
         seed: dropout masks, batch order and replay order.
         device: ``cpu`` or ``cuda[:i]``.
         precision: ``auto`` (float16 mixed precision on CUDA, float32 on the CPU),
-            ``float32`` or ``bfloat16`` (autocast; ``training.precision``).
+            ``float32`` or ``bfloat16`` (autocast; ``models.precision``).
         max_train: use only the first ``max_train`` training queries (None: all).
         train_candidates: train each step on the gold and ``train_candidates − 1``
             of each query's other candidates, drawn anew (``sample_candidates``);

@@ -19,6 +19,7 @@ from typing import Any
 from kfacel.consolidation import TaskState, build_penalty
 from kfacel.data.records import LinkingExample
 from kfacel.data.tasks import Task
+from kfacel.linking.linker import Linker
 from kfacel.penalties.base import Penalty
 from kfacel.penalties.ewc_kfac import check_damping_kind
 from kfacel.training.budget import (
@@ -31,7 +32,7 @@ from kfacel.training.budget import (
     step_rate,
 )
 from kfacel.training.continual import discriminative_lr_groups
-from kfacel.training.pipeline import Linker, fit_task
+from kfacel.training.fit import fit_task
 from kfacel.training.trainer import Replay, TrainLog, TrainSettings
 from kfacel.types import FISHER_PENALTIES, PenaltyKind
 

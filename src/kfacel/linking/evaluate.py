@@ -11,6 +11,9 @@ never sees), two more numbers, BLINK's normalized and unnormalized accuracy:
 ``accuracy_retrieved`` is accuracy@1 on the retrieved queries only, and
 ``accuracy_end_to_end`` the share of *all* queries that were retrieved and ranked
 first, what ``kfacel link`` would score on this split.
+
+``predict`` is the ranker's forward at inference (eval mode, each distinct name encoded
+once); ``evaluate`` scores a model on batches, ``evaluate_split`` a linker on queries.
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kfacel.models._unique import reusing_names
-from kfacel.training.precision import autocast
+from kfacel.data.records import LinkingExample
+from kfacel.linking.linker import Linker
+from kfacel.models.distinct_names import reusing_names
+from kfacel.models.precision import autocast
 from kfacel.types import Batch
 
 DEFAULT_KS = (1, 5, 10)
@@ -146,7 +151,7 @@ def predict(
     """Float32 logits ``[N, C]`` of each batch on the CPU, in eval mode (restored).
 
     Each distinct candidate name is encoded once over all the batches
-    (``reusing_names``); the forward runs in ``precision`` (``training.precision``).
+    (``reusing_names``); the forward runs in ``precision`` (``models.precision``).
     """
     was_training = model.training
     model.eval()
@@ -169,7 +174,7 @@ def evaluate(
     """Accuracy@1, MRR, recall@k and mean cross-entropy of ``model`` over ``batches``.
 
     ``retrieved``: per query in batch order, whether the generator retrieved its gold;
-    ``precision``: the forward's arithmetic (``training.precision``).
+    ``precision``: the forward's arithmetic (``models.precision``).
     """
     batches = list(batches)
     logits = predict(model, batches, device=device, precision=precision)
@@ -188,3 +193,29 @@ def evaluate(
         for s, b in zip(logits, batches, strict=True)
     )
     return replace(result, loss=total / result.n if result.n else float("nan"))
+
+
+def evaluate_split(
+    linker: Linker,
+    examples: Sequence[LinkingExample],
+    *,
+    batch_size: int = 128,
+    device: str = "cpu",
+    precision: str = "auto",
+) -> Evaluation:
+    """Accuracy@1, MRR and recall@k of ``linker`` on ``examples``.
+
+    With the retrieved-gold numbers where every example says whether the generator
+    retrieved its gold (``LinkingExample.retrieved``); the forward runs in ``precision``
+    (``models.precision``).
+    """
+    flags = [ex.retrieved for ex in examples]
+    retrieved = None if any(f is None for f in flags) else [bool(f) for f in flags]
+    model = linker.model.to(device)
+    try:
+        batches = linker.batches(examples, batch_size)
+        return evaluate(
+            model, batches, device=device, retrieved=retrieved, precision=precision
+        )
+    finally:
+        model.to("cpu")

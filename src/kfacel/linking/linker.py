@@ -1,12 +1,13 @@
-"""A linker end to end: a task's queries to a trained model directory, and back.
+"""A linker and its model directory: build one, save it, load it back.
 
-``fit_task`` builds the collator (tokenizer, string features, the training task's
-candidate-type vocabulary) and a ranker, turns the splits into batches and calls
-``train_task``. ``save_linker`` writes the model directory: ``model.safetensors``,
-``config.json`` (model, collator settings, the task's candidate generator and context
-width, so ``link`` can rebuild candidates), the tokenizer files, ``train_log.json`` and,
-for a linker with alias features, ``aliases.json`` (the training split's mention-to-gold
-links, ``data/aliases.py``), all atomically. ``load_linker`` reads it back.
+A ``Linker`` is a ranker with the collator that feeds it. ``new_linker`` builds the
+collator (tokenizer, string features, the training task's candidate-type vocabulary)
+and a fresh ranker; ``training.fit.fit_task`` trains it on a task. ``save_linker``
+writes the model directory: ``model.safetensors``, ``config.json`` (model, collator
+settings, the task's candidate generator and context width, so ``link`` can rebuild
+candidates), the tokenizer files, ``train_log.json`` and, for a linker with alias
+features, ``aliases.json`` (the training split's mention-to-gold links,
+``data/aliases.py``), all atomically. ``load_linker`` reads it back.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -25,7 +26,7 @@ from kfacel.consolidation import TaskState, save_state
 from kfacel.data.aliases import AliasTable
 from kfacel.data.collate import Collator, build_type_vocab, make_batches
 from kfacel.data.records import LinkingExample
-from kfacel.data.tasks import RETRIEVER_DIR, Task
+from kfacel.data.tasks import RETRIEVER_DIR
 from kfacel.data.tokenize import WordPieceTokenizer, default_encoder_path
 from kfacel.models import (
     build_model,
@@ -34,15 +35,20 @@ from kfacel.models import (
     read_model_config,
     save_model,
 )
-from kfacel.penalties.base import Penalty
-from kfacel.training.evaluate import Evaluation, evaluate
-from kfacel.training.trainer import Replay, TrainLog, TrainSettings, train_task
 
 TRAIN_LOG_FILE = "train_log.json"
 ALIASES_FILE = "aliases.json"
 RETRIEVAL_FILE = "retrieval-aliases.json"
 """The training links of every task the linker learned, for retrieval's alias channel."""
 RETRIEVAL_FORMAT = "kfacel-retrieval-aliases/1"
+
+
+class JsonLog(Protocol):
+    """A log written into the model directory (``training.trainer.TrainLog``)."""
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        ...
 
 
 @dataclass
@@ -147,88 +153,11 @@ def new_linker(
     return Linker(net, collator)
 
 
-def fit_task(
-    linker: Linker,
-    task: Task,
-    settings: TrainSettings,
-    *,
-    penalty: Penalty | None = None,
-    lr_groups: Sequence[dict[str, Any]] | None = None,
-    replay: Replay[LinkingExample] | None = None,
-    progress: bool = False,
-) -> TrainLog:
-    """Train ``linker`` on ``task``'s train split, choosing the epoch on dev.
-
-    Args:
-        linker: from ``new_linker`` or ``load_linker``.
-        task: the task.
-        settings: epochs, learning rate, batch size, seed, device, ``max_train``.
-        penalty: consolidation penalty of earlier tasks, None for none.
-        lr_groups: optimizer groups, e.g. ``discriminative_lr_groups`` (LRC).
-        replay: queries of earlier tasks for experience replay (needs old data).
-        progress: progress bars.
-
-    Returns:
-        The training log.
-    """
-    train = task.train[: settings.max_train] if settings.max_train else task.train
-    size = settings.batch_size
-    replayed = None
-    if replay is not None:
-        replayed = Replay(linker.batches(replay.items, size), replay.every, replay.n)
-    log = train_task(
-        linker.model,
-        linker.batches(train, size),
-        settings,
-        dev_batches=linker.batches(task.dev, max(size, 64)),
-        penalty=penalty,
-        lr_groups=lr_groups,
-        replay=replayed,
-        progress=progress,
-    )
-    linker.model.to("cpu")
-    if task.aliases is not None:
-        linker.retrieval[task.name] = task.aliases
-    linker.retriever = task.retriever  # candidates are the last task's
-    linker.meta["task"] = {
-        "name": task.name,
-        "candidates": task.info.get("candidates", {}),
-        "context_words": task.info.get("context_words", 10),
-    }
-    return log
-
-
-def evaluate_split(
-    linker: Linker,
-    examples: Sequence[LinkingExample],
-    *,
-    batch_size: int = 128,
-    device: str = "cpu",
-    precision: str = "auto",
-) -> Evaluation:
-    """Accuracy@1, MRR and recall@k of ``linker`` on ``examples``.
-
-    With the retrieved-gold numbers where every example says whether the generator
-    retrieved its gold (``LinkingExample.retrieved``); the forward runs in ``precision``
-    (``training.precision``).
-    """
-    flags = [ex.retrieved for ex in examples]
-    retrieved = None if any(f is None for f in flags) else [bool(f) for f in flags]
-    model = linker.model.to(device)
-    try:
-        batches = linker.batches(examples, batch_size)
-        return evaluate(
-            model, batches, device=device, retrieved=retrieved, precision=precision
-        )
-    finally:
-        model.to("cpu")
-
-
 def save_linker(
     linker: Linker,
     directory: str | Path,
     *,
-    log: TrainLog | None = None,
+    log: JsonLog | None = None,
     states: Sequence[TaskState] = (),
     replace: Callable[[Path], bool] | None = is_model_dir,
 ) -> Path:

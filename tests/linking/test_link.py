@@ -5,9 +5,9 @@ import torch
 
 from kfacel.data.candidates import build_generator
 from kfacel.data.records import Candidate, Concept, LinkingExample
-from kfacel.training.evaluate import predict
-from kfacel.training.linking import MentionQuery, link, read_queries, read_query_lines
-from kfacel.training.pipeline import new_linker
+from kfacel.linking.evaluate import predict
+from kfacel.linking.link import MentionQuery, link, read_queries, read_query_lines
+from kfacel.linking.linker import new_linker
 
 CONCEPTS = [
     Concept("D1", ("Cirrhosis, Familial", "Copper toxicosis")),

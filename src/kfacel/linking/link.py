@@ -22,8 +22,8 @@ from kfacel.data.candidates import CandidateGenerator
 from kfacel.data.readers import text_lines
 from kfacel.data.records import LinkingExample, has_letter_or_digit
 from kfacel.data.tasks import context, retrieval_text
-from kfacel.training.evaluate import predict
-from kfacel.training.pipeline import Linker
+from kfacel.linking.evaluate import predict
+from kfacel.linking.linker import Linker
 
 
 @dataclass(frozen=True)
@@ -196,7 +196,7 @@ def link(
             abbreviation defined in its text as its definition), as in training (a
             task's ``candidates.ranker_reads``); False: the mention as written.
         batch_size: queries per forward pass.
-        precision: the ranker's arithmetic (``training.precision``: ``bfloat16``
+        precision: the ranker's arithmetic (``models.precision``: ``bfloat16``
             autocast is faster on CPUs with bfloat16 matrix units).
 
     Returns:

@@ -71,7 +71,7 @@ def test_the_copy_back_gradient_is_bitwise_repeatable_with_two_threads():
     # many duplicates of few rows: the backward sums many gradients into each row,
     # which advanced indexing's backward (index_put_ with accumulate) does in a
     # thread-dependent order on the CPU; seeded training must not depend on it
-    from kfacel.models._unique import encode_rows
+    from kfacel.models.distinct_names import encode_rows
 
     before = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -95,7 +95,7 @@ def test_encoding_names_by_length_in_chunks_equals_one_padded_call(tokenizer):
     from dataclasses import replace
 
     from kfacel.data.records import Candidate
-    from kfacel.models._unique import encode_by_length
+    from kfacel.models.distinct_names import encode_by_length
 
     words = ["heart", "lung", "acute", "failure", "renal", "chronic", "pain"]
     examples = [  # candidate names of 1 to 4 words
@@ -136,7 +136,7 @@ def test_encoding_names_by_length_in_chunks_equals_one_padded_call(tokenizer):
 
 @pytest.mark.parametrize("name", ["cnn", "transformer"])
 def test_evaluation_encodes_each_name_once_across_batches(name, tokenizer, one_thread):
-    from kfacel.models._unique import reusing_names
+    from kfacel.models.distinct_names import reusing_names
 
     examples = synthetic_examples(4, seed=5)
     collate = Collator(tokenizer, max_mention_length=16)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kfacel.training.evaluate import gold_ranks, metrics_from_ranks
+from kfacel.linking.evaluate import gold_ranks, metrics_from_ranks
 
 
 def test_ranks_are_pessimistic_on_ties_and_ignore_padding():

@@ -11,15 +11,9 @@ import torch
 from kfacel.data.collate import ALIAS_FEATURE_NAMES, FEATURE_NAMES
 from kfacel.data.records import Candidate, LinkingExample
 from kfacel.data.tasks import Task
-from kfacel.training.evaluate import predict
-from kfacel.training.pipeline import (
-    ALIASES_FILE,
-    evaluate_split,
-    fit_task,
-    load_linker,
-    new_linker,
-    save_linker,
-)
+from kfacel.linking.evaluate import evaluate_split, predict
+from kfacel.linking.linker import ALIASES_FILE, load_linker, new_linker, save_linker
+from kfacel.training.fit import fit_task
 from kfacel.training.trainer import TrainSettings
 
 WORDS = [

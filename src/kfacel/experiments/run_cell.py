@@ -1,4 +1,8 @@
-"""One cell of a run: load, train or consolidate, evaluate, write its directory.
+"""Run one cell of an experiment: load, train or consolidate, evaluate, write its directory.
+
+A cell is the unit of work a run is made of (``sweep.Cell``, planned by ``sweep.py`` and
+scheduled by ``runner.py``): one model trained alone or on the combined tasks,
+consolidated, or updated on the next task of one order, with one method, λ and seed.
 
 ``run_cell`` is the one entry point; it runs in the runner's process (``--jobs 1``)
 or in a spawned worker, and takes and returns plain JSON values only. A cell writes into
@@ -41,16 +45,11 @@ from kfacel.experiments.sweep import (
     CellKind,
     state_method,
 )
+from kfacel.linking.evaluate import evaluate_split
+from kfacel.linking.linker import Linker, load_linker, new_linker, save_linker
 from kfacel.training.budget import predicted_rise
 from kfacel.training.continual import consolidate_task
-from kfacel.training.pipeline import (
-    Linker,
-    evaluate_split,
-    fit_task,
-    load_linker,
-    new_linker,
-    save_linker,
-)
+from kfacel.training.fit import fit_task
 from kfacel.training.trainer import Replay, TrainSettings
 from kfacel.training.update import Protection, update_linker
 

@@ -1,0 +1,1 @@
+"""A trained linker in use: its model directory, linking mentions, ranking metrics."""
