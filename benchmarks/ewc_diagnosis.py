@@ -22,10 +22,10 @@ import functools
 
 import torch
 
-from kfacel.consolidation import build_penalty
 from kfacel.experiments.quickstart import demo_tasks
+from kfacel.penalties import build_penalty
 from kfacel.training import pipeline
-from kfacel.training.continual import consolidate_task
+from kfacel.training.consolidate import consolidate_task
 
 SETTINGS = {"epochs": 3, "lr": 1e-3, "batch_size": 32, "seed": 0}  # the quickstart's
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from kfacel.consolidation import TaskState, load_state
 from kfacel.curvature.factors import trace
 from kfacel.experiments.quickstart import demo_tasks
-from kfacel.training.continual import consolidate_task
+from kfacel.training.consolidate import consolidate_task
 from kfacel.training.pipeline import fit_task, new_linker
 from kfacel.training.trainer import TrainSettings
 

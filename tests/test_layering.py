@@ -1,4 +1,4 @@
-"""Imports point one way (STYLE.md §2): each subpackage imports only the layers below it."""
+"""Imports point one way (docs/contributing.md): each part imports only the layers below it."""
 
 import ast
 from pathlib import Path
@@ -15,10 +15,9 @@ ALLOWED: dict[str, set[str]] = {
     "_io": set(),
     "_lock": {"_io"},
     "_checkpoint": set(),
-    "_state_checks": {"curvature"},
     "curvature": {"types", "positions", "_progress", "_io"},
-    "penalties": {"types", "curvature", "_io"},
-    "consolidation": {"types", "curvature", "penalties", "_io", "_state_checks"},
+    "consolidation": {"types", "curvature", "_io"},
+    "penalties": {"types", "curvature", "_io", "consolidation"},
     "models": {"types", "positions", "_io", "_checkpoint"},
     "data": {"types", "_progress", "_io", "_checkpoint"},
     "training": {

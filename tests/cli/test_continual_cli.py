@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
-from tests.training.test_continual import TASK_A, TASK_B, code_task
+from tests.training.test_consolidate import TASK_A, TASK_B, code_task
 
 from kfacel.cli import main
 from kfacel.consolidation import load_state
 from kfacel.data.tasks import Task, write_task
-from kfacel.training.update import DEFAULT_BUDGET, DEFAULT_KFAC_DAMPING
+from kfacel.penalties.strength import DEFAULT_BUDGET, DEFAULT_KFAC_DAMPING
 
 CNN = [
     "--model",

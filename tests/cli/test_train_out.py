@@ -14,7 +14,7 @@ import random
 from pathlib import Path
 
 import pytest
-from tests.training.test_continual import TASK_A, TASK_B, code_task
+from tests.training.test_consolidate import TASK_A, TASK_B, code_task
 
 from kfacel import _io
 from kfacel._lock import write_lock

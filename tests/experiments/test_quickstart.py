@@ -15,7 +15,7 @@ from kfacel.experiments.quickstart import (
     run_quickstart,
     write_report,
 )
-from kfacel.training.update import DEFAULT_BUDGET, DEFAULT_KFAC_DAMPING
+from kfacel.penalties.strength import DEFAULT_BUDGET, DEFAULT_KFAC_DAMPING
 
 
 def test_demo_tasks_ship_with_the_package() -> None:
@@ -32,7 +32,7 @@ def test_runs_the_methods_and_writes_the_report(tmp_path, monkeypatch) -> None:
     torch.set_num_threads(1)
     from pathlib import Path
 
-    from tests.training.test_continual import TASK_A, TASK_B, code_task
+    from tests.training.test_consolidate import TASK_A, TASK_B, code_task
 
     from kfacel.data.tasks import Task
 

@@ -3,7 +3,7 @@
 The forgetting test uses the classic setting where forgetting is reliable and fast: an MLP
 on two input regions with different labelling rules, through the library chain
 (``estimate_kfac`` → ``KFACPenalty.add_grad_`` while training → evaluate), λ chosen on
-dev. The ranker tests below check ``consolidate_task`` and the LRC groups.
+dev. The ranker tests below check ``consolidate_task``.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ import torch.nn.functional as F
 from tests._synth import WORDS
 from torch import nn
 
+from kfacel.consolidation import snapshot
 from kfacel.curvature import KFACApprox, estimate_kfac
 from kfacel.data.records import Candidate, LinkingExample
 from kfacel.data.tasks import Task
-from kfacel.penalties import KFACPenalty, snapshot
-from kfacel.training.continual import consolidate_task, discriminative_lr_groups
+from kfacel.penalties import KFACPenalty
+from kfacel.training.consolidate import consolidate_task
 from kfacel.training.pipeline import fit_task, new_linker
 from kfacel.training.trainer import TrainSettings
 
@@ -193,8 +194,8 @@ def test_consolidate_task_methods_and_subsets(trained_on_a) -> None:
 
 
 def test_consolidate_task_estimates_on_the_held_out_dev_split(trained_on_a) -> None:
-    from kfacel.training.budget import TASK_EXAMPLES
-    from kfacel.training.continual import fingerprint
+    from kfacel.consolidation import TASK_EXAMPLES
+    from kfacel.training.consolidate import fingerprint
 
     linker, a = trained_on_a
     dev = consolidate_task(linker, a, method="ewc", split="dev")
@@ -221,20 +222,3 @@ def test_consolidate_task_passes_the_kfac_approximation(trained_on_a) -> None:
     assert any(
         not torch.allclose(expand.curvature[n].A, reduce.curvature[n].A) for n in shared
     )
-
-
-def test_discriminative_learning_rates_decay_from_the_top() -> None:
-    from torch import nn
-
-    class Net(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.embeddings = nn.Embedding(5, 4)
-            self.layers = nn.ModuleList([nn.Linear(4, 4), nn.Linear(4, 4)])
-            self.head = nn.Linear(4, 2)
-
-    groups = discriminative_lr_groups(Net(), lr=1.0, gamma=0.5)
-    assert [g["lr"] for g in groups] == [0.125, 0.25, 0.5, 1.0]
-    assert groups[-1]["params"][0].shape == (2, 4)  # the head trains at the full rate
-    with pytest.raises(ValueError, match="gamma"):
-        discriminative_lr_groups(Net(), lr=1.0, gamma=0.0)

@@ -1,4 +1,4 @@
-"""update_within_tolerance and Protection: what each training is given, and what is said."""
+"""update_within_tolerance and ContinualSettings: what each training is given, and what is said."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import torch
 
 from kfacel.consolidation import TaskState
 from kfacel.curvature.factors import DiagonalFisher
-from kfacel.training import update
+from kfacel.penalties.strength import Strength
+from kfacel.training import continual
+from kfacel.training.continual import ContinualSettings, update_within_tolerance
 from kfacel.training.trainer import Replay, TrainLog
-from kfacel.training.update import Protection, update_within_tolerance
 from kfacel.types import FisherKind
 
 
@@ -23,16 +24,16 @@ def _state(task: str = "A") -> TaskState:
 
 @pytest.fixture
 def trainings(monkeypatch):
-    """Record each training's (protection, states) instead of training."""
-    seen: list[tuple[Protection, tuple]] = []
+    """Record each training's (settings, states) instead of training."""
+    seen: list[tuple[ContinualSettings, tuple]] = []
 
-    def fake_update(linker, task, states, settings, protection, *, progress=False):
-        seen.append((protection, tuple(states)))
+    def fake_update(linker, task, states, settings, given, *, progress=False):
+        seen.append((given, tuple(states)))
         linker.meta["continual"] = {}
-        accuracy = 0.9 if protection.penalty == "none" else 0.89  # 1 point below
+        accuracy = 0.9 if given.penalty == "none" else 0.89  # 1 point below
         return TrainLog(best_dev_accuracy=accuracy)
 
-    monkeypatch.setattr(update, "update_linker", fake_update)
+    monkeypatch.setattr(continual, "update_linker", fake_update)
     return seen
 
 
@@ -40,7 +41,7 @@ def test_the_tolerance_reference_is_plain_fine_tuning_without_lrc_or_replay(
     trainings,
 ):
     replay = Replay(["old query"], every=2, n=1)
-    given = Protection(penalty="kfac", lrc=0.5, replay=replay)
+    given = ContinualSettings(penalty="kfac", lrc=0.5, replay=replay)
     linker = SimpleNamespace(meta={})
     states = (_state(),)
     _, _, search = update_within_tolerance(
@@ -53,9 +54,9 @@ def test_the_tolerance_reference_is_plain_fine_tuning_without_lrc_or_replay(
         None,
         (),
     )
-    assert [p.lam for p, _ in searched] == [1.0, 10.0]
-    for p, s in searched:  # the protection searched keeps what the user asked for
-        assert (p.penalty, p.lrc, p.replay, p.budget, s) == (
+    assert [p.strength.lam for p, _ in searched] == [1.0, 10.0]
+    for p, s in searched:  # the settings searched keep what the user asked for
+        assert (p.penalty, p.lrc, p.replay, p.strength.budget, s) == (
             "kfac",
             0.5,
             replay,
@@ -68,7 +69,7 @@ def test_the_tolerance_reference_is_plain_fine_tuning_without_lrc_or_replay(
 def test_a_tolerance_without_a_penalty_is_refused_before_training(trainings):
     with pytest.raises(ValueError, match="no strength to search"):
         update_within_tolerance(
-            SimpleNamespace(meta={}), None, (_state(),), None, Protection(),
+            SimpleNamespace(meta={}), None, (_state(),), None, ContinualSettings(),
             tolerance=2.0,
         )  # fmt: skip
     assert trainings == []
@@ -78,13 +79,17 @@ def test_a_tolerance_without_a_penalty_is_refused_before_training(trainings):
     ("given", "tolerance", "line"),
     [
         (
-            {"penalty": "ewc", "budget_rate": 13.0},
+            {"penalty": "ewc", "strength": Strength(budget_rate=13.0)},
             None,
             "protecting 2 tasks (A, B) with ewc, budget ε=0.005 nats, "
             "rate 13/epoch, damping δ=0",
         ),
         (
-            {"penalty": "kfac", "lam_per_task": {"A": 10.0, "B": 100.0}, "lrc": 0.5},
+            {
+                "penalty": "kfac",
+                "strength": Strength(lam_per_task={"A": 10.0, "B": 100.0}),
+                "lrc": 0.5,
+            },
             None,
             "protecting 2 tasks (A, B) with kfac, λ A=10, B=100, damping factored "
             "δ=1e-06, LRC γ=0.5",
@@ -99,4 +104,4 @@ def test_a_tolerance_without_a_penalty_is_refused_before_training(trainings):
     ],
 )
 def test_the_strength_rule_in_effect_is_described_in_one_line(given, tolerance, line):
-    assert Protection(**given).describe(["A", "B"], tolerance=tolerance) == line
+    assert ContinualSettings(**given).describe(["A", "B"], tolerance=tolerance) == line

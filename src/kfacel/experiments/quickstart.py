@@ -5,7 +5,7 @@ The model trained on the first task is then updated on the second and third task
 each method at a fixed λ, consolidating every finished task, and evaluated on every task
 seen so far after each step. The result is an accuracy matrix per method, Perc Δ of each
 task after the last step, and the forgetting reduction of each method against plain
-fine-tuning (DESIGN.md §5, here averaged over the earlier tasks of the one order).
+fine-tuning (docs/design.md, here averaged over the earlier tasks of the one order).
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ from kfacel._io import atomic_write_json, atomic_write_text
 from kfacel.consolidation import TaskState
 from kfacel.data.tasks import Task, load_task
 from kfacel.experiments.metrics import forgetting_reduction, perc_delta
-from kfacel.training.continual import consolidate_task
+from kfacel.penalties.strength import Strength
+from kfacel.training.consolidate import consolidate_task
+from kfacel.training.continual import ContinualSettings, update_linker
 from kfacel.training.pipeline import Linker, evaluate_split, fit_task, new_linker
 from kfacel.training.trainer import TrainSettings
-from kfacel.training.update import Protection, update_linker
 
 DEMO_TASKS = ("mm-demo", "psytar-demo", "ncbi-demo")
 
@@ -79,8 +80,8 @@ def run_quickstart(
         tasks: the task order (at least two).
         methods: ``none`` is needed as the reference of the forgetting reduction.
         lams: a fixed λ per method (one λ for every consolidated task); a method
-            without one uses the product's default rule (``Protection``'s default
-            forgetting budget), as ``kfacel train --penalty kfac`` does.
+            without one uses the product's default rule (``ContinualSettings``'
+            default forgetting budget), as ``kfacel train --penalty kfac`` does.
         epochs: epochs per task.
         lr: learning rate.
         batch_size: queries per batch.
@@ -108,9 +109,9 @@ def run_quickstart(
     matrices: dict[str, list[list[float]]] = {}
     for method in methods:
         start = time.perf_counter()
-        protection = Protection(penalty=method, lam=lams.get(method))
+        continual = _continual(method, lams.get(method))
         matrices[method] = _update_along(
-            copy.deepcopy(first), tasks, settings, protection, progress, say
+            copy.deepcopy(first), tasks, settings, continual, progress, say
         )
         matrices[method][0][0] = individual[tasks[0].name]
         seconds[method] = time.perf_counter() - start
@@ -138,19 +139,25 @@ def _strength(method: str, lam: float | None) -> str:
     """How strong ``method``'s penalty was, for the table."""
     if method == "none":
         return "–"
-    protection = Protection(penalty=method, lam=lam)
-    damping, kind = protection.curvature_damping
-    strength = f"λ = {lam:g}" if lam is not None else f"ε = {protection.budget:g}"
-    if damping:
-        strength += f", δ = {damping:g} {kind}"
+    continual = _continual(method, lam)
+    d = continual.curvature_damping
+    budget = continual.strength.budget
+    strength = f"λ = {lam:g}" if lam is not None else f"ε = {budget:g}"
+    if d.delta:
+        strength += f", δ = {d.delta:g} {d.kind}"
     return strength if lam is not None else f"{strength} (default)"
+
+
+def _continual(method: str, lam: float | None) -> ContinualSettings:
+    """``method`` at the fixed ``lam``, or at the product's default rule without one."""
+    return ContinualSettings(penalty=method, strength=Strength(lam=lam))
 
 
 def _update_along(
     linker: Linker,
     tasks: Sequence[Task],
     settings: TrainSettings,
-    protection: Protection,
+    continual: ContinualSettings,
     progress: bool,
     say: Any,
 ) -> list[list[float]]:
@@ -158,13 +165,13 @@ def _update_along(
 
     The first row's first entry (the start model on the first task) is left NaN.
     """
-    method = protection.penalty
+    method = continual.penalty
     states: list[TaskState] = []
     matrix = [[math.nan] * len(tasks) for _ in tasks]
     for step, task in enumerate(tasks[1:], start=1):
         if method != "none":
             states.append(consolidate_task(linker, tasks[step - 1], method=method))
-        update_linker(linker, task, states, settings, protection, progress=progress)
+        update_linker(linker, task, states, settings, continual, progress=progress)
         for seen in range(step + 1):
             matrix[step][seen] = evaluate_split(linker, tasks[seen].test).accuracy
         accs = [f"{tasks[i].name} {matrix[step][i]:.3f}" for i in range(step + 1)]
