@@ -10,7 +10,7 @@ from kfacel.curvature import estimate_diagonal
 from tests._synth import CASES, CurvatureCase, TinyRanker, select_rows
 from tests.oracles import TOL64, fisher_diagonal, per_example_grads
 
-__all__ = ["TinyRanker"]  # tests/test_consolidation.py imports it from here
+__all__ = ["TinyRanker"]  # tests/consolidation/test_store.py imports it from here
 
 
 @pytest.mark.parametrize("padded", [False, True], ids=["full", "padded"])
