@@ -36,9 +36,9 @@ import torch
 import transformers
 
 from _timing import measure
-from kfacel.consolidation import build_penalty
 from kfacel.hf import KFCTrainer, consolidate
-from kfacel.training.budget import predicted_rise
+from kfacel.penalties import build_penalty
+from kfacel.penalties.make import predicted_rise
 
 
 def _config(small: bool) -> transformers.BertConfig:

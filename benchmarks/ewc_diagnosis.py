@@ -22,12 +22,12 @@ import functools
 
 import torch
 
-from kfacel.consolidation import build_penalty
 from kfacel.demo import demo_tasks
 from kfacel.linking.evaluate import evaluate_split
 from kfacel.linking.linker import new_linker
+from kfacel.penalties import build_penalty
 from kfacel.training import fit
-from kfacel.training.continual import consolidate_task
+from kfacel.training.consolidate import consolidate_task
 
 SETTINGS = {"epochs": 3, "lr": 1e-3, "batch_size": 32, "seed": 0}  # the quickstart's
 

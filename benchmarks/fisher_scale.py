@@ -19,7 +19,7 @@ from kfacel.consolidation import TaskState, load_state
 from kfacel.curvature.factors import trace
 from kfacel.demo import demo_tasks
 from kfacel.linking.linker import new_linker
-from kfacel.training.continual import consolidate_task
+from kfacel.training.consolidate import consolidate_task
 from kfacel.training.fit import fit_task
 from kfacel.training.trainer import TrainSettings
 

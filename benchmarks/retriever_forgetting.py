@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from kfacel.consolidation import build_penalty, save_state
+from kfacel.consolidation import save_state
 from kfacel.data.benchmark import split_cadec
 from kfacel.data.candidates import DenseGenerator
 from kfacel.data.dense import SentenceEncoder
@@ -41,6 +41,7 @@ from kfacel.data.dense_training import (
 from kfacel.data.readers import cadec_concepts, read_cadec, read_dictionary
 from kfacel.data.records import Concept
 from kfacel.data.tasks import RETRIEVER_GROUPS_FILE, load_task, retriever_groups
+from kfacel.penalties import build_penalty
 from kfacel.training.retriever import (
     consolidate_retriever,
     recorded_settings,

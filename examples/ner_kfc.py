@@ -50,7 +50,7 @@ from kfacel.data.readers.cadec import read_cadec
 from kfacel.data.readers.pubtator import read_pubtator
 from kfacel.data.tokenize import default_encoder_path
 from kfacel.hf import KFCTrainer, consolidate
-from kfacel.training.budget import DEFAULT_BUDGET
+from kfacel.penalties.strength import DEFAULT_BUDGET
 
 SHARED = ["O", "B-DIS", "I-DIS", "B-ADR", "I-ADR"]
 TAGS = {"NCBI": "DIS", "CADEC": "ADR"}

@@ -1,13 +1,13 @@
 """kfacel: keep a medical entity linker up to date with Kronecker-factored EWC (KFC).
 
-The library in one loop (DESIGN.md §1)::
+The library in one loop (docs/design.md)::
 
     fisher = kfacel.estimate_kfac(model, batches, kind="empirical")
     penalty = kfacel.KFACPenalty().add_task(kfacel.snapshot(model), fisher, lam=1e2)
     loss = task_loss + penalty(model)  # ½ Σ_t λ_t (θ − θ*_t)ᵀ F_t (θ − θ*_t)
 """
 
-from kfacel.consolidation import TaskState, build_penalty, load_state, save_state
+from kfacel.consolidation import TaskState, load_state, save_state, snapshot
 from kfacel.curvature import (
     DiagonalFisher,
     KFACFisher,
@@ -23,7 +23,7 @@ from kfacel.penalties import (
     L2Penalty,
     NoPenalty,
     Penalty,
-    snapshot,
+    build_penalty,
 )
 from kfacel.positions import valid_positions
 from kfacel.types import Batch, FisherKind, NonFiniteCurvatureError, ParamDict

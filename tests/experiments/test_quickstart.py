@@ -14,7 +14,7 @@ from kfacel.experiments.quickstart import (
     run_quickstart,
     write_report,
 )
-from kfacel.training.update import DEFAULT_BUDGET, DEFAULT_KFAC_DAMPING
+from kfacel.penalties.strength import DEFAULT_BUDGET, DEFAULT_KFAC_DAMPING
 
 
 def test_runs_the_methods_and_writes_the_report(tmp_path, monkeypatch) -> None:

@@ -39,10 +39,10 @@ def finished_run(paths, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "run"
     real = cells_mod.update_linker
 
-    def overflowing(linker, task, states, settings, protection, **kw):
-        if protection.lam == 1e15:
+    def overflowing(linker, task, states, settings, continual, **kw):
+        if continual.strength.lam == 1e15:
             raise FloatingPointError("loss is nan at epoch 1, batch 1: lower λ")
-        return real(linker, task, states, settings, protection, **kw)
+        return real(linker, task, states, settings, continual, **kw)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(cells_mod, "update_linker", overflowing)

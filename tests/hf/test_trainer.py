@@ -12,8 +12,8 @@ import warnings
 import pytest
 import torch
 
-from kfacel.consolidation import build_penalty
-from kfacel.training.budget import DEFAULT_BUDGET
+from kfacel.penalties import build_penalty
+from kfacel.penalties.strength import DEFAULT_BUDGET
 
 pytest.importorskip("accelerate")
 transformers = pytest.importorskip("transformers")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kfacel.consolidation import build_penalty
+from kfacel.consolidation import snapshot
 from kfacel.curvature import estimate_kfac
 from kfacel.curvature.factors import (
     LowRankFactor,
@@ -13,10 +13,11 @@ from kfacel.curvature.factors import (
     dense,
     factored_damping,
 )
-from kfacel.penalties import KFACPenalty, snapshot
-from kfacel.training.update import Protection
+from kfacel.penalties import KFACPenalty, build_penalty
+from kfacel.penalties.strength import Damping
 from tests._synth import TinyRanker
 from tests.oracles import TOL64
+from tests.penalties.test_strength import settings, update_penalty
 
 DELTA = 0.3
 
@@ -131,7 +132,7 @@ def test_low_rank_factors_are_damped_as_the_dense_matrices_they_stand_for(rank) 
 def test_factored_damping_is_refused_where_it_does_not_apply() -> None:
     model, fisher = _fisher()
     with pytest.raises(ValueError, match="needs penalty kfac, not 'ewc'"):
-        Protection(penalty="ewc", damping=DELTA, damping_kind="factored")
+        settings("ewc", Damping(DELTA, "factored"))
     with pytest.raises(ValueError, match="damping_kind must be one of"):
         KFACPenalty(damping=DELTA, damping_kind="spectral")
     from kfacel.consolidation import TaskState
@@ -143,19 +144,19 @@ def test_factored_damping_is_refused_where_it_does_not_apply() -> None:
 
 def test_a_default_kfac_update_penalizes_with_the_default_factored_damping() -> None:
     from kfacel.consolidation import TaskState
-    from kfacel.training.update import DEFAULT_KFAC_DAMPING
+    from kfacel.penalties.strength import DEFAULT_KFAC_DAMPING
 
     model, fisher = _fisher()
     state = TaskState(task="A", method="kfac", anchor=snapshot(model), curvature=fisher)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    default = Protection(penalty="kfac", lam=2.0).make_penalty([state], 10)
+    default = update_penalty(settings("kfac", lam=2.0), [state], 10)
     by_hand = KFACPenalty(
         damping=DEFAULT_KFAC_DAMPING, damping_kind="factored"
     ).add_task(state.anchor, fisher, lam=2.0)
-    undamped = Protection(penalty="kfac", lam=2.0, damping=0.0).make_penalty(
-        [state], 10
+    undamped = update_penalty(
+        settings("kfac", Damping.default_for("kfac", 0.0), lam=2.0), [state], 10
     )
     torch.testing.assert_close(default(model), by_hand(model), **TOL64)
     assert float(default(model).detach()) > float(

@@ -6,13 +6,13 @@ import pytest
 import torch
 from torch import nn
 
+from kfacel.consolidation import snapshot
 from kfacel.curvature import estimate_diagonal, estimate_kfac
 from kfacel.penalties import (
     DiagonalEWCPenalty,
     KFACPenalty,
     L2Penalty,
     NoPenalty,
-    snapshot,
 )
 from tests._synth import TinyRanker
 from tests.oracles import TOL64

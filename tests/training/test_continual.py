@@ -1,189 +1,107 @@
-"""Consolidate → train on a second task → evaluate: KFC forgets less than no penalty.
-
-The forgetting test uses the classic setting where forgetting is reliable and fast: an MLP
-on two input regions with different labelling rules, through the library chain
-(``estimate_kfac`` → ``KFACPenalty.add_grad_`` while training → evaluate), λ chosen on
-dev. The ranker tests below check ``consolidate_task`` and the LRC groups.
-"""
+"""update_within_tolerance and ContinualSettings: what each training is given, and what is said."""
 
 from __future__ import annotations
 
-import copy
-from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.nn.functional as F
-from tests._synth import TASK_A, code_task
-from torch import nn
 
-from kfacel.curvature import KFACApprox, estimate_kfac
-from kfacel.data.tasks import Task
-from kfacel.linking.linker import new_linker
-from kfacel.penalties import KFACPenalty, snapshot
-from kfacel.training.continual import consolidate_task, discriminative_lr_groups
-from kfacel.training.fit import fit_task
-from kfacel.training.trainer import TrainSettings
+from kfacel.consolidation import TaskState
+from kfacel.curvature.factors import DiagonalFisher
+from kfacel.penalties.strength import Strength
+from kfacel.training import continual
+from kfacel.training.continual import ContinualSettings, update_within_tolerance
+from kfacel.training.trainer import Replay, TrainLog
+from kfacel.types import FisherKind
 
 
-def make_task(name: str, words: range, seed: int) -> Task:
-    return Task(
-        name,
-        Path(name),
-        code_task(name, words, 256, seed),
-        code_task(name, words, 64, seed + 1),
-        code_task(name, words, 96, seed + 2),
-        {},
+def _state(task: str = "A") -> TaskState:
+    anchor = {"w": torch.zeros(2)}
+    fisher = DiagonalFisher({"w": torch.ones(2)}, FisherKind.EMPIRICAL, 4)
+    return TaskState(task, "ewc", anchor, fisher, {})
+
+
+@pytest.fixture
+def trainings(monkeypatch):
+    """Record each training's (settings, states) instead of training."""
+    seen: list[tuple[ContinualSettings, tuple]] = []
+
+    def fake_update(linker, task, states, settings, given, *, progress=False):
+        seen.append((given, tuple(states)))
+        linker.meta["continual"] = {}
+        accuracy = 0.9 if given.penalty == "none" else 0.89  # 1 point below
+        return TrainLog(best_dev_accuracy=accuracy)
+
+    monkeypatch.setattr(continual, "update_linker", fake_update)
+    return seen
+
+
+def test_the_tolerance_reference_is_plain_fine_tuning_without_lrc_or_replay(
+    trainings,
+):
+    replay = Replay(["old query"], every=2, n=1)
+    given = ContinualSettings(penalty="kfac", lrc=0.5, replay=replay)
+    linker = SimpleNamespace(meta={})
+    states = (_state(),)
+    _, _, search = update_within_tolerance(
+        linker, None, states, None, given, tolerance=2.0, grid=(1.0, 10.0)
     )
-
-
-def _region_task(
-    seed: int, centre: float
-) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """4 classes: ``argmax(W (x − centre))`` for ``x ~ N(centre, I)``, W fixed by centre."""
-    w = torch.randn(4, 10, generator=torch.Generator().manual_seed(100 + int(centre)))
-    out = {}
-    for i, (split, n) in enumerate((("train", 512), ("dev", 256), ("test", 256))):
-        x = (
-            torch.randn(n, 10, generator=torch.Generator().manual_seed(seed + i))
-            + centre
+    (plain, plain_states), *searched = trainings
+    assert (plain.penalty, plain.lrc, plain.replay, plain_states) == (
+        "none",
+        None,
+        None,
+        (),
+    )
+    assert [p.strength.lam for p, _ in searched] == [1.0, 10.0]
+    for p, s in searched:  # the settings searched keep what the user asked for
+        assert (p.penalty, p.lrc, p.replay, p.strength.budget, s) == (
+            "kfac",
+            0.5,
+            replay,
+            None,
+            states,
         )
-        out[split] = (x, ((x - centre) @ w.T).argmax(1))
-    return out
+    assert search.chosen == 10.0
 
 
-def _fit(model: nn.Module, data: dict, penalty=None, epochs: int = 30) -> None:
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    x, y = data["train"]
-    order = torch.Generator().manual_seed(0)
-    for _ in range(epochs):
-        for idx in torch.randperm(len(y), generator=order).split(64):
-            opt.zero_grad()
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
-            if penalty is not None:
-                penalty.add_grad_(model)  # closed-form gradient, as the trainer does
-            opt.step()
+def test_a_tolerance_without_a_penalty_is_refused_before_training(trainings):
+    with pytest.raises(ValueError, match="no strength to search"):
+        update_within_tolerance(
+            SimpleNamespace(meta={}), None, (_state(),), None, ContinualSettings(),
+            tolerance=2.0,
+        )  # fmt: skip
+    assert trainings == []
 
 
-def _accuracy(model: nn.Module, data: dict, split: str) -> float:
-    x, y = data[split]
-    with torch.no_grad():
-        return float((model(x).argmax(1) == y).double().mean())
-
-
-def test_kfac_forgets_less_than_no_penalty() -> None:
-    torch.manual_seed(0)
-    a, b = _region_task(0, 0.0), _region_task(10, 3.0)
-    model = nn.Sequential(nn.Linear(10, 32), nn.Tanh(), nn.Linear(32, 4))
-    _fit(model, a)
-    acc_a = _accuracy(model, a, "test")
-    assert acc_a > 0.9, acc_a  # task A learned (chance is 0.25)
-    x, y = a["train"]
-    fisher = estimate_kfac(
-        model, [(x[i : i + 128], y[i : i + 128]) for i in range(0, 512, 128)]
-    )
-    runs = {}
-    for lam in (0.0, 1.0, 10.0, 100.0):
-        learner = copy.deepcopy(model)
-        penalty = (
-            KFACPenalty().add_task(snapshot(model), fisher, lam=lam) if lam else None
-        )
-        _fit(learner, b, penalty)
-        runs[lam] = {
-            s: (_accuracy(learner, a, s), _accuracy(learner, b, s))
-            for s in ("dev", "test")
-        }
-    # λ chosen on dev as in the paper: the best old task among those that keep the new one
-    keep_b = [
-        lam for lam in runs if lam and runs[lam]["dev"][1] >= runs[0.0]["dev"][1] - 0.05
-    ]
-    assert keep_b, runs
-    best = max(keep_b, key=lambda lam: runs[lam]["dev"][0])
-    (a_none, b_none), (a_kfac, b_kfac) = runs[0.0]["test"], runs[best]["test"]
-    assert a_none < acc_a - 0.2, runs  # plain fine-tuning forgets A
-    assert a_kfac > a_none + 0.1, runs  # KFC keeps more of A ...
-    assert b_kfac > b_none - 0.05, runs  # ... at (almost) no cost on B
-
-
-@pytest.fixture(scope="module")
-def trained_on_a(tmp_path_factory):
-    torch.set_num_threads(1)
-    a = make_task("A", TASK_A, seed=0)
-    linker = new_linker(
-        "cnn",
-        a.train,
-        hidden=16,
-        types=False,
-        features=False,
-        seed=0,
-        freeze_embeddings=False,
-        embed_dim=16,
-        max_mention_length=16,
-        max_name_length=4,
-    )
-    fit_task(linker, a, TrainSettings(epochs=1, lr=3e-3, batch_size=32, seed=0))
-    return linker, a
-
-
-def test_consolidate_task_methods_and_subsets(trained_on_a) -> None:
-    linker, a = trained_on_a
-    ewc = consolidate_task(linker, a, method="ewc", max_examples=50, seed=3)
-    assert ewc.meta["examples_used"] == 50
-    assert ewc.curvature.num_examples == 50
-    again = consolidate_task(linker, a, method="ewc", max_examples=50, seed=3)
-    assert ewc.meta["fingerprint"] == again.meta["fingerprint"]
-    l2 = consolidate_task(linker, a, method="l2")
-    assert l2.curvature is None
-    assert set(l2.anchor) == {
-        n for n, p in linker.model.named_parameters() if p.requires_grad
-    }
-    with pytest.raises(ValueError, match="method"):
-        consolidate_task(linker, a, method="full")
-
-
-def test_consolidate_task_estimates_on_the_held_out_dev_split(trained_on_a) -> None:
-    from kfacel.training.budget import TASK_EXAMPLES
-    from kfacel.training.continual import fingerprint
-
-    linker, a = trained_on_a
-    dev = consolidate_task(linker, a, method="ewc", split="dev")
-    train = consolidate_task(linker, a, method="ewc")
-    assert dev.meta["split"] == "dev"
-    assert dev.meta["examples_used"] == len(a.dev) != len(a.train)
-    assert dev.meta["fingerprint"] == fingerprint(a.dev)
-    assert dev.meta[TASK_EXAMPLES] == len(a.train)  # bayes λ still counts training
-    assert not all(
-        torch.allclose(dev.curvature[n], train.curvature[n]) for n in dev.curvature
-    )
-    with pytest.raises(ValueError, match="split must be one of"):
-        consolidate_task(linker, a, split="test")
-
-
-def test_consolidate_task_passes_the_kfac_approximation(trained_on_a) -> None:
-    """The approximation reaches estimate_kfac: reduce (K8) is named, differs."""
-    linker, a = trained_on_a
-    expand = consolidate_task(linker, a, max_examples=8, seed=1)
-    reduce = consolidate_task(linker, a, max_examples=8, seed=1, approx="reduce")
-    assert expand.curvature.approx is KFACApprox.EXPAND
-    assert reduce.curvature.approx is KFACApprox.REDUCE
-    shared = [n for n, f in expand.curvature.items() if f.kind != "embedding"]
-    assert any(
-        not torch.allclose(expand.curvature[n].A, reduce.curvature[n].A) for n in shared
-    )
-
-
-def test_discriminative_learning_rates_decay_from_the_top() -> None:
-    from torch import nn
-
-    class Net(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.embeddings = nn.Embedding(5, 4)
-            self.layers = nn.ModuleList([nn.Linear(4, 4), nn.Linear(4, 4)])
-            self.head = nn.Linear(4, 2)
-
-    groups = discriminative_lr_groups(Net(), lr=1.0, gamma=0.5)
-    assert [g["lr"] for g in groups] == [0.125, 0.25, 0.5, 1.0]
-    assert groups[-1]["params"][0].shape == (2, 4)  # the head trains at the full rate
-    with pytest.raises(ValueError, match="gamma"):
-        discriminative_lr_groups(Net(), lr=1.0, gamma=0.0)
+@pytest.mark.parametrize(
+    ("given", "tolerance", "line"),
+    [
+        (
+            {"penalty": "ewc", "strength": Strength(budget_rate=13.0)},
+            None,
+            "protecting 2 tasks (A, B) with ewc, budget ε=0.005 nats, "
+            "rate 13/epoch, damping δ=0",
+        ),
+        (
+            {
+                "penalty": "kfac",
+                "strength": Strength(lam_per_task={"A": 10.0, "B": 100.0}),
+                "lrc": 0.5,
+            },
+            None,
+            "protecting 2 tasks (A, B) with kfac, λ A=10, B=100, damping factored "
+            "δ=1e-06, LRC γ=0.5",
+        ),
+        (
+            {"penalty": "l2"},
+            2.0,
+            "protecting 2 tasks (A, B) with l2, the largest λ of 1…10000 within 2 "
+            "points of plain fine-tuning's new-task dev accuracy",
+        ),
+        ({}, None, "no penalty: plain fine-tuning"),
+    ],
+)
+def test_the_strength_rule_in_effect_is_described_in_one_line(given, tolerance, line):
+    assert ContinualSettings(**given).describe(["A", "B"], tolerance=tolerance) == line

@@ -14,8 +14,8 @@ from kfacel.cli import UserError
 from kfacel.cli._args import device, nonnegative_int, positive_int
 from kfacel.consolidation import METHODS, TaskState, load_state, save_state
 from kfacel.data.tasks import RETRIEVER_DIR, Task, load_task
-from kfacel.linking.linker import load_linker
-from kfacel.training.continual import CONSOLIDATION_SPLITS, consolidate_task
+from kfacel.linking.linker import Linker, load_linker
+from kfacel.training.consolidate import CONSOLIDATION_SPLITS, consolidate_task
 from kfacel.training.retriever import (
     DEFAULT_RETRIEVER_STEPS,
     consolidate_task_retriever,
@@ -94,30 +94,9 @@ def _consolidate(args: argparse.Namespace) -> int:
     """Estimate the curvature and append the state; prints a JSON summary."""
     linker = load_linker(args.model_dir)
     task = load_task(args.task)
-    done = [s.task for s in load_state(args.model_dir, linker.model)]
-    if task.name in done:
-        raise UserError(
-            f"{args.model_dir} already holds a consolidation state for {task.name!r}"
-        )
-    if args.factor_rank is not None and args.method != "kfac":
-        raise UserError(f"--factor-rank needs --method kfac, not {args.method!r}")
-    _check_trained_on(linker.meta, task, args.model_dir)
+    done = _check_consolidatable(args, linker, task)
     start = time.perf_counter()
-    state = consolidate_task(
-        linker,
-        task,
-        method=args.method,
-        fisher=args.fisher,
-        max_examples=args.max_examples,
-        batch_size=args.batch_size,
-        uncovered=args.uncovered,
-        approx=args.approx,
-        split=args.split,
-        factor_rank=args.factor_rank,
-        seed=args.seed,
-        device=args.device,
-        progress=sys.stderr.isatty(),
-    )
+    state = _estimate(args, linker, task)
     retriever = _retriever_state(args, task)
     path = save_state(args.model_dir, state)
     if isinstance(retriever, TaskState):
@@ -135,17 +114,59 @@ def _consolidate(args: argparse.Namespace) -> int:
         "param_bytes": params,
         "seconds": round(time.perf_counter() - start, 2),
         "tasks": [*done, task.name],
-        "retriever": (
-            {
-                "examples": retriever.meta["examples_used"],
-                "state_bytes": retriever.nbytes(),
-            }
-            if isinstance(retriever, TaskState)
-            else retriever
-        ),
+        "retriever": _describe_retriever(retriever),
     }
     print(json.dumps(summary))
     return 0
+
+
+def _estimate(args: argparse.Namespace, linker: Linker, task: Task) -> TaskState:
+    """The task's state as the options ask (``consolidate_task``)."""
+    return consolidate_task(
+        linker,
+        task,
+        method=args.method,
+        fisher=args.fisher,
+        max_examples=args.max_examples,
+        batch_size=args.batch_size,
+        uncovered=args.uncovered,
+        approx=args.approx,
+        split=args.split,
+        factor_rank=args.factor_rank,
+        seed=args.seed,
+        device=args.device,
+        progress=sys.stderr.isatty(),
+    )
+
+
+def _check_consolidatable(
+    args: argparse.Namespace, linker: Linker, task: Task
+) -> list[str]:
+    """The tasks the model holds states of; refuses what cannot be consolidated.
+
+    Raises:
+        UserError: the task already has a state, ``--factor-rank`` without K-FAC, or
+            the model was not last trained on the task.
+    """
+    done = [s.task for s in load_state(args.model_dir, linker.model)]
+    if task.name in done:
+        raise UserError(
+            f"{args.model_dir} already holds a consolidation state for {task.name!r}"
+        )
+    if args.factor_rank is not None and args.method != "kfac":
+        raise UserError(f"--factor-rank needs --method kfac, not {args.method!r}")
+    _check_trained_on(linker.meta, task, args.model_dir)
+    return done
+
+
+def _describe_retriever(retriever: TaskState | str) -> dict[str, Any] | str:
+    """The summary's ``retriever``: its state's size, or why there is none."""
+    if not isinstance(retriever, TaskState):
+        return retriever
+    return {
+        "examples": retriever.meta["examples_used"],
+        "state_bytes": retriever.nbytes(),
+    }
 
 
 def _check_trained_on(meta: dict[str, Any], task: Task, model_dir: str) -> None:
@@ -172,7 +193,7 @@ def _check_trained_on(meta: dict[str, Any], task: Task, model_dir: str) -> None:
 
 
 def _retriever_state(args: argparse.Namespace, task: Task) -> TaskState | str:
-    """The model's retriever's state on ``task``, or why there is none (issue 11).
+    """The model's retriever's state on ``task``, or why there is none.
 
     A model built on a task with a fine-tuned retriever holds it as ``retriever/``;
     its K-FAC Fisher is estimated on the groups it was trained on, so that the next

@@ -27,15 +27,19 @@ from kfacel.linking.linker import Linker, load_linker, new_linker, save_linker
 from kfacel.models import is_model_dir, read_model_config
 from kfacel.models.precision import PRECISIONS
 from kfacel.penalties.ewc_kfac import DAMPING_KINDS
-from kfacel.training.trainer import OPTIMIZERS, Replay, TrainLog, TrainSettings
-from kfacel.training.update import (
+from kfacel.penalties.strength import (
     DEFAULT_BUDGET_RATE,
     DEFAULT_KFAC_DAMPING,
+    Damping,
+    Strength,
+)
+from kfacel.training.continual import (
     PENALTIES,
-    Protection,
+    ContinualSettings,
     update_linker,
     update_within_tolerance,
 )
+from kfacel.training.trainer import OPTIMIZERS, Replay, TrainLog, TrainSettings
 
 DEFAULT_LR = {"cnn": 1e-3, "transformer": 1e-4}
 
@@ -196,7 +200,7 @@ def _add_continual_options(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Train and write the model directory; prints the training summary as JSON."""
     try:
-        settings, protection = _settings(args), _protection(args)
+        settings, continual = _settings(args), _continual_settings(args)
     except ValueError as exc:  # "field must be ...": name the option instead
         field, _, rest = str(exc).partition(" ")
         raise UserError(f"--{field.replace('_', '-')} {rest}") from None
@@ -205,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
         _check_out(args)  # again: another writer may have finished meanwhile
         replace = is_model_dir if is_model_dir(out) else None  # only with --overwrite
         task = load_task(args.task)
-        linker, log, states = _train(args, task, settings, protection)
+        linker, log, states = _train(args, task, settings, continual)
         # the states go with the model: the next update reads no old data
         save_linker(linker, out, log=log, states=states, replace=replace)
     summary = {k: v for k, v in log.to_json().items() if k != "epochs"}
@@ -220,19 +224,19 @@ def _train(
     args: argparse.Namespace,
     task: Task,
     settings: TrainSettings,
-    protection: Protection,
+    continual: ContinualSettings,
 ) -> tuple[Linker, TrainLog, tuple[TaskState, ...]]:
     """The linker trained on ``task`` as the options say, its log and the states kept."""
     if args.threads:
         torch.set_num_threads(args.threads)
     linker, states = _start(args, task)
-    _say_protection(args, protection, states)
+    _say_protection(args, continual, states)
     tty = sys.stderr.isatty()  # progress bars only for a person watching
     if args.tolerance is None:
-        log = update_linker(linker, task, states, settings, protection, progress=tty)
+        log = update_linker(linker, task, states, settings, continual, progress=tty)
     else:
         linker, log, _ = update_within_tolerance(
-            linker, task, states, settings, protection,
+            linker, task, states, settings, continual,
             tolerance=args.tolerance, progress=tty,
         )  # fmt: skip
     linker.meta["continual"] |= {"init": args.init, "replay": args.replay}
@@ -274,8 +278,8 @@ def _settings(args: argparse.Namespace) -> TrainSettings:
     )
 
 
-def _protection(args: argparse.Namespace) -> Protection:
-    """Penalty, λ per task, damping, LRC and replay from the options."""
+def _continual_settings(args: argparse.Namespace) -> ContinualSettings:
+    """Penalty, strength rule, damping, LRC and replay from the options."""
     replay = None
     if args.replay:
         examples = [ex for d in args.replay for ex in load_task(d).train]
@@ -295,28 +299,31 @@ def _protection(args: argparse.Namespace) -> Protection:
             budget = float(args.budget)
         except ValueError:
             budget_per_task = _per_task("--budget", args.budget)
-    return Protection(
-        penalty=args.penalty,
+    strength = Strength(
         lam=None if args.lam == "bayes" else args.lam,
         lam_per_task=_per_task("--lam-per-task", args.lam_per_task),
         bayes=args.lam == "bayes",
         budget=budget,
         budget_per_task=budget_per_task,
         budget_rate=args.budget_rate,
-        damping=args.damping,
-        damping_kind=args.damping_kind,
+    )
+    damping = Damping.default_for(args.penalty, args.damping, args.damping_kind)
+    return ContinualSettings(
+        penalty=args.penalty,
+        strength=strength,
+        damping=damping,
         lrc=args.lrc,
         replay=replay,
     )
 
 
 def _say_protection(
-    args: argparse.Namespace, protection: Protection, states: Sequence[TaskState]
+    args: argparse.Namespace, continual: ContinualSettings, states: Sequence[TaskState]
 ) -> None:
     """One line on stderr: the strength rule in effect, or that nothing is protected."""
     if not args.init:
         return  # a new model: nothing to protect
-    if states and protection.penalty == "none":
+    if states and continual.penalty == "none":
         method = states[-1].method
         how = f"--penalty {method}" + (" --lam λ" if method == "l2" else "")
         n = len(states)
@@ -328,12 +335,12 @@ def _say_protection(
         )
         return
     names = [s.task for s in states]
-    line = protection.describe(names, tolerance=args.tolerance)
+    line = continual.describe(names, tolerance=args.tolerance)
     print(f"kfacel train: {line}", file=sys.stderr)
 
 
 def _warn_if_retriever_replaced(init: str, task: Task) -> None:
-    """Say so when the new task's retriever does not continue the model's (issue 11).
+    """Say so when the new task's retriever does not continue the model's.
 
     The model links with its last task's retriever; one that did not start from the
     model's (``prepare --retriever-init``) leaves the earlier tasks' retrieval

@@ -27,6 +27,8 @@ from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any, Literal, Self
 
+from kfacel.experiments.metrics import TIER3_FACTORS
+from kfacel.penalties.strength import DEFAULT_BUDGET_RATE, MAX_LAM
 from kfacel.training.trainer import TrainSettings
 from kfacel.types import FisherKind, KFACApprox
 
@@ -88,7 +90,7 @@ class TrainConfig:
     lrc_gamma: float = 0.5  # LRC: η_ℓ = η_{ℓ+1}·γ from the top layer down
     replay_every: int = 10  # replay: n old batches every m new ones
     replay_batches: int = 1
-    # training on a new task (tiers 2 and 3) only, to vary one factor of issue 9:
+    # training on a new task (tiers 2 and 3) only, to vary one factor at a time:
     continual_optimizer: Literal["adamw", "sgd"] = "adamw"
     continual_lr: float | None = None  # None: lr
     clip_task_only: bool = False  # clip the task gradient before the penalty's is added
@@ -119,8 +121,8 @@ class PenaltyConfig:
     """The λ selection rule (metrics.select_lambda) and tier 3's search around it."""
 
     new_task_tolerance: float = 2.0
-    budget_rate: float = 1.3  # dual step per epoch of kfac-budget / ewc-budget
-    tier3_factors: tuple[float, ...] = (0.01, 1.0, 100.0)
+    budget_rate: float = DEFAULT_BUDGET_RATE  # dual step per epoch of *-budget
+    tier3_factors: tuple[float, ...] = TIER3_FACTORS
     tier3_mean: Literal["geometric", "arithmetic"] = "geometric"
     tier3_search_first: bool = False
 
@@ -167,7 +169,9 @@ class ExperimentConfig:
             raise ConfigError(
                 "pairs: tier 3 needs every ordered pair; use tiers = [1, 2]"
             )
-        if any(not (math.isfinite(lam) and 0 < lam <= 1e15) for lam in self.lam_grid):
+        if any(
+            not (math.isfinite(lam) and 0 < lam <= MAX_LAM) for lam in self.lam_grid
+        ):
             raise ConfigError(
                 f"lam_grid: values must be positive and finite (≤ 1e15), got "
                 f"{self.lam_grid}"

@@ -2,14 +2,14 @@
 
 Accuracies are percentages (0–100), as in the paper's tables. An accuracy matrix is
 ``acc[i, j]`` = accuracy on task ``j`` after training on task ``i`` (rows: training
-steps, columns: evaluated tasks; the runner's layout, STYLE.md §5); entries that were
+steps, columns: evaluated tasks; the runner's layout, docs/contributing.md); entries that were
 never evaluated are NaN.
 
 Definitions:
 
 - **Perc Δ** of a task (McInerney et al. 2021, Tables 3–4):
   ``(acc_after − acc_individual) / acc_individual × 100``, negative when it forgot.
-- **Forgetting reduction** of a method (DESIGN.md §5): the mean over permutations of
+- **Forgetting reduction** of a method (docs/design.md): the mean over permutations of
   ``1 − PercΔ_method(A) / PercΔ_none(A)``, in percent. It is a mean of per-permutation
   ratios, not a ratio of means: on the paper's Table 3 only the former gives the figures
   quoted (KFC 51.6%, EWC 27.1% for BERT; KFC 74.5%, EWC 34.7% for the CNN; the ratio of
@@ -289,11 +289,15 @@ def average_lambda(
     return float(10.0 ** round(float(np.mean(np.log10(lams))), 12))
 
 
+TIER3_FACTORS = (0.01, 1.0, 100.0)
+"""The paper's multipliers of tier 3's centre λ (appendix A: ×0.01, ×1, ×100)."""
+
+
 def tier3_lambda_grid(
     tier2_optima: Mapping[tuple[str, str], float],
     order: Sequence[str],
     *,
-    factors: Sequence[float] = (0.01, 1.0, 100.0),
+    factors: Sequence[float] = TIER3_FACTORS,
     mean: Literal["geometric", "arithmetic"] = "geometric",
     search_first: bool = False,
 ) -> list[tuple[float, float]]:

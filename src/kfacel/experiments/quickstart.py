@@ -27,10 +27,11 @@ from kfacel.data.tasks import Task
 from kfacel.experiments.metrics import forgetting_reduction, perc_delta
 from kfacel.linking.evaluate import evaluate_split
 from kfacel.linking.linker import Linker, new_linker
-from kfacel.training.continual import consolidate_task
+from kfacel.penalties.strength import Strength
+from kfacel.training.consolidate import consolidate_task
+from kfacel.training.continual import ContinualSettings, update_linker
 from kfacel.training.fit import fit_task
 from kfacel.training.trainer import TrainSettings
-from kfacel.training.update import Protection, update_linker
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,8 @@ def run_quickstart(
         tasks: the task order (at least two).
         methods: ``none`` is needed as the reference of the forgetting reduction.
         lams: a fixed λ per method (one λ for every consolidated task); a method
-            without one uses the product's default rule (``Protection``'s default
-            forgetting budget), as ``kfacel train --penalty kfac`` does.
+            without one uses the product's default rule (``ContinualSettings``'
+            default forgetting budget), as ``kfacel train --penalty kfac`` does.
         epochs: epochs per task.
         lr: learning rate.
         batch_size: queries per batch.
@@ -101,9 +102,9 @@ def run_quickstart(
     matrices: dict[str, list[list[float]]] = {}
     for method in methods:
         start = time.perf_counter()
-        protection = Protection(penalty=method, lam=lams.get(method))
+        continual = _continual(method, lams.get(method))
         matrices[method] = _update_along(
-            copy.deepcopy(first), tasks, settings, protection, progress, say
+            copy.deepcopy(first), tasks, settings, continual, progress, say
         )
         matrices[method][0][0] = individual[tasks[0].name]
         seconds[method] = time.perf_counter() - start
@@ -131,19 +132,25 @@ def _strength(method: str, lam: float | None) -> str:
     """How strong ``method``'s penalty was, for the table."""
     if method == "none":
         return "–"
-    protection = Protection(penalty=method, lam=lam)
-    damping, kind = protection.curvature_damping
-    strength = f"λ = {lam:g}" if lam is not None else f"ε = {protection.budget:g}"
-    if damping:
-        strength += f", δ = {damping:g} {kind}"
+    continual = _continual(method, lam)
+    d = continual.curvature_damping
+    budget = continual.strength.budget
+    strength = f"λ = {lam:g}" if lam is not None else f"ε = {budget:g}"
+    if d.delta:
+        strength += f", δ = {d.delta:g} {d.kind}"
     return strength if lam is not None else f"{strength} (default)"
+
+
+def _continual(method: str, lam: float | None) -> ContinualSettings:
+    """``method`` at the fixed ``lam``, or at the product's default rule without one."""
+    return ContinualSettings(penalty=method, strength=Strength(lam=lam))
 
 
 def _update_along(
     linker: Linker,
     tasks: Sequence[Task],
     settings: TrainSettings,
-    protection: Protection,
+    continual: ContinualSettings,
     progress: bool,
     say: Any,
 ) -> list[list[float]]:
@@ -151,13 +158,13 @@ def _update_along(
 
     The first row's first entry (the start model on the first task) is left NaN.
     """
-    method = protection.penalty
+    method = continual.penalty
     states: list[TaskState] = []
     matrix = [[math.nan] * len(tasks) for _ in tasks]
     for step, task in enumerate(tasks[1:], start=1):
         if method != "none":
             states.append(consolidate_task(linker, tasks[step - 1], method=method))
-        update_linker(linker, task, states, settings, protection, progress=progress)
+        update_linker(linker, task, states, settings, continual, progress=progress)
         for seen in range(step + 1):
             matrix[step][seen] = evaluate_split(linker, tasks[seen].test).accuracy
         accs = [f"{tasks[i].name} {matrix[step][i]:.3f}" for i in range(step + 1)]

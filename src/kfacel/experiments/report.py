@@ -25,6 +25,7 @@ from kfacel.experiments.figures import (
     plot_calibration,
     plot_lambda_tradeoff,
 )
+from kfacel.experiments.metrics import TIER3_FACTORS
 from kfacel.experiments.results import (
     RunResults,
     accuracy_matrices,
@@ -106,7 +107,7 @@ def left_out(r: RunResults) -> list[str]:
     if 3 in tiers:
         cells, skipped = sweep.plan_tier3(
             r.tasks, r.methods, cfg.get("seeds", [0]), r.chosen[2],
-            factors=p.get("tier3_factors", (0.01, 1.0, 100.0)),
+            factors=p.get("tier3_factors", TIER3_FACTORS),
             mean=p.get("tier3_mean", "geometric"),
             search_first=p.get("tier3_search_first", False),
         )  # fmt: skip

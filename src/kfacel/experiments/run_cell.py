@@ -47,11 +47,12 @@ from kfacel.experiments.sweep import (
 )
 from kfacel.linking.evaluate import evaluate_split
 from kfacel.linking.linker import Linker, load_linker, new_linker, save_linker
-from kfacel.training.budget import predicted_rise
-from kfacel.training.continual import consolidate_task
+from kfacel.penalties.make import predicted_rise
+from kfacel.penalties.strength import Damping, Strength
+from kfacel.training.consolidate import consolidate_task
+from kfacel.training.continual import ContinualSettings, update_linker
 from kfacel.training.fit import fit_task
 from kfacel.training.trainer import Replay, TrainSettings
-from kfacel.training.update import Protection, update_linker
 
 T = TypeVar("T")
 
@@ -224,24 +225,25 @@ def _continue(
         per_task = dict(zip([s.task for s in states], cell.lam, strict=True))
     elif cell.lam is not None:
         lam = float(cell.lam)
-    strength: dict[str, Any] = {"lam": lam, "lam_per_task": per_task}
     if cell.method in BUDGETED:  # the cell's "λ" is the budget ε
-        strength = {"budget": lam, "budget_per_task": per_task}
-        strength["budget_rate"] = cfg.penalty.budget_rate
+        strength = Strength(
+            budget=lam, budget_per_task=per_task, budget_rate=cfg.penalty.budget_rate
+        )
+    else:
+        strength = Strength(lam=lam, lam_per_task=per_task)
     cap = cfg.train.max_train_examples
     replay = [ex for n in deps.replay for ex in tasks[n].train[: cap or None]]
-    t = cfg.train
-    protection = Protection(
+    t, c = cfg.train, cfg.curvature
+    continual = ContinualSettings(
         penalty=method,
-        damping=cfg.curvature.damping,
-        damping_kind=cfg.curvature.damping_kind if method == "kfac" else "uniform",
+        strength=strength,
+        damping=Damping(c.damping, c.damping_kind if method == "kfac" else "uniform"),
         lrc=t.lrc_gamma if cell.method == "lrc" else None,
         replay=Replay(replay, t.replay_every, t.replay_batches) if replay else None,
-        **strength,
     )
     task = tasks[cell.order[-1]]
     settings = _settings(cfg, cell.seed, continual=True)
-    log = update_linker(linker, task, states, settings, protection)
+    log = update_linker(linker, task, states, settings, continual)
     if deps.keep_model:
         save_linker(linker, out / MODEL, log=log)
     records = _evaluate(linker, cell, cfg, [tasks[n] for n in cell.order])

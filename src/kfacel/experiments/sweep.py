@@ -29,7 +29,12 @@ from enum import StrEnum
 from itertools import permutations
 from typing import Any, Literal
 
-from kfacel.experiments.metrics import LambdaTrial, select_lambda, tier3_lambda_grid
+from kfacel.experiments.metrics import (
+    TIER3_FACTORS,
+    LambdaTrial,
+    select_lambda,
+    tier3_lambda_grid,
+)
 
 BUDGETED = {"kfac-budget": "kfac", "ewc-budget": "ewc"}
 """Methods whose strength is a forgetting budget ε, by the state method they use."""
@@ -326,7 +331,7 @@ def plan_tier3(
     seeds: Sequence[int],
     tier2_chosen: Mapping[tuple[tuple[str, ...], str], Lam],
     *,
-    factors: Sequence[float] = (0.01, 1.0, 100.0),
+    factors: Sequence[float] = TIER3_FACTORS,
     mean: Literal["geometric", "arithmetic"] = "geometric",
     search_first: bool = False,
 ) -> tuple[list[Cell], list[str]]:

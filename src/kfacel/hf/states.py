@@ -1,8 +1,9 @@
 """Consolidate a Hugging Face model through a Trainer's dataset and collator; keep states.
 
-:func:`consolidate` runs the curvature estimators over a Trainer's kind of dataset (rows
-are dicts with ``labels``) and its ``data_collator``, and returns a ``TaskState``: the
-anchor and curvature of the **trainable** parameters only (with PEFT/LoRA the adapters;
+:func:`consolidate` turns a Trainer's kind of dataset (rows are dicts with ``labels``)
+and its ``data_collator`` into batches for the one consolidation core
+(``kfacel.consolidation.consolidate``), which returns a ``TaskState``: the anchor and
+curvature of the **trainable** parameters only (with PEFT/LoRA the adapters;
 the frozen base needs no state). Token-level labels ``[N, S]`` with ``-100`` follow eq.
 (K9) of ``kfacel.curvature.conventions``. :func:`save_states` / :func:`load_states`
 keep the states in ``DIR/consolidation/`` beside ``save_pretrained`` output, checked by
@@ -18,23 +19,19 @@ from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from kfacel.consolidation import (
     FACTOR_RANK,
-    METHODS,
+    TASK_EXAMPLES,
+    ConsolidationSettings,
     TaskState,
-    curvature_to,
-    estimate_curvature,
     load_state,
     save_state,
     state_dir,
 )
-from kfacel.curvature.factors import KFACFisher, compress_factors
+from kfacel.consolidation import consolidate as consolidate_batches
 from kfacel.curvature.targets import IGNORE
-from kfacel.penalties import snapshot
-from kfacel.training.budget import TASK_EXAMPLES
 
 __all__ = [
     "FACTOR_RANK",
@@ -104,32 +101,26 @@ def consolidate(
             without ``labels`` or a factor rank < 1; the estimators' errors (tied
             weights, unsupported layers).
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     rank = _factor_rank(model, factor_rank)
-    anchor = {k: v.cpu() for k, v in snapshot(model).items()}
-    if not anchor:
-        raise ValueError("the model has no trainable parameter to consolidate")
+    settings = ConsolidationSettings(
+        method=method, fisher=fisher, uncovered=uncovered, approx=approx,
+        factor_rank=rank if method == "kfac" else None,
+        # "auto": a PEFT model's trained head stays whole
+        low_rank_layers=(lambda name: ".lora_" in name) if factor_rank == "auto" else None,
+        seed=seed, progress=progress,
+    )  # fmt: skip
     keep = set(columns) if columns is not None else _forward_names(model)
     batches = _LabelledBatches(dataset, data_collator, batch_size, max_examples, keep)
-    device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    curvature = estimate_curvature(
-        method, model, batches, fisher=fisher, generator=generator,
-        uncovered=uncovered, approx=approx, progress=progress,
-    )  # fmt: skip
-    if curvature is None:
+    state = consolidate_batches(model, batches, settings, task=task)
+    if state.curvature is None:
         for _ in batches:  # count the examples for the meta
             pass
     if batches.examples == 0:
         raise ValueError("consolidate saw no row: the dataset is empty")
-    meta = {TASK_EXAMPLES: batches.examples, LOSS_TERMS: batches.terms, "seed": seed}
-    if isinstance(curvature, KFACFisher) and rank is not None:
-        only_lora = factor_rank == "auto"  # a PEFT model's trained head stays whole
-        pick = (lambda name: ".lora_" in name) if only_lora else None
-        curvature = compress_factors(curvature, rank, pick)
-        meta[FACTOR_RANK] = rank
-    return TaskState(task, method, anchor, curvature_to(curvature, "cpu"), meta)
+    state.meta.update(
+        {TASK_EXAMPLES: batches.examples, LOSS_TERMS: batches.terms, "seed": seed}
+    )
+    return state
 
 
 def _factor_rank(model: nn.Module, factor_rank: int | str | None) -> int | None:

@@ -21,20 +21,20 @@ from torch import Tensor, nn
 from transformers import Trainer
 
 from kfacel.consolidation import (
+    TASK_EXAMPLES,
     TaskState,
-    build_penalty,
     check_state,
     curvature_to,
     load_state,
 )
 from kfacel.hf.states import LOSS_TERMS, check_coverage
-from kfacel.penalties import Penalty
-from kfacel.training.budget import (
+from kfacel.penalties import BudgetPenalty, Penalty, make_penalty
+from kfacel.penalties.strength import (
     DEFAULT_BUDGET,
     DEFAULT_BUDGET_RATE,
-    TASK_EXAMPLES,
-    BudgetPenalty,
-    budget_penalty,
+    KFC_TRAINER_DAMPING,
+    Damping,
+    TaskStrengths,
     check_budget_rate,
     step_rate,
 )
@@ -70,12 +70,13 @@ class KFCTrainer(Trainer):
         budget: a forgetting budget ε for every state or one per state, in nats per
             loss term (the unit of the Trainer's loss: a labelled token of a token
             task, an example of a sequence task), kept by dual ascent on λ_t
-            (``kfacel.training.budget``); kfac/ewc only. ``½ΔᵀFΔ`` predicts the rise
+            (``kfacel.penalties.budget``); kfac/ewc only. ``½ΔᵀFΔ`` predicts the rise
             of an example's summed loss (K9), so the constraint is ``½ΔᵀFΔ ≤ ε·T/N``
             with the state's labelled terms T and examples N.
             With neither ``lam`` nor ``budget``, the product's default budget
-            (``kfacel.training.budget.DEFAULT_BUDGET``), as ``kfacel train`` uses it.
-        damping: δ of eq. (P1).
+            (``kfacel.penalties.strength.DEFAULT_BUDGET``), as ``kfacel train`` uses it.
+        damping: δ of eq. (P1), uniform, for every method (default
+            ``KFC_TRAINER_DAMPING``: none, unlike ``kfacel train``'s factored δ for kfac).
         budget_rate: the dual step of a budget **per epoch** (λ_t changes by at most this
             share over one epoch, spread over its optimizer steps), as in ``kfacel
             train --budget-rate``; so the λ ramp does not depend on the dataset's size.
@@ -96,7 +97,7 @@ class KFCTrainer(Trainer):
         states: Sequence[TaskState] | str | PathLike[str] = (),
         lam: float | Sequence[float] | None = None,
         budget: float | Sequence[float] | None = None,
-        damping: float = 0.0,
+        damping: float = KFC_TRAINER_DAMPING,
         budget_rate: float = DEFAULT_BUDGET_RATE,
         strict: bool = False,
         **kwargs: Any,
@@ -117,7 +118,7 @@ class KFCTrainer(Trainer):
                 raise ValueError("KFCTrainer: l2 states have no curvature; give lam=")
             budget = DEFAULT_BUDGET
         check_budget_rate(budget_rate)
-        self.kfc_penalties = _penalties(self.kfc_states, lam, budget, damping)
+        self.kfc_penalties = _penalties_by_method(self.kfc_states, lam, budget, damping)
         self.kfc_budget_rate = budget_rate
         self._kfc_hooked: Any = None
         self._kfc_handle: Any = None
@@ -241,13 +242,16 @@ def _given_states(
     return tuple(s for s in states if isinstance(s, TaskState))
 
 
-def _penalties(
+def _penalties_by_method(
     states: Sequence[TaskState],
     lam: float | Sequence[float] | None,
     budget: float | Sequence[float] | None,
     damping: float,
 ) -> list[tuple[Penalty, tuple[TaskState, ...]]]:
-    """One penalty per method over its states, with their λ (or budgets)."""
+    """One ``make_penalty`` per method over its states, with their λ (or budgets).
+
+    A budget is given per loss term and kept per example: ε_t · T_t / N_t.
+    """
     if not states:
         return []
     if lam is not None and budget is not None:
@@ -257,15 +261,15 @@ def _penalties(
     for method in dict.fromkeys(s.method for s in states):
         idx = [i for i, s in enumerate(states) if s.method == method]
         group = tuple(states[i] for i in idx)
-        vals = [values[i] for i in idx]
+        vals = tuple(values[i] for i in idx)
         if budget is None:
-            out.append((build_penalty(method, group, vals, damping=damping), group))
+            strengths = TaskStrengths(lams=vals)
         else:
-            per_example = [
-                v * _terms_per_example(st) for v, st in zip(vals, group, strict=True)
-            ]
-            bp = budget_penalty(method, group, per_example, damping=damping)
-            out.append((bp, group))
+            per_example = zip(vals, group, strict=True)
+            budgets = tuple(v * _terms_per_example(st) for v, st in per_example)
+            strengths = TaskStrengths(budgets=budgets)
+        penalty = make_penalty(method, group, strengths, Damping(damping, "uniform"))
+        out.append((penalty, group))
     return out
 
 

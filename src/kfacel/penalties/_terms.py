@@ -1,4 +1,4 @@
-"""What every penalty shares: the anchor snapshot and the loop over per-task terms."""
+"""What every penalty shares: the anchor check, gradient accumulation and a zero."""
 
 from __future__ import annotations
 
@@ -8,13 +8,6 @@ import torch
 from torch import Tensor, nn
 
 from kfacel.types import ParamDict
-
-
-def snapshot(model: nn.Module) -> ParamDict:
-    """Detached copies of the trainable parameters: the anchor ``θ*`` of a task."""
-    return {
-        n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad
-    }
 
 
 def check_anchor(

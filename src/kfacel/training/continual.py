@@ -1,184 +1,263 @@
-"""Continual learning on top of the trainer: consolidate a task, and LRC parameter groups.
+"""Update a linker on a new task while protecting its consolidated tasks.
 
-``consolidate_task`` is the last step while a task's data is readable: it estimates the
-task's curvature at the trained weights and returns the ``TaskState`` (anchor + curvature)
-that ``kfacel.consolidation.save_state`` writes into the model directory. Training on the
-next task then needs only the states (``build_penalty``), never the old data.
+The one way kfacel updates a model (``kfacel train --init``, the experiment cells of
+tiers 2 and 3, the quickstart): the penalty of eq. (P1) is built from the consolidation
+states alone (``kfacel.penalties.make.make_penalty``; one term per finished task, each
+with the strength that ``kfacel.penalties.strength`` decides), optionally with
+discriminative learning rates (LRC, ``training.lrc``) and experience replay, and the
+linker is trained on the new task. No old data is read, except by replay, which is a
+reference method. ``save_linker(..., states=...)`` then carries the states forward with
+the new weights.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import random
-import re
-from collections.abc import Iterator, Sequence
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-import torch
-from torch import nn
-
-from kfacel.consolidation import (
-    FACTOR_RANK,
-    TaskState,
-    curvature_to,
-    estimate_curvature,
-)
-from kfacel.curvature import KFACApprox, KFACFisher, compress_factors
+from kfacel.consolidation import TaskState
 from kfacel.data.records import LinkingExample
 from kfacel.data.tasks import Task
 from kfacel.linking.linker import Linker
-from kfacel.penalties import snapshot
-from kfacel.training.budget import TASK_EXAMPLES
-from kfacel.types import Batch, ConsolidationMethod, FisherKind
+from kfacel.penalties.base import Penalty
+from kfacel.penalties.budget import BudgetPenalty
+from kfacel.penalties.make import make_penalty
+from kfacel.penalties.strength import (
+    TOLERANCE_GRID,
+    Damping,
+    Strength,
+    check_tolerance,
+)
+from kfacel.training.fit import fit_task
+from kfacel.training.lrc import discriminative_lr_groups
+from kfacel.training.trainer import Replay, TrainLog, TrainSettings
+from kfacel.types import PenaltyKind
 
-METHODS = tuple(m.value for m in ConsolidationMethod)
+PENALTIES = tuple(p.value for p in PenaltyKind)
+"""Penalties an update can use: none, L2 to the anchor, diagonal EWC, KFC."""
 
 
-CONSOLIDATION_SPLITS = ("train", "dev")
-"""The splits a task's Fisher can be estimated on (``consolidate_task``)."""
+@dataclass(frozen=True)
+class ContinualSettings:
+    """How an update protects the consolidated tasks.
+
+    Attributes:
+        penalty: ``none``, ``l2``, ``ewc`` or ``kfac`` (the states' method must match).
+        strength: the strength rule (``kfacel.penalties.strength.Strength``); a
+            ``kfac`` or ``ewc`` penalty given none gets the default budget.
+        damping: δ and how it enters; None: ``Damping.default_for(penalty)``
+            (``DEFAULT_KFAC_DAMPING`` factored for ``kfac``, none otherwise).
+        lrc: discriminative learning rates, η_ℓ = η_{ℓ+1}·γ (None: off).
+        replay: earlier tasks' queries to replay (None: off; needs old data).
+    """
+
+    penalty: str = "none"
+    strength: Strength = field(default_factory=Strength)
+    damping: Damping | None = None
+    lrc: float | None = None
+    replay: Replay[LinkingExample] | None = None
+
+    def __post_init__(self) -> None:
+        """Raise ``ValueError`` naming a value out of its range; fill the defaults."""
+        if self.penalty not in PENALTIES:
+            raise ValueError(
+                f"penalty must be one of {PENALTIES}, got {self.penalty!r}"
+            )
+        object.__setattr__(self, "strength", self.strength.for_penalty(self.penalty))
+        given = self.damping or Damping.default_for(self.penalty)
+        damping = Damping.default_for(self.penalty, given.delta, given.kind)
+        object.__setattr__(self, "damping", damping)
+        if self.lrc is not None and not 0 < self.lrc <= 1:
+            raise ValueError(f"lrc must be a factor in (0, 1], got {self.lrc}")
+
+    @property
+    def curvature_damping(self) -> Damping:
+        """δ and how it enters the penalty (the defaults resolved)."""
+        assert self.damping is not None  # filled by __post_init__
+        return self.damping
+
+    def describe(self, tasks: Sequence[str], *, tolerance: float | None = None) -> str:
+        """The strength rule in effect, in one line (``kfacel train`` prints it).
+
+        ``tolerance``: λ is searched by ``update_within_tolerance`` instead.
+
+        >>> ContinualSettings(penalty="kfac").describe(["A", "B"])[:44]
+        'protecting 2 tasks (A, B) with kfac, budget '
+        >>> ContinualSettings(penalty="l2", strength=Strength(lam=10.0)).describe(["A"])
+        'protecting 1 task (A) with l2, λ=10'
+        """
+        if self.penalty == "none":
+            line = "no penalty: plain fine-tuning"
+        else:
+            n = len(tasks)
+            strength = self.strength.describe(self.penalty, tasks, tolerance)
+            line = f"protecting {n} task{'s' * (n != 1)} ({', '.join(tasks)}) with "
+            line += f"{self.penalty}, {strength}"
+            d = self.curvature_damping
+            if self.penalty == PenaltyKind.KFAC.value:
+                line += f", damping {d.kind} δ={d.delta:g}"
+            elif self.penalty == PenaltyKind.EWC.value:
+                line += f", damping δ={d.delta:g}"
+        if self.lrc is not None:
+            line += f", LRC γ={self.lrc:g}"
+        if self.replay is not None:
+            r = self.replay
+            line += f", replay of {len(r.items)} queries ({r.n} after every {r.every})"
+        return line
+
+    def to_json(self, tasks: Sequence[str]) -> dict[str, Any]:
+        """What a model directory records as ``continual``."""
+        d = self.curvature_damping
+        return {
+            "penalty": self.penalty,
+            **self.strength.to_json(self.penalty, tasks),
+            "damping": d.delta,
+            "damping_kind": d.kind,
+            "lrc": self.lrc,
+            "replay_queries": len(self.replay.items) if self.replay else 0,
+        }
 
 
-def consolidate_task(
+def update_linker(
     linker: Linker,
     task: Task,
+    states: Sequence[TaskState],
+    settings: TrainSettings,
+    continual: ContinualSettings,
     *,
-    method: str = "kfac",
-    fisher: FisherKind | str = FisherKind.EMPIRICAL,
-    max_examples: int | None = None,
-    batch_size: int = 64,
-    uncovered: str = "ignore",
-    approx: KFACApprox | str = KFACApprox.EXPAND,
-    split: str = "train",
-    factor_rank: int | None = None,
-    seed: int = 0,
-    device: str = "cpu",
     progress: bool = False,
-) -> TaskState:
-    """Anchor and curvature of ``linker`` on ``task``'s training (or dev) queries.
+) -> TrainLog:
+    """Train ``linker`` on ``task`` with the penalty of ``states``; reads no old data.
 
     Args:
-        linker: the model trained on ``task``.
-        task: the task (its train split is read).
-        method: ``kfac`` (K-FAC Fisher), ``ewc`` (diagonal Fisher) or ``l2`` (anchor only).
-        fisher: labels of the per-example gradients (K4).
-        max_examples: use a seeded random subset of this many training queries.
-        batch_size: queries per batch for the estimate.
-        uncovered: K-FAC only: ``ignore`` (paper) or ``diagonal`` for LayerNorm.
-        approx: K-FAC only: ``expand`` (positions, candidates and calls as independent
-            uses, the paper) or ``reduce`` (aggregated per example); conventions K5, K8.
-        split: the queries the Fisher is estimated on: ``train`` (the paper's eq. 3;
-            already fit, so their gradients are small) or ``dev`` (held out, read
-            while the task is still at hand).
-        factor_rank: K-FAC only: keep each Kronecker factor larger than this at its
-            top eigenpairs and the mean of the rest (K10): a smaller state and a
-            cheaper penalty step (``G Δ A`` in ``O(o·i·k)``); None keeps them whole.
-        seed: subset choice and ``sampled`` labels.
-        device: where to compute.
-        progress: progress bar.
+        linker: the model to continue from (trained on the consolidated tasks).
+        task: the new task.
+        states: consolidation states of the earlier tasks (``load_state``).
+        settings: the training settings.
+        continual: penalty, strength, damping, LRC and replay.
+        progress: progress bars.
+
+    Returns:
+        The training log; ``linker.meta`` records the task in ``history`` and the
+        settings under ``training`` and ``continual``.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if max_examples is not None and max_examples < 1:
-        raise ValueError(f"max_examples must be positive, got {max_examples}")
-    if factor_rank is not None and (method != "kfac" or factor_rank < 1):
+    names = [s.task for s in states]
+    if continual.penalty != "none" and not states:
         raise ValueError(
-            f"factor_rank needs method 'kfac' and a rank >= 1, got {method!r} and "
-            f"{factor_rank}"
+            f"penalty {continual.penalty!r} needs a model with a consolidated task "
+            "(run `kfacel consolidate` first)"
         )
-    if split not in CONSOLIDATION_SPLITS:
-        raise ValueError(f"split must be one of {CONSOLIDATION_SPLITS}, got {split!r}")
-    examples = _subset(task.split(split), max_examples, seed)
-    if not examples:
-        raise ValueError(f"task {task.name!r} has no {split} queries to consolidate")
-    model = linker.model.to(device)
-    meta: dict[str, Any] = {
-        "fingerprint": fingerprint(examples),
-        "examples_used": len(examples),
-        TASK_EXAMPLES: len(task.train),
-        "batch_size": batch_size,
-        "seed": seed,
-        "split": split,
+    train = task.train[: settings.max_train] if settings.max_train else task.train
+    steps = math.ceil(len(train) / settings.batch_size)
+    strengths = continual.strength.per_task(
+        continual.penalty, states, len(train), steps
+    )
+    penalty = make_penalty(
+        continual.penalty, states, strengths, continual.curvature_damping
+    )
+    groups = None
+    if continual.lrc is not None:
+        groups = discriminative_lr_groups(linker.model, settings.lr, continual.lrc)
+    log = fit_task(
+        linker,
+        task,
+        settings,
+        penalty=penalty,
+        lr_groups=groups,
+        replay=continual.replay,
+        progress=progress,
+    )
+    linker.meta |= {
+        "history": [*linker.meta.get("history", []), task.name],
+        "training": settings.to_json(),
+        "continual": continual.to_json(names) | _lams_used(penalty, names),
     }
-    try:
-        batches = _LabelledBatches(linker.batches(examples, batch_size))
-        generator = torch.Generator(device=device).manual_seed(seed)
-        curvature = estimate_curvature(
-            method, model, batches, fisher=fisher, generator=generator,
-            uncovered=uncovered, approx=approx, progress=progress,
-        )  # fmt: skip
-        anchor = {k: v.cpu() for k, v in snapshot(model).items()}
-    finally:
-        model.to("cpu")
-    curvature = curvature_to(curvature, "cpu")
-    if isinstance(curvature, KFACFisher) and factor_rank is not None:
-        curvature = compress_factors(curvature, factor_rank)
-        meta[FACTOR_RANK] = factor_rank
-    return TaskState(task.name, method, anchor, curvature, meta)
+    return log
 
 
-def discriminative_lr_groups(
-    model: nn.Module, lr: float, gamma: float
-) -> list[dict[str, Any]]:
-    """Parameter groups with ``η_ℓ = η_{ℓ+1} · γ`` from the top layer down (ULMFiT).
+def _lams_used(penalty: Penalty, names: Sequence[str]) -> dict[str, Any]:
+    """λ_t as trained with: fixed or Bayes' (``lam``), or a budget's last (``lam_final``)."""
+    if isinstance(penalty, BudgetPenalty):
+        return {"lam_final": dict(zip(names, penalty.lams, strict=True))}
+    terms = getattr(penalty, "terms", None)
+    if terms and len(terms) == len(names):
+        return {"lam": {n: float(t[-1]) for n, t in zip(names, terms, strict=True)}}
+    return {}
 
-    Layers, bottom to top: parameters whose name contains ``embed``; then transformer
-    blocks in index order (``layer.<i>.`` / ``layers.<i>.`` / ``blocks.<i>.``); then
-    everything else (encoders of the CNN, scorer and heads) as the top layer at ``lr``.
 
-    Reference: Howard & Ruder 2018, "Universal language model fine-tuning for text
-    classification", ACL, §3.2.
+@dataclass(frozen=True)
+class ToleranceSearch:
+    """What ``update_within_tolerance`` tried: new-task dev accuracy (%) per λ."""
+
+    tolerance: float
+    reference: float  # plain fine-tuning's best dev accuracy (%)
+    tried: dict[float, float]
+    chosen: float  # 0: no λ of the grid stayed within the tolerance
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready (λ keys as strings)."""
+        return {
+            "tolerance": self.tolerance,
+            "reference_dev_accuracy": self.reference,
+            "tried": {f"{lam:g}": acc for lam, acc in self.tried.items()},
+            "chosen": self.chosen,
+        }
+
+
+def update_within_tolerance(
+    linker: Linker,
+    task: Task,
+    states: Sequence[TaskState],
+    settings: TrainSettings,
+    continual: ContinualSettings,
+    *,
+    tolerance: float,
+    grid: Sequence[float] = TOLERANCE_GRID,
+    progress: bool = False,
+) -> tuple[Linker, TrainLog, ToleranceSearch]:
+    """The strongest protection that costs at most ``tolerance`` points of new-task dev.
+
+    Trains plain fine-tuning (the reference the user can measure: the new task's dev
+    accuracy; no penalty, no LRC, no replay), then ``continual`` (with its LRC and
+    replay) at each λ of ``grid`` from the weakest, and keeps the largest λ whose
+    new-task dev accuracy is within ``tolerance`` points of the reference; the search
+    stops at the first λ beyond it. Reads only the new task.
+
+    Returns:
+        The trained linker (a copy; ``linker`` is left as it was), its log, the search.
+
+    Raises:
+        ValueError: a negative or non-finite ``tolerance``, or ``continual`` without a
+            penalty (no strength to search).
     """
-    if not 0 < gamma <= 1:
-        raise ValueError(f"the LRC factor gamma must be in (0, 1], got {gamma}")
-    ranked: dict[int, list[nn.Parameter]] = {}
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            ranked.setdefault(_depth(name), []).append(p)
-    top = max(ranked)
-    order = sorted(ranked)
-    return [
-        {"params": ranked[d], "lr": lr * gamma ** (len(order) - 1 - i), "depth": d}
-        for i, d in enumerate(order)
-        if ranked[d] or d == top
-    ]
+    check_tolerance(tolerance, continual.penalty)
+    rate = continual.strength.budget_rate
 
+    def fixed(penalty: str, lam: float | None) -> ContinualSettings:
+        # plain fine-tuning has no curvature to damp: its δ falls back to none's
+        damping = None if penalty == "none" else continual.damping
+        strength = Strength(lam=lam, budget_rate=rate)
+        return replace(continual, penalty=penalty, strength=strength, damping=damping)
 
-def fingerprint(examples: Sequence[LinkingExample]) -> str:
-    """SHA-256 of the queries, to tell later which data a state was estimated on."""
-    h = hashlib.sha256()
-    for ex in examples:
-        h.update(json.dumps(ex.to_json(), sort_keys=True).encode("utf-8"))
-    return h.hexdigest()
-
-
-_BLOCK = re.compile(r"(?:^|\.)(?:layer|layers|blocks?)\.(\d+)\.")
-
-
-def _depth(name: str) -> int:
-    if "embed" in name:
-        return 0
-    m = _BLOCK.search(name)
-    return 1 + int(m.group(1)) if m else 1_000_000
-
-
-def _subset(
-    examples: Sequence[LinkingExample], k: int | None, seed: int
-) -> list[LinkingExample]:
-    if k is None or k >= len(examples):
-        return list(examples)
-    idx = sorted(random.Random(seed).sample(range(len(examples)), k))
-    return [examples[i] for i in idx]
-
-
-class _LabelledBatches:
-    """``(batch, batch.labels)`` pairs, re-iterable, as the estimators expect."""
-
-    def __init__(self, batches: Sequence[Batch]):
-        self.batches = batches
-
-    def __iter__(self) -> Iterator[tuple[Batch, torch.Tensor]]:
-        return ((b, b.labels) for b in self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
+    plain = replace(fixed("none", None), lrc=None, replay=None)
+    best = copy.deepcopy(linker)
+    best_log = update_linker(best, task, (), settings, plain, progress=progress)
+    reference = 100.0 * best_log.best_dev_accuracy
+    tried: dict[float, float] = {}
+    chosen = 0.0
+    for lam in sorted(grid):
+        candidate = copy.deepcopy(linker)
+        at_lam = fixed(continual.penalty, lam)
+        log = update_linker(
+            candidate, task, states, settings, at_lam, progress=progress
+        )
+        tried[lam] = 100.0 * log.best_dev_accuracy
+        if tried[lam] < reference - tolerance:
+            break
+        best, best_log, chosen = candidate, log, lam
+    search = ToleranceSearch(tolerance, reference, tried, chosen)
+    best.meta["continual"]["tolerance_search"] = search.to_json()
+    return best, best_log, search

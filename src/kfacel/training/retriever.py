@@ -33,9 +33,9 @@ import torch
 
 from kfacel.consolidation import (
     TaskState,
-    build_penalty,
     estimate_curvature,
     load_state,
+    snapshot,
 )
 from kfacel.data.dense import RETRIEVER_STATES, SentenceEncoder, padded
 from kfacel.data.dense_training import (
@@ -46,8 +46,8 @@ from kfacel.data.dense_training import (
     partners,
 )
 from kfacel.data.tasks import Task, retriever_groups
-from kfacel.penalties import snapshot
-from kfacel.training.update import DEFAULT_KFAC_DAMPING
+from kfacel.penalties import build_penalty
+from kfacel.penalties.strength import DEFAULT_KFAC_DAMPING
 
 DEFAULT_RETRIEVER_LAM = 1e2
 """λ of the retriever's KFC penalty when none is given: of the order of the λ at which

@@ -4,7 +4,7 @@
 bottom (``_Step.__call__``): task loss → backward → the penalty's closed-form gradient
 (``penalty.add_grad_``, after unscaling under mixed precision) → clipping → AdamW, so
 ``R`` enters as it is. A penalty with an ``after_task_step()`` method (a forgetting
-budget's dual step, ``training.budget``) has it called after every step on the task's
+budget's dual step, ``penalties.budget``) has it called after every step on the task's
 own batches that the optimizer applied: not after replay steps, nor after steps the
 gradient scaler skipped for infinite or NaN gradients. After every epoch the dev set is
 evaluated; the best epoch's weights are restored at the end (``_BestEpoch``).

@@ -1,27 +1,20 @@
-"""Forgetting budgets and Bayes' λ against closed forms.
+"""Forgetting budgets against closed forms.
 
 The dual ascent is checked on a quadratic toy whose constrained optimum is known: for
 ``min ½‖w − b‖²`` s.t. ``½ wᵀFw ≤ ε`` with diagonal F, ``w_i = b_i / (1 + λ* F_i)`` where
 λ* solves ``½ Σ F_i w_i² = ε`` (a monotone 1-D root, found by bisection here).
 """
 
-import math
-
 import pytest
 import torch
 from torch import nn
 
-from kfacel.consolidation import TaskState, build_penalty
+from kfacel.consolidation import TaskState
 from kfacel.curvature.factors import DiagonalFisher
-from kfacel.training.budget import (
-    TASK_EXAMPLES,
-    BudgetPenalty,
-    bayes_lams,
-    budget_penalty,
-    dual_step,
-    predicted_rise,
-)
-from kfacel.training.update import Protection
+from kfacel.penalties import build_penalty, make_penalty
+from kfacel.penalties.budget import BudgetPenalty, dual_step
+from kfacel.penalties.make import predicted_rise
+from kfacel.penalties.strength import DEFAULT_STEP_RATE, TaskStrengths
 from kfacel.types import FisherKind
 
 F = torch.tensor([[1.0, 4.0, 0.25]], dtype=torch.float64)
@@ -39,6 +32,12 @@ def toy_model(w=None) -> nn.Linear:
     with torch.no_grad():
         m.weight.copy_(torch.zeros(1, 3) if w is None else w)
     return m
+
+
+def budget_penalty(method, states, budgets, *, rate=DEFAULT_STEP_RATE):
+    """The ``BudgetPenalty`` that ``make_penalty`` builds for ``budgets``."""
+    strengths = TaskStrengths(budgets=tuple(budgets), rate=rate)
+    return make_penalty(method, states, strengths)
 
 
 def analytic_multiplier(eps: float) -> float:
@@ -117,81 +116,3 @@ def test_dual_step_fixed_points_and_bounds():
 
 def test_predicted_rise_is_half_the_fisher_quadratic():
     assert predicted_rise(toy_model(B), toy_state()) == pytest.approx(5.125)
-
-
-def test_bayes_lambda_is_the_task_size_ratio_and_needs_the_count():
-    states = [
-        toy_state("A", **{TASK_EXAMPLES: 300}),
-        toy_state("B", **{TASK_EXAMPLES: 50}),
-    ]
-    assert bayes_lams(states, 100) == [3.0, 0.5]
-    with pytest.raises(ValueError, match="does not record its task's training-query"):
-        bayes_lams([toy_state("C")], 100)
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "match"),
-    [
-        ({"penalty": "kfac", "budget": 0.0}, "budget must be a finite ε > 0"),
-        ({"penalty": "kfac", "budget": -1.0}, "budget must be a finite ε > 0"),
-        ({"penalty": "kfac", "budget": math.inf}, "budget must be a finite ε > 0"),
-        ({"penalty": "l2", "budget": 0.1}, "needs a Fisher"),
-        (
-            {"penalty": "kfac", "budget": 0.1, "lam": 10.0},
-            "one of λ, bayes or a budget",
-        ),
-        ({"penalty": "kfac", "budget_rate": 0.0}, "budget_rate must be in"),
-    ],
-)
-def test_bad_budgets_are_refused(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        Protection(**kwargs)
-
-
-def test_a_budget_for_a_task_that_is_not_consolidated_is_refused():
-    p = Protection(penalty="ewc", budget_per_task={"Z": 0.1})
-    with pytest.raises(ValueError, match=r"budget given for \['Z'\]"):
-        p.make_penalty([toy_state("A")], 10)
-
-
-def test_a_fisher_penalty_without_a_strength_gets_the_default_budget():
-    from kfacel.training.update import DEFAULT_BUDGET
-
-    assert Protection(penalty="kfac").budget == DEFAULT_BUDGET
-    assert Protection(penalty="ewc").budgets(["A"]) == [DEFAULT_BUDGET]
-    assert Protection(penalty="kfac", lam=3.0).budget is None  # a λ given: no budget
-    with pytest.raises(ValueError, match="no λ for consolidated task"):
-        Protection(penalty="l2").lams(["A"])  # L2 has no Fisher: it needs a λ
-
-
-def test_kfac_without_a_damping_gets_the_default_factored_damping():
-    from kfacel.training.update import DEFAULT_KFAC_DAMPING
-
-    assert DEFAULT_KFAC_DAMPING > 0
-    for given in ({}, {"lam": 3.0}, {"budget": 0.1}):
-        p = Protection(penalty="kfac", **given)  # type: ignore[arg-type]
-        assert p.curvature_damping == (DEFAULT_KFAC_DAMPING, "factored")
-        assert p.to_json(["A"])["damping_kind"] == "factored"
-    # a damping the user gives is kept, and keeps the factored split unless told
-    assert Protection(penalty="kfac", damping=0.0).curvature_damping == (
-        0.0,
-        "factored",
-    )
-    uniform = Protection(penalty="kfac", damping=0.5, damping_kind="uniform")
-    assert uniform.curvature_damping == (0.5, "uniform")
-    # diagonal EWC and L2 have no Kronecker factors: undamped unless told
-    assert Protection(penalty="ewc").curvature_damping == (0.0, "uniform")
-    assert Protection(penalty="l2", lam=1.0).curvature_damping == (0.0, "uniform")
-
-
-def test_the_dual_step_is_per_epoch_so_small_and_large_tasks_move_lambda_alike():
-    from kfacel.training.update import DEFAULT_BUDGET_RATE
-
-    p = Protection(penalty="ewc")
-    large = p.make_penalty([toy_state()], 4160, steps_per_epoch=130)
-    small = p.make_penalty([toy_state()], 600, steps_per_epoch=19)
-    assert large.rate == pytest.approx(DEFAULT_BUDGET_RATE / 130)  # 0.01 per step
-    assert small.rate == pytest.approx(DEFAULT_BUDGET_RATE / 19)
-    # over one epoch of violated steps, λ + floor grows by the same factor on both
-    grow = [(1 + pen.rate) ** steps for pen, steps in ((large, 130), (small, 19))]
-    assert grow[0] == pytest.approx(grow[1], rel=0.05)

@@ -1,4 +1,4 @@
-"""A consolidation strength chosen without old data: forgetting budgets and Bayes' λ.
+"""A forgetting budget as a penalty: the Lagrangian term and its dual step on λ.
 
 With the Fisher ``F_t`` of old task ``t`` at its minimum ``θ*_t``, the quadratic
 ``q_t(θ) = ½ (θ − θ*_t)ᵀ F_t (θ − θ*_t)`` is the second-order prediction of how much the
@@ -14,86 +14,25 @@ steps, nor on steps a gradient scaler skipped). λ_t grows while its constraint 
 shrinks toward 0 (never below) while it is slack; at a fixed point either ``q_t = ε_t``
 or ``λ_t = 0``, the KKT conditions of the constrained problem.
 
-``bayes_lams`` is the sequential-Bayes weight λ_t = N_t / N_new: with a mean-per-example
-Fisher, the posterior after task t adds ``½ N_t ΔᵀF_tΔ`` to the new task's summed loss
-``N_new · loss_new``; divided by N_new it is eq. (P1) with that λ_t.
+The budget's defaults and its per-epoch rate are strength rules
+(``kfacel.penalties.strength``); ``kfacel.penalties.make`` builds a ``BudgetPenalty``
+from consolidation states.
 
-References: Kirkpatrick et al. 2017 (EWC as a Laplace prior); Platt & Barr 1988,
-"Constrained differential optimization", NeurIPS (the dual-ascent multiplier update).
+Reference: Platt & Barr 1988, "Constrained differential optimization", NeurIPS (the
+dual-ascent multiplier update).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from kfacel.consolidation import TaskState, build_penalty
 from kfacel.penalties.base import Penalty
-from kfacel.types import FISHER_PENALTIES
-
-TASK_EXAMPLES = "task_examples"
-"""Key of a consolidation state's ``meta``: the old task's training-query count."""
-
-
-DEFAULT_BUDGET_RATE = 1.3
-"""The budget's dual step per epoch: 0.01 per step on PUBLIC-3-small's 128–157 steps a
-epoch, where the default budget was measured (benchmarks/RESULTS.md)."""
-
-DEFAULT_BUDGET = 0.005
-"""ε (nats per query of predicted old-task loss rise) when a Fisher penalty is given no
-strength: measured on PUBLIC-3-small (benchmarks/RESULTS.md, "A consolidation strength
-without old data"); it needs no old data."""
-
-
-def check_budget_rate(rate: float) -> None:
-    """Refuse a dual step per epoch outside (0, 100]."""
-    if not (math.isfinite(rate) and 0 < rate <= 100):
-        raise ValueError(f"budget_rate must be in (0, 100], got {rate}")
-
-
-def step_rate(rate_per_epoch: float, steps_per_epoch: int) -> float:
-    """The dual step of one optimizer step: a per-epoch rate spread over the epoch.
-
-    >>> step_rate(2.0, 8), step_rate(2.0, 1)
-    (0.25, 1.0)
-    """
-    return min(1.0, rate_per_epoch / max(steps_per_epoch, 1))
-
-
-def predicted_rise(model: nn.Module, state: TaskState) -> float:
-    """``q_t(θ) = ½ ΔᵀF_tΔ`` of ``state`` at the model's weights (λ = 1, no damping).
-
-    For an ``l2`` state (no curvature) it is ``½ ‖Δ‖²``, not a loss prediction.
-    """
-    penalty = build_penalty(state.method, [state], [1.0])
-    with torch.no_grad():
-        return float(penalty(model))
-
-
-def bayes_lams(states: Sequence[TaskState], new_examples: int) -> list[float]:
-    """λ_t = N_t / N_new for each state (module doc).
-
-    Raises:
-        ValueError: a state that does not record its task's training-query count.
-    """
-    if new_examples < 1:
-        raise ValueError(f"the new task has no training queries ({new_examples})")
-    lams = []
-    for s in states:
-        n = s.meta.get(TASK_EXAMPLES)
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(
-                f"--lam bayes: the state of task {s.task!r} does not record its "
-                f"task's training-query count ({TASK_EXAMPLES}); consolidate it again "
-                "with this version of kfacel"
-            )
-        lams.append(n / new_examples)
-    return lams
+from kfacel.penalties.strength import DEFAULT_STEP_RATE
 
 
 def dual_step(
@@ -122,7 +61,7 @@ class BudgetPenalty:
     It has the ``Penalty`` protocol, so the trainer adds it like any penalty: each
     ``add_grad_`` adds ``Σ_t λ_t ∇q_t`` and records ``q_t``; ``after_task_step`` then
     takes one dual step per task. The trainer calls it only after an optimizer step on
-    the new task that was applied, the steps ``rate`` is spread over (``step_rate``).
+    the new task that was applied, the steps ``rate`` is spread over (``strength.step_rate``).
 
     Attributes:
         units: one penalty per consolidated task with λ = 1 (its value is ``q_t``).
@@ -138,7 +77,7 @@ class BudgetPenalty:
     budgets: list[float]
     tasks: list[str]
     lams: list[float] = field(default_factory=list)
-    rate: float = 0.01
+    rate: float = DEFAULT_STEP_RATE
     floor: float = 1.0
     rises: list[float] = field(default_factory=list)
 
@@ -200,27 +139,6 @@ class BudgetPenalty:
                 self.tasks, self.lams, self.rises, self.budgets, strict=True
             )
         }
-
-
-def budget_penalty(
-    method: str,
-    states: Sequence[TaskState],
-    budgets: Sequence[float],
-    *,
-    damping: float = 0.0,
-    damping_kind: str = "uniform",
-    rate: float = 0.01,
-) -> BudgetPenalty:
-    """A ``BudgetPenalty`` over ``states`` (``method`` ``kfac`` or ``ewc``)."""
-    if method not in FISHER_PENALTIES:
-        raise ValueError(
-            f"a forgetting budget needs a Fisher: kfac or ewc, not {method!r}"
-        )
-    units = [
-        build_penalty(method, [s], [1.0], damping=damping, damping_kind=damping_kind)
-        for s in states
-    ]
-    return BudgetPenalty(units, list(budgets), [s.task for s in states], rate=rate)
 
 
 def _value_and_grad(

@@ -1,5 +1,6 @@
-"""Validation of consolidation states read from disk: every problem named by file and tensor.
+"""Checks of consolidation states: every problem named by file, tensor or parameter.
 
+:func:`check_state` refuses a state whose names or shapes do not match the model.
 ``load_state`` refuses, naming the state file and the tensor: a tensor that is not
 floating point (curvature: float32 or float64) or holds NaN or ±inf; a Kronecker factor
 that is not positive semi-definite beyond rounding (an eigenvalue below
@@ -22,14 +23,43 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from kfacel.consolidation.state import TaskState
 from kfacel.curvature.factors import DiagonalFisher, KFACFisher, LowRankFactor
+from kfacel.curvature.layers import fold
 
 PSD_RTOL = 1e-6
 """Least relative tolerance of the PSD check (see :func:`psd_tolerance`)."""
 PSD_ULPS = 64
 """Rounding units per row that the PSD check allows (see :func:`psd_tolerance`)."""
+
+
+def check_state(state: TaskState, model: nn.Module, *, where: str = "state") -> None:
+    """Refuse a state whose names or shapes do not match ``model``, naming them."""
+    params = dict(model.named_parameters())
+    problems = []
+    for name, t in state.anchor.items():
+        if name not in params:
+            problems.append(f"{name} is not a parameter of the model")
+        elif t.shape != params[name].shape:
+            problems.append(
+                f"{name}: state {tuple(t.shape)}, model {tuple(params[name].shape)}"
+            )
+    if isinstance(state.curvature, KFACFisher):
+        for name, f in state.curvature.items():
+            if f.weight in params and (f.bias is None or f.bias in params):
+                bias = params[f.bias] if f.bias else None
+                shape = tuple(fold(f.kind, params[f.weight], bias).shape)
+                if shape != f.shape:
+                    problems.append(
+                        f"{name}: factors for {f.shape}, model layer is {shape}"
+                    )
+    if problems:
+        raise ValueError(
+            f"{where}: consolidation state of task {state.task!r} does not match the model: "
+            + "; ".join(problems)
+        )
 
 
 def psd_tolerance(m: Tensor) -> float:

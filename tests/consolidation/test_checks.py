@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kfacel._state_checks import _check_psd, psd_projected, psd_tolerance
+from kfacel.consolidation.checks import _check_psd, psd_projected, psd_tolerance
 
 
 def _below_zero(n: int, depth: float) -> torch.Tensor:

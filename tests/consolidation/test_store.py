@@ -100,18 +100,6 @@ def test_mismatched_model_is_refused_with_names(tmp_path) -> None:
         load_state(tmp_path, TinyRanker(vocab=12).double())
 
 
-def test_penalty_without_state_or_with_wrong_method_is_refused(tmp_path) -> None:
-    model, batches = _data()
-    with pytest.raises(ValueError, match="consolidate"):
-        build_penalty("kfac", [], [])
-    save_state(
-        tmp_path,
-        TaskState("A", "ewc", snapshot(model), estimate_diagonal(model, batches)),
-    )
-    with pytest.raises(ValueError, match="--method kfac"):
-        build_penalty("kfac", load_state(tmp_path), [1.0])
-
-
 def test_states_carry_forward_to_a_new_model_dir(tmp_path) -> None:
     model, _ = _data()
     save_state(tmp_path / "v1", TaskState("A", "l2", snapshot(model), None))
@@ -130,14 +118,14 @@ def test_failed_write_leaves_earlier_states_intact(tmp_path, monkeypatch) -> Non
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("kfacel.consolidation.save_file", boom)
+    monkeypatch.setattr("kfacel.consolidation.store.save_file", boom)
     with pytest.raises(OSError, match="disk full"):
         save_state(tmp_path, TaskState("B", "l2", snapshot(model), None))
     assert sorted(p.name for p in state_dir(tmp_path).iterdir()) == before
     assert [s.task for s in load_state(tmp_path, model)] == ["A"]
 
 
-# --- issue 13: tampered or damaged states are refused, naming file and tensor --------
+# --- tampered or damaged states are refused, naming file and tensor --------
 
 
 def _saved(tmp_path):
