@@ -21,7 +21,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-from kfacel.data.tasks import load_task
+from kfacel.tasks.directory import load_task
 from kfacel.training.evaluate import predict
 from kfacel.training.pipeline import new_linker
 

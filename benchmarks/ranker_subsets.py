@@ -27,9 +27,9 @@ from pathlib import Path
 
 import torch
 
-from kfacel.data.candidates import build_generator
 from kfacel.data.readers import cadec_concepts, read_cadec, read_dictionary
-from kfacel.data.tasks import load_task
+from kfacel.retrieval.methods import build_generator
+from kfacel.tasks.directory import load_task
 from kfacel.training.evaluate import predict
 from kfacel.training.pipeline import load_linker
 

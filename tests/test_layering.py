@@ -1,4 +1,4 @@
-"""Imports point one way (STYLE.md §2): each subpackage imports only the layers below it."""
+"""Imports point one way (docs/contributing.md): each part imports only the layers below it."""
 
 import ast
 from pathlib import Path
@@ -21,6 +21,17 @@ ALLOWED: dict[str, set[str]] = {
     "consolidation": {"types", "curvature", "penalties", "_io", "_state_checks"},
     "models": {"types", "positions", "_io", "_checkpoint"},
     "data": {"types", "_progress", "_io", "_checkpoint"},
+    "retrieval": {
+        "types",
+        "_progress",
+        "_io",
+        "_checkpoint",
+        "curvature",
+        "penalties",
+        "consolidation",
+        "data",
+    },
+    "tasks": {"types", "_progress", "_io", "_checkpoint", "data", "retrieval"},
     "training": {
         "types",
         "positions",
@@ -32,6 +43,8 @@ ALLOWED: dict[str, set[str]] = {
         "consolidation",
         "models",
         "data",
+        "retrieval",
+        "tasks",
     },
     "experiments": {
         "types",
@@ -45,6 +58,8 @@ ALLOWED: dict[str, set[str]] = {
         "consolidation",
         "models",
         "data",
+        "retrieval",
+        "tasks",
         "training",
     },
     "hf": {
@@ -70,6 +85,8 @@ ALLOWED: dict[str, set[str]] = {
         "consolidation",
         "models",
         "data",
+        "retrieval",
+        "tasks",
         "training",
         "experiments",
         "demo",

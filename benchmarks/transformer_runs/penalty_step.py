@@ -20,7 +20,7 @@ import copy
 import torch
 
 import kfacel
-from kfacel.data.tasks import load_task
+from kfacel.tasks.directory import load_task
 from kfacel.training.pipeline import new_linker
 from kfacel.training.trainer import TrainSettings, train_task
 

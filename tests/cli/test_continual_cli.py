@@ -10,7 +10,7 @@ from tests.training.test_continual import TASK_A, TASK_B, code_task
 
 from kfacel.cli import main
 from kfacel.consolidation import load_state
-from kfacel.data.tasks import Task, write_task
+from kfacel.tasks.directory import Task, write_task
 from kfacel.training.update import DEFAULT_BUDGET, DEFAULT_KFAC_DAMPING
 
 CNN = [

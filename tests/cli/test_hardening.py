@@ -15,7 +15,7 @@ import torch
 
 from kfacel._lock import write_lock
 from kfacel.cli import main
-from kfacel.data.tasks import load_task
+from kfacel.tasks.directory import load_task
 
 FIXTURES = Path(__file__).parents[1] / "data" / "fixtures"
 
@@ -235,7 +235,7 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path: Path, capsys, monkeypatch) ->
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("kfacel.data.tasks._write", interrupted)
+    monkeypatch.setattr("kfacel.tasks.directory._write", interrupted)
     inp, dic = _mentions(tmp_path / "m.jsonl"), _dictionary(tmp_path / "d.tsv")
     assert _prepare(inp, dic, tmp_path / "t") == 130
     assert capsys.readouterr().err.strip() == "kfacel: interrupted"

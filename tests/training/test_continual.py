@@ -20,8 +20,8 @@ from torch import nn
 
 from kfacel.curvature import KFACApprox, estimate_kfac
 from kfacel.data.records import Candidate, LinkingExample
-from kfacel.data.tasks import Task
 from kfacel.penalties import KFACPenalty, snapshot
+from kfacel.tasks.directory import Task
 from kfacel.training.continual import consolidate_task, discriminative_lr_groups
 from kfacel.training.pipeline import fit_task, new_linker
 from kfacel.training.trainer import TrainSettings

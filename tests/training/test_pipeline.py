@@ -10,7 +10,7 @@ import torch
 
 from kfacel.data.collate import ALIAS_FEATURE_NAMES, FEATURE_NAMES
 from kfacel.data.records import Candidate, LinkingExample
-from kfacel.data.tasks import Task
+from kfacel.tasks.directory import Task
 from kfacel.training.evaluate import predict
 from kfacel.training.pipeline import (
     ALIASES_FILE,

@@ -10,7 +10,7 @@ import torch
 
 from kfacel._io import atomic_write_json, check_output_file
 from kfacel.cli._args import device, positive_int
-from kfacel.data.tasks import load_task
+from kfacel.tasks.directory import load_task
 from kfacel.training.pipeline import evaluate_split, load_linker
 from kfacel.training.precision import PRECISIONS
 

@@ -11,15 +11,11 @@ import torch
 
 from kfacel.cli import UserError
 from kfacel.cli._args import positive_int
-from kfacel.data.candidates import (
-    RETRIEVAL_METHODS,
-    CandidateGenerator,
-    build_generator,
-    dictionary_digest,
-)
-from kfacel.data.dense import SentenceEncoder
 from kfacel.data.readers import read_dictionary
-from kfacel.data.tasks import ranker_reads_retrieval_text
+from kfacel.retrieval.base import CandidateGenerator, dictionary_digest
+from kfacel.retrieval.dense import SentenceEncoder
+from kfacel.retrieval.methods import RETRIEVAL_METHODS, build_generator
+from kfacel.tasks.directory import ranker_reads_retrieval_text
 from kfacel.training.linking import (
     MentionQuery,
     QueryLine,

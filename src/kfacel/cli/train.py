@@ -22,9 +22,9 @@ from kfacel.cli._args import (
     positive_int,
 )
 from kfacel.consolidation import TaskState, load_state
-from kfacel.data.tasks import RETRIEVER_DIR, Task, load_task
 from kfacel.models import is_model_dir, read_model_config
 from kfacel.penalties.ewc_kfac import DAMPING_KINDS
+from kfacel.tasks.directory import RETRIEVER_DIR, Task, load_task
 from kfacel.training.pipeline import (
     Linker,
     load_linker,

@@ -32,7 +32,6 @@ from typing import Any, TypeVar
 from kfacel._io import atomic_write_json
 from kfacel.consolidation import load_state, save_state
 from kfacel.data.records import LinkingExample
-from kfacel.data.tasks import Task, load_task
 from kfacel.experiments.config import ExperimentConfig
 from kfacel.experiments.sweep import (
     BUDGETED,
@@ -41,6 +40,7 @@ from kfacel.experiments.sweep import (
     CellKind,
     state_method,
 )
+from kfacel.tasks.directory import Task, load_task
 from kfacel.training.budget import predicted_rise
 from kfacel.training.continual import consolidate_task
 from kfacel.training.pipeline import (

@@ -24,8 +24,8 @@ import numpy as np
 
 from kfacel._io import atomic_write_json, atomic_write_text
 from kfacel.consolidation import TaskState
-from kfacel.data.tasks import Task, load_task
 from kfacel.experiments.metrics import forgetting_reduction, perc_delta
+from kfacel.tasks.directory import Task, load_task
 from kfacel.training.continual import consolidate_task
 from kfacel.training.pipeline import Linker, evaluate_split, fit_task, new_linker
 from kfacel.training.trainer import TrainSettings

@@ -26,8 +26,8 @@ from kfacel.consolidation import (
 )
 from kfacel.curvature import KFACApprox, KFACFisher, compress_factors
 from kfacel.data.records import LinkingExample
-from kfacel.data.tasks import Task
 from kfacel.penalties import snapshot
+from kfacel.tasks.directory import Task
 from kfacel.training.budget import TASK_EXAMPLES
 from kfacel.training.pipeline import Linker
 from kfacel.types import Batch, ConsolidationMethod, FisherKind

@@ -25,7 +25,6 @@ from kfacel.consolidation import TaskState, save_state
 from kfacel.data.aliases import AliasTable
 from kfacel.data.collate import Collator, build_type_vocab, make_batches
 from kfacel.data.records import LinkingExample
-from kfacel.data.tasks import RETRIEVER_DIR, Task
 from kfacel.data.tokenize import WordPieceTokenizer, default_encoder_path
 from kfacel.models import (
     build_model,
@@ -35,6 +34,7 @@ from kfacel.models import (
     save_model,
 )
 from kfacel.penalties.base import Penalty
+from kfacel.tasks.directory import RETRIEVER_DIR, Task
 from kfacel.training.evaluate import Evaluation, evaluate
 from kfacel.training.trainer import Replay, TrainLog, TrainSettings, train_task
 

@@ -18,9 +18,9 @@ from typing import Any
 
 from kfacel.consolidation import TaskState, build_penalty
 from kfacel.data.records import LinkingExample
-from kfacel.data.tasks import Task
 from kfacel.penalties.base import Penalty
-from kfacel.penalties.ewc_kfac import check_damping_kind
+from kfacel.penalties.ewc_kfac import DEFAULT_KFAC_DAMPING, check_damping_kind
+from kfacel.tasks.directory import Task
 from kfacel.training.budget import (
     DEFAULT_BUDGET,
     DEFAULT_BUDGET_RATE,
@@ -38,13 +38,6 @@ from kfacel.types import FISHER_PENALTIES, PenaltyKind
 MAX_LAM = 1e15
 """The largest λ accepted: the paper's grid ends at 1e9, and beyond this a float32
 penalty value or gradient overflows for any sizeable step (``--lam 1e300`` is a typo)."""
-
-DEFAULT_KFAC_DAMPING = 1e-6
-"""δ of a ``kfac`` penalty given no damping, split between each layer's two Kronecker
-factors (eq. P4, ``damping_kind="factored"``): measured on PUBLIC-3-small, six
-permutations × 3 seeds (benchmarks/RESULTS.md, "Factored damping"), where it raised the
-default budget's forgetting reduction from 61.3% to 73.4% and λ chosen on dev from
-66.2% to 75.5%; on the quickstart's demo from 57.1% to 71.4%."""
 
 PENALTIES = tuple(p.value for p in PenaltyKind)
 """Penalties an update can use: none, L2 to the anchor, diagonal EWC, KFC."""
