@@ -341,7 +341,7 @@ def test_unwritable_name_cache_is_said_before_encoding(
     tmp_path: Path, caplog, monkeypatch
 ) -> None:
     """A cache directory under a file: one warning first, then the names, no cache."""
-    from kfacel.data import dense
+    from kfacel.retrieval import dense
 
     log: list[str] = []
     blocker = tmp_path / "file"
@@ -361,7 +361,7 @@ def test_a_failed_cache_write_keeps_the_encoded_names(
     tmp_path: Path, monkeypatch
 ) -> None:
     """A full disk when the matrix is written: a warning, and the index is returned."""
-    from kfacel.data import dense
+    from kfacel.retrieval import dense
 
     def full(path, write):
         raise OSError(28, "No space left on device", str(path))
