@@ -21,9 +21,9 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-from kfacel.data.tasks import load_task
 from kfacel.linking.evaluate import predict
 from kfacel.linking.linker import new_linker
+from kfacel.tasks.directory import load_task
 
 
 def main() -> None:

@@ -27,11 +27,11 @@ from pathlib import Path
 
 import torch
 
-from kfacel.data.candidates import build_generator
 from kfacel.data.readers import cadec_concepts, read_cadec, read_dictionary
-from kfacel.data.tasks import load_task
 from kfacel.linking.evaluate import predict
 from kfacel.linking.linker import load_linker
+from kfacel.retrieval.methods import build_generator
+from kfacel.tasks.directory import load_task
 
 
 def _concepts(data: Path, name: str) -> list:

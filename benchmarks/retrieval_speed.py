@@ -28,12 +28,14 @@ from pathlib import Path
 
 import torch
 
-from kfacel.data.candidates import FusedGenerator, build_generator
-from kfacel.data.dense import NameIndex, SentenceEncoder
 from kfacel.data.readers import read_dictionary
 from kfacel.data.records import LinkingExample
-from kfacel.data.tasks import context, load_task
 from kfacel.linking.link import MentionQuery
+from kfacel.retrieval.dense import NameIndex, SentenceEncoder
+from kfacel.retrieval.fusion import FusedGenerator
+from kfacel.retrieval.methods import build_generator
+from kfacel.tasks.directory import load_task
+from kfacel.tasks.prepare import context
 
 
 def main() -> None:

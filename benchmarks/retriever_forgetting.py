@@ -1,9 +1,9 @@
-"""Does the retriever's update on a new task break retrieval on an old one?
+"""Issue 11: does the retriever's update on a new task break retrieval on an old one?
 
 And does KFC on the retriever prevent it? Task A's retriever (``prepare
 --retriever-epochs``: MiniLM aligned on A's dictionary synonyms and A's training links,
 saved in A's task directory) is consolidated (K-FAC of eq. R2's pair classifier on A's
-groups, ``training.retriever``), then fine-tuned on task B
+groups, ``retrieval.continual``), then fine-tuned on task B
 (CADEC: its MedDRA terms and training links, eq. R2) as ``prepare --retriever-init``
 does: with no penalty, and with KFC at λ ∈ {0.1, 1, 10} × λ*, where λ* = 2 / q and q is
 the unprotected update's displacement in A's Fisher norm, ``(θ_B − θ_A)ᵀ F_A (θ_B − θ_A)``
@@ -29,23 +29,23 @@ from pathlib import Path
 import torch
 
 from kfacel.consolidation import save_state
-from kfacel.data.benchmark import split_cadec
-from kfacel.data.candidates import DenseGenerator
-from kfacel.data.dense import SentenceEncoder
-from kfacel.data.dense_training import (
+from kfacel.data.readers import cadec_concepts, read_cadec, read_dictionary
+from kfacel.data.records import Concept
+from kfacel.penalties import build_penalty
+from kfacel.retrieval.continual import consolidate_retriever, retriever_start
+from kfacel.retrieval.dense import DenseGenerator, SentenceEncoder
+from kfacel.retrieval.finetune import (
     PairScorer,
     RetrieverSettings,
     fine_tune,
     training_groups,
 )
-from kfacel.data.readers import cadec_concepts, read_cadec, read_dictionary
-from kfacel.data.records import Concept
-from kfacel.data.tasks import RETRIEVER_GROUPS_FILE, load_task, retriever_groups
-from kfacel.penalties import build_penalty
-from kfacel.training.retriever import (
-    consolidate_retriever,
+from kfacel.tasks.benchmark import split_cadec
+from kfacel.tasks.directory import (
+    RETRIEVER_GROUPS_FILE,
+    load_task,
     recorded_settings,
-    retriever_start,
+    retriever_groups,
 )
 
 KS = (1, 5, 32)

@@ -24,7 +24,8 @@ from pathlib import Path
 from kfacel.data.readers.psytar import read_psytar
 from kfacel.data.readers.pubtator import read_pubtator
 from kfacel.data.records import Concept, Mention
-from kfacel.data.tasks import prepare_task, split_by_document
+from kfacel.tasks.prepare import TaskSettings, prepare_task
+from kfacel.tasks.split import split_by_document
 
 SIZES = {"train": 600, "dev": 150, "test": 250}
 
@@ -75,14 +76,16 @@ def build(
         name=name,
         splits=capped,
         concepts=corpus_dictionary(mentions),
-        method=method,
-        num_candidates=8,
-        context_words=context,
-        seed=7,
+        settings=TaskSettings(
+            method=method,
+            num_candidates=8,
+            context_words=context,
+            seed=7,
+            # the dictionary is the corpus's own surface forms, dev and test included:
+            # a closest synonym would often be the query's annotated mention itself
+            synonyms=False,
+        ),
         sources=sources,
-        # the dictionary is the corpus's own surface forms, dev and test included: a
-        # closest synonym would often be the query's annotated mention itself
-        synonyms=False,
     )
 
 

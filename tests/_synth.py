@@ -551,7 +551,7 @@ TASK_A, TASK_B = range(0, 13), range(13, 26)
 
 def write_code_tasks(root: Path, sizes: tuple[int, int, int] = (32, 16, 16)) -> Path:
     """Task directories ``root/A`` and ``root/B`` over disjoint halves of ``WORDS``."""
-    from kfacel.data.tasks import write_task
+    from kfacel.tasks.directory import write_task
 
     half = len(WORDS) // 2
     for k, (name, words) in enumerate(

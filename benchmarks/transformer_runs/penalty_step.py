@@ -20,8 +20,8 @@ import copy
 import torch
 
 import kfacel
-from kfacel.data.tasks import load_task
 from kfacel.linking.linker import new_linker
+from kfacel.tasks.directory import load_task
 from kfacel.training.trainer import TrainSettings, train_task
 
 

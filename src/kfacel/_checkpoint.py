@@ -1,6 +1,6 @@
 """Reading tensors of a local BERT-family checkpoint: no hub, no pickles.
 
-Shared by the rankers (``models/``) and dense retrieval (``data/dense.py``).
+Shared by the rankers (``models/``) and dense retrieval (``retrieval/dense.py``).
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ from tests._synth import TASK_A, TASK_B, code_task
 
 from kfacel.cli import main
 from kfacel.consolidation import load_state
-from kfacel.data.tasks import Task, write_task
 from kfacel.penalties.strength import DEFAULT_BUDGET, DEFAULT_KFAC_DAMPING
+from kfacel.tasks.directory import Task, write_task
 
 CNN = [
     "--model",

@@ -10,7 +10,7 @@ import torch
 
 from kfacel.cli import main
 from kfacel.data.records import Candidate, LinkingExample
-from kfacel.data.tasks import write_task
+from kfacel.tasks.directory import write_task
 
 WORDS = [f"word{i}" for i in range(16)]
 CODES = [f"code{i}" for i in range(16)]

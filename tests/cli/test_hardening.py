@@ -15,7 +15,7 @@ import torch
 
 from kfacel._lock import write_lock
 from kfacel.cli import main
-from kfacel.data.tasks import load_task
+from kfacel.tasks.directory import load_task
 
 FIXTURES = Path(__file__).parents[1] / "data" / "fixtures"
 
@@ -235,7 +235,7 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path: Path, capsys, monkeypatch) ->
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("kfacel.data.tasks._write", interrupted)
+    monkeypatch.setattr("kfacel.tasks.directory._write", interrupted)
     inp, dic = _mentions(tmp_path / "m.jsonl"), _dictionary(tmp_path / "d.tsv")
     assert _prepare(inp, dic, tmp_path / "t") == 130
     assert capsys.readouterr().err.strip() == "kfacel: interrupted"
@@ -341,7 +341,7 @@ def test_unwritable_name_cache_is_said_before_encoding(
     tmp_path: Path, caplog, monkeypatch
 ) -> None:
     """A cache directory under a file: one warning first, then the names, no cache."""
-    from kfacel.data import dense
+    from kfacel.retrieval import dense
 
     log: list[str] = []
     blocker = tmp_path / "file"
@@ -361,7 +361,7 @@ def test_a_failed_cache_write_keeps_the_encoded_names(
     tmp_path: Path, monkeypatch
 ) -> None:
     """A full disk when the matrix is written: a warning, and the index is returned."""
-    from kfacel.data import dense
+    from kfacel.retrieval import dense
 
     def full(path, write):
         raise OSError(28, "No space left on device", str(path))

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from kfacel.cli import main
-from kfacel.data.tasks import load_task
+from kfacel.tasks.directory import load_task
 
 FIXTURES = Path(__file__).parents[1] / "data" / "fixtures"
 FILES = ("train.jsonl", "dev.jsonl", "test.jsonl", "task.json")

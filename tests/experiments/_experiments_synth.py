@@ -9,8 +9,8 @@ from typing import Any
 from tests._synth import WORDS
 
 from kfacel.data.records import Candidate, LinkingExample
-from kfacel.data.tasks import write_task
 from kfacel.experiments.config import ExperimentConfig
+from kfacel.tasks.directory import write_task
 
 CODES = [
     "alpha",

@@ -23,7 +23,7 @@ def test_runs_the_methods_and_writes_the_report(tmp_path, monkeypatch) -> None:
 
     from tests._synth import TASK_A, TASK_B, code_task
 
-    from kfacel.data.tasks import Task
+    from kfacel.tasks.directory import Task
 
     tasks = [
         Task(

@@ -11,11 +11,11 @@ import torch
 from _experiments_synth import code_examples, tiny_config, write_tasks
 
 from kfacel._lock import write_lock
-from kfacel.data.tasks import SPLITS, write_task
 from kfacel.experiments import run_cell as cells_mod
 from kfacel.experiments.config import ConfigError, apply_overrides, load_config
 from kfacel.experiments.report import write_report
 from kfacel.experiments.runner import run_experiment
+from kfacel.tasks.directory import SPLITS, write_task
 from kfacel.types import NonFiniteCurvatureError
 
 

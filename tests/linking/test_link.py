@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from kfacel.data.candidates import build_generator
 from kfacel.data.records import Candidate, Concept, LinkingExample
 from kfacel.linking.evaluate import predict
 from kfacel.linking.link import MentionQuery, link, read_queries, read_query_lines
 from kfacel.linking.linker import new_linker
+from kfacel.retrieval.methods import build_generator
 
 CONCEPTS = [
     Concept("D1", ("Cirrhosis, Familial", "Copper toxicosis")),
@@ -58,8 +58,8 @@ def test_link_ranks_every_candidate_by_the_rankers_score(linker, synonyms) -> No
 def test_the_ranker_reads_an_abbreviation_as_retrieval_did(
     linker, as_retrieved
 ) -> None:
-    from kfacel.data.candidates import FusedGenerator
-    from kfacel.data.tasks import context
+    from kfacel.retrieval.fusion import FusedGenerator
+    from kfacel.tasks.prepare import context
 
     text = "Dogs with copper toxicosis (CT) in terriers. CT is inherited."
     gen = FusedGenerator(CONCEPTS, [build_generator("tfidf", CONCEPTS)])

@@ -10,9 +10,9 @@ import torch
 
 from kfacel.data.collate import ALIAS_FEATURE_NAMES, FEATURE_NAMES
 from kfacel.data.records import Candidate, LinkingExample
-from kfacel.data.tasks import Task
 from kfacel.linking.evaluate import evaluate_split, predict
 from kfacel.linking.linker import ALIASES_FILE, load_linker, new_linker, save_linker
+from kfacel.tasks.directory import Task
 from kfacel.training.fit import fit_task
 from kfacel.training.trainer import TrainSettings
 

@@ -19,9 +19,9 @@ from torch import nn
 
 from kfacel.consolidation import snapshot
 from kfacel.curvature import KFACApprox, estimate_kfac
-from kfacel.data.tasks import Task
 from kfacel.linking.linker import new_linker
 from kfacel.penalties import KFACPenalty
+from kfacel.tasks.directory import Task
 from kfacel.training.consolidate import consolidate_task
 from kfacel.training.fit import fit_task
 from kfacel.training.trainer import TrainSettings

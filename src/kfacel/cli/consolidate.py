@@ -13,14 +13,20 @@ from kfacel._lock import write_lock
 from kfacel.cli import UserError
 from kfacel.cli._args import device, nonnegative_int, positive_int
 from kfacel.consolidation import METHODS, TaskState, load_state, save_state
-from kfacel.data.tasks import RETRIEVER_DIR, Task, load_task
 from kfacel.linking.linker import Linker, load_linker
-from kfacel.training.consolidate import CONSOLIDATION_SPLITS, consolidate_task
-from kfacel.training.retriever import (
+from kfacel.retrieval.continual import (
     DEFAULT_RETRIEVER_STEPS,
     consolidate_task_retriever,
     retriever_states,
 )
+from kfacel.tasks.directory import (
+    RETRIEVER_DIR,
+    Task,
+    load_task,
+    recorded_settings,
+    retriever_groups,
+)
+from kfacel.training.consolidate import CONSOLIDATION_SPLITS, consolidate_task
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -209,7 +215,8 @@ def _retriever_state(args: argparse.Namespace, task: Task) -> TaskState | str:
         raise UserError(f"{checkpoint} already holds a state for {task.name!r}")
     try:
         return consolidate_task_retriever(
-            checkpoint, task, max_steps=args.retriever_steps,
+            checkpoint, task.retriever, retriever_groups(task), recorded_settings(task),
+            task=task.name, max_steps=args.retriever_steps,
             progress=sys.stderr.isatty(),
         )  # fmt: skip
     except (FileNotFoundError, ValueError) as exc:

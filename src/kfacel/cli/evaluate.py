@@ -10,10 +10,10 @@ import torch
 
 from kfacel._io import atomic_write_json, check_output_file
 from kfacel.cli._args import device, positive_int
-from kfacel.data.tasks import load_task
 from kfacel.linking.evaluate import evaluate_split
 from kfacel.linking.linker import load_linker
 from kfacel.models.precision import PRECISIONS
+from kfacel.tasks.directory import load_task
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -11,15 +11,7 @@ import torch
 
 from kfacel.cli import UserError
 from kfacel.cli._args import positive_int
-from kfacel.data.candidates import (
-    RETRIEVAL_METHODS,
-    CandidateGenerator,
-    build_generator,
-    dictionary_digest,
-)
-from kfacel.data.dense import SentenceEncoder
 from kfacel.data.readers import read_dictionary
-from kfacel.data.tasks import ranker_reads_retrieval_text
 from kfacel.linking.link import (
     MentionQuery,
     QueryLine,
@@ -30,6 +22,10 @@ from kfacel.linking.link import (
 )
 from kfacel.linking.linker import RETRIEVAL_FILE, Linker, load_linker
 from kfacel.models.precision import PRECISIONS
+from kfacel.retrieval.base import CandidateGenerator, dictionary_digest
+from kfacel.retrieval.dense import SentenceEncoder
+from kfacel.retrieval.methods import RETRIEVAL_METHODS, build_generator
+from kfacel.tasks.directory import ranker_reads_retrieval_text
 
 SCHEMA = """\
 input (--input F.jsonl): one JSON object a line, blank lines skipped

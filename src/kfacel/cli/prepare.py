@@ -24,13 +24,15 @@ from typing import Any
 from kfacel._lock import write_lock
 from kfacel.cli import UserError
 from kfacel.cli._args import nonnegative_float, nonnegative_int, positive_int
-from kfacel.data.benchmark import TASKS, build_public3
-from kfacel.data.candidates import METHODS
-from kfacel.data.dense_training import RetrieverSettings
 from kfacel.data.readers import read_dictionary, read_jsonl_mentions, read_pubtator
 from kfacel.data.records import Concept, Mention, SkipReport
-from kfacel.data.tasks import SPLITS, check_task_out, prepare_task, split_by_document
-from kfacel.training.retriever import DEFAULT_RETRIEVER_LAM, retriever_start
+from kfacel.retrieval.continual import DEFAULT_RETRIEVER_LAM, retriever_start
+from kfacel.retrieval.finetune import RetrieverSettings
+from kfacel.retrieval.methods import METHODS
+from kfacel.tasks.benchmark import TASKS, build_public3
+from kfacel.tasks.directory import SPLITS, check_task_out
+from kfacel.tasks.prepare import TaskSettings, prepare_task
+from kfacel.tasks.split import split_by_document
 
 
 def register(subparsers: Any) -> None:
@@ -210,20 +212,23 @@ def _prepare(
     concepts: list[Concept],
 ) -> dict[str, Any]:
     """``prepare_task`` with the options of ``args``; returns the task's info."""
+    settings = TaskSettings(
+        method=args.candidates,
+        num_candidates=args.num_candidates,
+        context_words=args.context_words,
+        seed=args.seed,
+        synonyms=args.candidate_names == "closest",
+        retriever=_retriever(args),
+    )
     return prepare_task(
         args.out,
         name=args.name or args.out.resolve().name,
         splits=splits,
         concepts=concepts,
-        method=args.candidates,
-        num_candidates=args.num_candidates,
-        context_words=args.context_words,
-        seed=args.seed,
+        settings=settings,
         sources=[str(s) for s in (*sources, args.dictionary)],
         skips=skips,
-        synonyms=args.candidate_names == "closest",
         progress=True,
-        retriever=_retriever(args),
     )
 
 

@@ -22,7 +22,6 @@ from kfacel.cli._args import (
     positive_int,
 )
 from kfacel.consolidation import TaskState, load_state
-from kfacel.data.tasks import RETRIEVER_DIR, Task, load_task
 from kfacel.linking.linker import Linker, load_linker, new_linker, save_linker
 from kfacel.models import is_model_dir, read_model_config
 from kfacel.models.precision import PRECISIONS
@@ -33,6 +32,7 @@ from kfacel.penalties.strength import (
     Damping,
     Strength,
 )
+from kfacel.tasks.directory import RETRIEVER_DIR, Task, load_task
 from kfacel.training.continual import (
     PENALTIES,
     ContinualSettings,

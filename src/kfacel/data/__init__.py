@@ -1,1 +1,1 @@
-"""Corpora to tasks: readers, records, candidate generation, task files, batches."""
+"""Corpora to batches: readers, records, the training alias table, tokenizers, collation."""

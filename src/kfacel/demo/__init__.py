@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from kfacel.data.tasks import Task, load_task
+from kfacel.tasks.directory import Task, load_task
 
 DEMO_TASKS = ("mm-demo", "psytar-demo", "ncbi-demo")
 """The demo task directories, in the quickstart's order."""

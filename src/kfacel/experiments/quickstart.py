@@ -23,11 +23,11 @@ import numpy as np
 
 from kfacel._io import atomic_write_json, atomic_write_text
 from kfacel.consolidation import TaskState
-from kfacel.data.tasks import Task
 from kfacel.experiments.metrics import forgetting_reduction, perc_delta
 from kfacel.linking.evaluate import evaluate_split
 from kfacel.linking.linker import Linker, new_linker
 from kfacel.penalties.strength import Strength
+from kfacel.tasks.directory import Task
 from kfacel.training.consolidate import consolidate_task
 from kfacel.training.continual import ContinualSettings, update_linker
 from kfacel.training.fit import fit_task

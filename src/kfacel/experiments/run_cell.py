@@ -36,7 +36,6 @@ from typing import Any, TypeVar
 from kfacel._io import atomic_write_json
 from kfacel.consolidation import load_state, save_state
 from kfacel.data.records import LinkingExample
-from kfacel.data.tasks import Task, load_task
 from kfacel.experiments.config import ExperimentConfig
 from kfacel.experiments.sweep import (
     BUDGETED,
@@ -49,6 +48,7 @@ from kfacel.linking.evaluate import evaluate_split
 from kfacel.linking.linker import Linker, load_linker, new_linker, save_linker
 from kfacel.penalties.make import predicted_rise
 from kfacel.penalties.strength import Damping, Strength
+from kfacel.tasks.directory import Task, load_task
 from kfacel.training.consolidate import consolidate_task
 from kfacel.training.continual import ContinualSettings, update_linker
 from kfacel.training.fit import fit_task

@@ -6,7 +6,7 @@ invocation's ``environment`` (package versions, git commit, device, seeds, jobs,
 start time) to ``env.json``: what makes a run reproducible. ``record_stage`` adds each
 stage's wall time to that entry as the stage finishes. ``check_tasks`` and
 ``record_tasks`` keep each task's fingerprint (``task.json`` and the splits' SHA-256,
-``data.tasks.task_fingerprint``) in ``tasks.json`` when the run starts, and refuse to
+``tasks.directory.task_fingerprint``) in ``tasks.json`` when the run starts, and refuse to
 resume once a task has changed: its finished cells were trained and tested on other
 queries.
 """
@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from kfacel._io import atomic_write_json
-from kfacel.data.tasks import task_fingerprint
 from kfacel.experiments.config import ConfigError, ExperimentConfig
+from kfacel.tasks.directory import task_fingerprint
 
 PACKAGES = ("kfacel", "torch", "numpy", "safetensors", "transformers", "matplotlib")
 NOT_COMPARED = ("tiers", "output_dir")  # may change between invocations of one run

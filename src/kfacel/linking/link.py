@@ -18,12 +18,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from kfacel.data.candidates import CandidateGenerator
 from kfacel.data.readers import text_lines
 from kfacel.data.records import LinkingExample, has_letter_or_digit
-from kfacel.data.tasks import context, retrieval_text
 from kfacel.linking.evaluate import predict
 from kfacel.linking.linker import Linker
+from kfacel.retrieval.abbreviations import retrieval_text
+from kfacel.retrieval.base import CandidateGenerator
+from kfacel.tasks.prepare import context
 
 
 @dataclass(frozen=True)

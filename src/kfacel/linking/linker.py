@@ -26,7 +26,6 @@ from kfacel.consolidation import TaskState, save_state
 from kfacel.data.aliases import AliasTable
 from kfacel.data.collate import Collator, build_type_vocab, make_batches
 from kfacel.data.records import LinkingExample
-from kfacel.data.tasks import RETRIEVER_DIR
 from kfacel.data.tokenize import WordPieceTokenizer, default_encoder_path
 from kfacel.models import (
     build_model,
@@ -35,6 +34,7 @@ from kfacel.models import (
     read_model_config,
     save_model,
 )
+from kfacel.tasks.directory import RETRIEVER_DIR
 
 TRAIN_LOG_FILE = "train_log.json"
 ALIASES_FILE = "aliases.json"

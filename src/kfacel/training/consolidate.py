@@ -26,8 +26,8 @@ from kfacel.consolidation import (
 )
 from kfacel.curvature import KFACApprox
 from kfacel.data.records import LinkingExample
-from kfacel.data.tasks import Task
 from kfacel.linking.linker import Linker
+from kfacel.tasks.directory import Task
 from kfacel.types import Batch, FisherKind
 
 CONSOLIDATION_SPLITS = ("train", "dev")

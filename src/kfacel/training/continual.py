@@ -20,7 +20,6 @@ from typing import Any
 
 from kfacel.consolidation import TaskState
 from kfacel.data.records import LinkingExample
-from kfacel.data.tasks import Task
 from kfacel.linking.linker import Linker
 from kfacel.penalties.base import Penalty
 from kfacel.penalties.budget import BudgetPenalty
@@ -31,6 +30,7 @@ from kfacel.penalties.strength import (
     Strength,
     check_tolerance,
 )
+from kfacel.tasks.directory import Task
 from kfacel.training.fit import fit_task
 from kfacel.training.lrc import discriminative_lr_groups
 from kfacel.training.trainer import Replay, TrainLog, TrainSettings

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from kfacel.data.records import LinkingExample
-from kfacel.data.tasks import Task
 from kfacel.linking.linker import Linker
 from kfacel.penalties.base import Penalty
+from kfacel.tasks.directory import Task
 from kfacel.training.trainer import Replay, TrainLog, TrainSettings, train_task
 
 

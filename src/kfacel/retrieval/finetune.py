@@ -36,8 +36,8 @@ import numpy as np
 import torch
 
 from kfacel._progress import with_progress
-from kfacel.data.dense import SentenceEncoder, mean_pooled, padded
 from kfacel.data.records import Concept
+from kfacel.retrieval.dense import SentenceEncoder, mean_pooled, padded
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class RetrieverStart:
         checkpoint: a retriever checkpoint (an earlier task's or model's
             ``retriever/``); its ``consolidation/`` states travel on with the new one.
         penalty: ``R(θ)`` of the ``PairScorer`` over the retriever, built from those
-            states (``training.retriever.retriever_start``); None: plain fine-tuning.
+            states (``retrieval.continual.retriever_start``); None: plain fine-tuning.
         record: what ``task.json`` records of the start (path, penalty, λ, tasks).
     """
 
@@ -133,7 +133,7 @@ class PairScorer(torch.nn.Module):
     ``2k + 1``). ``forward`` gives ``s_ij / τ`` with the diagonal at −∞, so the
     cross-entropy of row ``i`` with label ``partners(n)[i]`` is eq. R2's term for ``i``
     (``P(i)`` is the partner alone): R2 is their mean. The retriever is trained
-    through it, and its Fisher is estimated through it (``training.retriever``).
+    through it, and its Fisher is estimated through it (``retrieval.continual``).
 
     Args:
         encoder: the sentence encoder's module (``SentenceEncoder.model``).

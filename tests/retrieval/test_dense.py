@@ -1,0 +1,72 @@
+"""The dense channel: synonyms without shared 3-grams, and the name-matrix cache."""
+
+import numpy as np
+
+from kfacel.retrieval.candidates import make_candidates
+from kfacel.retrieval.methods import build_generator
+from tests.retrieval._dictionaries import SYNONYMS as CONCEPTS
+
+
+def test_dense_channel_finds_synonyms_that_share_no_trigram(dense) -> None:
+    tfidf = build_generator("tfidf", CONCEPTS)
+    mentions = ["sleep problems", "high temperature", "heart attack"]
+    golds = ["C5", "C3", "C1"]
+    _, dense_found, _ = make_candidates(
+        dense, mentions, golds, num_candidates=2, seed=0
+    )
+    _, tfidf_found, _ = make_candidates(
+        tfidf, mentions, golds, num_candidates=2, seed=0
+    )
+    assert dense_found == [True, True, True]
+    assert not tfidf_found[1]  # "high temperature" shares no trigram with C3
+    best = dense.search(["heart attack"], 1)[0][0][0]
+    assert best.id == "C1"
+    assert best.synonym == "Heart attack"
+
+
+def test_name_index_is_cached_and_a_damaged_entry_rebuilt(dense, monkeypatch) -> None:
+    from kfacel.retrieval.dense import NameIndex
+
+    encoder = dense.index.encoder
+    names = ["alpha", "beta gamma"]
+    first = NameIndex.build(encoder, names)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("encoded again instead of reading the cache")
+
+    monkeypatch.setattr(encoder, "encode", refuse)
+    again = NameIndex.build(encoder, names)
+    np.testing.assert_array_equal(first.matrix, again.matrix)
+    monkeypatch.undo()
+    (entry,) = [
+        p for p in NameIndex.cache_files() if p.stat().st_size < 4096
+    ]  # the two-name entry
+    entry.write_bytes(b"not safetensors")
+    rebuilt = NameIndex.build(encoder, names)
+    np.testing.assert_allclose(rebuilt.matrix, first.matrix, atol=1e-6)
+    norms = np.linalg.norm(rebuilt.matrix, axis=1)
+    np.testing.assert_allclose(norms, 1.0, atol=1e-5)
+
+
+def test_a_cache_entry_with_one_flipped_byte_is_rebuilt_saying_so(
+    dense, caplog, tmp_path
+) -> None:
+    """One byte of the cached embeddings flipped: not read back, rebuilt, one line."""
+    from kfacel.retrieval.dense import NameIndex
+
+    encoder = dense.index.encoder
+    names = ["delta", "epsilon zeta"]
+    first = NameIndex.build(encoder, names, cache=tmp_path)
+    (entry,) = tmp_path.glob("names-*.safetensors")
+    blob = bytearray(entry.read_bytes())
+    blob[-1] ^= 0x40  # the last embedding's last float: still a finite number
+    entry.write_bytes(bytes(blob))
+    with caplog.at_level("WARNING", logger="kfacel.retrieval.dense"):
+        rebuilt = NameIndex.build(encoder, names, cache=tmp_path)
+    np.testing.assert_allclose(rebuilt.matrix, first.matrix, atol=1e-6)
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert f"{entry} does not match its digest (damaged); rebuilding it" in line
+    again = NameIndex.build(
+        encoder, names, cache=tmp_path
+    )  # the rebuilt entry is trusted again
+    np.testing.assert_array_equal(again.matrix, rebuilt.matrix)

@@ -1,0 +1,17 @@
+"""The doctests of the task modules' pure helpers pass."""
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "kfacel.tasks.prepare",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_doctests(name: str) -> None:
+    result = doctest.testmod(importlib.import_module(name))
+    assert result.attempted > 0
+    assert result.failed == 0
