@@ -1,4 +1,4 @@
-"""Issue 11: does the retriever's update on a new task break retrieval on an old one?
+"""Does the retriever's update on a new task break retrieval on an old one?
 
 And does KFC on the retriever prevent it? Task A's retriever (``prepare
 --retriever-epochs``: MiniLM aligned on A's dictionary synonyms and A's training links,

@@ -1,4 +1,4 @@
-"""Brute-force references, written for clarity rather than speed (STYLE.md §10).
+"""Brute-force references, written for clarity rather than speed (docs/contributing.md).
 
 Nothing here uses kfacel's capture machinery: per-example gradients come from a loop of
 ``torch.autograd.grad`` calls, one example and one label at a time, and layer inputs and

@@ -1,4 +1,4 @@
-"""Issue 13 on the command line: nothing lost, every bad input named in one line.
+"""Hardening on the command line: nothing lost, every bad input named in one line.
 
 Each test is a reproduction that failed before: an --out that would destroy data, a
 bad number or device, a bad link input line, Ctrl-C; the exit code and the one line on

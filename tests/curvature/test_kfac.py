@@ -381,7 +381,7 @@ def test_sampled_approaches_exact() -> None:
 
 
 def test_a_layer_skipped_in_a_later_batch_keeps_its_own_input_statistics() -> None:
-    """Issue 14: k's A is k's own inputs' Σ ā āᵀ / R, never q's later batches (K5)."""
+    """A layer k's A is k's own inputs' Σ ā āᵀ / R, never q's later batches (K5)."""
     torch.manual_seed(0)
     model = TwoHeads().double()
     x1 = torch.randn(8, 3, dtype=torch.float64)

@@ -236,7 +236,7 @@ def test_psytar_workbook_quirks(tmp_path: Path) -> None:
     }
 
 
-# --- issue 13: BOMs are BOMs, bad bytes and bad lines are named ----------------------
+# --- BOMs are BOMs, bad bytes and bad lines are named ----------------------
 
 BOM = b"\xef\xbb\xbf"
 

@@ -61,7 +61,7 @@ TABLE2_INDIVIDUAL = {
     "cnn": {"MM": 76.75, "3D": 77.89, "MN": 88.47},
     "bert": {"MM": 84.82, "3D": 80.16, "MN": 90.95},
 }
-# The figures DESIGN.md §5 and issue 4 quote: (model, method) -> percent, 1 decimal.
+# The figures the paper's tables give: (model, method) -> percent, 1 decimal.
 PAPER_REDUCTION = {
     ("bert", "kfc"): 51.6,
     ("bert", "ewc"): 27.1,

@@ -404,7 +404,7 @@ def _is_zombie(pid: int) -> bool:
 
 
 def test_the_transformer_ranker_runs_the_protocol_with_budgets(paths, tmp_path) -> None:
-    """Issue 10's config in small: a tiny BERT through tiers 1–2.
+    """The transformer config in small: a tiny BERT through tiers 1–2.
 
     None, LRC and both budgeted penalties under factored damping, as
     `paper-transformer-small.toml` runs them.

@@ -6,7 +6,7 @@
 - **Table 3** tier 2: accuracy and Perc Δ on tasks A and B, per permutation and method,
 - **Table 4** tier 3: the same on tasks A, B and C,
 - **Table 6** the λ chosen on dev,
-- the **forgetting reduction** of every method against plain fine-tuning (DESIGN.md §5)
+- the **forgetting reduction** of every method against plain fine-tuning (docs/design.md)
   with the unregularized forgetting beside it, flagging permutations where it is below
   5% (the ratio is then noisy) or absent (undefined), and the new-task cost,
 - **head to head**: in how many permutations one method keeps task A better than
