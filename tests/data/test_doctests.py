@@ -11,6 +11,7 @@ MODULES = [
     "kfacel.data.aliases",
     "kfacel.data.candidates",
     "kfacel.data.tasks",
+    "kfacel.data.readers.dictionary",
     "kfacel.data.readers.pubtator",
     "kfacel.data.readers.medic",
     "kfacel.data.readers.psytar",
