@@ -391,8 +391,8 @@ def test_report_and_quickstart_refuse_a_directory_they_did_not_write(
     (mine / "report.md").write_text("my notes\n", encoding="utf-8")
     (mine / "results.json").write_text("{}\n", encoding="utf-8")
     before = _snapshot(tmp_path)
-    monkeypatch.setattr("kfacel.cli.report.write_report", _not_reached)
-    monkeypatch.setattr("kfacel.cli.quickstart.demo_tasks", _not_reached)
+    monkeypatch.setattr("kfacel.experiments.report.write_report", _not_reached)
+    monkeypatch.setattr("kfacel.demo.demo_tasks", _not_reached)
     run = tmp_path / "run"
     assert main(["report", str(run), "--out", str(mine), "--overwrite"]) == 2
     assert main(["report", str(run), "--out", str(run / "cells" / "x")]) == 2
@@ -422,7 +422,7 @@ def test_quickstart_replaces_its_own_default_report_and_nothing_else(
     from kfacel.experiments.quickstart import QuickstartResult
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("kfacel.cli.quickstart.demo_tasks", _reached)
+    monkeypatch.setattr("kfacel.demo.demo_tasks", _reached)
     default = tmp_path / "quickstart-output"
     default.mkdir()
     earlier = {f.name: None for f in fields(QuickstartResult)}
@@ -439,7 +439,7 @@ def test_figures_refuse_to_replace_a_file_that_is_no_figure(
 ) -> None:
     """`figures --out D` where D holds a text file of a figure's name: refused first."""
     (tmp_path / "figure2_fisher.png").write_text("mine", encoding="utf-8")
-    monkeypatch.setattr("kfacel.cli.figures.plot_toy_gaussians", _not_reached)
+    monkeypatch.setattr("kfacel.experiments.figures.plot_toy_gaussians", _not_reached)
     assert main(["figures", "--out", str(tmp_path), "--overwrite"]) == 2
     assert "is not a kfacel figure" in capsys.readouterr().err
     assert (tmp_path / "figure2_fisher.png").read_text(encoding="utf-8") == "mine"

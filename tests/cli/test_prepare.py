@@ -167,3 +167,57 @@ def test_prepare_jsonl_round_trip(tmp_path: Path) -> None:
     assert task.train[0].left_context == "Patient reports"
     skipped = task.info["skipped"]["skipped"]
     assert skipped["mention not found in its text"]["count"] == 1
+
+
+def _composite_input(tmp_path: Path) -> tuple[Path, Path]:
+    """Mentions of which two have several concept ids, and their dictionary."""
+    dictionary = tmp_path / "dict.tsv"
+    names = ["fever", "cough", "rash", "pain"]
+    dictionary.write_text(
+        "".join(f"C{i}\t{n}\n" for i, n in enumerate(names)), encoding="utf-8"
+    )
+    lines = []
+    for d in range(12):
+        name = names[d % 4]
+        ids = f'"C{d % 4}|C{(d + 1) % 4}"' if d in (3, 7) else f'"C{d % 4}"'
+        text = f"Patient {d} has {name} today."
+        lines.append(
+            f'{{"doc_id": "d{d}", "text": "{text}", "mention": "{name}", '
+            f'"concept_id": {ids}}}'
+        )
+    mentions = tmp_path / "m.jsonl"
+    mentions.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return mentions, dictionary
+
+
+def test_prepare_jsonl_refuses_composite_mentions_naming_count_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mentions, dictionary = _composite_input(tmp_path)
+    args = ["prepare", "jsonl", "--input", str(mentions)]
+    args += ["--dictionary", str(dictionary), "--num-candidates", "2"]
+    assert main([*args, "--out", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"kfacel prepare: error: {mentions}:4: 2 mentions with ")
+    assert "--composite skip" in err
+    assert "\n" not in err
+    assert not (tmp_path / "t").exists()
+    assert main([*args, "--out", str(tmp_path / "t"), "--composite", "skip"]) == 0
+    skipped = json.loads((tmp_path / "t" / "task.json").read_text())["skipped"]
+    reason = skipped["skipped"]["composite mention (several concept ids)"]
+    assert reason == {"count": 2, "first": f"{mentions}:4"}
+    assert "skipped: 2 × composite mention" in capsys.readouterr().out
+
+
+def test_prepare_names_a_swapped_dictionary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mentions, dictionary = _composite_input(tmp_path)
+    swapped = tmp_path / "swapped.tsv"
+    rows = [line.split("\t") for line in dictionary.read_text().splitlines()]
+    swapped.write_text("".join(f"{n}\t{i}\n" for i, n in rows), encoding="utf-8")
+    args = ["prepare", "jsonl", "--input", str(mentions), "--composite", "skip"]
+    args += ["--dictionary", str(swapped), "--out", str(tmp_path / "t")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{swapped}:1: the first column looks like names" in err

@@ -19,9 +19,9 @@ from tests._synth import TASK_A, TASK_B, code_task
 from kfacel import _io
 from kfacel._lock import write_lock
 from kfacel.cli import main
-from kfacel.cli import train as train_cli
 from kfacel.consolidation import load_state
 from kfacel.tasks.directory import write_task
+from kfacel.training import continual
 
 CNN = ["--model", "cnn", "--hidden", "8", "--no-types", "--no-features"]
 FAST = ["--epochs", "1", "--max-length", "12"]
@@ -191,7 +191,7 @@ def test_an_older_kfacel_model_directory_still_counts_as_kfacels(work):
 
 def test_a_directory_that_appears_during_training_is_kept(work, capsys, monkeypatch):
     out = work / "v2"
-    real = train_cli.update_linker
+    real = continual.update_linker
 
     def train_while_someone_writes_out(*args, **kwargs):
         log = real(*args, **kwargs)
@@ -199,7 +199,8 @@ def test_a_directory_that_appears_during_training_is_kept(work, capsys, monkeypa
         (out / "theirs.txt").write_text("theirs")
         return log
 
-    monkeypatch.setattr(train_cli, "update_linker", train_while_someone_writes_out)
+    # the handler imports it when it runs: patch it where it is defined
+    monkeypatch.setattr(continual, "update_linker", train_while_someone_writes_out)
     assert train_b(work, str(out)) == 2
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if ": error: " in line]

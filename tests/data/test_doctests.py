@@ -8,6 +8,7 @@ import pytest
 MODULES = [
     "kfacel.data.records",
     "kfacel.data.aliases",
+    "kfacel.data.readers.dictionary",
     "kfacel.data.readers.pubtator",
     "kfacel.data.readers.medic",
     "kfacel.data.readers.psytar",

@@ -363,3 +363,93 @@ def test_psytar_binary_that_is_not_a_workbook_is_named(tmp_path: Path) -> None:
     path.write_bytes(b"\x00\xff" * 50)
     with pytest.raises(ValueError, match=r"psytar\.xlsx: not a readable \.xlsx"):
         read_psytar(path)
+
+
+SWAPPED = "Diabetes Mellitus\tD003920\ndiabetes\tD003920\nAsthma\tD001249\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "first_line"),
+    [
+        (SWAPPED, 1),
+        ("# name, type, id\n" + SWAPPED.replace("\tD", "\tT047\tMESH:D"), 2),
+        ("fever\t12345\nchest pain\tHP:0100749\n", 1),
+    ],
+)
+def test_dictionary_with_names_first_is_refused_with_a_hint(
+    tmp_path: Path, text: str, first_line: int
+) -> None:
+    """`name<TAB>id`: one line naming the file, its first line and the fix."""
+    path = tmp_path / "d.tsv"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(
+        ValueError,
+        match=rf"d\.tsv:{first_line}: the first column looks like names and the last "
+        r"like concept ids .*swap the columns",
+    ):
+        read_dictionary(path)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "D003920\tDiabetes Mellitus\nD003920\tdiabetes\nD001249\tAsthma\n",
+        "C0011849\tT047\tDiabetes Mellitus\nC0015967\tT184\tFever\n",
+        "asthma\tAsthma\nflu\tInfluenza\n",  # ids without digits: not names
+        "D000086382\tCOVID-19\nD003920\tType2DM\nD001249\tIL6\n",  # names like ids
+    ],
+)
+def test_dictionary_with_ids_first_reads_without_a_hint(
+    tmp_path: Path, text: str
+) -> None:
+    path = tmp_path / "d.tsv"
+    path.write_text(text, encoding="utf-8")
+    assert read_dictionary(path)
+
+
+def test_a_few_swapped_looking_lines_do_not_refuse_a_dictionary(tmp_path: Path) -> None:
+    """Under 90% of the sampled lines looking swapped: read as written."""
+    ids_first = [f"D{i:06d}\tcondition {i}" for i in range(9)]
+    path = tmp_path / "d.tsv"
+    path.write_text("\n".join(["COVID 19\tD000086382", *ids_first]), encoding="utf-8")
+    assert len(read_dictionary(path)) == 10
+
+
+COMPOSITE = [
+    '{"text": "a b", "spans": [[0, 1]], "concept_id": "C1"}',
+    '{"text": "a b", "spans": [[0, 1]], "concept_ids": ["C1", "C2"]}',
+    '{"text": "a b", "spans": [[2, 3]], "concept_id": "C3"}',
+    '{"text": "a b", "spans": [[2, 3]], "concept_id": "MESH:C1|C4"}',
+    '{"text": "a b", "spans": [[2, 3]], "concept_id": "C5+C6"}',
+]
+
+
+def test_jsonl_composite_mentions_are_refused_with_count_and_first_line(
+    tmp_path: Path,
+) -> None:
+    """Several ids (a list, `|` or `+`): refused once read, naming how many and where."""
+    path = tmp_path / "m.jsonl"
+    path.write_text("\n".join(COMPOSITE) + "\n", encoding="utf-8")
+    with pytest.raises(
+        ValueError, match=r"m\.jsonl:2: 3 mentions with several concept ids"
+    ):
+        list(read_jsonl_mentions(path))
+
+
+def test_jsonl_composite_mentions_skipped_on_request_are_counted(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "m.jsonl"
+    path.write_text("\n".join(COMPOSITE) + "\n", encoding="utf-8")
+    skips = SkipReport()
+    pairs = list(read_jsonl_mentions(path, skips=skips, composite="skip"))
+    assert [m.concept_ids for m, _ in pairs] == [("C1",), ("C3",)]
+    assert skips.counts == {"composite mention (several concept ids)": 3}
+    assert skips.first["composite mention (several concept ids)"] == f"{path}:2"
+
+
+def test_jsonl_unknown_composite_policy_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "m.jsonl"
+    path.write_text(COMPOSITE[0], encoding="utf-8")
+    with pytest.raises(ValueError, match="composite must be one of"):
+        list(read_jsonl_mentions(path, composite="keep"))

@@ -237,7 +237,7 @@ def test_shipped_configs_load(path: Path) -> None:
         for t in cfg.tasks
     )
     if path.stem == "paper-transformer-small":
-        # the transformer config's CPU sizing: one sitting, tiers 1-3 on none and the budgets (LRC and
+        # the transformer config's CPU sizing: tiers 1-3 on none and the budgets (LRC and
         # replay beside it at tier 2: benchmarks/transformer_runs/references.sh)
         assert set(cfg.methods) == {Method.NONE, Method.KFAC_BUDGET, Method.EWC_BUDGET}
         assert cfg.budget_grid == (0.005,)

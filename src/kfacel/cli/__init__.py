@@ -2,7 +2,10 @@
 
 Each public module here defines ``register(subparsers)``, which adds its parser and sets
 ``handler`` to a function ``(args) -> int``. Handlers parse, call the library, write files
-and return an exit code; they hold no math.
+and return an exit code; they hold no math. Registering is cheap: a module imports torch and
+the library inside its handlers, so ``kfacel --help`` and ``kfacel --version`` load neither
+(the choices the parsers show are in ``_choices``). Every parser is a ``_help.Parser``: its
+help shows each option's default.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from collections.abc import Sequence
 
 from safetensors import SafetensorError
 
+from kfacel import __version__
+from kfacel.cli._help import Parser
+
 
 class UserError(Exception):
     """A problem with the user's input: printed as one line, exit code 2.
@@ -27,14 +33,33 @@ class UserError(Exception):
     """
 
 
+EPILOG = """\
+exit codes: 0 done; 1 a failed write (permissions, a full disk) or, for experiment, a
+failed cell; 2 bad input or options; 130 interrupted (Ctrl-C).
+`kfacel COMMAND --help` shows a command's options, their defaults and its input formats.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser with every subcommand of this package registered."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="kfacel",
         description="Continual learning for medical entity linking with K-FAC EWC.",
+        epilog=EPILOG,
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0)
-    parser.add_argument("-q", "--quiet", action="store_true")
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__}"
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="-vv logs DEBUG lines too (the default level is INFO)",
+    )
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="log warnings and errors only"
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if not info.name.startswith("_"):

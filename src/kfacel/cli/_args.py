@@ -8,7 +8,8 @@ exiting with code 2. ``positive_int`` accepts integers ≥ 1 (counts, sizes, thr
 any float but ``nan``, ``inf`` and values that overflow to them (``1e400``);
 ``positive_float`` finite floats > 0 (learning rates, λ); ``device`` a torch device
 string this machine has: ``cpu``, ``cuda`` or ``cuda:N`` only when CUDA is available
-and ``N`` is below the device count, ``mps`` only when MPS is available.
+and ``N`` is below the device count, ``mps`` only when MPS is available (torch is imported
+only to check a device other than ``cpu``).
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from __future__ import annotations
 import argparse
 import math
 import re
-
-import torch
 
 _CUDA = re.compile(r"^cuda(?::(\d+))?$")
 
@@ -101,6 +100,8 @@ def device(text: str) -> str:
     name = text.strip().lower()
     if name == "cpu":
         return name
+    import torch  # here, not above: parsing `--device cpu` and `--help` need no torch
+
     match = _CUDA.match(name)
     if match:
         if not torch.cuda.is_available():

@@ -7,26 +7,20 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kfacel._lock import write_lock
 from kfacel.cli import UserError
 from kfacel.cli._args import device, nonnegative_int, positive_int
-from kfacel.consolidation import METHODS, TaskState, load_state, save_state
-from kfacel.linking.linker import Linker, load_linker
-from kfacel.retrieval.continual import (
+from kfacel.cli._choices import (
+    CONSOLIDATION_METHODS,
+    CONSOLIDATION_SPLITS,
     DEFAULT_RETRIEVER_STEPS,
-    consolidate_task_retriever,
-    retriever_states,
 )
-from kfacel.tasks.directory import (
-    RETRIEVER_DIR,
-    Task,
-    load_task,
-    recorded_settings,
-    retriever_groups,
-)
-from kfacel.training.consolidate import CONSOLIDATION_SPLITS, consolidate_task
+
+if TYPE_CHECKING:
+    from kfacel.consolidation import TaskState
+    from kfacel.linking.linker import Linker
+    from kfacel.tasks.directory import Task
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -45,14 +39,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="train",
         help="queries the Fisher is estimated on: train (paper) or the held-out dev",
     )
-    p.add_argument("--method", choices=METHODS, default="kfac")
     p.add_argument(
-        "--fisher", choices=("empirical", "sampled", "exact"), default="empirical"
+        "--method",
+        choices=CONSOLIDATION_METHODS,
+        default="kfac",
+        help="kfac (KFC: a Kronecker-factored Fisher), ewc (its diagonal) or l2 "
+        "(the anchor alone)",
+    )
+    p.add_argument(
+        "--fisher",
+        choices=("empirical", "sampled", "exact"),
+        default="empirical",
+        help="the Fisher's labels: the gold (empirical, the paper's), one drawn from "
+        "the model (sampled), or every candidate weighted by its probability (exact)",
     )
     p.add_argument(
         "--max-examples",
         type=positive_int,
-        help="seeded subset of the training queries",
+        metavar="N",
+        help="estimate on a seeded subset of N queries (default: all)",
     )
     p.add_argument(
         "--uncovered",
@@ -81,23 +86,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=DEFAULT_RETRIEVER_STEPS,
         metavar="N",
         help="batches the fine-tuned retriever's K-FAC Fisher is estimated on, when "
-        f"the model holds the task's retriever (default {DEFAULT_RETRIEVER_STEPS}; "
-        "0: leave the retriever unconsolidated)",
+        "the model holds the task's retriever (0: leave it unconsolidated)",
     )
-    p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--seed", type=nonnegative_int, default=0)
-    p.add_argument("--device", type=device, default="cpu")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=64, help="queries per batch"
+    )
+    p.add_argument(
+        "--seed",
+        type=nonnegative_int,
+        default=0,
+        help="seed of --max-examples' subset and of --fisher sampled",
+    )
+    p.add_argument("--device", type=device, default="cpu", help="cpu or cuda[:i]")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Estimate the curvature and append the state, holding the model's write lock."""
+    from kfacel._lock import write_lock
+
     with write_lock(args.model_dir, "consolidate"):
         return _consolidate(args)
 
 
 def _consolidate(args: argparse.Namespace) -> int:
     """Estimate the curvature and append the state; prints a JSON summary."""
+    from kfacel.consolidation import TaskState, save_state
+    from kfacel.linking.linker import load_linker
+    from kfacel.tasks.directory import RETRIEVER_DIR, load_task
+
     linker = load_linker(args.model_dir)
     task = load_task(args.task)
     done = _check_consolidatable(args, linker, task)
@@ -128,6 +145,8 @@ def _consolidate(args: argparse.Namespace) -> int:
 
 def _estimate(args: argparse.Namespace, linker: Linker, task: Task) -> TaskState:
     """The task's state as the options ask (``consolidate_task``)."""
+    from kfacel.training.consolidate import consolidate_task
+
     return consolidate_task(
         linker,
         task,
@@ -154,6 +173,8 @@ def _check_consolidatable(
         UserError: the task already has a state, ``--factor-rank`` without K-FAC, or
             the model was not last trained on the task.
     """
+    from kfacel.consolidation import load_state
+
     done = [s.task for s in load_state(args.model_dir, linker.model)]
     if task.name in done:
         raise UserError(
@@ -167,6 +188,8 @@ def _check_consolidatable(
 
 def _describe_retriever(retriever: TaskState | str) -> dict[str, Any] | str:
     """The summary's ``retriever``: its state's size, or why there is none."""
+    from kfacel.consolidation import TaskState
+
     if not isinstance(retriever, TaskState):
         return retriever
     return {
@@ -205,6 +228,13 @@ def _retriever_state(args: argparse.Namespace, task: Task) -> TaskState | str:
     its K-FAC Fisher is estimated on the groups it was trained on, so that the next
     task's retriever (``prepare --retriever-init``) can be penalized.
     """
+    from kfacel.retrieval.continual import consolidate_task_retriever, retriever_states
+    from kfacel.tasks.directory import (
+        RETRIEVER_DIR,
+        recorded_settings,
+        retriever_groups,
+    )
+
     checkpoint = Path(args.model_dir) / RETRIEVER_DIR
     if not checkpoint.is_dir() or task.retriever is None:
         return "none: the task has no fine-tuned retriever"

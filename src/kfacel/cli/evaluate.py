@@ -6,30 +6,37 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
-from kfacel._io import atomic_write_json, check_output_file
 from kfacel.cli._args import device, positive_int
-from kfacel.linking.evaluate import evaluate_split
-from kfacel.linking.linker import load_linker
-from kfacel.models.precision import PRECISIONS
-from kfacel.tasks.directory import load_task
+from kfacel.cli._choices import PRECISIONS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``evaluate`` subcommand."""
     p = subparsers.add_parser("evaluate", help="evaluate a model on tasks")
-    p.add_argument("model_dir", help="model directory")
-    p.add_argument("--task", action="append", required=True, help="task directory")
-    p.add_argument("--split", default="test", choices=("train", "dev", "test"))
-    p.add_argument("--output", help="write the JSON results here")
+    p.add_argument("model_dir", help="model directory (kfacel train's --out)")
+    p.add_argument(
+        "--task",
+        action="append",
+        required=True,
+        metavar="DIR",
+        help="a task directory (kfacel prepare's --out; repeatable)",
+    )
+    p.add_argument(
+        "--split",
+        default="test",
+        choices=("train", "dev", "test"),
+        help="the split of each task to evaluate on",
+    )
+    p.add_argument("--output", metavar="F", help="also write the results here, as JSON")
     p.add_argument(
         "--overwrite",
         action="store_true",
         help="replace --output when it is an existing kfacel evaluation file",
     )
-    p.add_argument("--device", type=device, default="cpu")
-    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--device", type=device, default="cpu", help="cpu or cuda[:i]")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=128, help="queries per batch"
+    )
     p.add_argument(
         "--precision",
         choices=PRECISIONS,
@@ -45,6 +52,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print a table and write ``{task: {accuracy, mrr, recall@k, n, …}}``."""
+    import torch
+
+    from kfacel._io import atomic_write_json
+
     if args.output:  # before any work
         _check_output(args)
     if args.threads:
@@ -58,6 +69,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _evaluate_tasks(args: argparse.Namespace) -> dict[str, dict]:
     """Each ``--task``'s metrics on ``--split``, with its generator's accuracy@1."""
+    from kfacel.linking.evaluate import evaluate_split
+    from kfacel.linking.linker import load_linker
+    from kfacel.tasks.directory import load_task
+
     linker = load_linker(args.model_dir)
     results: dict[str, dict] = {}
     for task_dir in args.task:
@@ -100,6 +115,8 @@ def _print_table(results: dict[str, dict]) -> None:
 
 def _check_output(args: argparse.Namespace) -> None:
     """Refuse an ``--output`` that is an input or a file this command did not write."""
+    from kfacel._io import check_output_file
+
     check_output_file(
         args.output,
         inputs={"MODEL_DIR": [args.model_dir], "--task": args.task},

@@ -6,11 +6,12 @@ import argparse
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from kfacel._io import check_inputs_apart
 from kfacel.cli import UserError
-from kfacel.experiments.config import ConfigError, ExperimentConfig, load_config
-from kfacel.experiments.runner import run_experiment
+
+if TYPE_CHECKING:
+    from kfacel.experiments.config import ExperimentConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,6 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--jobs",
         type=int,
         default=1,
+        metavar="N",
         help="cells run in parallel processes (torch threads: cores // N each)",
     )
     p.add_argument(
@@ -42,6 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the config, run or resume it, print what happened; 1 if a cell failed."""
+    from kfacel.experiments.config import ConfigError, load_config
+    from kfacel.experiments.runner import run_experiment
+
     try:
         cfg = load_config(args.config, args.set)
         if args.tiers:
@@ -79,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_out(args: argparse.Namespace, cfg: ExperimentConfig) -> None:
     """Refuse a run directory that is, holds or lies in the config or a task."""
+    from kfacel._io import check_inputs_apart
+
     out = args.out if args.out is not None else cfg.output_dir
     inputs = {"CONFIG": [args.config], "task": [t.path for t in cfg.tasks]}
     check_inputs_apart(Path(out).resolve(), out, inputs, "--out")

@@ -5,10 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from kfacel._io import check_output_file
-from kfacel.experiments.figures import plot_toy_gaussians
-from kfacel.experiments.fisher_figure import plot_fisher_comparison
-
 FIGURES = ("figure1_toy_gaussians.png", "figure2_fisher.png")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -23,12 +19,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--overwrite", action="store_true", help="replace the figures already in --out"
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the figures' random data"
+    )
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Write both figures and print their paths."""
+    from kfacel._io import check_output_file
+    from kfacel.experiments.figures import plot_toy_gaussians
+    from kfacel.experiments.fisher_figure import plot_fisher_comparison
+
     out = Path(args.out)
     for name in FIGURES:  # before drawing either
         check_output_file(

@@ -5,27 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from kfacel.cli import UserError
 from kfacel.cli._args import positive_int
-from kfacel.data.readers import read_dictionary
-from kfacel.linking.link import (
-    MentionQuery,
-    QueryLine,
-    Ranked,
-    link,
-    lone_surrogate,
-    read_query_lines,
-)
-from kfacel.linking.linker import RETRIEVAL_FILE, Linker, load_linker
-from kfacel.models.precision import PRECISIONS
-from kfacel.retrieval.base import CandidateGenerator, dictionary_digest
-from kfacel.retrieval.dense import SentenceEncoder
-from kfacel.retrieval.methods import RETRIEVAL_METHODS, build_generator
-from kfacel.tasks.directory import ranker_reads_retrieval_text
+from kfacel.cli._choices import PRECISIONS
+from kfacel.data.readers import dictionary
+
+if TYPE_CHECKING:
+    from kfacel.data.candidates import CandidateGenerator
+    from kfacel.linking.link import MentionQuery, QueryLine, Ranked
+    from kfacel.linking.linker import Linker
 
 SCHEMA = """\
 input (--input F.jsonl): one JSON object a line, blank lines skipped
@@ -52,22 +42,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="link mentions to dictionary concepts",
         description="Rank the dictionary's concepts for each mention; print one JSON "
         "object a line.",
-        epilog=SCHEMA,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"{SCHEMA}\n{dictionary.FORMAT}",
     )
-    p.add_argument("model_dir", help="model directory")
-    p.add_argument("--dictionary", required=True, help="concept dictionary file")
+    p.add_argument("model_dir", help="model directory (kfacel train's --out)")
+    p.add_argument(
+        "--dictionary",
+        required=True,
+        metavar="F",
+        help="the concept dictionary the model's task was prepared with",
+    )
     p.add_argument("--text", help="the text the mention is in")
     p.add_argument("--mention", help="the mention (first occurrence in --text)")
     p.add_argument(
-        "--input", help='JSONL, one {"text", "mention"[, "start"]} object a line'
+        "--input",
+        metavar="F",
+        help='JSONL, one {"text", "mention"[, "start"]} object a line (see below)',
     )
     p.add_argument(
         "--on-error",
         choices=("stop", "skip"),
         default="stop",
-        help="a bad --input line: stop with an error naming it (default), or skip "
-        'it with an {"line", "error"} record in the output',
+        help="a bad --input line: stop with an error naming it, or skip it with an "
+        '{"line", "error"} record in the output',
     )
     p.add_argument(
         "--top", type=positive_int, default=5, help="concepts to print per mention"
@@ -87,6 +83,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the ranked concepts of each mention as JSON lines."""
+    import torch
+
     if args.threads:
         torch.set_num_threads(args.threads)
     entries = _query_lines(args)
@@ -111,6 +109,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _rank(args: argparse.Namespace, queries: list[MentionQuery]) -> list[list[Ranked]]:
     """The model's ranking of each query's candidates over ``--dictionary``."""
+    from kfacel.linking.link import link
+    from kfacel.linking.linker import load_linker
+    from kfacel.tasks.directory import ranker_reads_retrieval_text
+
     linker = load_linker(args.model_dir)
     task = linker.meta.get("task", {})
     cands = task.get("candidates", {})
@@ -162,6 +164,15 @@ def _generator(
         UserError: when the dictionary differs from the one the model's task was built
             with (its digest is recorded), or a retrieval model lacks its alias table.
     """
+    from kfacel.data.candidates import (
+        RETRIEVAL_METHODS,
+        build_generator,
+        dictionary_digest,
+    )
+    from kfacel.data.readers import read_dictionary
+    from kfacel.linking.linker import RETRIEVAL_FILE
+    from kfacel.retrieval.dense import SentenceEncoder
+
     concepts = read_dictionary(args.dictionary)
     expected = cands.get("dictionary_sha256")
     if not expected:
@@ -200,6 +211,13 @@ def _query_lines(args: argparse.Namespace) -> list[QueryLine]:
         ValueError: naming file and line of the first bad ``--input`` line, unless
             ``--on-error skip``.
     """
+    from kfacel.linking.link import (
+        MentionQuery,
+        QueryLine,
+        lone_surrogate,
+        read_query_lines,
+    )
+
     if args.input is not None:
         given = [o for o in ("text", "mention") if getattr(args, o) is not None]
         if given:

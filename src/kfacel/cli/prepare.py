@@ -19,58 +19,156 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kfacel._lock import write_lock
 from kfacel.cli import UserError
 from kfacel.cli._args import nonnegative_float, nonnegative_int, positive_int
-from kfacel.data.readers import read_dictionary, read_jsonl_mentions, read_pubtator
+from kfacel.cli._choices import (
+    BENCHMARK_TASKS,
+    CANDIDATE_METHODS,
+    DEFAULT_RETRIEVER_LAM,
+)
+from kfacel.data.readers import (
+    dictionary,
+    jsonl,
+    pubtator,
+    read_dictionary,
+    read_jsonl_mentions,
+    read_pubtator,
+)
 from kfacel.data.records import Concept, Mention, SkipReport
-from kfacel.retrieval.continual import DEFAULT_RETRIEVER_LAM, retriever_start
-from kfacel.retrieval.finetune import RetrieverSettings
-from kfacel.retrieval.methods import METHODS
-from kfacel.tasks.benchmark import TASKS, build_public3
-from kfacel.tasks.directory import SPLITS, check_task_out
-from kfacel.tasks.prepare import TaskSettings, prepare_task
-from kfacel.tasks.split import split_by_document
+
+if TYPE_CHECKING:
+    from kfacel.retrieval.finetune import RetrieverSettings
+
+SPLITS = jsonl.SPLITS
+"""A task's splits: train, dev, test."""
+
+OUT = """\
+--out is checked before anything is read: an output that holds an input, or an existing
+non-empty directory that is not a task directory, is refused; an existing task directory
+is replaced only with --overwrite.
+"""
 
 
 def register(subparsers: Any) -> None:
     """Add ``prepare`` and its three formats to the ``kfacel`` parser."""
     parser = subparsers.add_parser(
-        "prepare", help="build task directories from corpora"
+        "prepare",
+        help="build task directories from corpora",
+        description="Build a task directory (train/dev/test queries, each a mention in "
+        "context with C candidate concepts, and task.json) from annotated mentions and "
+        "a concept dictionary. `kfacel prepare FORMAT --help` describes each input.",
+        epilog=OUT,
     )
     formats = parser.add_subparsers(dest="format", metavar="FORMAT", required=True)
+    _pubtator_parser(formats)
+    _jsonl_parser(formats)
+    _benchmark_parser(formats)
 
-    pub = formats.add_parser("pubtator", help="a PubTator corpus and a dictionary")
-    pub.add_argument("--train", type=Path, help="training corpus (with --dev, --test)")
-    pub.add_argument("--dev", type=Path)
-    pub.add_argument("--test", type=Path)
-    pub.add_argument("--corpus", type=Path, action="append", default=[])
+
+def _pubtator_parser(formats: Any) -> None:
+    pub = formats.add_parser(
+        "pubtator",
+        help="a PubTator corpus and a dictionary",
+        description="A task from a PubTator corpus: three split files, or files split "
+        "by document (--corpus).",
+        epilog=f"{pubtator.FORMAT}\n{dictionary.FORMAT}\n{OUT}",
+    )
+    pub.add_argument(
+        "--train",
+        type=Path,
+        metavar="F",
+        help="the training split (with --dev, --test)",
+    )
+    pub.add_argument("--dev", type=Path, metavar="F", help="the development split")
+    pub.add_argument("--test", type=Path, metavar="F", help="the test split")
+    pub.add_argument(
+        "--corpus",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="F",
+        help="a corpus to split by document instead (repeatable)",
+    )
     _common(pub)
     pub.set_defaults(handler=_pubtator)
 
-    jsonl = formats.add_parser("jsonl", help="a generic JSONL of mentions")
-    jsonl.add_argument("--input", type=Path, action="append", required=True)
-    _common(jsonl)
-    jsonl.set_defaults(handler=_jsonl)
 
-    bench = formats.add_parser("benchmark", help="PUBLIC-3 from shared/data")
-    bench.add_argument("--data", type=Path, required=True, help="the shared/data dir")
-    bench.add_argument("--out", type=Path, required=True, help="parent of the tasks")
-    bench.add_argument("--small", action="store_true", help="the CPU variant")
-    bench.add_argument("--task", action="append", choices=TASKS, help="only these")
+def _jsonl_parser(formats: Any) -> None:
+    parser = formats.add_parser(
+        "jsonl",
+        help="a generic JSONL of mentions",
+        description="A task from your own mentions, one JSON object a line.",
+        epilog=f"{jsonl.FORMAT}\n{dictionary.FORMAT}\n{OUT}",
+    )
+    parser.add_argument(
+        "--input",
+        type=Path,
+        action="append",
+        required=True,
+        metavar="F",
+        help="a JSONL file of mentions (repeatable)",
+    )
+    parser.add_argument(
+        "--composite",
+        choices=jsonl.COMPOSITE,
+        default="refuse",
+        help="mentions with several concept ids: refuse the file, naming how many and "
+        "the first line, or skip them (counted in task.json)",
+    )
+    _common(parser)
+    parser.set_defaults(handler=_jsonl)
+
+
+def _benchmark_parser(formats: Any) -> None:
+    bench = formats.add_parser(
+        "benchmark",
+        help="PUBLIC-3 from shared/data",
+        description="The public three-task benchmark (medmentions, cadec, ncbi), one "
+        "task directory each, with the paper's candidates and context widths.",
+        epilog=OUT,
+    )
+    bench.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="the data directory (medmentions/, cadec/, ncbi_disease/)",
+    )
+    bench.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="parent of the tasks"
+    )
+    bench.add_argument(
+        "--small",
+        action="store_true",
+        help="the CPU variant: 10%% of MedMentions' training queries, at most 2,000 "
+        "dev and test queries a task",
+    )
+    bench.add_argument(
+        "--task",
+        action="append",
+        choices=BENCHMARK_TASKS,
+        help="build only this task (repeatable; default: all three)",
+    )
     bench.add_argument(
         "--candidates",
-        choices=METHODS,
+        choices=CANDIDATE_METHODS,
         help="candidate method of every task (default: the paper's, per task); "
         "fused: the retrieval a linker in use runs",
     )
     bench.add_argument(
-        "--num-candidates", type=positive_int, metavar="C", help="C of every task"
+        "--num-candidates",
+        type=positive_int,
+        metavar="C",
+        help="candidates per query in every task (default: the paper's, per task)",
     )
     bench.add_argument(
-        "--seed", type=nonnegative_int, default=13, help="retriever seed"
+        "--seed",
+        type=nonnegative_int,
+        default=13,
+        help="seed of the retriever's fine-tuning (--retriever-epochs)",
     )
     _overwrite_option(bench)
     _names_option(bench)
@@ -79,13 +177,50 @@ def register(subparsers: Any) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dictionary", type=Path, required=True, help="TSV or MEDIC")
-    p.add_argument("--out", type=Path, required=True, help="the task directory")
-    p.add_argument("--split-by-document", default="0.7,0.1,0.2", metavar="TR,DE,TE")
-    p.add_argument("--candidates", choices=METHODS, default="tfidf")
-    p.add_argument("--num-candidates", type=positive_int, default=10, metavar="C")
-    p.add_argument("--context-words", type=nonnegative_int, default=10, metavar="K")
-    p.add_argument("--seed", type=nonnegative_int, default=13)
+    p.add_argument(
+        "--dictionary",
+        type=Path,
+        required=True,
+        metavar="F",
+        help="the concept dictionary: TSV or MEDIC (see below)",
+    )
+    p.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="the task directory"
+    )
+    p.add_argument(
+        "--split-by-document",
+        default="0.7,0.1,0.2",
+        metavar="TR,DE,TE",
+        help="train, dev and test shares of the documents, when the input has no "
+        "splits of its own",
+    )
+    p.add_argument(
+        "--candidates",
+        choices=CANDIDATE_METHODS,
+        default="tfidf",
+        help="how candidates are found: tfidf or bm25 over the names (the paper's), "
+        "dense, alias, or fused (the retrieval a linker in use runs)",
+    )
+    p.add_argument(
+        "--num-candidates",
+        type=positive_int,
+        default=10,
+        metavar="C",
+        help="candidates per query, the gold among them (at least 2)",
+    )
+    p.add_argument(
+        "--context-words",
+        type=nonnegative_int,
+        default=10,
+        metavar="K",
+        help="words of context on each side of a mention",
+    )
+    p.add_argument(
+        "--seed",
+        type=nonnegative_int,
+        default=13,
+        help="seed of the document split, the candidate order and the retriever",
+    )
     p.add_argument("--name", help="task name (default: the directory's name)")
     _overwrite_option(p)
     _names_option(p)
@@ -100,7 +235,7 @@ def _retriever_option(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="dense/fused: first fine-tune the dense retriever on the dictionary's "
         "synonyms and the training split's mention-concept links for N epochs "
-        "(SapBERT-style; saved in the task); default 0: MiniLM as shipped",
+        "(SapBERT-style; saved in the task); 0: MiniLM as shipped",
     )
     p.add_argument(
         "--retriever-synonyms-only",
@@ -120,12 +255,14 @@ def _retriever_option(p: argparse.ArgumentParser) -> None:
         type=nonnegative_float,
         default=DEFAULT_RETRIEVER_LAM,
         metavar="λ",
-        help=f"KFC strength of --retriever-init's earlier tasks (default "
-        f"{DEFAULT_RETRIEVER_LAM:g}; 0: plain fine-tuning)",
+        help="KFC strength of --retriever-init's earlier tasks (0: plain fine-tuning)",
     )
 
 
 def _retriever(args: argparse.Namespace) -> RetrieverSettings | None:
+    from kfacel.retrieval.continual import retriever_start
+    from kfacel.retrieval.finetune import RetrieverSettings
+
     if args.retriever_init is not None and not args.retriever_epochs:
         raise UserError("--retriever-init needs --retriever-epochs N (N ≥ 1)")
     if not args.retriever_epochs:
@@ -157,8 +294,8 @@ def _names_option(p: argparse.ArgumentParser) -> None:
         "--candidate-names",
         choices=("closest", "preferred"),
         default="closest",
-        help="a candidate's name the ranker reads: its synonym closest to the mention "
-        "(default) or its preferred name only",
+        help="a candidate's name the ranker reads: its synonym closest to the mention, "
+        "or its preferred name only",
     )
 
 
@@ -176,6 +313,8 @@ def _fractions(text: str) -> list[float]:
 
 def _check(args: argparse.Namespace, sources: Sequence[Path]) -> None:
     """Refuse bad settings and an --out that would lose data, before any reading."""
+    from kfacel.tasks.directory import check_task_out
+
     if args.num_candidates < 2:
         raise UserError(f"--num-candidates must be ≥ 2, got {args.num_candidates}")
     _fractions(args.split_by_document)
@@ -212,6 +351,8 @@ def _prepare(
     concepts: list[Concept],
 ) -> dict[str, Any]:
     """``prepare_task`` with the options of ``args``; returns the task's info."""
+    from kfacel.tasks.prepare import TaskSettings, prepare_task
+
     settings = TaskSettings(
         method=args.candidates,
         num_candidates=args.num_candidates,
@@ -235,6 +376,8 @@ def _prepare(
 def _split(
     mentions: list[Mention], args: argparse.Namespace
 ) -> dict[str, list[Mention]]:
+    from kfacel.tasks.split import split_by_document
+
     parts = split_by_document(mentions, _fractions(args.split_by_document), args.seed)
     return dict(zip(SPLITS, parts, strict=True))
 
@@ -260,7 +403,11 @@ def _pubtator(args: argparse.Namespace) -> int:
 def _jsonl(args: argparse.Namespace) -> int:
     _check(args, args.input)
     skips = SkipReport()
-    pairs = [p for f in args.input for p in read_jsonl_mentions(f, skips=skips)]
+    pairs = [
+        p
+        for f in args.input
+        for p in read_jsonl_mentions(f, skips=skips, composite=args.composite)
+    ]
     labelled = [s for _, s in pairs if s is not None]
     if labelled and len(labelled) != len(pairs):
         raise UserError("either every line has a 'split' or none has")
@@ -274,13 +421,16 @@ def _jsonl(args: argparse.Namespace) -> int:
 def _benchmark(args: argparse.Namespace) -> int:
     if not args.data.is_dir():
         raise UserError(f"{args.data}: no such data directory")
-    tasks = tuple(args.task) if args.task else TASKS
+    tasks = tuple(args.task) if args.task else BENCHMARK_TASKS
     with write_lock(args.out, "prepare benchmark"):
         return _build_benchmark(args, tasks)
 
 
 def _build_benchmark(args: argparse.Namespace, tasks: tuple[str, ...]) -> int:
     """Build the benchmark's tasks into ``--out`` and print their reports."""
+    from kfacel.tasks.benchmark import build_public3
+    from kfacel.tasks.directory import check_task_out
+
     if args.retriever_init is not None:
         for task in tasks:  # a task's retriever must not start from its own output
             check_task_out(

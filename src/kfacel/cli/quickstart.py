@@ -9,17 +9,7 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-import torch
-
-from kfacel._io import check_output_dir
 from kfacel.cli._args import finite_float
-from kfacel.demo import demo_tasks
-from kfacel.experiments.quickstart import (
-    QuickstartResult,
-    format_table,
-    run_quickstart,
-    write_report,
-)
 
 DEFAULT_OUT = "quickstart-output"
 """Where the quickstart writes its report when no ``--out`` is named."""
@@ -41,28 +31,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="replace the report in a --out you name when it is an earlier quickstart's",
     )
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=3, help="epochs per task")
     p.add_argument(
         "--lam-ewc", type=finite_float, help="a fixed λ (default: the default budget)"
     )
     p.add_argument(
         "--lam-kfac", type=finite_float, help="a fixed λ (default: the default budget)"
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of every run")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run, print the table and write the report."""
-    out = Path(args.out or DEFAULT_OUT)
-    check_output_dir(  # before the minutes of training
-        out,
-        inputs={},
-        own=is_quickstart_dir,
-        what="quickstart report directory",
-        overwrite=args.overwrite or args.out is None,  # the demo's own place
-    )
+    import torch
+
+    from kfacel.demo import demo_tasks
+    from kfacel.experiments.quickstart import format_table, run_quickstart, write_report
+
+    out = _check_out(args)  # before the minutes of training
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -82,16 +70,25 @@ def run(args: argparse.Namespace) -> int:
     )
     print()
     print(format_table(result))
-    check_output_dir(  # again: something may have appeared there meanwhile
+    _check_out(args)  # again: something may have appeared there meanwhile
+    written = write_report(result, out)
+    print(f"\nreport: {written[-1]}  ({time.perf_counter() - start:.0f} s)")
+    return 0
+
+
+def _check_out(args: argparse.Namespace) -> Path:
+    """``--out`` (default ``DEFAULT_OUT``), refused unless it is new or a quickstart's."""
+    from kfacel._io import check_output_dir
+
+    out = Path(args.out or DEFAULT_OUT)
+    check_output_dir(
         out,
         inputs={},
         own=is_quickstart_dir,
         what="quickstart report directory",
-        overwrite=args.overwrite or args.out is None,
+        overwrite=args.overwrite or args.out is None,  # the demo's own place
     )
-    written = write_report(result, out)
-    print(f"\nreport: {written[-1]}  ({time.perf_counter() - start:.0f} s)")
-    return 0
+    return out
 
 
 def is_quickstart_dir(directory: Path) -> bool:
@@ -100,6 +97,8 @@ def is_quickstart_dir(directory: Path) -> bool:
     Its ``results.json`` has the fields of ``QuickstartResult``, and every entry is a
     JSON, Markdown, CSV or PNG file.
     """
+    from kfacel.experiments.quickstart import QuickstartResult
+
     try:
         results = json.loads((directory / "results.json").read_text(encoding="utf-8"))
         entries = list(directory.iterdir())

@@ -5,9 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from kfacel._io import check_output_dir
-from kfacel.experiments.report import write_report
-
 RUN_FILES = ("config.json", "env.json", "metrics.jsonl", "selection.json", "cells")
 """What ``report`` reads of a run directory: its report may not hold or lie in them."""
 REPORT_SUFFIXES = (".md", ".csv", ".png")
@@ -30,6 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Write the report and print its paths."""
+    from kfacel._io import check_output_dir
+    from kfacel.experiments.report import write_report
+
     default = Path(args.run_dir) / "report"  # part of the run: rewritten each time
     if args.out is not None and Path(args.out).resolve() != default.resolve():
         check_output_dir(

@@ -7,12 +7,8 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from kfacel._io import check_output_dir
-from kfacel._lock import write_lock
 from kfacel.cli import UserError
 from kfacel.cli._args import (
     device,
@@ -21,25 +17,21 @@ from kfacel.cli._args import (
     positive_float,
     positive_int,
 )
-from kfacel.consolidation import TaskState, load_state
-from kfacel.linking.linker import Linker, load_linker, new_linker, save_linker
-from kfacel.models import is_model_dir, read_model_config
-from kfacel.models.precision import PRECISIONS
-from kfacel.penalties.ewc_kfac import DAMPING_KINDS
-from kfacel.penalties.strength import (
+from kfacel.cli._choices import (
+    DAMPING_KINDS,
     DEFAULT_BUDGET_RATE,
     DEFAULT_KFAC_DAMPING,
-    Damping,
-    Strength,
-)
-from kfacel.tasks.directory import RETRIEVER_DIR, Task, load_task
-from kfacel.training.continual import (
+    OPTIMIZERS,
     PENALTIES,
-    ContinualSettings,
-    update_linker,
-    update_within_tolerance,
+    PRECISIONS,
 )
-from kfacel.training.trainer import OPTIMIZERS, Replay, TrainLog, TrainSettings
+
+if TYPE_CHECKING:
+    from kfacel.consolidation import TaskState
+    from kfacel.linking.linker import Linker
+    from kfacel.tasks.directory import Task
+    from kfacel.training.continual import ContinualSettings
+    from kfacel.training.trainer import TrainLog, TrainSettings
 
 DEFAULT_LR = {"cnn": 1e-3, "transformer": 1e-4}
 
@@ -199,6 +191,11 @@ def _add_continual_options(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train and write the model directory; prints the training summary as JSON."""
+    from kfacel._lock import write_lock
+    from kfacel.linking.linker import save_linker
+    from kfacel.models import is_model_dir
+    from kfacel.tasks.directory import load_task
+
     try:
         settings, continual = _settings(args), _continual_settings(args)
     except ValueError as exc:  # "field must be ...": name the option instead
@@ -227,6 +224,10 @@ def _train(
     continual: ContinualSettings,
 ) -> tuple[Linker, TrainLog, tuple[TaskState, ...]]:
     """The linker trained on ``task`` as the options say, its log and the states kept."""
+    import torch
+
+    from kfacel.training.continual import update_linker, update_within_tolerance
+
     if args.threads:
         torch.set_num_threads(args.threads)
     linker, states = _start(args, task)
@@ -245,6 +246,9 @@ def _train(
 
 def _check_out(args: argparse.Namespace) -> Path:
     """``--out`` resolved, refused when writing it could lose what is not kfacel's."""
+    from kfacel._io import check_output_dir
+    from kfacel.models import is_model_dir
+
     return check_output_dir(
         args.out,
         inputs={
@@ -261,6 +265,9 @@ def _check_out(args: argparse.Namespace) -> Path:
 
 def _settings(args: argparse.Namespace) -> TrainSettings:
     """The training settings; the learning rate defaults by model kind."""
+    from kfacel.models import read_model_config
+    from kfacel.training.trainer import TrainSettings
+
     model = read_model_config(args.init)["model"] if args.init else args.model
     lr = args.lr if args.lr is not None else DEFAULT_LR.get(model, 1e-3)
     return TrainSettings(
@@ -280,6 +287,11 @@ def _settings(args: argparse.Namespace) -> TrainSettings:
 
 def _continual_settings(args: argparse.Namespace) -> ContinualSettings:
     """Penalty, strength rule, damping, LRC and replay from the options."""
+    from kfacel.penalties.strength import Damping, Strength
+    from kfacel.tasks.directory import load_task
+    from kfacel.training.continual import ContinualSettings
+    from kfacel.training.trainer import Replay
+
     replay = None
     if args.replay:
         examples = [ex for d in args.replay for ex in load_task(d).train]
@@ -346,6 +358,8 @@ def _warn_if_retriever_replaced(init: str, task: Task) -> None:
     model's (``prepare --retriever-init``) leaves the earlier tasks' retrieval
     unprotected.
     """
+    from kfacel.tasks.directory import RETRIEVER_DIR
+
     held = Path(init) / RETRIEVER_DIR
     start = task.info.get("candidates", {}).get("retriever", {}).get("start")
     if not held.is_dir() or start is not None:
@@ -363,6 +377,9 @@ def _start(
     args: argparse.Namespace, task: Task
 ) -> tuple[Linker, tuple[TaskState, ...]]:
     """The linker to train and the consolidation states it carries."""
+    from kfacel.consolidation import load_state
+    from kfacel.linking.linker import load_linker, new_linker
+
     if args.init:
         linker = load_linker(args.init)
         states = load_state(args.init, linker.model)

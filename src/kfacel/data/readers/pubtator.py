@@ -33,6 +33,19 @@ from kfacel.data.records import Mention, SkipReport, normalize_id
 
 logger = logging.getLogger(__name__)
 
+FORMAT = """\
+PubTator corpus (--train/--dev/--test F, --corpus F): documents separated by blank lines
+  PMID|t|title
+  PMID|a|abstract
+  PMID<TAB>START<TAB>END<TAB>MENTION<TAB>TYPE<TAB>ID[<TAB>...]
+  START/END are 0-based character offsets into title + " " + abstract; ID is a concept
+  id (UMLS:/MESH: dropped), several joined by '|' or '+' for a composite mention, which
+  a task skips and counts (a query has one gold). Offsets that miss their mention by
+  up to 100 characters are realigned (counted as repaired); relation lines, ids of -1,
+  unreadable offsets and mentions not in the text are skipped and counted. UTF-8,
+  CRLF or LF; a name ending in .gz is read through gzip.
+"""
+
 _TEXT_LINE = re.compile(r"^([^|\t]+)\|([ta])\|(.*)$")
 _ID_SEPARATORS = re.compile(r"[|+]")
 REALIGN_WINDOW = 100
