@@ -125,10 +125,11 @@ def test_temporaries_of_dead_writers_go_and_the_rest_stays(tmp_path) -> None:
     dead, live = dead_pid(), os.getpid()
     left = [
         tmp_path / f".m.tmp-{dead}-abcd_123",  # a killed writer's: removed
+        tmp_path / f".n.tmp-{dead}-abcd_123",  # another output's killed writer: removed
         tmp_path / f".m.tmp-{live}-abcd_123",  # a running writer's: kept
         tmp_path / ".m.tmp-abcd_123",  # no PID (an older kfacel's): kept
-        tmp_path / f".n.tmp-{dead}-abcd_123",  # another directory's: kept
         tmp_path / f".m.tmp-{dead}-mine",  # not a name kfacel makes: kept
+        tmp_path / f".m.tmp-{dead}-abcd_123.bak",  # not a name kfacel makes: kept
     ]
     for d in left:
         d.mkdir()
@@ -136,7 +137,19 @@ def test_temporaries_of_dead_writers_go_and_the_rest_stays(tmp_path) -> None:
     (tmp_path / f".m.tmp-{dead}-file0001").write_text("half", encoding="utf-8")
     atomic_dir(tmp_path / "m", fill)
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == sorted(["m", *(d.name for d in left[1:])])
+    assert names == sorted(["m", *(d.name for d in left[2:])])
+
+
+def test_another_outputs_model_moved_aside_by_a_killed_writer_is_put_back(
+    tmp_path,
+) -> None:
+    """Recovery sees the whole directory: a write of m puts back n, stranded by a kill."""
+    aside = tmp_path / f".n.old-{dead_pid()}"
+    aside.mkdir()
+    (aside / "weights").write_text("n's", encoding="utf-8")
+    atomic_dir(tmp_path / "m", fill)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "n"]
+    assert (tmp_path / "n" / "weights").read_text(encoding="utf-8") == "n's"
 
 
 @pytest.mark.parametrize("new_in_place", [False, True])

@@ -197,40 +197,47 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def recover(path: str | Path) -> None:
-    """Undo what a killed kfacel writer of ``path`` left beside it.
+_LEFTOVER = re.compile(
+    r"\.(?P<name>.+)\.(?:tmp-(?P<tmp>\d+)-[a-z0-9_]{8}|old-(?P<old>\d+))"
+)
+"""A kfacel temporary (``.NAME.tmp-PID-XXXXXXXX``) or a directory moved aside
+(``.NAME.old-PID``)."""
 
-    A temporary (``.NAME.tmp-PID-XXXXXXXX``) of a PID that no longer runs is removed;
-    a directory moved aside (``.NAME.old-PID``) by such a writer is put back when
-    ``path`` is absent or empty (the swap stopped half-way), else removed (the new one
-    is in place). Each is logged in one line; nothing else is touched.
+
+def recover(path: str | Path) -> None:
+    """Undo what killed kfacel writers left beside ``path``, in its directory.
+
+    A temporary (``.NAME.tmp-PID-XXXXXXXX``) of a PID that no longer runs is removed,
+    whatever output NAME it was for; a directory moved aside (``.NAME.old-PID``) by
+    such a writer is put back when NAME is absent or empty (the swap stopped half-way),
+    else removed (the new one is in place). Each is logged in one line; nothing else is
+    touched, and entries of a running writer are left alone.
     """
-    path = Path(path)
-    name = re.escape(path.name)
-    temp = re.compile(rf"\.{name}\.tmp-(\d+)-[a-z0-9_]{{8}}")
-    old = re.compile(rf"\.{name}\.old-(\d+)")
     try:
-        entries = list(path.parent.glob(f".{glob_escape(path.name)}.*"))
+        entries = list(Path(path).parent.glob(".*.*-*"))
     except OSError:
         return
     for entry in entries:
-        found = temp.fullmatch(entry.name) or old.fullmatch(entry.name)
-        if found is None or pid_alive(int(found[1])):
+        found = _LEFTOVER.fullmatch(entry.name)
+        if found is None or pid_alive(int(found["tmp"] or found["old"])):
             continue
         try:
-            if found.re is old and (not path.is_dir() or not any(path.iterdir())):
-                os.replace(entry, path)
-                logger.warning(
-                    "%s: put back from %s (a writer was killed)", path, entry
-                )
-            elif entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-                logger.info("removed %s, left by a killed writer", entry)
-            else:
-                entry.unlink()
-                logger.info("removed %s, left by a killed writer", entry)
+            _undo(entry, entry.with_name(found["name"]), moved_aside=bool(found["old"]))
         except OSError:  # another process got there first
             continue
+
+
+def _undo(entry: Path, target: Path, *, moved_aside: bool) -> None:
+    """Put ``entry`` back as ``target`` (a swap cut short) or remove it; log one line."""
+    if moved_aside and (not target.is_dir() or not any(target.iterdir())):
+        os.replace(entry, target)
+        logger.warning("%s: put back from %s (a writer was killed)", target, entry)
+    elif entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry)
+        logger.info("removed %s, left by a killed writer", entry)
+    else:
+        entry.unlink()
+        logger.info("removed %s, left by a killed writer", entry)
 
 
 def glob_escape(name: str) -> str:

@@ -419,3 +419,25 @@ def test_a_bit_flipped_anchor_is_named_as_damaged_not_blamed_on_lambda(
     assert "lower λ" not in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "v2").exists()
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--lam", "10"],
+        ["--lam-per-task", "A=10"],
+        ["--damping", "0.1"],
+        ["--damping-kind", "uniform"],
+    ],
+)
+def test_a_strength_option_without_a_penalty_is_refused(
+    tasks, tmp_path, capsys, option
+) -> None:
+    """Plain fine-tuning with --lam or --damping would leave A unprotected unawares."""
+    out = tmp_path / "v2"
+    args = ["train", "--task", str(tasks / "B"), *CNN, "--out", str(out), *option]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert f"{option[0]} sets the penalty's strength, but --penalty is none" in err[0]
+    assert not out.exists()

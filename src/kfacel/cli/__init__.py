@@ -69,8 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``kfacel`` with ``argv``; returns the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:  # Ctrl-C while the parsers are built
+        print("kfacel: interrupted", file=sys.stderr)
+        return 130
     level = (
         logging.WARNING
         if args.quiet

@@ -292,6 +292,7 @@ def _continual_settings(args: argparse.Namespace) -> ContinualSettings:
     from kfacel.training.continual import ContinualSettings
     from kfacel.training.trainer import Replay
 
+    _check_strength_has_a_penalty(args)
     replay = None
     if args.replay:
         examples = [ex for d in args.replay for ex in load_task(d).train]
@@ -327,6 +328,28 @@ def _continual_settings(args: argparse.Namespace) -> ContinualSettings:
         lrc=args.lrc,
         replay=replay,
     )
+
+
+def _check_strength_has_a_penalty(args: argparse.Namespace) -> None:
+    """Refuse a strength or damping option given with ``--penalty none``.
+
+    Plain fine-tuning has no penalty for them to act on; taking them silently would
+    leave the user believing the old tasks are protected.
+    """
+    if args.penalty != "none":
+        return
+    given = {
+        "--lam": args.lam is not None,
+        "--lam-per-task": bool(args.lam_per_task),
+        "--damping": args.damping is not None,
+        "--damping-kind": args.damping_kind is not None,
+    }
+    for option, present in given.items():
+        if present:
+            raise UserError(
+                f"{option} sets the penalty's strength, but --penalty is none: pass "
+                "--penalty kfac (or ewc, l2) to protect the earlier tasks"
+            )
 
 
 def _say_protection(
