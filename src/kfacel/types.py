@@ -100,3 +100,9 @@ class Batch:
             if getattr(self, f.name) is not None
         }
         return replace(self, **moved)
+
+
+STATES_DIR = "consolidation"
+"""The folder of a model directory (and of a retriever checkpoint) that holds its
+consolidation states: written by ``kfacel.consolidation.store``, known to the model
+directory's checks in ``kfacel.models.registry``."""

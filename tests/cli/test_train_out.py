@@ -97,6 +97,27 @@ def test_an_existing_model_is_replaced_only_with_overwrite(work, capsys):
     )
 
 
+def test_a_model_holding_the_users_files_is_not_replaced(work, capsys):
+    """--overwrite replaces kfacel's model, never notes or results put inside it."""
+    out = work / "v2"
+    assert train_b(work, str(out)) == 0
+    assert main(["consolidate", str(out), "--task", str(work / "B")]) == 0
+    (out / "notes.txt").write_text("mine\n", encoding="utf-8")
+    (out / "eval").mkdir()
+    capsys.readouterr()
+    before = snapshot(work)
+    assert train_b(work, str(out), "--overwrite") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith(
+        f"--out {out} holds files kfacel did not write (eval/, notes.txt): move them, "
+        "or choose another --out"
+    )
+    assert snapshot(work) == before
+    (out / "notes.txt").unlink()
+    (out / "eval").rmdir()
+    assert train_b(work, str(out), "--overwrite") == 0  # its states are its own
+
+
 def test_an_empty_out_is_used(work):
     assert train_b(work, str(work / "empty")) == 0
     assert [s.task for s in load_state(work / "empty")] == ["A"]

@@ -13,7 +13,7 @@ from kfacel.cli._choices import PRECISIONS
 from kfacel.data.readers import dictionary
 
 if TYPE_CHECKING:
-    from kfacel.data.candidates import CandidateGenerator
+    from kfacel.retrieval.base import CandidateGenerator
     from kfacel.linking.link import MentionQuery, QueryLine, Ranked
     from kfacel.linking.linker import Linker
 
@@ -164,11 +164,8 @@ def _generator(
         UserError: when the dictionary differs from the one the model's task was built
             with (its digest is recorded), or a retrieval model lacks its alias table.
     """
-    from kfacel.data.candidates import (
-        RETRIEVAL_METHODS,
-        build_generator,
-        dictionary_digest,
-    )
+    from kfacel.retrieval.base import dictionary_digest
+    from kfacel.retrieval.methods import RETRIEVAL_METHODS, build_generator
     from kfacel.data.readers import read_dictionary
     from kfacel.linking.linker import RETRIEVAL_FILE
     from kfacel.retrieval.dense import SentenceEncoder

@@ -193,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
     """Train and write the model directory; prints the training summary as JSON."""
     from kfacel._lock import write_lock
     from kfacel.linking.linker import save_linker
-    from kfacel.models import is_model_dir
+    from kfacel.models import is_model_dir, replaceable_model_dir
     from kfacel.tasks.directory import load_task
 
     try:
@@ -204,7 +204,8 @@ def run(args: argparse.Namespace) -> int:
     out = _check_out(args)  # before any work
     with write_lock(out, "train"):  # held from the check to the save
         _check_out(args)  # again: another writer may have finished meanwhile
-        replace = is_model_dir if is_model_dir(out) else None  # only with --overwrite
+        # only with --overwrite, and only a model directory of kfacel's files alone
+        replace = replaceable_model_dir if is_model_dir(out) else None
         task = load_task(args.task)
         linker, log, states = _train(args, task, settings, continual)
         # the states go with the model: the next update reads no old data
@@ -247,8 +248,15 @@ def _train(
 def _check_out(args: argparse.Namespace) -> Path:
     """``--out`` resolved, refused when writing it could lose what is not kfacel's."""
     from kfacel._io import check_output_dir
-    from kfacel.models import is_model_dir
+    from kfacel.models import foreign_entries, is_model_dir
 
+    if Path(args.out).is_dir() and is_model_dir(args.out):
+        if foreign := foreign_entries(args.out):
+            raise UserError(
+                f"--out {args.out} holds files kfacel did not write "
+                f"({', '.join(foreign[:3])}{', …' if len(foreign) > 3 else ''}): move "
+                "them, or choose another --out"
+            )
     return check_output_dir(
         args.out,
         inputs={

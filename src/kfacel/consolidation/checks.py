@@ -92,7 +92,7 @@ def psd_projected(m: Tensor, where: str) -> Tensor:
         return sym
     _check_psd(sym, where)  # refuses beyond rounding
     w, V = torch.linalg.eigh(sym.double())
-    out = (V * w.clamp_min(0.0)) @ V.T  # V max(Λ, 0) Vᵀ
+    out: Tensor = (V * w.clamp_min(0.0)) @ V.T  # V max(Λ, 0) Vᵀ
     out = out.triu() + out.triu(1).T
     return out.to(m.dtype)
 

@@ -40,6 +40,7 @@ from kfacel.consolidation.state import (
     from_stored,
     stored_tensors,
 )
+from kfacel.types import STATES_DIR
 
 FORMAT = 1
 """Version of the metadata layout; a state of another format is refused."""
@@ -47,7 +48,7 @@ FORMAT = 1
 
 def state_dir(model_dir: Path | str) -> Path:
     """Where a model directory keeps its consolidation states."""
-    return Path(model_dir) / "consolidation"
+    return Path(model_dir) / STATES_DIR
 
 
 def save_state(model_dir: Path | str, state: TaskState) -> Path:

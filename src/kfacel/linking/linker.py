@@ -30,6 +30,7 @@ from kfacel.data.tokenize import WordPieceTokenizer, default_encoder_path
 from kfacel.models import (
     build_model,
     is_model_dir,
+    replaceable_model_dir,
     load_model,
     read_model_config,
     save_model,
@@ -159,7 +160,7 @@ def save_linker(
     *,
     log: JsonLog | None = None,
     states: Sequence[TaskState] = (),
-    replace: Callable[[Path], bool] | None = is_model_dir,
+    replace: Callable[[Path], bool] | None = replaceable_model_dir,
 ) -> Path:
     """Write the model directory atomically: weights, config, tokenizer, log, states.
 

@@ -5,9 +5,11 @@ from kfacel.models.cnn import CNNConfig, CNNRanker
 from kfacel.models.registry import (
     MODELS,
     build_model,
+    foreign_entries,
     is_model_dir,
     load_model,
     read_model_config,
+    replaceable_model_dir,
     save_model,
 )
 from kfacel.models.scoring import PairScorer
@@ -20,8 +22,10 @@ __all__ = [
     "CNNRanker",
     "PairScorer",
     "build_model",
+    "foreign_entries",
     "is_model_dir",
     "load_model",
     "read_model_config",
+    "replaceable_model_dir",
     "save_model",
 ]

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from kfacel._io import atomic_dir, recover, umask_mode
 from kfacel.models.bert import BertRanker, BertRankerConfig
 from kfacel.models.cnn import CNNConfig, CNNRanker
+from kfacel.types import STATES_DIR
 
 MODELS: dict[str, tuple[type[Any], type[Any]]] = {
     "cnn": (CNNConfig, CNNRanker),
@@ -48,6 +49,8 @@ WEIGHTS_DIGEST = "weights_sha256"
 """Key of ``config.json``: the SHA-256 of ``model.safetensors`` as it was saved."""
 MODEL_FORMAT = "kfacel-model/1"
 """The ``format`` of a model directory's ``config.json``: the mark of kfacel's own."""
+FILES_KEY = "files"
+"""Key of ``config.json``: the entries the save wrote into the directory."""
 
 
 def model_name(model: nn.Module) -> str:
@@ -102,13 +105,36 @@ def is_model_dir(directory: str | Path) -> bool:
     )
 
 
+def foreign_entries(directory: str | Path) -> list[str]:
+    """The entries of a kfacel model directory that kfacel did not write there.
+
+    ``config.json`` lists what the save wrote (``FILES_KEY``); ``consolidation/`` is
+    kfacel's too (``kfacel consolidate`` adds it later). A directory saved before the
+    list was kept has none to compare with and is taken as kfacel's whole.
+    """
+    written = read_model_config(directory).get(FILES_KEY)
+    if not isinstance(written, list):
+        return []
+    own = {*map(str, written), STATES_DIR}
+    return sorted(
+        p.name + ("/" if p.is_dir() else "")
+        for p in Path(directory).iterdir()
+        if p.name not in own
+    )
+
+
+def replaceable_model_dir(directory: str | Path) -> bool:
+    """Whether ``directory`` is a kfacel model directory holding only kfacel's files."""
+    return is_model_dir(directory) and not foreign_entries(directory)
+
+
 def save_model(
     model: nn.Module,
     directory: str | Path,
     *,
     extra: dict[str, Any] | None = None,
     write_files: Callable[[Path], None] | None = None,
-    replace: Callable[[Path], bool] | None = is_model_dir,
+    replace: Callable[[Path], bool] | None = replaceable_model_dir,
 ) -> Path:
     """Write ``model`` to ``directory`` atomically.
 
@@ -145,9 +171,10 @@ def save_model(
         save_file(state, str(tmp / WEIGHTS_FILE))
         os.chmod(tmp / WEIGHTS_FILE, umask_mode())  # safetensors writes 0600
         meta[WEIGHTS_DIGEST] = file_sha256(tmp / WEIGHTS_FILE)
-        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", "utf-8")
         if write_files is not None:
             write_files(tmp)
+        meta[FILES_KEY] = sorted({CONFIG_FILE, *(p.name for p in tmp.iterdir())})
+        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", "utf-8")
 
     atomic_dir(directory, write, replace=replace)
     return directory
