@@ -152,7 +152,8 @@ def _add_continual_options(p: argparse.ArgumentParser) -> None:
         type=positive_float,
         default=DEFAULT_BUDGET_RATE,
         metavar="ETA",
-        help="dual step of --budget: λ_t changes by at most this share per epoch",
+        help="dual rate of --budget per run: λ_t + 1 grows by at most about e^ETA over "
+        f"the whole run, whatever --epochs (default {DEFAULT_BUDGET_RATE:g})",
     )
     g.add_argument(
         "--tolerance",
