@@ -68,6 +68,7 @@ ALLOWED: dict[str, set[str]] = {
         "curvature",
         "penalties",
         "consolidation",
+        "data",
         "training",
     },
     "cli": {
