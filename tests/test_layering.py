@@ -85,6 +85,7 @@ ALLOWED: dict[str, set[str]] = {
         "curvature",
         "penalties",
         "consolidation",
+        "data",
         "training",
     },
     "cli": {

@@ -286,7 +286,7 @@ def test_budget_bayes_and_tolerance_choose_lambda_without_old_data(
     assert main([*base, "--out", str(tmp_path / "default")]) == 0  # no strength given
     assert (  # the rule in effect, said before training
         "kfacel train: protecting 1 task (A) with kfac, budget ε=0.005 nats, "
-        "rate 1.3/epoch, damping factored δ=1e-06\n"
+        "rate 3.9 per run, damping factored δ=1e-06\n"
     ) in capsys.readouterr().err
     config = json.loads((tmp_path / "default" / "config.json").read_text())
     assert config["continual"]["budget"] == {"A": DEFAULT_BUDGET}

@@ -75,11 +75,13 @@ LR = 0.5
 """The learning rate of ``training_args``: one SGD step moves the weights visibly."""
 
 
-def training_args(out_dir: Any, batch: int, accumulation: int, steps: int = 1) -> Any:
-    """``TrainingArguments`` of a deterministic CPU run: SGD at ``LR``, no clipping."""
+def training_args(
+    out_dir: Any, batch: int, accumulation: int, steps: int = 1, cls: Any = None
+) -> Any:
+    """``TrainingArguments`` (or ``cls``) of a deterministic CPU run: SGD at ``LR``."""
     import transformers
 
-    return transformers.TrainingArguments(
+    return (cls or transformers.TrainingArguments)(
         output_dir=str(out_dir),
         per_device_train_batch_size=batch,
         gradient_accumulation_steps=accumulation,

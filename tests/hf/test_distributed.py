@@ -50,7 +50,7 @@ def _penalty_update(out_dir: str, per_device: int) -> dict[str, torch.Tensor]:
             train_dataset=rows,
             data_collator=pad_collator,
             states=states,
-            lam=10.0 if states else None,
+            strength=hf.Strength(lam=10.0) if states else None,
         )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -50,7 +50,7 @@ def test_lora_state_covers_only_the_adapters_and_training_moves_only_them(tmp_pa
         train_dataset=sequence_rows(8, seed=1, offset=19),
         data_collator=pad_collator,
         states=[state],
-        lam=100.0,
+        strength=hf.Strength(lam=100.0),
     )
     trainer.train()
     for n, p in model.named_parameters():

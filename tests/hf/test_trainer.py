@@ -2,7 +2,8 @@
 
 Compares one SGD step with and without the penalty against ``-lr · ∂R/∂θ`` from
 autograd, for gradient accumulation 1 and 4; stock sequence and token classifiers
-consolidate and train in seconds; states round-trip beside ``save_pretrained``.
+consolidate and train in seconds; states round-trip beside ``save_pretrained``. The
+callback's own tests (plain Trainer, subclasses, checkpoints) are in test_callback.py.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from kfacel.penalties import build_penalty
-from kfacel.penalties.strength import DEFAULT_BUDGET
+from kfacel.penalties.strength import DEFAULT_BUDGET, DEFAULT_KFAC_DAMPING, Strength
 
 pytest.importorskip("accelerate")
 transformers = pytest.importorskip("transformers")
@@ -40,7 +41,7 @@ def _one_step(tmp_path, model, rows, accumulation, states, lam=10.0):
         train_dataset=rows,
         data_collator=pad_collator,
         states=states,
-        lam=lam if states else None,
+        strength=Strength(lam=lam) if states else None,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -53,7 +54,10 @@ def test_one_step_adds_minus_lr_times_the_penalty_gradient(tmp_path, accumulatio
     rows = sequence_rows(8, seed=0)
     model, state = perturbed_state(rows)
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
-    penalty = build_penalty("kfac", [state], [10.0])
+    # the defaults of every entry point: δ = DEFAULT_KFAC_DAMPING, factored (P4)
+    penalty = build_penalty(
+        "kfac", [state], [10.0], damping=DEFAULT_KFAC_DAMPING, damping_kind="factored"
+    )
     value = penalty(model)
     expected = float(value.detach())
     grads = dict(
@@ -87,18 +91,17 @@ def test_no_states_is_a_plain_trainer(tmp_path):
     trainer.train()
     for name, p in model.named_parameters():
         torch.testing.assert_close(kfc[name], p.detach(), rtol=0, atol=0)
-    with pytest.raises(ValueError, match="lam= or budget=, not both"):
+    with pytest.raises(TypeError, match=r"lam= is given as strength=Strength\(lam"):
         hf.KFCTrainer(
             model=model,
             args=training_args(tmp_path, 8, 1),
             states=[kfc_state(model)],
             lam=1.0,
-            budget=0.1,
         )
 
 
-def test_no_strength_is_the_default_budget_with_a_per_epoch_dual_step(tmp_path):
-    """As ``kfacel train --penalty kfac``: ε = DEFAULT_BUDGET, λ moves ≤ rate an epoch."""
+def test_no_strength_is_the_default_budget_with_a_per_run_dual_step(tmp_path):
+    """As ``kfacel train --penalty kfac``: ε = DEFAULT_BUDGET, λ moves ≤ rate a run."""
     model = classifier()
     state = kfc_state(model)
     trainer = hf.KFCTrainer(
@@ -107,12 +110,12 @@ def test_no_strength_is_the_default_budget_with_a_per_epoch_dual_step(tmp_path):
         train_dataset=sequence_rows(16, seed=1, offset=19),
         data_collator=pad_collator,
         states=[state],
-        budget_rate=0.5,
+        strength=Strength(budget_rate=0.5),
     )
     ((penalty, _),) = trainer.kfc_penalties
     assert penalty.budgets == [DEFAULT_BUDGET]
     trainer.train()
-    assert penalty.rate == pytest.approx(0.5 / 4)  # 16 rows, batch 4: 4 steps an epoch
+    assert penalty.rate == pytest.approx(0.5 / 4)  # over max_steps = 4
     # from λ = 0 each step adds at most rate · (λ + floor): the bound after 4 steps
     bound = 0.0
     for _ in range(4):
@@ -146,7 +149,7 @@ def test_stock_classifiers_consolidate_and_train_with_a_budget(tmp_path, head):
         train_dataset=task_b,
         data_collator=pad_collator,
         states=[state],
-        budget=1e-3,
+        strength=Strength(budget=1e-3),
     )
     trainer.train()
     logs = [h for h in trainer.state.log_history if "kfc_penalty" in h]
@@ -186,7 +189,7 @@ def test_a_token_task_budget_is_per_labelled_token(tmp_path):
         train_dataset=token_rows(8, seed=1, offset=19),
         data_collator=pad_collator,
         states=[state],
-        budget=0.01,
+        strength=Strength(budget=0.01),
     )
     ((penalty, _),) = trainer.kfc_penalties
     assert penalty.budgets == [pytest.approx(0.01 * terms / examples)]
@@ -204,12 +207,14 @@ def test_l2_states_need_a_lambda_and_a_budget_rate_must_be_positive(tmp_path):
         task="X",
         method="l2",
     )
-    with pytest.raises(ValueError, match="l2 states have no curvature; give lam="):
+    with pytest.raises(
+        ValueError, match=r"l2 states have no curvature .*Strength\(lam"
+    ):
         hf.KFCTrainer(model=model, args=training_args(tmp_path, 8, 1), states=[l2])
     with pytest.raises(ValueError, match=r"budget_rate must be in \(0, 100\]"):
         hf.KFCTrainer(
             model=model, args=training_args(tmp_path, 8, 1), states=[kfc_state(model)],
-            budget_rate=0.0,
+            strength=Strength(budget_rate=0.0),
         )  # fmt: skip
 
 
@@ -228,7 +233,7 @@ def test_a_budget_trains_on_a_dataset_without_a_length(tmp_path):
         train_dataset=Stream(),
         data_collator=pad_collator,
         states=[kfc_state(model)],
-        budget_rate=0.3,
+        strength=Strength(budget_rate=0.3),
     )
     trainer.train()
     ((penalty, _),) = trainer.kfc_penalties
@@ -243,7 +248,7 @@ def test_states_may_be_a_model_directory_and_anything_else_is_refused(tmp_path):
         model=model,
         args=training_args(tmp_path, 8, 1),
         states=str(tmp_path / "m"),
-        lam=1.0,
+        strength=Strength(lam=1.0),
     )
     assert [s.task for s in trainer.kfc_states] == ["X"]
     with pytest.raises(ValueError, match="empty holds no consolidation states"):
@@ -263,7 +268,8 @@ def test_a_state_that_leaves_trainable_layers_uncovered_is_named(tmp_path):
     big = transformers.BertForSequenceClassification(bert_config(num_hidden_layers=3))
     state = kfc_state(small)
     args = training_args(tmp_path, 8, 1)
-    with pytest.warns(UserWarning, match=r"KFCTrainer: .* bert\.encoder\.layer\.2\."):
-        hf.KFCTrainer(model=big, args=args, states=[state], lam=1.0)
+    one = Strength(lam=1.0)
+    with pytest.warns(UserWarning, match=r"KFCCallback: .* bert\.encoder\.layer\.2\."):
+        hf.KFCTrainer(model=big, args=args, states=[state], strength=one)
     with pytest.raises(ValueError, match=r"layers bert\.encoder\.layer\.2\."):
-        hf.KFCTrainer(model=big, args=args, states=[state], lam=1.0, strict=True)
+        hf.KFCTrainer(model=big, args=args, states=[state], strength=one, strict=True)

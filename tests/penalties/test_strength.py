@@ -13,6 +13,7 @@ from kfacel.penalties.strength import (
     Damping,
     Strength,
     bayes_lams,
+    step_rate,
 )
 from kfacel.training.continual import ContinualSettings
 from tests.penalties.test_budget import toy_state
@@ -23,10 +24,10 @@ def settings(penalty, damping=None, **strength):
     return ContinualSettings(penalty, Strength(**strength), damping)
 
 
-def update_penalty(given, states, new_examples, steps_per_epoch=1):
+def update_penalty(given, states, new_examples, steps_per_epoch=1, epochs=1):
     """The penalty an update with ``given`` trains with (``update_linker``'s call)."""
     strengths = given.strength.per_task(
-        given.penalty, states, new_examples, steps_per_epoch
+        given.penalty, states, new_examples, steps_per_epoch, epochs
     )
     return make_penalty(given.penalty, states, strengths, given.curvature_damping)
 
@@ -89,12 +90,25 @@ def test_kfac_without_a_damping_gets_the_default_factored_damping():
     assert settings("l2", lam=1.0).curvature_damping == Damping(0.0, "uniform")
 
 
-def test_the_dual_step_is_per_epoch_so_small_and_large_tasks_move_lambda_alike():
+def test_the_dual_step_is_per_run_so_tasks_and_epoch_counts_move_lambda_alike():
     p = settings("ewc")
-    large = update_penalty(p, [toy_state()], 4160, steps_per_epoch=130)
-    small = update_penalty(p, [toy_state()], 600, steps_per_epoch=19)
-    assert large.rate == pytest.approx(DEFAULT_BUDGET_RATE / 130)  # 0.01 per step
-    assert small.rate == pytest.approx(DEFAULT_BUDGET_RATE / 19)
-    # over one epoch of violated steps, λ + floor grows by the same factor on both
-    grow = [(1 + pen.rate) ** steps for pen, steps in ((large, 130), (small, 19))]
-    assert grow[0] == pytest.approx(grow[1], rel=0.05)
+    large = update_penalty(p, [toy_state()], 4160, steps_per_epoch=130, epochs=3)
+    small = update_penalty(p, [toy_state()], 600, steps_per_epoch=19, epochs=3)
+    one = update_penalty(p, [toy_state()], 600, steps_per_epoch=19, epochs=1)
+    assert large.rate == DEFAULT_BUDGET_RATE / 3 / 130  # 0.01 per step
+    assert small.rate == pytest.approx(DEFAULT_BUDGET_RATE / 57)
+    assert one.rate == pytest.approx(DEFAULT_BUDGET_RATE / 19)
+    # over the whole run of violated steps, λ + floor grows by the same factor on all
+    runs = ((large, 390), (small, 57), (one, 19))
+    grow = [(1 + pen.rate) ** steps for pen, steps in runs]
+    # (a per-epoch rate gave a one-epoch run e^1.3 of a three-epoch run's e^3.9)
+    top = math.exp(DEFAULT_BUDGET_RATE)
+    assert all(top / 1.5 < g <= top for g in grow)
+
+
+def test_the_default_per_run_rate_gives_the_old_per_epoch_step_bit_for_bit():
+    """3.9 per run over 3 epochs is exactly 1.3 per epoch's step (the CLI's default)."""
+    for steps in range(1, 2000):
+        old = min(1.0, 1.3 / steps)  # the per-epoch rule
+        assert step_rate(DEFAULT_BUDGET_RATE, steps, epochs=3) == old
+        assert step_rate(13.0, steps, epochs=10) == old

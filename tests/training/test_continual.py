@@ -82,7 +82,7 @@ def test_a_tolerance_without_a_penalty_is_refused_before_training(trainings):
             {"penalty": "ewc", "strength": Strength(budget_rate=13.0)},
             None,
             "protecting 2 tasks (A, B) with ewc, budget ε=0.005 nats, "
-            "rate 13/epoch, damping δ=0",
+            "rate 13 per run, damping δ=0",
         ),
         (
             {
@@ -105,3 +105,23 @@ def test_a_tolerance_without_a_penalty_is_refused_before_training(trainings):
 )
 def test_the_strength_rule_in_effect_is_described_in_one_line(given, tolerance, line):
     assert ContinualSettings(**given).describe(["A", "B"], tolerance=tolerance) == line
+
+
+@pytest.mark.parametrize("epochs", [1, 3, 10])
+def test_an_update_spreads_the_budget_rate_over_all_its_epochs(monkeypatch, epochs):
+    """The dual rate is per run: the per-step rate falls as the epochs grow."""
+    from kfacel.penalties.strength import DEFAULT_BUDGET_RATE
+    from kfacel.training.trainer import TrainSettings
+
+    seen = []
+    monkeypatch.setattr(
+        continual, "fit_task", lambda *a, penalty, **k: seen.append(penalty)
+    )
+    task = SimpleNamespace(name="C", train=[object()] * 40)
+    linker = SimpleNamespace(meta={}, model=None)
+    settings = TrainSettings(epochs=epochs, batch_size=8)  # 5 steps an epoch
+    continual.update_linker(
+        linker, task, [_state()], settings, ContinualSettings(penalty="ewc")
+    )
+    (penalty,) = seen
+    assert penalty.rate == DEFAULT_BUDGET_RATE / epochs / 5

@@ -13,9 +13,9 @@ from kfacel.cli._choices import PRECISIONS
 from kfacel.data.readers import dictionary
 
 if TYPE_CHECKING:
-    from kfacel.retrieval.base import CandidateGenerator
     from kfacel.linking.link import MentionQuery, QueryLine, Ranked
     from kfacel.linking.linker import Linker
+    from kfacel.retrieval.base import CandidateGenerator
 
 SCHEMA = """\
 input (--input F.jsonl): one JSON object a line, blank lines skipped
@@ -164,11 +164,11 @@ def _generator(
         UserError: when the dictionary differs from the one the model's task was built
             with (its digest is recorded), or a retrieval model lacks its alias table.
     """
-    from kfacel.retrieval.base import dictionary_digest
-    from kfacel.retrieval.methods import RETRIEVAL_METHODS, build_generator
     from kfacel.data.readers import read_dictionary
     from kfacel.linking.linker import RETRIEVAL_FILE
+    from kfacel.retrieval.base import dictionary_digest
     from kfacel.retrieval.dense import SentenceEncoder
+    from kfacel.retrieval.methods import RETRIEVAL_METHODS, build_generator
 
     concepts = read_dictionary(args.dictionary)
     expected = cands.get("dictionary_sha256")

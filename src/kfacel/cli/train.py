@@ -144,7 +144,8 @@ def _add_continual_options(p: argparse.ArgumentParser) -> None:
         type=positive_float,
         default=DEFAULT_BUDGET_RATE,
         metavar="ETA",
-        help="dual step of --budget: λ_t changes by at most this share per epoch",
+        help="dual rate of --budget per run: λ_t + 1 grows by at most about e^ETA over "
+        f"the whole run, whatever --epochs (default {DEFAULT_BUDGET_RATE:g})",
     )
     g.add_argument(
         "--tolerance",
@@ -250,13 +251,14 @@ def _check_out(args: argparse.Namespace) -> Path:
     from kfacel._io import check_output_dir
     from kfacel.models import foreign_entries, is_model_dir
 
-    if Path(args.out).is_dir() and is_model_dir(args.out):
-        if foreign := foreign_entries(args.out):
-            raise UserError(
-                f"--out {args.out} holds files kfacel did not write "
-                f"({', '.join(foreign[:3])}{', …' if len(foreign) > 3 else ''}): move "
-                "them, or choose another --out"
-            )
+    out = Path(args.out)
+    foreign = foreign_entries(out) if out.is_dir() and is_model_dir(out) else []
+    if foreign:
+        raise UserError(
+            f"--out {args.out} holds files kfacel did not write "
+            f"({', '.join(foreign[:3])}{', …' if len(foreign) > 3 else ''}): move "
+            "them, or choose another --out"
+        )
     return check_output_dir(
         args.out,
         inputs={

@@ -121,7 +121,9 @@ class PenaltyConfig:
     """The λ selection rule (metrics.select_lambda) and tier 3's search around it."""
 
     new_task_tolerance: float = 2.0
-    budget_rate: float = DEFAULT_BUDGET_RATE  # dual step per epoch of *-budget
+    budget_rate: float = (
+        DEFAULT_BUDGET_RATE  # dual rate of *-budget per run (any epochs)
+    )
     tier3_factors: tuple[float, ...] = TIER3_FACTORS
     tier3_mean: Literal["geometric", "arithmetic"] = "geometric"
     tier3_search_first: bool = False

@@ -2,14 +2,20 @@
 
 Needs the ``hf`` extra (``transformers`` with ``accelerate``; ``peft`` for LoRA). Importing
 ``kfacel`` does not import this package; ``import kfacel.hf`` imports ``transformers``.
+The whole path is in docs/hf.md.
 
 - :func:`consolidate` (``kfacel.hf.states``) turns a finished task's Trainer dataset
   and collator into a ``TaskState`` of the trainable parameters;
-- :class:`KFCTrainer` (``kfacel.hf.trainer``) trains the next task with the penalty of
-  every state added once per optimizer step;
-- :func:`save_states` / :func:`load_states` keep the states beside ``save_pretrained``.
+- :class:`KFCCallback` (``kfacel.hf.callback``) adds the penalty of every state once per
+  optimizer step to any ``transformers.Trainer`` or subclass, with the strength
+  (:class:`Strength`) and damping (:class:`Damping`) of every other entry point;
+  :class:`KFCTrainer` is a Trainer with that callback;
+- :func:`save_states` / :func:`load_states` keep the states beside ``save_pretrained``;
+- :func:`minilm_path` is the directory of the shipped MiniLM encoder.
 """
 
+from kfacel.hf.callback import KFCCallback
+from kfacel.hf.encoder import minilm_path
 from kfacel.hf.states import (
     FACTOR_RANK,
     LOSS_TERMS,
@@ -18,12 +24,17 @@ from kfacel.hf.states import (
     save_states,
 )
 from kfacel.hf.trainer import KFCTrainer
+from kfacel.penalties.strength import Damping, Strength
 
 __all__ = [
     "FACTOR_RANK",
     "LOSS_TERMS",
+    "Damping",
+    "KFCCallback",
     "KFCTrainer",
+    "Strength",
     "consolidate",
     "load_states",
+    "minilm_path",
     "save_states",
 ]

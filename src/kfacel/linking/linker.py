@@ -29,10 +29,9 @@ from kfacel.data.records import LinkingExample
 from kfacel.data.tokenize import WordPieceTokenizer, default_encoder_path
 from kfacel.models import (
     build_model,
-    is_model_dir,
-    replaceable_model_dir,
     load_model,
     read_model_config,
+    replaceable_model_dir,
     save_model,
 )
 from kfacel.tasks.directory import RETRIEVER_DIR

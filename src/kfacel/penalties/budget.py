@@ -14,7 +14,7 @@ steps, nor on steps a gradient scaler skipped). λ_t grows while its constraint 
 shrinks toward 0 (never below) while it is slack; at a fixed point either ``q_t = ε_t``
 or ``λ_t = 0``, the KKT conditions of the constrained problem.
 
-The budget's defaults and its per-epoch rate are strength rules
+The budget's defaults and its per-run rate are strength rules
 (``kfacel.penalties.strength``); ``kfacel.penalties.make`` builds a ``BudgetPenalty``
 from consolidation states.
 

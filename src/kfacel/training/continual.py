@@ -151,9 +151,9 @@ def update_linker(
             "(run `kfacel consolidate` first)"
         )
     train = task.train[: settings.max_train] if settings.max_train else task.train
-    steps = math.ceil(len(train) / settings.batch_size)
+    steps = math.ceil(len(train) / settings.batch_size)  # task steps an epoch
     strengths = continual.strength.per_task(
-        continual.penalty, states, len(train), steps
+        continual.penalty, states, len(train), steps, settings.epochs
     )
     penalty = make_penalty(
         continual.penalty, states, strengths, continual.curvature_damping
