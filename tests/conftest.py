@@ -38,3 +38,11 @@ def private_cache(tmp_path_factory):
         os.environ.pop("KFACEL_CACHE_DIR", None)
     else:
         os.environ["KFACEL_CACHE_DIR"] = before
+
+
+@pytest.fixture(scope="session")
+def two_ontologies(tmp_path_factory):
+    """A tiny model trained on task A (MEDIC-like) then B (MedDRA-like): ``_ontologies``."""
+    from tests._ontologies import two_ontology_model
+
+    return two_ontology_model(tmp_path_factory.mktemp("two-ontologies"))

@@ -6,6 +6,11 @@ The library in one loop (docs/design.md)::
     penalty = kfacel.KFACPenalty().add_task(kfacel.snapshot(model), fisher, lam=1e2)
     loss = task_loss + penalty(model)  # ½ Σ_t λ_t (θ − θ*_t)ᵀ F_t (θ − θ*_t)
 
+and a trained model in use (docs/linking.md)::
+
+    linker = kfacel.Linker.load("models/v2")
+    linker.link("Aspirin eased her migraine.", ["migraine"])[0].best
+
 The names below are imported on first use (PEP 562), so that ``import kfacel`` and
 ``kfacel --help`` do not load torch; ``from kfacel import KFACPenalty`` works as usual.
 """
@@ -26,6 +31,7 @@ if TYPE_CHECKING:
         estimate_diagonal,
         estimate_kfac,
     )
+    from kfacel.linking.api import LinkedConcept, Linker, LinkResult
     from kfacel.penalties import (
         DiagonalEWCPenalty,
         KFACPenalty,
@@ -50,6 +56,7 @@ _SOURCES = {
         "estimate_diagonal",
         "estimate_kfac",
     ),
+    "kfacel.linking.api": ("LinkedConcept", "LinkResult", "Linker"),
     "kfacel.penalties": (
         "DiagonalEWCPenalty",
         "KFACPenalty",
@@ -74,6 +81,9 @@ __all__ = [
     "KFACPenalty",
     "KroneckerFactors",
     "L2Penalty",
+    "LinkResult",
+    "LinkedConcept",
+    "Linker",
     "LowRankFactor",
     "NoPenalty",
     "NonFiniteCurvatureError",

@@ -181,7 +181,7 @@ def test_link_refuses_another_dictionary(built, tmp_path, capsys) -> None:
     assert code == 2
     err = capsys.readouterr().err
     assert str(other) in err
-    assert "differs from the dictionary" in err
+    assert "differs from every dictionary" in err
     assert "9 concepts" in err
 
 

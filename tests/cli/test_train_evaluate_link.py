@@ -228,7 +228,7 @@ def test_link_names_the_line_whose_mention_finds_no_candidate(
 def test_link_says_when_the_dictionary_cannot_be_checked(
     task_dir, model_dir, tmp_path, capsys
 ) -> None:
-    """A model whose task recorded no dictionary digest: one warning line, then links."""
+    """A model of an older kfacel (no dictionary kept, no digest): a warning, then links."""
     args = ["--dictionary", str(task_dir[1]), "--text", "an aspirin",
             "--mention", "aspirin", "--threads", "1"]  # fmt: skip
     capsys.readouterr()
@@ -238,6 +238,8 @@ def test_link_says_when_the_dictionary_cannot_be_checked(
     shutil.copytree(model_dir, old)
     config = json.loads((old / "config.json").read_text())
     del config["task"]["candidates"]["dictionary_sha256"]
+    del config["ontologies"]
+    shutil.rmtree(old / "ontologies")
     (old / "config.json").write_text(json.dumps(config))
     assert main(["link", str(old), *args]) == 0
     captured = capsys.readouterr()

@@ -8,6 +8,7 @@ import pytest
 MODULES = [
     "kfacel.retrieval.abbreviations",
     "kfacel.retrieval.base",
+    "kfacel.retrieval.ontology",
 ]
 
 

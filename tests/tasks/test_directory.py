@@ -174,3 +174,19 @@ def test_check_task_out_refuses_an_out_under_a_file(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("x", encoding="utf-8")
     with pytest.raises(ValueError, match="is not a writable directory"):
         check_task_out(tmp_path / "f" / "sub" / "t")
+
+
+def test_a_task_keeps_its_dictionary_and_can_be_replaced(tmp_path: Path) -> None:
+    from kfacel.retrieval.ontology import read_ontology
+    from kfacel.tasks.directory import DICTIONARY_FILE
+    from tests.tasks._toy import CONCEPTS
+
+    out = tmp_path / "task"
+    prepare_toy(out)
+    task = load_task(out)
+    assert task.dictionary == out / DICTIONARY_FILE
+    assert read_ontology(task.dictionary) == list(CONCEPTS)
+    first = task.dictionary.read_bytes()
+    check_task_out(out, overwrite=True)  # the file is the task's own
+    prepare_toy(out)
+    assert (out / DICTIONARY_FILE).read_bytes() == first  # equal inputs, equal bytes

@@ -13,9 +13,8 @@ from kfacel.cli._choices import PRECISIONS
 from kfacel.data.readers import dictionary
 
 if TYPE_CHECKING:
-    from kfacel.linking.link import MentionQuery, QueryLine, Ranked
-    from kfacel.linking.linker import Linker
-    from kfacel.retrieval.base import CandidateGenerator
+    from kfacel.linking.api import LinkedConcept
+    from kfacel.linking.link import MentionQuery, QueryLine
 
 SCHEMA = """\
 input (--input F.jsonl): one JSON object a line, blank lines skipped
@@ -24,10 +23,12 @@ input (--input F.jsonl): one JSON object a line, blank lines skipped
   occurrence.
 output: one JSON object a line, in input order
   {"line": 3, "mention": "...", "start": 12, "end": 22,
-   "concepts": [{"id": "...", "name": "...", "score": 1.5, "synonym": "..."}, ...]}
+   "concepts": [{"id": "...", "name": "...", "score": 1.5, "ontology": "...",
+                 "synonym": "..."}, ...]}
   "line": the 1-based line of --input (absent for --text/--mention); "start"/"end":
-  the mention's character offsets in its text; "synonym": the name the ranker read,
-  when it is not the preferred name; concepts best first.
+  the mention's character offsets in its text; "ontology": the dictionary the concept
+  comes from, as the model names it; "synonym": the name the ranker read, when it is
+  not the preferred name; concepts best first.
   A bad line (not such an object, a mention not in its text, a lone surrogate, no
   candidate found) stops the run with an error naming file and line; with --on-error
   skip it gives {"line": 3, "error": "..."} instead. A file that is not UTF-8 is
@@ -40,16 +41,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "link",
         help="link mentions to dictionary concepts",
-        description="Rank the dictionary's concepts for each mention; print one JSON "
+        description="Rank the concepts of the model's ontologies (every task's "
+        "dictionary, kept in the model directory) for each mention; print one JSON "
         "object a line.",
         epilog=f"{SCHEMA}\n{dictionary.FORMAT}",
     )
     p.add_argument("model_dir", help="model directory (kfacel train's --out)")
-    p.add_argument(
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
         "--dictionary",
-        required=True,
         metavar="F",
-        help="the concept dictionary the model's task was prepared with",
+        help="search this dictionary alone: one a task of the model was prepared with "
+        "(default: the union of every dictionary the model keeps; a model trained by "
+        "an older kfacel keeps none and needs it)",
+    )
+    where.add_argument(
+        "--ontology",
+        metavar="NAME",
+        help="search this ontology of the model alone (names: config.json's "
+        "'ontologies'; default: all of them)",
     )
     p.add_argument("--text", help="the text the mention is in")
     p.add_argument("--mention", help="the mention (first occurrence in --text)")
@@ -107,31 +117,24 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _rank(args: argparse.Namespace, queries: list[MentionQuery]) -> list[list[Ranked]]:
-    """The model's ranking of each query's candidates over ``--dictionary``."""
-    from kfacel.linking.link import link
-    from kfacel.linking.linker import load_linker
-    from kfacel.tasks.directory import ranker_reads_retrieval_text
+def _rank(
+    args: argparse.Namespace, queries: list[MentionQuery]
+) -> list[list[LinkedConcept]]:
+    """The model's ranking of each query's candidates (``kfacel.Linker``'s)."""
+    from kfacel.linking.api import Linker
 
-    linker = load_linker(args.model_dir)
-    task = linker.meta.get("task", {})
-    cands = task.get("candidates", {})
-    generator = _generator(args, linker, cands)
-    if not queries:  # every --input line was bad (--on-error skip)
-        return []
-    return link(
-        linker,
-        generator,
-        queries,
-        num_candidates=int(cands.get("num_candidates", 10)),
-        context_words=int(task.get("context_words", 10)),
-        synonyms=bool(cands.get("synonyms", False)),  # older tasks: preferred names
-        as_retrieved=ranker_reads_retrieval_text(cands),  # older tasks: as written
+    linker = Linker.load(
+        args.model_dir,
+        ontology=args.ontology,
+        dictionary=args.dictionary,
         precision=args.precision,
+        progress=True,
+        warn=lambda line: print(f"warning: {line}", file=sys.stderr),
     )
+    return linker.rank(queries)
 
 
-def _record(entry: QueryLine, ranked: list[Ranked], top: int) -> dict[str, Any]:
+def _record(entry: QueryLine, ranked: list[LinkedConcept], top: int) -> dict[str, Any]:
     """The output object of one query line (see ``SCHEMA``)."""
     head = {} if entry.line is None else {"line": entry.line}
     if entry.query is None:
@@ -139,65 +142,13 @@ def _record(entry: QueryLine, ranked: list[Ranked], top: int) -> dict[str, Any]:
     if not ranked:
         return head | {"error": f"no candidate found for {entry.query.mention!r}"}
     start, end = entry.query.span()
-    concepts = [
-        {"id": r.id, "name": r.name, "score": round(r.score, 4)}
-        | ({"synonym": r.synonym} if r.synonym else {})
-        for r in ranked[:top]
-    ]
+    concepts = [r.to_json() for r in ranked[:top]]
     mention = {"mention": entry.query.mention, "start": start, "end": end}
     return head | mention | {"concepts": concepts}
 
 
 def _where(args: argparse.Namespace, record: dict[str, Any]) -> str:
     return f"{args.input}:{record['line']}" if "line" in record else "--mention"
-
-
-def _generator(
-    args: argparse.Namespace, linker: Linker, cands: dict[str, Any]
-) -> CandidateGenerator:
-    """The model's candidate generator over ``--dictionary``, checked against training.
-
-    A model whose task recorded no dictionary digest cannot be checked: one warning
-    line says so.
-
-    Raises:
-        UserError: when the dictionary differs from the one the model's task was built
-            with (its digest is recorded), or a retrieval model lacks its alias table.
-    """
-    from kfacel.data.readers import read_dictionary
-    from kfacel.linking.linker import RETRIEVAL_FILE
-    from kfacel.retrieval.base import dictionary_digest
-    from kfacel.retrieval.dense import SentenceEncoder
-    from kfacel.retrieval.methods import RETRIEVAL_METHODS, build_generator
-
-    concepts = read_dictionary(args.dictionary)
-    expected = cands.get("dictionary_sha256")
-    if not expected:
-        print(
-            f"warning: {args.model_dir} records no digest of the dictionary it was "
-            f"trained with (its task was prepared by an older kfacel), so --dictionary "
-            f"{args.dictionary} is not checked against it: candidate ranks match "
-            "training only if it is that dictionary",
-            file=sys.stderr,
-        )
-    elif dictionary_digest(concepts) != expected:
-        raise UserError(
-            f"--dictionary {args.dictionary} ({len(concepts)} concepts) differs from "
-            f"the dictionary {args.model_dir} was trained with "
-            f"({cands.get('dictionary_size', '?')} concepts, sha256 {expected[:12]}…): "
-            "candidate ranks would not match training; give that dictionary"
-        )
-    method = cands.get("method", "tfidf")
-    aliases = linker.retrieval_aliases()
-    if method in RETRIEVAL_METHODS and aliases is None:
-        raise UserError(
-            f"{args.model_dir}: {RETRIEVAL_FILE} is missing; {method} retrieval needs "
-            "the training alias table"
-        )
-    encoder = SentenceEncoder(linker.retriever) if linker.retriever else None
-    return build_generator(
-        method, concepts, aliases=aliases, encoder=encoder, progress=True
-    )
 
 
 def _query_lines(args: argparse.Namespace) -> list[QueryLine]:

@@ -182,6 +182,7 @@ def link(
     as_retrieved: bool = False,
     batch_size: int = 64,
     precision: str = "auto",
+    device: str = "cpu",
 ) -> list[list[Ranked]]:
     """The generator's candidates of each mention, best first by the ranker.
 
@@ -199,6 +200,7 @@ def link(
         batch_size: queries per forward pass.
         precision: the ranker's arithmetic (``models.precision``: ``bfloat16``
             autocast is faster on CPUs with bfloat16 matrix units).
+        device: where the ranker runs (the model must be there already).
 
     Returns:
         One list of ``Ranked`` per query, highest score first; an empty list for a
@@ -214,7 +216,9 @@ def link(
             read = text if as_retrieved else q.mention
             examples.append(LinkingExample(read, left, right, cands, cands[0].id))
     batches = linker.batches(examples, batch_size) if examples else []
-    logits = predict(linker.model, batches, precision=precision)  # [N_b, C_b] each
+    logits = predict(
+        linker.model, batches, device=device, precision=precision
+    )  # [N_b, C_b] each
     rows = [row for part in logits for row in part.tolist()]  # C_b: the batch's widest
     scored = iter(zip(rows, examples, strict=True))
     out: list[list[Ranked]] = []

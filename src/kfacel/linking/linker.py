@@ -7,7 +7,10 @@ writes the model directory: ``model.safetensors``, ``config.json`` (model, colla
 settings, the task's candidate generator and context width, so ``link`` can rebuild
 candidates), the tokenizer files, ``train_log.json`` and, for a linker with alias
 features, ``aliases.json`` (the training split's mention-to-gold links,
-``data/aliases.py``), all atomically. ``load_linker`` reads it back.
+``data/aliases.py``), and ``ontologies/NAME.jsonl.gz``, the dictionary of every task it
+was trained on (``retrieval.ontology``; recorded in ``config.json``'s ``ontologies`` and
+carried forward by each update, so that ``link`` searches all of them), all atomically.
+``load_linker`` reads it back.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from kfacel.models import (
     replaceable_model_dir,
     save_model,
 )
+from kfacel.retrieval.ontology import SUFFIX, Ontology, write_ontology
 from kfacel.tasks.directory import RETRIEVER_DIR
 
 TRAIN_LOG_FILE = "train_log.json"
@@ -41,6 +45,8 @@ ALIASES_FILE = "aliases.json"
 RETRIEVAL_FILE = "retrieval-aliases.json"
 """The training links of every task the linker learned, for retrieval's alias channel."""
 RETRIEVAL_FORMAT = "kfacel-retrieval-aliases/1"
+ONTOLOGY_DIR = "ontologies"
+"""The dictionaries of the tasks a linker learned, one ontology file each."""
 
 
 class JsonLog(Protocol):
@@ -67,6 +73,10 @@ class Linker:
     """The fine-tuned dense retriever of the last task trained on (a checkpoint
     directory, copied into the model directory as ``retriever/``); None: MiniLM as
     shipped, or no dense retrieval."""
+
+    ontologies: tuple[Ontology, ...] = ()
+    """The dictionary of every task trained on, in order of first use; one used by
+    several tasks is listed once. Saved as ``ontologies/``, carried forward."""
 
     def retrieval_aliases(self) -> AliasTable | None:
         """The links of every task trained on, for retrieval (None: no such task)."""
@@ -172,6 +182,10 @@ def save_linker(
     c = linker.collator
     extra = {
         **linker.meta,
+        "ontologies": [
+            o.to_json(f"{ONTOLOGY_DIR}/{o.name}{SUFFIX}" if o.stored else None)
+            for o in linker.ontologies
+        ],
         "collate": {
             "max_mention_length": c.max_mention_length,
             "max_name_length": c.max_name_length,
@@ -197,6 +211,8 @@ def save_linker(
             (tmp / RETRIEVAL_FILE).write_text(text, encoding="utf-8")
         for state in states:
             save_state(tmp, state)
+        for o in linker.ontologies:
+            _write_ontology(o, tmp / ONTOLOGY_DIR / f"{o.name}{SUFFIX}")
 
     return save_model(
         linker.model, directory, extra=extra, write_files=write_files, replace=replace
@@ -223,7 +239,7 @@ def load_linker(directory: str | Path) -> Linker:
             f"{directory}: the model takes {wanted} features but the collator makes "
             f"{len(collator.feature_names)} (is {ALIASES_FILE} missing?)"
         )
-    own_keys = ("format", "model", "config", "collate")
+    own_keys = ("format", "model", "config", "collate", "ontologies")
     extra = {k: v for k, v in meta.items() if k not in own_keys}
     tuned = Path(directory) / RETRIEVER_DIR
     return Linker(
@@ -232,7 +248,47 @@ def load_linker(directory: str | Path) -> Linker:
         extra,
         _read_retrieval(Path(directory)),
         tuned if tuned.is_dir() else None,
+        _read_ontologies(Path(directory), meta),
     )
+
+
+def _write_ontology(ontology: Ontology, file: Path) -> None:
+    """Put ``ontology``'s concepts at ``file`` (a copy of its file when it has one)."""
+    if not ontology.stored:
+        return
+    file.parent.mkdir(exist_ok=True)
+    if ontology.file is not None:
+        shutil.copyfile(ontology.file, file)
+    else:
+        write_ontology(file, ontology.concepts())
+
+
+def _read_ontologies(directory: Path, meta: dict[str, Any]) -> tuple[Ontology, ...]:
+    """The ontologies ``config.json`` records (older models: their last task's, by digest).
+
+    A model saved before models kept their dictionaries records its last task's
+    dictionary by digest alone, when its task recorded one.
+
+    Raises:
+        ValueError: naming the directory when a record is malformed or its file missing.
+    """
+    records = meta.get("ontologies")
+    if records is None:
+        task = meta.get("task", {})
+        cands = task.get("candidates", {})
+        if not cands.get("dictionary_sha256"):
+            return ()
+        name = str(task.get("name", "task"))
+        size = int(cands.get("dictionary_size", 0))
+        return (Ontology(name, cands["dictionary_sha256"], size, (name,)),)
+    try:
+        out = tuple(Ontology.from_json(r, directory) for r in records)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"{directory}/config.json: bad 'ontologies' ({exc})") from None
+    for o in out:
+        if o.file is not None and not o.file.is_file():
+            raise ValueError(f"{o.file}: missing (ontology {o.name!r} of {directory})")
+    return out
 
 
 def _read_retrieval(directory: Path) -> dict[str, AliasTable]:

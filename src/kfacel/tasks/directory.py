@@ -5,7 +5,9 @@ A task directory holds ``train.jsonl``, ``dev.jsonl`` and ``test.jsonl`` (one
 sources, counts, candidate method, C, context width, seed, what was skipped and why,
 and the generator's recall@k and accuracy@1 per split); with a retrieval method also
 ``aliases.json`` (the training alias table), and with a fine-tuned retriever its
-checkpoint ``retriever/`` and ``retriever_groups.jsonl``. ``tasks.prepare`` builds the
+checkpoint ``retriever/`` and ``retriever_groups.jsonl``. ``dictionary.jsonl.gz`` is the
+dictionary the candidates were drawn from (``retrieval.ontology``), which ``train`` keeps
+in the model directory so that ``link`` needs no ``--dictionary``. ``tasks.prepare`` builds the
 queries; this module writes and reads the files.
 
 The directory is assembled in a hidden temporary sibling (``.NAME.XXXX``, removed on
@@ -30,9 +32,10 @@ from typing import Any
 from kfacel._io import atomic_dir
 from kfacel.data.aliases import AliasTable
 from kfacel.data.readers.lines import read_text, text_lines
-from kfacel.data.records import LinkingExample
+from kfacel.data.records import Concept, LinkingExample
 from kfacel.retrieval.dense import RETRIEVER_STATES, SentenceEncoder
 from kfacel.retrieval.finetune import RetrieverSettings
+from kfacel.retrieval.ontology import write_ontology
 
 SPLITS = ("train", "dev", "test")
 FORMAT = "kfacel-task/1"
@@ -43,6 +46,8 @@ RETRIEVER_DIR = "retriever"
 RETRIEVER_GROUPS_FILE = "retriever_groups.jsonl"
 """The synonym groups the retriever was fine-tuned on (dictionary names and training
 mentions, one JSON list a line): what ``kfacel consolidate`` reads for its Fisher."""
+DICTIONARY_FILE = "dictionary.jsonl.gz"
+"""The task's dictionary as an ontology file (``retrieval.ontology``)."""
 TASK_FILES = (
     "train.jsonl",
     "dev.jsonl",
@@ -51,6 +56,7 @@ TASK_FILES = (
     ALIASES_FILE,
     RETRIEVER_DIR,
     RETRIEVER_GROUPS_FILE,
+    DICTIONARY_FILE,
 )
 
 
@@ -87,6 +93,9 @@ class Task:
     """The training links retrieval's alias channel reads (``aliases.json``)."""
     retriever: Path | None = field(default=None, repr=False, compare=False)
     """The fine-tuned dense retriever's checkpoint directory, if the task has one."""
+    dictionary: Path | None = field(default=None, repr=False, compare=False)
+    """Its dictionary's ontology file (``DICTIONARY_FILE``); None for a task prepared
+    without one (an older kfacel, or by hand)."""
 
     def split(self, name: str) -> list[LinkingExample]:
         """The queries of split ``name`` (``train``, ``dev`` or ``test``)."""
@@ -217,8 +226,11 @@ def write_task(
     *,
     aliases: AliasTable | None = None,
     retriever: RetrieverTuning | None = None,
+    concepts: Sequence[Concept] | None = None,
 ) -> Path:
     """Write a task directory at once: the three splits, ``task.json``, the aliases.
+
+    With ``concepts``: the dictionary, as ``DICTIONARY_FILE``.
 
     With ``retriever``: its checkpoint as ``retriever/`` (carrying the consolidation
     states of the checkpoint it started from) and its groups.
@@ -252,6 +264,8 @@ def write_task(
             _write(tmp / ALIASES_FILE, links + "\n")
         if retriever is not None:
             retriever.write(tmp)
+        if concepts is not None:
+            write_ontology(tmp / DICTIONARY_FILE, concepts)
 
     atomic_dir(out, write, replace=is_task_dir)  # checked again at the rename
     return out
@@ -341,11 +355,13 @@ def load_task(task_dir: Path | str) -> Task:
             raise ValueError(f"{path / ALIASES_FILE}: {exc}") from None
     name = str(info.get("name", path.name))
     tuned = path / RETRIEVER_DIR
+    dictionary = path / DICTIONARY_FILE
     return Task(
         name=name,
         path=path,
         info=info,
         aliases=aliases,
         retriever=tuned if tuned.is_dir() else None,
+        dictionary=dictionary if dictionary.is_file() else None,
         **splits,
     )

@@ -137,7 +137,9 @@ def prepare_task(
         if built.channels is not None:
             info.setdefault("channels", {})[split] = built.channels
     info["skipped"] = skips.to_json()
-    write_task(out_dir, examples, info, aliases=aliases, retriever=tuned)
+    write_task(
+        out_dir, examples, info, aliases=aliases, retriever=tuned, concepts=concepts
+    )
     return info
 
 

@@ -4,7 +4,8 @@
 (``training.trainer.train_task``): it batches the train and dev splits (and replayed
 queries) with the linker's collator, trains, and records in the linker what the model
 directory must say about the task (its candidate generator and context width, its alias
-table and fine-tuned retriever), so ``save_linker`` and ``link`` can use them.
+table, fine-tuned retriever and dictionary), so ``save_linker`` and ``link`` can use
+them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from typing import Any
 
 from kfacel.data.records import LinkingExample
 from kfacel.linking.linker import Linker
+from kfacel.linking.ontologies import task_ontology
 from kfacel.penalties.base import Penalty
+from kfacel.retrieval.ontology import learn
 from kfacel.tasks.directory import Task
 from kfacel.training.trainer import Replay, TrainLog, TrainSettings, train_task
 
@@ -62,6 +65,9 @@ def fit_task(
     if task.aliases is not None:
         linker.retrieval[task.name] = task.aliases
     linker.retriever = task.retriever  # candidates are the last task's
+    ontology = task_ontology(task)
+    if ontology is not None:  # link searches every task's dictionary
+        linker.ontologies = learn(linker.ontologies, ontology)
     linker.meta["task"] = {
         "name": task.name,
         "candidates": task.info.get("candidates", {}),
