@@ -441,3 +441,25 @@ def test_a_strength_option_without_a_penalty_is_refused(
     assert len(err) == 1
     assert f"{option[0]} sets the penalty's strength, but --penalty is none" in err[0]
     assert not out.exists()
+
+
+def test_consolidate_refuses_another_task_of_the_same_name(
+    tasks, tmp_path, capsys
+) -> None:
+    """A task re-prepared (or another corpus) under the trained task's name: refused."""
+    v1, other = tmp_path / "v1", tmp_path / "other" / "A"
+    args = ["train", "--task", str(tasks / "A"), "--out", str(v1), *CNN]
+    assert main([*args, "--epochs", "1"]) == 0
+    splits = {
+        s: code_task("A", TASK_A, n, 50 + i)
+        for i, (s, n) in enumerate((("train", 64), ("dev", 32), ("test", 32)))
+    }
+    write_task(other, splits, {"name": "A"})
+    capsys.readouterr()
+    assert main(["consolidate", str(v1), "--task", str(other)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert f"{other} is not the task {v1} was trained on" in err[0]
+    assert "dev.jsonl, test.jsonl, train.jsonl differ" in err[0]
+    assert not (v1 / "consolidation").exists()
+    assert main(["consolidate", str(v1), "--task", str(tasks / "A")]) == 0

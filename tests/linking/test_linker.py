@@ -100,7 +100,23 @@ def test_alias_features_solve_a_task_without_string_evidence(task, tmp_path):
         torch.testing.assert_close(a, b)
 
     (tmp_path / "m" / ALIASES_FILE).unlink()
-    with pytest.raises(ValueError, match=r"aliases\.json missing"):
+    with pytest.raises(ValueError, match=r"aliases\.json is missing"):
+        load_linker(tmp_path / "m")
+
+
+def test_a_tokenizer_file_changed_after_the_save_is_refused(task, tmp_path):
+    """A vocab.txt cut short (tokenizer.json gone) would load as a smaller vocabulary."""
+    linker = new_linker("cnn", task.train, hidden=8, embed_dim=8, seed=0)
+    save_linker(linker, tmp_path / "m")
+    load_linker(tmp_path / "m")  # as saved: loads
+    vocab = tmp_path / "m" / "vocab.txt"
+    (tmp_path / "m" / "tokenizer.json").unlink(missing_ok=True)
+    with pytest.raises(ValueError, match=r"tokenizer\.json is missing"):
+        load_linker(tmp_path / "m")
+    save_linker(linker, tmp_path / "m")
+    lines = vocab.read_text(encoding="utf-8").splitlines(keepends=True)
+    vocab.write_text("".join(lines[: len(lines) // 2]), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"vocab\.txt differs from the file saved"):
         load_linker(tmp_path / "m")
 
 

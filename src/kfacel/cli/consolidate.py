@@ -219,6 +219,29 @@ def _check_trained_on(meta: dict[str, Any], task: Task, model_dir: str) -> None:
             f"{model_dir} was {trained}, not on task {task.name!r} ({task.path}): "
             "consolidate a task with the model trained on it"
         )
+    _check_same_files(trained_on, task, model_dir)
+
+
+def _check_same_files(trained_on: Any, task: Task, model_dir: str) -> None:
+    """Refuse a task whose files differ from those the model was trained on.
+
+    Two task directories can share a name (a re-prepared task, another corpus named
+    alike); the model records its task's fingerprint (``task_fingerprint``), and a
+    model that records none is not checked.
+    """
+    from kfacel.tasks.directory import task_fingerprint
+
+    recorded = trained_on.get("fingerprint") if isinstance(trained_on, dict) else None
+    if not recorded:
+        return
+    now = task_fingerprint(task.path)
+    changed = sorted(n for n in {*recorded, *now} if recorded.get(n) != now.get(n))
+    if changed:
+        raise UserError(
+            f"{task.path} is not the task {model_dir} was trained on: "
+            f"{', '.join(changed)} differ from the files of that task (named "
+            f"{task.name!r} too); consolidate the task the model was trained on"
+        )
 
 
 def _retriever_state(args: argparse.Namespace, task: Task) -> TaskState | str:

@@ -32,6 +32,7 @@ from kfacel.data.records import LinkingExample
 from kfacel.data.tokenize import WordPieceTokenizer, default_encoder_path
 from kfacel.models import (
     build_model,
+    check_saved_files,
     load_model,
     read_model_config,
     replaceable_model_dir,
@@ -223,6 +224,7 @@ def load_linker(directory: str | Path) -> Linker:
     """The linker saved in ``directory`` (model in eval mode on the CPU)."""
     meta = read_model_config(directory)
     model = load_model(directory)
+    check_saved_files(directory, skip=frozenset({TRAIN_LOG_FILE}))
     settings = meta.get("collate", {})
     aliases = _read_aliases(Path(directory) / ALIASES_FILE)
     collator = Collator(

@@ -5,6 +5,7 @@ from kfacel.models.cnn import CNNConfig, CNNRanker
 from kfacel.models.registry import (
     MODELS,
     build_model,
+    check_saved_files,
     foreign_entries,
     is_model_dir,
     load_model,
@@ -22,6 +23,7 @@ __all__ = [
     "CNNRanker",
     "PairScorer",
     "build_model",
+    "check_saved_files",
     "foreign_entries",
     "is_model_dir",
     "load_model",

@@ -50,7 +50,8 @@ WEIGHTS_DIGEST = "weights_sha256"
 MODEL_FORMAT = "kfacel-model/1"
 """The ``format`` of a model directory's ``config.json``: the mark of kfacel's own."""
 FILES_KEY = "files"
-"""Key of ``config.json``: the entries the save wrote into the directory."""
+"""Key of ``config.json``: the entries the save wrote into the directory, each file's
+SHA-256 (None for a folder, and for ``config.json`` itself)."""
 
 
 def model_name(model: nn.Module) -> str:
@@ -113,7 +114,7 @@ def foreign_entries(directory: str | Path) -> list[str]:
     list was kept has none to compare with and is taken as kfacel's whole.
     """
     written = read_model_config(directory).get(FILES_KEY)
-    if not isinstance(written, list):
+    if not isinstance(written, dict):
         return []
     own = {*map(str, written), STATES_DIR}
     return sorted(
@@ -121,6 +122,36 @@ def foreign_entries(directory: str | Path) -> list[str]:
         for p in Path(directory).iterdir()
         if p.name not in own
     )
+
+
+def check_saved_files(
+    directory: str | Path, *, skip: frozenset[str] = frozenset()
+) -> None:
+    """Refuse a file of a model directory that differs from the one its save wrote.
+
+    Each file recorded under ``FILES_KEY`` with a digest (tokenizer files, alias
+    tables, …) is compared; ``skip`` names files whose content does not reach a result
+    (a training log). A directory saved before digests were kept is not checked.
+
+    Raises:
+        ValueError: naming the file that is missing or differs.
+    """
+    meta = read_model_config(directory)
+    written = meta.get(FILES_KEY)
+    if not isinstance(written, dict):
+        return
+    for name, digest in written.items():
+        file = Path(directory) / str(name)
+        if not isinstance(digest, str) or name in skip:
+            continue
+        if not file.is_file():
+            raise ValueError(f"{file} is missing: the model was saved with it")
+        if file_sha256(file) != digest:
+            raise ValueError(
+                f"{file} differs from the file saved with the model (SHA-256 in "
+                f"{Path(directory) / CONFIG_FILE}): damaged or replaced; restore it or "
+                "train the model again"
+            )
 
 
 def replaceable_model_dir(directory: str | Path) -> bool:
@@ -173,7 +204,11 @@ def save_model(
         meta[WEIGHTS_DIGEST] = file_sha256(tmp / WEIGHTS_FILE)
         if write_files is not None:
             write_files(tmp)
-        meta[FILES_KEY] = sorted({CONFIG_FILE, *(p.name for p in tmp.iterdir())})
+        meta[FILES_KEY] = {
+            p.name: file_sha256(p) if p.is_file() else None
+            for p in sorted(tmp.iterdir())
+            if p.name != CONFIG_FILE
+        } | {CONFIG_FILE: None}
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", "utf-8")
 
     atomic_dir(directory, write, replace=replace)

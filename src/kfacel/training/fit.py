@@ -18,7 +18,7 @@ from kfacel.linking.linker import Linker
 from kfacel.linking.ontologies import task_ontology
 from kfacel.penalties.base import Penalty
 from kfacel.retrieval.ontology import learn
-from kfacel.tasks.directory import Task
+from kfacel.tasks.directory import Task, task_fingerprint
 from kfacel.training.trainer import Replay, TrainLog, TrainSettings, train_task
 
 
@@ -72,5 +72,6 @@ def fit_task(
         "name": task.name,
         "candidates": task.info.get("candidates", {}),
         "context_words": task.info.get("context_words", 10),
+        "fingerprint": task_fingerprint(task.path),  # consolidate checks it is this one
     }
     return log
