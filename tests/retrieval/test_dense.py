@@ -70,3 +70,16 @@ def test_a_cache_entry_with_one_flipped_byte_is_rebuilt_saying_so(
         encoder, names, cache=tmp_path
     )  # the rebuilt entry is trusted again
     np.testing.assert_array_equal(again.matrix, rebuilt.matrix)
+
+
+def test_a_mention_the_encoder_finds_nothing_like_has_no_candidate(dense) -> None:
+    """Other scripts and symbols: no candidate from dense or fused, not the least unlike.
+
+    The encoder ranks every name for any string; what has no letter or digit of the
+    dictionary's is refused before ranking.
+    """
+    fused = build_generator("fused", CONCEPTS, encoder=dense.index.encoder)
+    foreign = ["血友病", "患者は血友病です", "гемофилией", "∑∆∂"]
+    for generator in (dense, fused):
+        assert generator.search(foreign, 5) == [[] for _ in foreign]
+        assert generator.search(["heart attack"], 1)[0][0][0].id == "C1"

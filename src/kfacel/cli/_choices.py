@@ -17,7 +17,7 @@ CONSOLIDATION_SPLITS = ("train", "dev")
 """``kfacel.training.consolidate.CONSOLIDATION_SPLITS``."""
 DAMPING_KINDS = ("uniform", "factored")
 """``kfacel.penalties.ewc_kfac.DAMPING_KINDS``."""
-DEFAULT_BUDGET_RATE = 1.3
+DEFAULT_BUDGET_RATE = 3.9
 """``kfacel.penalties.strength.DEFAULT_BUDGET_RATE``."""
 DEFAULT_KFAC_DAMPING = 1e-6
 """``kfacel.penalties.strength.DEFAULT_KFAC_DAMPING``."""

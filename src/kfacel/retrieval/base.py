@@ -76,6 +76,7 @@ class CandidateGenerator:
                 originals.append(first[key])
         self._names = names
         self._originals = originals  # as the dictionary spells them
+        self._alphabet = frozenset(ch for n in names for ch in n if ch.isalnum())
         self._starts = np.asarray([*starts, len(names)], dtype=np.int64)
 
     def index_of(self, concept_id: str) -> int | None:
@@ -174,7 +175,10 @@ class CandidateGenerator:
 
         A concept scoring 0 shares nothing with the mention (no character 3-gram, no
         word, no alias link), so ranking it would be arbitrary: a mention gets fewer
-        than ``k`` concepts when fewer have evidence, and none when none has.
+        than ``k`` concepts when fewer have evidence, and none when none has. A mention
+        with no letter or digit the dictionary's names use (another script, symbols)
+        gets none from any channel: a sentence encoder would still rank the names
+        least unlike it.
 
         Args:
             mentions: mention strings.
@@ -198,7 +202,18 @@ class CandidateGenerator:
                 )
             ]
             out.extend(best[r] for r in rows)
-        return out
+        pairs = zip(mentions, out, strict=True)
+        return [found if self.writes_like(m) else [] for m, found in pairs]
+
+    def writes_like(self, mention: str) -> bool:
+        """Whether ``mention`` has a letter or digit that some name of the dictionary has.
+
+        >>> from kfacel.data.records import Concept
+        >>> gen = CandidateGenerator([Concept("D1", ("Hemophilia",))])
+        >>> gen.writes_like("hemophilia A"), gen.writes_like("血友病"), gen.writes_like("∑∆")
+        (True, False, False)
+        """
+        return any(ch in self._alphabet for ch in _key(mention))
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
