@@ -1,13 +1,19 @@
-"""Start a run directory for a one-factor variant from the finished cells of another.
+"""Optional: start a run directory with the finished cells of an earlier run copied in.
 
-A factor of the forgetting study that changes only how the new task is trained (optimizer, clipping,
-learning rate, λ or budget grid) leaves the tier-1 models and, unless the curvature
-settings change, the consolidation states as they were: those cells are copied instead
-of retrained, and the new run's ``env.json`` says which cells were copied from where.
-Run the experiment afterwards with the same config and overrides and ``--out DST``.
+An experiment is its config (``configs/*.toml``); this only saves time. A variant that
+changes only how the new task is trained (optimizer, clipping, learning rate, λ or budget
+grid) shares the tier-1 models of an earlier run with the same settings and, unless the
+curvature settings change, its consolidation states: those cells (and any named by
+``--copy``) are copied instead of retrained, and the new run's ``env.json`` says which
+cells were copied from where. Then run the experiment as usual; it skips the copied
+cells. Each config under ``configs/forgetting/`` and ``configs/transformer/`` names the
+earlier run it shares cells with.
 
     python benchmarks/fork_run.py SRC DST CONFIG [--states] [--copy GLOB ...] [--set …]
-    kfacel experiment CONFIG --out DST [--set KEY=VALUE ...] --jobs 2
+    kfacel experiment CONFIG [--out DST] --jobs 2
+
+e.g. ``python benchmarks/fork_run.py runs/forgetting-wide-six runs/forgetting-factored-six
+configs/forgetting/factored-six.toml --states --copy 'tier2-*-none-*'``.
 """
 
 from __future__ import annotations

@@ -22,6 +22,8 @@ from kfacel.types import FisherKind, KFACApprox
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SHIPPED = sorted(CONFIGS.glob("*.toml"))
+EVERY_CONFIG = sorted(CONFIGS.rglob("*.toml"))
+STUDY_CONFIGS = [p for p in EVERY_CONFIG if p.parent != CONFIGS]
 PAPER = [
     p for p in SHIPPED if p.stem.startswith("paper-") and not p.stem.endswith("-fine")
 ]
@@ -226,6 +228,38 @@ def test_every_config_is_shipped() -> None:
     } <= names
 
 
+@pytest.mark.parametrize(
+    "path", EVERY_CONFIG, ids=lambda p: str(p.relative_to(CONFIGS))
+)
+def test_every_file_under_configs_loads(path: Path) -> None:
+    cfg = load_config(path)
+    assert ExperimentConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_the_studies_have_their_configs() -> None:
+    assert {str(p.relative_to(CONFIGS)) for p in STUDY_CONFIGS} >= {
+        "forgetting/factored-six.toml",
+        "forgetting/t3-factored.toml",
+        "transformer/lam-grid-ewc.toml",
+        "transformer/references.toml",
+    }
+
+
+@pytest.mark.parametrize(
+    "path", STUDY_CONFIGS, ids=lambda p: str(p.relative_to(CONFIGS))
+)
+def test_a_study_config_is_one_run_named_in_its_header(path: Path) -> None:
+    """One config, one run directory; the header says what reports it and how to run it."""
+    cfg = load_config(path)
+    assert cfg.output_dir == f"runs/{cfg.name}"
+    text = path.read_text(encoding="utf-8")
+    header = text[: text.index("\nname = ")]
+    assert all(line.startswith("#") for line in header.splitlines())
+    assert "benchmarks/RESULTS.md" in header
+    assert f"kfacel experiment {path.relative_to(CONFIGS.parent).as_posix()}" in header
+    assert f"kfacel report {cfg.output_dir}" in header
+
+
 @pytest.mark.parametrize("path", PAPER, ids=lambda p: p.name)
 def test_shipped_configs_load(path: Path) -> None:
     cfg = load_config(path)
@@ -238,7 +272,7 @@ def test_shipped_configs_load(path: Path) -> None:
     )
     if path.stem == "paper-transformer-small":
         # the transformer config's CPU sizing: tiers 1-3 on none and the budgets (LRC and
-        # replay beside it at tier 2: benchmarks/transformer_runs/references.sh)
+        # replay beside it at tier 2: configs/transformer/references.toml)
         assert set(cfg.methods) == {Method.NONE, Method.KFAC_BUDGET, Method.EWC_BUDGET}
         assert cfg.budget_grid == (0.005,)
         assert cfg.penalty.tier3_factors == (1.0,)

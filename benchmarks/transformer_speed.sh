@@ -7,9 +7,12 @@
 # seconds (user + system) of the whole train command (480 queries, then the 2,000 dev
 # queries) and of `evaluate` on the dev split, and dev accuracy. With one thread the CPU
 # seconds hold even when other jobs share the machine; wall times do not.
-#   bash benchmarks/transformer_runs/speed.sh [THREADS]
+# Writes under the ignored runs/speed (a worktree of ee428ab, the models, the outputs).
+# Reported in benchmarks/RESULTS.md ("bfloat16 autocast and one word lookup a step",
+# "K-FAC chunked by length, fused AdamW", "Two threads, after fused AdamW").
+#   bash benchmarks/transformer_speed.sh [THREADS]
 set -e
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/.."
 THREADS=${1:-2}
 TASK=tasks/public3-small/medmentions
 OUT=runs/speed

@@ -9,7 +9,7 @@ and in bfloat16 autocast, alternating the runs ``--repeats`` times and keeping e
 best throughput. Prints the training queries/s and each penalty step's cost as a ratio
 to the plain step of the same precision; nothing is asserted.
 
-    python benchmarks/transformer_runs/penalty_step.py --ranks 64 128
+    python benchmarks/transformer_penalty_step.py --ranks 64 128
 """
 
 from __future__ import annotations
