@@ -47,8 +47,8 @@ def _task(root: Path, name: str, concepts: dict, seed: int) -> tuple[Path, Path]
     out = root / name
     assert main(
         ["-q", "prepare", "pubtator", "--corpus", str(corpus), "--dictionary",
-         str(dictionary), "--out", str(out), "--num-candidates", "4",
-         "--context-words", "3"]
+         str(dictionary), "--out", str(out), "--candidates", "tfidf",
+         "--num-candidates", "4", "--context-words", "3"]
     ) == 0  # fmt: skip
     return out, dictionary
 

@@ -33,5 +33,5 @@ def test_every_command_and_option_is_documented() -> None:
     for command in ("prepare jsonl", "prepare pubtator", "train", "link", "evaluate"):
         assert f"### `kfacel {command}`" in generated
     assert "| `--composite` | `refuse` |" in generated
-    assert "| `--num-candidates C` | `10` |" in generated
+    assert "| `--num-candidates C` | `32` |" in generated
     assert "### Concept dictionary (TSV or MEDIC)" in generated

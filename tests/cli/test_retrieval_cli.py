@@ -102,7 +102,8 @@ def test_link_reproduces_the_end_to_end_accuracy_of_evaluate(
     model = tmp_path / "model"
     assert main(
         ["train", "--task", str(task), "--model", "cnn", "--out", str(model),
-         "--epochs", "1", "--batch-size", "8", "--hidden", "16", "--lr", "3e-4"]
+         "--epochs", "1", "--batch-size", "8", "--hidden", "16", "--lr", "3e-4",
+         "--no-aliases"]  # an imperfect ranker, so that the comparison can fail
     ) == 0  # fmt: skip
     assert (model / "retrieval-aliases.json").is_file()
     assert (model / "retriever" / "model.safetensors").is_file() == tuned
@@ -207,3 +208,37 @@ def test_each_tasks_alias_table_is_carried_forward_once(built, tmp_path) -> None
     merged = three.retrieval_aliases()
     assert merged is not None
     assert len(merged) == len(one["task"]) * 2
+
+
+def test_prepare_defaults_to_fused_retrieval_and_train_to_its_aliases(
+    built, tmp_path, capsys
+) -> None:
+    root, (fused, *_), dictionary = built
+    plain = tmp_path / "plain"
+    assert main(
+        ["prepare", "pubtator", "--corpus", str(root / "corpus.txt"), "--dictionary",
+         str(dictionary), "--out", str(plain), "--context-words", "3"]
+    ) == 0  # fmt: skip
+    cands = json.loads((plain / "task.json").read_text())["candidates"]
+    assert cands["method"] == "fused"
+    assert cands["num_candidates"] == len(CONCEPTS)  # C = 32, capped by the dictionary
+    tfidf = tmp_path / "tfidf"
+    assert main(
+        ["prepare", "pubtator", "--corpus", str(root / "corpus.txt"), "--dictionary",
+         str(dictionary), "--out", str(tfidf), "--candidates", "tfidf",
+         "--num-candidates", "3", "--context-words", "3"]
+    ) == 0  # fmt: skip
+    capsys.readouterr()
+    common = ["--model", "cnn", "--epochs", "1", "--hidden", "16"]
+    for task, option, expected in (
+        (fused, [], True),  # a retrieval task: aliases unless told otherwise
+        (fused, ["--no-aliases"], False),
+        (tfidf, [], False),  # the paper's candidates: as before
+        (tfidf, ["--aliases"], True),
+    ):
+        model = tmp_path / f"m-{task.name}-{len(option)}"
+        argv = ["train", "--task", str(task), "--out", str(model), *common, *option]
+        assert main(argv) == 0
+        summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert summary["aliases"] is expected, (task.name, option)
+        assert (model / "aliases.json").is_file() is expected

@@ -34,8 +34,8 @@ def task_dir(tmp_path_factory):
     out = root / "task"
     code = main(
         ["prepare", "pubtator", "--corpus", str(corpus), "--dictionary",
-         str(dictionary), "--out", str(out), "--num-candidates", "4",
-         "--context-words", "3"]
+         str(dictionary), "--out", str(out), "--candidates", "tfidf",
+         "--num-candidates", "4", "--context-words", "3"]
     )  # fmt: skip
     assert code == 0
     return out, dictionary

@@ -24,9 +24,12 @@ def test_dense_channel_finds_synonyms_that_share_no_trigram(dense) -> None:
     assert best.synonym == "Heart attack"
 
 
-def test_name_index_is_cached_and_a_damaged_entry_rebuilt(dense, monkeypatch) -> None:
+def test_name_index_is_cached_and_a_damaged_entry_rebuilt(
+    dense, monkeypatch, tmp_path
+) -> None:
     from kfacel.retrieval.dense import NameIndex
 
+    monkeypatch.setenv("KFACEL_CACHE_DIR", str(tmp_path))  # this test's entries alone
     encoder = dense.index.encoder
     names = ["alpha", "beta gamma"]
     first = NameIndex.build(encoder, names)
@@ -34,10 +37,10 @@ def test_name_index_is_cached_and_a_damaged_entry_rebuilt(dense, monkeypatch) ->
     def refuse(*args, **kwargs):
         raise AssertionError("encoded again instead of reading the cache")
 
-    monkeypatch.setattr(encoder, "encode", refuse)
-    again = NameIndex.build(encoder, names)
+    with monkeypatch.context() as m:
+        m.setattr(encoder, "encode", refuse)
+        again = NameIndex.build(encoder, names)
     np.testing.assert_array_equal(first.matrix, again.matrix)
-    monkeypatch.undo()
     (entry,) = [
         p for p in NameIndex.cache_files() if p.stat().st_size < 4096
     ]  # the two-name entry

@@ -17,6 +17,10 @@ CONSOLIDATION_SPLITS = ("train", "dev")
 """``kfacel.training.consolidate.CONSOLIDATION_SPLITS``."""
 DAMPING_KINDS = ("uniform", "factored")
 """``kfacel.penalties.ewc_kfac.DAMPING_KINDS``."""
+DEFAULT_CANDIDATES = "fused"
+"""``kfacel.tasks.prepare.DEFAULT_METHOD``."""
+DEFAULT_NUM_CANDIDATES = 32
+"""``kfacel.tasks.prepare.DEFAULT_NUM_CANDIDATES``."""
 DEFAULT_BUDGET_RATE = 3.9
 """``kfacel.penalties.strength.DEFAULT_BUDGET_RATE``."""
 DEFAULT_KFAC_DAMPING = 1e-6
@@ -38,6 +42,8 @@ SOURCES = {
     "CONSOLIDATION_METHODS": "kfacel.consolidation:METHODS",
     "CONSOLIDATION_SPLITS": "kfacel.training.consolidate:CONSOLIDATION_SPLITS",
     "DAMPING_KINDS": "kfacel.penalties.ewc_kfac:DAMPING_KINDS",
+    "DEFAULT_CANDIDATES": "kfacel.tasks.prepare:DEFAULT_METHOD",
+    "DEFAULT_NUM_CANDIDATES": "kfacel.tasks.prepare:DEFAULT_NUM_CANDIDATES",
     "DEFAULT_BUDGET_RATE": "kfacel.penalties.strength:DEFAULT_BUDGET_RATE",
     "DEFAULT_KFAC_DAMPING": "kfacel.penalties.strength:DEFAULT_KFAC_DAMPING",
     "DEFAULT_RETRIEVER_LAM": "kfacel.retrieval.continual:DEFAULT_RETRIEVER_LAM",

@@ -4,7 +4,7 @@
 
     kfacel prepare pubtator --train F --dev F --test F --dictionary D --out DIR
     kfacel prepare pubtator --corpus F [--corpus F2 ...] --split-by-document 0.7,0.1,0.2
-        --dictionary D --out DIR [--candidates tfidf|bm25] [--num-candidates C]
+        --dictionary D --out DIR [--candidates fused|tfidf|...] [--num-candidates C]
         [--context-words K] [--seed S] [--name NAME]
     kfacel prepare jsonl --input F [--input F2 ...] --dictionary D --out DIR [...]
     kfacel prepare benchmark --data ../shared/data --out tasks/ [--small]
@@ -27,6 +27,8 @@ from kfacel.cli._args import nonnegative_float, nonnegative_int, positive_int
 from kfacel.cli._choices import (
     BENCHMARK_TASKS,
     CANDIDATE_METHODS,
+    DEFAULT_CANDIDATES,
+    DEFAULT_NUM_CANDIDATES,
     DEFAULT_RETRIEVER_LAM,
 )
 from kfacel.data.readers import (
@@ -197,16 +199,18 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--candidates",
         choices=CANDIDATE_METHODS,
-        default="tfidf",
-        help="how candidates are found: tfidf or bm25 over the names (the paper's), "
-        "dense, alias, or fused (the retrieval a linker in use runs)",
+        default=DEFAULT_CANDIDATES,
+        help="how candidates are found: fused (the retrieval a linker in use runs: "
+        "training aliases, then TF-IDF and dense fused), tfidf or bm25 over the names "
+        "(the paper's), dense, or alias",
     )
     p.add_argument(
         "--num-candidates",
         type=positive_int,
-        default=10,
+        default=DEFAULT_NUM_CANDIDATES,
         metavar="C",
-        help="candidates per query, the gold among them (at least 2)",
+        help="candidates per query, the gold among them (at least 2); choose it "
+        "from the recall curve in task.json",
     )
     p.add_argument(
         "--context-words",

@@ -115,9 +115,11 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-types", action="store_true", help="no candidate types")
     p.add_argument(
         "--aliases",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         help="alias/prior features from the training links (a retrieval task: every "
-        "training mention of its aliases.json; stored in the model dir)",
+        "training mention of its aliases.json; stored in the model dir); default: on "
+        "for a task whose candidates come from retrieval with an alias channel "
+        "(fused, alias), off otherwise; --no-aliases: off (with --init: the model's)",
     )
     p.add_argument(
         "--threads", type=positive_int, help="CPU threads (default: torch's)"
@@ -212,11 +214,30 @@ def run(args: argparse.Namespace) -> int:
         # the states go with the model: the next update reads no old data
         save_linker(linker, out, log=log, states=states, replace=replace)
     summary = {k: v for k, v in log.to_json().items() if k != "epochs"}
-    history = linker.meta["history"]
-    print(
-        json.dumps({"task": task.name, "out": args.out, "history": history} | summary)
-    )
+    head = {
+        "task": task.name,
+        "out": args.out,
+        "history": linker.meta["history"],
+        "aliases": linker.collator.aliases is not None,
+    }
+    print(json.dumps(head | summary))
     return 0
+
+
+def _uses_aliases(option: bool | None, task: Task) -> bool:
+    """Whether a new linker gets the alias/prior features (``--aliases``).
+
+    ``option``: ``--aliases`` (True), ``--no-aliases`` (False) or neither (None): then
+    on exactly when the task's candidates come from a retrieval method with an alias
+    channel (``retrieval.methods.RETRIEVAL_METHODS``, ``task.json``'s
+    ``candidates.method``), whose ranker is scored end to end.
+    """
+    from kfacel.retrieval.methods import RETRIEVAL_METHODS
+
+    if option is not None:
+        return option
+    method = task.info.get("candidates", {}).get("method")
+    return method in RETRIEVAL_METHODS
 
 
 def _train(
@@ -439,7 +460,7 @@ def _start(
         layers=args.layers,
         features=not args.no_features,
         types=not args.no_types,
-        aliases=(task.aliases or True) if args.aliases else False,
+        aliases=(task.aliases or True) if _uses_aliases(args.aliases, task) else False,
         max_mention_length=args.max_length,
         seed=args.seed,
         **extra,

@@ -44,6 +44,15 @@ from kfacel.tasks.split import sample_mentions
 
 DENSE_METHODS = ("dense", "fused")
 """The methods that embed names with a sentence encoder, which can be fine-tuned."""
+DEFAULT_METHOD = "fused"
+"""A task's candidate method unless told otherwise: the retrieval a linker in use runs
+(``prepare benchmark`` keeps the paper's generators, per task)."""
+DEFAULT_NUM_CANDIDATES = 32
+"""C unless told otherwise: where fused retrieval's recall curve flattens (recall@32 on
+the public tasks' test splits: ``benchmarks/RESULTS.md``, "The linker in use")."""
+DEFAULT_CONTEXT_WORDS = 10
+"""K, words of context each side of a mention, unless told otherwise."""
+DEFAULT_SEED = 13
 
 
 @dataclass(frozen=True)
@@ -70,10 +79,10 @@ class TaskSettings:
             epochs: MiniLM as shipped.
     """
 
-    method: str
-    num_candidates: int
-    context_words: int
-    seed: int
+    method: str = DEFAULT_METHOD
+    num_candidates: int = DEFAULT_NUM_CANDIDATES
+    context_words: int = DEFAULT_CONTEXT_WORDS
+    seed: int = DEFAULT_SEED
     max_queries: Mapping[str, int | float] | None = None
     synonyms: bool = True
     retriever: RetrieverSettings | None = None
