@@ -59,6 +59,10 @@ class DiagonalEWCPenalty:
 
     def add_grad_(self, model: nn.Module) -> Tensor:
         """Add ``λ (F + δ) ⊙ (θ − θ*)`` to ``.grad``; return ``R(θ)``."""
+        return self.add_scaled_grad_(model, 1.0)
+
+    def add_scaled_grad_(self, model: nn.Module, scale: float) -> Tensor:
+        """Add ``scale · ∂R/∂θ`` to ``.grad`` (nothing at 0); return ``R(θ)`` unscaled."""
         params = dict(model.named_parameters())
         total = zero_like_model(model)
         with torch.no_grad():
@@ -66,6 +70,6 @@ class DiagonalEWCPenalty:
                 for name, f in fisher.items():
                     d = params[name] - anchor[name]
                     g = lam * (f + self.damping) * d
-                    add_grad(params[name], g)
+                    add_grad(params[name], g, scale)
                     total += 0.5 * (g * d).sum()
         return total

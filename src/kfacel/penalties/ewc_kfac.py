@@ -103,6 +103,15 @@ class KFACPenalty:
 
     def add_grad_(self, model: nn.Module) -> Tensor:
         """Add ``λ (G Δ A + δ Δ)`` per layer to ``.grad``, eq. (P3); return ``R(θ)``."""
+        return self.add_scaled_grad_(model, 1.0)
+
+    def add_scaled_grad_(self, model: nn.Module, scale: float) -> Tensor:
+        """Add ``scale · ∂R/∂θ`` to ``.grad`` (nothing at 0); return ``R(θ)`` unscaled.
+
+        A ``BudgetPenalty`` calls it with its λ_t on a unit penalty (λ = 1): the value
+        ``q_t`` and the step's gradient come from one product ``G Δ A`` per layer, added
+        in place (embedding rows by index), never a dense copy.
+        """
         params = dict(model.named_parameters())
         total = zero_like_model(model)
         delta = self._uniform
@@ -110,7 +119,9 @@ class KFACPenalty:
             for anchor, fisher, lam in self.terms:
                 for factors in fisher.values():
                     if factors.kind is LayerKind.EMBEDDING and not delta:
-                        total += _embedding_rows_grad_(factors, params, anchor, lam)
+                        total += _embedding_rows_grad_(
+                            factors, params, anchor, lam, scale
+                        )
                         continue
                     d = _folded_delta(factors, params, anchor)  # [o, i]
                     g = factors.apply(d)  # G d A, eq. (P3)
@@ -118,13 +129,15 @@ class KFACPenalty:
                         g = g + delta * d
                     g = lam * g
                     total += 0.5 * (g * d).sum()
+                    if scale == 0:
+                        continue
                     weight = params[factors.weight]
                     for name, grad in factors.unfolded(g, weight.shape).items():
-                        add_grad(params[name], grad)
+                        add_grad(params[name], grad, scale)
                 for name, f in fisher.diagonal.items():
                     d = params[name] - anchor[name]
                     g = lam * (f + delta) * d
-                    add_grad(params[name], g)
+                    add_grad(params[name], g, scale)
                     total += 0.5 * (g * d).sum()
         return total
 
@@ -141,6 +154,7 @@ def _embedding_rows_grad_(
     params: Mapping[str, Tensor],
     anchor: ParamDict,
     lam: float,
+    scale: float = 1.0,
 ) -> Tensor:
     """Embedding term touching only rows with nonzero frequency that have moved (K6, P3).
 
@@ -163,7 +177,12 @@ def _embedding_rows_grad_(
     d = weight[rows] - start[rows]  # [m, o]
     assert isinstance(factors.A, Tensor)
     g = right(d, factors.G).mul_(factors.A[rows, None] * lam)  # λ A_m Δ_m G  [m, o]
+    if scale == 0:  # the value only
+        return 0.5 * (g * d).sum()
     if weight.grad is None:
         weight.grad = torch.zeros_like(weight)
-    weight.grad.index_add_(0, rows, g.to(weight.grad.dtype))
+    if scale == 1:
+        weight.grad.index_add_(0, rows, g.to(weight.grad.dtype))
+    else:
+        weight.grad.index_add_(0, rows, g.to(weight.grad.dtype), alpha=scale)
     return 0.5 * (g * d).sum()
