@@ -14,6 +14,9 @@ Strengths: ``fixed`` λ = 100; ``budget`` the default forgetting budget (ε, rat
 λ_t = 0 at the start, as ``kfacel train --budget`` starts); ``budget λ0=100`` the same
 with λ_t started at 100, the steps after λ_t has grown (each step also adds λ_t ∇q_t).
 Damping: ``none``; ``uniform`` and ``factored`` with the K-FAC default δ.
+``--penalty-only`` times the penalty's gradient (``add_grad_``) alone instead, each
+configuration against the fixed λ of the same kind and damping (then "plain" is that
+fixed-λ penalty): the budget's own extra work, apart from the K-FAC products it shares.
 
     python benchmarks/protection_cost.py --models cnn --out runs/protection_cost.json
 """
@@ -62,6 +65,11 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--penalty-only",
+        action="store_true",
+        help="time the penalty's gradient alone, against the fixed λ of the same kind",
+    )
     p.add_argument("--out", type=Path, default=None, help="JSON of every configuration")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -79,7 +87,11 @@ def main() -> None:
             for damping in DAMPINGS[method]:
                 for strength in STRENGTHS[method]:
                     penalty = _penalty(method, state, damping, strength)
-                    row = _pair(linker.model, penalty, new, args)
+                    if args.penalty_only:
+                        fixed = _penalty(method, state, damping, "fixed")
+                        row = _penalty_pair(linker.model, fixed, penalty, new, args)
+                    else:
+                        row = _pair(linker.model, penalty, new, args)
                     row |= {"model": model_kind, "penalty": method}
                     row |= {"damping": damping, "strength": strength}
                     rows.append(row)
@@ -131,6 +143,37 @@ def _pair(model: Any, penalty: Any, batches: list, args: Any) -> dict[str, Any]:
         "ratio_q1": q1,
         "ratio_q3": q3,
         "lam_end": lam,
+    }
+
+
+def _penalty_pair(
+    model: Any, fixed: Any, penalty: Any, batches: list, args: Any
+) -> dict[str, Any]:
+    """The penalty's ``add_grad_`` alone, alternating with the fixed λ's (the "plain").
+
+    The weights are those after ``--warmup`` plain steps (away from the anchor), the
+    gradients those of one batch; the budget's λ_t stays at its start.
+    """
+    model = copy.deepcopy(model)
+    step = _Step.build(model, TrainSettings(epochs=1, lr=2e-4), None, None, 1)
+    for i in range(max(args.warmup, 1)):
+        step(batches[i % len(batches)], f"warm-up {i}")
+    times: list[list[float]] = [[], []]
+    for i in range(args.warmup + args.pairs):
+        for k, pen in enumerate((fixed, penalty)):
+            t0 = time.perf_counter()
+            pen.add_grad_(model)
+            if i >= args.warmup:
+                times[k].append(time.perf_counter() - t0)
+    ratios = [b / a for a, b in zip(*times, strict=True)]
+    q1, med, q3 = statistics.quantiles(ratios, n=4)
+    return {
+        "plain_ms": 1e3 * statistics.median(times[0]),
+        "protected_ms": 1e3 * statistics.median(times[1]),
+        "ratio_median": med,
+        "ratio_q1": q1,
+        "ratio_q3": q3,
+        "lam_end": getattr(penalty, "lams", [LAM])[0],
     }
 
 
