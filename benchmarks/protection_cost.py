@@ -61,6 +61,7 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=["cnn", "transformer"])
     p.add_argument("--layers", type=int, default=3, help="transformer layers kept")
     p.add_argument("--penalties", nargs="+", default=list(DAMPINGS))
+    p.add_argument("--dampings", nargs="+", default=["none", "uniform", "factored"])
     p.add_argument("--pairs", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=32)
@@ -84,7 +85,7 @@ def main() -> None:
             state = consolidate(
                 linker.model, old, ConsolidationSettings(method=method), task="old"
             )
-            for damping in DAMPINGS[method]:
+            for damping in [d for d in DAMPINGS[method] if d in args.dampings]:
                 for strength in STRENGTHS[method]:
                     penalty = _penalty(method, state, damping, strength)
                     if args.penalty_only:

@@ -3,7 +3,8 @@
 ``R(θ) = ½ Σ_t λ_t Σ_layers [vec(Δ)ᵀ (G ⊗ A) vec(Δ) + δ ‖Δ‖²]`` plus, for parameters the
 Fisher holds a diagonal for (``uncovered="diagonal"``), ``Σ_j (F_jj + δ) Δ_j²``. Each layer
 costs two matrix products, ``G Δ A``; no Kronecker product is formed and nothing is
-inverted. Embedding rows with zero token frequency add only damping.
+inverted. An embedding's gradient touches only the rows that moved; rows with zero
+token frequency add only damping.
 ``damping_kind="factored"`` damps the factors instead, eq. (P4).
 
 References: Ritter, Botev & Barber 2018, "Online structured Laplace approximations for
@@ -118,9 +119,9 @@ class KFACPenalty:
         with torch.no_grad():
             for anchor, fisher, lam in self.terms:
                 for factors in fisher.values():
-                    if factors.kind is LayerKind.EMBEDDING and not delta:
+                    if factors.kind is LayerKind.EMBEDDING:
                         total += _embedding_rows_grad_(
-                            factors, params, anchor, lam, scale
+                            factors, params, anchor, lam, scale, delta
                         )
                         continue
                     d = _folded_delta(factors, params, anchor)  # [o, i]
@@ -155,20 +156,22 @@ def _embedding_rows_grad_(
     anchor: ParamDict,
     lam: float,
     scale: float = 1.0,
+    delta: float = 0.0,
 ) -> Tensor:
     """Embedding term touching only rows with nonzero frequency that have moved (K6, P3).
 
     With ``weight: [V, d]`` and ``Δ = weight.T − anchor.T``, the gradient w.r.t. a row
-    ``v`` is ``λ A_v G Δ_v``: zero where the old task never saw token v (``A_v = 0``) and
-    where the row has not moved since the anchor (``Δ_v = 0``; under AdamW without weight
-    decay, rows of tokens the new task has not used yet never move). Both are skipped.
+    ``v`` is ``λ (A_v G + δ I) Δ_v``: zero where the row has not moved since the anchor
+    (``Δ_v = 0``; under AdamW without weight decay, rows of tokens the new task has not
+    used yet never move) and, without uniform damping ``δ``, where the old task never
+    saw token v (``A_v = 0``). Those rows are skipped.
     """
     assert factors.support is not None
     weight, start = params[factors.weight], anchor[factors.weight]
     # which rows moved, read off without a float copy of the whole table (with factored
-    # damping the support is every row of the vocabulary)
+    # damping the support is every row of the vocabulary; δ I reaches every row)
     support = factors.support
-    if len(support) == len(weight):  # every row: no gather
+    if len(support) == len(weight) or delta:  # every row: no gather
         rows = torch.nonzero(weight.detach().ne(start).any(dim=1)).flatten()
     else:
         rows = support[weight.detach()[support].ne(start[support]).any(dim=1)]
@@ -176,7 +179,11 @@ def _embedding_rows_grad_(
     # (G symmetric); transposed [o, m] operands made the element-wise products strided
     d = weight[rows] - start[rows]  # [m, o]
     assert isinstance(factors.A, Tensor)
-    g = right(d, factors.G).mul_(factors.A[rows, None] * lam)  # λ A_m Δ_m G  [m, o]
+    if delta:  # λ (A_m Δ_m G + δ Δ_m)
+        g = right(d, factors.G).mul_(factors.A[rows, None])
+        g = g.add_(d, alpha=delta).mul_(lam)
+    else:
+        g = right(d, factors.G).mul_(factors.A[rows, None] * lam)  # λ A_m Δ_m G  [m, o]
     if scale == 0:  # the value only
         return 0.5 * (g * d).sum()
     if weight.grad is None:
