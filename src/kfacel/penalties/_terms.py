@@ -29,12 +29,17 @@ def check_anchor(
         raise ValueError("penalty does not match the model: " + "; ".join(problems))
 
 
-def add_grad(p: Tensor, g: Tensor) -> None:
-    """``p.grad += g`` (allocating ``p.grad`` when it is None)."""
+def add_grad(p: Tensor, g: Tensor, scale: float = 1.0) -> None:
+    """``p.grad += scale · g`` (allocating ``p.grad`` when it is None; nothing at 0)."""
+    if scale == 0:
+        return
     if p.grad is None:
-        p.grad = g.detach().to(p.dtype).clone()
-    else:
+        g = g.detach().to(p.dtype)
+        p.grad = g.clone() if scale == 1 else g.mul(scale)
+    elif scale == 1:
         p.grad.add_(g.to(p.grad.dtype))
+    else:
+        p.grad.add_(g.to(p.grad.dtype), alpha=scale)
 
 
 def zero_like_model(model: nn.Module) -> Tensor:

@@ -104,18 +104,21 @@ class BudgetPenalty:
         return torch.stack(terms).sum()
 
     def add_grad_(self, model: nn.Module) -> Tensor:
-        """Add ``Σ_t λ_t ∇q_t`` to ``.grad`` and record each ``q_t``; ``Σ λ_t q_t``."""
+        """Add ``Σ_t λ_t ∇q_t`` to ``.grad`` and record each ``q_t``; ``Σ λ_t q_t``.
+
+        Each unit gives ``q_t`` and adds ``λ_t ∇q_t`` in place from one pass over its
+        layers (``add_scaled_grad_``); a term with ``λ_t = 0`` only gives ``q_t``, which
+        the dual step needs. A unit without that method is run on cleared gradients.
+        """
         params = [p for p in model.parameters() if p.requires_grad]
         total = params[0].new_zeros(())
         for t, unit in enumerate(self.units):
-            rise, grads = _value_and_grad(unit, model, params)
             lam = self.lams[t]
-            if lam > 0:
-                for p, g in zip(params, grads, strict=True):
-                    if g is not None:
-                        p.grad = (
-                            g.mul(lam) if p.grad is None else p.grad.add_(g, alpha=lam)
-                        )
+            scaled = getattr(unit, "add_scaled_grad_", None)
+            if scaled is not None:
+                rise = scaled(model, lam)
+            else:
+                rise = _value_and_add_grad_(unit, model, params, lam)
             total += lam * rise
             self.rises[t] = float(rise)
         return total
@@ -141,10 +144,10 @@ class BudgetPenalty:
         }
 
 
-def _value_and_grad(
-    unit: Penalty, model: nn.Module, params: list[nn.Parameter]
-) -> tuple[Tensor, list[Tensor | None]]:
-    """``unit``'s value and its closed-form gradient, leaving ``.grad`` as it was."""
+def _value_and_add_grad_(
+    unit: Penalty, model: nn.Module, params: list[nn.Parameter], lam: float
+) -> Tensor:
+    """``unit``'s value; adds ``lam`` times its gradient to ``.grad`` (dense copies)."""
     saved = [p.grad for p in params]
     for p in params:
         p.grad = None
@@ -154,4 +157,8 @@ def _value_and_grad(
     finally:
         for p, g in zip(params, saved, strict=True):
             p.grad = g
-    return value, grads
+    if lam > 0:
+        for p, g in zip(params, grads, strict=True):
+            if g is not None:
+                p.grad = g.mul(lam) if p.grad is None else p.grad.add_(g, alpha=lam)
+    return value

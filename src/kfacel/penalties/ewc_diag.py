@@ -59,13 +59,40 @@ class DiagonalEWCPenalty:
 
     def add_grad_(self, model: nn.Module) -> Tensor:
         """Add ``λ (F + δ) ⊙ (θ − θ*)`` to ``.grad``; return ``R(θ)``."""
+        return self.add_scaled_grad_(model, 1.0)
+
+    def add_scaled_grad_(self, model: nn.Module, scale: float) -> Tensor:
+        """Add ``scale · ∂R/∂θ`` to ``.grad`` (nothing at 0); return ``R(θ)`` unscaled."""
         params = dict(model.named_parameters())
         total = zero_like_model(model)
         with torch.no_grad():
             for anchor, fisher, lam in self.terms:
                 for name, f in fisher.items():
-                    d = params[name] - anchor[name]
-                    g = lam * (f + self.damping) * d
-                    add_grad(params[name], g)
-                    total += 0.5 * (g * d).sum()
+                    total += _term_grad_(
+                        params[name], anchor[name], f, lam, self, scale
+                    )
         return total
+
+
+def _term_grad_(
+    p: Tensor, a: Tensor, f: Tensor, lam: float, pen: DiagonalEWCPenalty, scale: float
+) -> Tensor:
+    """One parameter's ``½ λ Σ (F + δ) Δ²``, adding ``scale`` times its gradient.
+
+    A table (2-D) of which only some rows moved since the anchor (an embedding: rows of
+    tokens the new task has not used) is read on those rows only; the others add 0.
+    """
+    if p.ndim == 2 and len(p) > 1:
+        rows = torch.nonzero(p.detach().ne(a).any(dim=1)).flatten()
+        if len(rows) < len(p):
+            d = p[rows] - a[rows]
+            g = lam * (f[rows] + pen.damping) * d
+            if scale != 0:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                p.grad.index_add_(0, rows, g.to(p.grad.dtype), alpha=scale)
+            return 0.5 * (g * d).sum()
+    d = p - a
+    g = lam * (f + pen.damping) * d
+    add_grad(p, g, scale)
+    return 0.5 * (g * d).sum()

@@ -3,7 +3,8 @@
 ``R(θ) = ½ Σ_t λ_t Σ_layers [vec(Δ)ᵀ (G ⊗ A) vec(Δ) + δ ‖Δ‖²]`` plus, for parameters the
 Fisher holds a diagonal for (``uncovered="diagonal"``), ``Σ_j (F_jj + δ) Δ_j²``. Each layer
 costs two matrix products, ``G Δ A``; no Kronecker product is formed and nothing is
-inverted. Embedding rows with zero token frequency add only damping.
+inverted. An embedding's gradient touches only the rows that moved; rows with zero
+token frequency add only damping.
 ``damping_kind="factored"`` damps the factors instead, eq. (P4).
 
 References: Ritter, Botev & Barber 2018, "Online structured Laplace approximations for
@@ -103,14 +104,25 @@ class KFACPenalty:
 
     def add_grad_(self, model: nn.Module) -> Tensor:
         """Add ``λ (G Δ A + δ Δ)`` per layer to ``.grad``, eq. (P3); return ``R(θ)``."""
+        return self.add_scaled_grad_(model, 1.0)
+
+    def add_scaled_grad_(self, model: nn.Module, scale: float) -> Tensor:
+        """Add ``scale · ∂R/∂θ`` to ``.grad`` (nothing at 0); return ``R(θ)`` unscaled.
+
+        A ``BudgetPenalty`` calls it with its λ_t on a unit penalty (λ = 1): the value
+        ``q_t`` and the step's gradient come from one product ``G Δ A`` per layer, added
+        in place (embedding rows by index), never a dense copy.
+        """
         params = dict(model.named_parameters())
         total = zero_like_model(model)
         delta = self._uniform
         with torch.no_grad():
             for anchor, fisher, lam in self.terms:
                 for factors in fisher.values():
-                    if factors.kind is LayerKind.EMBEDDING and not delta:
-                        total += _embedding_rows_grad_(factors, params, anchor, lam)
+                    if factors.kind is LayerKind.EMBEDDING:
+                        total += _embedding_rows_grad_(
+                            factors, params, anchor, lam, scale, delta
+                        )
                         continue
                     d = _folded_delta(factors, params, anchor)  # [o, i]
                     g = factors.apply(d)  # G d A, eq. (P3)
@@ -118,13 +130,15 @@ class KFACPenalty:
                         g = g + delta * d
                     g = lam * g
                     total += 0.5 * (g * d).sum()
+                    if scale == 0:
+                        continue
                     weight = params[factors.weight]
                     for name, grad in factors.unfolded(g, weight.shape).items():
-                        add_grad(params[name], grad)
+                        add_grad(params[name], grad, scale)
                 for name, f in fisher.diagonal.items():
                     d = params[name] - anchor[name]
                     g = lam * (f + delta) * d
-                    add_grad(params[name], g)
+                    add_grad(params[name], g, scale)
                     total += 0.5 * (g * d).sum()
         return total
 
@@ -141,20 +155,23 @@ def _embedding_rows_grad_(
     params: Mapping[str, Tensor],
     anchor: ParamDict,
     lam: float,
+    scale: float = 1.0,
+    delta: float = 0.0,
 ) -> Tensor:
     """Embedding term touching only rows with nonzero frequency that have moved (K6, P3).
 
     With ``weight: [V, d]`` and ``Δ = weight.T − anchor.T``, the gradient w.r.t. a row
-    ``v`` is ``λ A_v G Δ_v``: zero where the old task never saw token v (``A_v = 0``) and
-    where the row has not moved since the anchor (``Δ_v = 0``; under AdamW without weight
-    decay, rows of tokens the new task has not used yet never move). Both are skipped.
+    ``v`` is ``λ (A_v G + δ I) Δ_v``: zero where the row has not moved since the anchor
+    (``Δ_v = 0``; under AdamW without weight decay, rows of tokens the new task has not
+    used yet never move) and, without uniform damping ``δ``, where the old task never
+    saw token v (``A_v = 0``). Those rows are skipped.
     """
     assert factors.support is not None
     weight, start = params[factors.weight], anchor[factors.weight]
     # which rows moved, read off without a float copy of the whole table (with factored
-    # damping the support is every row of the vocabulary)
+    # damping the support is every row of the vocabulary; δ I reaches every row)
     support = factors.support
-    if len(support) == len(weight):  # every row: no gather
+    if len(support) == len(weight) or delta:  # every row: no gather
         rows = torch.nonzero(weight.detach().ne(start).any(dim=1)).flatten()
     else:
         rows = support[weight.detach()[support].ne(start[support]).any(dim=1)]
@@ -162,8 +179,17 @@ def _embedding_rows_grad_(
     # (G symmetric); transposed [o, m] operands made the element-wise products strided
     d = weight[rows] - start[rows]  # [m, o]
     assert isinstance(factors.A, Tensor)
-    g = right(d, factors.G).mul_(factors.A[rows, None] * lam)  # λ A_m Δ_m G  [m, o]
+    if delta:  # λ (A_m Δ_m G + δ Δ_m)
+        g = right(d, factors.G).mul_(factors.A[rows, None])
+        g = g.add_(d, alpha=delta).mul_(lam)
+    else:
+        g = right(d, factors.G).mul_(factors.A[rows, None] * lam)  # λ A_m Δ_m G  [m, o]
+    if scale == 0:  # the value only
+        return 0.5 * (g * d).sum()
     if weight.grad is None:
         weight.grad = torch.zeros_like(weight)
-    weight.grad.index_add_(0, rows, g.to(weight.grad.dtype))
+    if scale == 1:
+        weight.grad.index_add_(0, rows, g.to(weight.grad.dtype))
+    else:
+        weight.grad.index_add_(0, rows, g.to(weight.grad.dtype), alpha=scale)
     return 0.5 * (g * d).sum()

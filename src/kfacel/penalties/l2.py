@@ -44,12 +44,16 @@ class L2Penalty:
 
     def add_grad_(self, model: nn.Module) -> Tensor:
         """Add ``λ (θ − θ*)`` to ``.grad``; return ``R(θ)``."""
+        return self.add_scaled_grad_(model, 1.0)
+
+    def add_scaled_grad_(self, model: nn.Module, scale: float) -> Tensor:
+        """Add ``scale · ∂R/∂θ`` to ``.grad`` (nothing at 0); return ``R(θ)`` unscaled."""
         params = dict(model.named_parameters())
         total = zero_like_model(model)
         with torch.no_grad():
             for anchor, lam in self.terms:
                 for name, a in anchor.items():
                     d = params[name] - a
-                    add_grad(params[name], lam * d)
+                    add_grad(params[name], lam * d, scale)
                     total += 0.5 * lam * d.pow(2).sum()
         return total
