@@ -6,39 +6,14 @@ import random
 from pathlib import Path
 from typing import Any
 
-from tests._synth import WORDS
+from tests._synth import CODE_WORDS, WORDS
 
 from kfacel.data.records import Candidate, LinkingExample
 from kfacel.experiments.config import ExperimentConfig
 from kfacel.tasks.directory import write_task
 
-CODES = [
-    "alpha",
-    "bravo",
-    "charlie",
-    "delta",
-    "echo",
-    "foxtrot",
-    "golf",
-    "hotel",
-    "india",
-    "juliet",
-    "kilo",
-    "lima",
-    "mike",
-    "november",
-    "oscar",
-    "papa",
-    "quebec",
-    "romeo",
-    "sierra",
-    "tango",
-    "uniform",
-    "victor",
-    "whiskey",
-    "xray",
-    "yankee",
-]
+CODES = CODE_WORDS[:25]
+"""Concept names of the synthetic tasks (25 code words)."""
 SPANS = {"a": range(0, 8), "b": range(8, 16), "c": range(16, 24)}
 
 

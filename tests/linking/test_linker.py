@@ -15,31 +15,11 @@ from kfacel.linking.linker import ALIASES_FILE, load_linker, new_linker, save_li
 from kfacel.tasks.directory import Task
 from kfacel.training.fit import fit_task
 from kfacel.training.trainer import TrainSettings
+from tests._synth import CODE_WORDS
+from tests._synth import WORDS as SYNTH_WORDS
 
-WORDS = [
-    "heart",
-    "lung",
-    "liver",
-    "kidney",
-    "brain",
-    "blood",
-    "bone",
-    "skin",
-    "nerve",
-    "muscle",
-]
-CODES = [
-    "alpha",
-    "bravo",
-    "charlie",
-    "delta",
-    "echo",
-    "foxtrot",
-    "golf",
-    "hotel",
-    "india",
-    "juliet",
-]
+WORDS = SYNTH_WORDS[:10]
+CODES = CODE_WORDS[:10]
 
 
 def code_queries(n: int, seed: int, docs: str) -> list[LinkingExample]:
