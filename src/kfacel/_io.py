@@ -301,15 +301,10 @@ def check_output_dir(
     if target.exists() and not target.is_dir():
         raise ValueError(f"{option} {out} is a file, not a directory")
     if target.is_dir() and any(target.iterdir()):
-        if not own(target):
-            raise ValueError(
-                f"{option} {out} exists and is not a kfacel {what}: kfacel replaces "
-                "only its own output; choose a new or empty directory"
-            )
-        if not overwrite:
-            raise ValueError(
-                f"{option} {out} is an existing {what}: pass --overwrite to replace it"
-            )
+        ours = own(target)
+        _check_replaceable(
+            out, option, what, ours, overwrite, "a new or empty directory"
+        )
     _check_writable(target, out, option)
     return target
 
@@ -348,17 +343,25 @@ def check_output_file(
     if target.is_dir():
         raise ValueError(f"{option} {out} is a directory, not a file")
     if target.exists():
-        if not target.is_file() or not own(target):
-            raise ValueError(
-                f"{option} {out} exists and is not a kfacel {what}: kfacel replaces "
-                "only its own output; choose another file"
-            )
-        if not overwrite:
-            raise ValueError(
-                f"{option} {out} is an existing {what}: pass --overwrite to replace it"
-            )
+        ours = target.is_file() and own(target)
+        _check_replaceable(out, option, what, ours, overwrite, "another file")
     _check_writable(target, out, option)
     return target
+
+
+def _check_replaceable(
+    out: str | Path, option: str, what: str, ours: bool, overwrite: bool, instead: str
+) -> None:
+    """Refuse an existing output that is not kfacel's, or is and lacks ``--overwrite``."""
+    if not ours:
+        raise ValueError(
+            f"{option} {out} exists and is not a kfacel {what}: kfacel replaces "
+            f"only its own output; choose {instead}"
+        )
+    if not overwrite:
+        raise ValueError(
+            f"{option} {out} is an existing {what}: pass --overwrite to replace it"
+        )
 
 
 def _check_writable(target: Path, out: str | Path, option: str) -> None:
