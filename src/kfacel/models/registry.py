@@ -51,7 +51,8 @@ MODEL_FORMAT = "kfacel-model/1"
 """The ``format`` of a model directory's ``config.json``: the mark of kfacel's own."""
 FILES_KEY = "files"
 """Key of ``config.json``: the entries the save wrote into the directory, each file's
-SHA-256 (None for a folder, and for ``config.json`` itself)."""
+SHA-256 (None for a folder, for ``config.json`` itself and for the weights, whose digest
+is ``WEIGHTS_DIGEST``, checked by ``load_model``)."""
 
 
 def model_name(model: nn.Module) -> str:
@@ -207,8 +208,8 @@ def save_model(
         meta[FILES_KEY] = {
             p.name: file_sha256(p) if p.is_file() else None
             for p in sorted(tmp.iterdir())
-            if p.name != CONFIG_FILE
-        } | {CONFIG_FILE: None}
+            if p.name not in (CONFIG_FILE, WEIGHTS_FILE)
+        } | {CONFIG_FILE: None, WEIGHTS_FILE: None}  # the weights': WEIGHTS_DIGEST
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", "utf-8")
 
     atomic_dir(directory, write, replace=replace)
