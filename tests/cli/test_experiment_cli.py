@@ -102,6 +102,56 @@ def test_unknown_key_is_one_clear_error(config, tmp_path, capsys) -> None:
     assert not out.exists()
 
 
+ARMS = """
+[arms.plain]
+methods = ["none"]
+tiers = [1]
+[arms.protected]
+lam_grid = [100.0]
+"""
+
+
+def test_each_arm_runs_into_its_own_directory(config, tmp_path, capsys) -> None:
+    config.write_text(config.read_text() + ARMS)
+    out = tmp_path / "armed"
+    assert main(["experiment", str(config), "--out", str(out), "--arm", "plain"]) == 0
+    assert json.loads((out / "arms.json").read_text())["arms"] == ["plain", "protected"]
+    assert (out / "plain" / "config.json").is_file()
+    assert not (out / "protected").exists()
+    assert main(["experiment", str(config), "--out", str(out)]) == 0
+    ran = json.loads((out / "protected" / "config.json").read_text())
+    assert (ran["name"], ran["lam_grid"]) == ("tiny-cli-protected", [100.0])
+    assert "run " + str(out / "plain") + ": 0 cells run" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["--arm", "weak"], "--arm 'weak': "),
+        (["--set", "lam_grid=[]"], "lam_grid: tiers 2 and 3 need"),
+    ],
+)
+def test_a_bad_arm_is_one_line_before_anything_is_written(
+    config, tmp_path, capsys, argv, match
+) -> None:
+    config.write_text(config.read_text() + ARMS)
+    out = tmp_path / "armed"
+    assert main(["experiment", str(config), "--out", str(out), *argv]) == 2
+    err = capsys.readouterr().err
+    assert match in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_an_armed_config_refuses_a_directory_of_other_files(config, tmp_path, capsys):
+    config.write_text(config.read_text() + ARMS)
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main(["experiment", str(config), "--out", str(out)]) == 2
+    assert "not an armed run directory" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "mine"
+
+
 def test_report_of_a_non_run_directory_fails_cleanly(tmp_path, capsys) -> None:
     assert main(["report", str(tmp_path)]) == 2
     assert "not a run directory" in capsys.readouterr().err

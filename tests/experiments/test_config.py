@@ -16,6 +16,7 @@ from kfacel.experiments.config import (
     TaskSpec,
     Uncovered,
     apply_overrides,
+    arm_names,
     load_config,
 )
 from kfacel.types import FisherKind, KFACApprox
@@ -232,8 +233,54 @@ def test_every_config_is_shipped() -> None:
     "path", EVERY_CONFIG, ids=lambda p: str(p.relative_to(CONFIGS))
 )
 def test_every_file_under_configs_loads(path: Path) -> None:
-    cfg = load_config(path)
-    assert ExperimentConfig.from_dict(cfg.to_dict()) == cfg
+    for arm in arm_names(path) or [None]:
+        cfg = load_config(path, arm=arm)
+        assert ExperimentConfig.from_dict(cfg.to_dict()) == cfg
+
+
+ARMED = MINIMAL + """
+[arms.strong]
+lam_grid = [1e5]
+curvature.damping = 1e-6
+
+[arms.plain]
+name = "plain-run"
+methods = ["none"]
+"""
+
+
+def test_an_arm_is_the_config_with_its_tables_merged_over_it(tmp_path: Path) -> None:
+    path = _write(tmp_path, ARMED)
+    assert arm_names(path) == ("strong", "plain")
+    strong = load_config(path, arm="strong")
+    base = load_config(_write(tmp_path, MINIMAL, "base.toml"))
+    assert strong.lam_grid == (1e5,)
+    assert strong.curvature.damping == 1e-6
+    assert strong.curvature.fisher is FisherKind.SAMPLED  # the rest of [curvature] kept
+    assert strong.curvature.max_examples == 50
+    assert strong.methods == base.methods and strong.train == base.train
+    assert (strong.name, strong.output_dir) == ("t-strong", "runs/t/strong")
+    plain = load_config(path, ["train.lr=0.5"], arm="plain")
+    assert (plain.name, plain.output_dir) == ("plain-run", "runs/t/plain")
+    assert plain.methods == (Method.NONE,) and plain.train.lr == 0.5
+
+
+@pytest.mark.parametrize(
+    ("text", "arm", "match"),
+    [
+        (ARMED, None, r"has arms \['strong', 'plain'\]: name one"),
+        (ARMED, "weak", r"'weak' is not one of them"),
+        (MINIMAL, "strong", "has no arms"),
+        (ARMED + 'output_dir = "x"\n', "plain", r"arms\.plain\.output_dir"),
+        (MINIMAL + "[arms.'a/b']\nseeds = [1]\n", "a/b", "arm name 'a/b'"),
+        (ARMED.replace("lam_grid = [1e5]", "lam_grd = [1e5]"), "strong", "lam_grd"),
+    ],
+)
+def test_arms_refused_name_the_arm_and_file(tmp_path, text, arm, match) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError, match=match) as err:
+        load_config(path, arm=arm)
+    assert str(path) in str(err.value)
 
 
 def test_the_studies_have_their_configs() -> None:

@@ -39,16 +39,56 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--tiers", help="comma-separated tiers to run, e.g. 1,2 (default: config)"
     )
+    p.add_argument(
+        "--arm",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="of a config with [arms.NAME] tables: run only this arm (repeatable; "
+        "default: every arm, one after another, each in OUT/NAME)",
+    )
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Load the config, run or resume it, print what happened; 1 if a cell failed."""
-    from kfacel.experiments.config import ConfigError, load_config
-    from kfacel.experiments.runner import run_experiment
+    """Run or resume the config (each of its arms in turn); 1 if a cell failed."""
+    from kfacel.experiments.config import ConfigError, arm_names
 
     try:
-        cfg = load_config(args.config, args.set)
+        arms = arm_names(args.config)
+    except (OSError, ValueError) as exc:
+        raise UserError(str(exc)) from exc
+    if args.arm and not arms:
+        raise UserError(f"--arm: {args.config} has no [arms.NAME] tables")
+    if unknown := sorted(set(args.arm) - set(arms)):
+        raise UserError(f"--arm {unknown[0]!r}: {args.config} has arms {list(arms)}")
+    if args.jobs < 1:
+        raise UserError("--jobs must be positive")
+    chosen = [a for a in arms if a in args.arm] if args.arm else list(arms)
+    configs = [_load(args, arm) for arm in chosen] if arms else [_load(args, None)]
+    if arms:
+        top = (
+            args.out
+            if args.out is not None
+            else configs[0].output_dir.rsplit("/", 1)[0]
+        )
+        _record_arms(Path(top), args.config, arms)
+    failed = 0
+    for arm, cfg in zip(chosen or [None], configs, strict=True):
+        out = None if args.out is None else (Path(args.out) / arm if arm else args.out)
+        try:
+            failed += _run_one(args, cfg, out)
+        except ConfigError as exc:
+            raise UserError(str(exc)) from exc
+    return 1 if failed else 0
+
+
+def _load(args: argparse.Namespace, arm: str | None) -> ExperimentConfig:
+    """One arm's config (or the config), with ``--set`` and ``--tiers`` applied."""
+    from kfacel.experiments.config import load_config
+
+    try:
+        cfg = load_config(args.config, args.set, arm=arm)
         if args.tiers:
             items = [t.strip() for t in args.tiers.split(",") if t.strip()]
             if not items or not all(t in ("1", "2", "3") for t in items):
@@ -56,16 +96,18 @@ def run(args: argparse.Namespace) -> int:
             cfg = replace(cfg, tiers=tuple(int(t) for t in items))
     except (OSError, ValueError) as exc:  # ConfigError is a ValueError
         raise UserError(str(exc)) from exc
-    if args.jobs < 1:
-        raise UserError("--jobs must be positive")
     _check_out(args, cfg)
+    return cfg
+
+
+def _run_one(args: argparse.Namespace, cfg: ExperimentConfig, out: Path | None) -> int:
+    """Run one experiment into ``out`` and print what happened; the failed cells."""
+    from kfacel.experiments.runner import run_experiment
+
     start = time.perf_counter()
-    try:
-        summary = run_experiment(
-            cfg, args.out, jobs=args.jobs, log=lambda line: print(line, flush=True)
-        )
-    except ConfigError as exc:
-        raise UserError(str(exc)) from exc
+    summary = run_experiment(
+        cfg, out, jobs=args.jobs, log=lambda line: print(line, flush=True)
+    )
     print(
         f"run {summary.run_dir}: {len(summary.ran)} cells run, "
         f"{len(summary.skipped)} done before, {len(summary.failed)} failed "
@@ -79,7 +121,30 @@ def run(args: argparse.Namespace) -> int:
         print(f"failed: {cell}: {message}")
     for line in summary.left_out:
         print(f"left out: {line}")
-    return 1 if summary.failed else 0
+    return len(summary.failed)
+
+
+def _record_arms(top: Path, config: str, arms: tuple[str, ...]) -> None:
+    """Write ``TOP/arms.json`` (the config, its digest, its arms); refuse another's."""
+    import hashlib
+    import json
+
+    from kfacel._io import atomic_write_json
+
+    digest = hashlib.sha256(Path(config).read_bytes()).hexdigest()
+    record = {"config": str(config), "config_digest": digest, "arms": list(arms)}
+    path = top / "arms.json"
+    if path.is_file():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        if old.get("arms") != list(arms):
+            raise UserError(
+                f"{top} holds the arms {old.get('arms')} of {old.get('config')}, "
+                f"not {list(arms)}; choose another --out"
+            )
+    elif top.exists() and any(top.iterdir()):
+        raise UserError(f"{top} exists and is not an armed run directory; refusing")
+    top.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, record, sort_keys=True)
 
 
 def _check_out(args: argparse.Namespace, cfg: ExperimentConfig) -> None:

@@ -221,26 +221,86 @@ class ExperimentConfig:
         return typing.cast(Self, _build(cls, data, source, ""))
 
 
-def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
-    """Read a TOML config and apply dotted overrides.
+def load_config(
+    path: str | Path, overrides: Sequence[str] = (), *, arm: str | None = None
+) -> ExperimentConfig:
+    """Read a TOML config, resolve one of its arms, and apply dotted overrides.
+
+    A config may hold ``[arms.NAME]`` tables: each is a partial config merged over the
+    rest of the file (tables key by key), with ``name`` suffixed ``-NAME`` unless the
+    arm sets it and ``output_dir`` extended by ``/NAME``. Each arm is a whole
+    experiment with a run directory of its own; ``arm_names`` lists them.
 
     Args:
         path: the TOML file.
-        overrides: ``"section.key=value"`` strings, applied in order.
+        overrides: ``"section.key=value"`` strings, applied after the arm.
+        arm: the arm to resolve; required when the file has arms, refused otherwise.
 
     Returns:
         The resolved configuration.
 
     Raises:
-        ConfigError: for an unknown key, a value of the wrong type or bad TOML.
+        ConfigError: for an unknown key or arm, a value of the wrong type or bad TOML.
     """
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: {err}") from err
+    data = _read_toml(path)
+    arms = data.pop("arms", None)
+    if arms is not None or arm is not None:
+        data = _merge_arm(data, arms, arm, path)
     cfg = ExperimentConfig.from_dict(data, source=str(path))
     return apply_overrides(cfg, overrides)
+
+
+def arm_names(path: str | Path) -> tuple[str, ...]:
+    """The arms of a config file, in file order (empty for a config without arms)."""
+    path = Path(path)
+    arms = _read_toml(path).get("arms", {})
+    if not isinstance(arms, Mapping) or not all(
+        isinstance(v, Mapping) for v in arms.values()
+    ):
+        raise ConfigError(f"{path}: arms must be tables [arms.NAME]")
+    for name in arms:
+        if not name.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(
+                f"{path}: arm name {name!r} must be letters, digits, '-' or '_'"
+            )
+    return tuple(arms)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: {err}") from err
+
+
+def _merge_arm(
+    base: dict[str, Any], arms: Any, arm: str | None, path: Path
+) -> dict[str, Any]:
+    """``base`` with arm ``arm``'s tables merged over it (``load_config``)."""
+    names = arm_names(path)
+    if not names:
+        raise ConfigError(f"{path} has no arms; leave out the arm ({arm!r})")
+    if arm not in names:
+        wanted = "name one" if arm is None else f"{arm!r} is not one"
+        raise ConfigError(f"{path} has arms {list(names)}: {wanted} of them")
+    if "output_dir" in arms[arm]:
+        raise ConfigError(f"{path}: arms.{arm}.output_dir: an arm runs in OUT/{arm}")
+    merged = _deep_merge(base, arms[arm])
+    if "name" not in arms[arm] and "name" in base:
+        merged["name"] = f"{base['name']}-{arm}"
+    merged["output_dir"] = f"{base.get('output_dir', 'runs')}/{arm}"
+    return merged
+
+
+def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def apply_overrides(
