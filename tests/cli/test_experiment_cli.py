@@ -138,7 +138,8 @@ def test_a_bad_arm_is_one_line_before_anything_is_written(
     out = tmp_path / "armed"
     assert main(["experiment", str(config), "--out", str(out), *argv]) == 2
     err = capsys.readouterr().err
-    assert match in err and len(err.strip().splitlines()) == 1
+    assert match in err
+    assert len(err.strip().splitlines()) == 1
     assert not out.exists()
 
 

@@ -238,7 +238,9 @@ def test_every_file_under_configs_loads(path: Path) -> None:
         assert ExperimentConfig.from_dict(cfg.to_dict()) == cfg
 
 
-ARMED = MINIMAL + """
+ARMED = (
+    MINIMAL
+    + """
 [arms.strong]
 lam_grid = [1e5]
 curvature.damping = 1e-6
@@ -247,6 +249,7 @@ curvature.damping = 1e-6
 name = "plain-run"
 methods = ["none"]
 """
+)
 
 
 def test_an_arm_is_the_config_with_its_tables_merged_over_it(tmp_path: Path) -> None:
@@ -258,11 +261,13 @@ def test_an_arm_is_the_config_with_its_tables_merged_over_it(tmp_path: Path) -> 
     assert strong.curvature.damping == 1e-6
     assert strong.curvature.fisher is FisherKind.SAMPLED  # the rest of [curvature] kept
     assert strong.curvature.max_examples == 50
-    assert strong.methods == base.methods and strong.train == base.train
+    assert strong.methods == base.methods
+    assert strong.train == base.train
     assert (strong.name, strong.output_dir) == ("t-strong", "runs/t/strong")
     plain = load_config(path, ["train.lr=0.5"], arm="plain")
     assert (plain.name, plain.output_dir) == ("plain-run", "runs/t/plain")
-    assert plain.methods == (Method.NONE,) and plain.train.lr == 0.5
+    assert plain.methods == (Method.NONE,)
+    assert plain.train.lr == 0.5
 
 
 @pytest.mark.parametrize(
