@@ -11,11 +11,13 @@ The whole path is in docs/hf.md.
   (:class:`Strength`) and damping (:class:`Damping`) of every other entry point;
   :class:`KFCTrainer` is a Trainer with that callback;
 - :func:`save_states` / :func:`load_states` keep the states beside ``save_pretrained``;
-- :func:`minilm_path` is the directory of the shipped MiniLM encoder.
+- :func:`minilm_path` is the directory of the shipped MiniLM encoder;
+- :class:`OLoRACallback` (``kfacel.hf.olora``) is O-LoRA, a LoRA baseline beside KFC.
 """
 
 from kfacel.hf.callback import KFCCallback
 from kfacel.hf.encoder import minilm_path
+from kfacel.hf.olora import OLoRACallback, lora_subspaces, stack_subspaces
 from kfacel.hf.states import (
     FACTOR_RANK,
     LOSS_TERMS,
@@ -32,9 +34,12 @@ __all__ = [
     "Damping",
     "KFCCallback",
     "KFCTrainer",
+    "OLoRACallback",
     "Strength",
     "consolidate",
     "load_states",
+    "lora_subspaces",
     "minilm_path",
     "save_states",
+    "stack_subspaces",
 ]
