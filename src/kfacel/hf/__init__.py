@@ -12,11 +12,13 @@ The whole path is in docs/hf.md.
   :class:`KFCTrainer` is a Trainer with that callback;
 - :func:`save_states` / :func:`load_states` keep the states beside ``save_pretrained``;
 - :func:`minilm_path` is the directory of the shipped MiniLM encoder;
-- :class:`OLoRACallback` (``kfacel.hf.olora``) is O-LoRA, a LoRA baseline beside KFC.
+- :class:`OLoRACallback` (``kfacel.hf.olora``, O-LoRA) and :class:`ILoRATrainer`
+  (``kfacel.hf.ilora``, I-LoRA: replays old rows) are LoRA baselines beside KFC.
 """
 
 from kfacel.hf.callback import KFCCallback
 from kfacel.hf.encoder import minilm_path
+from kfacel.hf.ilora import ILoRATrainer
 from kfacel.hf.olora import OLoRACallback, lora_subspaces, stack_subspaces
 from kfacel.hf.states import (
     FACTOR_RANK,
@@ -32,6 +34,7 @@ __all__ = [
     "FACTOR_RANK",
     "LOSS_TERMS",
     "Damping",
+    "ILoRATrainer",
     "KFCCallback",
     "KFCTrainer",
     "OLoRACallback",

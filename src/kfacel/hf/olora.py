@@ -24,6 +24,7 @@ For the next task, stack the subspaces: ``stack_subspaces(earlier, lora_subspace
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,13 +46,19 @@ def lora_subspaces(
     Raises:
         ValueError: when ``model`` has no LoRA layer with that adapter.
     """
+    out = {name: a.detach().clone() for name, a in _a_weights(model, adapter).items()}
+    if not out:
+        raise ValueError(f"the model has no LoRA layer with adapter {adapter!r}")
+    return out
+
+
+def _a_weights(model: nn.Module, adapter: str) -> dict[str, nn.Parameter]:
+    """Each LoRA layer's ``A`` parameter of ``adapter``, by the layer's plain name."""
     out = {}
     for name, module in model.named_modules():
         lora_a = getattr(module, "lora_A", None)
         if isinstance(lora_a, nn.ModuleDict) and adapter in lora_a:
-            out[_plain_name(name)] = lora_a[adapter].weight.detach().clone()
-    if not out:
-        raise ValueError(f"the model has no LoRA layer with adapter {adapter!r}")
+            out[_plain_name(name)] = typing.cast(nn.Parameter, lora_a[adapter].weight)
     return out
 
 
@@ -107,11 +114,7 @@ class OLoRACallback(TrainerCallback):
 
     def bind(self, model: nn.Module) -> None:
         """Pair each earlier subspace with the new adapter's ``A`` of the same layer."""
-        params = {}
-        for name, module in model.named_modules():
-            lora_a = getattr(module, "lora_A", None)
-            if isinstance(lora_a, nn.ModuleDict) and self.adapter in lora_a:
-                params[_plain_name(name)] = lora_a[self.adapter].weight
+        params = _a_weights(model, self.adapter)
         self._pairs = []
         for name, a in self.earlier.items():
             if name not in params:
