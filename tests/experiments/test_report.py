@@ -450,6 +450,12 @@ def test_an_armed_run_is_reported_arm_by_arm_and_together(tmp_path) -> None:
     assert "[product/report/report.md](product/report/report.md)" in text
     assert "| paper/tier2/kfac/reduction/fixed | 75.00 | – | – | 1 |" in text
     write_report(run, figures=False)  # its own files are rewritten
+    arms["arms"].append("later")  # an arm not started yet is named, not reported
+    (run / "arms.json").write_text(json.dumps(arms))
+    write_report(run, figures=False)
+    doc = json.loads((run / "results.json").read_text(encoding="utf-8"))
+    assert doc["arms"]["later"] == {"status": "no run directory yet"}
+    assert "- later: no run directory yet" in (run / "report.md").read_text()
     with pytest.raises(ValueError, match="reported in place"):
         write_report(run, tmp_path / "elsewhere", figures=False)
 

@@ -194,6 +194,10 @@ def _write(path: Path, text: str) -> Path:
     return atomic_write_text(path, text)
 
 
+NOT_STARTED = "no run directory yet"
+ARM_KEYS = ("run", "config_digest", "commit", "machine", "status")
+
+
 def is_armed(run_dir: str | Path) -> bool:
     """Whether ``run_dir`` is an armed run directory (it holds ``arms.json``)."""
     return (Path(run_dir) / "arms.json").is_file()
@@ -235,6 +239,9 @@ def write_armed_report(run_dir: str | Path, *, figures: bool = True) -> list[Pat
     written: list[Path] = []
     docs: dict[str, dict[str, Any]] = {}
     for arm in arms["arms"]:
+        if not (run_dir / arm / "config.json").is_file():  # not started yet
+            docs[arm] = {"status": NOT_STARTED}
+            continue
         written += write_report(run_dir / arm, figures=figures)
         docs[arm] = _read_json(run_dir / arm / "report" / "results.json", {})
     doc = {
@@ -242,8 +249,7 @@ def write_armed_report(run_dir: str | Path, *, figures: bool = True) -> list[Pat
         "config": arms.get("config"),
         "config_digest": arms.get("config_digest"),
         "arms": {
-            arm: {k: d.get(k) for k in ("run", "config_digest", "commit", "machine")}
-            for arm, d in docs.items()
+            arm: {k: d.get(k) for k in ARM_KEYS if k in d} for arm, d in docs.items()
         },
         "claims": [
             {**c, "id": f"{arm}/{c['id']}", "arm": arm}
@@ -269,6 +275,9 @@ def _armed_markdown(name: str, doc: dict[str, Any]) -> str:
     """``RUN/report.md`` of an armed run: links to the arms, the claims side by side."""
     lines = [f"# Armed run {name}", "", f"Config: `{doc['config']}`.", ""]
     for arm, meta in doc["arms"].items():
+        if meta.get("status") == NOT_STARTED:
+            lines.append(f"- {arm}: {NOT_STARTED}")
+            continue
         lines.append(
             f"- {arm}: [{arm}/report/report.md]({arm}/report/report.md), "
             f"[{arm}/report/results.json]({arm}/report/results.json), "
