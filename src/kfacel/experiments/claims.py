@@ -222,7 +222,7 @@ def _pairs(
     """
     kind = f"tier{tier}"
     raw: dict[Order, dict[int, Pair]] = {}
-    for o, lam in lams.items():
+    for o, lam in sorted(lams.items()):
         a, last = o[0], o[-1]
         cols = [
             r.by_seed("individual", (a,), "none", None, a),
