@@ -208,3 +208,13 @@ def test_results_document_digest_and_provenance() -> None:
     assert doc["run"] == "toy"
     assert doc["config_digest"] == config_digest(dict(reversed(CONFIG.items())))
     assert doc["config_digest"] != config_digest({**CONFIG, "name": "other"})
+
+
+def test_doctests() -> None:
+    import doctest
+
+    from kfacel.experiments import claims as module
+
+    result = doctest.testmod(module)
+    assert result.attempted > 0
+    assert result.failed == 0
