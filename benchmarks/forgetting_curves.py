@@ -7,9 +7,10 @@ test accuracy, old-task test accuracy). The summary of one curve is the **forget
 reduction at ≤ 1 point of new-task cost**: the highest old-task accuracy on the
 piecewise-linear curve whose new-task accuracy is at most 1 point below plain
 fine-tuning's, as a share of what plain fine-tuning forgot,
-``(kept − none) / (individual − none) × 100``. It reads test numbers along the whole
-curve (no λ is selected), so it compares factors, not protocols. Means come with the
-standard deviation and a 95% t-interval over seeds.
+``(kept − none) / (individual − none) × 100`` (``metrics.reduction``; a pair and seed
+where plain fine-tuning forgot < 0.5 points gives none, and is named). It reads test
+numbers along the whole curve (no λ is selected), so it compares factors, not
+protocols. Means come with the standard deviation and a 95% t-interval over seeds.
 
 Rules (no curve, one choice per pair and seed; test numbers at the chosen strength):
 ``old dev`` is the paper's protocol (the best old-task dev accuracy among the strengths
@@ -42,7 +43,12 @@ from pathlib import Path
 from statistics import mean, median
 from typing import Any
 
-from kfacel.experiments.metrics import mean_interval, spearman
+from kfacel.experiments.metrics import (
+    MIN_FORGETTING,
+    mean_interval,
+    reduction,
+    spearman,
+)
 from kfacel.experiments.results import calibration_points, cell_record, finished_cells
 
 COST = 1.0  # points of new-task accuracy the summary allows
@@ -101,8 +107,11 @@ def summarize(
         path = [(base["new"]["accuracy"], base["old"]["accuracy"])]
         path += [(n, o) for _, n, o in pts]
         kept = kept_at_cost(path, base["new"]["accuracy"])
-        forgot = ind["test"]["accuracy"] - base["old"]["accuracy"]
-        table[(a, b, m)].append(100 * (kept - base["old"]["accuracy"]) / forgot)
+        red = reduction(kept, base["old"]["accuracy"], ind["test"]["accuracy"])
+        if red is None:  # plain fine-tuning forgot < MIN_FORGETTING points: no ratio
+            print(f"{a}→{b} {m} seed {seed}: left out, {_no_forgetting(ind, base)}")
+            continue
+        table[(a, b, m)].append(red)
         line = ", ".join(f"{lam:g}: {o:.1f}/{n:.1f}" for lam, n, o in pts)
         print(
             f"{a}→{b} {m} seed {seed}: individual {ind['test']['accuracy']:.1f}, none "
@@ -184,10 +193,14 @@ def rules(
             chosen[f"fixed {d['lam']:g}"] = d
         ind_old = ind[score]["accuracy"]
         none_old, none_new = _acc(base["cell"], a, score), _acc(base["cell"], b, score)
+        if reduction(none_old, none_old, ind_old) is None:
+            print(f"rules: {a}→{b} {m} seed {seed} left out: plain fine-tuning forgot "
+                  f"{ind_old - none_old:.2f} points (< {MIN_FORGETTING:g}) on {score}")  # fmt: skip
+            continue
         for rule, d in chosen.items():
             old, new = (none_old, none_new) if d is None else (
                 _acc(d, a, score), _acc(d, b, score))  # fmt: skip
-            red = 100 * (old - none_old) / (ind_old - none_old)
+            red = reduction(old, none_old, ind_old)
             out[(m, rule)].append((red, none_new - new))
             if rule == "old dev":
                 by_pair[(a, b, m)].append(red)
@@ -226,6 +239,11 @@ def head_to_head(by_pair: dict[tuple[str, str, str], list[float]]) -> None:
         ]
         wins = sum(k > e for k, e in both)
         print(f"KFC above EWC in {wins} of {len(both)} pairs")
+
+
+def _no_forgetting(ind: dict, base: dict) -> str:
+    forgot = ind["test"]["accuracy"] - base["old"]["accuracy"]
+    return f"plain fine-tuning forgot {forgot:.2f} points (< {MIN_FORGETTING:g})"
 
 
 def _strength(method: str, value: float) -> float:

@@ -302,3 +302,112 @@ def test_spearman_matches_hand_ranks_with_ties() -> None:
     assert spearman([0.1, 0.5, 0.5, 2.0], [1.0, 2.0, 3.0, 4.0]) == pytest.approx(hand)
     assert spearman([3.0, 2.0, 1.0], [1.0, 2.0, 3.0]) == pytest.approx(-1.0)
     assert math.isnan(spearman([1.0, 2.0], [1.0, 2.0]))
+
+
+@pytest.mark.parametrize(
+    ("acc_method", "acc_none", "acc_individual", "expected"),
+    [
+        (70.0, 60.0, 80.0, 50.0),  # kept half of 20 points
+        (80.0, 60.0, 80.0, 100.0),
+        (55.0, 60.0, 80.0, -25.0),  # forgot more than plain fine-tuning
+        (70.0, 79.6, 80.0, None),  # forgot 0.4 points: below the guard
+        (70.0, 79.5, 80.0, 100 * (70 - 79.5) / 0.5),  # exactly 0.5: defined
+        (70.0, 80.0, 80.0, None),  # forgot nothing
+        (70.0, 85.0, 80.0, None),  # improved
+    ],
+)
+def test_reduction_by_hand_and_its_guard(
+    acc_method: float, acc_none: float, acc_individual: float, expected: float | None
+) -> None:
+    got = metrics.reduction(acc_method, acc_none, acc_individual)
+    if expected is None:
+        assert got is None
+    else:
+        assert got == pytest.approx(expected)
+        # the same number as the paper's 1 − PercΔ_method / PercΔ_none
+        pm = perc_delta(acc_method, acc_individual)
+        pn = perc_delta(acc_none, acc_individual)
+        assert got == pytest.approx(100 * (1 - pm / pn))
+
+
+# Student-t 0.975 quantiles to 7 digits (any statistics table; scipy's agree).
+T975 = {1: 12.7062047, 2: 4.3026527, 4: 2.7764451, 30: 2.0422725, 60: 2.0002978,
+        100: 1.9839715}  # fmt: skip
+
+
+@pytest.mark.parametrize("df", sorted(T975))
+def test_t_interval_half_width_is_the_t_quantile_times_the_standard_error(
+    df: int,
+) -> None:
+    x = np.random.default_rng(df).normal(size=df + 1)
+    lo, hi = metrics.t_interval(list(x))
+    se = x.std(ddof=1) / math.sqrt(x.size)
+    assert (hi - lo) / 2 / se == pytest.approx(T975[df], rel=1e-6)
+    assert (hi + lo) / 2 == pytest.approx(x.mean())
+
+
+def test_t_interval_needs_two_values() -> None:
+    assert metrics.t_interval([3.0]) is None
+    assert metrics.t_interval([]) is None
+
+
+def test_bootstrap_interval_by_hand_and_reproducible() -> None:
+    # resampled means of [0, 0, 3] are 0, 1, 2, 3 with probabilities 8, 12, 6, 1 /27:
+    # the 2.5% quantile is 0 and P(mean ≤ 2) = 26/27 < 0.975, so the 97.5% one is 3
+    assert metrics.bootstrap_interval([0.0, 0.0, 3.0]) == (0.0, 3.0)
+    x = list(np.random.default_rng(3).normal(size=10))  # many distinct means
+    assert metrics.bootstrap_interval(x) == metrics.bootstrap_interval(x)
+    assert metrics.bootstrap_interval(x, seed=1) != metrics.bootstrap_interval(x)
+    assert metrics.bootstrap_interval([5.0] * 4) == (5.0, 5.0)
+    assert metrics.bootstrap_interval([1.0, 2.0]) is None  # fewer than 3 seeds
+
+
+def _trials(table: dict) -> dict:
+    return {p: [LambdaTrial(v, *on) for v, on in vs.items()] for p, vs in table.items()}
+
+
+# A toy for cross-fitting: per permutation, value -> (old dev, new dev); plain
+# fine-tuning's new dev is 80 everywhere, the tolerance 2 points.
+AB, AC, BA, BC = ("a", "b"), ("a", "c"), ("b", "a"), ("b", "c")
+TOY = {
+    AB: {1.0: (50, 80), 10.0: (70, 79), 100.0: (95, 80)},  # 100 only here
+    BA: {1.0: (60, 80), 10.0: (64, 78)},
+    AC: {1.0: (10, 75), 10.0: (90, 74), 100.0: (99, 60)},
+    BC: {1.0: (10, 76), 10.0: (90, 74), 100.0: (99, 60)},
+}
+REFERENCE = dict.fromkeys(TOY, 80.0)
+
+
+def test_choose_shared_averages_over_the_fold_and_compares_only_common_values() -> None:
+    # fold {ab, ba}: value 1 (55, 80), value 10 (67, 78.5) both within 2 of 80;
+    # 10 keeps more; 100 is missing on ba and does not compete
+    got = metrics.choose_shared(
+        _trials({p: TOY[p] for p in (AB, BA)}), REFERENCE, tolerance=2.0
+    )
+    assert got == metrics.SharedChoice(10.0, True, 67.0, 78.5, 80.0)
+
+
+def test_choose_shared_with_no_admissible_value_takes_the_smallest_cost() -> None:
+    # fold {ac, bc}: new dev 75.5, 74, 60: none within 2 of 80; 1 costs least
+    got = metrics.choose_shared(
+        _trials({p: TOY[p] for p in (AC, BC)}), REFERENCE, tolerance=2.0
+    )
+    assert got == metrics.SharedChoice(1.0, False, 10.0, 75.5, 80.0)
+
+
+def test_cross_fit_uses_each_folds_choice_on_the_other_fold() -> None:
+    cf = metrics.cross_fit(_trials(TOY), REFERENCE, tolerance=2.0)
+    assert cf.folds == ([AB, BA], [AC, BC])  # sorted: ab, ac, ba, bc; alternating
+    assert [c.value for c in cf.choices] == [10.0, 1.0]
+    assert cf.value_for == {AB: 1.0, BA: 1.0, AC: 10.0, BC: 10.0}
+
+
+def test_cross_fit_refuses_what_it_cannot_fit() -> None:
+    with pytest.raises(ValueError, match="two permutations"):
+        metrics.cross_fit(_trials({AB: TOY[AB]}), REFERENCE, tolerance=2.0)
+    with pytest.raises(ValueError, match="reference"):
+        metrics.choose_shared(_trials(TOY), {AB: 80.0}, tolerance=2.0)
+    with pytest.raises(ValueError, match="common"):
+        metrics.choose_shared(
+            _trials({AB: {1.0: (1, 1)}, BA: {10.0: (1, 1)}}), REFERENCE, tolerance=2.0
+        )

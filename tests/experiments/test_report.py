@@ -164,20 +164,49 @@ def test_table3_has_the_papers_perc_delta_at_the_chosen_lambda(report) -> None:
     )
 
 
+def _reduction_rows(report: Path) -> dict[tuple[str, str], dict[str, str]]:
+    rows = _csv(report / "forgetting_reduction.csv")
+    return {(r["Method"], r["Selection"]): r for r in rows}
+
+
 def test_forgetting_reduction_is_the_papers(report) -> None:
-    rows = {r["Method"]: r for r in _csv(report / "forgetting_reduction.csv")}
-    assert float(rows["kfac"]["Forgetting reduction (%)"]) == pytest.approx(
-        74.5, abs=0.05
-    )
-    assert float(rows["ewc"]["Forgetting reduction (%)"]) == pytest.approx(
-        34.7, abs=0.05
-    )
+    rows = _reduction_rows(report)
+    # every permutation's dev sets choose 1e3: in and out of sample agree
+    for selection in ("in-sample", "out-of-sample"):
+        kfac, ewc = rows[("kfac", selection)], rows[("ewc", selection)]
+        assert float(kfac["Reduction, mean (%)"]) == pytest.approx(74.5, abs=0.05)
+        assert float(ewc["Reduction, mean (%)"]) == pytest.approx(34.7, abs=0.05)
     none_mean = (46.12 + 36.75 + 40.32 + 39.49 + 43.95 + 36.92) / 6
-    assert float(rows["kfac"]["None's forgetting, mean (%)"]) == pytest.approx(
+    kfac = rows[("kfac", "in-sample")]
+    assert float(kfac["None's forgetting, mean (%)"]) == pytest.approx(
         none_mean, abs=0.01
     )
-    assert rows["kfac"]["Permutations"] == "6"
-    assert rows["kfac"]["Flagged"] == ""
+    points = sum(INDIVIDUAL[a] - r["none"][0] for (a, _), r in TABLE3.items()) / 6
+    assert float(kfac["None's forgetting, mean (points)"]) == pytest.approx(points)
+    assert kfac["Permutations"] == "6"
+    assert kfac["Left out"] == ""
+    # KFC per permutation (points kept / points forgotten), sorted: the median
+    kept = sorted(
+        (r["kfac"][0] - r["none"][0]) / (INDIVIDUAL[a] - r["none"][0]) * 100
+        for (a, _), r in TABLE3.items()
+    )
+    assert float(kfac["Median (%)"]) == pytest.approx((kept[2] + kept[3]) / 2)
+
+
+def test_results_json_holds_every_claim_with_its_provenance(report) -> None:
+    doc = json.loads((report / "results.json").read_text(encoding="utf-8"))
+    assert doc["run"] == "paper-cnn-table3"
+    assert len(doc["config_digest"]) == 64
+    assert (doc["commit"], doc["machine"]) == (None, None)  # no env.json
+    by_id = {c["id"]: c for c in doc["claims"]}
+    c = by_id["tier2/kfac/reduction/out-of-sample"]
+    assert c["value"] == pytest.approx(74.5, abs=0.05)
+    assert (c["interval"], c["bootstrap"], c["seeds"]) == (None, None, 1)
+    assert c["selection"]["folds"][0] == [
+        "3dnotes→medm", "medm→3dnotes", "mednorm→3dnotes"
+    ]  # fmt: skip
+    assert set(c) >= {"tier", "method", "metric", "per_permutation", "left_out"}
+    assert "tier2/none/forgetting-points/fixed" in by_id
 
 
 def test_tables_1_2_6_and_the_failed_cell(report) -> None:
@@ -211,22 +240,23 @@ def test_tables_1_2_6_and_the_failed_cell(report) -> None:
     ]
 
 
-def test_small_forgetting_is_flagged(tmp_path) -> None:
+def test_small_and_absent_forgetting_are_named_never_divided(tmp_path) -> None:
+    """Plain fine-tuning forgets a→b 2 points, b→a 40, a→c 0.3 (below the guard)."""
     run = tmp_path / "run"
     run.mkdir()
     config = {
         "name": "x",
-        "tasks": [{"name": "a", "path": "a"}, {"name": "b", "path": "b"}],
+        "tasks": [{"name": t, "path": t} for t in "abc"],
         "methods": ["none", "kfac"],
         "seeds": [0],
     }
     (run / "config.json").write_text(json.dumps(config))
     recs = [
         _rec("individual", 1, [t], "none", None, s, t, 80.0)
-        for t in "ab"
+        for t in "abc"
         for s in ("dev", "test")
     ]
-    for order, none_a in ((("a", "b"), 78.0), (("b", "a"), 40.0)):  # -2.5% and -50%
+    for order, none_a in ((("a", "b"), 78.0), (("b", "a"), 40.0), (("a", "c"), 79.7)):
         for method, lam, acc in (("none", None, none_a), ("kfac", 1e3, 79.0)):
             recs += [
                 _rec(
@@ -237,9 +267,14 @@ def test_small_forgetting_is_flagged(tmp_path) -> None:
             ]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     write_report(run, figures=False)
-    row = _csv(run / "report" / "forgetting_reduction.csv")[0]
-    assert row["Flagged"] == "a→b small"
-    assert float(row["Forgetting reduction (%)"]) == pytest.approx((50 + 97.5) / 2)
+    (row,) = _csv(run / "report" / "forgetting_reduction.csv")
+    assert row["Selection"] == "fixed"  # one λ: nothing chosen
+    assert float(row["Reduction, mean (%)"]) == pytest.approx((50 + 97.5) / 2)
+    assert float(row["Mean where none forgot ≥ 5 points (%)"]) == pytest.approx(97.5)
+    assert row["Left out"] == (
+        "a→c: plain fine-tuning forgot < 0.5 points (seed 0: 0.30)"
+    )
+    assert "a→c –" in row["Per permutation (%)"]
 
 
 def test_a_method_left_out_of_every_table_is_named_with_the_reason(tmp_path) -> None:
@@ -282,7 +317,9 @@ def test_new_task_cost_and_head_to_head_are_the_papers(report) -> None:
     Hand-computed from TABLE3: KFC costs 1.91 points on task B, EWC 1.63; KFC keeps
     task A better than EWC in all 6 permutations.
     """
-    rows = {r["Method"]: r for r in _csv(report / "forgetting_reduction.csv")}
+    rows = {
+        m: r for (m, sel), r in _reduction_rows(report).items() if sel == "in-sample"
+    }
     cost = {
         m: sum(TABLE3[p]["none"][1] - TABLE3[p][m][1] for p in TABLE3) / 6
         for m in ("ewc", "kfac")
@@ -298,7 +335,7 @@ def test_new_task_cost_and_head_to_head_are_the_papers(report) -> None:
     assert h2h["kfac"]["kfac"] == ""
 
 
-def test_seeds_table_gives_mean_sd_and_interval_computed_by_hand() -> None:
+def test_claims_table_gives_the_interval_over_seeds_computed_by_hand() -> None:
     from kfacel.experiments.results import RunResults
     from kfacel.experiments.tables import build_tables
 
@@ -320,16 +357,16 @@ def test_seeds_table_gives_mean_sd_and_interval_computed_by_hand() -> None:
         records += rec("tier2", ["A", "B"], "kfac", 10.0, "B", kb, seed)
     config = {"tasks": [{"name": "A"}, {"name": "B"}], "methods": ["none", "kfac"]}
     tables = {t.name: t for t in build_tables(RunResults(config, records))}
-    (row,) = tables["forgetting_reduction_seeds"].rows
-    # PercΔ: seed 0 none −25, kfac −12.5 → 50%; seed 1 none −12.5, kfac −3.125 → 75%
-    tier, method, n, mean, sd, interval, cost, cost_sd, _ = row
-    assert (tier, method, n) == (2, "kfac", 2)
-    assert mean == pytest.approx(62.5)
-    assert sd == pytest.approx(17.6777, rel=1e-4)
-    half = 12.706 * 17.6777 / 2**0.5  # t(0.975, 1 df) · sd / √n
-    assert interval == f"[{62.5 - half:.1f}, {62.5 + half:.1f}]"
+    rows = {row[0]: row for row in tables["claims"].rows}
+    # Reduction: seed 0 none −20 points, kfac kept 10 → 50%; seed 1 −10, kept 7.5 → 75%
+    _, mean, interval, boot, n = rows["tier2/kfac/reduction/fixed"]
+    assert (mean, n, boot) == (pytest.approx(62.5), 2, None)
+    half = 12.7062047 * 17.6776695 / 2**0.5  # t(0.975, 1 df) · sd / √n
+    assert interval == f"[{62.5 - half:.2f}, {62.5 + half:.2f}]"
+    _, cost, interval, _, _ = rows["tier2/kfac/new-task-cost/fixed"]
     assert cost == pytest.approx(1.5)  # (70 − 69 + 72 − 70) / 2
-    assert cost_sd == pytest.approx(0.7071, rel=1e-3)
+    half = 12.7062047 * 0.7071068 / 2**0.5
+    assert interval == f"[{1.5 - half:.2f}, {1.5 + half:.2f}]"
 
 
 def test_cells_finished_since_the_last_stage_are_reported(tmp_path) -> None:
@@ -360,3 +397,88 @@ def test_cells_finished_since_the_last_stage_are_reported(tmp_path) -> None:
     write_report(run, figures=False)
     t2 = _csv(run / "report" / "table2.csv")
     assert [(r["Dataset"], r["Acc."]) for r in t2] == [("medm", "61.5")]
+
+
+def _two_task_run(run: Path, name: str, kfac_a: float) -> None:
+    """A hand-written run: a→b and b→a, plain fine-tuning forgets 20 points of A."""
+    run.mkdir(parents=True)
+    config = {
+        "name": name,
+        "tasks": [{"name": t, "path": t} for t in "ab"],
+        "methods": ["none", "kfac"],
+        "seeds": [0],
+    }
+    (run / "config.json").write_text(json.dumps(config))
+    recs = [
+        _rec("individual", 1, [t], "none", None, s, t, 80.0)
+        for t in "ab"
+        for s in ("dev", "test")
+    ]
+    for order in ("ab", "ba"):
+        for method, lam, acc in (("none", None, 60.0), ("kfac", 1e3, kfac_a)):
+            recs += [
+                _rec("tier2", 2, order, method, lam, s, t, acc if t == order[0] else 80)
+                for t in order
+                for s in ("dev", "test")
+            ]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+
+def test_an_armed_run_is_reported_arm_by_arm_and_together(tmp_path) -> None:
+    run = tmp_path / "armed"
+    _two_task_run(run / "product", "tiny-product", kfac_a=70.0)  # keeps 50%
+    _two_task_run(run / "paper", "tiny-paper", kfac_a=75.0)  # keeps 75%
+    arms = {
+        "config": "configs/x.toml",
+        "config_digest": "d",
+        "arms": ["product", "paper"],
+    }
+    (run / "arms.json").write_text(json.dumps(arms))
+    write_report(run, figures=False)
+    for arm in ("product", "paper"):
+        assert (run / arm / "report" / "report.md").is_file()
+        assert (run / arm / "report" / "results.json").is_file()
+    doc = json.loads((run / "results.json").read_text(encoding="utf-8"))
+    assert (doc["config"], doc["config_digest"]) == ("configs/x.toml", "d")
+    assert doc["arms"]["paper"]["run"] == "tiny-paper"
+    by_id = {c["id"]: c for c in doc["claims"]}
+    assert by_id["product/tier2/kfac/reduction/fixed"]["value"] == pytest.approx(50.0)
+    assert by_id["paper/tier2/kfac/reduction/fixed"]["value"] == pytest.approx(75.0)
+    assert by_id["paper/tier2/kfac/reduction/fixed"]["arm"] == "paper"
+    text = (run / "report.md").read_text(encoding="utf-8")
+    assert text.startswith("# Armed run armed\n")
+    assert "[product/report/report.md](product/report/report.md)" in text
+    assert "| paper/tier2/kfac/reduction/fixed | 75.00 | – | – | 1 |" in text
+    write_report(run, figures=False)  # its own files are rewritten
+    arms["arms"].append("later")  # an arm not started yet is named, not reported
+    (run / "arms.json").write_text(json.dumps(arms))
+    write_report(run, figures=False)
+    doc = json.loads((run / "results.json").read_text(encoding="utf-8"))
+    assert doc["arms"]["later"] == {"status": "no run directory yet"}
+    assert "- later: no run directory yet" in (run / "report.md").read_text()
+    with pytest.raises(ValueError, match="reported in place"):
+        write_report(run, tmp_path / "elsewhere", figures=False)
+
+
+@pytest.mark.parametrize(
+    ("arms", "foreign", "match"),
+    [
+        (["product", "../x"], None, "distinct directory names"),
+        (["product", "product"], None, "distinct directory names"),
+        ([], None, "distinct directory names"),
+        (["product"], "report.md", "not an armed run's report"),
+        (["product"], "results.json", "not an armed run's results"),
+    ],
+)
+def test_an_armed_run_refuses_bad_arms_and_foreign_files(
+    tmp_path, arms, foreign, match
+) -> None:
+    run = tmp_path / "armed"
+    _two_task_run(run / "product", "tiny", kfac_a=70.0)
+    (run / "arms.json").write_text(json.dumps({"config": "c", "arms": arms}))
+    if foreign:
+        (run / foreign).write_text("{}\n")
+    with pytest.raises(ValueError, match=match):
+        write_report(run, figures=False)
+    if foreign:
+        assert (run / foreign).read_text() == "{}\n"

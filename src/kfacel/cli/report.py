@@ -7,15 +7,19 @@ from pathlib import Path
 
 RUN_FILES = ("config.json", "env.json", "metrics.jsonl", "selection.json", "cells")
 """What ``report`` reads of a run directory: its report may not hold or lie in them."""
-REPORT_SUFFIXES = (".md", ".csv", ".png")
+REPORT_SUFFIXES = (".md", ".csv", ".png", ".json")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``report`` subcommand."""
     p = subparsers.add_parser(
-        "report", help="write Markdown/CSV tables and PNG figures of a run directory"
+        "report",
+        help="write Markdown/CSV tables, PNG figures and results.json of a run directory",
     )
-    p.add_argument("run_dir", help="run directory of `kfacel experiment`")
+    p.add_argument(
+        "run_dir",
+        help="run directory of `kfacel experiment` (an armed one: each arm, in place)",
+    )
     p.add_argument("--out", help="report directory (default: RUN_DIR/report)")
     p.add_argument(
         "--overwrite",
@@ -49,7 +53,7 @@ def is_report_dir(directory: Path) -> bool:
     """Whether ``directory`` holds a report of this command and nothing else.
 
     Its ``report.md`` opens with the title this command writes, and every entry is a
-    Markdown, CSV or PNG file.
+    Markdown, CSV, PNG or JSON file.
     """
     try:
         with (directory / "report.md").open(encoding="utf-8") as fh:

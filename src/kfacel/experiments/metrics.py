@@ -9,13 +9,19 @@ Definitions:
 
 - **Perc Δ** of a task (McInerney et al. 2021, Tables 3–4):
   ``(acc_after − acc_individual) / acc_individual × 100``, negative when it forgot.
-- **Forgetting reduction** of a method (docs/design.md): the mean over permutations of
-  ``1 − PercΔ_method(A) / PercΔ_none(A)``, in percent. It is a mean of per-permutation
-  ratios, not a ratio of means: on the paper's Table 3 only the former gives the figures
-  quoted (KFC 51.6%, EWC 27.1% for BERT; KFC 74.5%, EWC 34.7% for the CNN; the ratio of
-  means gives 39.5/20.0 and 74.2/35.1). A permutation where plain fine-tuning did not
-  forget (``PercΔ_none ≥ 0``) has no defined ratio: it is reported as NaN, left out of
-  the mean and flagged, never divided through.
+- **Forgetting reduction** of a method on the old task, per permutation (and seed):
+  ``(acc_method − acc_none) / (acc_individual − acc_none) × 100``, the share of what plain
+  fine-tuning forgot that the method kept. It equals ``1 − PercΔ_method / PercΔ_none``
+  (both Perc Δ divide by the same individual accuracy). Where plain fine-tuning forgot
+  less than ``MIN_FORGETTING`` points (or nothing) there is no reduction (``None``):
+  it is never divided through. A method's reduction is the mean over permutations of
+  the per-permutation values, not a ratio of means: on the paper's Table 3 only the
+  former gives the figures quoted (KFC 51.6%, EWC 27.1% for BERT; KFC 74.5%, EWC 34.7%
+  for the CNN; the ratio of means gives 39.5/20.0 and 74.2/35.1).
+- **Intervals over seeds**: seeds are the unit; a claim's value per seed is a statistic
+  over the permutations, its 95% interval the Student-t interval of the seeds' values
+  (``t_interval``) and, with three seeds or more, the percentile interval of a cluster
+  bootstrap over seeds (``bootstrap_interval``).
 - **Average accuracy** ``ACC = 1/T Σ_j acc[T−1, j]`` and **backward transfer**
   ``BWT = 1/(T−1) Σ_{j<T−1} (acc[T−1, j] − acc[j, j])`` (Lopez-Paz & Ranzato 2017,
   "Gradient Episodic Memory for Continual Learning", NeurIPS, eqs. 2–3).
@@ -29,6 +35,10 @@ Definitions:
   log10 space (the geometric mean), which is the reading that reproduces every off-grid
   value of the paper's Table 6 (1e2, 1e4, 1e6); the arithmetic mean of 1e3 and 1e5 would
   give 5.05e4 and no power of ten.
+- **Cross-fitted selection** (``cross_fit``): the permutations are split into two folds
+  (``two_folds``); one grid value is chosen on each fold's dev results
+  (``choose_shared``) and used on the other fold's permutations, so that every
+  permutation's test number comes from a value chosen without its own data.
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ from itertools import product
 from typing import Literal
 
 import numpy as np
+from scipy import stats
 
 Lambda = float | tuple[float, ...]
 """One λ, or one per regularized prior task (tier 3)."""
@@ -346,16 +357,43 @@ def _tidy(x: float) -> float:
     return float(f"{x:.12g}")
 
 
-_T975 = (
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
-)  # fmt: skip
-"""Student-t 0.975 quantiles for 1–30 degrees of freedom."""
+MIN_FORGETTING = 0.5
+"""Points plain fine-tuning must forget for a reduction to be defined (below: None)."""
 
 
-def mean_interval(values: Sequence[float]) -> tuple[float, float, float, float]:
-    """Mean, sample standard deviation and the 95% Student-t interval of ``values``.
+def reduction(
+    acc_method: float,
+    acc_none: float,
+    acc_individual: float,
+    *,
+    min_forgetting: float = MIN_FORGETTING,
+) -> float | None:
+    """Share of plain fine-tuning's forgetting that a method kept, in percent.
+
+    Args:
+        acc_method: the old task's accuracy after the method's continual training.
+        acc_none: the same after plain fine-tuning.
+        acc_individual: the old task's individual (tier-1) accuracy.
+        min_forgetting: points plain fine-tuning must have forgotten.
+
+    Returns:
+        ``(acc_method − acc_none) / (acc_individual − acc_none) × 100``, which equals
+        ``1 − PercΔ_method / PercΔ_none``; None where ``acc_individual − acc_none`` is
+        below ``min_forgetting`` (plain fine-tuning forgot nothing, or almost nothing).
+
+    >>> reduction(70.0, 60.0, 80.0), reduction(70.0, 79.8, 80.0)
+    (50.0, None)
+    """
+    forgot = acc_individual - acc_none
+    if not forgot >= min_forgetting:
+        return None
+    return (acc_method - acc_none) / forgot * 100.0
+
+
+def mean_interval(
+    values: Sequence[float], level: float = 0.95
+) -> tuple[float, float, float, float]:
+    """Mean, sample standard deviation and the Student-t interval of ``values``.
 
     >>> [round(x, 3) for x in mean_interval([1.0, 3.0])]
     [2.0, 1.414, -10.706, 14.706]
@@ -366,11 +404,170 @@ def mean_interval(values: Sequence[float]) -> tuple[float, float, float, float]:
     x = np.asarray(values, dtype=float)
     if x.size < 2:
         raise ValueError(f"an interval needs at least 2 values, got {x.size}")
-    df = x.size - 1
-    t = _T975[df - 1] if df <= len(_T975) else (2.0 if df <= 60 else 1.98)
+    t = float(stats.t.ppf(0.5 + level / 2, df=x.size - 1))  # two-sided quantile
     mean, sd = float(x.mean()), float(x.std(ddof=1))
     half = t * sd / math.sqrt(x.size)
     return mean, sd, mean - half, mean + half
+
+
+def t_interval(
+    values: Sequence[float], level: float = 0.95
+) -> tuple[float, float] | None:
+    """The Student-t interval of the mean of ``values``; None for fewer than two.
+
+    >>> t_interval([1.0]) is None, [round(x, 3) for x in t_interval([1.0, 3.0])]
+    (True, [-10.706, 14.706])
+    """
+    if len(values) < 2:
+        return None
+    _, _, lo, hi = mean_interval(values, level)
+    return lo, hi
+
+
+BOOTSTRAP_DRAWS = 10_000
+BOOTSTRAP_SEED = 0
+MIN_BOOTSTRAP = 3
+"""Fewer seeds than this give no bootstrap interval (too few distinct resamples)."""
+
+
+def bootstrap_interval(
+    values: Sequence[float],
+    level: float = 0.95,
+    *,
+    draws: int = BOOTSTRAP_DRAWS,
+    seed: int = BOOTSTRAP_SEED,
+) -> tuple[float, float] | None:
+    """Percentile interval of the mean of ``values`` over resamples with replacement.
+
+    Each value is one cluster (a seed with all its permutations), so this is the
+    cluster bootstrap over seeds; the generator is fixed, the interval reproducible.
+
+    Returns:
+        ``(lo, hi)``, or None for fewer than ``MIN_BOOTSTRAP`` values.
+    """
+    x = np.asarray(values, dtype=float)
+    if x.size < MIN_BOOTSTRAP:
+        return None
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(draws, x.size))].mean(axis=1)  # [draws]
+    lo, hi = np.quantile(means, [0.5 - level / 2, 0.5 + level / 2])
+    return float(lo), float(hi)
+
+
+def two_folds(perms: Sequence[tuple[str, ...]]) -> tuple[list, list]:
+    """The permutations sorted, then alternated into two folds (0, 2, … and 1, 3, …).
+
+    >>> two_folds([("b", "a"), ("a", "c"), ("a", "b")])
+    ([('a', 'b'), ('b', 'a')], [('a', 'c')])
+    """
+    ordered = sorted(perms)
+    return ordered[0::2], ordered[1::2]
+
+
+@dataclass(frozen=True)
+class SharedChoice:
+    """One grid value chosen for a set of permutations, with the dev numbers behind it.
+
+    Attributes:
+        value: the chosen λ (or ε).
+        admissible: whether it kept the new task within the tolerance; False when no
+            value did and the one with the smallest new-task cost was taken.
+        old_dev: its old-task dev accuracy, averaged over the permutations.
+        new_dev: its new-task dev accuracy, averaged over the permutations.
+        reference_new_dev: plain fine-tuning's new-task dev accuracy, averaged alike.
+    """
+
+    value: float
+    admissible: bool
+    old_dev: float
+    new_dev: float
+    reference_new_dev: float
+
+
+def choose_shared(
+    trials: Mapping[tuple[str, ...], Sequence[LambdaTrial]],
+    reference: Mapping[tuple[str, ...], float],
+    *,
+    tolerance: float,
+) -> SharedChoice:
+    """One grid value for every permutation of ``trials``, by ``select_lambda``'s rule.
+
+    The old- and new-task dev accuracies of each value (seeds averaged) are averaged
+    over the permutations, and so is plain fine-tuning's new-task dev accuracy
+    (``reference``). Among the values within ``tolerance`` points of it, the best
+    old-task accuracy wins; when none is, the smallest new-task cost, ``admissible``
+    False. Only values present in every permutation compete.
+
+    Raises:
+        ValueError: no permutation, a missing reference, or no value common to all.
+    """
+    if not trials:
+        raise ValueError("choose_shared needs at least one permutation")
+    missing = [p for p in trials if p not in reference]
+    if missing:
+        raise ValueError(f"no plain fine-tuning reference for {missing}")
+    by_value: dict[float, list[LambdaTrial]] = {}
+    for ts in trials.values():
+        for t in ts:
+            by_value.setdefault(float(t.lam), []).append(t)  # type: ignore[arg-type]
+    common = {v: ts for v, ts in by_value.items() if len(ts) == len(trials)}
+    if not common:
+        raise ValueError(f"no grid value is common to the permutations {list(trials)}")
+    ref = float(np.mean([reference[p] for p in trials]))
+    means = [
+        LambdaTrial(v, float(np.mean([t.old_acc for t in ts])),
+                    float(np.mean([t.new_acc for t in ts])))
+        for v, ts in sorted(common.items())
+    ]  # fmt: skip
+    try:
+        best = select_lambda(means, new_task_tolerance=tolerance, reference_new_acc=ref)
+        admissible = True
+    except ValueError:
+        best = min(means, key=lambda t: (-t.new_acc, t.lam))
+        admissible = False
+    return SharedChoice(float(best.lam), admissible, best.old_acc, best.new_acc, ref)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class CrossFit:
+    """Two-fold cross-fitted choice: ``value_for[p]`` was chosen on the fold without p.
+
+    Attributes:
+        folds: the two folds of permutations (``two_folds``).
+        choices: the choice made on each fold's dev results.
+        value_for: per permutation, the value chosen on the other fold.
+    """
+
+    folds: tuple[list, list]
+    choices: tuple[SharedChoice, SharedChoice]
+    value_for: dict[tuple[str, ...], float]
+
+
+def cross_fit(
+    trials: Mapping[tuple[str, ...], Sequence[LambdaTrial]],
+    reference: Mapping[tuple[str, ...], float],
+    *,
+    tolerance: float,
+) -> CrossFit:
+    """Choose on each fold's dev results, use the choice on the other fold.
+
+    Args:
+        trials: per permutation, one dev trial per grid value (seeds averaged).
+        reference: per permutation, plain fine-tuning's new-task dev accuracy.
+        tolerance: points of new-task dev accuracy a value may lose (``choose_shared``).
+
+    Raises:
+        ValueError: fewer than two permutations, or ``choose_shared``'s errors.
+    """
+    if len(trials) < 2:
+        raise ValueError(f"cross-fitting needs two permutations, got {list(trials)}")
+    folds = two_folds(list(trials))
+    choices = tuple(
+        choose_shared({p: trials[p] for p in f}, reference, tolerance=tolerance)
+        for f in folds
+    )
+    value_for = {p: choices[1 - k].value for k, f in enumerate(folds) for p in f}
+    return CrossFit(folds, (choices[0], choices[1]), value_for)
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:

@@ -8,7 +8,13 @@ the wall time of each kind of cell and of each stage (``env.json``); and PNG fig
 ``lambda_tradeoff.png`` (old- vs new-task dev accuracy per λ, one panel per permutation,
 one line per method), one accuracy matrix per order and method, and, where the cells
 recorded the penalty's prediction, ``calibration.png`` (predicted against measured rise
-of the old task's loss) with its table.
+of the old task's loss) with its table; and ``results.json``, every claim of the run
+with its intervals over seeds (``claims.py``; schema in docs/experiments.md).
+
+An **armed** run directory holds ``arms.json`` (``config``, ``config_digest``, ``arms``)
+and one run directory per arm (``RUN/product/``, ``RUN/paper/``): each arm is reported
+into ``RUN/<arm>/report/``, and ``RUN/results.json`` (every arm's claims, ids prefixed
+by the arm) and ``RUN/report.md`` (pointers and the claims side by side) are written.
 """
 
 from __future__ import annotations
@@ -17,9 +23,11 @@ import json
 from collections import defaultdict
 from itertools import permutations
 from pathlib import Path
+from typing import Any
 
-from kfacel._io import atomic_write_text
+from kfacel._io import atomic_write_json, atomic_write_text
 from kfacel.experiments import sweep
+from kfacel.experiments.claims import build_claims, results_document
 from kfacel.experiments.figures import (
     plot_accuracy_matrix,
     plot_calibration,
@@ -38,21 +46,36 @@ from kfacel.experiments.tables import build_tables
 def write_report(
     run_dir: str | Path, out: str | Path | None = None, *, figures: bool = True
 ) -> list[Path]:
-    """Write ``report.md``, the tables' CSVs and the figures; returns the paths.
+    """Write ``report.md``, ``results.json``, the tables' CSVs and the figures.
+
+    An armed run directory (one holding ``arms.json``) is reported arm by arm
+    (``write_armed_report``).
 
     Args:
         run_dir: the run directory.
         out: the report directory (default ``run_dir/report``).
         figures: also draw the PNG figures (a second or so each).
 
+    Returns:
+        The paths written.
+
     Raises:
         FileNotFoundError: ``run_dir`` has no ``config.json`` (not a run directory).
+        ValueError: ``out`` given for an armed run directory.
     """
+    if is_armed(run_dir):
+        if out is not None:
+            raise ValueError(f"{run_dir}: an armed run directory is reported in place")
+        return write_armed_report(run_dir, figures=figures)
     results, dones = read_run(run_dir)
     out = Path(out) if out is not None else Path(run_dir) / "report"
     points = calibration_points(results.records, dones)
-    tables = build_tables(results, points)
+    claims = build_claims(results)
+    tables = build_tables(results, points, claims)
     written = [_write(out / f"{t.name}.csv", t.csv()) for t in tables]
+    env = _read_json(Path(run_dir) / "env.json", {})
+    doc = results_document(results.config, env, claims)
+    written.append(atomic_write_json(out / "results.json", doc, allow_nan=False))
     pngs = _figures(results, out) if figures else []
     if figures and points:
         pngs.append(Path(plot_calibration(points, out / "calibration.png")))
@@ -67,7 +90,8 @@ def write_report(
         "",
         f"Tasks: {', '.join(results.tasks)}; methods: {', '.join(results.methods)}; "
         f"seeds: {config['seeds']}; {len(results.records)} evaluations, "
-        f"{len(dones)} cells.",
+        f"{len(dones)} cells. Every claim, with its intervals and what it was "
+        "computed from: `results.json`.",
         "",
     ]
     lines += [t.markdown() for t in tables]
@@ -168,3 +192,113 @@ def _figures(r: RunResults, out: Path) -> list[Path]:
 
 def _write(path: Path, text: str) -> Path:
     return atomic_write_text(path, text)
+
+
+NOT_STARTED = "no run directory yet"
+ARM_KEYS = ("run", "config_digest", "commit", "machine", "status")
+
+
+def is_armed(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` is an armed run directory (it holds ``arms.json``)."""
+    return (Path(run_dir) / "arms.json").is_file()
+
+
+def read_arms(run_dir: str | Path) -> dict[str, Any]:
+    """``arms.json`` of an armed run directory, its arms checked.
+
+    Raises:
+        ValueError: ``arms`` is not a non-empty list of distinct plain directory names.
+    """
+    path = Path(run_dir) / "arms.json"
+    arms = json.loads(path.read_text(encoding="utf-8"))
+    names = arms.get("arms") if isinstance(arms, dict) else None
+    if (
+        not isinstance(names, list)
+        or not names
+        or len(set(names)) != len(names)
+        or not all(
+            isinstance(n, str) and n and n == Path(n).name != ".." for n in names
+        )
+    ):
+        raise ValueError(
+            f"{path}: arms must list distinct directory names, got {names}"
+        )
+    return arms
+
+
+def write_armed_report(run_dir: str | Path, *, figures: bool = True) -> list[Path]:
+    """Report each arm into ``RUN/<arm>/report/``; ``RUN/results.json``, ``RUN/report.md``.
+
+    ``RUN/results.json`` holds every arm's claims, their ids prefixed by the arm
+    (``product/tier2/kfac-budget/reduction/out-of-sample``); ``RUN/report.md`` points
+    at each arm's report and lists the claims side by side.
+    """
+    run_dir = Path(run_dir)
+    arms = read_arms(run_dir)
+    _check_armed_outputs(run_dir)
+    written: list[Path] = []
+    docs: dict[str, dict[str, Any]] = {}
+    for arm in arms["arms"]:
+        if not (run_dir / arm / "config.json").is_file():  # not started yet
+            docs[arm] = {"status": NOT_STARTED}
+            continue
+        written += write_report(run_dir / arm, figures=figures)
+        docs[arm] = _read_json(run_dir / arm / "report" / "results.json", {})
+    doc = {
+        "run": run_dir.name,
+        "config": arms.get("config"),
+        "config_digest": arms.get("config_digest"),
+        "arms": {
+            arm: {k: d.get(k) for k in ARM_KEYS if k in d} for arm, d in docs.items()
+        },
+        "claims": [
+            {**c, "id": f"{arm}/{c['id']}", "arm": arm}
+            for arm, d in docs.items()
+            for c in d.get("claims", [])
+        ],
+    }
+    written.append(atomic_write_json(run_dir / "results.json", doc, allow_nan=False))
+    written.append(_write(run_dir / "report.md", _armed_markdown(run_dir.name, doc)))
+    return written
+
+
+def _check_armed_outputs(run_dir: Path) -> None:
+    """Refuse to replace a ``report.md`` or ``results.json`` this module did not write."""
+    md, res = run_dir / "report.md", run_dir / "results.json"
+    if md.exists() and not md.read_text(encoding="utf-8").startswith("# Armed run "):
+        raise ValueError(f"{md}: not an armed run's report; refusing to replace it")
+    if res.exists() and "arms" not in _read_json(res, {}):
+        raise ValueError(f"{res}: not an armed run's results; refusing to replace it")
+
+
+def _armed_markdown(name: str, doc: dict[str, Any]) -> str:
+    """``RUN/report.md`` of an armed run: links to the arms, the claims side by side."""
+    lines = [f"# Armed run {name}", "", f"Config: `{doc['config']}`.", ""]
+    for arm, meta in doc["arms"].items():
+        if meta.get("status") == NOT_STARTED:
+            lines.append(f"- {arm}: {NOT_STARTED}")
+            continue
+        lines.append(
+            f"- {arm}: [{arm}/report/report.md]({arm}/report/report.md), "
+            f"[{arm}/report/results.json]({arm}/report/results.json), "
+            f"run {meta['run']}, commit {meta['commit']}"
+        )
+    lines += ["", "All claims: `results.json`.", "", "## Claims", ""]
+    lines += ["| Claim | Value | 95% t interval | 95% bootstrap | Seeds |"]
+    lines += ["|---|---|---|---|---|"]
+    for c in doc["claims"]:
+        cells = [_num(c["value"]), _span(c["interval"]), _span(c["bootstrap"])]
+        lines.append(f"| {c['id']} | " + " | ".join(cells) + f" | {c['seeds']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _num(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2f}"
+
+
+def _span(x: list[float] | None) -> str:
+    return "–" if x is None else f"[{x[0]:.2f}, {x[1]:.2f}]"
+
+
+def _read_json(path: Path, default: Any) -> Any:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else default

@@ -64,6 +64,20 @@ class RunResults:
         key = (kind, tuple(order), method, lam, task, split)
         return self._acc.get(key, math.nan)
 
+    def by_seed(
+        self,
+        kind: str,
+        order: Sequence[str],
+        method: str,
+        lam: Any,
+        task: str,
+        split: str = "test",
+    ) -> dict[int, float]:
+        """Accuracy per seed (empty if never evaluated)."""
+        return dict(
+            self._by_seed.get((kind, tuple(order), method, lam, task, split), {})
+        )
+
     def seeds(self) -> list[int]:
         """Every seed the run's records hold."""
         return sorted({s for per in self._by_seed.values() for s in per})

@@ -242,7 +242,7 @@ def _choices(
     dict[tuple[tuple[str, ...], str], Lam], dict[tuple[tuple[str, ...], str], str]
 ]:
     """``choose``'s λ per (order, method), and why each other one with records has none."""
-    trials = _trials(records, tier)
+    trials = dev_trials(records, tier)
     plain = {o: ts[0].new_acc for (o, m), ts in trials.items() if m == "none"}
     chosen: dict[tuple[tuple[str, ...], str], Lam] = {}
     reasons: dict[tuple[tuple[str, ...], str], str] = {}
@@ -282,7 +282,7 @@ def _why_no_choice(
     )
 
 
-def _trials(
+def dev_trials(
     records: Iterable[Mapping[str, Any]], tier: int
 ) -> dict[tuple[tuple[str, ...], str], list[LambdaTrial]]:
     """Dev accuracies per (order, method) and λ of ``tier``, seeds averaged."""

@@ -6,9 +6,10 @@
 - **Table 3** tier 2: accuracy and Perc Δ on tasks A and B, per permutation and method,
 - **Table 4** tier 3: the same on tasks A, B and C,
 - **Table 6** the λ chosen on dev,
-- the **forgetting reduction** of every method against plain fine-tuning (docs/design.md)
-  with the unregularized forgetting beside it, flagging permutations where it is below
-  5% (the ratio is then noisy) or absent (undefined), and the new-task cost,
+- the **forgetting reduction** of every method against plain fine-tuning (its mean,
+  median and mean where plain fine-tuning forgot ≥ 5 points), with the unregularized
+  forgetting beside it and the new-task cost, per selection (``claims.py``),
+- the **claims** of ``results.json`` with their intervals over seeds,
 - **head to head**: in how many permutations one method keeps task A better than
   another,
 - the accuracy matrices.
@@ -22,7 +23,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,10 +30,9 @@ from typing import Any
 import numpy as np
 
 from kfacel.experiments import sweep
-from kfacel.experiments.metrics import forgetting_reduction, mean_interval, spearman
+from kfacel.experiments.claims import FORGOT, Claim, build_claims
+from kfacel.experiments.metrics import MIN_FORGETTING, spearman
 from kfacel.experiments.results import RunResults, accuracy_matrices
-
-SMALL_FORGETTING = 5.0  # percent (relative): the forgetting reduction is noisy below
 
 
 @dataclass(frozen=True)
@@ -73,10 +72,16 @@ class Table:
 
 
 def build_tables(
-    results: RunResults, calibration: Sequence[Mapping[str, Any]] = ()
+    results: RunResults,
+    calibration: Sequence[Mapping[str, Any]] = (),
+    claims: Sequence[Claim] | None = None,
 ) -> list[Table]:
-    """Tables 1–4 and 6, forgetting reduction, head to head and accuracy matrices."""
+    """Tables 1–4 and 6, forgetting reduction, claims, head to head, accuracy matrices.
+
+    ``claims`` defaults to ``build_claims(results)``.
+    """
     r = results
+    claims = build_claims(r) if claims is None else claims
     tables = []
     rows2 = r.rows(2)
     if rows2:
@@ -129,11 +134,10 @@ def build_tables(
             tab.rows.append([" → ".join(order), m, _lam(lam), *row])
         tables.append(tab)
     tables.append(_lambda_table(r))
-    tables.append(_forgetting_table(r))
+    tables.append(_forgetting_table(claims))
+    tables.append(_claims_table(claims))
     if calibration:
         tables.append(_calibration_table(calibration))
-    if len(r.seeds()) > 1:
-        tables.append(_seeds_table(r))
     tables.append(_head_to_head_table(r))
     if r.rows(2):
         tables.append(_matrix_table(r))
@@ -168,67 +172,80 @@ def _lambda_table(r: RunResults) -> Table:
     return tab
 
 
-def _forgetting_table(r: RunResults) -> Table:
-    """Forgetting reduction per tier and method, with none's forgetting and new-task cost."""
+def _forgetting_table(claims: Sequence[Claim]) -> Table:
+    """Forgetting reduction per tier, method and selection, from the run's claims."""
     tab = Table(
         "forgetting_reduction",
         "Forgetting reduction",
         (
             "Tier",
             "Method",
-            "Forgetting reduction (%)",
+            "Selection",
+            "Reduction, mean (%)",
+            "Median (%)",
+            f"Mean where none forgot ≥ {FORGOT:g} points (%)",
             "Permutations",
+            "None's forgetting, mean (points)",
             "None's forgetting, mean (%)",
             "New-task cost, mean (points)",
             "Per permutation (%)",
-            "Flagged",
+            "Left out",
         ),
-        note="1 − PercΔ_method(A) / PercΔ_none(A), averaged over permutations (task A: "
-        "the first of the order). None's forgetting is −PercΔ_none(A). New-task cost: "
-        "none's test accuracy on the last task of the order minus the method's, in "
-        "points, over all its permutations (negative: the method did better). Flagged: permutations where none "
-        f"forgets < {SMALL_FORGETTING:g}% (noisy ratio, 'small') or nothing "
-        "('undefined', left out of the mean).",
+        note="Reduction of the old task's (task A's) forgetting, per permutation "
+        "(individual − none: what plain fine-tuning forgot; (method − none) / "
+        "(individual − none) × 100 = 1 − PercΔ_method / PercΔ_none), test, at the value "
+        "the selection gives (docs/experiments.md); mean over seeds of the statistic "
+        "over permutations. No reduction where plain fine-tuning forgot < "
+        f"{MIN_FORGETTING:g} points (named under Left out). New-task cost: none's test "
+        "accuracy on the last task minus the method's, in points.",
     )
-    for tier in (2, 3):
-        rows = {(o, m): r.chosen_row(tier, o, m) for o, m, _ in r.rows(tier)}
-        none = {o: row for (o, m), row in rows.items() if m == "none"}
-        for m in r.methods:
-            if m == "none":
-                continue
-            perms = [
-                o
-                for (o, mm) in rows
-                if mm == m and o in none and math.isfinite(none[o][1])
-            ]
-            pm = [rows[(o, m)][1] for o in perms]
-            if not perms or not all(math.isfinite(x) for x in pm):
-                continue
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                fr = forgetting_reduction(
-                    pm, [none[o][1] for o in perms], small_forgetting=SMALL_FORGETTING
-                )
-            cost = [none[o][-2] - rows[(o, m)][-2] for o in perms]
-            names = ["→".join(o) for o in perms]
-            flags = [f"{names[i]} small" for i in fr.small]
-            flags += [f"{names[i]} undefined" for i in fr.undefined]
-            per = "; ".join(
-                f"{n} {_fmt(v)}" for n, v in zip(names, fr.per_permutation, strict=True)
-            )
-            tab.rows.append(
-                [
-                    tier,
-                    m,
-                    fr.percent,
-                    len(perms),
-                    float(np.mean(fr.none_forgetting)),
-                    float(np.mean(cost)),
-                    per,
-                    ", ".join(flags),
-                ]
-            )
+    by_id = {c.id: c for c in claims}
+    for c in claims:
+        if c.metric != "reduction" or c.method == "none":
+            continue
+        key = f"tier{c.tier}/{c.method}/{{}}/{c.selection_kind}"
+        median, forgot5, cost = (
+            by_id.get(key.format(m)) for m in
+            ("reduction-median", "reduction-forgot5", "new-task-cost")
+        )  # fmt: skip
+        perms = c.per_permutation
+        none_pts = [x["none_forgetting_points"] for x in perms.values()]
+        none_pc = [x["none_forgetting_percent"] for x in perms.values()]
+        per = "; ".join(f"{n} {_fmt(x['reduction'])}" for n, x in perms.items())
+        left = "; ".join(f"{k}: {v}" for k, v in c.left_out.items())
+        tab.rows.append(
+            [c.tier, c.method, c.selection_kind, c.value,
+             median.value if median else None, forgot5.value if forgot5 else None,
+             len(perms), _mean_or_nan(none_pts), _mean_or_nan(none_pc),
+             cost.value if cost else None, per, left]
+        )  # fmt: skip
     return tab
+
+
+def _claims_table(claims: Sequence[Claim]) -> Table:
+    """Every claim of ``results.json`` with its intervals over seeds."""
+    tab = Table(
+        "claims",
+        "Claims (results.json)",
+        ("Claim", "Value", "95% t interval", "95% bootstrap", "Seeds"),
+        note="Per seed the statistic over the permutations; the value is the mean over "
+        "seeds, the t interval Student's over seeds, the bootstrap a cluster bootstrap "
+        "over seeds (10,000 draws, fixed seed; ≥ 3 seeds). One seed: no interval.",
+    )
+    for c in claims:
+        j = c.to_json()
+        tab.rows.append(
+            [c.id, c.value, _pair(j["interval"]), _pair(j["bootstrap"]), j["seeds"]]
+        )
+    return tab
+
+
+def _pair(x: list[float] | None) -> str | None:
+    return None if x is None else f"[{x[0]:.2f}, {x[1]:.2f}]"
+
+
+def _mean_or_nan(xs: list[float]) -> float:
+    return float(np.mean(xs)) if xs else math.nan
 
 
 def _calibration_table(points: Sequence[Mapping[str, Any]]) -> Table:
@@ -250,60 +267,6 @@ def _calibration_table(points: Sequence[Mapping[str, Any]]) -> Table:
         median = float(np.median(ratios)) if ratios else math.nan
         tab.rows.append([m, len(pts), spearman(pred, meas), median])
     return tab
-
-
-def _seeds_table(r: RunResults) -> Table:
-    """Forgetting reduction and new-task cost per seed: mean, sd and 95% interval."""
-    tab = Table(
-        "forgetting_reduction_seeds",
-        "Forgetting reduction over seeds",
-        (
-            "Tier",
-            "Method",
-            "Seeds",
-            "Reduction, mean (%)",
-            "sd",
-            "95% interval",
-            "New-task cost, mean (points)",
-            "sd (points)",
-            "95% interval (points)",
-        ),
-        note="Per seed, the forgetting reduction over the permutations (at the λ chosen "
-        "on the seed-averaged dev sets, Perc Δ against that seed's individual model) and "
-        "the mean new-task cost; then mean, sample standard deviation and a Student-t "
-        "95% interval over seeds.",
-    )
-    for tier in (2, 3):
-        orders = sorted({o for o, m, _ in r.rows(tier) if m == "none"}, key=str)
-        for m in r.methods:
-            if m == "none":
-                continue
-            reds, costs = [], []
-            for seed in r.seeds():
-                pairs = []
-                for o in orders:
-                    base = (
-                        r.seed_row(tier, o, "none", seed)
-                        if (o, m) in r.chosen[tier]
-                        else None
-                    )
-                    row = r.seed_row(tier, o, m, seed) if base else None
-                    if base and row and base[0] < 0:
-                        pairs.append((row, base))
-                if pairs:
-                    reds.append(
-                        100 * float(np.mean([1 - w[0] / b[0] for w, b in pairs]))
-                    )
-                    costs.append(float(np.mean([b[2] - w[2] for w, b in pairs])))
-            if len(reds) > 1:
-                tab.rows.append([tier, m, len(reds), *_spread(reds), *_spread(costs)])
-    return tab
-
-
-def _spread(values: list[float]) -> list[Any]:
-    """Mean, sample sd and the 95% Student-t interval as text."""
-    mean, sd, lo, hi = mean_interval(values)
-    return [mean, sd, f"[{lo:.1f}, {hi:.1f}]"]
 
 
 def _head_to_head_table(r: RunResults) -> Table:
