@@ -74,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
         )
         _record_arms(Path(top), args.config, arms)
     failed = 0
-    for arm, cfg in zip(chosen or [None], configs, strict=True):
+    names: list[str | None] = list(chosen) if arms else [None]
+    for arm, cfg in zip(names, configs, strict=True):
         out = None if args.out is None else (Path(args.out) / arm if arm else args.out)
         try:
             failed += _run_one(args, cfg, out)

@@ -40,8 +40,8 @@ def lora_subspaces(
 ) -> dict[str, torch.Tensor]:
     """Each LoRA layer's ``A`` of ``adapter`` ([r, in], detached), by the layer's name.
 
-    The name is the layer's path with peft's wrapper prefixes removed (``base_model.model.``),
-    so the subspaces of a merged and re-wrapped model match by name.
+    The name is the layer's path without peft's wrapper (``base_model.model.``), so the
+    subspaces of a merged and re-wrapped model (or sub-model) match by name.
 
     Raises:
         ValueError: when ``model`` has no LoRA layer with that adapter.
@@ -147,6 +147,5 @@ class OLoRACallback(TrainerCallback):
 
 
 def _plain_name(name: str) -> str:
-    """A module path without peft's ``base_model.model.`` wrapper prefix."""
-    prefix = "base_model.model."
-    return name[len(prefix) :] if name.startswith(prefix) else name
+    """A module path without peft's ``base_model.model.`` wrapper (at any depth)."""
+    return name.replace("base_model.model.", "")
