@@ -5,7 +5,7 @@ query whose gold is outside the generator's top C gets it inserted: a ranker can
 pick it from evidence other than name similarity (aliases, context, types) or from the
 artefact that the inserted gold is the least similar candidate. This script rebuilds
 each task's generator over its dictionary, marks test queries as ``found`` (gold in the
-generator's top C with a positive score, the recall@C of RESULTS.md) or ``inserted``,
+generator's top C with a positive score, the recall@C of docs/results.md) or ``inserted``,
 and reports each model's accuracy@1 on both parts.
 
 Usage::

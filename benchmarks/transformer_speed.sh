@@ -8,7 +8,8 @@
 # queries) and of `evaluate` on the dev split, and dev accuracy. With one thread the CPU
 # seconds hold even when other jobs share the machine; wall times do not.
 # Writes under the ignored runs/speed (a worktree of ee428ab, the models, the outputs).
-# Reported in benchmarks/RESULTS.md ("bfloat16 autocast and one word lookup a step",
+# Reported in docs/results.md ("The transformer ranker's step"); each run in
+# benchmarks/archive/journal.md ("bfloat16 autocast and one word lookup a step",
 # "K-FAC chunked by length, fused AdamW", "Two threads, after fused AdamW").
 #   bash benchmarks/transformer_speed.sh [THREADS]
 set -e

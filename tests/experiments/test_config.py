@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import doctest
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,8 @@ from kfacel.experiments.config import (
 )
 from kfacel.types import FisherKind, KFACApprox
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "configs"
 SHIPPED = sorted(CONFIGS.glob("*.toml"))
 EVERY_CONFIG = sorted(CONFIGS.rglob("*.toml"))
 STUDY_CONFIGS = [p for p in EVERY_CONFIG if p.parent != CONFIGS]
@@ -307,9 +309,32 @@ def test_a_study_config_is_one_run_named_in_its_header(path: Path) -> None:
     text = path.read_text(encoding="utf-8")
     header = text[: text.index("\nname = ")]
     assert all(line.startswith("#") for line in header.splitlines())
-    assert "benchmarks/RESULTS.md" in header
+    assert "benchmarks/archive/journal.md" in header
     assert f"kfacel experiment {path.relative_to(CONFIGS.parent).as_posix()}" in header
     assert f"kfacel report {cfg.output_dir}" in header
+
+
+@pytest.mark.parametrize(
+    "path", STUDY_CONFIGS, ids=lambda p: str(p.relative_to(CONFIGS))
+)
+def test_a_study_config_cites_sections_that_exist(path: Path) -> None:
+    """The journal's and docs/results.md's sections a header names are headings there."""
+    text = path.read_text(encoding="utf-8")
+    lines = text[: text.index("\nname = ")].splitlines()
+    header = " ".join(line.lstrip("# ") for line in lines)
+    journal = re.search(r'archive/journal\.md, section "([^"]+)"', header)
+    assert journal, "no section of benchmarks/archive/journal.md named"
+    assert _heading_starts(REPO / "benchmarks/archive/journal.md", journal[1])
+    for section in re.findall(r'docs/results\.md, "([^"]+)"', header):
+        assert _heading_starts(REPO / "docs/results.md", section), section
+
+
+def _heading_starts(page: Path, title: str) -> bool:
+    """Whether a Markdown heading of ``page`` begins with ``title``."""
+    lines = page.read_text(encoding="utf-8").splitlines()
+    return any(
+        line.lstrip("#").strip().startswith(title) for line in lines if line[:1] == "#"
+    )
 
 
 @pytest.mark.parametrize("path", PAPER, ids=lambda p: p.name)

@@ -209,9 +209,10 @@ class TokenTable:
     each call to look its tokens up itself, the backward of every call would write a
     dense gradient of the whole vocabulary (30,522 × 384 for MiniLM) and add it to the
     others: 16 such writes in a training step of 16 queries, a fifth of the step
-    (benchmarks/RESULTS.md). Here the distinct ids are looked up once, and each chunk
-    gathers its rows from them (``index_select``: a deterministic backward into the
-    small table); values and gradients are those of per-call lookups.
+    (benchmarks/archive/journal.md, "bfloat16 autocast and one word lookup a step").
+    Here the distinct ids are looked up once, and each chunk gathers its rows from them
+    (``index_select``: a deterministic backward into the small table); values and
+    gradients are those of per-call lookups.
     """
 
     ids: Tensor  # [V] sorted distinct token ids

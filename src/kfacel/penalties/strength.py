@@ -41,14 +41,14 @@ penalty value or gradient overflows for any sizeable step (``--lam 1e300`` is a 
 
 DEFAULT_BUDGET = 0.005
 """ε (nats per query of predicted old-task loss rise) when a Fisher penalty is given no
-strength: measured on PUBLIC-3-small (benchmarks/RESULTS.md, "A consolidation strength
-without old data"); it needs no old data."""
+strength: measured on PUBLIC-3-small (docs/results.md, "CNN: the default strength, no old
+data"); it needs no old data."""
 
 DEFAULT_BUDGET_RATE = 3.9
 """The budget's dual rate per run: the most λ_t + 1 may grow over the whole run is about
 ``e^3.9`` (:func:`step_rate` spreads it over the run's optimizer steps). It is 0.01 a step
 over the 3 epochs of 128–157 steps of PUBLIC-3-small, where the default budget was
-measured (benchmarks/RESULTS.md), the same on every entry point (``kfacel train``, the
+measured (docs/results.md), the same on every entry point (``kfacel train``, the
 experiment configs, the quickstart, ``kfacel.hf``) whatever the number of epochs."""
 
 DEFAULT_STEP_RATE = 0.01
@@ -58,9 +58,9 @@ DEFAULT_KFAC_DAMPING = 1e-6
 """δ of a ``kfac`` penalty given no damping, on every entry point (``kfacel train``, the
 quickstart, ``kfacel.hf``),
 split between each layer's two Kronecker factors (eq. P4, ``damping_kind="factored"``):
-measured on PUBLIC-3-small, six permutations × 3 seeds (benchmarks/RESULTS.md, "Factored
-damping"), where it raised the default budget's forgetting reduction from 61.3% to 73.4%
-and λ chosen on dev from 66.2% to 75.5%; on the quickstart's demo from 57.1% to 71.4%.
+measured on PUBLIC-3-small, six permutations × 3 seeds, where it raised the default
+budget's forgetting reduction from 61.3% to 73.4% and λ chosen on dev from 66.2% to 75.5%
+(docs/results.md, "CNN: the default strength, no old data" and "CNN: λ chosen on dev").
 Other penalties get no damping."""
 
 TOLERANCE_GRID = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1e3, 3e3, 1e4)

@@ -51,7 +51,7 @@ from kfacel.retrieval.finetune import (
 DEFAULT_RETRIEVER_LAM = 1e2
 """λ of the retriever's KFC penalty when none is given: of the order of the λ at which
 the unprotected update's displacement in the old task's Fisher norm costs 1 nat (70.8
-for NCBI → CADEC; RESULTS.md, "The retriever consolidated and penalized")."""
+for NCBI → CADEC; docs/results.md, "Retrieval and candidate generation")."""
 DEFAULT_RETRIEVER_STEPS = 32
 """Batches (of 64 concepts × 2 names) the retriever's Fisher is estimated on."""
 

@@ -49,7 +49,8 @@ DEFAULT_METHOD = "fused"
 (``prepare benchmark`` keeps the paper's generators, per task)."""
 DEFAULT_NUM_CANDIDATES = 32
 """C unless told otherwise: where fused retrieval's recall curve flattens (recall@32 on
-the public tasks' test splits: ``benchmarks/RESULTS.md``, "The linker in use")."""
+the public tasks' test splits: ``docs/results.md``, "Retrieval and candidate
+generation")."""
 DEFAULT_CONTEXT_WORDS = 10
 """K, words of context each side of a mention, unless told otherwise."""
 DEFAULT_SEED = 13
