@@ -17,8 +17,9 @@ I-LoRA's memory rows add its consistency term only: the CADEC model has no NCBI 
 
 Per method and seed: NCBI's F1 after CADEC (and before), CADEC's F1, the share of NCBI's
 forgetting removed against the plain run of the same family (``full`` for full
-fine-tuning, ``lora`` for adapters), the consolidation state's bytes on disk (KFC) or the
-stored subspaces' (O-LoRA) or memory rows (I-LoRA), and seconds per training step.
+fine-tuning, ``lora`` for adapters), the bytes kept of NCBI besides the weights (KFC: the
+state on disk; O-LoRA: the subspaces; I-LoRA: the replayed rows' token ids), and seconds
+per training step.
 Writes ``OUT/results.json`` (resumable: finished seeds are kept) and prints a table of
 means with t intervals over seeds::
 
