@@ -42,6 +42,7 @@ RESULTS = {
 }  # fmt: skip
 TOML = """
 [[section]]
+marker = "headline"
 title = "KFC out of sample"
 results = "runs/tiny/report/results.json"
 claims = ["tier2/kfac/reduction/out-of-sample"]
@@ -64,21 +65,41 @@ def repo(tmp_path) -> Path:
     return tmp_path
 
 
-def test_a_section_is_one_table_of_the_claims_it_names(repo) -> None:
+PAGE = (
+    "# Results\n\nBy hand.\n\n<!-- results:headline -->\n\n## Next\n\nAlso by hand.\n"
+)
+
+
+def test_a_section_fills_its_marked_block_with_the_claims_it_names(repo) -> None:
     script = _script()
     out = repo / "docs" / "results.md"
+    out.write_text(PAGE, encoding="utf-8")
     args = ["--config", str(repo / "docs" / "results.toml"), "--out", str(out)]
+    assert script.main([*args, "--check"]) == 1  # the block is not filled yet
     assert script.main(args) == 0
     text = out.read_text(encoding="utf-8")
-    assert "## KFC out of sample\n\nCommand: `kfacel report runs/tiny`\n" in text
+    assert text.startswith("# Results\n\nBy hand.\n\n<!-- results:headline -->\n")
+    assert text.endswith("<!-- /results:headline -->\n\n## Next\n\nAlso by hand.\n")
+    assert "### KFC out of sample\n\nCommand: `kfacel report runs/tiny`\n" in text
     assert (
         "From `runs/tiny/report/results.json` (config digest `0123456789ab`)." in text
     )
     assert ROW in text
     assert "new-task-cost" not in text  # not named in the section
     assert script.main([*args, "--check"]) == 0
+    assert script.main(args) == 0  # filling again replaces the block, nothing else
+    assert out.read_text(encoding="utf-8") == text
     out.write_text(text.replace("62.50", "63.00"), encoding="utf-8")
     assert script.main([*args, "--check"]) == 1
+
+
+def test_a_marker_the_page_lacks_is_one_line(repo, capsys) -> None:
+    script = _script()
+    out = repo / "docs" / "results.md"
+    out.write_text("# Results\n", encoding="utf-8")
+    args = ["--config", str(repo / "docs" / "results.toml"), "--out", str(out)]
+    assert script.main(args) == 2
+    assert "no <!-- results:headline -->" in capsys.readouterr().err
 
 
 def test_paths_given_show_every_claim_and_say_why_an_interval_is_missing(
