@@ -103,7 +103,9 @@ def ratio_summary(
         ratios = [
             r["estimate"] / r["drop_test"] for r in sub if r["drop_test"] >= min_drop
         ]
+        ratios = [q for q in ratios if q == q]  # NaN: the other pairs give no scale
         if not ratios:
+            print(f"{name} cells, scale from the other pairs' {source}: none defined")
             continue
         within = sum(0.5 <= q <= 2.0 for q in ratios)
         print(
