@@ -8,14 +8,15 @@ from dataclasses import replace
 
 import pytest
 import torch
-from _experiments_synth import code_examples, tiny_config, write_tasks
+from _experiments_synth import CODES, code_examples, tiny_config, write_tasks
 
 from kfacel._lock import write_lock
+from kfacel.data.records import Concept
 from kfacel.experiments import run_cell as cells_mod
 from kfacel.experiments.config import ConfigError, apply_overrides, load_config
 from kfacel.experiments.report import write_report
 from kfacel.experiments.runner import run_experiment
-from kfacel.tasks.directory import SPLITS, write_task
+from kfacel.tasks.directory import SPLITS, load_task, write_task
 from kfacel.types import NonFiniteCurvatureError
 
 
@@ -439,3 +440,24 @@ def test_combined_false_leaves_the_combined_cell_out(paths, tmp_path) -> None:
     run_experiment(replace(cfg, combined=False), tmp_path / "run")
     ids = {p.name for p in (tmp_path / "run" / "cells").iterdir()}
     assert ids == {"individual-a-none-s0", "individual-b-none-s0"}
+
+
+def test_a_tier2_cell_records_the_drift_probe_of_its_old_task(
+    paths, tmp_path, monkeypatch
+) -> None:
+    """The old task's dictionary gives ``drift`` beside the quadratic's rise."""
+    old = load_task(paths["a"])
+    concepts = [Concept(f"C{x}", (CODES[x],)) for x in range(len(CODES))]
+    splits = {s: old.split(s) for s in SPLITS}
+    info = {"name": "a", "candidates": {"method": "tfidf", "num_candidates": 4}}
+    with_dictionary = {"a": write_task(tmp_path / "a", splits, info, concepts=concepts)}
+    monkeypatch.setattr(cells_mod, "DRIFT_QUERIES", 12)
+    cfg = tiny_config(
+        {**with_dictionary, "b": paths["b"]}, methods=["none"], pairs=["a>b"]
+    )
+    assert not run_experiment(cfg, tmp_path / "run").failed
+    (cell,) = (tmp_path / "run" / "cells").glob("tier2-a-b-*/done.json")
+    drift = json.loads(cell.read_text())["drift"]
+    assert drift["task"] == "a"
+    assert drift["n"] == 12
+    assert drift["drop"] == pytest.approx(drift["accuracy_old"] - drift["accuracy_new"])

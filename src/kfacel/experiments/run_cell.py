@@ -11,6 +11,11 @@ or in a spawned worker, and takes and returns plain JSON values only. A cell wri
 ``metrics.jsonl`` collects. A directory without ``done.json`` is the leftover of an
 interrupted cell and is cleared before the cell runs again.
 
+A tier-2 cell also records ``drift``: the drift probe's estimate of the old task's
+accuracy drop in points, asked of the start model and the trained one on pseudo-queries
+made from the old task's dictionary alone (``training.drift``; absent for a task
+without a dictionary file).
+
 A loss that becomes NaN or infinite (``FloatingPointError`` from the trainer, e.g. a λ
 far too large) fails the cell, with the message in ``done.json``, not the run.
 
@@ -51,6 +56,7 @@ from kfacel.penalties.strength import Damping, Strength
 from kfacel.tasks.directory import Task, load_task
 from kfacel.training.consolidate import consolidate_task
 from kfacel.training.continual import ContinualSettings, update_linker
+from kfacel.training.drift import drift_probe
 from kfacel.training.fit import fit_task
 from kfacel.training.trainer import Replay, TrainSettings
 
@@ -58,6 +64,8 @@ T = TypeVar("T")
 
 DONE = "done.json"
 MODEL = "model"
+DRIFT_QUERIES = 500
+"""Pseudo-queries of the drift probe a tier-2 cell asks (``training.drift``)."""
 _TASKS: dict[str, Task] = {}  # per process: every cell of a worker reads them once
 
 
@@ -250,7 +258,17 @@ def _continue(
     rises = {
         s.task: predicted_rise(linker.model, s) for s in states if s.method != "l2"
     }
-    return records, {"train": _summary(log), "predicted_rise": rises}
+    extra = {"train": _summary(log), "predicted_rise": rises}
+    old = tasks[cell.order[0]]
+    if (
+        cell.tier == 2 and old.dictionary is not None
+    ):  # the old task's drop, no old data
+        start = load_linker(_required(deps.start))
+        probe = drift_probe(
+            start, linker, old, n=DRIFT_QUERIES, seed=cell.seed, device=cfg.train.device
+        )
+        extra["drift"] = probe.to_json()
+    return records, extra
 
 
 def _resume(
