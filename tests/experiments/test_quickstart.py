@@ -111,8 +111,10 @@ def test_table_reports_tasks_left_out() -> None:
         {"none": "–"},
         ("A",),
         seeds=(3, 4),
+        rules={"none": "no penalty", "ewc": "the budget", "kfac": "the budget"},
     )
     table = format_table(result)
+    assert "Strength rule: none: no penalty; ewc, kfac: the budget." in table
     assert f"barely forgot them, Perc Δ above −{SMALL_FORGETTING:g}%): A." in table
     assert "means over seeds 3, 4" in table
 

@@ -273,12 +273,12 @@ def format_table(result: QuickstartResult) -> str:
         lam = result.strengths.get(method, "–")
         rows.append(f"| {method} | {lam} | " + " | ".join(cells) + f" | {fr_cell} |")
     rows.append("")
-    if result.rules:
-        rows.append(
-            "Strength rule: "
-            + "; ".join(f"{m}: {r}" for m, r in result.rules.items())
-            + "."
-        )
+    if result.rules:  # methods that share a rule share its words
+        by_rule: dict[str, list[str]] = {}
+        for method, rule in result.rules.items():
+            by_rule.setdefault(rule, []).append(method)
+        rules = "; ".join(f"{', '.join(ms)}: {r}" for r, ms in by_rule.items())
+        rows.append(f"Strength rule: {rules}.")
     seeds = ", ".join(map(str, result.seeds))
     rows.append(
         f"Accuracies are means over seeds {seeds}; the forgetting reduction is pooled "
