@@ -27,7 +27,7 @@ from kfacel.data.records import Concept, Mention
 from kfacel.tasks.prepare import TaskSettings, prepare_task
 from kfacel.tasks.split import split_by_document
 
-SIZES = {"train": 600, "dev": 150, "test": 250}
+SIZES = {"train": 600, "dev": 150, "test": 1000}
 
 
 def corpus_dictionary(mentions: Sequence[Mention]) -> list[Concept]:

@@ -9,5 +9,5 @@ def test_demo_tasks_ship_with_the_package() -> None:
     for t in tasks:
         assert len(t.train) == 600
         assert len(t.dev) == 150
-        assert len(t.test) == 250
+        assert len(t.test) == 1000
         assert all(len(ex.candidates) == 8 for ex in t.test)

@@ -6,10 +6,13 @@ import json
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from kfacel.experiments.quickstart import (
+    SMALL_FORGETTING,
     QuickstartResult,
+    _reductions,
     format_table,
     run_quickstart,
     write_report,
@@ -41,7 +44,9 @@ def test_runs_the_methods_and_writes_the_report(tmp_path, monkeypatch) -> None:
         _tiny_linker,
     )
     lines: list[str] = []
-    result = run_quickstart(tasks, epochs=1, lams={"ewc": 10.0}, log=lines.append)
+    result = run_quickstart(
+        tasks, epochs=1, lams={"ewc": 10.0}, seeds=1, log=lines.append
+    )
     assert set(result.matrices) == {"none", "ewc", "kfac"}
     for matrix in result.matrices.values():
         assert math.isnan(matrix[0][1])
@@ -54,6 +59,9 @@ def test_runs_the_methods_and_writes_the_report(tmp_path, monkeypatch) -> None:
     damping = f"δ = {DEFAULT_KFAC_DAMPING:g} factored"
     default = f"| kfac | ε = {DEFAULT_BUDGET:g}, {damping} (default) |"
     assert default in table  # no λ given: the product's rule
+    rule = "Strength rule: none: no penalty; ewc: a fixed λ = 10; kfac: the default "
+    assert rule + "forgetting budget" in table
+    assert f"≤ ε = {DEFAULT_BUDGET:g} nats)." in table
     import kfacel.experiments.figures as figures
 
     seen = []
@@ -102,5 +110,53 @@ def test_table_reports_tasks_left_out() -> None:
         {},
         {"none": "–"},
         ("A",),
+        seeds=(3, 4),
+        rules={"none": "no penalty", "ewc": "the budget", "kfac": "the budget"},
     )
-    assert "did not forget them): A" in format_table(result)
+    table = format_table(result)
+    assert "Strength rule: none: no penalty; ewc, kfac: the budget." in table
+    assert f"barely forgot them, Perc Δ above −{SMALL_FORGETTING:g}%): A." in table
+    assert "means over seeds 3, 4" in table
+
+
+def test_the_reduction_is_pooled_over_the_tasks_plain_fine_tuning_forgot() -> None:
+    deltas = {
+        "none": {"A": -10.0, "B": -2.0, "C": -0.5 * SMALL_FORGETTING, "D": 0.0},
+        "kfac": {"A": -5.0, "B": -2.0, "C": -3.0, "D": 0.0},
+    }
+    reductions, left_out = _reductions(deltas, ("A", "B", "C"))
+    # 1 − (5 + 2) / (10 + 2), not the mean of the ratios (50% and 0%: 25%)
+    assert reductions["kfac"] == pytest.approx(100 * (1 - 7 / 12))
+    assert left_out == ("C",)  # barely forgotten; D is the last task, never counted
+    reductions, left_out = _reductions(deltas, ("C",))
+    assert math.isnan(reductions["kfac"])
+    assert left_out == ("C",)
+
+
+def test_accuracies_are_means_over_the_seeds(monkeypatch) -> None:
+    from pathlib import Path
+
+    from kfacel.tasks.directory import Task
+
+    tasks = [Task(n, Path(n), [], [], [], {}) for n in ("A", "B")]
+    nan = math.nan
+    per_seed = {  # seed -> (individual, matrices)
+        5: ({"A": 0.8, "B": 0.6}, {"none": [[0.8, nan], [0.6, 0.7]]}),
+        6: ({"A": 0.6, "B": 0.8}, {"none": [[0.6, nan], [0.4, 0.9]]}),
+    }
+    seen = []
+
+    def one_seed(tasks, methods, lams, settings, *args):
+        seen.append(settings.seed)
+        return per_seed[settings.seed]
+
+    monkeypatch.setattr("kfacel.experiments.quickstart._one_seed", one_seed)
+    result = run_quickstart(tasks, methods=("none",), seed=5, seeds=2)
+    assert seen == [5, 6]
+    assert result.seeds == (5, 6)
+    assert result.individual == pytest.approx({"A": 0.7, "B": 0.7})
+    assert result.matrices["none"][1] == pytest.approx([0.5, 0.8])
+    assert math.isnan(result.matrices["none"][0][1])
+    assert result.perc_delta["none"]["A"] == pytest.approx(100 * (0.5 - 0.7) / 0.7)
+    with pytest.raises(ValueError, match="seeds must be at least 1"):
+        run_quickstart(tasks, seeds=0)

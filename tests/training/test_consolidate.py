@@ -171,3 +171,19 @@ def test_consolidate_task_passes_the_kfac_approximation(trained_on_a) -> None:
     assert any(
         not torch.allclose(expand.curvature[n].A, reduce.curvature[n].A) for n in shared
     )
+
+
+def test_consolidation_stays_float32_when_training_would_run_in_bfloat16(
+    trained_on_a, monkeypatch
+) -> None:
+    """Precision ``auto`` picks bfloat16 for such a ranker; its Fisher is still float32."""
+    linker, a = trained_on_a
+    reference = consolidate_task(linker, a, method="kfac", max_examples=50)
+    monkeypatch.setattr("kfacel.models.precision.cpu_has_bfloat16", lambda: True)
+    monkeypatch.setattr(linker.model, "cpu_bfloat16", True, raising=False)
+    state = consolidate_task(linker, a, method="kfac", max_examples=50)
+    for name in state.curvature:
+        got, ref = state.curvature[name], reference.curvature[name]
+        assert got.A.dtype == got.G.dtype == torch.float32, name
+        assert torch.equal(got.A, ref.A), name
+        assert torch.equal(got.G, ref.G), name

@@ -360,6 +360,24 @@ def test_bfloat16_autocast_runs_the_products_in_bfloat16_and_keeps_float32_weigh
     assert {d for _, d in seen} == {torch.float32}
 
 
+@pytest.mark.parametrize("units", [True, False])
+def test_auto_trains_and_evaluates_a_ranker_that_asks_in_bfloat16_on_bf16_cpus(
+    train_dev, monkeypatch, units
+):
+    monkeypatch.setattr("kfacel.models.precision.cpu_has_bfloat16", lambda: units)
+    train, dev = train_dev
+    model = tiny_cnn()
+    model.cpu_bfloat16 = True  # as the transformer ranker's class does
+    seen = []
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear | torch.nn.Conv1d):
+            m.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    train_task(model, train[:2], settings(precision="auto"), dev_batches=dev[:1])
+    evaluate(model, dev[:1])
+    assert set(seen) == {torch.bfloat16 if units else torch.float32}
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
 def test_the_kfc_penalty_gradient_under_bfloat16_is_float32s_to_its_precision(
     train_dev,
 ):

@@ -41,8 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--precision",
         choices=PRECISIONS,
         default="auto",
-        help="auto: float16 autocast on CUDA, float32 on the CPU; bfloat16: autocast "
-        "on either (fast on CPUs with bfloat16 matrix units)",
+        help="auto: float16 autocast on CUDA; on the CPU bfloat16 for the "
+        "transformer where the CPU has bfloat16 units, else float32; bfloat16: "
+        "autocast on either",
     )
     p.add_argument(
         "--threads", type=positive_int, help="CPU threads (default: torch's)"

@@ -82,8 +82,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--precision",
         choices=PRECISIONS,
         default="auto",
-        help="the ranker's arithmetic: auto (float32 on the CPU) or bfloat16 autocast "
-        "(fast on CPUs with bfloat16 matrix units)",
+        help="the ranker's arithmetic: auto (on the CPU: bfloat16 for the transformer "
+        "where the CPU has bfloat16 units, else float32) or bfloat16 autocast",
     )
     p.add_argument(
         "--threads", type=positive_int, help="CPU threads (default: torch's)"

@@ -6,10 +6,10 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from pathlib import Path
 
-from kfacel.cli._args import finite_float
+from kfacel.cli._args import finite_float, positive_int
 
 DEFAULT_OUT = "quickstart-output"
 """Where the quickstart writes its report when no ``--out`` is named."""
@@ -38,7 +38,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--lam-kfac", type=finite_float, help="a fixed λ (default: the default budget)"
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of every run")
+    p.add_argument("--seed", type=int, default=0, help="the first seed")
+    p.add_argument(
+        "--seeds",
+        type=positive_int,
+        default=2,
+        help="seeds to average over (--seed, --seed + 1, …): one demo task's forgetting "
+        "is a few test queries, and one seed's numbers move with it",
+    )
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     p.set_defaults(handler=run)
 
@@ -65,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         },
         epochs=args.epochs,
         seed=args.seed,
+        seeds=args.seeds,
         progress=sys.stderr.isatty(),
         log=print,
     )
@@ -94,7 +102,8 @@ def _check_out(args: argparse.Namespace) -> Path:
 def is_quickstart_dir(directory: Path) -> bool:
     """Whether ``directory`` holds a quickstart report and nothing else.
 
-    Its ``results.json`` has the fields of ``QuickstartResult``, and every entry is a
+    Its ``results.json`` has the fields ``QuickstartResult`` always had (those without
+    a default: an earlier version's report is still recognized), and every entry is a
     JSON, Markdown, CSV or PNG file.
     """
     from kfacel.experiments.quickstart import QuickstartResult
@@ -104,7 +113,11 @@ def is_quickstart_dir(directory: Path) -> bool:
         entries = list(directory.iterdir())
     except (OSError, ValueError):
         return False
-    names = {f.name for f in fields(QuickstartResult)}
+    names = {
+        f.name
+        for f in fields(QuickstartResult)
+        if f.default is MISSING and f.default_factory is MISSING
+    }
     return (
         isinstance(results, dict)
         and names <= results.keys()

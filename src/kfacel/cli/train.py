@@ -107,9 +107,10 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
         "--precision",
         choices=PRECISIONS,
         default="auto",
-        help="auto: float16 mixed precision on CUDA, float32 on the CPU; bfloat16: "
+        help="auto: float16 mixed precision on CUDA; on the CPU bfloat16 for the "
+        "transformer where the CPU has bfloat16 units, else float32; bfloat16: "
         "autocast on either (the penalty's products too), weights and optimizer in "
-        "float32 (faster on CPUs with bfloat16 matrix units)",
+        "float32 (faster on CPUs with bfloat16 units)",
     )
     p.add_argument("--no-features", action="store_true", help="no string features")
     p.add_argument("--no-types", action="store_true", help="no candidate types")

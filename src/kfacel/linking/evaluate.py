@@ -156,7 +156,7 @@ def predict(
     was_training = model.training
     model.eval()
     try:
-        with reusing_names(model), autocast(device, precision):
+        with reusing_names(model), autocast(device, precision, model):
             return [model(b.to(device)).float().cpu() for b in batches]
     finally:
         model.train(was_training)

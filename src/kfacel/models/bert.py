@@ -85,6 +85,8 @@ class BertRanker(nn.Module):
         pretrained: load the checkpoint weights of ``config.encoder_path``.
     """
 
+    cpu_bfloat16 = True  # precision ``auto``: bfloat16 on a CPU with bfloat16 units
+
     def __init__(self, config: BertRankerConfig, *, pretrained: bool = True) -> None:
         super().__init__()
         if not config.encoder_config:

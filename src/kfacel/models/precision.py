@@ -2,8 +2,10 @@
 
 ``precision`` is one of ``PRECISIONS``:
 
-- ``auto`` (the default): float16 mixed precision with a gradient scaler on CUDA,
-  float32 on the CPU (what kfacel always did);
+- ``auto`` (the default): float16 mixed precision with a gradient scaler on CUDA; on
+  the CPU, bfloat16 autocast for a ranker whose class sets ``cpu_bfloat16 = True``
+  (the transformer, whose Linear layers gain; not the CNN) when the CPU has bfloat16
+  units (``cpu_has_bfloat16``), float32 otherwise (docs/training.md has the numbers);
 - ``float32``: float32 everywhere;
 - ``bfloat16``: bfloat16 autocast on either device. Matrix products and attention run in
   bfloat16 while the weights, their gradients, the optimizer's state and the loss stay
@@ -22,18 +24,32 @@ of many small outer products.
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 PRECISIONS = ("auto", "float32", "bfloat16")
 """The values of ``TrainSettings.precision`` and of ``--precision``."""
 
 
-def autocast_dtype(device: torch.device | str, precision: str) -> torch.dtype | None:
-    """The dtype autocast runs in on ``device`` for ``precision`` (None: float32).
+def cpu_has_bfloat16() -> bool:
+    """Whether this CPU has bfloat16 arithmetic units: AVX512-BF16 or AMX tiles.
 
-    >>> autocast_dtype("cpu", "auto") is None
+    Without them bfloat16 autocast is emulated and can be slower than float32.
+    """
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def autocast_dtype(
+    device: torch.device | str, precision: str, model: nn.Module | None = None
+) -> torch.dtype | None:
+    """The dtype autocast runs ``model`` in on ``device`` for ``precision`` (None: float32).
+
+    >>> autocast_dtype("cpu", "float32") is None
     True
     >>> autocast_dtype("cpu", "bfloat16")
     torch.bfloat16
+
+    ``model`` matters only to ``auto`` on the CPU (module doc).
 
     Raises:
         ValueError: an unknown ``precision``.
@@ -45,24 +61,30 @@ def autocast_dtype(device: torch.device | str, precision: str) -> torch.dtype | 
         return torch.bfloat16
     if precision == "auto" and kind == "cuda":
         return torch.float16
+    if precision == "auto" and kind == "cpu" and getattr(model, "cpu_bfloat16", False):
+        return torch.bfloat16 if cpu_has_bfloat16() else None
     return None
 
 
-def autocast(device: torch.device | str, precision: str) -> torch.autocast:
-    """The ``torch.autocast`` context of ``precision`` on ``device`` (module doc)."""
-    dtype = autocast_dtype(device, precision)
+def autocast(
+    device: torch.device | str, precision: str, model: nn.Module | None = None
+) -> torch.autocast:
+    """The ``torch.autocast`` context of ``precision`` for ``model`` on ``device``."""
+    dtype = autocast_dtype(device, precision, model)
     kind = torch.device(device).type
     return torch.autocast(kind, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
-def penalty_autocast(device: torch.device | str, precision: str) -> torch.autocast:
+def penalty_autocast(
+    device: torch.device | str, precision: str, model: nn.Module | None = None
+) -> torch.autocast:
     """The context the penalty's gradient is computed in: bfloat16 autocast or none.
 
     Never float16: a Fisher's large entries times Δ can overflow its range, and the
     penalty's gradient is added after the gradient scaler's unscaling.
     """
-    bfloat16 = autocast_dtype(device, precision) is torch.bfloat16
-    return autocast(device, precision if bfloat16 else "float32")
+    bfloat16 = autocast_dtype(device, precision, model) is torch.bfloat16
+    return autocast(device, "bfloat16" if bfloat16 else "float32")
 
 
 def needs_scaler(device: torch.device | str, precision: str) -> bool:

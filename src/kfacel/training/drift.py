@@ -2,7 +2,7 @@
 
 After a model that finished task A (``old``, at θ*) is trained on a new task (``new``),
 how much of A has it forgotten? The penalty's quadratic ½ΔᵀFΔ answers in nats and
-under-predicts (benchmarks/RESULTS.md, "Calibration"). The probe answers in points by
+under-predicts (docs/results.md, "How well the penalty predicts forgetting"). The probe answers in points by
 asking both models the same questions, made only from A's dictionary (the ontology, no
 patient data):
 

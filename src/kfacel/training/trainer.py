@@ -79,8 +79,9 @@ class TrainSettings:
         weight_decay: AdamW decoupled weight decay (0: pure penalty training).
         seed: dropout masks, batch order and replay order.
         device: ``cpu`` or ``cuda[:i]``.
-        precision: ``auto`` (float16 mixed precision on CUDA, float32 on the CPU),
-            ``float32`` or ``bfloat16`` (autocast; ``models.precision``).
+        precision: ``auto`` (float16 mixed precision on CUDA; on the CPU bfloat16
+            for a ranker that asks for it on a CPU with bfloat16 units, else
+            float32), ``float32`` or ``bfloat16`` (autocast; ``models.precision``).
         max_train: use only the first ``max_train`` training queries (None: all).
         train_candidates: train each step on the gold and ``train_candidates − 1``
             of each query's other candidates, drawn anew (``sample_candidates``);
@@ -392,7 +393,8 @@ class _Step:
         """
         batch = _shard(batch, self.rank, self.world).to(self.device, non_blocking=True)
         self.opt.zero_grad(set_to_none=True)
-        loss = _task_loss(self.net, batch, autocast(self.device, self.precision))
+        cast = autocast(self.device, self.precision, self.model)
+        loss = _task_loss(self.net, batch, cast)
         _finite(
             "loss",
             loss.item(),
@@ -405,7 +407,7 @@ class _Step:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
         pen = 0.0
         if self.penalty is not None:
-            with penalty_autocast(self.device, self.precision):
+            with penalty_autocast(self.device, self.precision, self.model):
                 pen = self.penalty.add_grad_(self.model).item()
         _finite("penalty", pen, where, "lower λ" if self.taken else _AT_THE_START)
         if self.clip is not None and not self.clip_task_only:
