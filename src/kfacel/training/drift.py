@@ -2,9 +2,9 @@
 
 After a model that finished task A (``old``, at θ*) is trained on a new task (``new``),
 how much of A has it forgotten? The penalty's quadratic ½ΔᵀFΔ answers in nats and
-under-predicts (docs/results.md, "How well the penalty predicts forgetting"). The probe answers in points by
-asking both models the same questions, made only from A's dictionary (the ontology, no
-patient data):
+under-predicts (docs/results.md, "How well the penalty predicts forgetting"). The probe
+answers in points by asking both models the same questions, made only from A's
+dictionary (the ontology, no patient data):
 
 - a **pseudo-query** per drawn concept: its mention is one of the concept's other names
   when it has any, else its preferred name with one word left out (one letter, for a
