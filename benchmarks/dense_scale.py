@@ -3,7 +3,7 @@
 ::
 
     nice -n 5 python benchmarks/dense_scale.py --out runs/scale/dense_scale.json \
-        --sizes 30000 300000 3000000
+        --sizes 30000 300000 3000000 --cache runs/scale/cache --keep
 
 Each size runs in its own process (its peak memory is its own), on ``--threads``
 threads (torch and faiss). The names: MEDIC's real names (the NCBI-disease dictionary,
@@ -18,8 +18,10 @@ apart (``embed_names_per_s``) for an honest extrapolation of a real build.
 Per size: the HNSW index's build and reload time, the process's peak RSS after it
 (before any exact search), the cache's bytes on disk, search speed (queries/s) of the
 raw HNSW search, of ``NameIndex.scores`` (what the channel calls) and of exact search,
-and on the NCBI-disease test mentions: how much of exact search's top 32 names HNSW
-finds (``overlap@32``), and the recall@32 of the gold concept, exact and HNSW.
+and on the NCBI-disease dev and test mentions (``tasks/public3-small/ncbi``): how much
+of exact search's top 32 names HNSW finds (``overlap@32``), and the recall@32 of the
+gold concept (its concept among the first 32 distinct concepts of the name ranking),
+exact and HNSW, for each ``--ef`` (HNSW's efSearch: chosen on dev, reported on test).
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,6 +46,7 @@ from kfacel.tasks.directory import read_split
 
 MEDIC = "/work/shared/data/ncbi_disease/medic_06Jul2012.txt"
 TEST = "/work/main/tasks/public3-small/ncbi/test.jsonl"
+DEV = "/work/main/tasks/public3-small/ncbi/dev.jsonl"
 K = 32
 
 
@@ -76,14 +79,15 @@ def real_names(encoder: SentenceEncoder) -> tuple[np.ndarray, np.ndarray, dict]:
     concepts = read_dictionary(MEDIC)
     gen = DenseGenerator(concepts, encoder, settings=IndexSettings(IndexKind.EXACT))
     tests = read_split(Path(TEST))
-    golds = {gen.index_of(q.gold) for q in tests}
+    golds = {gen.index_of(q.gold) for q in [*tests, *read_split(Path(DEV))]}
     order = sorted(range(len(concepts)), key=lambda j: (j not in golds, j))
     rows, owner = [], []
     for j in order:
         lo, hi = int(gen._starts[j]), int(gen._starts[j + 1])
         rows.extend(range(lo, hi))
         owner.extend([j] * (hi - lo))
-    return gen.index.matrix[rows], np.asarray(owner), {"gen": gen, "tests": tests}
+    splits = {"dev": read_split(Path(DEV)), "test": tests}
+    return gen.index.matrix[rows], np.asarray(owner), {"gen": gen, "splits": splits}
 
 
 def concept_top(ranked: np.ndarray, owner: np.ndarray, n_real: int) -> list[int]:
@@ -115,7 +119,14 @@ def qps(fn, queries: np.ndarray, batch: int) -> float:
     return len(queries) / (time.perf_counter() - start)
 
 
-def worker(size: int, noise: float, cache: Path) -> dict:
+def recalls(rankings, gold, owner, n_real) -> float:
+    hits = [
+        g in concept_top(r, owner, n_real) for r, g in zip(rankings, gold, strict=True)
+    ]
+    return round(float(np.mean(hits)), 4)
+
+
+def worker(size: int, noise: float, cache: Path, efs: list[int]) -> dict:
     encoder = SentenceEncoder()
     real, owner, ctx = real_names(encoder)
     n_real = min(size, len(real))
@@ -130,43 +141,46 @@ def worker(size: int, noise: float, cache: Path) -> dict:
     reload_s = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     disk = sum(p.stat().st_size for p in cache.iterdir()) / 2**30
-    gen, tests = ctx["gen"], ctx["tests"]
-    queries = encoder.encode([q.mention for q in tests])
-    gold = np.asarray([gen.index_of(q.gold) for q in tests])
+    gen = ctx["gen"]
     ann = index.approximate
     assert ann is not None
     matrix = index.matrix
     batch = max(1, (1 << 24) // size)  # the channel's batch (retrieval/base.py)
-    result = {
+    result: dict = {
         "names": size,
         "real_names": n_real,
         "noise": noise,
-        "settings": ann.settings.params() | {"efSearch": ann.index.hnsw.efSearch},
+        "params": ann.settings.params(),
         "depth": ann.settings.depth,
         "build_s": round(built_s, 1),
         "reload_s": round(reload_s, 1),
         "peak_rss_gib": round(peak, 2),
         "disk_gib": round(disk, 3),
-        "hnsw_qps": round(qps(ann.search, queries, 64), 1),
-        "hnsw_scores_qps": round(qps(index.scores, queries, batch), 1),
-        "exact_qps": round(qps(lambda q: q @ matrix.T, queries, batch), 1),
     }
-    found = ann.search(queries)[1]
-    exact = exact_top(matrix, queries, 2 * ann.settings.depth)
-    overlap = [
-        len(set(f[:K]) & set(e[:K])) / K for f, e in zip(found, exact, strict=True)
-    ]
-    result["overlap@32"] = round(float(np.mean(overlap)), 4)
-    # a name's position in the real slice is its owner's; golds are always real
-    for kind, ranking in (("exact", exact), ("hnsw", found)):
-        hits = [
-            g in concept_top(r, owner, n_real)
-            for r, g in zip(ranking, gold, strict=True)
-        ]
-        result[f"recall@32_{kind}"] = round(float(np.mean(hits)), 4)
-    result["gold_in_dictionary"] = round(
-        float(np.mean(np.isin(gold, owner[:n_real]))), 4
-    )
+    for split, queries_of in ctx["splits"].items():
+        queries = encoder.encode([q.mention for q in queries_of])
+        gold = np.asarray([gen.index_of(q.gold) for q in queries_of])
+        exact = exact_top(matrix, queries, 2 * ann.settings.depth)
+        result[f"{split}_recall@32_exact"] = recalls(exact, gold, owner, n_real)
+        if split == "test":
+            result["exact_qps"] = round(qps(lambda q: q @ matrix.T, queries, batch), 1)
+        for ef in efs:
+            ann.index.hnsw.efSearch = ef
+            found = ann.search(queries)[1]
+            row = f"ef{ef}"
+            result[f"{split}_recall@32_hnsw_{row}"] = recalls(
+                found, gold, owner, n_real
+            )
+            overlap = [
+                len(set(f[:K]) & set(e[:K])) / K
+                for f, e in zip(found, exact, strict=True)
+            ]
+            result[f"{split}_overlap@32_{row}"] = round(float(np.mean(overlap)), 4)
+            if split == "test":
+                result[f"hnsw_qps_{row}"] = round(qps(ann.search, queries, 64), 1)
+                result[f"hnsw_scores_qps_{row}"] = round(
+                    qps(index.scores, queries, batch), 1
+                )
     return result
 
 
@@ -189,10 +203,10 @@ def main() -> None:
     p.add_argument("--noise", type=float, default=0.6)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--embed", type=int, default=4096, help="names to time MiniLM on")
+    p.add_argument("--ef", type=int, nargs="+", default=[256, 512, 1024])
     p.add_argument("--worker", type=int, help=argparse.SUPPRESS)
-    p.add_argument(
-        "--cache", help="where the workers' indexes go (default: a temp dir)"
-    )
+    p.add_argument("--cache", default="runs/scale/cache", help="the sizes' caches")
+    p.add_argument("--keep", action="store_true", help="keep each size's cache")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     import faiss
@@ -202,25 +216,29 @@ def main() -> None:
         out = (
             embed_rate(args.embed)
             if args.worker == 0
-            else worker(args.worker, args.noise, Path(args.cache))
+            else worker(args.worker, args.noise, Path(args.cache), args.ef)
         )
         print(json.dumps(out), flush=True)
         return
     results = []
-    for size in [0, *args.sizes]:
-        with tempfile.TemporaryDirectory(dir=args.cache) as cache:
-            cmd = [sys.executable, __file__, "--out", args.out, "--worker", str(size)]
-            cmd += ["--noise", str(args.noise), "--threads", str(args.threads)]
-            cmd += ["--embed", str(args.embed), "--cache", cache]
-            done = subprocess.run(cmd, check=False, capture_output=True, text=True)
-            if done.returncode:
-                sys.exit(f"size {size} failed:\n{done.stderr[-3000:]}")
-            line = done.stdout
-            results.append(json.loads(line.strip().splitlines()[-1]))
-            print(json.dumps(results[-1]), flush=True)
-            Path(args.out).write_text(
-                json.dumps(results, indent=2) + "\n", encoding="utf-8"
-            )
+    for size in [0, *args.sizes] if args.embed else args.sizes:
+        cache = Path(args.cache) / f"n{size}"
+        shutil.rmtree(cache, ignore_errors=True)  # a build, not a reload, is timed
+        cache.mkdir(parents=True)
+        cmd = [sys.executable, __file__, "--out", args.out, "--worker", str(size)]
+        cmd += ["--noise", str(args.noise), "--threads", str(args.threads)]
+        cmd += ["--embed", str(args.embed), "--cache", str(cache)]
+        cmd += ["--ef", *map(str, args.ef)]
+        done = subprocess.run(cmd, check=False, capture_output=True, text=True)
+        if not args.keep:
+            shutil.rmtree(cache, ignore_errors=True)
+        if done.returncode:
+            sys.exit(f"size {size} failed:\n{done.stderr[-3000:]}")
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(json.dumps(results[-1]), flush=True)
+        Path(args.out).write_text(
+            json.dumps(results, indent=2) + "\n", encoding="utf-8"
+        )
 
 
 if __name__ == "__main__":
