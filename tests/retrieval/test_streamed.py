@@ -67,3 +67,16 @@ def test_a_damaged_streamed_matrix_is_embedded_again(tmp_path, caplog) -> None:
         line
         == f"dense cache entry {file} does not match its digest (damaged); rebuilding it"
     )
+
+
+def test_a_second_process_embedding_the_same_names_is_refused(tmp_path) -> None:
+    from kfacel._lock import write_lock
+
+    partial = streamed.matrix_file(tmp_path, "k" * 64).with_name(
+        f"names-{'k' * 32}.partial.npy"
+    )
+    with (
+        write_lock(partial, "embed names"),
+        pytest.raises(ValueError, match="is being written by kfacel embed names"),
+    ):
+        streamed.streamed_matrix(HashEncoder(), NAMES, "k" * 64, tmp_path)

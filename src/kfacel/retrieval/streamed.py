@@ -12,6 +12,9 @@ therefore keeps it in the cache directory instead of in memory:
   unit rows) and its SHA-256, checked before the matrix is memory-mapped for reading.
   One that fails the check is embedded again, with one warning.
 
+One process embeds a dictionary at a time: a second one that finds the partial entry's
+write lock held (``kfacel._lock``) is refused in one line, naming the holder.
+
 ``KEY`` is the same key the in-memory cache uses (the encoder's bytes and the names'
 text), so no entry is read for other names or another encoder.
 """
@@ -28,6 +31,7 @@ from typing import Protocol
 import numpy as np
 
 from kfacel._io import atomic_write_json
+from kfacel._lock import write_lock
 from kfacel._progress import with_progress
 from kfacel.retrieval.ann import file_sha256
 
@@ -80,8 +84,27 @@ def streamed_matrix(
         if found is not None:
             return found
     partial = file.with_name(f"{file.stem}.partial.npy")
+    # a second process is refused, not mixed into the same partial entry
+    with write_lock(partial, "embed names"):
+        _embed(encoder, names, key, partial, progress)
+        meta = {"format": _FORMAT, "key": key, "shape": list(shape)}
+        sidecar = file.with_suffix(".json")
+        atomic_write_json(sidecar, meta | {"sha256": file_sha256(partial)})
+        os.replace(partial, file)
+        partial.with_suffix(".json").unlink(missing_ok=True)
+    return np.load(file, mmap_mode="r")
+
+
+def _embed(
+    encoder: TextEncoder,
+    names: Sequence[str],
+    key: str,
+    partial: Path,
+    progress: bool,
+) -> None:
+    """Embed the names not yet in ``partial``, a chunk at a time, counting them."""
     state = partial.with_suffix(".json")
-    out, done = _resume(partial, state, key, shape)
+    out, done = _resume(partial, state, key, (len(names), encoder.dim))
     starts = range(done, len(names), CHUNK)
     for lo in with_progress(starts, enabled=progress, desc="embed names"):
         hi = min(lo + CHUNK, len(names))
@@ -89,13 +112,6 @@ def streamed_matrix(
         out.flush()
         atomic_write_json(state, {"format": _FORMAT, "key": key, "done": hi})
     del out
-    meta = {"format": _FORMAT, "key": key, "shape": list(shape)}
-    atomic_write_json(
-        file.with_suffix(".json"), meta | {"sha256": file_sha256(partial)}
-    )
-    os.replace(partial, file)
-    state.unlink(missing_ok=True)
-    return np.load(file, mmap_mode="r")
 
 
 def _resume(
