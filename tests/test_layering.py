@@ -24,6 +24,7 @@ ALLOWED: dict[str, set[str]] = {
         "types",
         "_progress",
         "_io",
+        "_lock",
         "_checkpoint",
         "curvature",
         "penalties",

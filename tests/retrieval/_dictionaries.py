@@ -22,3 +22,30 @@ SYNONYMS = [
     Concept("C5", ("Insomnia", "Sleeplessness")),
 ]
 """Concepts whose synonyms share few character 3-grams with their preferred names."""
+
+
+class HashEncoder:
+    """A stand-in sentence encoder: each text's unit vector is seeded by its bytes.
+
+    A text's embedding does not depend on what it is encoded with, so any batching
+    (in memory, in chunks on disk) gives the same matrix; ``calls`` lists the texts of
+    every ``encode``.
+    """
+
+    key, dim = "hash-encoder", 8
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def encode(self, texts, **kwargs):
+        import zlib
+
+        import numpy as np
+
+        self.calls.append(list(texts))
+        rows = [
+            np.random.default_rng(zlib.crc32(t.encode())).standard_normal(self.dim)
+            for t in texts
+        ]
+        out = np.asarray(rows, dtype=np.float32).reshape(len(texts), self.dim)
+        return out / np.linalg.norm(out, axis=1, keepdims=True)

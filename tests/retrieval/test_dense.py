@@ -86,3 +86,45 @@ def test_a_mention_the_encoder_finds_nothing_like_has_no_candidate(dense) -> Non
     for generator in (dense, fused):
         assert generator.search(foreign, 5) == [[] for _ in foreign]
         assert generator.search(["heart attack"], 1)[0][0][0].id == "C1"
+
+
+def test_above_the_threshold_the_hnsw_index_is_cached_and_a_damaged_one_rebuilt(
+    tmp_path, monkeypatch, caplog
+) -> None:
+    """The index is built once, read back, and rebuilt when a byte of it flips."""
+    from kfacel.retrieval import dense
+    from kfacel.retrieval.ann import IndexSettings
+    from tests.retrieval._dictionaries import HashEncoder
+
+    names = [f"name {i}" for i in range(60)]
+    settings = IndexSettings(exact_below=50, hnsw_m=8, ef_search=16, depth=8)
+    first = dense.NameIndex.build(
+        HashEncoder(), names, cache=tmp_path, settings=settings
+    )  # type: ignore[arg-type]
+    assert first.approximate is not None
+    built: list[int] = []
+    real_build = dense.HnswIndex.build
+
+    def counted(matrix, s):
+        built.append(len(matrix))
+        return real_build(matrix, s)
+
+    monkeypatch.setattr(dense.HnswIndex, "build", counted)
+    queries = HashEncoder().encode(["name 7", "name 70"])
+    again = dense.NameIndex.build(
+        HashEncoder(), names, cache=tmp_path, settings=settings
+    )  # type: ignore[arg-type]
+    assert built == []
+    np.testing.assert_array_equal(again.scores(queries), first.scores(queries))
+    (file,) = tmp_path.glob("ann-*.faiss")
+    blob = bytearray(file.read_bytes())
+    blob[-9] ^= 0x01
+    file.write_bytes(bytes(blob))
+    with caplog.at_level("WARNING"):
+        rebuilt = dense.NameIndex.build(
+            HashEncoder(), names, cache=tmp_path, settings=settings
+        )  # type: ignore[arg-type]
+    assert built == [60]
+    assert "does not match its digest (damaged); rebuilding it" in caplog.text
+    np.testing.assert_array_equal(rebuilt.scores(queries), first.scores(queries))
+    assert np.count_nonzero(first.scores(queries), axis=1).tolist() == [8, 8]

@@ -7,6 +7,7 @@ import pytest
 
 MODULES = [
     "kfacel.retrieval.abbreviations",
+    "kfacel.retrieval.ann",
     "kfacel.retrieval.base",
     "kfacel.retrieval.ontology",
 ]

@@ -7,9 +7,12 @@ length, so that the inner product of two embeddings is their cosine similarity (
 pooling the model was trained with; SapBERT and BioSyn score names the same way).
 ``DenseGenerator`` ranks a dictionary's concepts by the cosine of mention and names.
 
-Search is exact: the similarity of a batch of mentions to every name is one matrix
-product (``[b, d] @ [d, names]``), which for the 76k names of MEDIC takes milliseconds
-a mention on two cores. An approximate index (faiss) pays only at millions of names.
+Below a million names search is exact: the similarity of a batch of mentions to every
+name is one matrix product (``[b, d] @ [d, names]``), which for the 76k names of MEDIC
+takes milliseconds a mention on two cores. From a million names on (a UMLS-sized
+ontology), the name matrix is streamed to disk (``retrieval/streamed.py``) and searched
+through an HNSW graph (``retrieval/ann.py``, which states the size rule and how the
+graph is cached); ``$KFACEL_DENSE_INDEX=exact`` forces exact search at any size.
 
 Embedding every name is the slow part (minutes for 76k names on two cores), so the name
 matrix is cached on disk under a key of the encoder's bytes and the names' text
@@ -38,7 +41,15 @@ from kfacel._checkpoint import read_tensors
 from kfacel._io import atomic_write
 from kfacel._progress import with_progress
 from kfacel.data.records import Concept
+from kfacel.retrieval.ann import (
+    HnswIndex,
+    IndexKind,
+    IndexSettings,
+    choose_kind,
+    index_file,
+)
 from kfacel.retrieval.base import CandidateGenerator
+from kfacel.retrieval.streamed import streamed_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -196,16 +207,25 @@ def mean_pooled(
 
 
 class NameIndex:
-    """Embeddings of a list of names and exact inner-product search over them.
+    """Embeddings of a list of names and inner-product search over them.
 
     Attributes:
         encoder: the sentence encoder (mentions are encoded with it too).
-        matrix: ``[names, dim]`` unit rows.
+        matrix: ``[names, dim]`` unit rows (memory-mapped when streamed to disk).
+        approximate: the HNSW index searched instead of ``matrix``, or None (exact).
     """
 
-    def __init__(self, encoder: SentenceEncoder, matrix: np.ndarray) -> None:
+    def __init__(
+        self,
+        encoder: SentenceEncoder,
+        matrix: np.ndarray,
+        approximate: HnswIndex | None = None,
+    ) -> None:
         self.encoder = encoder
-        self.matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+        if not isinstance(matrix, np.memmap):  # a mapped matrix stays on disk
+            matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+        self.matrix = matrix
+        self.approximate = approximate
 
     @classmethod
     def build(
@@ -215,50 +235,37 @@ class NameIndex:
         *,
         cache: Path | None = None,
         progress: bool = False,
+        settings: IndexSettings | None = None,
     ) -> NameIndex:
         """The index of ``names``: read from the cache, else encoded and cached.
+
+        Below ``settings.exact_below`` names the matrix is held in memory (one
+        safetensors cache entry); from there on it is streamed to disk, and the
+        index kind follows :func:`~kfacel.retrieval.ann.choose_kind`.
 
         Args:
             encoder: the sentence encoder.
             names: the dictionary's names, in index order.
             cache: the cache directory (default :func:`cache_dir`).
             progress: a progress bar while names are encoded.
+            settings: the size rule and index parameters (default
+                ``IndexSettings.from_env()``).
         """
-        from safetensors.numpy import save
-
-        digest = hashlib.sha256(encoder.key.encode())
-        for name in names:
-            digest.update(name.encode("utf-8") + b"\x00")
-        key = digest.hexdigest()
+        settings = settings if settings is not None else IndexSettings.from_env()
+        key = names_key(encoder, names)
         directory = cache or cache_dir()
-        file = directory / f"names-{key[:32]}.safetensors"
-        if file.is_file():
-            cached = _read_cached(file, key, (len(names), encoder.dim))
-            if cached is not None:
-                return cls(encoder, cached)
-        reason = _unwritable(directory)  # said before the minutes of encoding
-        if reason:
-            logger.warning(
-                "name-matrix cache %s cannot be written (%s): the names are encoded "
-                "without caching; set $KFACEL_CACHE_DIR to a writable directory",
-                directory,
-                reason,
-            )
-        matrix = encoder.encode(names, progress=progress, desc="embed names")
-        if reason:
+        kind = choose_kind(len(names), settings)
+        if len(names) < settings.exact_below:  # in memory, as below it always was
+            matrix = _cached_matrix(encoder, names, key, directory, progress)
+        elif reason := _unwritable(directory):
+            _warn_unwritable(directory, reason)
+            matrix = encoder.encode(names, progress=progress, desc="embed names")
+        else:
+            matrix = streamed_matrix(encoder, names, key, directory, progress=progress)
+        if kind is IndexKind.EXACT:
             return cls(encoder, matrix)
-        meta = {"format": _FORMAT, "key": key, "names": str(len(names))}
-        meta["sha256"] = hashlib.sha256(matrix.tobytes()).hexdigest()
-        blob = save({"embeddings": matrix}, metadata=meta)
-
-        def write(tmp: Path) -> None:
-            tmp.write_bytes(blob)
-
-        try:
-            atomic_write(file, write)
-        except OSError as exc:  # a full disk: the matrix is right, only not kept
-            logger.warning("name-matrix cache not written: %s", exc)
-        return cls(encoder, matrix)
+        file = None if _unwritable(directory) else index_file(directory, key, settings)
+        return cls(encoder, matrix, _hnsw(matrix, key, file, settings))
 
     @staticmethod
     def cache_files() -> list[Path]:
@@ -266,8 +273,84 @@ class NameIndex:
         return sorted(cache_dir().glob("names-*.safetensors"))
 
     def scores(self, queries: np.ndarray) -> np.ndarray:
-        """Cosine similarities ``[b, names]`` of query embeddings ``[b, dim]``."""
+        """Cosine similarities ``[b, names]`` of query embeddings ``[b, dim]``.
+
+        With an approximate index, each query's ``depth`` nearest names only; the
+        others score 0.
+        """
+        if self.approximate is not None:
+            return self.approximate.scores(queries)
         return queries @ self.matrix.T
+
+
+def names_key(encoder: SentenceEncoder, names: Sequence[str]) -> str:
+    """The cache key of ``names`` embedded by ``encoder`` (its key and the names)."""
+    digest = hashlib.sha256(encoder.key.encode())
+    for name in names:
+        digest.update(name.encode("utf-8") + b"\x00")
+    return digest.hexdigest()
+
+
+def _warn_unwritable(directory: Path, reason: str) -> None:
+    logger.warning(
+        "name-matrix cache %s cannot be written (%s): the names are encoded "
+        "without caching; set $KFACEL_CACHE_DIR to a writable directory",
+        directory,
+        reason,
+    )
+
+
+def _cached_matrix(
+    encoder: SentenceEncoder,
+    names: Sequence[str],
+    key: str,
+    directory: Path,
+    progress: bool,
+) -> np.ndarray:
+    """The name matrix in memory: one safetensors cache entry, read or written."""
+    from safetensors.numpy import save
+
+    file = directory / f"names-{key[:32]}.safetensors"
+    if file.is_file():
+        cached = _read_cached(file, key, (len(names), encoder.dim))
+        if cached is not None:
+            return cached
+    reason = _unwritable(directory)  # said before the minutes of encoding
+    if reason:
+        _warn_unwritable(directory, reason)
+    matrix = encoder.encode(names, progress=progress, desc="embed names")
+    if reason:
+        return matrix
+    meta = {"format": _FORMAT, "key": key, "names": str(len(names))}
+    meta["sha256"] = hashlib.sha256(matrix.tobytes()).hexdigest()
+    blob = save({"embeddings": matrix}, metadata=meta)
+
+    def write(tmp: Path) -> None:
+        tmp.write_bytes(blob)
+
+    try:
+        atomic_write(file, write)
+    except OSError as exc:  # a full disk: the matrix is right, only not kept
+        logger.warning("name-matrix cache not written: %s", exc)
+    return matrix
+
+
+def _hnsw(
+    matrix: np.ndarray, key: str, file: Path | None, settings: IndexSettings
+) -> HnswIndex:
+    """The HNSW index of ``matrix``: read from ``file``, else built and saved there."""
+    if file is not None:
+        found = HnswIndex.load(file, key, matrix.shape[0], settings)
+        if found is not None:
+            return found
+    logger.info("building an HNSW index of %d names", matrix.shape[0])
+    built = HnswIndex.build(matrix, settings)
+    if file is not None:
+        try:
+            built.save(file, key)
+        except OSError as exc:  # a full disk: the index is right, only not kept
+            logger.warning("dense index not written: %s", exc)
+    return built
 
 
 def _read_cached(file: Path, key: str, shape: tuple[int, int]) -> np.ndarray | None:
@@ -312,11 +395,17 @@ class DenseGenerator(CandidateGenerator):
         encoder: SentenceEncoder | None = None,
         *,
         progress: bool = False,
+        settings: IndexSettings | None = None,
     ) -> None:
-        """Embed every name of ``concepts`` (or read them from the cache)."""
+        """Embed every name of ``concepts`` (or read them from the cache).
+
+        ``settings``: the index's size rule (default ``IndexSettings.from_env()``).
+        """
         super().__init__(concepts)
         encoder = encoder if encoder is not None else SentenceEncoder()
-        self.index = NameIndex.build(encoder, self._originals, progress=progress)
+        self.index = NameIndex.build(
+            encoder, self._originals, progress=progress, settings=settings
+        )
 
     def _name_scores(self, mentions: list[str]) -> np.ndarray:
         return self.index.scores(self.index.encoder.encode(mentions))

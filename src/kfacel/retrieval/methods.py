@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from kfacel.data.aliases import AliasTable
 from kfacel.data.records import Concept
 from kfacel.retrieval.alias import AliasGenerator
+from kfacel.retrieval.ann import IndexSettings
 from kfacel.retrieval.base import CandidateGenerator
 from kfacel.retrieval.bm25 import BM25Generator
 from kfacel.retrieval.dense import DenseGenerator, SentenceEncoder
@@ -33,6 +34,7 @@ def build_generator(
     aliases: AliasTable | None = None,
     encoder: SentenceEncoder | None = None,
     progress: bool = False,
+    dense_index: IndexSettings | None = None,
 ) -> CandidateGenerator:
     """A candidate generator over ``concepts`` (one of :data:`METHODS`).
 
@@ -43,6 +45,8 @@ def build_generator(
         aliases: the training links (needed by ``alias``; optional for ``fused``).
         encoder: the sentence encoder of ``dense`` and ``fused`` (default MiniLM).
         progress: a progress bar while names are embedded.
+        dense_index: the dense index's size rule and parameters (default
+            ``IndexSettings.from_env()``: exact below a million names, HNSW above).
 
     Raises:
         ValueError: for an unknown method, an empty dictionary, a repeated id, or
@@ -53,7 +57,9 @@ def build_generator(
     if method == "bm25":
         return BM25Generator(concepts)
     if method == "dense":
-        return DenseGenerator(concepts, encoder, progress=progress)
+        return DenseGenerator(
+            concepts, encoder, progress=progress, settings=dense_index
+        )
     if method == "alias":
         if aliases is None:
             raise ValueError("the alias generator needs the training alias table")
@@ -61,7 +67,7 @@ def build_generator(
     if method == "fused":
         channels = [
             TfidfGenerator(concepts),
-            DenseGenerator(concepts, encoder, progress=progress),
+            DenseGenerator(concepts, encoder, progress=progress, settings=dense_index),
         ]
         alias = AliasGenerator(concepts, aliases) if aliases is not None else None
         return FusedGenerator(concepts, channels, alias)

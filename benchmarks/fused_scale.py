@@ -1,0 +1,138 @@
+"""What bounds ``link``'s retrieval on a large dictionary: each channel's mentions/s.
+
+::
+
+    nice -n 5 python benchmarks/fused_scale.py --names 300000 --dense
+    nice -n 5 python benchmarks/fused_scale.py --names 3000000
+
+The dictionary: MEDIC scaled to ``--names`` names by ``benchmarks/scaled_dictionary.py``
+(MEDIC, then variant concepts with every name rewritten). The mentions: the first
+``--mentions`` NCBI-disease test mentions (``tasks/public3-small/ncbi``), as written.
+It times ``search(mentions, 64)`` (what ``link`` asks of its generator; the fusion's
+depth) of the TF-IDF channel and, with ``--dense``, of the dense channel (an HNSW index
+over synthetic name vectors: MEDIC's real MiniLM vectors for its names, noisy copies
+of them for the variants, as in ``dense_scale.py``; the mentions embedded by MiniLM)
+and of their fusion, on ``--threads`` threads, and the process's peak RSS. ``link``
+adds the ranker's cost (the CNN: ``benchmarks/RESULTS.md``, "The linker in use").
+With ``--dense`` it also gives the recall@32 of the gold (NCBI-disease dev and test
+mentions) of the dense channel and of the fusion, with HNSW and with exact search.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dense_scale import DEV, MEDIC, TEST, SyntheticEncoder
+from kfacel.data.readers import read_dictionary
+from kfacel.data.records import Concept, LinkingExample
+from kfacel.retrieval.ann import IndexKind, IndexSettings
+from kfacel.retrieval.base import CandidateGenerator
+from kfacel.retrieval.dense import DenseGenerator, SentenceEncoder
+from kfacel.retrieval.fusion import FusedGenerator
+from kfacel.retrieval.tfidf import TfidfGenerator
+from kfacel.tasks.directory import read_split
+from scaled_dictionary import _medic, scaled
+
+
+class HybridEncoder:
+    """Dictionary names: synthetic vectors by position; anything else: MiniLM."""
+
+    dim = 384
+
+    def __init__(self, names: Sequence[str], real: np.ndarray, noise: float) -> None:
+        self.rows = {n: i for i, n in enumerate(names)}
+        self.synthetic = SyntheticEncoder(real, noise)
+        self.minilm = SentenceEncoder()
+        self.key = f"hybrid-{len(names)}-{self.synthetic.key}"
+
+    def encode(self, texts: Sequence[str], **_: object) -> np.ndarray:
+        rows = [self.rows.get(t) for t in texts]
+        if all(r is not None for r in rows):
+            return self.synthetic.encode([str(r) for r in rows])
+        return self.minilm.encode(texts)
+
+
+def rate(generator: CandidateGenerator, mentions: list[str]) -> float:
+    start = time.perf_counter()
+    generator.search(mentions, 64)
+    return round(len(mentions) / (time.perf_counter() - start), 1)
+
+
+def recall_at_32(generator: CandidateGenerator, split: list[LinkingExample]) -> float:
+    """Share of ``split``'s mentions whose gold is among the generator's top 32."""
+    found = generator.search([q.mention for q in split], 32)
+    hits = [
+        generator.index_of(q.gold) in {generator.index_of(c.id) for c, _ in got}
+        for q, got in zip(split, found, strict=True)
+    ]
+    return round(float(np.mean(hits)), 4)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--names", type=int, required=True)
+    p.add_argument("--mentions", type=int, default=400)
+    p.add_argument("--dense", action="store_true")
+    p.add_argument("--noise", type=float, default=0.6)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--cache", default="runs/scale/cache-fused")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    import faiss
+
+    faiss.omp_set_num_threads(args.threads)
+    rows = scaled(_medic(Path(MEDIC)), set(), args.names)
+    concepts = [Concept(cid, tuple(ns)) for cid, ns in rows]
+    tests = read_split(Path(TEST))
+    mentions = [q.mention for q in tests][: args.mentions]
+    out: dict = {"names": sum(len(ns) for _, ns in rows), "concepts": len(concepts)}
+    start = time.perf_counter()
+    tfidf = TfidfGenerator(concepts)
+    out["tfidf_fit_s"] = round(time.perf_counter() - start, 1)
+    out["tfidf_mentions_per_s"] = rate(tfidf, mentions)
+    if args.dense:
+        real = DenseGenerator(read_dictionary(MEDIC)).index.matrix
+        os.environ["KFACEL_CACHE_DIR"] = args.cache  # the big index is not the user's
+        encoder = HybridEncoder(tfidf._originals, real, args.noise)
+        start = time.perf_counter()
+        settings = IndexSettings(  # streamed and HNSW at any size
+            kind=IndexKind.HNSW, exact_below=len(tfidf._originals)
+        )
+        dense = DenseGenerator(concepts, encoder, settings=settings)  # type: ignore[arg-type]
+        out["dense_build_s"] = round(time.perf_counter() - start, 1)
+        out["dense_mentions_per_s"] = rate(dense, mentions)
+        fused = FusedGenerator(concepts, [tfidf, dense])
+        out["fused_mentions_per_s"] = rate(fused, mentions)
+        exact = DenseGenerator(
+            concepts,
+            encoder,  # type: ignore[arg-type]
+            settings=replace(settings, kind=IndexKind.EXACT),
+        )
+        fused_exact = FusedGenerator(concepts, [tfidf, exact])
+        for name, split in (("dev", read_split(Path(DEV))), ("test", tests)):
+            for label, gen in (
+                ("dense_hnsw", dense),
+                ("dense_exact", exact),
+                ("fused_hnsw", fused),
+                ("fused_exact", fused_exact),
+            ):
+                out[f"{name}_recall@32_{label}"] = recall_at_32(gen, split)
+            print(json.dumps(out), flush=True)
+    out["peak_rss_gib"] = round(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2
+    )
+    print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()
