@@ -13,7 +13,7 @@ depth) of the TF-IDF channel and, with ``--dense``, of the dense channel (an HNS
 over synthetic name vectors: MEDIC's real MiniLM vectors for its names, noisy copies
 of them for the variants, as in ``dense_scale.py``; the mentions embedded by MiniLM)
 and of their fusion, on ``--threads`` threads, and the process's peak RSS. ``link``
-adds the ranker's cost (the CNN: ``benchmarks/RESULTS.md``, "The linker in use").
+adds the ranker's cost (the CNN: ``docs/results.md``, "The linker in use").
 With ``--dense`` it also gives the recall@32 of the gold (NCBI-disease dev and test
 mentions) of the dense channel and of the fusion, with HNSW and with exact search.
 """
