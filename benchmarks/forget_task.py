@@ -40,8 +40,8 @@ from kfacel.linking.linker import load_linker
 from kfacel.tasks.directory import load_task
 
 SOURCE = Path("/work/main/tasks/public3-small")
-GRID = [(1.0, 1.0), (3.0, 1.0), (10.0, 1.0), (30.0, 1.0), (100.0, 1.0)]
-"""(α, λ) tried on dev; the paper's (10, 1) among them."""
+GRID = [(10.0, 1.0), (1.0, 1.0), (1.0, 0.3), (1.0, 0.1)]
+"""(α, λ) tried on dev: the paper's (10, 1), then stronger (β ≤ λ/α)."""
 METHODS = ("ssd", "kfac-ssd")
 
 

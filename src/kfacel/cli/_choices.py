@@ -25,7 +25,7 @@ DEFAULT_BUDGET_RATE = 3.9
 """``kfacel.penalties.strength.DEFAULT_BUDGET_RATE``."""
 DEFAULT_KFAC_DAMPING = 1e-6
 """``kfacel.penalties.strength.DEFAULT_KFAC_DAMPING``."""
-DEFAULT_FORGET_ALPHA = 10.0
+DEFAULT_FORGET_ALPHA = 1.0
 """``kfacel.consolidation.forget.DEFAULT_ALPHA``."""
 DEFAULT_FORGET_LAM = 1.0
 """``kfacel.consolidation.forget.DEFAULT_LAM``."""
