@@ -25,10 +25,16 @@ DEFAULT_BUDGET_RATE = 3.9
 """``kfacel.penalties.strength.DEFAULT_BUDGET_RATE``."""
 DEFAULT_KFAC_DAMPING = 1e-6
 """``kfacel.penalties.strength.DEFAULT_KFAC_DAMPING``."""
+DEFAULT_FORGET_ALPHA = 1.0
+"""``kfacel.consolidation.forget.DEFAULT_ALPHA``."""
+DEFAULT_FORGET_LAM = 1.0
+"""``kfacel.consolidation.forget.DEFAULT_LAM``."""
 DEFAULT_RETRIEVER_LAM = 1e2
 """``kfacel.retrieval.continual.DEFAULT_RETRIEVER_LAM``."""
 DEFAULT_RETRIEVER_STEPS = 32
 """``kfacel.retrieval.continual.DEFAULT_RETRIEVER_STEPS``."""
+FORGET_METHODS = ("ssd", "kfac-ssd")
+"""``kfacel.consolidation.forget.FORGET_METHODS``."""
 OPTIMIZERS = ("adamw", "sgd")
 """``kfacel.training.trainer.OPTIMIZERS``."""
 PENALTIES = ("none", "l2", "ewc", "kfac")
@@ -46,6 +52,9 @@ SOURCES = {
     "DEFAULT_NUM_CANDIDATES": "kfacel.tasks.prepare:DEFAULT_NUM_CANDIDATES",
     "DEFAULT_BUDGET_RATE": "kfacel.penalties.strength:DEFAULT_BUDGET_RATE",
     "DEFAULT_KFAC_DAMPING": "kfacel.penalties.strength:DEFAULT_KFAC_DAMPING",
+    "DEFAULT_FORGET_ALPHA": "kfacel.consolidation.forget:DEFAULT_ALPHA",
+    "DEFAULT_FORGET_LAM": "kfacel.consolidation.forget:DEFAULT_LAM",
+    "FORGET_METHODS": "kfacel.consolidation.forget:FORGET_METHODS",
     "DEFAULT_RETRIEVER_LAM": "kfacel.retrieval.continual:DEFAULT_RETRIEVER_LAM",
     "DEFAULT_RETRIEVER_STEPS": "kfacel.retrieval.continual:DEFAULT_RETRIEVER_STEPS",
     "OPTIMIZERS": "kfacel.training.trainer:OPTIMIZERS",

@@ -1,0 +1,174 @@
+"""Forgetting a task on request: SSD on KFC's consolidation states, against retraining.
+
+For each pair A → B: train A alone and consolidate it (K-FAC, the defaults), train B
+from it with KFC (``--penalty kfac``: the default budget and damping) and consolidate
+B; then forget A (``forget_linker``, what ``kfacel forget`` calls) with each method
+over a grid of (α, λ). B trained alone (the same seed) is the model that never saw A:
+the reference a regulator would accept. A setting is chosen per pair and method on the
+dev splits only (the grid point whose A dev accuracy is nearest the reference's among
+those that cost B at most 1 dev point), then reported on test: A's test accuracy, A's
+train accuracy (a membership-style probe: does the model still fit A's training
+mentions better than A's unseen ones?), B's test accuracy and the seconds the
+forgetting took (in process, weights already loaded; and the whole ``kfacel forget``
+command, loading and writing included).
+
+The tasks are PUBLIC-3-small's with their training split cut to its first
+``--train`` queries and their dev split to its first ``--dev`` (written under
+``OUT/tasks``; test is whole), so that every model trains in minutes on a loaded CPU.
+
+    nice -n 5 python benchmarks/forget_task.py --out runs/forget \
+        --pairs medmentions>cadec,cadec>medmentions --seeds 0
+
+Models are trained once and reused; results go to ``OUT/forget.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from kfacel.consolidation import load_state
+from kfacel.linking.evaluate import evaluate_split
+from kfacel.linking.forget import forget_linker
+from kfacel.linking.linker import load_linker
+from kfacel.tasks.directory import load_task
+
+SOURCE = Path("/work/main/tasks/public3-small")
+GRID = [(10.0, 1.0), (1.0, 1.0), (1.0, 0.3), (1.0, 0.1)]
+"""(α, λ) tried on dev: the paper's (10, 1), then stronger (β ≤ λ/α)."""
+METHODS = ("ssd", "kfac-ssd")
+
+
+def kfacel(*args: str) -> float:
+    """Run one ``kfacel`` command, stopping on failure; returns its wall seconds."""
+    cmd = [sys.executable, "-m", "kfacel", "-q", *args]
+    print("+", " ".join(cmd[2:]), file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def small_task(out: Path, name: str, train: int, dev: int) -> Path:
+    """PUBLIC-3-small's task with its train and dev splits cut short (made once)."""
+    task = out / "tasks" / name
+    if (task / "test.jsonl").is_file():
+        return task
+    task.mkdir(parents=True, exist_ok=True)
+    for f in ("task.json", "dictionary.jsonl.gz"):
+        shutil.copyfile(SOURCE / name / f, task / f)
+    for split, n in (("train", train), ("dev", dev)):
+        lines = (SOURCE / name / f"{split}.jsonl").read_text().splitlines(True)
+        (task / f"{split}.jsonl").write_text("".join(lines[:n]))
+    shutil.copyfile(SOURCE / name / "test.jsonl", task / "test.jsonl")
+    return task
+
+
+def trained(out: Path, task: Path, seed: int, init: Path | None = None) -> Path:
+    """A model trained on ``task`` (from ``init`` with KFC) and consolidated; reused."""
+    name = task.name if init is None else f"{init.name}>{task.name}"
+    model = out / f"seed{seed}" / name
+    if (model / "consolidation").is_dir():
+        return model
+    extra = ["--init", str(init), "--penalty", "kfac"] if init is not None else []
+    kfacel(
+        "train", "--task", str(task), "--out", str(model), "--epochs", "3",
+        "--seed", str(seed), "--overwrite", *extra,
+    )  # fmt: skip
+    kfacel("consolidate", str(model), "--task", str(task))
+    return model
+
+
+def accuracies(linker, tasks: dict[str, Any], which: list[tuple[str, str]]) -> dict:
+    """Accuracy@1 (%) of ``linker`` on each (task, split)."""
+    return {
+        f"{t}/{s}": 100 * evaluate_split(linker, tasks[t].split(s)).accuracy
+        for t, s in which
+    }
+
+
+def forgotten(model: Path, task: str, method: str, alpha: float, lam: float):
+    """The linker of ``model`` with ``task`` forgotten, and the seconds it took."""
+    linker = load_linker(model)
+    states = load_state(model, linker.model)
+    start = time.perf_counter()
+    forget_linker(linker, states, task, method=method, alpha=alpha, lam=lam)
+    return linker, time.perf_counter() - start
+
+
+def choose(grid: list[dict], reference: float, before_b: float) -> dict:
+    """The dev grid point nearest the reference on A within 1 point of B's cost."""
+    ok = [g for g in grid if g["dev"]["b"] >= before_b - 1.0] or grid
+    return min(ok, key=lambda g: abs(g["dev"]["a"] - reference))
+
+
+def measure_pair(out: Path, a: str, b: str, seed: int, tasks: dict) -> dict:
+    """Before, reference, and each method's dev grid and chosen test numbers."""
+    both = load_linker(out / f"seed{seed}" / f"{a}>{b}")
+    alone = load_linker(out / f"seed{seed}" / b)
+    tests = [(a, "test"), (a, "train"), (b, "test")]
+    devs = [(a, "dev"), (b, "dev")]
+    result: dict[str, Any] = {
+        "before": accuracies(both, tasks, tests + devs),
+        "never_saw_a": accuracies(alone, tasks, tests + devs),
+    }
+    ref_a, before_b = result["never_saw_a"][f"{a}/dev"], result["before"][f"{b}/dev"]
+    model = out / f"seed{seed}" / f"{a}>{b}"
+    for method in METHODS:
+        grid = []
+        for alpha, lam in GRID:
+            linker, secs = forgotten(model, a, method, alpha, lam)
+            acc = accuracies(linker, tasks, devs)
+            dev = {"a": acc[f"{a}/dev"], "b": acc[f"{b}/dev"]}
+            grid.append({"alpha": alpha, "lam": lam, "dev": dev, "seconds": secs})
+            print(method, alpha, lam, dev, round(secs, 2), file=sys.stderr, flush=True)
+        best = choose(grid, ref_a, before_b)
+        linker, secs = forgotten(model, a, method, best["alpha"], best["lam"])
+        new = out / f"seed{seed}" / f"{a}>{b}-forget-{method}"
+        cli = kfacel(
+            "forget", str(model), "--task", a, "--out", str(new), "--overwrite",
+            "--method", method, "--alpha", str(best["alpha"]), "--lam", str(best["lam"]),
+        )  # fmt: skip
+        result[method] = {
+            "grid": grid,
+            "chosen": {"alpha": best["alpha"], "lam": best["lam"]},
+            "test": accuracies(linker, tasks, tests),
+            "seconds": secs,
+            "cli_seconds": cli,
+        }
+    return result
+
+
+def main() -> None:
+    """Train what is missing, then forget and measure."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=Path("runs/forget"))
+    p.add_argument("--pairs", default="medmentions>cadec,cadec>medmentions")
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--train", type=int, default=1200, help="training queries a task")
+    p.add_argument("--dev", type=int, default=500, help="dev queries a task")
+    args = p.parse_args()
+    pairs = [tuple(x.split(">")) for x in args.pairs.split(",")]
+    names = sorted({n for pair in pairs for n in pair})
+    paths = {n: small_task(args.out, n, args.train, args.dev) for n in names}
+    tasks = {n: load_task(paths[n]) for n in names}
+    results = []
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        for a, b in pairs:
+            first = trained(args.out, paths[a], seed)
+            trained(args.out, paths[b], seed)
+            trained(args.out, paths[b], seed, init=first)
+        for a, b in pairs:
+            r = measure_pair(args.out, a, b, seed, tasks)
+            results.append({"pair": f"{a}>{b}", "seed": seed, **r})
+            text = json.dumps(results, indent=1) + "\n"
+            (args.out / "forget.json").write_text(text)
+
+
+if __name__ == "__main__":
+    main()
