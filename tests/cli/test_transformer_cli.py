@@ -10,10 +10,10 @@ import shutil
 
 import pytest
 import torch
-from tests._synth import CODES, WORDS, write_code_tasks, write_tiny_encoder
 
 from kfacel.cli import main
 from kfacel.consolidation import load_state
+from tests._synth import CODES, WORDS, write_code_tasks, write_tiny_encoder
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,10 @@
 """Fixtures of the model tests: tokenizer, synthetic batches, one CPU thread."""
 
 import pytest
-from tests._synth import synthetic_examples
 
 from kfacel.data.collate import Collator, make_batches
 from kfacel.data.tokenize import WordPieceTokenizer
+from tests._synth import synthetic_examples
 
 
 @pytest.fixture(scope="session")

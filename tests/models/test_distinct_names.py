@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from tests._synth import TINY_BERT, synthetic_examples
 
 from kfacel.data.collate import FEATURE_NAMES, Collator
 from kfacel.models import build_model
+from tests._synth import TINY_BERT, synthetic_examples
 
 
 def no_dropout(name: str) -> torch.nn.Module:

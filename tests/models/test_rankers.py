@@ -4,7 +4,6 @@ import dataclasses
 
 import pytest
 import torch
-from tests._synth import TINY_BERT, synthetic_examples
 from torch import nn
 
 from kfacel._checkpoint import read_tensors
@@ -15,6 +14,7 @@ from kfacel.linking.evaluate import evaluate
 from kfacel.models import build_model
 from kfacel.positions import RowLayout, matching_mask, rows_laid_out
 from kfacel.training.trainer import TrainSettings, train_task
+from tests._synth import TINY_BERT, synthetic_examples
 
 
 def tiny(name: str, **extra) -> nn.Module:

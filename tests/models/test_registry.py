@@ -4,10 +4,10 @@ import json
 
 import pytest
 import torch
-from tests._synth import TINY_BERT, synthetic_examples
 
 from kfacel.data.collate import Collator
 from kfacel.models import build_model, load_model, read_model_config, save_model
+from tests._synth import TINY_BERT, synthetic_examples
 
 
 @pytest.mark.parametrize(

@@ -7,12 +7,12 @@ from contextlib import nullcontext
 
 import pytest
 import torch
-from tests.oracles import TOL64
 from torch import nn
 from transformers import BertConfig, BertForSequenceClassification
 
 from kfacel.curvature import estimate_diagonal, estimate_kfac
 from kfacel.positions import valid_positions
+from tests.oracles import TOL64
 
 
 class Classifier(nn.Module):
