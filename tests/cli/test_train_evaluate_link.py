@@ -5,9 +5,9 @@ import shutil
 
 import pytest
 import torch
-from tests._synth import write_pubtator_corpus
 
 from kfacel.cli import main
+from tests._synth import write_pubtator_corpus
 
 CONCEPTS = {
     "D001": ("heart attack", "Disease"),
@@ -47,7 +47,9 @@ def task_dir(tmp_path_factory):
 def test_prepare_train_evaluate_link(task_dir, tmp_path, capsys, model):
     task, dictionary = task_dir
     model_dir = tmp_path / "model"
-    extra = ["--hidden", "32"] if model == "cnn" else ["--layers", "1"]
+    extra = (
+        ["--hidden", "32", "--refresh", "0.1"] if model == "cnn" else ["--layers", "1"]
+    )
     assert main(
         ["train", "--task", str(task), "--model", model, "--out", str(model_dir),
          "--epochs", "2", "--batch-size", "16", "--max-length", "24", *extra,
@@ -63,6 +65,7 @@ def test_prepare_train_evaluate_link(task_dir, tmp_path, capsys, model):
     settings = written["training"]
     assert settings["schedule"] == "linear"
     assert settings["warmup"] == 0.1
+    assert settings["refresh"] == (0.1 if model == "cnn" else 0.0)
 
     out = tmp_path / "eval.json"
     assert main(
@@ -79,7 +82,7 @@ def test_prepare_train_evaluate_link(task_dir, tmp_path, capsys, model):
     assert main(
         ["link", str(model_dir), "--dictionary", str(dictionary), "--text",
          "the patient had a heart attack yesterday", "--mention", "heart attack",
-         "--threads", "1"]
+         "--threads", "1", "--precision", "float32"]
     ) == 0  # fmt: skip
     linked = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert linked["mention"] == "heart attack"

@@ -13,6 +13,7 @@ from kfacel.cli import UserError
 from kfacel.cli._args import (
     device,
     finite_float,
+    nonnegative_float,
     nonnegative_int,
     positive_float,
     positive_int,
@@ -183,6 +184,22 @@ def _add_continual_options(p: argparse.ArgumentParser) -> None:
         help="discriminative learning rates: η_ℓ = η_(ℓ+1)·γ from the top layer down",
     )
     g.add_argument(
+        "--refresh",
+        type=nonnegative_float,
+        default=0.0,
+        metavar="RHO",
+        help="refresh learning (Wang et al. 2024): before each step, unlearn by RHO "
+        "of an Adam step up the loss and penalty, then relearn from there "
+        "(0: off; twice a step's cost)",
+    )
+    g.add_argument(
+        "--refresh-temperature",
+        type=nonnegative_float,
+        default=0.0,
+        metavar="T",
+        help="Langevin noise of --refresh's unlearning move",
+    )
+    g.add_argument(
         "--replay",
         action="append",
         default=[],
@@ -314,6 +331,8 @@ def _settings(args: argparse.Namespace) -> TrainSettings:
         train_candidates=args.train_candidates,
         optimizer=args.optimizer,
         precision=args.precision,
+        refresh=args.refresh,
+        refresh_temperature=args.refresh_temperature,
     )
 
 

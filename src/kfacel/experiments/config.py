@@ -94,6 +94,10 @@ class TrainConfig:
     continual_optimizer: Literal["adamw", "sgd"] = "adamw"
     continual_lr: float | None = None  # None: lr
     clip_task_only: bool = False  # clip the task gradient before the penalty's is added
+    continual_refresh: float = (
+        0.0  # refresh learning's unlearning share (training.refresh)
+    )
+    continual_refresh_temperature: float = 0.0  # its Langevin noise
 
 
 @dataclass(frozen=True)
@@ -195,8 +199,11 @@ class ExperimentConfig:
                           max_train=t.max_train_examples,
                           train_candidates=t.train_candidates,
                           precision=t.precision)  # fmt: skip
+            TrainSettings(refresh=t.continual_refresh,
+                          refresh_temperature=t.continual_refresh_temperature)  # fmt: skip
         except ValueError as exc:
-            raise ConfigError(f"train.{exc}") from None
+            name = str(exc).replace("refresh", "continual_refresh", 1)
+            raise ConfigError(f"train.{name}") from None
 
     def ordered_pairs(self) -> list[tuple[str, str]]:
         """``pairs`` as (A, B) tuples (empty: every ordered pair is run)."""

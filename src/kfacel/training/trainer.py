@@ -6,8 +6,10 @@ bottom (``_Step.__call__``): task loss → backward → the penalty's closed-for
 ``R`` enters as it is. A penalty with an ``after_task_step()`` method (a forgetting
 budget's dual step, ``penalties.budget``) has it called after every step on the task's
 own batches that the optimizer applied: not after replay steps, nor after steps the
-gradient scaler skipped for infinite or NaN gradients. After every epoch the dev set is
-evaluated; the best epoch's weights are restored at the end (``_BestEpoch``).
+gradient scaler skipped for infinite or NaN gradients. With ``refresh`` each such step is
+preceded by refresh learning's unlearning move up the same objective
+(``training.refresh``, eq. R1), and the step is taken from the moved weights. After every
+epoch the dev set is evaluated; the best epoch's weights are restored at the end (``_BestEpoch``).
 
 Learning rate: constant, or ``linear`` (the usual schedule for fine-tuning pretrained
 encoders, Devlin et al. 2019): a linear warm-up from 0 over the first ``warmup`` share of
@@ -48,6 +50,7 @@ from kfacel.models.precision import (
     penalty_autocast,
 )
 from kfacel.penalties.base import Penalty
+from kfacel.training.refresh import unlearn_
 from kfacel.types import Batch
 
 log = logging.getLogger(__name__)
@@ -86,6 +89,10 @@ class TrainSettings:
         train_candidates: train each step on the gold and ``train_candidates − 1``
             of each query's other candidates, drawn anew (``sample_candidates``);
             None: all of them. Evaluation always ranks every candidate.
+        refresh: refresh learning (``training.refresh``, eq. R1): before each step
+            on the task's own batches, unlearn by this share of a step up the
+            objective, then take the step from there; 0: off. Twice the step's cost.
+        refresh_temperature: the unlearning step's Langevin noise (``T`` of R1).
     """
 
     epochs: int = 3
@@ -102,6 +109,8 @@ class TrainSettings:
     max_train: int | None = None
     train_candidates: int | None = None
     precision: str = "auto"
+    refresh: float = 0.0
+    refresh_temperature: float = 0.0
 
     def __post_init__(self) -> None:
         """Raise ``ValueError`` naming the first setting out of its range."""
@@ -133,6 +142,9 @@ class TrainSettings:
             "at least 2 (the gold and one other)",
         )
         _require(self.precision in PRECISIONS, "precision", self.precision, PRECISIONS)
+        for name in ("refresh", "refresh_temperature"):
+            value = getattr(self, name)
+            _require(math.isfinite(value) and value >= 0, name, value, "non-negative")
         check_device(self.device)
 
     def to_json(self) -> dict[str, Any]:
@@ -336,6 +348,9 @@ class _Step:
     rank: int = 0
     world: int = 1
     taken: int = 0  # steps taken so far
+    refresh: float = 0.0
+    refresh_temperature: float = 0.0
+    noise: torch.Generator | None = None  # refresh learning's Langevin noise
 
     @classmethod
     def build(
@@ -378,9 +393,11 @@ class _Step:
         scaler = torch.amp.GradScaler(
             device.type, enabled=needs_scaler(device, s.precision)
         )
+        noise = torch.Generator().manual_seed(s.seed) if s.refresh > 0 else None
         return cls(
             model, net, opt, sched, scaler, penalty, s.clip, s.clip_task_only,
-            s.precision, device, rank, world,
+            s.precision, device, rank, world, 0, s.refresh, s.refresh_temperature,
+            noise,
         )  # fmt: skip
 
     def __call__(
@@ -392,8 +409,10 @@ class _Step:
         penalty's ``after_task_step`` runs where it has one (module doc).
         """
         batch = _shard(batch, self.rank, self.world).to(self.device, non_blocking=True)
-        self.opt.zero_grad(set_to_none=True)
         cast = autocast(self.device, self.precision, self.model)
+        if self.refresh > 0 and not replay:
+            self._unlearn(batch, cast)
+        self.opt.zero_grad(set_to_none=True)
         loss = _task_loss(self.net, batch, cast)
         _finite(
             "loss",
@@ -421,6 +440,23 @@ class _Step:
             after()
         self.taken += 1
         return loss.item(), pen, len(batch)
+
+    def _unlearn(self, batch: Batch, cast: torch.autocast) -> None:
+        """Refresh learning's unlearning move (eq. R1) on the objective's gradient."""
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(_task_loss(self.net, batch, cast)).backward()
+        if self.scaler.is_enabled():
+            inv = 1.0 / self.scaler.get_scale()
+            for p in self.model.parameters():
+                if p.grad is not None:
+                    p.grad.mul_(inv)
+        if self.penalty is not None:
+            with penalty_autocast(self.device, self.precision, self.model):
+                self.penalty.add_grad_(self.model)
+        unlearn_(
+            self.opt, self.refresh,
+            temperature=self.refresh_temperature, generator=self.noise,
+        )  # fmt: skip
 
 
 _AT_THE_START = (
