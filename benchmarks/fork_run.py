@@ -9,7 +9,8 @@ cells were copied from where. Then run the experiment as usual; it skips the cop
 cells. Each config under ``configs/forgetting/`` and ``configs/transformer/`` names the
 earlier run it shares cells with.
 
-    python benchmarks/fork_run.py SRC DST CONFIG [--states] [--copy GLOB ...] [--set …]
+    python benchmarks/fork_run.py SRC DST CONFIG [--arm NAME] [--states] [--copy GLOB ...]
+        [--set …]
     kfacel experiment CONFIG [--out DST] --jobs 2
 
 e.g. ``python benchmarks/fork_run.py runs/forgetting-wide-six runs/forgetting-factored-six
@@ -25,7 +26,8 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 from kfacel._io import atomic_write_json
-from kfacel.experiments.config import load_config
+from kfacel.cli.experiment import _record_arms
+from kfacel.experiments.config import arm_names, load_config
 from kfacel.experiments.rundir import open_run_dir
 
 
@@ -43,10 +45,14 @@ def main() -> None:
         help="more finished cells to copy, e.g. 'tier2-*-none-*' (plain fine-tuning)",
     )
     p.add_argument("--set", action="append", default=[], dest="overrides")
+    p.add_argument("--arm", help="of a config with [arms.NAME] tables: this arm's run")
     args = p.parse_args()
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides, arm=args.arm)
+    if args.arm:  # the armed run's top directory, as `kfacel experiment` records it
+        _record_arms(args.dst.parent, args.config, arm_names(args.config))
     open_run_dir(args.dst, cfg, jobs=1)
-    kinds = ("individual-", "consolidate-") if args.states else ("individual-",)
+    tier1 = ("individual-", "combined-")  # the single-task and multi-task models
+    kinds = (*tier1, "consolidate-") if args.states else tier1
     copied = []
     for cell in sorted((args.src / "cells").iterdir()):
         done = cell / "done.json"
