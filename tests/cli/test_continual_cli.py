@@ -463,3 +463,13 @@ def test_consolidate_refuses_another_task_of_the_same_name(
     assert "dev.jsonl, test.jsonl, train.jsonl differ" in err[0]
     assert not (v1 / "consolidation").exists()
     assert main(["consolidate", str(v1), "--task", str(tasks / "A")]) == 0
+
+
+def test_reinit_top_on_the_cnn_is_refused_in_one_line(tasks, tmp_path, capsys) -> None:
+    out = tmp_path / "v1"
+    args = ["train", "--task", str(tasks / "A"), *CNN, "--out", str(out)]
+    assert main([*args, "--reinit-top", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "reinit_top=1: the model has 0 transformer blocks" in err[0]
+    assert not out.exists()

@@ -47,9 +47,10 @@ def task_dir(tmp_path_factory):
 def test_prepare_train_evaluate_link(task_dir, tmp_path, capsys, model):
     task, dictionary = task_dir
     model_dir = tmp_path / "model"
-    extra = (
-        ["--hidden", "32", "--refresh", "0.1"] if model == "cnn" else ["--layers", "1"]
-    )
+    extra = {  # beside each ranker's size, one option of training's that it records
+        "cnn": ["--hidden", "32", "--refresh", "0.1"],
+        "transformer": ["--layers", "2", "--freeze-layers", "1", "--reinit-top", "1"],
+    }[model]
     assert main(
         ["train", "--task", str(task), "--model", model, "--out", str(model_dir),
          "--epochs", "2", "--batch-size", "16", "--max-length", "24", *extra,
@@ -66,6 +67,9 @@ def test_prepare_train_evaluate_link(task_dir, tmp_path, capsys, model):
     assert settings["schedule"] == "linear"
     assert settings["warmup"] == 0.1
     assert settings["refresh"] == (0.1 if model == "cnn" else 0.0)
+    assert (settings["freeze_layers"], settings["reinit_top"]) == (
+        (0, 0) if model == "cnn" else (1, 1)
+    )
 
     out = tmp_path / "eval.json"
     assert main(

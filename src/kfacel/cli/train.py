@@ -98,6 +98,22 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
         "--max-train", type=positive_int, help="use only the first N train queries"
     )
     p.add_argument(
+        "--freeze-layers",
+        type=nonnegative_int,
+        default=0,
+        metavar="N",
+        help="fine-tuning stability: the N lowest layers (embeddings, then transformer "
+        "blocks) take no gradient on this task",
+    )
+    p.add_argument(
+        "--reinit-top",
+        type=nonnegative_int,
+        default=0,
+        metavar="N",
+        help="fine-tuning stability: re-initialize the top N transformer blocks "
+        "before training",
+    )
+    p.add_argument(
         "--train-candidates",
         type=positive_int,
         metavar="K",
@@ -333,6 +349,8 @@ def _settings(args: argparse.Namespace) -> TrainSettings:
         precision=args.precision,
         refresh=args.refresh,
         refresh_temperature=args.refresh_temperature,
+        freeze_layers=args.freeze_layers,
+        reinit_top=args.reinit_top,
     )
 
 

@@ -88,6 +88,8 @@ class TrainConfig:
     precision: Literal["auto", "float32", "bfloat16"] = "auto"  # models.precision
     device: str = "cpu"
     lrc_gamma: float = 0.5  # LRC: η_ℓ = η_{ℓ+1}·γ from the top layer down
+    freeze_layers: int = 0  # every task: the lowest layers frozen (training.stability)
+    reinit_top: int = 0  # every task: the top blocks re-initialized first
     replay_every: int = 10  # replay: n old batches every m new ones
     replay_batches: int = 1
     # training on a new task (tiers 2 and 3) only, to vary one factor at a time:
@@ -201,6 +203,7 @@ class ExperimentConfig:
                           precision=t.precision)  # fmt: skip
             TrainSettings(refresh=t.continual_refresh,
                           refresh_temperature=t.continual_refresh_temperature)  # fmt: skip
+            TrainSettings(freeze_layers=t.freeze_layers, reinit_top=t.reinit_top)
         except ValueError as exc:
             name = str(exc).replace("refresh", "continual_refresh", 1)
             raise ConfigError(f"train.{name}") from None

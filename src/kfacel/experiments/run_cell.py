@@ -336,6 +336,8 @@ def _settings(
         lr=lr,
         optimizer=t.continual_optimizer if continual else "adamw",
         clip_task_only=t.clip_task_only and continual,
+        freeze_layers=t.freeze_layers,
+        reinit_top=t.reinit_top,
         refresh=t.continual_refresh if continual else 0.0,
         refresh_temperature=t.continual_refresh_temperature if continual else 0.0,
         batch_size=t.batch_size,

@@ -30,7 +30,7 @@ def discriminative_lr_groups(
     ranked: dict[int, list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            ranked.setdefault(_depth(name), []).append(p)
+            ranked.setdefault(layer_depth(name), []).append(p)
     top = max(ranked)
     order = sorted(ranked)
     return [
@@ -40,12 +40,12 @@ def discriminative_lr_groups(
     ]
 
 
-_BLOCK = re.compile(r"(?:^|\.)(?:layer|layers|blocks?)\.(\d+)\.")
+BLOCK = re.compile(r"(?:^|\.)(?:layer|layers|blocks?)\.(\d+)\.")
 
 
-def _depth(name: str) -> int:
+def layer_depth(name: str) -> int:
     """A parameter's layer, bottom to top: embeddings 0, block ``i`` at ``1 + i``."""
     if "embed" in name:
         return 0
-    m = _BLOCK.search(name)
+    m = BLOCK.search(name)
     return 1 + int(m.group(1)) if m else 1_000_000

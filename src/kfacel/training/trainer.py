@@ -51,6 +51,7 @@ from kfacel.models.precision import (
 )
 from kfacel.penalties.base import Penalty
 from kfacel.training.refresh import unlearn_
+from kfacel.training.stability import freeze_lowest, reinit_top_
 from kfacel.types import Batch
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,10 @@ class TrainSettings:
             on the task's own batches, unlearn by this share of a step up the
             objective, then take the step from there; 0: off. Twice the step's cost.
         refresh_temperature: the unlearning step's Langevin noise (``T`` of R1).
+        freeze_layers: the lowest layers (embeddings, then transformer blocks) take
+            no gradient during this task (``training.stability``); 0: none.
+        reinit_top: the top transformer blocks are re-initialized before training
+            (``training.stability``); 0: none.
     """
 
     epochs: int = 3
@@ -111,6 +116,8 @@ class TrainSettings:
     precision: str = "auto"
     refresh: float = 0.0
     refresh_temperature: float = 0.0
+    freeze_layers: int = 0
+    reinit_top: int = 0
 
     def __post_init__(self) -> None:
         """Raise ``ValueError`` naming the first setting out of its range."""
@@ -145,6 +152,9 @@ class TrainSettings:
         for name in ("refresh", "refresh_temperature"):
             value = getattr(self, name)
             _require(math.isfinite(value) and value >= 0, name, value, "non-negative")
+        for name in ("freeze_layers", "reinit_top"):
+            value = getattr(self, name)
+            _require(value >= 0, name, value, "a non-negative number of layers")
         check_device(self.device)
 
     def to_json(self) -> dict[str, Any]:
@@ -296,28 +306,12 @@ def train_task(
         torch.manual_seed(
             settings.seed
         )  # dropout masks; fork_rng restores the caller's
-        order_rng = torch.Generator().manual_seed(settings.seed)
-        step = _Step.build(model, settings, penalty, lr_groups, len(batches))
-        replays = _cycle(replay.items, order_rng) if replay else None
-        sample = _candidate_sampler(settings)
-        best, epochs = _BestEpoch(), []
-        for epoch in range(1, settings.epochs + 1):
-            order = torch.randperm(len(batches), generator=order_rng).tolist()
-            show = progress and step.rank == 0
-            steps = with_progress(order, enabled=show, desc=f"epoch {epoch}")
-            chosen = (sample(batches[i]) for i in steps)
-            e = _train_epoch(step, chosen, epoch, replays, replay)
-            if dev:
-                accuracy = evaluate(
-                    model, dev, device=device, precision=settings.precision
-                ).accuracy
-                e = replace(e, dev_accuracy=accuracy)
-            status = getattr(penalty, "status", None)  # a budget's λ_t and rises
-            if status is not None:
-                e = replace(e, constraints=status())
-            _log_epoch(e)
-            epochs.append(e)
-            best.offer(e, model, last=epoch == settings.epochs)
+        if settings.reinit_top:
+            reinit_top_(model, settings.reinit_top)
+        with freeze_lowest(model, settings.freeze_layers):
+            best, epochs = _train_epochs(
+                model, batches, dev, settings, penalty, lr_groups, replay, progress
+            )
     best.restore(model)
     model.eval()
     return TrainLog(
@@ -326,6 +320,43 @@ def train_task(
         best_dev_accuracy=best.accuracy if dev else math.nan,
         queries_per_s=_throughput(epochs),
     )
+
+
+def _train_epochs(
+    model: nn.Module,
+    batches: list[Batch],
+    dev: list[Batch],
+    settings: TrainSettings,
+    penalty: Penalty | None,
+    lr_groups: Sequence[dict[str, Any]] | None,
+    replay: Replay[Batch] | None,
+    progress: bool,
+) -> tuple[_BestEpoch, list[EpochLog]]:
+    """The epochs of ``train_task`` (global RNG already seeded); the best and the logs."""
+    device = torch.device(settings.device)
+    order_rng = torch.Generator().manual_seed(settings.seed)
+    step = _Step.build(model, settings, penalty, lr_groups, len(batches))
+    replays = _cycle(replay.items, order_rng) if replay else None
+    sample = _candidate_sampler(settings)
+    best, epochs = _BestEpoch(), []
+    for epoch in range(1, settings.epochs + 1):
+        order = torch.randperm(len(batches), generator=order_rng).tolist()
+        show = progress and step.rank == 0
+        steps = with_progress(order, enabled=show, desc=f"epoch {epoch}")
+        chosen = (sample(batches[i]) for i in steps)
+        e = _train_epoch(step, chosen, epoch, replays, replay)
+        if dev:
+            accuracy = evaluate(
+                model, dev, device=device, precision=settings.precision
+            ).accuracy
+            e = replace(e, dev_accuracy=accuracy)
+        status = getattr(penalty, "status", None)  # a budget's λ_t and rises
+        if status is not None:
+            e = replace(e, constraints=status())
+        _log_epoch(e)
+        epochs.append(e)
+        best.offer(e, model, last=epoch == settings.epochs)
+    return best, epochs
 
 
 @dataclass
@@ -369,9 +400,11 @@ class _Step:
         if world > 1:
             ids = [device.index] if device.type == "cuda" else None
             net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-        groups = (
-            lr_groups if lr_groups is not None else [{"params": model.parameters()}]
-        )
+        groups = [  # frozen parameters stay out, whatever gradient a penalty adds
+            {**g, "params": [p for p in g["params"] if p.requires_grad]}
+            for g in (lr_groups or [{"params": model.parameters()}])
+        ]
+        groups = [g for g in groups if g["params"]]
         opt: torch.optim.Optimizer
         if s.optimizer == "sgd":
             opt = torch.optim.SGD(
