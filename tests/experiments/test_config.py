@@ -303,15 +303,21 @@ def test_the_studies_have_their_configs() -> None:
     "path", STUDY_CONFIGS, ids=lambda p: str(p.relative_to(CONFIGS))
 )
 def test_a_study_config_is_one_run_named_in_its_header(path: Path) -> None:
-    """One config, one run directory; the header says what reports it and how to run it."""
-    cfg = load_config(path)
-    assert cfg.output_dir == f"runs/{cfg.name}"
+    """One config, one run directory; the header says what reports it and how to run it.
+
+    An armed config's run directory holds one directory per arm.
+    """
+    arms = arm_names(path)
+    cfg = load_config(path, arm=arms[0] if arms else None)
+    name = cfg.name.removesuffix(f"-{arms[0]}") if arms else cfg.name
+    top = Path(cfg.output_dir).parent.as_posix() if arms else cfg.output_dir
+    assert top == f"runs/{name}"
     text = path.read_text(encoding="utf-8")
     header = text[: text.index("\nname = ")]
     assert all(line.startswith("#") for line in header.splitlines())
     assert "benchmarks/archive/journal.md" in header or "docs/results.md" in header
     assert f"kfacel experiment {path.relative_to(CONFIGS.parent).as_posix()}" in header
-    assert f"kfacel report {cfg.output_dir}" in header
+    assert f"kfacel report {top}" in header
 
 
 @pytest.mark.parametrize(
