@@ -19,8 +19,8 @@ step. Unclipped, a gradient growing faster than its running mean makes the ascen
 Adam's descent, and the ascent of the penalty feeds on itself (measured: the CNN
 headline's 10-epoch update with the forgetting budget diverged at ρ = 0.25).
 The noise goes only where ``v̂ > 0`` (a weight no batch has used has no Fisher to scale
-it by). Under SGD ``D = I`` and nothing is clipped: plain gradient ascent. Before the optimizer's first step
-there is no ``v̂`` and no unlearning.
+it by). Under SGD ``D = I`` and nothing is clipped: plain gradient ascent. Before the
+optimizer's first step there is no ``v̂`` and no unlearning.
 """
 
 from __future__ import annotations
