@@ -20,6 +20,9 @@ Usage (a few minutes a run on 2 cores; runs already written are kept)::
     mkdir -p runs/demo-250 && git archive 6bf9ea6 src/kfacel/demo | tar x -C runs/demo-250
     python benchmarks/quickstart_spread.py --seeds 0,1,2,3,4,5 --threads 1,2 \
         --also-test runs/demo-250/src/kfacel/demo --out runs/quickstart-spread
+
+``--epochs`` and ``--lr`` train each task longer or faster than the quickstart does
+(a regime where plain fine-tuning forgets more); give each its own ``--out``.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import json, sys, time
 from pathlib import Path
 import torch
 seed, threads, out, also = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+epochs, lr = int(sys.argv[5]), float(sys.argv[6])
 torch.set_num_threads(threads)
 import kfacel.experiments.quickstart as qs
 from kfacel.demo import demo_tasks
@@ -55,7 +59,9 @@ def both(linker, split, **kw):
     return evaluate(linker, split, **kw)
 qs.evaluate_split = both
 start = time.perf_counter()
-r = qs.run_quickstart(tasks, methods=("none", "kfac"), seed=seed, seeds=1)
+r = qs.run_quickstart(
+    tasks, methods=("none", "kfac"), seed=seed, seeds=1, epochs=epochs, lr=lr
+)
 run = {"seed": seed, "threads": threads, "wall_s": time.perf_counter() - start,
        "tasks": r.tasks, "shipped": {"individual": r.individual, "matrices": r.matrices}}
 if other:  # the calls in run_quickstart's order: individual, then each method's steps
@@ -80,6 +86,8 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--also-test", default="", help="demo tasks of other test sets")
     parser.add_argument("--pooled", default="1,2,3", help="seeds per printed number")
+    parser.add_argument("--epochs", type=int, default=3, help="a task (quickstart: 3)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="(quickstart: 1e-3)")
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -89,7 +97,8 @@ def main() -> None:
             path = args.out / f"seed{seed}-threads{threads}.json"
             if not path.exists():
                 cmd = [sys.executable, "-c", ONE_RUN, str(seed), str(threads)]
-                subprocess.run([*cmd, str(path), args.also_test], check=True)
+                extra = [args.also_test, str(args.epochs), str(args.lr)]
+                subprocess.run([*cmd, str(path), *extra], check=True)
             runs[seed, threads] = json.loads(path.read_text())
     for test in ("shipped", "also"):
         if all(test in r for r in runs.values()):
