@@ -49,6 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="replace --out when it is an existing kfacel model directory",
     )
     _add_training_options(p)
+    _add_stability_options(p)
     _add_continual_options(p)
     p.set_defaults(handler=run)
 
@@ -98,22 +99,6 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
         "--max-train", type=positive_int, help="use only the first N train queries"
     )
     p.add_argument(
-        "--freeze-layers",
-        type=nonnegative_int,
-        default=0,
-        metavar="N",
-        help="fine-tuning stability: the N lowest layers (embeddings, then transformer "
-        "blocks) take no gradient on this task",
-    )
-    p.add_argument(
-        "--reinit-top",
-        type=nonnegative_int,
-        default=0,
-        metavar="N",
-        help="fine-tuning stability: re-initialize the top N transformer blocks "
-        "before training",
-    )
-    p.add_argument(
         "--train-candidates",
         type=positive_int,
         metavar="K",
@@ -141,6 +126,26 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--threads", type=positive_int, help="CPU threads (default: torch's)"
+    )
+
+
+def _add_stability_options(p: argparse.ArgumentParser) -> None:
+    """Fine-tuning stability for pretrained encoders (``training.stability``)."""
+    p.add_argument(
+        "--freeze-layers",
+        type=nonnegative_int,
+        default=0,
+        metavar="N",
+        help="fine-tuning stability: the N lowest layers (embeddings, then transformer "
+        "blocks) take no gradient on this task",
+    )
+    p.add_argument(
+        "--reinit-top",
+        type=nonnegative_int,
+        default=0,
+        metavar="N",
+        help="fine-tuning stability: re-initialize the top N transformer blocks "
+        "before training",
     )
 
 
