@@ -26,9 +26,8 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 from kfacel._io import atomic_write_json
-from kfacel.cli.experiment import _record_arms
 from kfacel.experiments.config import arm_names, load_config
-from kfacel.experiments.rundir import open_run_dir
+from kfacel.experiments.rundir import open_run_dir, record_arms
 
 
 def main() -> None:
@@ -49,7 +48,7 @@ def main() -> None:
     args = p.parse_args()
     cfg = load_config(args.config, args.overrides, arm=args.arm)
     if args.arm:  # the armed run's top directory, as `kfacel experiment` records it
-        _record_arms(args.dst.parent, args.config, arm_names(args.config))
+        record_arms(args.dst.parent, args.config, arm_names(args.config))
     open_run_dir(args.dst, cfg, jobs=1)
     tier1 = ("individual-", "combined-")  # the single-task and multi-task models
     kinds = (*tier1, "consolidate-") if args.states else tier1

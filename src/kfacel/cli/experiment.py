@@ -53,6 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run or resume the config (each of its arms in turn); 1 if a cell failed."""
     from kfacel.experiments.config import ConfigError, arm_names
+    from kfacel.experiments.rundir import record_arms
 
     try:
         arms = arm_names(args.config)
@@ -72,7 +73,10 @@ def run(args: argparse.Namespace) -> int:
             if args.out is not None
             else configs[0].output_dir.rsplit("/", 1)[0]
         )
-        _record_arms(Path(top), args.config, arms)
+        try:
+            record_arms(Path(top), args.config, arms)
+        except ConfigError as exc:
+            raise UserError(str(exc)) from exc
     failed = 0
     names: list[str | None] = list(chosen) if arms else [None]
     for arm, cfg in zip(names, configs, strict=True):
@@ -123,29 +127,6 @@ def _run_one(args: argparse.Namespace, cfg: ExperimentConfig, out: Path | None) 
     for line in summary.left_out:
         print(f"left out: {line}")
     return len(summary.failed)
-
-
-def _record_arms(top: Path, config: str, arms: tuple[str, ...]) -> None:
-    """Write ``TOP/arms.json`` (the config, its digest, its arms); refuse another's."""
-    import hashlib
-    import json
-
-    from kfacel._io import atomic_write_json
-
-    digest = hashlib.sha256(Path(config).read_bytes()).hexdigest()
-    record = {"config": str(config), "config_digest": digest, "arms": list(arms)}
-    path = top / "arms.json"
-    if path.is_file():
-        old = json.loads(path.read_text(encoding="utf-8"))
-        if old.get("arms") != list(arms):
-            raise UserError(
-                f"{top} holds the arms {old.get('arms')} of {old.get('config')}, "
-                f"not {list(arms)}; choose another --out"
-            )
-    elif top.exists() and any(top.iterdir()):
-        raise UserError(f"{top} exists and is not an armed run directory; refusing")
-    top.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, record, sort_keys=True)
 
 
 def _check_out(args: argparse.Namespace, cfg: ExperimentConfig) -> None:

@@ -200,10 +200,9 @@ class ExperimentConfig:
             TrainSettings(t.epochs, t.lr, t.batch_size, t.schedule, t.warmup,
                           max_train=t.max_train_examples,
                           train_candidates=t.train_candidates,
-                          precision=t.precision)  # fmt: skip
-            TrainSettings(refresh=t.continual_refresh,
+                          precision=t.precision, freeze_layers=t.freeze_layers,
+                          reinit_top=t.reinit_top, refresh=t.continual_refresh,
                           refresh_temperature=t.continual_refresh_temperature)  # fmt: skip
-            TrainSettings(freeze_layers=t.freeze_layers, reinit_top=t.reinit_top)
         except ValueError as exc:
             name = str(exc).replace("refresh", "continual_refresh", 1)
             raise ConfigError(f"train.{name}") from None

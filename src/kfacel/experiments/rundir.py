@@ -1,6 +1,7 @@
 """A run directory's bookkeeping: its config check and its record of environments.
 
-``open_run_dir`` creates a run directory or checks that it holds a run of the same
+``record_arms`` keeps an armed config's top directory (``arms.json``); ``open_run_dir``
+creates a run directory or checks that it holds a run of the same
 config (keys in ``NOT_COMPARED`` may change between invocations), and appends the
 invocation's ``environment`` (package versions, git commit, device, seeds, jobs, tiers,
 start time) to ``env.json``: what makes a run reproducible. ``record_stage`` adds each
@@ -63,6 +64,30 @@ def open_run_dir(run_dir: Path, cfg: ExperimentConfig, jobs: int) -> None:
     env = json.loads(env_path.read_text(encoding="utf-8")) if env_path.is_file() else {}
     sessions = [*env.get("sessions", []), environment(cfg, jobs)]
     atomic_write_json(env_path, {"sessions": sessions}, sort_keys=True)
+
+
+def record_arms(top: Path, config: str | Path, arms: tuple[str, ...]) -> None:
+    """Write ``TOP/arms.json`` (the config, its digest, its arms) of an armed run.
+
+    Raises:
+        ConfigError: ``top`` holds another config's arms, or other files.
+    """
+    import hashlib
+
+    digest = hashlib.sha256(Path(config).read_bytes()).hexdigest()
+    record = {"config": str(config), "config_digest": digest, "arms": list(arms)}
+    path = top / "arms.json"
+    if path.is_file():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        if old.get("arms") != list(arms):
+            raise ConfigError(
+                f"{top} holds the arms {old.get('arms')} of {old.get('config')}, "
+                f"not {list(arms)}; choose another --out"
+            )
+    elif top.exists() and any(top.iterdir()):
+        raise ConfigError(f"{top} exists and is not an armed run directory; refusing")
+    top.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, record, sort_keys=True)
 
 
 def environment(cfg: ExperimentConfig, jobs: int) -> dict[str, Any]:

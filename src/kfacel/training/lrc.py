@@ -41,6 +41,8 @@ def discriminative_lr_groups(
 
 
 BLOCK = re.compile(r"(?:^|\.)(?:layer|layers|blocks?)\.(\d+)\.")
+TOP_DEPTH = 1_000_000
+"""``layer_depth`` of everything that is neither embeddings nor a block (heads, scorer)."""
 
 
 def layer_depth(name: str) -> int:
@@ -48,4 +50,4 @@ def layer_depth(name: str) -> int:
     if "embed" in name:
         return 0
     m = BLOCK.search(name)
-    return 1 + int(m.group(1)) if m else 1_000_000
+    return 1 + int(m.group(1)) if m else TOP_DEPTH

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from kfacel.training.lrc import BLOCK, layer_depth
+from kfacel.training.lrc import BLOCK, TOP_DEPTH, layer_depth
 
 DEFAULT_INIT_STD = 0.02
 """BERT's ``initializer_range`` where the model does not say its own."""
@@ -31,10 +31,8 @@ DEFAULT_INIT_STD = 0.02
 
 def layer_depths(model: nn.Module) -> list[int]:
     """The layers a model has, bottom to top (0: embeddings; 1 + i: block ``i``)."""
-    top = 1_000_000  # the heads and scorer, never frozen or re-initialized here
-    return sorted(
-        {d for n, _ in model.named_parameters() if (d := layer_depth(n)) != top}
-    )
+    depths = {layer_depth(name) for name, _ in model.named_parameters()}
+    return sorted(depths - {TOP_DEPTH})  # heads and scorer: never frozen or drawn anew
 
 
 @contextmanager

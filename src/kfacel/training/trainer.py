@@ -402,7 +402,9 @@ class _Step:
             net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
         groups = [  # frozen parameters stay out, whatever gradient a penalty adds
             {**g, "params": [p for p in g["params"] if p.requires_grad]}
-            for g in (lr_groups or [{"params": model.parameters()}])
+            for g in (
+                lr_groups if lr_groups is not None else [{"params": model.parameters()}]
+            )
         ]
         groups = [g for g in groups if g["params"]]
         opt: torch.optim.Optimizer
