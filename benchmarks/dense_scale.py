@@ -44,9 +44,11 @@ from kfacel.retrieval.ann import IndexKind, IndexSettings
 from kfacel.retrieval.dense import DenseGenerator, NameIndex, SentenceEncoder
 from kfacel.tasks.directory import read_split
 
-MEDIC = "/work/shared/data/ncbi_disease/medic_06Jul2012.txt"
-TEST = "/work/main/tasks/public3-small/ncbi/test.jsonl"
-DEV = "/work/main/tasks/public3-small/ncbi/dev.jsonl"
+ROOT = Path(__file__).resolve().parents[1]
+"""The repository: the datasets lie beside it (``../shared/data``), the tasks in it."""
+MEDIC = str(ROOT.parent / "shared/data/ncbi_disease/medic_06Jul2012.txt")
+TEST = str(ROOT / "tasks/public3-small/ncbi/test.jsonl")
+DEV = str(ROOT / "tasks/public3-small/ncbi/dev.jsonl")
 K = 32
 
 

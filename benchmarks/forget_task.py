@@ -39,7 +39,8 @@ from kfacel.linking.forget import forget_linker
 from kfacel.linking.linker import load_linker
 from kfacel.tasks.directory import load_task
 
-SOURCE = Path("/work/main/tasks/public3-small")
+SOURCE = Path(__file__).resolve().parents[1] / "tasks/public3-small"
+"""PUBLIC-3-small as ``kfacel prepare benchmark --small`` writes it in the repository."""
 GRID = [(10.0, 1.0), (1.0, 1.0), (1.0, 0.3), (1.0, 0.1)]
 """(α, λ) tried on dev: the paper's (10, 1), then stronger (β ≤ λ/α)."""
 METHODS = ("ssd", "kfac-ssd")

@@ -10,7 +10,7 @@ and reports each model's accuracy@1 on both parts.
 
 Usage::
 
-    python benchmarks/ranker_subsets.py --data /work/shared/data \
+    python benchmarks/ranker_subsets.py --data ../shared/data \
         TASK_DIR:MODEL_DIR [TASK_DIR:MODEL_DIR ...]
 
 With ``--found-train OUT`` it instead copies ``TASK_DIR`` to ``OUT`` keeping only the

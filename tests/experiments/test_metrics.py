@@ -21,8 +21,8 @@ from kfacel.experiments.metrics import (
     tier3_lambda_grid,
 )
 
-# McInerney et al. 2021, Table 3 (tier 2), Task A columns, transcribed from
-# /work/shared/paper/mcinerney2021-kfc-entity-linking.md. Permutation order:
+# McInerney et al. 2021, Table 3 (tier 2), Task A columns, transcribed from the
+# paper. Permutation order:
 # MM→3D, MM→MN, 3D→MM, 3D→MN, MN→MM, MN→3D (MM MedMentions, 3D 3DNotes, MN MedNorm).
 PERMS = [
     ("MM", "3D"),
