@@ -19,7 +19,8 @@ The tasks are PUBLIC-3-small's with their training split cut to its first
     nice -n 5 python benchmarks/forget_task.py --out runs/forget \
         --pairs medmentions>cadec,cadec>medmentions --seeds 0
 
-Models are trained once and reused; results go to ``OUT/forget.json``.
+Models are trained once and reused; results go to ``OUT/forget.json``, where the
+results of other seeds and pairs are kept.
 """
 
 from __future__ import annotations
@@ -158,7 +159,8 @@ def main() -> None:
     names = sorted({n for pair in pairs for n in pair})
     paths = {n: small_task(args.out, n, args.train, args.dev) for n in names}
     tasks = {n: load_task(paths[n]) for n in names}
-    results = []
+    file = args.out / "forget.json"
+    results = json.loads(file.read_text()) if file.exists() else []  # other seeds kept
     for seed in [int(s) for s in args.seeds.split(",")]:
         for a, b in pairs:
             first = trained(args.out, paths[a], seed)
@@ -166,9 +168,11 @@ def main() -> None:
             trained(args.out, paths[b], seed, init=first)
         for a, b in pairs:
             r = measure_pair(args.out, a, b, seed, tasks)
+            results = [
+                x for x in results if (x["pair"], x["seed"]) != (f"{a}>{b}", seed)
+            ]
             results.append({"pair": f"{a}>{b}", "seed": seed, **r})
-            text = json.dumps(results, indent=1) + "\n"
-            (args.out / "forget.json").write_text(text)
+            file.write_text(json.dumps(results, indent=1) + "\n")
 
 
 if __name__ == "__main__":
