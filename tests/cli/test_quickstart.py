@@ -37,6 +37,9 @@ def test_seeds_reach_the_runner(tmp_path: Path, monkeypatch, capsys) -> None:
             ["quickstart", "--out", str(tmp_path / "qs"), "--seed", "3", "--seeds", "4"]
         )
     assert (seen["seed"], seen["seeds"]) == (3, 4)
+    with pytest.raises(_Stop):
+        main(["quickstart", "--out", str(tmp_path / "qs"), "--jobs", "1"])
+    assert (seen["jobs"], seen["seeds"]) == (1, 2)
     with pytest.raises(SystemExit):  # argparse's own refusal, one line
         main(["quickstart", "--seeds", "0"])
     assert "--seeds: must be a positive integer" in capsys.readouterr().err

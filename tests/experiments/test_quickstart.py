@@ -20,15 +20,14 @@ from kfacel.experiments.quickstart import (
 from kfacel.penalties.strength import DEFAULT_BUDGET, DEFAULT_KFAC_DAMPING
 
 
-def test_runs_the_methods_and_writes_the_report(tmp_path, monkeypatch) -> None:
-    torch.set_num_threads(1)
+def _two_tasks() -> list:
     from pathlib import Path
 
     from tests._synth import TASK_A, TASK_B, code_task
 
     from kfacel.tasks.directory import Task
 
-    tasks = [
+    return [
         Task(
             n,
             Path(n),
@@ -39,6 +38,11 @@ def test_runs_the_methods_and_writes_the_report(tmp_path, monkeypatch) -> None:
         )
         for n, w, s in (("A", TASK_A, 0), ("B", TASK_B, 10))
     ]
+
+
+def test_runs_the_methods_and_writes_the_report(tmp_path, monkeypatch) -> None:
+    torch.set_num_threads(1)
+    tasks = _two_tasks()
     monkeypatch.setattr(
         "kfacel.experiments.quickstart.new_linker",
         _tiny_linker,
@@ -160,3 +164,18 @@ def test_accuracies_are_means_over_the_seeds(monkeypatch) -> None:
     assert result.perc_delta["none"]["A"] == pytest.approx(100 * (0.5 - 0.7) / 0.7)
     with pytest.raises(ValueError, match="seeds must be at least 1"):
         run_quickstart(tasks, seeds=0)
+
+
+def test_seeds_in_processes_give_the_numbers_of_one_process() -> None:
+    """jobs=2 (two spawned workers, one thread each) against jobs=1 (here, one thread)."""
+    torch.set_num_threads(1)
+    settings = {"methods": ("none", "kfac"), "lams": {"kfac": 10.0}, "epochs": 1}
+    settings |= {"hidden": 8, "seeds": 2}
+    lines: list[str] = []
+    here = run_quickstart(_two_tasks(), jobs=1, **settings)
+    apart = run_quickstart(_two_tasks(), jobs=2, log=lines.append, **settings)
+    np.testing.assert_equal(apart.matrices, here.matrices)  # NaN equals NaN
+    assert apart.individual == here.individual
+    assert apart.seeds == here.seeds == (0, 1)
+    assert any(line.startswith("seed 1: kfac after B") for line in lines)
+    assert apart.seconds["kfac"] > 0

@@ -47,6 +47,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "is a few test queries, and one seed's numbers move with it",
     )
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    p.add_argument(
+        "--jobs",
+        type=positive_int,
+        help="processes the seeds train in side by side, sharing the threads "
+        "(default: one per seed, up to one per core; the numbers do not change)",
+    )
     p.set_defaults(handler=run)
 
 
@@ -63,6 +69,9 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     tasks = demo_tasks()
     print(f"demo tasks: {', '.join(f'{t.name} ({len(t.train)} train)' for t in tasks)}")
+    jobs = args.jobs or min(args.seeds, torch.get_num_threads())
+    if jobs > 1:
+        print(f"seeds {args.seed}–{args.seed + args.seeds - 1} in {jobs} processes")
     result = run_quickstart(
         tasks,
         lams={
@@ -73,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         seed=args.seed,
         seeds=args.seeds,
-        progress=sys.stderr.isatty(),
+        jobs=jobs,
+        progress=sys.stderr.isatty() and jobs == 1,
         log=print,
     )
     print()

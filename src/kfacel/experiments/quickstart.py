@@ -72,6 +72,7 @@ def run_quickstart(
     hidden: int = 128,
     seed: int = 0,
     seeds: int = 2,
+    jobs: int = 1,
     progress: bool = False,
     log: Any = None,
 ) -> QuickstartResult:
@@ -90,7 +91,9 @@ def run_quickstart(
         seed: the first seed (initialization and batch order).
         seeds: how many seeds (``seed``, ``seed + 1``, …) every run is repeated with;
             the accuracies are their means.
-        progress: progress bars.
+        jobs: processes the seeds run in side by side (each with an equal share of
+            torch's threads; the numbers do not depend on it): 1 runs them here.
+        progress: progress bars (one process only).
         log: ``print``-like callable for one line per stage, or None.
     """
     if len(tasks) < 2:
@@ -99,16 +102,23 @@ def run_quickstart(
         raise ValueError(f"seeds must be at least 1, got {seeds}")
     lams = dict(lams or {})
     say = log or (lambda *_: None)
-    runs, seconds = [], dict.fromkeys(("individual", *methods), 0.0)
-    for s in range(seed, seed + seeds):
-        settings = TrainSettings(epochs=epochs, lr=lr, batch_size=batch_size, seed=s)
-        prefix = f"seed {s}: " if seeds > 1 else ""
-        runs.append(
-            _one_seed(
-                tasks, methods, lams, settings, hidden, seconds, progress,
-                lambda line, p=prefix: say(p + line),
-            )
-        )  # fmt: skip
+    seconds = dict.fromkeys(("individual", *methods), 0.0)
+    settings = [
+        TrainSettings(epochs=epochs, lr=lr, batch_size=batch_size, seed=s)
+        for s in range(seed, seed + seeds)
+    ]
+    if jobs > 1 and seeds > 1:
+        runs = _in_processes(tasks, methods, lams, settings, hidden, seconds, jobs, say)
+    else:
+        runs = []
+        for one in settings:
+            prefix = f"seed {one.seed}: " if seeds > 1 else ""
+            runs.append(
+                _one_seed(
+                    tasks, methods, lams, one, hidden, seconds, progress,
+                    lambda line, p=prefix: say(p + line),
+                )
+            )  # fmt: skip
     individual = {t: float(np.mean([r[0][t] for r in runs])) for t in runs[0][0]}
     matrices = {m: np.mean([r[1][m] for r in runs], axis=0).tolist() for m in methods}
     names = tuple(t.name for t in tasks)
@@ -168,6 +178,56 @@ def _one_seed(
         matrices[method][0][0] = individual[tasks[0].name]
         seconds[method] += time.perf_counter() - start
     return individual, matrices
+
+
+def _in_processes(
+    tasks: Sequence[Task],
+    methods: Sequence[str],
+    lams: Mapping[str, float],
+    settings: Sequence[TrainSettings],
+    hidden: int,
+    seconds: dict[str, float],
+    jobs: int,
+    say: Any,
+) -> list[tuple[dict[str, float], dict[str, list[list[float]]]]]:
+    """``_one_seed`` for each of ``settings`` in ``jobs`` fresh processes, in seed order.
+
+    Each process gets an equal share of torch's threads; its log lines are said, with
+    their seed, as its seed finishes. Adds the stages' seconds to ``seconds``.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import torch
+
+    workers = min(jobs, len(settings))
+    threads = max(1, torch.get_num_threads() // workers)
+    args = [(tasks, methods, lams, one, hidden, threads) for one in settings]
+    context = multiprocessing.get_context("spawn")  # no forked torch thread pools
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        done = list(pool.map(_seed_in_process, args))
+    for one, (_, _, spent, lines) in zip(settings, done, strict=True):
+        for line in lines:
+            say(f"seed {one.seed}: {line}")
+        for stage, secs in spent.items():
+            seconds[stage] += secs
+    return [(individual, matrices) for individual, matrices, _, _ in done]
+
+
+def _seed_in_process(
+    args: tuple[Any, ...],
+) -> tuple[dict[str, float], dict[str, list[list[float]]], dict[str, float], list[str]]:
+    """One seed in a worker process: its accuracies, seconds and log lines."""
+    import torch
+
+    tasks, methods, lams, settings, hidden, threads = args
+    torch.set_num_threads(threads)
+    seconds = dict.fromkeys(("individual", *methods), 0.0)
+    lines: list[str] = []
+    individual, matrices = _one_seed(
+        tasks, methods, lams, settings, hidden, seconds, False, lines.append
+    )
+    return individual, matrices, seconds, lines
 
 
 def _strength(method: str, lam: float | None) -> str:
