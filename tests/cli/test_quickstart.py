@@ -7,6 +7,7 @@ import pytest
 
 from kfacel.cli import main
 from kfacel.cli.quickstart import is_quickstart_dir
+from kfacel.experiments.quickstart import EPOCHS
 
 
 def test_an_earlier_versions_report_is_still_the_quickstarts(tmp_path: Path) -> None:
@@ -40,6 +41,7 @@ def test_seeds_reach_the_runner(tmp_path: Path, monkeypatch, capsys) -> None:
     with pytest.raises(_Stop):
         main(["quickstart", "--out", str(tmp_path / "qs"), "--jobs", "1"])
     assert (seen["jobs"], seen["seeds"]) == (1, 2)
+    assert seen["epochs"] == EPOCHS  # the CLI's literal default is the library's
     with pytest.raises(SystemExit):  # argparse's own refusal, one line
         main(["quickstart", "--seeds", "0"])
     assert "--seeds: must be a positive integer" in capsys.readouterr().err

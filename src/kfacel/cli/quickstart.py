@@ -31,7 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="replace the report in a --out you name when it is an earlier quickstart's",
     )
-    p.add_argument("--epochs", type=int, default=3, help="epochs per task")
+    p.add_argument(
+        "--epochs", type=positive_int, default=10, help="epochs per task (the paper's)"
+    )
     p.add_argument(
         "--lam-ewc", type=finite_float, help="a fixed λ (default: the default budget)"
     )
