@@ -21,8 +21,8 @@ Usage (a few minutes a run on 2 cores; runs already written are kept)::
     python benchmarks/quickstart_spread.py --seeds 0,1,2,3,4,5 --threads 1,2 \
         --also-test runs/demo-250/src/kfacel/demo --out runs/quickstart-spread
 
-``--epochs`` and ``--lr`` train each task longer or faster than the quickstart does
-(a regime where plain fine-tuning forgets more); give each its own ``--out``.
+``--epochs`` (default: the quickstart's) and ``--lr`` train each task in another regime;
+give each its own ``--out``.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from kfacel.experiments.metrics import forgetting_reduction, perc_delta
-from kfacel.experiments.quickstart import SMALL_FORGETTING
+from kfacel.experiments.quickstart import EPOCHS, SMALL_FORGETTING
 
 ONE_RUN = """
 import json, sys, time
@@ -86,7 +86,7 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--also-test", default="", help="demo tasks of other test sets")
     parser.add_argument("--pooled", default="1,2,3", help="seeds per printed number")
-    parser.add_argument("--epochs", type=int, default=3, help="a task (quickstart: 3)")
+    parser.add_argument("--epochs", type=int, default=EPOCHS, help="a task")
     parser.add_argument("--lr", type=float, default=1e-3, help="(quickstart: 1e-3)")
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args()
