@@ -155,12 +155,23 @@ class ExperimentConfig:
     combined: bool = True  # tier 1's combined cell (Table 2); never with ``pairs``
     seeds: tuple[int, ...] = (0,)
     output_dir: str = "runs"
+    benchmark_data: str = ""  # build a missing PUBLIC-3 task from this data directory
+    benchmark_small: bool = True  # ... as `prepare benchmark --small` does
 
     def __post_init__(self) -> None:
         """Check values that no single field type can."""
         names = [t.name for t in self.tasks]
         if len(set(names)) != len(names):
             raise ConfigError(f"task names must be unique, got {names}")
+        if self.benchmark_data:
+            from kfacel.tasks.benchmark import TASKS  # prepare benchmark's task names
+
+            for spec in self.tasks:
+                if spec.name in TASKS and Path(spec.path).name != spec.name:
+                    raise ConfigError(
+                        f"tasks: {spec.name} would be built as {Path(spec.path).parent}/"
+                        f"{spec.name} (prepare benchmark's name), not {spec.path}"
+                    )
         for tier in self.tiers:
             if tier not in (1, 2, 3):
                 raise ConfigError(f"tiers: {tier} is not 1, 2 or 3")

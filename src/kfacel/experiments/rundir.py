@@ -29,7 +29,9 @@ from kfacel.experiments.config import ConfigError, ExperimentConfig
 from kfacel.tasks.directory import task_fingerprint
 
 PACKAGES = ("kfacel", "torch", "numpy", "safetensors", "transformers", "matplotlib")
-NOT_COMPARED = ("tiers", "output_dir")  # may change between invocations of one run
+NOT_COMPARED = ("tiers", "output_dir", "benchmark_data", "benchmark_small")
+"""Keys that may change between invocations of one run (how a missing task is built
+is not the experiment: ``tasks.json`` fingerprints what the tasks hold)."""
 TASKS_FILE = "tasks.json"
 """Each task's fingerprint as the run started: file name to SHA-256, by task name."""
 RETIRED: dict[str, tuple[str, ...]] = {"curvature": ("method",), "penalty": ("lam",)}

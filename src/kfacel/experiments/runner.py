@@ -120,6 +120,7 @@ def run_experiment(
     if jobs < 1:
         raise ConfigError(f"jobs must be positive, got {jobs}")
     run_dir = Path(out if out is not None else cfg.output_dir)
+    build_missing_tasks(cfg, log)
     _check_before_writing(cfg)
     with write_lock(run_dir, "experiment"):  # one invocation writes a run at a time
         fingerprints = check_tasks(run_dir, cfg)  # a resumed run's tasks are unchanged
@@ -214,6 +215,40 @@ def collect_metrics(run_dir: str | Path) -> Path:
 
 
 # ------------------------------------------------------------------------ internals
+
+
+def build_missing_tasks(
+    cfg: ExperimentConfig, log: Callable[[str], None] | None = None
+) -> list[str]:
+    """Build each PUBLIC-3 task of ``cfg`` whose directory is missing; their names.
+
+    Only with ``cfg.benchmark_data``: what ``kfacel prepare benchmark --data DATA --out
+    PARENT [--small] --task NAME`` builds, into the task's own path. Anything else
+    missing is left for ``_check_before_writing`` to name.
+    """
+    if not cfg.benchmark_data:
+        return []
+    from kfacel.tasks.benchmark import TASKS, build_public3
+
+    missing = [t for t in cfg.tasks if t.name in TASKS and not Path(t.path).exists()]
+    data = Path(cfg.benchmark_data)
+    if missing and not data.is_dir():
+        raise ConfigError(
+            f"benchmark_data: {data}: no such data directory (to build task "
+            f"{missing[0].name} into {missing[0].path})"
+        )
+    for spec in missing:
+        parent = Path(spec.path).parent
+        small = " --small" if cfg.benchmark_small else ""
+        if log is not None:
+            log(f"building {spec.path}: kfacel prepare benchmark --data {data} "
+                f"--out {parent}{small} --task {spec.name}")  # fmt: skip
+        with write_lock(parent, "prepare benchmark"):
+            build_public3(
+                data, parent, small=cfg.benchmark_small, tasks=(spec.name,),
+                overwrite=False,
+            )  # fmt: skip
+    return [t.name for t in missing]
 
 
 def _check_before_writing(cfg: ExperimentConfig) -> None:
