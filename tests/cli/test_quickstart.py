@@ -42,6 +42,10 @@ def test_seeds_reach_the_runner(tmp_path: Path, monkeypatch, capsys) -> None:
         main(["quickstart", "--out", str(tmp_path / "qs"), "--jobs", "1"])
     assert (seen["jobs"], seen["seeds"]) == (1, 2)
     assert seen["epochs"] == EPOCHS  # the CLI's literal default is the library's
+    with pytest.raises(_Stop):  # never more processes than seeds
+        main(["quickstart", "--out", str(tmp_path / "qs"), "--jobs", "4"])
+    assert seen["jobs"] == 2
+    assert "seeds 0–1 in 2 processes" in capsys.readouterr().out
     with pytest.raises(SystemExit):  # argparse's own refusal, one line
         main(["quickstart", "--seeds", "0"])
     assert "--seeds: must be a positive integer" in capsys.readouterr().err

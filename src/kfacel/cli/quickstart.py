@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     tasks = demo_tasks()
     print(f"demo tasks: {', '.join(f'{t.name} ({len(t.train)} train)' for t in tasks)}")
-    jobs = args.jobs or min(args.seeds, torch.get_num_threads())
+    jobs = min(args.jobs or torch.get_num_threads(), args.seeds)  # no idle processes
     if jobs > 1:
         print(f"seeds {args.seed}–{args.seed + args.seeds - 1} in {jobs} processes")
     result = run_quickstart(
