@@ -14,7 +14,9 @@ Two kinds (:class:`IndexKind`), chosen by the number of names (:func:`choose_kin
 
 ``$KFACEL_DENSE_INDEX`` (``auto``, ``exact`` or ``hnsw``) forces a kind for ``prepare``
 and ``link`` (``IndexSettings.from_env``); ``exact`` at any size searches the name
-matrix exactly (memory-mapped from disk above ``exact_below``).
+matrix exactly (memory-mapped from disk above ``exact_below``). The TF-IDF channel
+follows the same rule: exact below ``exact_below`` names or where ``exact`` is forced,
+impact-ordered postings otherwise (``retrieval/tfidf.py``).
 
 An HNSW graph takes minutes to hours to build, so it is cached beside the name matrix
 (``ann-KEY-hnsw-M32-efc40.faiss``, faiss's own serialization: vectors and graph
@@ -69,7 +71,9 @@ class IndexSettings:
         hnsw_m: graph neighbours per node (faiss's ``M``).
         ef_construction: candidate list length while building.
         ef_search: candidate list length while searching (raised to ``depth``).
-        depth: names an approximate search returns per query.
+        depth: names an approximate search returns per query (the dense channel's
+            HNSW graph); concepts per query in the score matrices of impact-ordered
+            TF-IDF.
     """
 
     kind: IndexKind = IndexKind.AUTO

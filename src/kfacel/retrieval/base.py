@@ -13,6 +13,11 @@ channel supplies the scores alone:
 - ``_concept_scores(keys, docs) -> ([u, concepts], [u, names])``: scores of whole
   concepts, for a channel that reads documents or fuses others (alias, fusion).
 
+A channel over a dictionary too large for score matrices over every name (millions of
+names: the dense channel's HNSW graph, TF-IDF's impact-ordered postings) supplies
+``_rankings(keys, docs, k)`` instead, each query's best concepts as a sparse
+:class:`Ranking`, and derives its score matrices from them (:meth:`_from_rankings`).
+
 ``search(mentions, k)`` is what a linker in use asks of any channel: per mention, the
 ``k`` best concepts with a positive score and their scores, best first.
 """
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -40,6 +46,32 @@ def dictionary_digest(concepts: Sequence[Concept]) -> str:
 
 def _key(text: str) -> str:
     return " ".join(text.lower().split())
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """One query's best concepts with a positive score, best first (ties by position).
+
+    Attributes:
+        concepts: dictionary positions ``[r]``.
+        scores: their scores ``[r]``, all positive, non-increasing.
+        names: each concept's name closest to the query (a position in the
+            generator's name list; the concept's first name when none is closer).
+    """
+
+    concepts: np.ndarray
+    scores: np.ndarray
+    names: np.ndarray
+
+    @classmethod
+    def of(
+        cls, concepts: np.ndarray, scores: np.ndarray, names: np.ndarray, k: int
+    ) -> Ranking:
+        """The ``k`` best of ``concepts`` (distinct) with a positive score, ordered."""
+        keep = scores > 0
+        concepts, scores, names = concepts[keep], scores[keep], names[keep]
+        order = np.lexsort((concepts, -scores))[:k]
+        return cls(concepts[order], scores[order], names[order])
 
 
 class CandidateGenerator:
@@ -78,6 +110,7 @@ class CandidateGenerator:
         self._originals = originals  # as the dictionary spells them
         self._alphabet = frozenset(ch for n in names for ch in n if ch.isalnum())
         self._starts = np.asarray([*starts, len(names)], dtype=np.int64)
+        self._owner = np.repeat(np.arange(len(self.concepts)), np.diff(self._starts))
 
     def index_of(self, concept_id: str) -> int | None:
         """Position of ``concept_id`` (or an alternative id of it), None if unknown."""
@@ -88,6 +121,9 @@ class CandidateGenerator:
     expands_abbreviations = False
     """Whether a mention that is an abbreviation defined in its own text is retrieved
     by its definition (``retrieval/abbreviations.py``): retrieval methods."""
+    approximate = False
+    """Whether the channel searches an approximate index (a dictionary of millions of
+    names): its ``_rankings`` are its answer, and its score matrices hold them only."""
     ranks = False
     """Whether candidates carry their retrieval rank (``Candidate.rank``): retrieval
     methods, whose rank is evidence the ranker should weigh, not the paper's."""
@@ -109,17 +145,23 @@ class CandidateGenerator:
             return by_name, by_name
         return np.maximum.reduceat(by_name, self._starts[:-1], axis=1), by_name
 
-    def _batches(
-        self, mentions: Sequence[str], docs: Sequence[str] | None = None
-    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Yield ``(scores [u, concepts], name scores [u, names], rows [b])``.
+    def _queries(
+        self,
+        mentions: Sequence[str],
+        docs: Sequence[str] | None = None,
+        *,
+        ranked: bool = False,
+    ) -> Iterator[tuple[list[str], list[str | None], np.ndarray]]:
+        """Yield ``(keys, docs, rows)``: consecutive batches' distinct queries.
 
-        Mentions are scored in consecutive batches; equal queries (mentions equal
-        after lower-casing and collapsing spaces, and for a generator that reads
-        documents, the same document) are scored once: row ``rows[i]`` of the score
-        matrices belongs to the batch's ``i``-th mention.
+        Equal queries (mentions equal after lower-casing and collapsing spaces, and
+        for a generator that reads documents, the same document) are scored once: the
+        batch's ``i``-th mention is distinct query ``rows[i]``. A batch's score
+        matrices over every name (or, ``ranked`` by an approximate channel, over every
+        concept) stay within ``_MAX_CELLS``.
         """
-        batch = max(1, min(8192, _MAX_CELLS // max(1, len(self._names))))
+        width = len(self.concepts) if ranked and self.approximate else len(self._names)
+        batch = max(1, min(8192, _MAX_CELLS // max(1, width)))
         for lo in range(0, len(mentions), batch):
             keys = [_key(m) for m in mentions[lo : lo + batch]]
             where_docs = (
@@ -130,43 +172,98 @@ class CandidateGenerator:
             queries = list(zip(keys, where_docs, strict=True))
             distinct = list(dict.fromkeys(queries))
             where = {q: i for i, q in enumerate(distinct)}
-            scores, by_name = self._concept_scores(
-                [k for k, _ in distinct], [d for _, d in distinct]
-            )
-            yield scores, by_name, np.asarray([where[q] for q in queries], np.int64)
+            rows = np.asarray([where[q] for q in queries], np.int64)
+            yield [k for k, _ in distinct], [d for _, d in distinct], rows
+
+    def _batches(
+        self, mentions: Sequence[str], docs: Sequence[str] | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Yield ``(scores [u, concepts], name scores [u, names], rows [b])``.
+
+        Row ``rows[i]`` of the score matrices belongs to the batch's ``i``-th mention
+        (:meth:`_queries`).
+        """
+        for keys, docs_of, rows in self._queries(mentions, docs):
+            scores, by_name = self._concept_scores(keys, docs_of)
+            yield scores, by_name, rows
 
     def concept_scores(self, mentions: Sequence[str]) -> Iterator[np.ndarray]:
         """Yield score matrices ``[b, concepts]`` for consecutive batches."""
         for scores, _, rows in self._batches(mentions):
             yield scores[rows]
 
+    def closest_name(self, j: int, name_scores: np.ndarray | None) -> int:
+        """Position of concept ``j``'s name with the strictly highest positive score.
+
+        The concept's first (preferred) name when ``name_scores`` (``[names]``, one
+        query's) is None, no name scores above 0, or the first name ties the best.
+        """
+        lo, hi = int(self._starts[j]), int(self._starts[j + 1])
+        if name_scores is None or hi - lo == 1:
+            return lo
+        best = lo + int(np.argmax(name_scores[lo:hi]))  # ties: the first name
+        return best if name_scores[best] > 0 else lo
+
     def candidate(
-        self, j: int, name_scores: np.ndarray | None = None, rank: int | None = None
+        self, j: int, name: int | None = None, rank: int | None = None
     ) -> Candidate:
-        """Concept ``j`` as a candidate, with its name closest to the mention.
+        """Concept ``j`` as a candidate, shown by its name closest to the mention.
 
         Args:
             j: the concept's position in the dictionary.
-            name_scores: the mention's scores ``[names]`` of every name; None gives
-                the preferred name only.
+            name: the position of its name closest to the mention
+                (:meth:`closest_name`); None gives the preferred name only.
             rank: the concept's retrieval rank, kept when this generator's ranks
                 are shown to the ranker (``ranks``).
 
         Returns:
-            The candidate; ``synonym`` is set when a name other than the preferred
-            one has the strictly highest positive score.
+            The candidate; ``synonym`` is set when ``name`` is not the preferred one.
         """
         concept = self.concepts[j]
-        synonym = None
-        lo, hi = int(self._starts[j]), int(self._starts[j + 1])
-        if name_scores is not None and hi - lo > 1:
-            best = lo + int(np.argmax(name_scores[lo:hi]))  # ties: the first name
-            if best != lo and name_scores[best] > 0:
-                synonym = self._originals[best]
+        first = int(self._starts[j])
+        synonym = self._originals[name] if name is not None and name != first else None
         shown = rank if self.ranks else None
         return Candidate(
             concept.id, concept.name, concept.semantic_type, synonym, shown
         )
+
+    def _rankings(
+        self, keys: list[str], docs: list[str | None], k: int
+    ) -> list[Ranking]:
+        """Each distinct query's ``k`` best concepts (from the score matrices)."""
+        scores, by_name = self._concept_scores(keys, docs)
+        out = []
+        for row, names, top in zip(scores, by_name, top_k(scores, k), strict=True):
+            top = top[row[top] > 0]  # best first: the positive scores lead
+            closest = [self.closest_name(int(j), names) for j in top]
+            out.append(Ranking(top, row[top], np.asarray(closest, dtype=np.int64)))
+        return out
+
+    def _ranking_of_names(
+        self, names: np.ndarray, scores: np.ndarray, k: int
+    ) -> Ranking:
+        """The ``k`` best concepts of distinct scored ``names``: each scores its best."""
+        order = np.lexsort((names, -scores))  # each concept's best name first
+        names, scores = names[order], scores[order]
+        concepts = self._owner[names]
+        _, first = np.unique(concepts, return_index=True)
+        return Ranking.of(concepts[first], scores[first], names[first], k)
+
+    def _from_rankings(
+        self, rankings: Sequence[Ranking]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Score matrices ``([u, concepts], [u, names])`` holding only ``rankings``.
+
+        Every concept outside a query's ranking scores 0 for it, and a ranked concept's
+        closest name holds the concept's score, its other names 0, so that
+        :meth:`closest_name` finds it again.
+        """
+        scores = np.zeros((len(rankings), len(self.concepts)), dtype=np.float32)
+        by_name = np.zeros((len(rankings), len(self._names)), dtype=np.float32)
+        for i, ranking in enumerate(rankings):
+            scores[i, ranking.concepts] = ranking.scores
+            by_name[i, ranking.names] = ranking.scores
+        return scores, by_name
 
     def search(
         self, mentions: Sequence[str], k: int
@@ -190,16 +287,15 @@ class CandidateGenerator:
             each candidate carries its name closest to the mention.
         """
         out: list[list[tuple[Candidate, float]]] = []
-        for scores, by_name, rows in self._batches(mentions):
+        for keys, docs, rows in self._queries(mentions, ranked=True):
             best = [
                 [
-                    (self.candidate(int(j), names, r + 1), float(row[j]))
-                    for r, j in enumerate(top)
-                    if row[j] > 0  # best first: the positive scores lead
+                    (self.candidate(int(j), int(name), r + 1), float(score))
+                    for r, (j, score, name) in enumerate(
+                        zip(ranked.concepts, ranked.scores, ranked.names, strict=True)
+                    )
                 ]
-                for row, names, top in zip(
-                    scores, by_name, top_k(scores, k), strict=True
-                )
+                for ranked in self._rankings(keys, docs, min(k, len(self.concepts)))
             ]
             out.extend(best[r] for r in rows)
         pairs = zip(mentions, out, strict=True)

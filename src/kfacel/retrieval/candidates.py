@@ -192,7 +192,11 @@ def _shuffled(
     """The ``chosen`` concepts as candidates, in an order drawn with ``rng``."""
     ranks = [_rank(row, j, top) for j in chosen]
     return tuple(
-        generator.candidate(chosen[p], names, ranks[p])
+        generator.candidate(
+            chosen[p],
+            generator.closest_name(chosen[p], names) if names is not None else None,
+            ranks[p],
+        )
         for p in rng.permutation(len(chosen))
     )
 

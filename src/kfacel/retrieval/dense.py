@@ -48,7 +48,7 @@ from kfacel.retrieval.ann import (
     choose_kind,
     index_file,
 )
-from kfacel.retrieval.base import CandidateGenerator
+from kfacel.retrieval.base import CandidateGenerator, Ranking
 from kfacel.retrieval.streamed import streamed_matrix
 
 logger = logging.getLogger(__name__)
@@ -406,6 +406,20 @@ class DenseGenerator(CandidateGenerator):
         self.index = NameIndex.build(
             encoder, self._originals, progress=progress, settings=settings
         )
+        self.approximate = self.index.approximate is not None  # an HNSW graph
 
     def _name_scores(self, mentions: list[str]) -> np.ndarray:
         return self.index.scores(self.index.encoder.encode(mentions))
+
+    def _rankings(
+        self, keys: list[str], docs: list[str | None], k: int
+    ) -> list[Ranking]:
+        graph = self.index.approximate
+        if graph is None:
+            return super()._rankings(keys, docs, k)
+        scores, names = graph.search(self.index.encoder.encode(keys))  # [u, depth]
+        found = names >= 0  # fewer names than depth: -1 there
+        return [
+            self._ranking_of_names(row[ok].astype(np.int64), score[ok], k)
+            for row, score, ok in zip(names, scores, found, strict=True)
+        ]

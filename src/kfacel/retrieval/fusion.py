@@ -3,6 +3,11 @@
 The retrieval a linker in use runs (``--candidates fused``): TF-IDF and dense similarity
 fused by their ranks (Cormack, Clarke and Büttcher, SIGIR 2009), after the concepts the
 training data linked the exact mention string to.
+
+Over a dictionary of millions of names, where a channel searches an approximate index
+(``approximate``), the fusion reads each channel's sparse ranking rather than score
+matrices over every name; a candidate is then shown by its closest name in the last
+channel that ranked it (dense, then TF-IDF), or by its preferred name.
 """
 
 from __future__ import annotations
@@ -13,10 +18,11 @@ import numpy as np
 
 from kfacel.data.records import Concept
 from kfacel.retrieval.alias import AliasGenerator
-from kfacel.retrieval.base import CandidateGenerator, top_k
+from kfacel.retrieval.base import CandidateGenerator, Ranking, top_k
 
 RRF_K = 60
 """Reciprocal rank fusion's constant (Cormack, Clarke and Büttcher, SIGIR 2009)."""
+_NONE = np.zeros(0, dtype=np.int64)
 
 
 class FusedGenerator(CandidateGenerator):
@@ -58,10 +64,13 @@ class FusedGenerator(CandidateGenerator):
         self.alias = alias
         self.uses_docs = alias is not None
         self.depth = depth
+        self.approximate = any(c.approximate for c in self.channels)
 
     def _concept_scores(
         self, keys: list[str], docs: list[str | None]
     ) -> tuple[np.ndarray, np.ndarray]:
+        if self.approximate:
+            return self._from_rankings(self._rankings(keys, docs, len(self.concepts)))
         # similarity reads no document: score each distinct mention once, even when
         # the alias table makes (mention, document) the unit of a query
         distinct = list(dict.fromkeys(keys))
@@ -83,6 +92,54 @@ class FusedGenerator(CandidateGenerator):
             total = counts.sum(axis=1, keepdims=True)
             fused += np.where(counts > 0, 1 + counts / (total + 1), 0.0)
         return fused.astype(np.float32), by_name[rows_of]
+
+    def _rankings(
+        self, keys: list[str], docs: list[str | None], k: int
+    ) -> list[Ranking]:
+        if not self.approximate:
+            return super()._rankings(keys, docs, k)
+        # similarity reads no document: rank each distinct mention once
+        where = {key: i for i, key in enumerate(dict.fromkeys(keys))}
+        channels = [
+            c._rankings(list(where), [None] * len(where), self.depth)
+            for c in self.channels
+        ]
+        counts = self.alias.counts(keys, docs) if self.alias is not None else None
+        out = []
+        for i, key in enumerate(keys):
+            ranked = [rankings[where[key]] for rankings in channels]
+            linked = np.flatnonzero(counts[i]) if counts is not None else _NONE
+            concepts, scores, names = self._fused(ranked, linked, counts, i)
+            out.append(Ranking.of(concepts, scores, names, k))
+        return out
+
+    def _fused(
+        self,
+        ranked: list[Ranking],
+        linked: np.ndarray,
+        counts: np.ndarray | None,
+        i: int,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Eq. R1 over one query's channel rankings and its alias-linked concepts.
+
+        Returns the distinct concepts, their fused scores and closest names (the last
+        channel's that ranked the concept, else its first name).
+        """
+        every = np.concatenate([*(r.concepts for r in ranked), linked])
+        concepts, where = np.unique(every, return_inverse=True)
+        credit = [1.0 / (RRF_K + 1 + np.arange(len(r.concepts))) for r in ranked]
+        scores = np.bincount(
+            where,
+            np.concatenate([*credit, np.zeros(len(linked))]),
+            minlength=len(concepts),
+        )
+        if counts is not None and len(linked):
+            n = counts[i, concepts]
+            scores += np.where(n > 0, 1 + n / (counts[i].sum() + 1), 0.0)
+        names = self._starts[concepts].copy()
+        for r in ranked:  # later channels overwrite: the last one's name stands
+            names[np.searchsorted(concepts, r.concepts)] = r.names
+        return concepts, scores.astype(np.float32), names
 
     def channel_generators(self) -> dict[str, CandidateGenerator]:
         """The fused channels by method, the alias table's included."""

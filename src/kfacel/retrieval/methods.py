@@ -34,7 +34,7 @@ def build_generator(
     aliases: AliasTable | None = None,
     encoder: SentenceEncoder | None = None,
     progress: bool = False,
-    dense_index: IndexSettings | None = None,
+    index: IndexSettings | None = None,
 ) -> CandidateGenerator:
     """A candidate generator over ``concepts`` (one of :data:`METHODS`).
 
@@ -45,29 +45,29 @@ def build_generator(
         aliases: the training links (needed by ``alias``; optional for ``fused``).
         encoder: the sentence encoder of ``dense`` and ``fused`` (default MiniLM).
         progress: a progress bar while names are embedded.
-        dense_index: the dense index's size rule and parameters (default
-            ``IndexSettings.from_env()``: exact below a million names, HNSW above).
+        index: the size rule and the approximate indexes' parameters (default
+            ``IndexSettings.from_env()``: exact search below a million names; from
+            there on, HNSW for the dense channel and impact-ordered postings for
+            TF-IDF).
 
     Raises:
         ValueError: for an unknown method, an empty dictionary, a repeated id, or
             ``alias`` without an alias table.
     """
     if method == "tfidf":
-        return TfidfGenerator(concepts)
+        return TfidfGenerator(concepts, settings=index)
     if method == "bm25":
         return BM25Generator(concepts)
     if method == "dense":
-        return DenseGenerator(
-            concepts, encoder, progress=progress, settings=dense_index
-        )
+        return DenseGenerator(concepts, encoder, progress=progress, settings=index)
     if method == "alias":
         if aliases is None:
             raise ValueError("the alias generator needs the training alias table")
         return AliasGenerator(concepts, aliases)
     if method == "fused":
         channels = [
-            TfidfGenerator(concepts),
-            DenseGenerator(concepts, encoder, progress=progress, settings=dense_index),
+            TfidfGenerator(concepts, settings=index),
+            DenseGenerator(concepts, encoder, progress=progress, settings=index),
         ]
         alias = AliasGenerator(concepts, aliases) if aliases is not None else None
         return FusedGenerator(concepts, channels, alias)

@@ -1,0 +1,127 @@
+"""Channels over millions of names, against the exact search they stand in for.
+
+Impact-ordered TF-IDF postings, the dense channel's HNSW rankings and their fusion are
+forced on small dictionaries (``exact_below=1``): with nothing cut they must give the
+exact search's answer to the bit, and with postings cut, exact scores of what they find.
+"""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from kfacel.demo import demo_tasks
+from kfacel.retrieval.ann import IndexKind, IndexSettings
+from kfacel.retrieval.base import CandidateGenerator, top_k
+from kfacel.retrieval.dense import DenseGenerator
+from kfacel.retrieval.fusion import FusedGenerator
+from kfacel.retrieval.ontology import read_ontology
+from kfacel.retrieval.tfidf import TfidfGenerator, _impact_ordered
+from tests.retrieval._dictionaries import SYNONYMS, HashEncoder
+
+EXACT = IndexSettings(kind=IndexKind.EXACT)
+LARGE = IndexSettings(exact_below=1)
+"""Every dictionary counts as millions of names."""
+
+
+@pytest.fixture(scope="module")
+def demo():
+    """mm-demo's dictionary (8.6k concepts, 17k names) and 200 of its test mentions."""
+    task = demo_tasks()[0]
+    return read_ontology(task.dictionary), [q.mention for q in task.test][:200]
+
+
+def test_impact_ordered_postings_with_nothing_cut_are_the_exact_search(demo) -> None:
+    concepts, mentions = demo
+    exact = TfidfGenerator(concepts, settings=EXACT)
+    uncut = TfidfGenerator(concepts, settings=LARGE, postings=10**9, rescored=10**9)
+    assert uncut.approximate
+    assert not exact.approximate
+    assert uncut.search(mentions, 20) == exact.search(mentions, 20)  # scores to the bit
+
+
+def test_cut_postings_find_fewer_names_but_score_them_exactly(demo) -> None:
+    """Each concept found scores the exact score of one of its names, at most its own."""
+    concepts, mentions = demo
+    exact = TfidfGenerator(concepts, settings=EXACT)
+    cut = TfidfGenerator(concepts, settings=LARGE, postings=20, rescored=50)
+    found = cut.search(mentions, 10)
+    assert found != exact.search(mentions, 10)  # the cut changes some answers
+    rows = [
+        (scores[r], by_name[r])
+        for scores, by_name, batch in exact._batches(mentions)
+        for r in batch
+    ]
+    for (scores, by_name), got in zip(rows, found, strict=True):
+        values = [s for _, s in got]
+        assert values == sorted(values, reverse=True)
+        for candidate, value in got:
+            j = exact.index_of(candidate.id)
+            own = by_name[exact._starts[j] : exact._starts[j + 1]]
+            assert value in own.tolist()
+            assert value <= scores[j]
+
+
+def test_task_building_reads_the_same_ranking_as_search(demo) -> None:
+    """``make_candidates`` reads score matrices; an approximate channel's hold its ranking."""
+    concepts, mentions = demo
+    cut = TfidfGenerator(concepts, settings=LARGE, postings=20, rescored=50)
+    searched = [
+        [cut.index_of(c.id) for c, _ in got] for got in cut.search(mentions, 10)
+    ]
+    built = []
+    for scores, _, rows in cut._batches(mentions):
+        for r in rows:
+            top = top_k(scores[r : r + 1], 10)[0]
+            built.append([int(j) for j in top if scores[r, j] > 0])
+    assert built == searched
+
+
+@pytest.mark.parametrize(
+    ("row", "keep", "kept"),
+    [
+        ([0.1, 0.5, 0.2, 0.9], 2, [0.5, 0.9]),  # the two largest, in column order
+        ([0.3, 0.1], 2, [0.3, 0.1]),  # a short row keeps every name
+        ([0.4], 5, [0.4]),
+    ],
+)
+def test_impact_ordering_keeps_each_rows_largest_weights(row, keep, kept) -> None:
+    postings = sp.csr_matrix(np.asarray([row, [1.0] + [0.0] * (len(row) - 1)]))
+    cut = _impact_ordered(postings, keep)
+    assert cut[0].data.tolist() == pytest.approx(kept)
+    assert cut[1].toarray().tolist() == postings[1].toarray().tolist()
+
+
+def test_hnsw_rankings_match_the_scores_they_densify(tmp_path) -> None:
+    names = [f"name {i}" for i in range(200)]
+    from kfacel.data.records import Concept
+
+    concepts = [Concept(f"C{i}", (names[2 * i], names[2 * i + 1])) for i in range(100)]
+    settings = IndexSettings(exact_below=50, hnsw_m=8, ef_search=64, depth=32)
+    dense = DenseGenerator(concepts, HashEncoder(), settings=settings)
+    assert dense.approximate
+    keys = ["name 7", "name 70", "other"]
+    from_graph = dense._rankings(keys, [None] * 3, 10)
+    densified = CandidateGenerator._rankings(dense, keys, [None] * 3, 10)
+    for a, b in zip(from_graph, densified, strict=True):
+        assert a.concepts.tolist() == b.concepts.tolist()
+        assert a.scores.tolist() == b.scores.tolist()
+        assert a.names.tolist() == b.names.tolist()
+
+
+def test_fusion_over_an_approximate_channel_ranks_as_the_exact_fusion(dense) -> None:
+    """Rankings read from channels equal the score matrices' fusion (eq. R1)."""
+    mentions = ["heart attack", "pyrexia", "sleeplessness", "head ache", "nausea"]
+    exact = FusedGenerator(SYNONYMS, [TfidfGenerator(SYNONYMS, settings=EXACT), dense])
+    sparse = FusedGenerator(
+        SYNONYMS,
+        [
+            TfidfGenerator(SYNONYMS, settings=LARGE, postings=10**9, rescored=10**9),
+            dense,
+        ],
+    )
+    assert sparse.approximate
+    assert not exact.approximate
+    got, want = sparse.search(mentions, 5), exact.search(mentions, 5)
+    assert [[(c.id, s) for c, s in r] for r in got] == [
+        [(c.id, s) for c, s in r] for r in want
+    ]
