@@ -1,28 +1,82 @@
-"""Choose postings/rescored on NCBI dev (3M names): recall@32 against exact, speed."""
-import sys, time, json
+"""How many names a 3-gram keeps on impact-ordered TF-IDF postings, chosen on dev.
+
+::
+
+    python benchmarks/tfidf_postings.py --names 3000000
+
+The dictionary: MEDIC scaled to ``--names`` names (``benchmarks/scaled_dictionary.py``).
+The queries: NCBI-disease dev mentions (``tasks/public3-small/ncbi``), never test. For
+each ``postings`` × ``rescored`` it prints, as one JSON line, the recall@32 of the gold
+against the exact product's, the share of mentions whose top 64 is the exact one, and
+mentions/s on one thread. The exact product is fitted once; the truncated postings are
+cut from it, so every row searches the same vectors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
 from pathlib import Path
+
 import numpy as np
-sys.path.insert(0, "benchmarks")
-from dense_scale import MEDIC, DEV
-from scaled_dictionary import _medic, scaled
+import torch
+
+from dense_scale import DEV, MEDIC
 from kfacel.data.records import Concept
 from kfacel.retrieval.ann import IndexKind, IndexSettings
 from kfacel.retrieval.tfidf import TfidfGenerator, _impact_ordered
 from kfacel.tasks.directory import read_split
-import torch; torch.set_num_threads(1)
-rows = scaled(_medic(Path(MEDIC)), set(), 3_000_000)
-g = TfidfGenerator([Concept(c, tuple(n)) for c, n in rows], settings=IndexSettings(kind=IndexKind.EXACT))
-dev = read_split(Path(DEV)); ments = [q.mention for q in dev]
-gold = [g.index_of(q.gold) for q in dev]
-def rec(found): return round(float(np.mean([gi in {g.index_of(c.id) for c, _ in f[:32]} for gi, f in zip(gold, found)])), 4)
-exact = g.search(ments, 64)
-print(json.dumps({"exact_dev_recall@32": rec(exact)}), flush=True)
-full = g._matrix_t
-g._vectors = full.T.tocsr(); g.approximate = True
-for L in (30000, 50000, 80000):
-    g._postings = _impact_ordered(full, L)
-    for R in (4000, 8000):
-        g.rescored = R
-        t = time.perf_counter(); found = g.search(ments, 64); dt = time.perf_counter() - t
-        same = float(np.mean([[c.id for c, _ in a] == [c.id for c, _ in b] for a, b in zip(found, exact)]))
-        print(json.dumps({"postings": L, "rescored": R, "dev_recall@32": rec(found), "identical_top64": round(same, 4), "mentions_per_s": round(len(ments) / dt, 1)}), flush=True)
+from scaled_dictionary import _medic, scaled
+
+
+def recall_at_32(generator: TfidfGenerator, found: list, golds: list[str]) -> float:
+    hits = [
+        generator.index_of(gold) in {generator.index_of(c.id) for c, _ in got[:32]}
+        for gold, got in zip(golds, found, strict=True)
+    ]
+    return round(float(np.mean(hits)), 4)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--names", type=int, default=3_000_000)
+    p.add_argument("--postings", type=int, nargs="+", default=[30_000, 50_000, 80_000])
+    p.add_argument("--rescored", type=int, nargs="+", default=[4_000, 8_000])
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    rows = scaled(_medic(Path(MEDIC)), set(), args.names)
+    exact = TfidfGenerator(
+        [Concept(cid, tuple(ns)) for cid, ns in rows],
+        settings=IndexSettings(kind=IndexKind.EXACT),
+    )
+    dev = read_split(Path(DEV))
+    mentions, golds = [q.mention for q in dev], [q.gold for q in dev]
+    want = exact.search(mentions, 64)
+    print(json.dumps({"exact_dev_recall@32": recall_at_32(exact, want, golds)}))
+    cut = exact  # the same fitted vectors, searched on truncated postings
+    full = exact._matrix_t
+    cut._vectors, cut.approximate = full.T.tocsr(), True
+    for postings in args.postings:
+        cut._postings = _impact_ordered(full, postings)
+        for rescored in args.rescored:
+            cut.rescored = rescored
+            start = time.perf_counter()
+            got = cut.search(mentions, 64)
+            seconds = time.perf_counter() - start
+            same = [
+                [c.id for c, _ in a] == [c.id for c, _ in b]
+                for a, b in zip(got, want, strict=True)
+            ]
+            row = {
+                "postings": postings,
+                "rescored": rescored,
+                "dev_recall@32": recall_at_32(cut, got, golds),
+                "identical_top64": round(float(np.mean(same)), 4),
+                "mentions_per_s": round(len(mentions) / seconds, 1),
+            }
+            print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
