@@ -1,8 +1,12 @@
 """KFC against LoRA-based continual learning on the NER example (NCBI Disease → CADEC).
 
 The setting of ``examples/ner_kfc.py`` (a MiniLM token classifier, the first 3 layers of
-the shipped weights; per-task BIO heads on the shared encoder): train NCBI, then CADEC
-with each method from the same NCBI model, and score NCBI with its own head afterwards.
+the shipped weights): train NCBI, then CADEC with each method from the same NCBI model,
+and score NCBI afterwards. ``--heads per-task`` (the default): a BIO head per corpus on
+the shared encoder, NCBI scored with its own head. ``--heads shared``: one head over both
+label sets, trained on both corpora and covered by KFC (CADEC's rows then mark disease
+tokens O, so every method is taught to drop NCBI's labels: class competition, which the
+example's docstring describes).
 
 | method | what trains on CADEC | old data |
 |---|---|---|
@@ -13,7 +17,8 @@ with each method from the same NCBI model, and score NCBI with its own head afte
 | ``olora`` | a new adapter orthogonal to NCBI's (merged), ``kfacel.hf.OLoRACallback`` | no |
 | ``ilora`` | I-LoRA (``kfacel.hf.ILoRATrainer``), replaying 10% of NCBI's rows | **yes** |
 
-I-LoRA's memory rows add its consistency term only: the CADEC model has no NCBI head.
+I-LoRA's memory rows add its consistency term only with per-task heads (the CADEC model
+has no NCBI head); with a shared head they keep their labels and are trained on too.
 
 Per method and seed: NCBI's F1 after CADEC (and before), CADEC's F1, the share of NCBI's
 forgetting removed against the plain run of the same family (``full`` for full
@@ -24,6 +29,7 @@ Writes ``OUT/results.json`` (resumable: finished seeds are kept) and prints a ta
 means with t intervals over seeds::
 
     python benchmarks/lora_continual.py --small --seeds 0 1 2 --out runs/lora-continual
+    python benchmarks/lora_continual.py --small --heads shared --out runs/lora-shared
 """
 
 from __future__ import annotations
@@ -113,11 +119,12 @@ def _bytes_of_state(state: Any) -> int:
 
 
 def _start(args: Any, lora: bool) -> tuple[Any, Any]:
-    """The NCBI model (its head frozen and set aside) and its NCBI head."""
+    """The NCBI model and its NCBI head (per-task: frozen and set aside; shared: None)."""
     torch.manual_seed(args.seed)
     path = minilm_path()
+    labels = len(args.names["NCBI"])
     config = AutoConfig.from_pretrained(
-        path, num_hidden_layers=3, num_labels=3, trust_remote_code=False
+        path, num_hidden_layers=3, num_labels=labels, trust_remote_code=False
     )
     model = AutoModelForTokenClassification.from_pretrained(
         path, config=config, trust_remote_code=False
@@ -125,6 +132,8 @@ def _start(args: Any, lora: bool) -> tuple[Any, Any]:
     if lora:
         model.bert = _lora(model.bert, args.rank)
     model, _ = _fit(model, args.tasks["NCBI"][0], args.collator, args)
+    if args.heads == "shared":
+        return model, None
     head = copy.deepcopy(model.classifier)
     model.classifier.requires_grad_(False)
     return model, head
@@ -135,7 +144,7 @@ def _new_head(model: Any, seed: int) -> None:
     model.classifier = torch.nn.Linear(model.config.hidden_size, 3)
 
 
-def _run_method(method: str, start: Any, head: Any, args: Any) -> dict[str, Any]:
+def _run_method(method: str, start: Any, head: Any | None, args: Any) -> dict[str, Any]:
     """Train CADEC from the NCBI model ``start`` with ``method``; its scores and costs."""
     ncbi_train, b_train = args.tasks["NCBI"][0], args.tasks["CADEC"][0]
     model, kw, cls, stored = copy.deepcopy(start), {}, Trainer, 0
@@ -148,13 +157,14 @@ def _run_method(method: str, start: Any, head: Any, args: Any) -> dict[str, Any]
         model.bert = _lora(model.bert.merge_and_unload(), args.rank)
         kw = {"callbacks": [OLoRACallback(earlier, lam=args.olora_lam)]}
     elif method == "ilora":
+        kept = ncbi_train[: max(1, len(ncbi_train) // 10)]
         memory = [
-            {k: v for k, v in r.items() if k != "labels"}
-            for r in ncbi_train[: max(1, len(ncbi_train) // 10)]
+            {k: v for k, v in r.items() if k != "labels" or head is None} for r in kept
         ]
         kw, cls = {"memory": memory, "seed": args.seed}, ILoRATrainer
         stored = sum(8 * len(r["input_ids"]) for r in memory)  # int64 token ids
-    _new_head(model, args.seed)
+    if head is not None:  # per-task heads: CADEC's own, new
+        _new_head(model, args.seed)
     model, step_s = _fit(model, b_train, args.collator, args, cls, **kw)
     return {
         "NCBI": args.score(model, head, "NCBI"),
@@ -233,17 +243,23 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--lora-lr", type=float, default=5e-3)
     parser.add_argument("--rows", type=int, help="training rows a task (a smoke run)")
+    parser.add_argument(
+        "--heads",
+        choices=("per-task", "shared"),
+        default="per-task",
+        help="a BIO head per corpus on the shared encoder, or one head for both",
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/lora-continual"))
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     ex = _example()
     args.max_len, args.epochs = (64, 2.0) if args.small else (128, 3.0)
     args.train_rows = args.rows or (400 if args.small else 100_000)
-    args.test_rows, args.heads = (args.rows or 100_000), "per-task"
+    args.test_rows = args.rows or 100_000
     tokenizer = AutoTokenizer.from_pretrained(minilm_path(), trust_remote_code=False)
     args.collator = DataCollatorForTokenClassification(tokenizer)
     args.tasks = ex.load_tasks(args.data, tokenizer, args)
-    names = {t: ex.labels_of(t, "per-task") for t in ("NCBI", "CADEC")}
+    names = args.names = {t: ex.labels_of(t, args.heads) for t in ("NCBI", "CADEC")}
 
     def score(model: Any, head: Any, task: str) -> float:
         scored = ex.with_head(model, head) if head is not None else model
