@@ -473,3 +473,23 @@ def test_reinit_top_on_the_cnn_is_refused_in_one_line(tasks, tmp_path, capsys) -
     assert len(err) == 1
     assert "reinit_top=1: the model has 0 transformer blocks" in err[0]
     assert not out.exists()
+
+
+def test_lora_rank_on_the_cnn_or_with_init_is_refused_in_one_line(
+    tasks, tmp_path, capsys
+) -> None:
+    out = tmp_path / "v1"
+    args = ["train", "--task", str(tasks / "A"), *CNN]
+    assert main([*args, "--out", str(out), "--lora-rank", "4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert (
+        "--lora-rank adapts the transformer ranker; add --model transformer" in err[0]
+    )
+    assert main([*args, "--out", str(out), "--epochs", "1"]) == 0
+    v2 = tmp_path / "v2"
+    assert main([*args, "--out", str(v2), "--init", str(out), "--lora-rank", "4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert f"{out}'s ranker keeps its own adapters" in err[0]
+    assert not v2.exists()

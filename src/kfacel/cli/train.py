@@ -88,6 +88,15 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--hidden", type=positive_int, help="CNN channels / encoding width")
     p.add_argument(
+        "--lora-rank",
+        type=nonnegative_int,
+        default=0,
+        metavar="R",
+        help="transformer: freeze the encoder and train LoRA adapters of rank R on its "
+        "attention queries and values (peft; a later --init task trains the same "
+        "adapters); 0: every weight trains",
+    )
+    p.add_argument(
         "--dropout",
         type=finite_float,
         help="CNN: on embeddings and scorer; transformer: on the scorer (default 0.1)",
@@ -477,6 +486,14 @@ def _start(
     from kfacel.consolidation import load_state
     from kfacel.linking.linker import load_linker, new_linker
 
+    if args.lora_rank and args.init:
+        raise UserError(
+            f"--lora-rank: {args.init}'s ranker keeps its own adapters; drop the option"
+        )
+    if args.lora_rank and args.model != "transformer":
+        raise UserError(
+            "--lora-rank adapts the transformer ranker; add --model transformer"
+        )
     if args.init:
         linker = load_linker(args.init)
         states = load_state(args.init, linker.model)
@@ -492,6 +509,8 @@ def _start(
             f"--penalty {args.penalty} needs --init MODEL_DIR with a consolidated task"
         )
     extra: dict[str, Any] = {"hidden": args.hidden} if args.hidden else {}
+    if args.lora_rank:
+        extra["lora_rank"] = args.lora_rank
     if args.dropout is not None:
         if not 0.0 <= args.dropout < 1.0:
             raise UserError(f"--dropout must be in [0, 1), got {args.dropout}")

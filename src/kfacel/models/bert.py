@@ -15,12 +15,19 @@ output, intermediate, output) and of the scorer, and the word, position and toke
 Embeddings are covered; the encoder's LayerNorms (embeddings and two per layer) are not
 covered by K-FAC (the paper leaves them out; the penalty's ``ignore``/``diagonal``
 option decides).
+
+With ``lora_rank`` r > 0 the encoder's own weights are frozen and LoRA adapters of rank r
+train on every attention query and value (Hu et al. 2022, "LoRA: Low-Rank Adaptation of
+Large Language Models"; peft's ``LoraConfig(r, lora_alpha=2r)``, no dropout), beside the
+scorer. The adapters' ``lora_A`` and ``lora_B`` are Linear layers: K-FAC covers them and
+the scorer, which are then the trainable parameters, and a later task trains the same
+adapters on (KFC on the adapter, as ``kfacel.hf`` does for a Hugging Face model).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -61,6 +68,8 @@ class BertRankerConfig:
         num_types: semantic types (0: no type embedding or type head).
         start_id: id of the mention-start marker token.
         end_id: id of the mention-end marker token.
+        lora_rank: rank of LoRA adapters on the attention queries and values, the
+            encoder's own weights frozen (0: every weight trains).
     """
 
     encoder_path: str | None = None
@@ -71,6 +80,7 @@ class BertRankerConfig:
     num_types: int = 0
     start_id: int = 1
     end_id: int = 2
+    lora_rank: int = 0
 
 
 class BertRanker(nn.Module):
@@ -112,6 +122,11 @@ class BertRanker(nn.Module):
                     f"({len(missing)} missing)"
                 )
             self.encoder.load_state_dict(found, strict=False)
+        if config.lora_rank < 0:
+            raise ValueError(f"lora_rank must be 0 or more, got {config.lora_rank}")
+        if config.lora_rank:
+            # peft's wrapper forwards BertModel's attributes and call
+            self.encoder = cast(BertModel, _with_lora(self.encoder, config.lora_rank))
 
     @classmethod
     def create(cls, config: BertRankerConfig) -> BertRanker:
@@ -230,6 +245,19 @@ class TokenTable:
         """Embeddings ``[*ids.shape, D]``, as ``embedding(ids)`` would give them."""
         where = torch.searchsorted(self.ids, ids.reshape(-1))
         return self.rows.index_select(0, where).reshape(*ids.shape, -1)
+
+
+def _with_lora(encoder: BertModel, rank: int) -> nn.Module:
+    """``encoder`` with LoRA adapters of ``rank`` on queries and values, itself frozen."""
+    try:
+        import peft
+    except ImportError:
+        raise ImportError("lora_rank needs peft: pip install 'kfacel[hf]'") from None
+
+    config = peft.LoraConfig(
+        r=rank, lora_alpha=2 * rank, target_modules=["query", "value"], lora_dropout=0.0
+    )
+    return peft.get_peft_model(encoder, config)
 
 
 def _mention_span(ids: Tensor, start_id: int, end_id: int) -> Tensor:
