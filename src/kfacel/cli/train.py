@@ -49,13 +49,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="replace --out when it is an existing kfacel model directory",
     )
     _add_training_options(p)
+    _add_model_options(p)
     _add_stability_options(p)
     _add_continual_options(p)
     p.set_defaults(handler=run)
 
 
 def _add_training_options(p: argparse.ArgumentParser) -> None:
-    """Options of the ranker and of training on the task."""
+    """Options of training on the task."""
     p.add_argument("--epochs", type=positive_int, default=3)
     p.add_argument(
         "--lr", type=positive_float, help="default 1e-3 (cnn), 1e-4 (transformer)"
@@ -82,25 +83,6 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--device", type=device, default="cpu", help="cpu or cuda[:i]")
-    p.add_argument("--encoder", help="local checkpoint dir (default: MiniLM package)")
-    p.add_argument(
-        "--layers", type=positive_int, default=3, help="transformer layers to keep"
-    )
-    p.add_argument("--hidden", type=positive_int, help="CNN channels / encoding width")
-    p.add_argument(
-        "--lora-rank",
-        type=nonnegative_int,
-        default=0,
-        metavar="R",
-        help="transformer: freeze the encoder and train LoRA adapters of rank R on its "
-        "attention queries and values (peft; a later --init task trains the same "
-        "adapters); 0: every weight trains",
-    )
-    p.add_argument(
-        "--dropout",
-        type=finite_float,
-        help="CNN: on embeddings and scorer; transformer: on the scorer (default 0.1)",
-    )
     p.add_argument(
         "--max-length", type=positive_int, default=64, help="mention-in-context"
     )
@@ -135,6 +117,29 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--threads", type=positive_int, help="CPU threads (default: torch's)"
+    )
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    """The ranker's size and what of it trains."""
+    p.add_argument("--encoder", help="local checkpoint dir (default: MiniLM package)")
+    p.add_argument(
+        "--layers", type=positive_int, default=3, help="transformer layers to keep"
+    )
+    p.add_argument("--hidden", type=positive_int, help="CNN channels / encoding width")
+    p.add_argument(
+        "--lora-rank",
+        type=nonnegative_int,
+        default=0,
+        metavar="R",
+        help="transformer: freeze the encoder and train LoRA adapters of rank R on its "
+        "attention queries and values (peft; a later --init task trains the same "
+        "adapters); 0: every weight trains",
+    )
+    p.add_argument(
+        "--dropout",
+        type=finite_float,
+        help="CNN: on embeddings and scorer; transformer: on the scorer (default 0.1)",
     )
 
 
