@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from kfacel.data.aliases import AliasTable
 from kfacel.demo import demo_tasks
+from kfacel.retrieval.alias import AliasGenerator
 from kfacel.retrieval.ann import IndexKind, IndexSettings
 from kfacel.retrieval.base import CandidateGenerator, top_k
 from kfacel.retrieval.dense import DenseGenerator
@@ -111,17 +113,24 @@ def test_hnsw_rankings_match_the_scores_they_densify(tmp_path) -> None:
 def test_fusion_over_an_approximate_channel_ranks_as_the_exact_fusion(dense) -> None:
     """Rankings read from channels equal the score matrices' fusion (eq. R1)."""
     mentions = ["heart attack", "pyrexia", "sleeplessness", "head ache", "nausea"]
-    exact = FusedGenerator(SYNONYMS, [TfidfGenerator(SYNONYMS, settings=EXACT), dense])
+    links = (("d1", "heart attack", "C1"), ("d2", "heart attack", "C1"))
+    table = AliasTable((*links, ("d3", "heart attack", "C4"), ("d1", "pyrexia", "C3")))
+    alias = AliasGenerator(SYNONYMS, table)
+    exact = FusedGenerator(
+        SYNONYMS, [TfidfGenerator(SYNONYMS, settings=EXACT), dense], alias
+    )
     sparse = FusedGenerator(
         SYNONYMS,
         [
             TfidfGenerator(SYNONYMS, settings=LARGE, postings=10**9, rescored=10**9),
             dense,
         ],
+        alias,
     )
     assert sparse.approximate
     assert not exact.approximate
     got, want = sparse.search(mentions, 5), exact.search(mentions, 5)
+    assert [c.id for c, s in got[0] if s > 1] == ["C1", "C4"]  # the alias links first
     assert [[(c.id, s) for c, s in r] for r in got] == [
         [(c.id, s) for c, s in r] for r in want
     ]
