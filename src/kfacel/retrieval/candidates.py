@@ -193,9 +193,7 @@ def _shuffled(
     ranks = [_rank(row, j, top) for j in chosen]
     return tuple(
         generator.candidate(
-            chosen[p],
-            generator.closest_name(chosen[p], names) if names is not None else None,
-            ranks[p],
+            chosen[p], generator.closest_name(chosen[p], names), ranks[p]
         )
         for p in rng.permutation(len(chosen))
     )

@@ -108,23 +108,19 @@ class FusedGenerator(CandidateGenerator):
         out = []
         for i, key in enumerate(keys):
             ranked = [rankings[where[key]] for rankings in channels]
-            linked = np.flatnonzero(counts[i]) if counts is not None else _NONE
-            concepts, scores, names = self._fused(ranked, linked, counts, i)
-            out.append(Ranking.of(concepts, scores, names, k))
+            alias = counts[i] if counts is not None else None
+            out.append(Ranking.of(*self._fused(ranked, alias), k))
         return out
 
     def _fused(
-        self,
-        ranked: list[Ranking],
-        linked: np.ndarray,
-        counts: np.ndarray | None,
-        i: int,
+        self, ranked: list[Ranking], counts: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Eq. R1 over one query's channel rankings and its alias-linked concepts.
+        """Eq. R1 over one query's channel rankings and its alias counts ``[concepts]``.
 
         Returns the distinct concepts, their fused scores and closest names (the last
         channel's that ranked the concept, else its first name).
         """
+        linked = np.flatnonzero(counts) if counts is not None else _NONE
         every = np.concatenate([*(r.concepts for r in ranked), linked])
         concepts, where = np.unique(every, return_inverse=True)
         credit = [1.0 / (RRF_K + 1 + np.arange(len(r.concepts))) for r in ranked]
@@ -134,8 +130,8 @@ class FusedGenerator(CandidateGenerator):
             minlength=len(concepts),
         )
         if counts is not None and len(linked):
-            n = counts[i, concepts]
-            scores += np.where(n > 0, 1 + n / (counts[i].sum() + 1), 0.0)
+            n = counts[concepts]
+            scores += np.where(n > 0, 1 + n / (counts.sum() + 1), 0.0)
         names = self._starts[concepts].copy()
         for r in ranked:  # later channels overwrite: the last one's name stands
             names[np.searchsorted(concepts, r.concepts)] = r.names
