@@ -154,6 +154,15 @@ def test_a_penalty_without_a_consolidated_retriever_is_refused(
     err = capsys.readouterr().err
     assert "kfacel consolidate" in err
     assert err.count("\n") == 1
-    rc, _ = _prepare(tmp_path, "D", TASK_B, "--retriever-init", str(task_a))
-    assert rc != 0
-    assert "--retriever-epochs" in capsys.readouterr().err
+
+
+def test_a_retriever_given_without_epochs_is_used_as_it_is(chain, tmp_path) -> None:
+    _root, task_a = chain
+    rc, task = _prepare(tmp_path, "D", TASK_B, "--retriever-init", str(task_a))
+    assert rc == 0  # no state needed: nothing is updated
+    weights = "retriever/model.safetensors"
+    assert (task / weights).read_bytes() == (task_a / weights).read_bytes()
+    recorded = json.loads((task / "task.json").read_text())["candidates"]["retriever"]
+    assert recorded["epochs"] == 0
+    assert recorded["start"]["penalty"] == "none"
+    assert "steps" not in recorded

@@ -254,6 +254,7 @@ def _retriever_state(args: argparse.Namespace, task: Task) -> TaskState | str:
     from kfacel.retrieval.continual import consolidate_task_retriever, retriever_states
     from kfacel.tasks.directory import (
         RETRIEVER_DIR,
+        RETRIEVER_GROUPS_FILE,
         recorded_settings,
         retriever_groups,
     )
@@ -263,6 +264,8 @@ def _retriever_state(args: argparse.Namespace, task: Task) -> TaskState | str:
         return "none: the task has no fine-tuned retriever"
     if not args.retriever_steps:
         return "not consolidated (--retriever-steps 0)"
+    if not (task.path / RETRIEVER_GROUPS_FILE).is_file():
+        return "not consolidated: the task's dictionary and links hold no synonyms"
     held = [s.task for s in retriever_states(checkpoint)]
     if task.name in held:
         raise UserError(f"{checkpoint} already holds a state for {task.name!r}")

@@ -239,7 +239,8 @@ def _retriever_option(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="dense/fused: first fine-tune the dense retriever on the dictionary's "
         "synonyms and the training split's mention-concept links for N epochs "
-        "(SapBERT-style; saved in the task); 0: MiniLM as shipped",
+        "(SapBERT-style; saved in the task); 0: MiniLM as shipped, or --retriever-init's "
+        "retriever as it is",
     )
     p.add_argument(
         "--retriever-synonyms-only",
@@ -250,9 +251,10 @@ def _retriever_option(p: argparse.ArgumentParser) -> None:
         "--retriever-init",
         type=Path,
         metavar="DIR",
-        help="start the retriever's fine-tuning from an earlier task's (a model or "
-        "task directory with retriever/, or a retriever checkpoint); the tasks it "
-        "holds consolidation states of are penalized with KFC",
+        help="dense/fused: the dense retriever to use, `kfacel align`'s output or an "
+        "earlier model's or task's (a directory with retriever/): as it is, or with "
+        "--retriever-epochs N fine-tuned further, the states it holds (its alignment, "
+        "earlier tasks) penalized with KFC",
     )
     p.add_argument(
         "--retriever-lam",
@@ -267,14 +269,13 @@ def _retriever(args: argparse.Namespace) -> RetrieverSettings | None:
     from kfacel.retrieval.continual import retriever_start
     from kfacel.retrieval.finetune import RetrieverSettings
 
-    if args.retriever_init is not None and not args.retriever_epochs:
-        raise UserError("--retriever-init needs --retriever-epochs N (N ≥ 1)")
-    if not args.retriever_epochs:
+    if not args.retriever_epochs and args.retriever_init is None:
         return None
     start = None
     if args.retriever_init is not None:
+        lam = args.retriever_lam if args.retriever_epochs else 0  # as is: no update
         try:
-            start = retriever_start(args.retriever_init, lam=args.retriever_lam or None)
+            start = retriever_start(args.retriever_init, lam=lam or None)
         except (FileNotFoundError, ValueError) as exc:
             raise UserError(f"--retriever-init: {exc}") from None
     return RetrieverSettings(

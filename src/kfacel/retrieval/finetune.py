@@ -236,11 +236,27 @@ def fine_tune(
         ValueError: when fewer than two concepts have two names (nothing to align).
     """
     groups = training_groups(concepts, settings, mentions)
-    steps = pair_steps(encoder, groups, settings)
     counts = {
         "concepts_with_synonyms": len(groups),
         "training_links": len(mentions) if settings.mentions else 0,
     }
+    return counts | align_groups(encoder, groups, settings, progress=progress)
+
+
+def align_groups(
+    encoder: SentenceEncoder,
+    groups: Sequence[tuple[str, ...]],
+    settings: RetrieverSettings,
+    *,
+    progress: bool = False,
+) -> dict[str, float | int]:
+    """Fine-tune ``encoder`` in place on synonym ``groups`` (eq. R2); see ``fine_tune``.
+
+    Returns:
+        The steps, the mean loss (eq. R2 alone) of the first and last tenth of the
+        steps, and with a penalty its mean over the last tenth.
+    """
+    steps = pair_steps(encoder, groups, settings)
     scorer = PairScorer(encoder.model, settings.temperature)
     penalty = settings.start.penalty if settings.start is not None else None
     opt = torch.optim.AdamW(scorer.parameters(), lr=settings.lr)
@@ -267,14 +283,12 @@ def fine_tune(
     tenth = max(1, len(losses) // 10)
     logger.info(
         "aligned the synonyms of %d concepts in %d steps, %.1f s",
-        counts["concepts_with_synonyms"], len(losses), time.perf_counter() - start,
+        len(groups), len(losses), time.perf_counter() - start,
     )  # fmt: skip
-    done: dict[str, float | int] = {
-        **counts,
-        "steps": len(losses),
-        "loss_first": round(float(np.mean(losses[:tenth])), 3),
-        "loss_last": round(float(np.mean(losses[-tenth:])), 3),
-    }
+    done: dict[str, float | int] = {"steps": len(losses)}
+    if losses:
+        done["loss_first"] = round(float(np.mean(losses[:tenth])), 3)
+        done["loss_last"] = round(float(np.mean(losses[-tenth:])), 3)
     if penalties:
         done["penalty_last"] = round(float(np.mean(penalties[-tenth:])), 4)
     return done

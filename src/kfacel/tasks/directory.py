@@ -75,8 +75,11 @@ class RetrieverTuning:
         states = self.start / RETRIEVER_STATES if self.start is not None else None
         if states is not None and states.is_dir():
             shutil.copytree(states, task_dir / RETRIEVER_DIR / RETRIEVER_STATES)
-        lines = (json.dumps(list(g), ensure_ascii=False) + "\n" for g in self.groups)
-        _write(task_dir / RETRIEVER_GROUPS_FILE, "".join(lines))
+        if self.groups:  # none: a given retriever on a task without synonyms
+            lines = (
+                json.dumps(list(g), ensure_ascii=False) + "\n" for g in self.groups
+            )
+            _write(task_dir / RETRIEVER_GROUPS_FILE, "".join(lines))
 
 
 @dataclass(frozen=True)

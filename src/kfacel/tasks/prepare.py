@@ -30,7 +30,12 @@ from kfacel.retrieval.abbreviations import retrieval_text
 from kfacel.retrieval.base import CandidateGenerator, dictionary_digest
 from kfacel.retrieval.candidates import CandidateStats, make_candidates
 from kfacel.retrieval.dense import SentenceEncoder
-from kfacel.retrieval.finetune import RetrieverSettings, fine_tune, training_groups
+from kfacel.retrieval.finetune import (
+    RetrieverSettings,
+    fine_tune,
+    synonym_groups,
+    training_groups,
+)
 from kfacel.retrieval.fusion import FusedGenerator
 from kfacel.retrieval.methods import RETRIEVAL_METHODS, build_generator
 from kfacel.tasks.directory import (
@@ -76,8 +81,9 @@ class TaskSettings:
             ``candidates.synonyms``); False: preferred names only.
         retriever: fine-tune the dense retriever of ``"dense"``/``"fused"`` on the
             dictionary's synonyms and the training split's mention → concept links
-            first (``retrieval.finetune``; written to ``retriever/``); None or 0
-            epochs: MiniLM as shipped.
+            first (``retrieval.finetune``; written to ``retriever/``); 0 epochs with
+            a ``start``: that retriever as it is (e.g. ``kfacel align``'s); None or
+            0 epochs without one: MiniLM as shipped.
     """
 
     method: str = DEFAULT_METHOD
@@ -254,16 +260,22 @@ def _retriever(
     links: Sequence[tuple[str, str]],
     progress: bool,
 ) -> tuple[RetrieverTuning | None, dict[str, Any] | None]:
-    """The fine-tuned retriever of a dense method and what was done, or (None, None).
+    """The retriever of a dense method and what was done, or (None, None).
 
     ``links``: the training split's ``(mention, concept id)`` pairs (never dev/test).
-    The encoder starts from ``task.retriever.start``'s checkpoint when given.
+    The encoder starts from ``task.retriever.start``'s checkpoint when given, and is
+    used as it is with 0 epochs (its groups are still recorded, for ``consolidate``).
     """
     settings = task.retriever
-    if settings is None or settings.epochs <= 0 or task.method not in DENSE_METHODS:
+    if settings is None or task.method not in DENSE_METHODS:
         return None, None
     start = settings.start.checkpoint if settings.start is not None else None
+    if settings.epochs <= 0 and start is None:
+        return None, None
     encoder = SentenceEncoder(start)
+    if settings.epochs <= 0:  # a given retriever, used as it is
+        groups = synonym_groups(concepts, links if settings.mentions else ())
+        return RetrieverTuning(encoder, groups, start), settings.to_json()
     done = fine_tune(encoder, concepts, settings, mentions=links, progress=progress)
     groups = training_groups(concepts, settings, links)
     return RetrieverTuning(encoder, groups, start), {**settings.to_json(), **done}
