@@ -124,6 +124,21 @@ def test_each_arm_runs_into_its_own_directory(config, tmp_path, capsys) -> None:
     assert "run " + str(out / "plain") + ": 0 cells run" in capsys.readouterr().out
 
 
+def test_an_arm_may_be_added_to_a_run_but_not_dropped(config, tmp_path, capsys) -> None:
+    base = config.read_text()
+    config.write_text(base + ARMS)
+    out = tmp_path / "armed"
+    assert main(["experiment", str(config), "--out", str(out), "--arm", "plain"]) == 0
+    config.write_text(base + ARMS + '[arms.more]\nmethods = ["none"]\ntiers = [1]\n')
+    assert main(["experiment", str(config), "--out", str(out), "--arm", "plain"]) == 0
+    recorded = json.loads((out / "arms.json").read_text())["arms"]
+    assert recorded == ["plain", "protected", "more"]
+    config.write_text(base + '[arms.plain]\nmethods = ["none"]\ntiers = [1]\n')
+    capsys.readouterr()
+    assert main(["experiment", str(config), "--out", str(out), "--arm", "plain"]) == 2
+    assert "holds the arms" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("argv", "match"),
     [

@@ -10,6 +10,7 @@ transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 olora = pytest.importorskip("kfacel.hf.olora")
 
+from kfacel.penalties.olora import lora_a_weights  # noqa: E402
 from tests.hf._tiny import (  # noqa: E402
     classifier,
     pad_collator,
@@ -54,11 +55,7 @@ def test_the_added_gradient_is_that_of_lambda_times_the_orthogonality() -> None:
 
 
 def _named_a(model):
-    return {
-        olora._plain_name(n): m.lora_A["default"].weight
-        for n, m in model.named_modules()
-        if isinstance(getattr(m, "lora_A", None), torch.nn.ModuleDict)
-    }
+    return lora_a_weights(model)
 
 
 @pytest.mark.parametrize("lam", [0.0, 2.0])

@@ -48,6 +48,7 @@ class Method(StrEnum):
     REPLAY = "replay"  # experience replay: needs old data, a reference only
     KFAC_BUDGET = "kfac-budget"  # KFC with a forgetting budget ε (λ by dual ascent)
     EWC_BUDGET = "ewc-budget"  # diagonal EWC with a forgetting budget ε
+    OLORA = "olora"  # a fresh LoRA adapter orthogonal to the start's (LoRA rankers)
 
 
 class Uncovered(StrEnum):

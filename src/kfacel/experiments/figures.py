@@ -28,7 +28,7 @@ import numpy as np
 
 from kfacel._io import atomic_write
 
-_NO_LAMBDA_MARKERS = {"none": "o", "lrc": "s", "replay": "*"}
+_NO_LAMBDA_MARKERS = {"none": "o", "lrc": "s", "replay": "*", "olora": "^"}
 
 
 def _figure(width: float, height: float) -> Any:

@@ -52,6 +52,7 @@ from kfacel.experiments.sweep import (
 from kfacel.linking.evaluate import evaluate_split
 from kfacel.linking.linker import Linker, load_linker, new_linker, save_linker
 from kfacel.penalties.make import predicted_rise
+from kfacel.penalties.olora import DEFAULT_OLORA_LAM
 from kfacel.penalties.strength import Damping, Strength
 from kfacel.tasks.directory import Task, load_task
 from kfacel.training.consolidate import consolidate_task
@@ -248,6 +249,7 @@ def _continue(
         damping=Damping(c.damping, c.damping_kind if method == "kfac" else "uniform"),
         lrc=t.lrc_gamma if cell.method == "lrc" else None,
         replay=Replay(replay, t.replay_every, t.replay_batches) if replay else None,
+        olora=DEFAULT_OLORA_LAM if cell.method == "olora" else None,
     )
     task = tasks[cell.order[-1]]
     settings = _settings(cfg, cell.seed, continual=True)

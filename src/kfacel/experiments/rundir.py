@@ -71,8 +71,11 @@ def open_run_dir(run_dir: Path, cfg: ExperimentConfig, jobs: int) -> None:
 def record_arms(top: Path, config: str | Path, arms: tuple[str, ...]) -> None:
     """Write ``TOP/arms.json`` (the config, its digest, its arms) of an armed run.
 
+    A config may gain arms between invocations (each arm's run checks its own config);
+    an arm recorded before must still be there.
+
     Raises:
-        ConfigError: ``top`` holds another config's arms, or other files.
+        ConfigError: ``top`` holds arms the config lacks, or other files.
     """
     import hashlib
 
@@ -81,7 +84,7 @@ def record_arms(top: Path, config: str | Path, arms: tuple[str, ...]) -> None:
     path = top / "arms.json"
     if path.is_file():
         old = json.loads(path.read_text(encoding="utf-8"))
-        if old.get("arms") != list(arms):
+        if not set(old.get("arms", [])) <= set(arms):
             raise ConfigError(
                 f"{top} holds the arms {old.get('arms')} of {old.get('config')}, "
                 f"not {list(arms)}; choose another --out"

@@ -24,7 +24,6 @@ For the next task, stack the subspaces: ``stack_subspaces(earlier, lora_subspace
 
 from __future__ import annotations
 
-import typing
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,45 +31,14 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
+from kfacel.penalties.olora import (
+    DEFAULT_OLORA_LAM,
+    OrthogonalSubspaces,
+    lora_subspaces,
+    stack_subspaces,
+)
+
 __all__ = ["OLoRACallback", "lora_subspaces", "orthogonality", "stack_subspaces"]
-
-
-def lora_subspaces(
-    model: nn.Module, adapter: str = "default"
-) -> dict[str, torch.Tensor]:
-    """Each LoRA layer's ``A`` of ``adapter`` ([r, in], detached), by the layer's name.
-
-    The name is the layer's path without peft's wrapper (``base_model.model.``), so the
-    subspaces of a merged and re-wrapped model (or sub-model) match by name.
-
-    Raises:
-        ValueError: when ``model`` has no LoRA layer with that adapter.
-    """
-    out = {name: a.detach().clone() for name, a in _a_weights(model, adapter).items()}
-    if not out:
-        raise ValueError(f"the model has no LoRA layer with adapter {adapter!r}")
-    return out
-
-
-def _a_weights(model: nn.Module, adapter: str) -> dict[str, nn.Parameter]:
-    """Each LoRA layer's ``A`` parameter of ``adapter``, by the layer's plain name."""
-    out = {}
-    for name, module in model.named_modules():
-        lora_a = getattr(module, "lora_A", None)
-        if isinstance(lora_a, nn.ModuleDict) and adapter in lora_a:
-            out[_plain_name(name)] = typing.cast(nn.Parameter, lora_a[adapter].weight)
-    return out
-
-
-def stack_subspaces(
-    *subspaces: Mapping[str, torch.Tensor],
-) -> dict[str, torch.Tensor]:
-    """Several tasks' subspaces as one: the ``A`` of each layer stacked by rows."""
-    out: dict[str, list[torch.Tensor]] = {}
-    for s in subspaces:
-        for name, a in s.items():
-            out.setdefault(name, []).append(a)
-    return {name: torch.cat(parts) for name, parts in out.items()}
 
 
 def orthogonality(
@@ -78,11 +46,9 @@ def orthogonality(
 ) -> float:
     """``Σ_layers ‖A_earlier A_tᵀ‖²_F`` of the model's current adapter (O-LoRA's L_orth / λ)."""
     current = lora_subspaces(model, adapter)
-    total = 0.0
-    for name, a in current.items():
-        if name in earlier:
-            total += float((earlier[name].to(a) @ a.T).pow(2).sum())
-    return total
+    shared = {n: a for n, a in earlier.items() if n in current}
+    with torch.no_grad():
+        return float(OrthogonalSubspaces(shared, 1.0, adapter=adapter)(model))
 
 
 class OLoRACallback(TrainerCallback):
@@ -102,32 +68,16 @@ class OLoRACallback(TrainerCallback):
         self,
         earlier: Mapping[str, torch.Tensor],
         *,
-        lam: float = 0.5,
+        lam: float = DEFAULT_OLORA_LAM,
         adapter: str = "default",
     ) -> None:
-        if not lam >= 0:
-            raise ValueError(f"lam must be >= 0, got {lam}")
-        self.earlier = dict(earlier)
-        self.lam = lam
-        self.adapter = adapter
-        self._pairs: list[tuple[nn.Parameter, torch.Tensor]] = []
+        self.penalty = OrthogonalSubspaces(earlier, lam, adapter=adapter)
+        self._model: nn.Module | None = None
 
     def bind(self, model: nn.Module) -> None:
-        """Pair each earlier subspace with the new adapter's ``A`` of the same layer."""
-        params = _a_weights(model, self.adapter)
-        self._pairs = []
-        for name, a in self.earlier.items():
-            if name not in params:
-                raise ValueError(
-                    f"O-LoRA: layer {name} has no adapter {self.adapter!r}"
-                )
-            p = params[name]
-            if a.shape[1] != p.shape[1]:
-                raise ValueError(
-                    f"O-LoRA: layer {name}: earlier A reads {a.shape[1]} inputs, "
-                    f"the adapter {p.shape[1]}"
-                )
-            self._pairs.append((p, (a.T @ a).to(p)))  # A_iᵀ A_i, [in, in]
+        """Check each earlier subspace against the model's adapter and keep the model."""
+        self.penalty.pairs(model)
+        self._model = model
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         """Bind to the Trainer's model."""
@@ -137,15 +87,6 @@ class OLoRACallback(TrainerCallback):
     def on_pre_optimizer_step(
         self, args: Any, state: Any, control: Any, **kw: Any
     ) -> None:
-        """``A_t.grad += 2 λ A_t (Σ_i A_iᵀ A_i)`` for every paired layer."""
-        with torch.no_grad():
-            for p, gram in self._pairs:
-                if not p.requires_grad:
-                    continue
-                extra = (2.0 * self.lam) * (p @ gram)
-                p.grad = extra if p.grad is None else p.grad.add_(extra)
-
-
-def _plain_name(name: str) -> str:
-    """A module path without peft's ``base_model.model.`` wrapper (at any depth)."""
-    return name.replace("base_model.model.", "")
+        """``A_t.grad += 2 λ A_t (Σ_i A_iᵀ A_i)`` for every paired layer (eq. O2)."""
+        if self._model is not None:
+            self.penalty.add_grad_(self._model)

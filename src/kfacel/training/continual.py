@@ -24,6 +24,7 @@ from kfacel.linking.linker import Linker
 from kfacel.penalties.base import Penalty
 from kfacel.penalties.budget import BudgetPenalty
 from kfacel.penalties.make import make_penalty
+from kfacel.penalties.olora import OrthogonalSubspaces, start_new_adapter
 from kfacel.penalties.strength import (
     TOLERANCE_GRID,
     Damping,
@@ -52,6 +53,11 @@ class ContinualSettings:
             (``DEFAULT_KFAC_DAMPING`` factored for ``kfac``, none otherwise).
         lrc: discriminative learning rates, η_ℓ = η_{ℓ+1}·γ (None: off).
         replay: earlier tasks' queries to replay (None: off; needs old data).
+        olora: O-LoRA's λ (eq. O1 of ``penalties.olora``): the ranker's LoRA
+            adapters are merged into its weights and a fresh adapter trains
+            orthogonal to them (None: off). Needs a LoRA ranker and no penalty. Only
+            the start model's adapter is the earlier subspace: the ones before it are
+            merged already, so past two tasks this is O-LoRA against the last one.
     """
 
     penalty: str = "none"
@@ -59,6 +65,7 @@ class ContinualSettings:
     damping: Damping | None = None
     lrc: float | None = None
     replay: Replay[LinkingExample] | None = None
+    olora: float | None = None
 
     def __post_init__(self) -> None:
         """Raise ``ValueError`` naming a value out of its range; fill the defaults."""
@@ -72,6 +79,11 @@ class ContinualSettings:
         object.__setattr__(self, "damping", damping)
         if self.lrc is not None and not 0 < self.lrc <= 1:
             raise ValueError(f"lrc must be a factor in (0, 1], got {self.lrc}")
+        if self.olora is not None and not (self.olora >= 0 and self.penalty == "none"):
+            raise ValueError(
+                f"olora must be a λ ≥ 0 with penalty 'none', got {self.olora} with "
+                f"{self.penalty!r}"
+            )
 
     @property
     def curvature_damping(self) -> Damping:
@@ -103,6 +115,8 @@ class ContinualSettings:
                 line += f", damping δ={d.delta:g}"
         if self.lrc is not None:
             line += f", LRC γ={self.lrc:g}"
+        if self.olora is not None:
+            line += f", O-LoRA λ={self.olora:g}"
         if self.replay is not None:
             r = self.replay
             line += f", replay of {len(r.items)} queries ({r.n} after every {r.every})"
@@ -118,7 +132,7 @@ class ContinualSettings:
             "damping_kind": d.kind,
             "lrc": self.lrc,
             "replay_queries": len(self.replay.items) if self.replay else 0,
-        }
+        } | ({"olora": self.olora} if self.olora is not None else {})
 
 
 def update_linker(
@@ -158,6 +172,8 @@ def update_linker(
     penalty = make_penalty(
         continual.penalty, states, strengths, continual.curvature_damping
     )
+    if continual.olora is not None:  # a fresh adapter, orthogonal to the start's
+        penalty = OrthogonalSubspaces(start_new_adapter(linker.model), continual.olora)
     groups = None
     if continual.lrc is not None:
         groups = discriminative_lr_groups(linker.model, settings.lr, continual.lrc)
