@@ -49,6 +49,7 @@ class Method(StrEnum):
     KFAC_BUDGET = "kfac-budget"  # KFC with a forgetting budget ε (λ by dual ascent)
     EWC_BUDGET = "ewc-budget"  # diagonal EWC with a forgetting budget ε
     OLORA = "olora"  # a fresh LoRA adapter orthogonal to the start's (LoRA rankers)
+    ILORA = "ilora"  # I-LoRA: replay with a slow learner; needs old data, a reference
 
 
 class Uncovered(StrEnum):

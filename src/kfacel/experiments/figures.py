@@ -28,7 +28,13 @@ import numpy as np
 
 from kfacel._io import atomic_write
 
-_NO_LAMBDA_MARKERS = {"none": "o", "lrc": "s", "replay": "*", "olora": "^"}
+_NO_LAMBDA_MARKERS = {
+    "none": "o",
+    "lrc": "s",
+    "replay": "*",
+    "olora": "^",
+    "ilora": "v",
+}
 
 
 def _figure(width: float, height: float) -> Any:

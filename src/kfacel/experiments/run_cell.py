@@ -250,6 +250,7 @@ def _continue(
         lrc=t.lrc_gamma if cell.method == "lrc" else None,
         replay=Replay(replay, t.replay_every, t.replay_batches) if replay else None,
         olora=DEFAULT_OLORA_LAM if cell.method == "olora" else None,
+        ilora=cell.method == "ilora",
     )
     task = tasks[cell.order[-1]]
     settings = _settings(cfg, cell.seed, continual=True)

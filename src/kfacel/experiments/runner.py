@@ -65,7 +65,7 @@ from kfacel.experiments.rundir import (
     record_stage,
     record_tasks,
 )
-from kfacel.experiments.sweep import REGULARIZED, Cell, CellKind
+from kfacel.experiments.sweep import REGULARIZED, REPLAYING, Cell, CellKind
 from kfacel.training.trainer import check_device
 
 logger = logging.getLogger(__name__)
@@ -332,7 +332,7 @@ def _deps(
         _finished(run_dir, cons, "consolidation")
         states.append(str(_cell_dir(run_dir, cons)))
     if cell.kind is CellKind.TIER2:
-        replay = (first,) if m == "replay" else ()
+        replay = (first,) if m in REPLAYING else ()
         return CellDeps(start, tuple(states), replay, keep_model=keep)
     if cell.kind is CellKind.RESUME:
         t2 = Cell(CellKind.TIER2, 2, cell.order, m, cell.lam, s)
@@ -347,7 +347,7 @@ def _deps(
     if m in REGULARIZED:
         states.append(str(_cell_dir(run_dir, res)))
     model_dir = str(run_dir / res_done["model_dir"])
-    return CellDeps(model_dir, tuple(states), pair if m == "replay" else ())
+    return CellDeps(model_dir, tuple(states), pair if m in REPLAYING else ())
 
 
 def _finished(run_dir: Path, cell: Cell, what: str) -> dict[str, Any]:

@@ -33,6 +33,11 @@ from kfacel.penalties.strength import (
 )
 from kfacel.tasks.directory import Task
 from kfacel.training.fit import fit_task
+from kfacel.training.ilora import (
+    DEFAULT_ILORA_CONSISTENCY,
+    DEFAULT_ILORA_EMA,
+    SlowLearner,
+)
 from kfacel.training.lrc import discriminative_lr_groups
 from kfacel.training.trainer import Replay, TrainLog, TrainSettings
 from kfacel.types import PenaltyKind
@@ -58,6 +63,9 @@ class ContinualSettings:
             orthogonal to them (None: off). Needs a LoRA ranker and no penalty. Only
             the start model's adapter is the earlier subspace: the ones before it are
             merged already, so past two tasks this is O-LoRA against the last one.
+        ilora: I-LoRA (``training.ilora``): ``replay``'s queries are its memory, a
+            slow learner follows the ranker by moving average and is what is kept.
+            Needs ``replay`` (old data) and no penalty.
     """
 
     penalty: str = "none"
@@ -66,6 +74,7 @@ class ContinualSettings:
     lrc: float | None = None
     replay: Replay[LinkingExample] | None = None
     olora: float | None = None
+    ilora: bool = False
 
     def __post_init__(self) -> None:
         """Raise ``ValueError`` naming a value out of its range; fill the defaults."""
@@ -84,6 +93,8 @@ class ContinualSettings:
                 f"olora must be a λ ≥ 0 with penalty 'none', got {self.olora} with "
                 f"{self.penalty!r}"
             )
+        if self.ilora and (self.replay is None or self.penalty != "none"):
+            raise ValueError("ilora needs replay (its memory) and penalty 'none'")
 
     @property
     def curvature_damping(self) -> Damping:
@@ -117,7 +128,9 @@ class ContinualSettings:
             line += f", LRC γ={self.lrc:g}"
         if self.olora is not None:
             line += f", O-LoRA λ={self.olora:g}"
-        if self.replay is not None:
+        if self.ilora and self.replay is not None:
+            line += f", I-LoRA with a memory of {len(self.replay.items)} queries"
+        elif self.replay is not None:
             r = self.replay
             line += f", replay of {len(r.items)} queries ({r.n} after every {r.every})"
         return line
@@ -125,14 +138,27 @@ class ContinualSettings:
     def to_json(self, tasks: Sequence[str]) -> dict[str, Any]:
         """What a model directory records as ``continual``."""
         d = self.curvature_damping
-        return {
-            "penalty": self.penalty,
-            **self.strength.to_json(self.penalty, tasks),
-            "damping": d.delta,
-            "damping_kind": d.kind,
-            "lrc": self.lrc,
-            "replay_queries": len(self.replay.items) if self.replay else 0,
-        } | ({"olora": self.olora} if self.olora is not None else {})
+        return (
+            {
+                "penalty": self.penalty,
+                **self.strength.to_json(self.penalty, tasks),
+                "damping": d.delta,
+                "damping_kind": d.kind,
+                "lrc": self.lrc,
+                "replay_queries": len(self.replay.items) if self.replay else 0,
+            }
+            | ({"olora": self.olora} if self.olora is not None else {})
+            | (
+                {
+                    "ilora": {
+                        "ema": DEFAULT_ILORA_EMA,
+                        "consistency": DEFAULT_ILORA_CONSISTENCY,
+                    }
+                }
+                if self.ilora
+                else {}
+            )
+        )
 
 
 def update_linker(
@@ -174,6 +200,11 @@ def update_linker(
     )
     if continual.olora is not None:  # a fresh adapter, orthogonal to the start's
         penalty = OrthogonalSubspaces(start_new_adapter(linker.model), continual.olora)
+    replay = continual.replay
+    if continual.ilora and replay is not None:  # the memory, a batch every step
+        memory = linker.batches(replay.items, settings.batch_size)
+        penalty = SlowLearner(linker.model, memory, seed=settings.seed)
+        replay = None
     groups = None
     if continual.lrc is not None:
         groups = discriminative_lr_groups(linker.model, settings.lr, continual.lrc)
@@ -183,9 +214,11 @@ def update_linker(
         settings,
         penalty=penalty,
         lr_groups=groups,
-        replay=continual.replay,
+        replay=replay,
         progress=progress,
     )
+    if isinstance(penalty, SlowLearner):
+        penalty.finish()  # I-LoRA keeps the slow learner
     linker.meta |= {
         "history": [*linker.meta.get("history", []), task.name],
         "training": settings.to_json(),
