@@ -71,3 +71,69 @@ def test_transformer_consolidates_and_trains_on(trained, tmp_path, capsys, metho
     result = json.loads(out.read_text())["A"]
     assert 0.0 <= result["accuracy"] <= 1.0
     assert result["n"] == 16
+
+
+@pytest.fixture(scope="module")
+def lora_trained(trained, tmp_path_factory):
+    """A LoRA ranker trained on A (the same tiny encoder)."""
+    tasks, v1 = trained
+    pytest.importorskip("peft")
+    encoder = v1.parent / "encoder"
+    model = tmp_path_factory.mktemp("lora") / "v1"
+    torch.set_num_threads(1)
+    assert main(
+        ["train", "--task", str(tasks / "A"), "--model", "transformer",
+         "--encoder", str(encoder), "--layers", "1", "--out", str(model),
+         "--epochs", "1", "--batch-size", "16", "--max-length", "12",
+         "--no-types", "--no-features", "--lr", "1e-2", "--lora-rank", "2"]
+    ) == 0  # fmt: skip
+    return tasks, model
+
+
+@pytest.mark.parametrize(
+    ("extra", "line"),
+    [
+        (["--olora", "0.5"], "O-LoRA λ=0.5"),
+        (["--ilora", "--replay", "A"], "I-LoRA with a memory of 32 queries"),
+    ],
+)
+def test_the_lora_baselines_train_on_from_a_lora_ranker(
+    lora_trained, tmp_path, capsys, extra, line
+) -> None:
+    tasks, v1 = lora_trained
+    extra = [str(tasks / "A") if e == "A" else e for e in extra]
+    v2 = tmp_path / "v2"
+    assert main(
+        ["train", "--task", str(tasks / "B"), "--init", str(v1), "--out", str(v2),
+         "--epochs", "1", "--batch-size", "8", *extra]
+    ) == 0  # fmt: skip
+    captured = capsys.readouterr()
+    assert line in captured.err
+    assert "unprotected" not in captured.err
+    assert json.loads(captured.out.strip().splitlines()[-1])["history"] == ["A", "B"]
+    continual = json.loads((v2 / "config.json").read_text())["continual"]
+    assert ("olora" in continual) == ("--olora" in extra)
+    assert ("ilora" in continual) == ("--ilora" in extra)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--olora", "0.5"], "'s ranker has no LoRA adapter (train it with"),
+        (["--ilora"], "--ilora replays old queries: give --replay TASK_DIR"),
+        (["--olora", "0.5", "--penalty", "l2", "--lam", "1"], "--olora must be a λ"),
+    ],
+)
+def test_the_lora_baselines_are_refused_in_one_line(
+    trained, tmp_path, capsys, extra, message
+) -> None:
+    tasks, v1 = trained  # a ranker without adapters
+    v2 = tmp_path / "v2"
+    assert main(
+        ["train", "--task", str(tasks / "B"), "--init", str(v1), "--out", str(v2),
+         "--epochs", "1", *extra]
+    ) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert message in err[0]
+    assert not v2.exists()

@@ -243,6 +243,21 @@ def _add_continual_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--replay-every", type=positive_int, default=4, metavar="M")
     g.add_argument("--replay-batches", type=positive_int, default=1, metavar="N")
+    g.add_argument(
+        "--olora",
+        type=nonnegative_float,
+        metavar="LAM",
+        help="O-LoRA (Wang et al. 2023), a baseline for a LoRA ranker: --init's "
+        "adapters are merged into its weights and a fresh adapter trains orthogonal "
+        "to them, LAM·‖A_old A_newᵀ‖² added (the paper's LAM: 0.5)",
+    )
+    g.add_argument(
+        "--ilora",
+        action="store_true",
+        help="I-LoRA (Ren et al. 2024), a reference that needs old data: --replay's "
+        "queries are its memory, one batch each step with a consistency term to a "
+        "slow learner (moving average), which is the model kept",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -307,6 +322,14 @@ def _train(
     if args.threads:
         torch.set_num_threads(args.threads)
     linker, states = _start(args, task)
+    if continual.olora is not None:
+        from kfacel.penalties.olora import lora_a_weights
+
+        if not lora_a_weights(linker.model):
+            raise UserError(
+                f"--olora: {args.init}'s ranker has no LoRA adapter (train it with "
+                "--model transformer --lora-rank R)"
+            )
     _say_protection(args, continual, states)
     tty = sys.stderr.isatty()  # progress bars only for a person watching
     if args.tolerance is None:
@@ -381,6 +404,10 @@ def _continual_settings(args: argparse.Namespace) -> ContinualSettings:
     from kfacel.training.trainer import Replay
 
     _check_strength_has_a_penalty(args)
+    if (args.olora is not None or args.ilora) and not args.init:
+        raise UserError("--olora and --ilora continue a model: give --init MODEL")
+    if args.ilora and not args.replay:
+        raise UserError("--ilora replays old queries: give --replay TASK_DIR")
     replay = None
     if args.replay:
         examples = [ex for d in args.replay for ex in load_task(d).train]
@@ -415,6 +442,8 @@ def _continual_settings(args: argparse.Namespace) -> ContinualSettings:
         damping=damping,
         lrc=args.lrc,
         replay=replay,
+        olora=args.olora,
+        ilora=args.ilora,
     )
 
 
@@ -446,7 +475,8 @@ def _say_protection(
     """One line on stderr: the strength rule in effect, or that nothing is protected."""
     if not args.init:
         return  # a new model: nothing to protect
-    if states and continual.penalty == "none":
+    baseline = continual.olora is not None or continual.ilora
+    if states and continual.penalty == "none" and not baseline:
         method = states[-1].method
         how = f"--penalty {method}" + (" --lam λ" if method == "l2" else "")
         n = len(states)
