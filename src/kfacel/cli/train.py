@@ -52,6 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_model_options(p)
     _add_stability_options(p)
     _add_continual_options(p)
+    _add_baseline_options(p)
     p.set_defaults(handler=run)
 
 
@@ -233,6 +234,13 @@ def _add_continual_options(p: argparse.ArgumentParser) -> None:
         default=0.0,
         metavar="T",
         help="Langevin noise of --refresh's unlearning move",
+    )
+
+
+def _add_baseline_options(p: argparse.ArgumentParser) -> None:
+    """The baselines beside the penalties: replay, O-LoRA, I-LoRA."""
+    g = p.add_argument_group(
+        "baselines beside the penalties (--replay and --ilora read old data)"
     )
     g.add_argument(
         "--replay",
