@@ -21,12 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from kfacel.experiments.metrics import mean_interval, reduction
+from kfacel.experiments.sweep import choose
+
+TOLERANCE = 2.0
+"""``penalty.new_task_tolerance`` of the config: points of CADEC dev accuracy."""
 
 ROWS = [  # (arm, method, label, what is kept of NCBI)
     ("full", "none", "full fine-tuning", "nothing"),
     ("full", "kfac-budget", "full fine-tuning, KFC", "state"),
     ("lora", "none", "LoRA", "nothing"),
     ("lora", "kfac-budget", "LoRA, KFC on the adapter", "state"),
+    ("lora-lam", "kfac", "LoRA, KFC on the adapter, λ on dev", "state"),
     ("olora", "olora", "O-LoRA", "subspaces"),
     ("ilora", "ilora", "I-LoRA (replay)", "memory"),
 ]
@@ -52,7 +57,7 @@ def _test(cell: dict[str, Any], task: str) -> float:
 
 def _kept(arm_dir: Path, method: str, seed: int, rank: int = 8) -> int | None:
     """Bytes a method keeps of NCBI (None: nothing, or not found)."""
-    if method == "kfac-budget":
+    if method in ("kfac-budget", "kfac"):
         states = arm_dir / "cells" / f"consolidate-ncbi-kfac-s{seed}" / "consolidation"
         return sum(p.stat().st_size for p in states.glob("*")) or None
     if method == "olora":  # A of rank r on 3 layers' query and value, 384 inputs, fp32
@@ -60,11 +65,27 @@ def _kept(arm_dir: Path, method: str, seed: int, rank: int = 8) -> int | None:
     return None
 
 
-def seed_rows(top: Path, arm: str, method: str) -> list[dict[str, Any]]:
+def chosen_lam(tops: Sequence[Path], arm: str) -> float | None:
+    """λ of ``arm``'s ``kfac`` cells by the paper's dev rule, seeds averaged."""
+    records = [
+        r
+        for top in tops
+        for c in _cells(top / arm).values()
+        if c["kind"] == "tier2"
+        for r in c["records"]
+    ]
+    chosen = choose(records, tier=2, tolerance=TOLERANCE)
+    lam = chosen.get((("ncbi", "cadec"), "kfac"))
+    return None if lam is None else float(lam)
+
+
+def seed_rows(
+    top: Path, arm: str, method: str, lam: float | None = None
+) -> list[dict[str, Any]]:
     """The values of one row at each seed whose cells are all in ``top``."""
     plain_arm = "lora" if arm in ("olora", "ilora") else arm
     cells = {**_cells(top / plain_arm), **_cells(top / arm)}
-    lam = "-0.005" if method == "kfac-budget" else ""
+    lam = "-0.005" if method == "kfac-budget" else (f"-{lam:.3g}" if lam else "")
     rows = []
     for seed in sorted({int(c["seed"]) for c in cells.values()}):
         alone = cells.get(f"individual-ncbi-none-s{seed}")
@@ -102,7 +123,12 @@ def main() -> None:
     args = p.parse_args()
     table, raw = [], {}
     for arm, method, label, _ in ROWS:
-        found = [r for t in args.tops for r in seed_rows(t, arm, method)]
+        lam = chosen_lam(args.tops, arm) if method == "kfac" else None
+        if method == "kfac" and lam is None:
+            continue
+        if lam is not None:
+            label = f"{label} ({lam:g})"
+        found = [r for t in args.tops for r in seed_rows(t, arm, method, lam)]
         seeds = sorted({r["seed"]: r for r in found}.values(), key=lambda r: r["seed"])
         raw[label] = seeds
         if not seeds:
