@@ -116,6 +116,9 @@ def test_the_written_retriever_reloads_and_a_later_alignment_keeps_its_state(
     again = write_aligned(tmp_path / "later", later)
     assert [s.task for s in retriever_states(again)] == ["medic+meddra", "drugs"]
     assert later.record["settings"]["start"]["checkpoint"] == str(out)
+    again_on_medic = [Dictionary("medic", DISEASES), Dictionary("meddra", REACTIONS)]
+    with pytest.raises(ValueError, match="holds an alignment on medic\\+meddra"):
+        align_retriever(again_on_medic, settings)
 
 
 @pytest.mark.parametrize(

@@ -134,16 +134,30 @@ def align_retriever(
             f"{len(groups)} concept with two names or more"
         )
     init = settings.start.checkpoint if settings.start is not None else None
+    task = "+".join(names)
+    if init is not None and task in _held(init):
+        raise ValueError(
+            f"{init} holds an alignment on {task} already: align it on other "
+            "dictionaries, or give more --epochs to an alignment from MiniLM"
+        )
     encoder = SentenceEncoder(init)
     done = align_groups(encoder, groups, settings, progress=progress)
     state = None
     if consolidate_steps != 0:
         state = consolidate_retriever(
-            encoder, groups, settings, task="+".join(names),
+            encoder, groups, settings, task=task,
             max_steps=consolidate_steps, progress=progress,
         )  # fmt: skip
     record = _record(dictionaries, per_dictionary, groups, settings, done)
     return Aligned(encoder, groups, state, record, init)
+
+
+def _held(checkpoint: Path) -> list[str]:
+    """The task names of the consolidation states a retriever checkpoint holds."""
+    names = []
+    for meta in sorted((checkpoint / RETRIEVER_STATES).glob("*.json")):
+        names.append(str(json.loads(meta.read_text(encoding="utf-8")).get("task")))
+    return names
 
 
 def _record(
