@@ -65,12 +65,23 @@ def _kept(arm_dir: Path, method: str, seed: int, rank: int = 8) -> int | None:
     return None
 
 
+EXTENDS = {"lora-lam": ("lora-lam-low",)}
+"""Arms whose λ grid extends another's: their cells count as the other's."""
+
+
+def _arm_cells(top: Path, arm: str) -> dict[str, dict[str, Any]]:
+    cells = _cells(top / arm)
+    for more in EXTENDS.get(arm, ()):
+        cells |= _cells(top / more)
+    return cells
+
+
 def chosen_lam(tops: Sequence[Path], arm: str) -> float | None:
     """λ of ``arm``'s ``kfac`` cells by the paper's dev rule, seeds averaged."""
     records = [
         r
         for top in tops
-        for c in _cells(top / arm).values()
+        for c in _arm_cells(top, arm).values()
         if c["kind"] == "tier2"
         for r in c["records"]
     ]
@@ -84,7 +95,7 @@ def seed_rows(
 ) -> list[dict[str, Any]]:
     """The values of one row at each seed whose cells are all in ``top``."""
     plain_arm = "lora" if arm in ("olora", "ilora") else arm
-    cells = {**_cells(top / plain_arm), **_cells(top / arm)}
+    cells = {**_cells(top / plain_arm), **_arm_cells(top, arm)}
     lam = "-0.005" if method == "kfac-budget" else (f"-{lam:.3g}" if lam else "")
     rows = []
     for seed in sorted({int(c["seed"]) for c in cells.values()}):
