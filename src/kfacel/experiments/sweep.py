@@ -40,9 +40,10 @@ BUDGETED = {"kfac-budget": "kfac", "ewc-budget": "ewc"}
 """Methods whose strength is a forgetting budget ε, by the state method they use."""
 
 REGULARIZED = ("l2", "ewc", "kfac", *BUDGETED)
+"""Methods with a consolidation state and a strength (λ, or ε for the budgeted ones)."""
+
 REPLAYING = ("replay", "ilora")
 """Methods that read the earlier task's training queries (old data)."""
-"""Methods with a consolidation state and a strength (λ, or ε for the budgeted ones)."""
 
 
 def state_method(method: str) -> str:
