@@ -24,7 +24,7 @@ from kfacel.consolidation.state import (
     snapshot,
     states_nbytes,
 )
-from kfacel.consolidation.store import load_state, save_state, state_dir
+from kfacel.consolidation.store import load_state, save_state, state_dir, state_tasks
 
 __all__ = [
     "FACTOR_RANK",
@@ -40,5 +40,6 @@ __all__ = [
     "save_state",
     "snapshot",
     "state_dir",
+    "state_tasks",
     "states_nbytes",
 ]

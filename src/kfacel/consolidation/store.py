@@ -104,6 +104,16 @@ def load_state(
     return tuple(states)
 
 
+def state_tasks(model_dir: Path | str) -> list[str]:
+    """The task names of ``model_dir``'s states, in order, from their metadata alone.
+
+    Raises:
+        ValueError: a metadata file is unreadable or of another format (named).
+    """
+    out = state_dir(model_dir)
+    return [str(_read_meta(out / f"{stem}.json").get("task")) for stem in _stems(out)]
+
+
 def _stems(directory: Path) -> list[str]:
     """The states' file stems ``N-<task>``, in the order of ``N`` (a number, not text).
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from kfacel._io import atomic_dir
-from kfacel.consolidation import TaskState, save_state
+from kfacel.consolidation import TaskState, save_state, state_tasks
 from kfacel.data.records import Concept
 from kfacel.retrieval.base import dictionary_digest
 from kfacel.retrieval.continual import DEFAULT_RETRIEVER_STEPS, consolidate_retriever
@@ -135,7 +135,7 @@ def align_retriever(
         )
     init = settings.start.checkpoint if settings.start is not None else None
     task = "+".join(names)
-    if init is not None and task in _held(init):
+    if init is not None and task in state_tasks(init):
         raise ValueError(
             f"{init} holds an alignment on {task} already: align it on other "
             "dictionaries, or give more --epochs to an alignment from MiniLM"
@@ -150,14 +150,6 @@ def align_retriever(
         )  # fmt: skip
     record = _record(dictionaries, per_dictionary, groups, settings, done)
     return Aligned(encoder, groups, state, record, init)
-
-
-def _held(checkpoint: Path) -> list[str]:
-    """The task names of the consolidation states a retriever checkpoint holds."""
-    names = []
-    for meta in sorted((checkpoint / RETRIEVER_STATES).glob("*.json")):
-        names.append(str(json.loads(meta.read_text(encoding="utf-8")).get("task")))
-    return names
 
 
 def _record(
