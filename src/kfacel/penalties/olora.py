@@ -19,13 +19,24 @@ imports no peft.
 from __future__ import annotations
 
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
 
+_Pair = tuple[nn.Parameter, Tensor, Tensor]
+"""The new adapter's ``A_t``, the earlier ``A_i`` of its layer and ``A_iᵀ A_i``."""
+
 DEFAULT_OLORA_LAM = 0.5
 """λ of eq. O1 (the paper's λ₁ in its experiments)."""
+
+
+def _lora_layers(model: nn.Module, adapter: str) -> Iterator[tuple[str, nn.Module]]:
+    """Each LoRA layer holding ``adapter``, by its path without peft's wrapper."""
+    for name, module in model.named_modules():
+        lora_a = getattr(module, "lora_A", None)
+        if isinstance(lora_a, nn.ModuleDict) and adapter in lora_a:
+            yield name.replace("base_model.model.", ""), module
 
 
 def lora_a_weights(
@@ -37,11 +48,9 @@ def lora_a_weights(
     subspaces of a merged and re-wrapped model (or sub-model) match by name.
     """
     out = {}
-    for name, module in model.named_modules():
-        lora_a = getattr(module, "lora_A", None)
-        if isinstance(lora_a, nn.ModuleDict) and adapter in lora_a:
-            plain = name.replace("base_model.model.", "")
-            out[plain] = typing.cast(nn.Parameter, lora_a[adapter].weight)
+    for name, module in _lora_layers(model, adapter):
+        lora_a = typing.cast(nn.ModuleDict, module.lora_A)
+        out[name] = typing.cast(nn.Parameter, lora_a[adapter].weight)
     return out
 
 
@@ -77,12 +86,10 @@ def start_new_adapter(model: nn.Module, adapter: str = "default") -> dict[str, T
         ValueError: when ``model`` has no LoRA layer with that adapter.
     """
     earlier = lora_subspaces(model, adapter)
-    for module in model.modules():
-        lora_a = getattr(module, "lora_A", None)
-        if isinstance(lora_a, nn.ModuleDict) and adapter in lora_a:
-            base = module.get_base_layer()  # type: ignore[operator]
-            base.weight += module.get_delta_weight(adapter)  # type: ignore[operator]
-            module.reset_lora_parameters(adapter, True)  # type: ignore[operator]
+    for _, module in _lora_layers(model, adapter):
+        base = module.get_base_layer()  # type: ignore[operator]
+        base.weight += module.get_delta_weight(adapter)  # type: ignore[operator]
+        module.reset_lora_parameters(adapter, True)  # type: ignore[operator]
     return earlier
 
 
@@ -110,9 +117,17 @@ class OrthogonalSubspaces:
         self.earlier = dict(earlier)
         self.lam = lam
         self.adapter = adapter
+        self._bound: tuple[nn.Module, list[_Pair]] | None = None
 
-    def pairs(self, model: nn.Module) -> list[tuple[nn.Parameter, Tensor]]:
-        """Each earlier subspace with the new adapter's ``A`` of the same layer."""
+    def pairs(self, model: nn.Module) -> list[_Pair]:
+        """Each earlier subspace (and its Gram ``A_iᵀ A_i``) with the new adapter's ``A``.
+
+        Found once per model and device (not redone every step).
+        """
+        if self._bound is not None and self._bound[0] is model:
+            bound = self._bound[1]
+            if all(a.device == p.device and a.dtype == p.dtype for p, a, _ in bound):
+                return bound
         params = lora_a_weights(model, self.adapter)
         out = []
         for name, a in self.earlier.items():
@@ -126,13 +141,15 @@ class OrthogonalSubspaces:
                     f"O-LoRA: layer {name}: earlier A reads {a.shape[1]} inputs, "
                     f"the adapter {p.shape[1]}"
                 )
-            out.append((p, a.to(p)))
+            a = a.to(p)
+            out.append((p, a, a.T @ a))
+        self._bound = (model, out)
         return out
 
     def __call__(self, model: nn.Module) -> Tensor:
         """Eq. O1 at the model's adapters, differentiable."""
         total = next(model.parameters()).new_zeros(())
-        for p, a in self.pairs(model):
+        for p, a, _ in self.pairs(model):
             total = total + (a @ p.T).pow(2).sum()
         return self.lam * total
 
@@ -140,9 +157,9 @@ class OrthogonalSubspaces:
     def add_grad_(self, model: nn.Module) -> Tensor:
         """``A_t.grad += 2 λ A_t Σ_i A_iᵀ A_i`` (eq. O2); returns eq. O1 detached."""
         total = next(model.parameters()).new_zeros(())
-        for p, a in self.pairs(model):
+        for p, a, gram in self.pairs(model):
             total += (a @ p.T).pow(2).sum()
             if p.requires_grad:
-                extra = (2.0 * self.lam) * (p @ (a.T @ a))
+                extra = (2.0 * self.lam) * (p @ gram)
                 p.grad = extra if p.grad is None else p.grad.add_(extra)
         return self.lam * total
