@@ -22,7 +22,6 @@ trained head); frozen weights are shared.
 
 from __future__ import annotations
 
-import copy
 import random
 import typing
 from collections.abc import Sequence
@@ -31,6 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
+
+from kfacel.training.ilora import check_rates, frozen_copy
 
 __all__ = ["ILoRATrainer"]
 
@@ -61,16 +62,13 @@ class ILoRATrainer(Trainer):
     ) -> None:
         if not memory:
             raise ValueError("memory: I-LoRA replays earlier rows; give at least one")
-        if not 0.0 <= ema < 1.0:
-            raise ValueError(f"ema must be in [0, 1), got {ema}")
-        if not consistency >= 0:
-            raise ValueError(f"consistency must be >= 0, got {consistency}")
+        check_rates(ema, consistency)
         super().__init__(*args, **kwargs)
         self.memory = list(memory)
         self.consistency = consistency
         self.memory_batch = memory_batch or self.args.per_device_train_batch_size
         self._rng = random.Random(seed)
-        self.slow = _frozen_copy(typing.cast(nn.Module, self.model))
+        self.slow = frozen_copy(typing.cast(nn.Module, self.model))
         self.add_callback(_SlowLearner(self, ema))
 
     def compute_loss(
@@ -124,14 +122,6 @@ class _SlowLearner(TrainerCallback):
         with torch.no_grad():
             for s, w in self._pairs():
                 w.copy_(s)
-
-
-def _frozen_copy(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` in eval mode whose parameters take no gradient."""
-    slow = copy.deepcopy(model).eval()
-    for p in slow.parameters():
-        p.requires_grad_(False)
-    return slow
 
 
 def _masked_mse(

@@ -27,12 +27,14 @@ eq. I1.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from kfacel.training.trainer import _cycle
 
 DEFAULT_ILORA_EMA = 0.99
 """μ of eq. I1 (the paper's)."""
@@ -68,14 +70,9 @@ class SlowLearner:
     ) -> None:
         if not memory:
             raise ValueError("I-LoRA replays earlier queries; the memory is empty")
-        if not 0.0 <= ema < 1.0:
-            raise ValueError(f"ema must be in [0, 1), got {ema}")
-        if not consistency >= 0:
-            raise ValueError(f"consistency must be >= 0, got {consistency}")
+        check_rates(ema, consistency)
         self.model, self.ema, self.consistency = model, ema, consistency
-        self.slow = copy.deepcopy(model).eval()
-        for p in self.slow.parameters():
-            p.requires_grad_(False)
+        self.slow = frozen_copy(model)
         self._batches = _cycle(list(memory), torch.Generator().manual_seed(seed))
 
     def _terms(self, model: nn.Module) -> Tensor:
@@ -121,7 +118,17 @@ class SlowLearner:
         ]
 
 
-def _cycle(items: list[Any], rng: torch.Generator) -> Iterator[Any]:
-    while True:
-        for i in torch.randperm(len(items), generator=rng).tolist():
-            yield items[i]
+def check_rates(ema: float, consistency: float) -> None:
+    """Refuse μ outside [0, 1) (eq. I1) or γ < 0 (eq. I2), naming the value."""
+    if not 0.0 <= ema < 1.0:
+        raise ValueError(f"ema must be in [0, 1), got {ema}")
+    if not consistency >= 0:
+        raise ValueError(f"consistency must be >= 0, got {consistency}")
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in eval mode whose parameters take no gradient."""
+    slow = copy.deepcopy(model).eval()
+    for p in slow.parameters():
+        p.requires_grad_(False)
+    return slow
