@@ -138,27 +138,20 @@ class ContinualSettings:
     def to_json(self, tasks: Sequence[str]) -> dict[str, Any]:
         """What a model directory records as ``continual``."""
         d = self.curvature_damping
-        return (
-            {
-                "penalty": self.penalty,
-                **self.strength.to_json(self.penalty, tasks),
-                "damping": d.delta,
-                "damping_kind": d.kind,
-                "lrc": self.lrc,
-                "replay_queries": len(self.replay.items) if self.replay else 0,
-            }
-            | ({"olora": self.olora} if self.olora is not None else {})
-            | (
-                {
-                    "ilora": {
-                        "ema": DEFAULT_ILORA_EMA,
-                        "consistency": DEFAULT_ILORA_CONSISTENCY,
-                    }
-                }
-                if self.ilora
-                else {}
-            )
-        )
+        out = {
+            "penalty": self.penalty,
+            **self.strength.to_json(self.penalty, tasks),
+            "damping": d.delta,
+            "damping_kind": d.kind,
+            "lrc": self.lrc,
+            "replay_queries": len(self.replay.items) if self.replay else 0,
+        }
+        if self.olora is not None:
+            out["olora"] = self.olora
+        if self.ilora:
+            ilora = {"ema": DEFAULT_ILORA_EMA, "consistency": DEFAULT_ILORA_CONSISTENCY}
+            out["ilora"] = ilora
+        return out
 
 
 def update_linker(
