@@ -435,6 +435,17 @@ TINY_BERT = {
 }
 """A tiny random BERT over the MiniLM package's vocabulary (model tests)."""
 
+
+def lora_ranker(rank: int = 4) -> nn.Module:
+    """The transformer ranker on ``TINY_BERT`` with LoRA adapters of ``rank`` (seeded)."""
+    from kfacel.models import build_model
+
+    torch.manual_seed(0)
+    return build_model(
+        "transformer", encoder_config=TINY_BERT, layers=2, lora_rank=rank, dropout=0.0
+    )
+
+
 # ----------------------------------------------------- a tiny transformer checkpoint
 
 _SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[unused0]", "[unused1]"]

@@ -7,20 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kfacel.models import build_model
 from kfacel.training.ilora import SlowLearner
 from kfacel.training.trainer import TrainSettings, train_task
-from tests._synth import TINY_BERT
+from tests._synth import lora_ranker
 
 pytest.importorskip("peft")
 pytestmark = pytest.mark.hf
-
-
-def ranker():
-    torch.manual_seed(0)
-    return build_model(
-        "transformer", encoder_config=TINY_BERT, layers=2, lora_rank=4, dropout=0.0
-    )
 
 
 def _trainable(model) -> dict[str, torch.Tensor]:
@@ -29,7 +21,7 @@ def _trainable(model) -> dict[str, torch.Tensor]:
 
 def test_the_memory_terms_and_their_gradient(synthetic_batches) -> None:
     """Eq. I2's memory terms: CE on the memory plus γ·MSE to the slow learner's logits."""
-    model = ranker().eval()  # no dropout: the two forwards are one function
+    model = lora_ranker().eval()  # no dropout: the two forwards are one function
     memory = synthetic_batches[1][:1]  # one batch: every draw is it
     learner = SlowLearner(model, memory, consistency=3.0)
     with torch.no_grad():  # the fast learner away from the slow one
@@ -53,7 +45,7 @@ def test_the_memory_terms_and_their_gradient(synthetic_batches) -> None:
 
 def test_the_slow_learner_is_the_moving_average_and_is_kept(synthetic_batches) -> None:
     """Eq. I1 over the trainable parameters; frozen ones untouched; finish keeps it."""
-    model = ranker()
+    model = lora_ranker()
     learner = SlowLearner(model, synthetic_batches[1][:1], ema=0.9)
     start = {n: p.detach().clone() for n, p in _trainable(model).items()}
     frozen = {
@@ -86,7 +78,7 @@ def test_training_with_a_memory_keeps_the_old_task_better(synthetic_batches) -> 
     a = synthetic_batches[0][:6]
     b = [replace(x, labels=(x.labels + 1) % x.candidate_valid.shape[1]) for x in a]
     settings = TrainSettings(epochs=3, lr=1e-2, seed=0)
-    model = ranker()
+    model = lora_ranker()
     train_task(model, a, settings)
     plain, kept = copy.deepcopy(model), copy.deepcopy(model)
     train_task(plain, b, settings)
@@ -113,7 +105,7 @@ def test_training_with_a_memory_keeps_the_old_task_better(synthetic_batches) -> 
 def test_bad_settings_are_refused(synthetic_batches, kwargs, match) -> None:
     args = {"memory": synthetic_batches[1][:1]} | kwargs
     with pytest.raises(ValueError, match=match):
-        SlowLearner(ranker(), **args)
+        SlowLearner(lora_ranker(), **args)
 
 
 def test_ilora_needs_its_memory_and_no_penalty() -> None:

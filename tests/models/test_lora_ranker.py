@@ -7,19 +7,12 @@ import torch
 
 from kfacel.consolidation.consolidate import ConsolidationSettings, consolidate
 from kfacel.curvature import estimate_kfac
-from kfacel.models import build_model, load_model, save_model
+from kfacel.models import load_model, save_model
 from kfacel.training.trainer import TrainSettings, train_task
-from tests._synth import TINY_BERT
+from tests._synth import lora_ranker
 
 pytest.importorskip("peft")
 pytestmark = pytest.mark.hf
-
-
-def lora_ranker(rank: int = 4):
-    torch.manual_seed(0)
-    return build_model(
-        "transformer", encoder_config=TINY_BERT, layers=2, lora_rank=rank, dropout=0.0
-    )
 
 
 def _trainable(model) -> set[str]:
