@@ -18,7 +18,9 @@ From a million names TF-IDF searches impact-ordered postings; the run then also 
 the exact product's speed, recall@32 and the share of identical top-64 rankings beside
 them. With ``--dense`` it also gives the recall@32 of the gold (NCBI-disease dev and test
 mentions) of the dense channel and of the fusion, with HNSW and with exact search.
-``--speed-only`` skips every recall pass (minutes, with a cached index);
+With ``--model`` (a linker directory) it also times ``link`` (retrieval and
+ranker) over the fusion, each mention in its context window. ``--speed-only`` skips
+every recall pass (minutes, with a cached index);
 ``--out F`` writes the result as JSON.
 """
 
@@ -44,7 +46,7 @@ from kfacel.retrieval.base import CandidateGenerator
 from kfacel.retrieval.dense import DenseGenerator, SentenceEncoder
 from kfacel.retrieval.fusion import FusedGenerator
 from kfacel.retrieval.tfidf import TfidfGenerator
-from kfacel.tasks.directory import read_split
+from kfacel.tasks.directory import ranker_reads_retrieval_text, read_split
 from scaled_dictionary import _medic, scaled
 
 
@@ -117,6 +119,9 @@ def main() -> None:
         "--speed-only", action="store_true", help="mentions/s alone: no recall passes"
     )
     p.add_argument("--out", type=Path, help="also write the last JSON line here")
+    p.add_argument(
+        "--model", type=Path, help="a linker: also time `link` over the fusion"
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     import faiss
@@ -148,6 +153,8 @@ def main() -> None:
         out["dense_mentions_per_s"] = rate(dense, mentions)
         fused = FusedGenerator(concepts, [tfidf, dense])
         out["fused_mentions_per_s"] = rate(fused, mentions)
+        if args.model is not None:
+            out |= link_rate(args.model, fused, tests[: args.mentions])
         if not args.speed_only:
             out |= dense_recalls(concepts, encoder, settings, tfidf, dense, tests)
     out["peak_rss_gib"] = round(
@@ -156,6 +163,32 @@ def main() -> None:
     print(json.dumps(out), flush=True)
     if args.out is not None:
         args.out.write_text(json.dumps(out, indent=1) + "\n")
+
+
+def link_rate(model: Path, fused: FusedGenerator, tests: list[LinkingExample]) -> dict:
+    """``link``'s mentions/s (retrieval and ranker) over ``fused``, each in its window."""
+    from kfacel.linking.link import link
+    from kfacel.linking.linker import load_linker
+    from retrieval_speed import _query
+
+    linker = load_linker(model)
+    info = linker.meta["task"]
+    k, candidates = int(info["context_words"]), info["candidates"]
+    queries = [_query(q, None, k) for q in tests]
+    start = time.perf_counter()
+    ranked = link(
+        linker, fused, queries, num_candidates=int(candidates["num_candidates"]),
+        context_words=k, synonyms=bool(candidates.get("synonyms", False)),
+        as_retrieved=ranker_reads_retrieval_text(candidates),
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    right = sum(
+        bool(r) and r[0].id == q.gold for r, q in zip(ranked, tests, strict=True)
+    )
+    return {
+        "link_mentions_per_s": round(len(queries) / seconds, 1),
+        "link_accuracy": round(right / len(tests), 4),
+    }
 
 
 def dense_recalls(

@@ -1,12 +1,15 @@
-"""How many names a 3-gram keeps on impact-ordered TF-IDF postings, chosen on dev.
+"""How deep TF-IDF's impact-ordered postings are kept and read, chosen on dev.
 
 ::
 
     python benchmarks/tfidf_postings.py --names 3000000
+    python benchmarks/tfidf_postings.py --names 3000000 --postings 50000 \
+        --budget 50000 100000 150000 --rescored 4000 8000 16000
 
 The dictionary: MEDIC scaled to ``--names`` names (``benchmarks/scaled_dictionary.py``).
 The queries: NCBI-disease dev mentions (``tasks/public3-small/ncbi``), never test. For
-each ``postings`` × ``rescored`` it prints, as one JSON line, the recall@32 of the gold
+each ``postings`` (names a 3-gram keeps) × ``budget`` (postings a mention reads) ×
+``rescored`` (names scored exactly) it prints, as one JSON line, the recall@32 of the gold
 against the exact product's, the share of mentions whose top 64 is the exact one, and
 mentions/s on one thread. The exact product is fitted once; the truncated postings are
 cut from it, so every row searches the same vectors.
@@ -25,7 +28,7 @@ import torch
 from dense_scale import DEV, MEDIC
 from kfacel.data.records import Concept
 from kfacel.retrieval.ann import IndexKind, IndexSettings
-from kfacel.retrieval.tfidf import TfidfGenerator, _impact_ordered
+from kfacel.retrieval.tfidf import BUDGET, ImpactLayers, TfidfGenerator
 from kfacel.tasks.directory import read_split
 from scaled_dictionary import _medic, scaled
 
@@ -42,6 +45,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--names", type=int, default=3_000_000)
     p.add_argument("--postings", type=int, nargs="+", default=[30_000, 50_000, 80_000])
+    p.add_argument("--budget", type=int, nargs="+", default=[BUDGET])
     p.add_argument("--rescored", type=int, nargs="+", default=[4_000, 8_000])
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -58,24 +62,32 @@ def main() -> None:
     full = exact._matrix_t
     cut._vectors, cut.approximate = full.T.tocsr(), True
     for postings in args.postings:
-        cut._postings = _impact_ordered(full, postings)
-        for rescored in args.rescored:
-            cut.rescored = rescored
-            start = time.perf_counter()
-            got = cut.search(mentions, 64)
-            seconds = time.perf_counter() - start
-            same = [
-                [c.id for c, _ in a] == [c.id for c, _ in b]
-                for a, b in zip(got, want, strict=True)
-            ]
-            row = {
-                "postings": postings,
-                "rescored": rescored,
-                "dev_recall@32": recall_at_32(cut, got, golds),
-                "identical_top64": round(float(np.mean(same)), 4),
-                "mentions_per_s": round(len(mentions) / seconds, 1),
-            }
-            print(json.dumps(row), flush=True)
+        cut._layers = ImpactLayers.build(full, postings)
+        for budget in args.budget:
+            for rescored in args.rescored:
+                cut.budget, cut.rescored = budget, rescored
+                print(json.dumps(setting(cut, mentions, golds, want)), flush=True)
+
+
+def setting(
+    cut: TfidfGenerator, mentions: list[str], golds: list[str], want: list
+) -> dict:
+    """Recall@32, identical top 64 and mentions/s of the search as ``cut`` is set."""
+    start = time.perf_counter()
+    got = cut.search(mentions, 64)
+    seconds = time.perf_counter() - start
+    same = [
+        [c.id for c, _ in a] == [c.id for c, _ in b]
+        for a, b in zip(got, want, strict=True)
+    ]
+    return {
+        "postings": int(cut._layers.sizes.sum(axis=1).max()),
+        "budget": cut.budget,
+        "rescored": cut.rescored,
+        "dev_recall@32": recall_at_32(cut, got, golds),
+        "identical_top64": round(float(np.mean(same)), 4),
+        "mentions_per_s": round(len(mentions) / seconds, 1),
+    }
 
 
 if __name__ == "__main__":

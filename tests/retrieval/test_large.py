@@ -11,13 +11,14 @@ import scipy.sparse as sp
 
 from kfacel.data.aliases import AliasTable
 from kfacel.demo import demo_tasks
+from kfacel.retrieval import tfidf
 from kfacel.retrieval.alias import AliasGenerator
 from kfacel.retrieval.ann import IndexKind, IndexSettings
 from kfacel.retrieval.base import CandidateGenerator, top_k
 from kfacel.retrieval.dense import DenseGenerator
 from kfacel.retrieval.fusion import FusedGenerator
 from kfacel.retrieval.ontology import read_ontology
-from kfacel.retrieval.tfidf import TfidfGenerator, _impact_ordered
+from kfacel.retrieval.tfidf import ImpactLayers, TfidfGenerator
 from tests.retrieval._dictionaries import SYNONYMS, HashEncoder
 
 EXACT = IndexSettings(kind=IndexKind.EXACT)
@@ -35,17 +36,27 @@ def demo():
 def test_impact_ordered_postings_with_nothing_cut_are_the_exact_search(demo) -> None:
     concepts, mentions = demo
     exact = TfidfGenerator(concepts, settings=EXACT)
-    uncut = TfidfGenerator(concepts, settings=LARGE, postings=10**9, rescored=10**9)
+    uncut = TfidfGenerator(
+        concepts, settings=LARGE, postings=10**9, rescored=10**9, budget=10**12
+    )
     assert uncut.approximate
     assert not exact.approximate
     assert uncut.search(mentions, 20) == exact.search(mentions, 20)  # scores to the bit
 
 
-def test_cut_postings_find_fewer_names_but_score_them_exactly(demo) -> None:
+@pytest.mark.parametrize(
+    ("postings", "rescored", "budget"),
+    [(20, 50, 10**12), (10**9, 50, 300)],  # names cut per 3-gram; postings read
+)
+def test_cut_postings_find_fewer_names_but_score_them_exactly(
+    demo, postings, rescored, budget
+) -> None:
     """Each concept found scores the exact score of one of its names, at most its own."""
     concepts, mentions = demo
     exact = TfidfGenerator(concepts, settings=EXACT)
-    cut = TfidfGenerator(concepts, settings=LARGE, postings=20, rescored=50)
+    cut = TfidfGenerator(
+        concepts, settings=LARGE, postings=postings, rescored=rescored, budget=budget
+    )
     found = cut.search(mentions, 10)
     assert found != exact.search(mentions, 10)  # the cut changes some answers
     rows = [
@@ -79,18 +90,50 @@ def test_task_building_reads_the_same_ranking_as_search(demo) -> None:
 
 
 @pytest.mark.parametrize(
-    ("row", "keep", "kept"),
+    ("row", "keep", "layers"),
     [
-        ([0.1, 0.5, 0.2, 0.9], 2, [0.5, 0.9]),  # the two largest, in column order
-        ([0.3, 0.1], 2, [0.3, 0.1]),  # a short row keeps every name
-        ([0.4], 5, [0.4]),
+        ([0.1, 0.5, 0.2, 0.9], 3, [[0.9], [0.5], [0.2]]),  # the largest, one a layer
+        ([0.1, 0.5, 0.2, 0.9, 0.3, 0.4], 6, [[0.9], [0.5], [0.4, 0.3], [0.2, 0.1]]),
+        ([0.3, 0.1], 5, [[0.3], [0.1]]),  # a short row keeps every name
     ],
 )
-def test_impact_ordering_keeps_each_rows_largest_weights(row, keep, kept) -> None:
-    postings = sp.csr_matrix(np.asarray([row, [1.0] + [0.0] * (len(row) - 1)]))
-    cut = _impact_ordered(postings, keep)
-    assert cut[0].data.tolist() == pytest.approx(kept)
-    assert cut[1].toarray().tolist() == postings[1].toarray().tolist()
+def test_impact_layers_hold_each_rows_largest_weights_by_rank(
+    monkeypatch, row, keep, layers
+) -> None:
+    """Layers of doubling depth (1, 1, 2, 4, ... here) by weight rank, largest first."""
+    monkeypatch.setattr(tfidf, "FIRST_LAYER", 1)
+    other = [1.0] + [0.0] * (len(row) - 1)
+    built = ImpactLayers.build(sp.csr_matrix(np.asarray([row, other])), keep)
+    depth = built.top.shape[1]
+    got = [
+        sorted(built.matrix[2 * l].data.tolist(), reverse=True) for l in range(depth)
+    ]
+    assert got == [pytest.approx(w) for w in layers]
+    assert built.top[0] == pytest.approx([w[0] for w in layers])
+    assert built.sizes[0].tolist() == [len(w) for w in layers]
+    assert built.matrix[1].toarray().tolist() == [other]  # 3-gram 1's only layer
+
+
+@pytest.mark.parametrize(
+    ("budget", "read"),
+    [
+        (1, [(0, 0)]),  # the first pair always
+        (2, [(0, 0), (1, 0)]),  # 0.8 × 0.9, then 0.6 × 1.0
+        (3, [(0, 0), (1, 0), (0, 1)]),  # then 0.8 × 0.5
+        (10, [(0, 0), (1, 0), (0, 1), (0, 2)]),  # everything: 0.8 × 0.2 last
+    ],
+)
+def test_a_query_reads_the_highest_impacts_first(monkeypatch, budget, read) -> None:
+    """(3-gram, layer) pairs by query weight × the layer's highest weight, in budget."""
+    monkeypatch.setattr(tfidf, "FIRST_LAYER", 1)
+    postings = sp.csr_matrix(np.asarray([[0.9, 0.5, 0.2], [1.0, 0.0, 0.0]]))
+    built = ImpactLayers.build(postings, 3)
+    query = sp.csr_matrix(np.asarray([[0.8, 0.6]], dtype=np.float32))
+    spread = built.read(query, budget)
+    columns = spread.indices.tolist()  # layer × vocabulary + 3-gram
+    got = {(c % 2, c // 2): v for c, v in zip(columns, spread.data, strict=True)}
+    weight = {0: 0.8, 1: 0.6}  # each pair carries its 3-gram's query weight
+    assert got == pytest.approx({pair: weight[pair[0]] for pair in read})
 
 
 def test_hnsw_rankings_match_the_scores_they_densify(tmp_path) -> None:

@@ -242,7 +242,24 @@ class CandidateGenerator:
     def _ranking_of_names(
         self, names: np.ndarray, scores: np.ndarray, k: int
     ) -> Ranking:
-        """The ``k`` best concepts of distinct scored ``names``: each scores its best."""
+        """The ``k`` best concepts of distinct scored ``names``: each scores its best.
+
+        Only the names scoring at least the ``m``-th best score are ordered, ``m``
+        growing until they hold ``k`` concepts: a concept with none of them scores
+        below every concept with one, so the ranking is the one over all ``names``.
+        """
+        m = 8 * k
+        while True:
+            if m >= len(names):
+                return self._rank_names(names, scores, k)
+            cut = len(scores) - m
+            head = np.flatnonzero(scores >= np.partition(scores, cut)[cut])
+            ranking = self._rank_names(names[head], scores[head], k)
+            if len(ranking.concepts) >= k:
+                return ranking
+            m *= 4
+
+    def _rank_names(self, names: np.ndarray, scores: np.ndarray, k: int) -> Ranking:
         order = np.lexsort((names, -scores))  # each concept's best name first
         names, scores = names[order], scores[order]
         concepts = self._owner[names]
