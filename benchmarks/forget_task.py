@@ -42,7 +42,15 @@ from kfacel.tasks.directory import load_task
 
 SOURCE = Path(__file__).resolve().parents[1] / "tasks/public3-small"
 """PUBLIC-3-small as ``kfacel prepare benchmark --small`` writes it in the repository."""
-GRID = [(10.0, 1.0), (1.0, 1.0), (1.0, 0.3), (1.0, 0.1)]
+GRID = [
+    (10.0, 1.0),
+    (5.0, 1.0),
+    (3.0, 1.0),
+    (2.0, 1.0),
+    (1.0, 1.0),
+    (1.0, 0.3),
+    (1.0, 0.1),
+]
 """(α, λ) tried on dev: the paper's (10, 1), then stronger (β ≤ λ/α)."""
 METHODS = ("ssd", "kfac-ssd")
 

@@ -99,6 +99,7 @@ class TfidfGenerator(CandidateGenerator):
         self.budget = budget
         if self.approximate:
             self._vectors = vectors.tocsr()
+            self._vectors.sort_indices()  # each name's 3-grams in vocabulary order
             self._layers = ImpactLayers.build(vectors.T.tocsr(), postings)
         else:
             self._matrix_t = vectors.T.tocsr()
@@ -138,8 +139,11 @@ class TfidfGenerator(CandidateGenerator):
 
     def _rescore(self, query: Any, names: np.ndarray, k: int) -> Ranking:
         """The ``k`` best concepts by the exact scores of ``names`` (sorted positions)."""
-        # the exact product's order of summation (query 3-grams outer), to the bit
-        scores = np.asarray((query @ self._vectors[names].T.tocsr()).toarray()).ravel()
+        # each name sums its 3-grams in vocabulary order, as the exact product does
+        # (the query's 3-grams outer): the same float32 sums, to the bit
+        dense = np.zeros(query.shape[1], dtype=np.float32)
+        dense[query.indices] = query.data
+        scores = self._vectors[names] @ dense
         return self._ranking_of_names(names, scores, k)
 
 
