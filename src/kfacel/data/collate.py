@@ -46,7 +46,7 @@ from functools import lru_cache
 import torch
 
 from kfacel.data.aliases import AliasTable
-from kfacel.data.records import LinkingExample
+from kfacel.data.records import Candidate, LinkingExample
 from kfacel.data.tokenize import WordPieceTokenizer
 from kfacel.types import Batch
 
@@ -130,22 +130,25 @@ class Collator:
         n, c_max = len(examples), max(len(e.candidates) for e in examples)
         l_name = max(len(ids) for ids in names.values())
         mention_ids, mention_mask = _pad(mention_rows, tok.pad_id)
-        cand_ids = torch.full((n, c_max, l_name), tok.pad_id, dtype=torch.long)
-        cand_valid = torch.zeros(n, c_max, dtype=torch.bool)
-        features = torch.zeros(n, c_max, len(self.feature_names))
-        cand_types = torch.zeros(n, c_max, dtype=torch.long)
-        for i, e in enumerate(examples):
-            for j, cand in enumerate(e.candidates):
-                ids = names[cand.text]
-                cand_ids[i, j, : len(ids)] = torch.tensor(ids)
-                cand_valid[i, j] = True
-                row = similarity_features(e.mention, cand.text)
-                if self.aliases is not None:
-                    row += alias_features(self.aliases, e, cand.id)
-                if self.ranks:
-                    row += (1.0 / cand.rank if cand.rank else 0.0,)
-                features[i, j] = torch.tensor(row)
-                cand_types[i, j] = self._type_ids.get(cand.semantic_type or "", 0)
+        width = len(self.feature_names)
+        ids: list[list[int]] = []  # [n × c_max] rows of l_name: built as lists,
+        rows: list[tuple[float, ...]] = []  # turned into tensors once
+        types: list[int] = []
+        for e in examples:
+            for cand in e.candidates:
+                name = names[cand.text]
+                ids.append(name + [tok.pad_id] * (l_name - len(name)))
+                rows.append(self._features(e, cand))
+                types.append(self._type_ids.get(cand.semantic_type or "", 0))
+            missing = c_max - len(e.candidates)
+            ids.extend([[tok.pad_id] * l_name] * missing)
+            rows.extend([(0.0,) * width] * missing)
+            types.extend([0] * missing)
+        cand_ids = torch.tensor(ids, dtype=torch.long).view(n, c_max, l_name)
+        features = torch.tensor(rows, dtype=torch.float32).view(n, c_max, width)
+        cand_types = torch.tensor(types, dtype=torch.long).view(n, c_max)
+        counts = torch.tensor([len(e.candidates) for e in examples])
+        cand_valid = torch.arange(c_max)[None, :] < counts[:, None]
         cand_mask = (cand_ids != tok.pad_id) & cand_valid[..., None]
         # the [CLS] of a padding candidate stays unmasked so no row is all padding
         cand_mask[..., 0] = True
@@ -159,6 +162,15 @@ class Collator:
             features=features,
             candidate_types=cand_types,
         )
+
+    def _features(self, example: LinkingExample, cand: Candidate) -> tuple[float, ...]:
+        """The ``feature_names`` values of one query and one of its candidates."""
+        row = similarity_features(example.mention, cand.text)
+        if self.aliases is not None:
+            row += alias_features(self.aliases, example, cand.id)
+        if self.ranks:
+            row += (1.0 / cand.rank if cand.rank else 0.0,)
+        return row
 
     def _encode_names(self, names: Sequence[str]) -> dict[str, list[int]]:
         """Token ids of each distinct name, from the cache or the tokenizer."""
