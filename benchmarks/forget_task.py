@@ -154,6 +154,43 @@ def measure_pair(out: Path, a: str, b: str, seed: int, tasks: dict) -> dict:
     return result
 
 
+def table(results: list[dict]) -> str:
+    """The results as a Markdown table: test accuracy, mean (per seed), per pair."""
+    lines = [
+        "| pair A → B | model | A test | A train | B test | chosen (α, λ) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for pair in dict.fromkeys(r["pair"] for r in results):
+        a, b = pair.split(">")
+        runs = sorted(
+            (r for r in results if r["pair"] == pair), key=lambda r: r["seed"]
+        )
+        for i, (key, label) in enumerate(ROWS):
+            found = [r[key] for r in runs]
+            accs = [f.get("test", f) for f in found]  # a method's numbers are in "test"
+
+            def cell(split: str, accs: list = accs) -> str:
+                values = [x[split] for x in accs]
+                each = ", ".join(f"{v:.1f}" for v in values)
+                return f"{sum(values) / len(values):.1f} ({each})"
+
+            chosen = [f.get("chosen") for f in found]
+            picked = ", ".join(f"({c['alpha']:g}, {c['lam']:g})" for c in chosen if c)
+            first = pair.replace(">", " → ") if i == 0 else ""
+            lines.append(
+                f"| {first} | {label} | {cell(f'{a}/test')} | {cell(f'{a}/train')}"
+                f" | {cell(f'{b}/test')} | {picked} |"
+            )
+    return "\n".join(lines)
+
+
+ROWS = [
+    ("before", "before forgetting"),
+    ("never_saw_a", "never saw A (reference)"),
+    *((m, f"`{m}`") for m in METHODS),
+]
+
+
 def main() -> None:
     """Train what is missing, then forget and measure."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -162,12 +199,16 @@ def main() -> None:
     p.add_argument("--seeds", default="0")
     p.add_argument("--train", type=int, default=1200, help="training queries a task")
     p.add_argument("--dev", type=int, default=500, help="dev queries a task")
+    p.add_argument("--table", action="store_true", help="print OUT's results, run none")
     args = p.parse_args()
+    file = args.out / "forget.json"
+    if args.table:
+        print(table(json.loads(file.read_text())))
+        return
     pairs = [tuple(x.split(">")) for x in args.pairs.split(",")]
     names = sorted({n for pair in pairs for n in pair})
     paths = {n: small_task(args.out, n, args.train, args.dev) for n in names}
     tasks = {n: load_task(paths[n]) for n in names}
-    file = args.out / "forget.json"
     results = json.loads(file.read_text()) if file.exists() else []  # other seeds kept
     for seed in [int(s) for s in args.seeds.split(",")]:
         for a, b in pairs:

@@ -44,6 +44,17 @@ def test_batch_shapes_padding_labels_and_types():
         int((b.mention_ids[i] != 0).sum()) for i in range(2)
     ]
     assert b.candidate_mask[..., 0].all()  # no all-padding row
+    tok = WordPieceTokenizer()
+    for i, e in enumerate(examples):  # each cell against its candidate, by hand
+        for j, c in enumerate(e.candidates):
+            assert b.features[i, j].tolist() == pytest.approx(
+                similarity_features(e.mention, c.text)
+            )
+            want = tok.encode_names([c.text], max_length=16)[0]
+            padding = [tok.pad_id] * (b.candidate_ids.shape[2] - len(want))
+            assert b.candidate_ids[i, j].tolist() == want + padding
+    assert b.features[1, 2].abs().sum() == 0  # the padding candidate: no features
+    assert (b.candidate_ids[1, 2] == tok.pad_id).all()
 
 
 def test_similarity_features_by_hand():
