@@ -18,6 +18,9 @@ The tasks are PUBLIC-3-small's with their training split cut to its first
 
     nice -n 5 python benchmarks/forget_task.py --out runs/forget \
         --pairs medmentions>cadec,cadec>medmentions --seeds 0
+    python benchmarks/forget_task.py --out runs/forget-whole --train 1000000 \
+        --dev 1000000 --seeds 0,1,2          # the whole tasks
+    python benchmarks/forget_task.py --out runs/forget-whole --table
 
 Models are trained once and reused; results go to ``OUT/forget.json``, where the
 results of other seeds and pairs are kept.
