@@ -120,29 +120,36 @@ def choose(grid: list[dict], reference: float, before_b: float) -> dict:
     return min(ok, key=lambda g: abs(g["dev"]["a"] - reference))
 
 
-def measure_pair(out: Path, a: str, b: str, seed: int, tasks: dict) -> dict:
-    """Before, reference, and each method's dev grid and chosen test numbers."""
-    both = load_linker(out / f"seed{seed}" / f"{a}>{b}")
-    alone = load_linker(out / f"seed{seed}" / b)
-    tests = [(a, "test"), (a, "train"), (b, "test")]
-    devs = [(a, "dev"), (b, "dev")]
+def measure(out: Path, chain: tuple[str, ...], seed: int, tasks: dict) -> dict:
+    """Before, reference, and each method's dev grid and chosen test numbers.
+
+    ``chain`` is A → B (→ C ...): A is forgotten, the rest are kept; the reference is
+    the same chain without A. A grid point's ``b`` is the kept tasks' mean accuracy.
+    """
+    a, kept = chain[0], chain[1:]
+    name = ">".join(chain)
+    both = load_linker(out / f"seed{seed}" / name)
+    alone = load_linker(out / f"seed{seed}" / ">".join(kept))
+    tests = [(a, "test"), (a, "train"), *((k, "test") for k in kept)]
+    devs = [(a, "dev"), *((k, "dev") for k in kept)]
     result: dict[str, Any] = {
         "before": accuracies(both, tasks, tests + devs),
         "never_saw_a": accuracies(alone, tasks, tests + devs),
     }
-    ref_a, before_b = result["never_saw_a"][f"{a}/dev"], result["before"][f"{b}/dev"]
-    model = out / f"seed{seed}" / f"{a}>{b}"
+    ref_a = result["never_saw_a"][f"{a}/dev"]
+    before_b = _mean(result["before"], kept, "dev")
+    model = out / f"seed{seed}" / name
     for method in METHODS:
         grid = []
         for alpha, lam in GRID:
             linker, secs = forgotten(model, a, method, alpha, lam)
             acc = accuracies(linker, tasks, devs)
-            dev = {"a": acc[f"{a}/dev"], "b": acc[f"{b}/dev"]}
+            dev = {"a": acc[f"{a}/dev"], "b": _mean(acc, kept, "dev")}
             grid.append({"alpha": alpha, "lam": lam, "dev": dev, "seconds": secs})
             print(method, alpha, lam, dev, round(secs, 2), file=sys.stderr, flush=True)
         best = choose(grid, ref_a, before_b)
         linker, secs = forgotten(model, a, method, best["alpha"], best["lam"])
-        new = out / f"seed{seed}" / f"{a}>{b}-forget-{method}"
+        new = out / f"seed{seed}" / f"{name}-forget-{method}"
         cli = kfacel(
             "forget", str(model), "--task", a, "--out", str(new), "--overwrite",
             "--method", method, "--alpha", str(best["alpha"]), "--lam", str(best["lam"]),
@@ -157,34 +164,41 @@ def measure_pair(out: Path, a: str, b: str, seed: int, tasks: dict) -> dict:
     return result
 
 
+def _mean(acc: dict[str, float], tasks: tuple[str, ...], split: str) -> float:
+    return sum(acc[f"{t}/{split}"] for t in tasks) / len(tasks)
+
+
 def table(results: list[dict]) -> str:
-    """The results as a Markdown table: test accuracy, mean (per seed), per pair."""
+    """The results as a Markdown table: test accuracy, mean (per seed), per chain."""
     lines = [
-        "| pair A → B | model | A test | A train | B test | chosen (α, λ) |",
+        "| A → kept | model | A test | A train | kept test | chosen (α, λ) |",
         "|---|---|---|---|---|---|",
     ]
     for pair in dict.fromkeys(r["pair"] for r in results):
-        a, b = pair.split(">")
+        a, *kept = pair.split(">")
         runs = sorted(
             (r for r in results if r["pair"] == pair), key=lambda r: r["seed"]
         )
         for i, (key, label) in enumerate(ROWS):
             found = [r[key] for r in runs]
             accs = [f.get("test", f) for f in found]  # a method's numbers are in "test"
-
-            def cell(split: str, accs: list = accs) -> str:
-                values = [x[split] for x in accs]
-                each = ", ".join(f"{v:.1f}" for v in values)
-                return f"{sum(values) / len(values):.1f} ({each})"
-
+            cells = [
+                _cell(accs, (a,), "test"),
+                _cell(accs, (a,), "train"),
+                _cell(accs, tuple(kept), "test"),
+            ]
             chosen = [f.get("chosen") for f in found]
             picked = ", ".join(f"({c['alpha']:g}, {c['lam']:g})" for c in chosen if c)
             first = pair.replace(">", " → ") if i == 0 else ""
-            lines.append(
-                f"| {first} | {label} | {cell(f'{a}/test')} | {cell(f'{a}/train')}"
-                f" | {cell(f'{b}/test')} | {picked} |"
-            )
+            lines.append(f"| {first} | {label} | {' | '.join(cells)} | {picked} |")
     return "\n".join(lines)
+
+
+def _cell(accs: list[dict], tasks: tuple[str, ...], split: str) -> str:
+    """Mean over seeds (each seed's in brackets) of ``tasks``' mean accuracy."""
+    values = [_mean(x, tasks, split) for x in accs]
+    each = ", ".join(f"{v:.1f}" for v in values)
+    return f"{sum(values) / len(values):.1f} ({each})"
 
 
 ROWS = [
@@ -208,22 +222,22 @@ def main() -> None:
     if args.table:
         print(table(json.loads(file.read_text())))
         return
-    pairs = [tuple(x.split(">")) for x in args.pairs.split(",")]
-    names = sorted({n for pair in pairs for n in pair})
+    chains = [tuple(x.split(">")) for x in args.pairs.split(",")]
+    names = sorted({n for chain in chains for n in chain})
     paths = {n: small_task(args.out, n, args.train, args.dev) for n in names}
     tasks = {n: load_task(paths[n]) for n in names}
     results = json.loads(file.read_text()) if file.exists() else []  # other seeds kept
     for seed in [int(s) for s in args.seeds.split(",")]:
-        for a, b in pairs:
-            first = trained(args.out, paths[a], seed)
-            trained(args.out, paths[b], seed)
-            trained(args.out, paths[b], seed, init=first)
-        for a, b in pairs:
-            r = measure_pair(args.out, a, b, seed, tasks)
-            results = [
-                x for x in results if (x["pair"], x["seed"]) != (f"{a}>{b}", seed)
-            ]
-            results.append({"pair": f"{a}>{b}", "seed": seed, **r})
+        for chain in chains:
+            for start in (0, 1):  # the chain, and the reference without its first
+                model = None
+                for name in chain[start:]:
+                    model = trained(args.out, paths[name], seed, init=model)
+        for chain in chains:
+            r = measure(args.out, chain, seed, tasks)
+            key = ">".join(chain)
+            results = [x for x in results if (x["pair"], x["seed"]) != (key, seed)]
+            results.append({"pair": key, "seed": seed, **r})
             file.write_text(json.dumps(results, indent=1) + "\n")
 
 
