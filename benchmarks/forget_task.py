@@ -120,7 +120,9 @@ def choose(grid: list[dict], reference: float, before_b: float) -> dict:
     return min(ok, key=lambda g: abs(g["dev"]["a"] - reference))
 
 
-def measure(out: Path, chain: tuple[str, ...], seed: int, tasks: dict) -> dict:
+def measure(
+    out: Path, chain: tuple[str, ...], seed: int, tasks: dict, grid_points: list
+) -> dict:
     """Before, reference, and each method's dev grid and chosen test numbers.
 
     ``chain`` is A → B (→ C ...): A is forgotten, the rest are kept; the reference is
@@ -141,7 +143,7 @@ def measure(out: Path, chain: tuple[str, ...], seed: int, tasks: dict) -> dict:
     model = out / f"seed{seed}" / name
     for method in METHODS:
         grid = []
-        for alpha, lam in GRID:
+        for alpha, lam in grid_points:
             linker, secs = forgotten(model, a, method, alpha, lam)
             acc = accuracies(linker, tasks, devs)
             dev = {"a": acc[f"{a}/dev"], "b": _mean(acc, kept, "dev")}
@@ -216,6 +218,9 @@ def main() -> None:
     p.add_argument("--seeds", default="0")
     p.add_argument("--train", type=int, default=1200, help="training queries a task")
     p.add_argument("--dev", type=int, default=500, help="dev queries a task")
+    p.add_argument(
+        "--grid", nargs="+", help="(α, λ) points as α,λ (default: GRID)", default=None
+    )
     p.add_argument("--table", action="store_true", help="print OUT's results, run none")
     args = p.parse_args()
     file = args.out / "forget.json"
@@ -223,6 +228,7 @@ def main() -> None:
         print(table(json.loads(file.read_text())))
         return
     chains = [tuple(x.split(">")) for x in args.pairs.split(",")]
+    grid = [tuple(map(float, g.split(","))) for g in args.grid] if args.grid else GRID
     names = sorted({n for chain in chains for n in chain})
     paths = {n: small_task(args.out, n, args.train, args.dev) for n in names}
     tasks = {n: load_task(paths[n]) for n in names}
@@ -234,7 +240,7 @@ def main() -> None:
                 for name in chain[start:]:
                     model = trained(args.out, paths[name], seed, init=model)
         for chain in chains:
-            r = measure(args.out, chain, seed, tasks)
+            r = measure(args.out, chain, seed, tasks, grid)
             key = ">".join(chain)
             results = [x for x in results if (x["pair"], x["seed"]) != (key, seed)]
             results.append({"pair": key, "seed": seed, **r})
