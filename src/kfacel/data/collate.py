@@ -304,11 +304,9 @@ def _common_prefix(a: str, b: str) -> int:
 
 
 def _pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rows`` padded to the longest as one tensor, and the mask of their own tokens."""
     length = max(len(r) for r in rows)
-    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-    mask = torch.zeros(len(rows), length, dtype=torch.bool)
-    for i, r in enumerate(rows):
-        mask[i, : len(r)] = True
-    return ids, mask
+    ids = [r + [pad_id] * (length - len(r)) for r in rows]
+    lengths = torch.tensor([len(r) for r in rows])
+    mask = torch.arange(length)[None, :] < lengths[:, None]
+    return torch.tensor(ids, dtype=torch.long), mask

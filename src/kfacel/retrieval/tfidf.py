@@ -191,13 +191,7 @@ class ImpactLayers:
             columns.append(postings.indices[lo:hi][order])
             values.append(data[order])
         shape = (len(bounds) * vocabulary, postings.shape[1])
-        if not rows:
-            return cls(sp.csr_matrix(shape, dtype=np.float32), top, sizes)
-        matrix = sp.csr_matrix(
-            (np.concatenate(values), (np.concatenate(rows), np.concatenate(columns))),
-            shape=shape,
-        )
-        return cls(matrix, top, sizes)
+        return cls(_csr(values, rows, columns, shape), top, sizes)
 
     def read(self, queries: sp.csr_matrix, budget: int) -> sp.csr_matrix:
         """``queries`` ``[u, vocabulary]`` on the layers each reads: ``[u, layers × vocabulary]``.
@@ -221,13 +215,20 @@ class ImpactLayers:
             rows.append(np.full(len(order), i))
             columns.append(layer * vocabulary + terms[term])
             values.append(weights[term])
-        shape = (queries.shape[0], layers * vocabulary)
-        if not rows:
-            return sp.csr_matrix(shape, dtype=np.float32)
-        return sp.csr_matrix(
-            (np.concatenate(values), (np.concatenate(rows), np.concatenate(columns))),
-            shape=shape,
-        )
+        return _csr(values, rows, columns, (queries.shape[0], layers * vocabulary))
+
+
+def _csr(
+    values: list[np.ndarray],
+    rows: list[np.ndarray],
+    columns: list[np.ndarray],
+    shape: tuple[int, int],
+) -> sp.csr_matrix:
+    """The float32 matrix of ``shape`` holding the concatenated (row, column, value)s."""
+    if not values:
+        return sp.csr_matrix(shape, dtype=np.float32)
+    coordinates = (np.concatenate(rows), np.concatenate(columns))
+    return sp.csr_matrix((np.concatenate(values), coordinates), shape=shape)
 
 
 def _layer_bounds(depth: int) -> np.ndarray:
