@@ -66,7 +66,8 @@ def main() -> None:
         for budget in args.budget:
             for rescored in args.rescored:
                 cut.budget, cut.rescored = budget, rescored
-                print(json.dumps(setting(cut, mentions, golds, want)), flush=True)
+                row = {"postings": postings} | setting(cut, mentions, golds, want)
+                print(json.dumps(row), flush=True)
 
 
 def setting(
@@ -81,7 +82,6 @@ def setting(
         for a, b in zip(got, want, strict=True)
     ]
     return {
-        "postings": int(cut._layers.sizes.sum(axis=1).max()),
         "budget": cut.budget,
         "rescored": cut.rescored,
         "dev_recall@32": recall_at_32(cut, got, golds),
